@@ -1,0 +1,93 @@
+"""Versioned schema migrations from `sql/`, applied in order, each in its own transaction.
+
+A file is `NNN_name.sql` for both TimescaleDB editions, or `NNN_name.timescale.sql` /
+`NNN_name.apache.sql` where the editions differ (continuous aggregates exist only in
+Community). A version applies once, recorded in `tickvault_migrations`; a version with no
+file for this server's edition is recorded as skipped so the sequence stays whole.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+from ingest.store.editions import Edition, server_edition
+from ingest.store.postgres import StoreError
+
+SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
+_FILE = re.compile(
+    r"^(?P<version>\d{3})_(?P<name>[a-z0-9_]+?)(?:\.(?P<edition>apache|timescale))?\.sql$"
+)
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: str
+    name: str
+    path: Path | None  # None: this version has no file for the server's edition
+
+
+def discover(edition: Edition, sql_dir: Path = SQL_DIR) -> list[Migration]:
+    """The migrations for `edition`, in version order."""
+    by_version: dict[str, dict[str | None, Path]] = {}
+    names: dict[str, str] = {}
+    for path in sorted(sql_dir.glob("*.sql")):
+        match = _FILE.match(path.name)
+        if not match:
+            raise StoreError(f"{path} is not named NNN_name[.apache|.timescale].sql")
+        version = match["version"]
+        if names.setdefault(version, match["name"]) != match["name"]:
+            raise StoreError(f"migration version {version} has two names in {sql_dir}")
+        by_version.setdefault(version, {})[match["edition"]] = path
+    return [
+        Migration(version, names[version], files.get(None) or files.get(edition.value))
+        for version, files in sorted(by_version.items())
+    ]
+
+
+def check_timescaledb(conn: psycopg.Connection) -> None:
+    """Refuse, before touching anything, a server that cannot run our schema."""
+    available = conn.execute(
+        "SELECT default_version FROM pg_available_extensions WHERE name = 'timescaledb'"
+    ).fetchone()
+    if available is None:
+        raise StoreError(
+            "this PostgreSQL has no timescaledb extension: install it (`tickvault db install`) or "
+            "point TICKVAULT_DATABASE_URL at a TimescaleDB server. Nothing was changed."
+        )
+    preload = conn.execute("SHOW shared_preload_libraries").fetchone()
+    if preload is None or "timescaledb" not in preload[0]:
+        raise StoreError(
+            "timescaledb is installed but not in shared_preload_libraries: add it to "
+            "postgresql.conf and restart the server. Nothing was changed."
+        )
+
+
+def migrate(url: str, sql_dir: Path = SQL_DIR) -> list[str]:
+    """Apply what is missing; return the versions applied now (empty on a second run)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        check_timescaledb(conn)
+        edition = server_edition(conn)
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS tickvault_migrations ("
+            " version text PRIMARY KEY, name text NOT NULL, edition text NOT NULL,"
+            " skipped boolean NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {row[0] for row in conn.execute("SELECT version FROM tickvault_migrations")}
+        applied = []
+        for migration in discover(edition, sql_dir):
+            if migration.version in done:
+                continue
+            with conn.transaction():
+                if migration.path is not None:
+                    conn.execute(migration.path.read_text().encode())
+                conn.execute(
+                    "INSERT INTO tickvault_migrations (version, name, edition, skipped)"
+                    " VALUES (%s, %s, %s, %s)",
+                    [migration.version, migration.name, edition.value, migration.path is None],
+                )
+            applied.append(migration.version)
+        return applied
