@@ -1,0 +1,230 @@
+"""1- and 5-minute OHLC bars that stay current, behind one interface on both editions.
+
+On Community the bars are continuous aggregates and TimescaleDB keeps them current;
+`refresh_bars` only forces a refresh. On the Apache edition we do that work ourselves, in the
+shape TimescaleDB uses: the views of sql/006_bars.apache.sql read materialized buckets below
+a watermark and aggregate ticks live above it, and `refresh_bars` moves the watermark forward
+and re-aggregates the buckets that late ticks landed in below it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import psycopg
+
+from ingest.store.editions import Edition, server_edition
+
+BAR_VIEWS = {"1m": "ohlc_1m", "5m": "ohlc_5m"}
+
+# Only one rollup at a time, whoever runs it (the ingest scheduler or `tickvault db refresh-bars`).
+_ROLLUP_LOCK = 0x7469636B
+
+
+@dataclass(frozen=True)
+class _Layer:
+    """One Apache-edition bar relation and the source it is aggregated from."""
+
+    view: str
+    width: str
+    source: str  # FROM clause; the alias `src` is used below
+    time: str  # time column of the source
+    aggregates: str
+
+
+_LAYERS = (
+    _Layer(
+        view="ohlc_1m",
+        width="1 minute",
+        source="ticks src",
+        time="src.ts",
+        aggregates="first(src.ltp, src.ts), max(src.ltp), min(src.ltp), last(src.ltp, src.ts),"
+        " sum(src.volume_delta)::bigint, count(*)",
+    ),
+    _Layer(
+        view="ohlc_5m",
+        width="5 minutes",
+        source="ohlc_1m_store src",
+        time="src.bucket",
+        aggregates="first(src.open, src.bucket), max(src.high), min(src.low),"
+        " last(src.close, src.bucket), sum(src.volume)::bigint, sum(src.tick_count)::bigint",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class RefreshResult:
+    edition: Edition
+    buckets_written: dict[str, int]
+
+
+def refresh_bars(
+    conn: psycopg.Connection, start: datetime | None = None, end: datetime | None = None
+) -> RefreshResult:
+    """Bring the materialized bars up to date; with start/end, rebuild that window as well.
+
+    `conn` must be in autocommit mode: Community's refresh cannot run in a transaction block.
+    """
+    edition = server_edition(conn)
+    if edition is Edition.COMMUNITY:
+        for view in BAR_VIEWS.values():  # 1-minute first: the 5-minute layer reads it
+            conn.execute(
+                "CALL refresh_continuous_aggregate(%s::regclass, %s::timestamptz, %s::timestamptz)",
+                [view, start, end],
+            )
+        return RefreshResult(edition, {})
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", [_ROLLUP_LOCK])
+        conn.execute(
+            "CREATE TEMP TABLE _bars_dirty (instrument_key text, bucket timestamptz)"
+            " ON COMMIT DROP;"
+            "CREATE TEMP TABLE _bars_touched (instrument_key text, bucket timestamptz)"
+            " ON COMMIT DROP"
+        )
+        written = {layer.view: _rollup(conn, layer, start, end) for layer in _LAYERS}
+    return RefreshResult(edition, written)
+
+
+def _rollup(
+    conn: psycopg.Connection, layer: _Layer, start: datetime | None, end: datetime | None
+) -> int:
+    """Advance one layer; returns how many buckets it (re)wrote."""
+    state = conn.execute(
+        f"""
+        SELECT watermark,
+               changed_since,
+               -- least() and greatest() pass over NULLs: no end means up to the open bucket.
+               greatest(watermark, least(
+                   time_bucket(INTERVAL '{layer.width}', now()),
+                   time_bucket(INTERVAL '{layer.width}',
+                               %(end)s::timestamptz - INTERVAL '1 microsecond')
+                       + INTERVAL '{layer.width}')),
+               time_bucket(INTERVAL '{layer.width}', %(start)s::timestamptz),
+               -- A transaction still running may yet commit late ticks: the next pass looks
+               -- at everything inserted since the oldest of them started.
+               least(now(), (SELECT min(xact_start) FROM pg_stat_activity
+                             WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()))
+        FROM bar_rollup_state WHERE relation = %(view)s FOR UPDATE""",
+        {"view": layer.view, "start": start, "end": end},
+    ).fetchone()
+    if state is None:
+        raise RuntimeError(
+            f"bar_rollup_state has no row for {layer.view}: run tickvault db migrate"
+        )
+    watermark, changed_since, new_watermark, window_start, next_changed_since = state
+
+    written = _rebuild_range(conn, layer, watermark, new_watermark)
+    if start is not None or end is not None:
+        window_end = new_watermark if end is None else min(new_watermark, _ceil(conn, layer, end))
+        written += _rebuild_range(conn, layer, window_start, window_end)
+    if watermark is not None:
+        written += _rebuild_late(conn, layer, watermark, changed_since)
+    conn.execute(
+        "UPDATE bar_rollup_state SET watermark = %s, changed_since = %s, refreshed_at = now()"
+        " WHERE relation = %s",
+        [new_watermark, next_changed_since, layer.view],
+    )
+    return written
+
+
+def _ceil(conn: psycopg.Connection, layer: _Layer, moment: datetime) -> datetime:
+    (value,) = conn.execute(
+        f"SELECT time_bucket(INTERVAL '{layer.width}', %s - INTERVAL '1 microsecond')"
+        f" + INTERVAL '{layer.width}'",
+        [moment],
+    ).fetchone()
+    return value
+
+
+def _rebuild_range(
+    conn: psycopg.Connection, layer: _Layer, low: datetime | None, high: datetime
+) -> int:
+    """Replace every bucket in [low, high), including ones whose source rows are gone.
+
+    A `low` of None means from the beginning of time.
+    """
+    if low is not None and low >= high:
+        return 0
+    bounds = {"low": low, "high": high}
+    above_low = "(%(low)s::timestamptz IS NULL OR {time} >= %(low)s)"
+    _record_touched(
+        conn,
+        layer,
+        f"DELETE FROM {layer.view}_store WHERE"
+        f" {above_low.format(time='bucket')} AND bucket < %(high)s",
+        bounds,
+    )
+    return _insert_aggregate(
+        conn,
+        layer,
+        f"{layer.source} WHERE {above_low.format(time=layer.time)} AND {layer.time} < %(high)s",
+        bounds,
+    )
+
+
+def _rebuild_late(
+    conn: psycopg.Connection, layer: _Layer, watermark: datetime, changed_since: datetime | None
+) -> int:
+    """Re-aggregate buckets below the old watermark whose source changed since the last pass."""
+    conn.execute("TRUNCATE _bars_dirty")
+    if layer.view == "ohlc_1m":
+        conn.execute(
+            "INSERT INTO _bars_dirty SELECT DISTINCT instrument_key,"
+            " time_bucket(INTERVAL '1 minute', ts) FROM ticks"
+            " WHERE inserted_at >= %s AND ts < %s",
+            [changed_since or watermark, watermark],
+        )
+    else:
+        conn.execute(
+            "INSERT INTO _bars_dirty SELECT DISTINCT instrument_key, bucket FROM _bars_touched"
+            " WHERE bucket < %s",
+            [watermark],
+        )
+    store = f"{layer.view}_store"
+    _record_touched(
+        conn,
+        layer,
+        f"DELETE FROM {store} USING _bars_dirty d"
+        f" WHERE {store}.instrument_key = d.instrument_key"
+        f" AND {store}.bucket = d.bucket",
+        {},
+    )
+    return _insert_aggregate(
+        conn,
+        layer,
+        f"_bars_dirty d JOIN {layer.source} ON src.instrument_key = d.instrument_key"
+        f" AND {layer.time} >= d.bucket AND {layer.time} < d.bucket + INTERVAL '{layer.width}'",
+        {},
+    )
+
+
+def _insert_aggregate(
+    conn: psycopg.Connection, layer: _Layer, from_where: str, params: dict[str, object]
+) -> int:
+    (count,) = _record_touched(
+        conn,
+        layer,
+        f"INSERT INTO {layer.view}_store"
+        " (instrument_key, bucket, open, high, low, close, volume, tick_count)"
+        f" SELECT src.instrument_key, time_bucket(INTERVAL '{layer.width}', {layer.time}),"
+        f" {layer.aggregates} FROM {from_where} GROUP BY 1, 2",
+        params,
+    )
+    return count
+
+
+def _record_touched(
+    conn: psycopg.Connection, layer: _Layer, statement: str, params: dict[str, object]
+) -> tuple[int]:
+    """Run a DELETE/INSERT on a store; 1-minute buckets it touches mark their 5-minute bucket."""
+    row = conn.execute(
+        f"WITH changed AS ({statement} RETURNING {layer.view}_store.instrument_key,"
+        f" {layer.view}_store.bucket),"
+        " marked AS (INSERT INTO _bars_touched SELECT instrument_key,"
+        " time_bucket(INTERVAL '5 minutes', bucket) FROM changed"
+        f" WHERE {'true' if layer.view == 'ohlc_1m' else 'false'})"
+        " SELECT count(*) FROM changed",
+        params,
+    ).fetchone()
+    return (row[0] if row else 0,)
