@@ -18,5 +18,15 @@ class Edition(Enum):
 
 
 def server_edition(conn: psycopg.Connection) -> Edition:
-    (license_,) = conn.execute("SHOW timescaledb.license").fetchone() or ("apache",)
+    """The edition of the timescaledb loaded in this database.
+
+    The license setting exists only once the extension is loaded (created in the database),
+    so this is asked after the first migration, never before.
+    """
+    row = conn.execute("SELECT current_setting('timescaledb.license', true)").fetchone()
+    license_ = row[0] if row else None
+    if license_ is None:
+        raise RuntimeError(
+            "timescaledb is not loaded in this database: run `tickvault db migrate` first"
+        )
     return Edition.COMMUNITY if license_ == "timescale" else Edition.APACHE

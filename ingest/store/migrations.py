@@ -27,11 +27,15 @@ _FILE = re.compile(
 class Migration:
     version: str
     name: str
-    path: Path | None  # None: this version has no file for the server's edition
+    files: dict[str | None, Path]  # by edition; None: for both
+
+    def path_for(self, edition: Edition) -> Path | None:
+        """The file to run on `edition`; None when this version has nothing for it."""
+        return self.files.get(None) or self.files.get(edition.value)
 
 
-def discover(edition: Edition, sql_dir: Path = SQL_DIR) -> list[Migration]:
-    """The migrations for `edition`, in version order."""
+def discover(sql_dir: Path = SQL_DIR) -> list[Migration]:
+    """Every migration in `sql_dir`, in version order."""
     by_version: dict[str, dict[str | None, Path]] = {}
     names: dict[str, str] = {}
     for path in sorted(sql_dir.glob("*.sql")):
@@ -43,8 +47,7 @@ def discover(edition: Edition, sql_dir: Path = SQL_DIR) -> list[Migration]:
             raise StoreError(f"migration version {version} has two names in {sql_dir}")
         by_version.setdefault(version, {})[match["edition"]] = path
     return [
-        Migration(version, names[version], files.get(None) or files.get(edition.value))
-        for version, files in sorted(by_version.items())
+        Migration(version, names[version], files) for version, files in sorted(by_version.items())
     ]
 
 
@@ -70,7 +73,7 @@ def migrate(url: str, sql_dir: Path = SQL_DIR) -> list[str]:
     """Apply what is missing; return the versions applied now (empty on a second run)."""
     with psycopg.connect(url, autocommit=True) as conn:
         check_timescaledb(conn)
-        edition = server_edition(conn)
+        migrations = discover(sql_dir)
         conn.execute(
             "CREATE TABLE IF NOT EXISTS tickvault_migrations ("
             " version text PRIMARY KEY, name text NOT NULL, edition text NOT NULL,"
@@ -78,16 +81,21 @@ def migrate(url: str, sql_dir: Path = SQL_DIR) -> list[str]:
         )
         done = {row[0] for row in conn.execute("SELECT version FROM tickvault_migrations")}
         applied = []
-        for migration in discover(edition, sql_dir):
+        for migration in migrations:
             if migration.version in done:
                 continue
             with conn.transaction():
-                if migration.path is not None:
-                    conn.execute(migration.path.read_text().encode())
+                common = migration.files.get(None)
+                if common is not None:  # the first one creates the extension
+                    conn.execute(common.read_text().encode())
+                edition = server_edition(conn)
+                path = migration.path_for(edition)
+                if path is not None and path is not common:
+                    conn.execute(path.read_text().encode())
                 conn.execute(
                     "INSERT INTO tickvault_migrations (version, name, edition, skipped)"
                     " VALUES (%s, %s, %s, %s)",
-                    [migration.version, migration.name, edition.value, migration.path is None],
+                    [migration.version, migration.name, edition.value, path is None],
                 )
             applied.append(migration.version)
         return applied
