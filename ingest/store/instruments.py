@@ -1,0 +1,239 @@
+"""The Upstox instrument master: load the published file, find the F&O universe, resolve symbols.
+
+The file is checked whole before the database is touched, and written in one transaction, so a
+truncated download or a malformed record leaves the table exactly as it was. The records are
+COPYed as jsonb into a temporary table and the upsert projects them into columns in SQL: that
+keeps Python's per-record work to one `json.dumps`, and a 100k-record file loads in seconds.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import zlib
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_INT4 = range(-(2**31), 2**31)
+
+# Every column of `instruments` filled from the record, with the kind of value it holds.
+# The order is the column order of the upsert; `instrument_key` comes first.
+_COLUMNS = {
+    "instrument_key": "text",
+    "trading_symbol": "text",
+    "name": "text",
+    "short_name": "text",
+    "segment": "text",
+    "exchange": "text",
+    "instrument_type": "text",
+    "security_type": "text",
+    "isin": "text",
+    "exchange_token": "text",
+    "lot_size": "integer",
+    "minimum_lot": "integer",
+    "freeze_quantity": "double precision",
+    "tick_size": "double precision",
+    "expiry": "epoch ms",
+    "strike_price": "double precision",
+    "weekly": "boolean",
+    "underlying_key": "text",
+    "underlying_symbol": "text",
+    "underlying_type": "text",
+    "asset_key": "text",
+}
+
+# Every record in Upstox's files has these, indices included (Nifty 50's trading_symbol is
+# "NIFTY"); a record without one is a broken file, not something to patch up with `name`.
+REQUIRED_FIELDS = ("instrument_key", "segment", "instrument_type", "trading_symbol")
+
+
+def _value_sql(column: str, kind: str) -> str:
+    field = f"r->>'{column}'"
+    if kind == "text":
+        return field
+    if kind == "epoch ms":
+        return f"to_timestamp(({field})::bigint / 1000.0)"
+    return f"({field})::{kind}"
+
+
+_UPSERT = (
+    f"INSERT INTO instruments ({', '.join(_COLUMNS)}, raw, updated_at)"
+    f" SELECT {', '.join(_value_sql(c, k) for c, k in _COLUMNS.items())}, r, now()"
+    " FROM _instruments_load"
+    " ON CONFLICT (instrument_key) DO UPDATE SET "
+    + ", ".join(f"{c} = EXCLUDED.{c}" for c in [*list(_COLUMNS)[1:], "raw", "updated_at"])
+)
+
+
+class InstrumentFileError(ValueError):
+    """The instrument file cannot be loaded as it is; nothing was written."""
+
+
+class UnknownSymbol(LookupError):
+    """No instrument answers to this symbol, index name or instrument key."""
+
+
+def default_sample_path() -> Path:
+    """The small instrument master shipped with tickvault, for trying it out without a network."""
+    return Path(__file__).resolve().parents[1] / "data" / "instruments_sample.json"
+
+
+def _reject_constant(name: str) -> Any:
+    # Python's json accepts NaN and Infinity; jsonb does not, and neither does Upstox send them.
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _json_kind(value: Any) -> str:
+    """The JSON name of a parsed value's type, for messages about the file."""
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    names = {dict: "object", list: "array", str: "string"}
+    return names.get(type(value), "number")
+
+
+def _fits(value: Any, kind: str) -> bool:
+    if kind == "text":
+        return isinstance(value, str)
+    if kind == "boolean":
+        return isinstance(value, bool)
+    if isinstance(value, bool):  # bool is an int subclass, never a number in these files
+        return False
+    if kind == "integer":
+        return isinstance(value, int) and value in _INT4
+    if kind == "epoch ms":
+        return isinstance(value, int)
+    return isinstance(value, int | float)
+
+
+def _record_problem(record: Any) -> str | None:
+    """What is wrong with one record, or None."""
+    if not isinstance(record, dict):
+        return f"is a JSON {_json_kind(record)}, not an object"
+    missing = [f for f in REQUIRED_FIELDS if not isinstance(record.get(f), str) or not record[f]]
+    if missing:
+        return f"lacks {', '.join(missing)}"
+    wrong = [
+        f"{column} ({record[column]!r} is not {kind})"
+        for column, kind in _COLUMNS.items()
+        if record.get(column) is not None and not _fits(record[column], kind)
+    ]
+    return f"has a bad {', '.join(wrong)}" if wrong else None
+
+
+def _decode(path: Path) -> Any:
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise InstrumentFileError(f"cannot read {path}: {error.strerror}") from None
+    if data.startswith(_GZIP_MAGIC):  # by content: a saved download may have lost its .gz
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as error:
+            raise InstrumentFileError(f"{path} is not a whole gzip file: {error}") from None
+    try:
+        return json.loads(data.decode("utf-8-sig"), parse_constant=_reject_constant)
+    except ValueError as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise InstrumentFileError(f"{path} is not valid JSON: {error}") from None
+
+
+def read_instruments(path: Path) -> list[dict[str, Any]]:
+    """The records of an Upstox instrument file (.json, or gzipped whatever its name), checked.
+
+    Every record must carry a non-empty `instrument_key`, `segment`, `instrument_type` and
+    `trading_symbol` (Upstox gives indices one too: "NIFTY" for Nifty 50, so there is no
+    falling back to `name`), and the fields that become typed columns must hold the JSON type
+    Upstox uses (epoch-ms integer `expiry`, integer `lot_size`, ...). One bad record, or a
+    repeated `instrument_key`, rejects the whole file with an `InstrumentFileError` naming it.
+    """
+    records = _decode(path)
+    if not isinstance(records, list):
+        raise InstrumentFileError(
+            f"{path} holds a JSON {_json_kind(records)}, not an array of instrument records"
+        )
+    first_index: dict[str, int] = {}
+    for index, record in enumerate(records):
+        problem = _record_problem(record)
+        key = record.get("instrument_key") if isinstance(record, dict) else None
+        named = f" (instrument_key {key!r})" if isinstance(key, str) and key else ""
+        if problem:
+            raise InstrumentFileError(f"{path}: record {index}{named} {problem}")
+        earlier = first_index.setdefault(key, index)
+        if earlier != index:
+            raise InstrumentFileError(
+                f"{path}: record {index}{named} repeats the key of record {earlier}"
+            )
+    return records
+
+
+def load_instruments(conn: psycopg.Connection, path: Path) -> int:
+    """Upsert every record of the file by `instrument_key`; return how many there were.
+
+    All or nothing: the file is checked first, then written in one transaction (a savepoint
+    if the caller has one open). Rows of instruments absent from the file are left alone.
+    """
+    records = read_instruments(path)
+    try:
+        with conn.transaction():
+            # Dropped explicitly, not ON COMMIT: inside a caller's transaction this block is a
+            # savepoint, and a second load before that commit would find the table still there.
+            conn.execute("CREATE TEMP TABLE _instruments_load (r jsonb NOT NULL)")
+            with conn.cursor().copy("COPY _instruments_load (r) FROM STDIN") as copy:
+                for record in records:
+                    copy.write_row((json.dumps(record),))
+            conn.execute(_UPSERT)
+            conn.execute("DROP TABLE _instruments_load")
+    except psycopg.DataError as error:  # a value in range for JSON but not for its column
+        raise InstrumentFileError(f"{path}: {error}; nothing was loaded") from None
+    return len(records)
+
+
+def fno_universe(conn: psycopg.Connection) -> list[str]:
+    """The `NSE_EQ` keys of the stocks that have futures: NSE's F&O stock list, from the file."""
+    rows = conn.execute(
+        "SELECT DISTINCT underlying_key FROM instruments"
+        " WHERE segment = 'NSE_FO' AND instrument_type = 'FUT' AND underlying_type = 'EQUITY'"
+        " AND underlying_key IS NOT NULL"
+        " ORDER BY underlying_key"
+    ).fetchall()
+    return [key for (key,) in rows]
+
+
+def resolve_symbol(conn: psycopg.Connection, symbol: str) -> str:
+    """The instrument key a user means by `symbol`.
+
+    An instrument key is taken as it is when it exists. Otherwise `symbol` is a trading symbol
+    or an index name ("Nifty 50"), in any case; a trading symbol can be listed in several
+    segments, and the NSE cash market wins, then NSE indices, then the equity or index record
+    of any other segment.
+    """
+    row = conn.execute(
+        "SELECT instrument_key FROM ("
+        " SELECT instrument_key, segment, instrument_type, 0 AS by_symbol"
+        " FROM instruments WHERE instrument_key = %(symbol)s"
+        " UNION ALL"
+        " SELECT instrument_key, segment, instrument_type, 1"
+        " FROM instruments WHERE upper(trading_symbol) = upper(%(symbol)s)"
+        " UNION ALL"
+        " SELECT instrument_key, segment, instrument_type, 1"
+        " FROM instruments WHERE segment = 'NSE_INDEX' AND upper(name) = upper(%(symbol)s)"
+        ") AS candidates"
+        " ORDER BY by_symbol,"
+        " CASE segment WHEN 'NSE_EQ' THEN 0 WHEN 'NSE_INDEX' THEN 1 ELSE 2 END,"
+        " instrument_type NOT IN ('EQ', 'INDEX'), instrument_key"
+        " LIMIT 1",
+        {"symbol": symbol.strip()},
+    ).fetchone()
+    if row is None:
+        raise UnknownSymbol(
+            f"unknown symbol {symbol!r}: no trading symbol, index name or instrument key in the "
+            "instrument master matches it (`tickvault instruments load` fills the master)"
+        )
+    return row[0]
+
+
+def instrument_records(conn: psycopg.Connection) -> list[dict[str, Any]]:
+    """Every instrument as Upstox published it (the simulator builds its market from these)."""
+    return [raw for (raw,) in conn.execute("SELECT raw FROM instruments ORDER BY instrument_key")]

@@ -1,0 +1,134 @@
+"""Real TimescaleDB clusters for the tests: no mocked database anywhere.
+
+One private cluster per edition for the whole session, and a fresh migrated database per test
+that asks for one. The Apache edition is what every machine has (`tickvault db install`);
+Community is used where a Community build is found (TICKVAULT_COMMUNITY_PG_BINDIR, or the
+default PostgreSQL's timescaledb carrying the TSL module) and its tests skip otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from ingest.store.cluster import LocalCluster
+from ingest.store.migrations import migrate
+from ingest.store.postgres import PgInstall, find_bindir
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def with_database(url: str, database: str) -> str:
+    params = conninfo_to_dict(url)
+    params["dbname"] = database
+    return make_conninfo(**params)
+
+
+class TestServer:
+    """A running server the tests may create databases on."""
+
+    def __init__(self, admin_url: str, edition: str, cluster: LocalCluster | None = None) -> None:
+        self.admin_url = admin_url
+        self.edition = edition
+        self.cluster = cluster
+
+    def create_database(self, migrated: bool = True) -> str:
+        name = f"test_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        url = with_database(self.admin_url, name)
+        if migrated:
+            migrate(url)
+        return url
+
+    def drop_database(self, url: str) -> None:
+        name = conninfo_to_dict(url)["dbname"]
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _start_cluster(bindir: Path, license_: str) -> tuple[LocalCluster, Path]:
+    # /tmp, not pytest's tmp_path: the server may run as another OS user, and pytest's base
+    # directory is closed to everyone but us.
+    root = Path(tempfile.mkdtemp(prefix=f"tickvault-test-{license_}-"))
+    root.chmod(0o755)
+    cluster = LocalCluster(
+        PgInstall(bindir),
+        root / "pg",
+        free_port(),
+        extra_settings={"timescaledb.license": f"'{license_}'", "shared_buffers": "'128MB'"},
+    )
+    cluster.start()
+    return cluster, root
+
+
+def _community_bindir() -> Path | None:
+    configured = os.environ.get("TICKVAULT_COMMUNITY_PG_BINDIR")
+    if configured:
+        return Path(configured)
+    default = find_bindir(None)
+    return default if PgInstall(default).has_community_module() else None
+
+
+@pytest.fixture(scope="session")
+def apache_server() -> Iterator[TestServer]:
+    external = os.environ.get("TICKVAULT_TEST_DATABASE_URL")
+    if external:
+        yield TestServer(external, "apache")
+        return
+    bindir = find_bindir(None)
+    cluster, root = _start_cluster(bindir, "apache")
+    try:
+        yield TestServer(cluster.url("postgres"), "apache", cluster)
+    finally:
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def community_server() -> Iterator[TestServer]:
+    bindir = _community_bindir()
+    if bindir is None:
+        pytest.skip(
+            "TimescaleDB Community is not installed here (Debian ships only the Apache "
+            "edition); set TICKVAULT_COMMUNITY_PG_BINDIR to a PostgreSQL bin directory whose "
+            "timescaledb has the TSL module to run these tests"
+        )
+    cluster, root = _start_cluster(bindir, "timescale")
+    try:
+        yield TestServer(cluster.url("postgres"), "timescale", cluster)
+    finally:
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def db_url(apache_server: TestServer) -> Iterator[str]:
+    """A fresh, migrated database on the Apache-edition server (what every machine has)."""
+    url = apache_server.create_database()
+    yield url
+    apache_server.drop_database(url)
+
+
+@pytest.fixture(params=["apache", "community"])
+def edition_db_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh, migrated database on each edition in turn."""
+    server: TestServer = request.getfixturevalue(f"{request.param}_server")
+    url = server.create_database()
+    yield url
+    server.drop_database(url)

@@ -1,0 +1,1 @@
+"""The `tickvault` command: the one place that wires the store, ingest and api together."""

@@ -1,0 +1,141 @@
+"""`tickvault`: set up the store, load instruments, run the feed and the API.
+
+Each subcommand is a thin call into `ingest` or `api`; errors the user can act on
+(StoreError, ValueError from configuration) are printed as one clear line, not a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+
+import psycopg
+
+from ingest.config import Settings
+from ingest.store.bars import refresh_bars
+from ingest.store.install import install_timescaledb
+from ingest.store.instruments import InstrumentFileError, load_instruments
+from ingest.store.local import database_url, local_cluster
+from ingest.store.migrations import migrate
+from ingest.store.postgres import PgInstall, StoreError, find_bindir
+
+
+def _db_install(settings: Settings, args: argparse.Namespace) -> int:
+    install_timescaledb(PgInstall(find_bindir(settings.pg_bindir)))
+    return 0
+
+
+def _db_start(settings: Settings, args: argparse.Namespace) -> int:
+    if settings.database_url:
+        print("TICKVAULT_DATABASE_URL is set: using that server, nothing local to start")
+        return 0
+    status = local_cluster(settings).start()
+    print(f"TimescaleDB {status.detail}: {status.data_dir} on port {status.port}")
+    print(status.url)
+    return 0
+
+
+def _db_stop(settings: Settings, args: argparse.Namespace) -> int:
+    if settings.database_url:
+        print("TICKVAULT_DATABASE_URL is set: nothing local to stop")
+        return 0
+    status = local_cluster(settings).stop()
+    print(f"TimescaleDB {status.detail}: {status.data_dir}")
+    return 0
+
+
+def _db_status(settings: Settings, args: argparse.Namespace) -> int:
+    if settings.database_url:
+        with psycopg.connect(settings.database_url, connect_timeout=5) as conn:
+            (version,) = conn.execute("SELECT version()").fetchone() or ("?",)
+        print(f"external server (TICKVAULT_DATABASE_URL) answers: {version}")
+        return 0
+    status = local_cluster(settings).status()
+    print(f"TimescaleDB {status.detail}: {status.data_dir} on port {status.port}")
+    return 0 if status.running else 3
+
+
+def _db_url(settings: Settings, args: argparse.Namespace) -> int:
+    if settings.database_url or not args.tcp:
+        print(database_url(settings))
+    else:
+        cluster = local_cluster(settings)
+        database_url(settings)  # says clearly when the cluster is down
+        print(cluster.tcp_url())
+    return 0
+
+
+def _db_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    applied = migrate(database_url(settings))
+    print(f"applied migrations: {', '.join(applied)}" if applied else "schema is up to date")
+    return 0
+
+
+def _parse_time(value: str) -> datetime:
+    moment = datetime.fromisoformat(value)
+    if moment.tzinfo is None:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} needs a UTC offset, e.g. 2026-11-20T09:15+05:30"
+        )
+    return moment
+
+
+def _db_refresh_bars(settings: Settings, args: argparse.Namespace) -> int:
+    with psycopg.connect(database_url(settings), autocommit=True) as conn:
+        result = refresh_bars(conn, args.start, args.end)
+    written = ", ".join(
+        f"{view}: {count} buckets" for view, count in result.buckets_written.items()
+    )
+    print(f"bars refreshed ({result.edition.value} edition){': ' + written if written else ''}")
+    return 0
+
+
+def _instruments_load(settings: Settings, args: argparse.Namespace) -> int:
+    with psycopg.connect(database_url(settings)) as conn:
+        count = load_instruments(conn, args.path)
+    print(f"loaded {count} instruments from {args.path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tickvault", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    db = commands.add_parser("db", help="the TimescaleDB store").add_subparsers(
+        dest="db_command", required=True
+    )
+    db.add_parser(
+        "install", help="build and install the TimescaleDB extension where missing"
+    ).set_defaults(handler=_db_install)
+    db.add_parser("start", help="start the local cluster").set_defaults(handler=_db_start)
+    db.add_parser("stop", help="stop the local cluster").set_defaults(handler=_db_stop)
+    db.add_parser("status", help="is the store up?").set_defaults(handler=_db_status)
+    url = db.add_parser("url", help="print the libpq URL of the store (last line)")
+    url.add_argument("--tcp", action="store_true", help="the loopback TCP URL, with its password")
+    url.set_defaults(handler=_db_url)
+    db.add_parser("migrate", help="apply sql/ migrations").set_defaults(handler=_db_migrate)
+    refresh = db.add_parser("refresh-bars", help="bring the materialized OHLC bars up to date")
+    refresh.add_argument("--start", type=_parse_time, help="rebuild bars from this time")
+    refresh.add_argument("--end", type=_parse_time, help="rebuild bars up to this time")
+    refresh.set_defaults(handler=_db_refresh_bars)
+
+    instruments = commands.add_parser("instruments", help="the instrument master").add_subparsers(
+        dest="instruments_command", required=True
+    )
+    load = instruments.add_parser("load", help="upsert an Upstox instrument JSON file (.json[.gz])")
+    load.add_argument("path", type=Path)
+    load.set_defaults(handler=_instruments_load)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Callable[[Settings, argparse.Namespace], int] = args.handler
+    try:
+        return handler(Settings.from_env(), args)
+    except (StoreError, InstrumentFileError, ValueError, psycopg.OperationalError) as error:
+        print(f"tickvault: {error}", file=sys.stderr)
+        return 1
