@@ -1,0 +1,310 @@
+"""An append-only local journal of raw feed frames, so that no accepted tick is lost.
+
+Every frame is appended here before it is decoded, and the database records the last journal
+seq of each batch it commits. After a crash the ingest replays the frames after that seq, so
+the journal only has to keep what the database does not hold yet. Frames are kept as raw
+bytes, not ticks: one append per frame (10-100 ticks) fits the hot path, and replay goes
+through the same decoder as live frames.
+
+A segment is a file named by the seq of its first record. A record is a header (magic,
+frame length, CRC-32 of seq + received_at_us + frame, seq, received_at_us) and the frame.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import struct
+import uuid
+import zlib
+from collections.abc import Iterator
+from itertools import pairwise
+from pathlib import Path
+from types import TracebackType
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+_MAGIC = b"TVJ1"
+_HEADER = struct.Struct("<4sIIQq")  # magic, frame length, crc32, seq, received_at_us
+_CRC_FROM = 12  # the CRC covers seq, received_at_us and the frame
+_META = struct.Struct("<Qq")
+_SUFFIX = ".journal"
+_ID_FILE = "journal_id"
+
+
+class JournalFull(RuntimeError):
+    """The journal cannot take another frame: refusing it is better than losing it silently.
+
+    Not an OSError, so that handlers of connection errors cannot mistake it for one.
+    """
+
+
+class JournalCorrupt(Exception):
+    """A record that is neither valid nor a torn tail left by a crash."""
+
+    def __init__(self, path: Path, offset: int, reason: str) -> None:
+        super().__init__(f"{path}: corrupt journal record at byte {offset}: {reason}")
+        self.path = path
+        self.offset = offset
+
+
+def _parse(data: bytes, offset: int) -> tuple[int, int, int] | str:
+    """Return (seq, received_at_us, end) of the record at offset, or why it is not one."""
+    if len(data) - offset < _HEADER.size:
+        return "short header"
+    magic, length, crc, seq, received_at_us = _HEADER.unpack_from(data, offset)
+    end = offset + _HEADER.size + length
+    if magic != _MAGIC:
+        return "bad magic"
+    if end > len(data):
+        return "short frame"
+    if zlib.crc32(memoryview(data)[offset + _CRC_FROM : end]) != crc:
+        return "bad CRC"
+    return seq, received_at_us, end
+
+
+def _records(path: Path, data: bytes, first_seq: int) -> Iterator[tuple[int, int, int, int]]:
+    """Yield (seq, received_at_us, frame start, frame end) of every record of one segment."""
+    offset, expected = 0, first_seq
+    while offset < len(data):
+        record = _parse(data, offset)
+        if isinstance(record, str):
+            raise JournalCorrupt(path, offset, record)
+        seq, received_at_us, end = record
+        if seq != expected:
+            raise JournalCorrupt(path, offset, f"seq {seq} where {expected} was expected")
+        yield seq, received_at_us, offset + _HEADER.size, end
+        offset, expected = end, expected + 1
+
+
+def _valid_record_after(data: bytes, offset: int) -> bool:
+    """Whether a valid record starts at or after offset: then offset is not a torn tail."""
+    offset = data.find(_MAGIC, offset)
+    while offset >= 0:
+        if not isinstance(_parse(data, offset), str):
+            return True
+        offset = data.find(_MAGIC, offset + 1)
+    return False
+
+
+class Journal:
+    """The frame journal of one ingest process (the directory is locked against a second).
+
+    An append is one `os.write`: once it returns, the record is in the OS page cache and
+    survives a crash of this process, SIGKILL included. It reaches the disk on `sync()`, which
+    the writer calls at least once per committed batch (about every 200 ms), and on rotation
+    and close, so a power loss can lose the frames of the last unsynced moment.
+    """
+
+    def __init__(self, directory: Path, segment_bytes: int = 64 * MiB, max_bytes: int = 2 * GiB):
+        self.directory = Path(directory)
+        self.segment_bytes = segment_bytes
+        self.max_bytes = max_bytes
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._dir_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(self._dir_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._dir_fd)
+            raise RuntimeError(f"journal {self.directory} is in use by another process") from None
+        self.committed_seq = 0
+        self.torn_tail_bytes = 0
+        self._fd = -1
+        try:
+            self.journal_id = self._load_id()
+            self._sizes = {
+                int(path.name.removesuffix(_SUFFIX)): path.stat().st_size
+                for path in self.directory.glob("*" + _SUFFIX)
+            }
+            self._bytes = sum(self._sizes.values())
+            if self._sizes:
+                self._open_newest()
+            else:
+                self._last_seq = 0
+                self._start_segment()
+        except BaseException:
+            os.close(self._dir_fd)
+            raise
+
+    def _load_id(self) -> str:
+        path = self.directory / _ID_FILE
+        if not path.exists():
+            temporary = path.with_suffix(".tmp")
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                os.write(fd, uuid.uuid4().hex.encode() + b"\n")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            temporary.rename(path)
+            os.fsync(self._dir_fd)
+        return path.read_text().strip()
+
+    def _path(self, first_seq: int) -> Path:
+        return self.directory / f"{first_seq:020d}{_SUFFIX}"
+
+    def _open_newest(self) -> None:
+        """Find the last seq and cut a record torn by a crash so that appends continue."""
+        first_seq = max(self._sizes)
+        path = self._path(first_seq)
+        data = path.read_bytes()
+        self._last_seq = first_seq - 1
+        try:
+            for seq, _, _, _ in _records(path, data, first_seq):
+                self._last_seq = seq
+        except JournalCorrupt as exc:
+            if _valid_record_after(data, exc.offset):
+                raise
+            os.truncate(path, exc.offset)
+            self.torn_tail_bytes = len(data) - exc.offset
+            self._bytes -= self.torn_tail_bytes
+            self._sizes[first_seq] = exc.offset
+        self._current = first_seq
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        os.fsync(self._fd)
+
+    def _start_segment(self) -> None:
+        """Begin the segment of the next record once the previous one is on disk.
+
+        Each step that can fail (a full disk) comes before the switch, so that a failed
+        rotation leaves the journal appending to the old segment.
+        """
+        if self._fd >= 0:
+            os.fsync(self._fd)
+        first_seq = self._last_seq + 1
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
+        fd = os.open(self._path(first_seq), flags, 0o644)
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd = fd
+        os.fsync(self._dir_fd)
+        self._sizes[first_seq] = 0
+        self._current = first_seq
+
+    def append(self, frame: bytes, received_at_us: int) -> int:
+        """Journal one frame and return its seq; raise JournalFull rather than drop it."""
+        if self._fd < 0:
+            raise ValueError("the journal is closed")
+        seq = self._last_seq + 1
+        crc = zlib.crc32(frame, zlib.crc32(_META.pack(seq, received_at_us)))
+        record = _HEADER.pack(_MAGIC, len(frame), crc, seq, received_at_us) + frame
+        try:
+            if self._sizes[self._current] >= self.segment_bytes:
+                self._start_segment()
+            if self._bytes + len(record) > self.max_bytes:
+                self._make_room(len(record))
+            self._write(record)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise self._full(f"the disk is full ({exc.strerror})") from exc
+            raise
+        self._last_seq = seq
+        return seq
+
+    def _write(self, record: bytes) -> None:
+        size = self._sizes[self._current]
+        try:
+            written = os.write(self._fd, record)
+            while written < len(record):  # a regular file writes short only when running out
+                written += os.write(self._fd, memoryview(record)[written:])
+        except OSError:
+            os.ftruncate(self._fd, size)  # no half record for the next append to follow
+            raise
+        self._sizes[self._current] = size + written
+        self._bytes += written
+
+    def _make_room(self, size: int) -> None:
+        if self.committed_seq == self._last_seq and self._sizes[self._current]:
+            self._start_segment()  # the current segment is all committed: let it go
+            self.mark_committed(self.committed_seq)
+        if self._bytes + size > self.max_bytes:
+            raise self._full(f"{self._bytes} of max_bytes={self.max_bytes} bytes are in use")
+
+    def _full(self, why: str) -> JournalFull:
+        return JournalFull(
+            f"frame journal {self.directory} cannot take another frame: {why}; "
+            f"the database has committed up to seq {self.committed_seq} of {self._last_seq}, "
+            f"so {self._last_seq - self.committed_seq} frames wait only here. Get the database "
+            "writer committing again (the journal frees segments as batches commit), or free "
+            "disk space or raise max_bytes; frames arriving meanwhile are refused, not dropped."
+        )
+
+    def sync(self) -> None:
+        """Make every appended frame survive a power loss, not just a process crash.
+
+        Call it before committing a batch: a database holding seqs that a power loss took
+        from the journal would see them handed out again to new frames.
+        """
+        os.fdatasync(self._fd)
+
+    def mark_committed(self, seq: int) -> None:
+        """Frames up to seq are in the database: delete the segments holding nothing newer."""
+        if seq > self._last_seq:
+            raise ValueError(f"seq {seq} is committed but the journal ends at {self._last_seq}")
+        self.committed_seq = max(self.committed_seq, seq)
+        starts = sorted(self._sizes)
+        for first_seq, next_first in pairwise(starts):
+            if next_first - 1 > self.committed_seq:
+                break
+            self._path(first_seq).unlink()
+            self._bytes -= self._sizes.pop(first_seq)
+
+    def replay(self, after_seq: int) -> Iterator[tuple[int, int, bytes]]:
+        """Yield (seq, received_at_us, frame) after after_seq, up to the last seq at this call.
+
+        Frames appended while the replay runs are left out: they already go down the live path.
+        """
+        starts = sorted(self._sizes)
+        if starts[0] > after_seq + 1:
+            raise ValueError(
+                f"frames {after_seq + 1}..{starts[0] - 1} are no longer in journal "
+                f"{self.directory}: they were deleted as committed, so the database that "
+                f"committed them is not the one asking for frames after {after_seq}"
+            )
+        skip = sum(1 for first_seq in starts[1:] if first_seq <= after_seq + 1)
+        return self._replay(starts[skip:], after_seq, self._last_seq)
+
+    def _replay(
+        self, starts: list[int], after_seq: int, last_seq: int
+    ) -> Iterator[tuple[int, int, bytes]]:
+        expected = starts[0]
+        for first_seq in starts:
+            path = self._path(first_seq)
+            if first_seq != expected:
+                raise JournalCorrupt(path, 0, f"the previous segment ends at seq {expected - 1}")
+            data = path.read_bytes()
+            for seq, received_at_us, start, end in _records(path, data, first_seq):
+                if seq > last_seq:
+                    return
+                if seq > after_seq:
+                    yield seq, received_at_us, data[start:end]
+                expected = seq + 1
+
+    def stats(self) -> dict[str, int | str]:
+        return {
+            "journal_id": self.journal_id,
+            "last_seq": self._last_seq,
+            "committed_seq": self.committed_seq,
+            "backlog_frames": self._last_seq - self.committed_seq,
+            "bytes_on_disk": self._bytes,
+            "segments": len(self._sizes),
+            "max_bytes": self.max_bytes,
+            "torn_tail_bytes": self.torn_tail_bytes,
+        }
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            os.close(self._dir_fd)  # releases the lock
+            self._fd = -1
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType
+    ) -> None:
+        self.close()
