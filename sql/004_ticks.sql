@@ -4,7 +4,8 @@
 -- chunks stay in memory, and retention or compression works in whole days.
 -- No unique key: it would cost about 30% of COPY throughput, and exactly-once comes from the
 -- ingest journal instead (each batch is recorded in ingest_batches in the same transaction).
--- `inserted_at` is the server's time of the inserting transaction; with its BRIN index the
+-- `inserted_at` is the server's clock when the row was written (not its transaction's start,
+-- which can precede a bar refresh that the row then slips past); with its BRIN index the
 -- Apache-edition bar rollup finds ticks that arrived late for already rolled-up bars without
 -- a per-row trigger (hypertables have no transition tables).
 CREATE TABLE ticks (
@@ -31,7 +32,7 @@ CREATE TABLE ticks (
     rho            double precision,
     feed_ts        timestamptz,                -- the frame's server time
     received_at    timestamptz      NOT NULL DEFAULT now(),
-    inserted_at    timestamptz      NOT NULL DEFAULT now()
+    inserted_at    timestamptz      NOT NULL DEFAULT clock_timestamp()
 );
 
 SELECT create_hypertable('ticks', by_range('ts', INTERVAL '1 day'));

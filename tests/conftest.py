@@ -39,7 +39,7 @@ def with_database(url: str, database: str) -> str:
     return make_conninfo(**params)
 
 
-class TestServer:
+class DbServer:
     """A running server the tests may create databases on."""
 
     def __init__(self, admin_url: str, edition: str, cluster: LocalCluster | None = None) -> None:
@@ -86,22 +86,22 @@ def _community_bindir() -> Path | None:
 
 
 @pytest.fixture(scope="session")
-def apache_server() -> Iterator[TestServer]:
+def apache_server() -> Iterator[DbServer]:
     external = os.environ.get("TICKVAULT_TEST_DATABASE_URL")
     if external:
-        yield TestServer(external, "apache")
+        yield DbServer(external, "apache")
         return
     bindir = find_bindir(None)
     cluster, root = _start_cluster(bindir, "apache")
     try:
-        yield TestServer(cluster.url("postgres"), "apache", cluster)
+        yield DbServer(cluster.url("postgres"), "apache", cluster)
     finally:
         cluster.stop()
         shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
-def community_server() -> Iterator[TestServer]:
+def community_server() -> Iterator[DbServer]:
     bindir = _community_bindir()
     if bindir is None:
         pytest.skip(
@@ -111,14 +111,14 @@ def community_server() -> Iterator[TestServer]:
         )
     cluster, root = _start_cluster(bindir, "timescale")
     try:
-        yield TestServer(cluster.url("postgres"), "timescale", cluster)
+        yield DbServer(cluster.url("postgres"), "timescale", cluster)
     finally:
         cluster.stop()
         shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture
-def db_url(apache_server: TestServer) -> Iterator[str]:
+def db_url(apache_server: DbServer) -> Iterator[str]:
     """A fresh, migrated database on the Apache-edition server (what every machine has)."""
     url = apache_server.create_database()
     yield url
@@ -128,7 +128,7 @@ def db_url(apache_server: TestServer) -> Iterator[str]:
 @pytest.fixture(params=["apache", "community"])
 def edition_db_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh, migrated database on each edition in turn."""
-    server: TestServer = request.getfixturevalue(f"{request.param}_server")
+    server: DbServer = request.getfixturevalue(f"{request.param}_server")
     url = server.create_database()
     yield url
     server.drop_database(url)

@@ -95,16 +95,19 @@ def _rollup(
         SELECT watermark,
                changed_since,
                -- least() and greatest() pass over NULLs: no end means up to the open bucket.
+               -- A bucket that `end` cuts stays live (as Community's refresh window does):
+               -- rounding up would let the 5-minute layer pass 1-minute buckets not yet stored.
                greatest(watermark, least(
                    time_bucket(INTERVAL '{layer.width}', now()),
-                   time_bucket(INTERVAL '{layer.width}',
-                               %(end)s::timestamptz - INTERVAL '1 microsecond')
-                       + INTERVAL '{layer.width}')),
+                   time_bucket(INTERVAL '{layer.width}', %(end)s::timestamptz))),
                time_bucket(INTERVAL '{layer.width}', %(start)s::timestamptz),
                -- A transaction still running may yet commit late ticks: the next pass looks
-               -- at everything inserted since the oldest of them started.
+               -- at everything inserted since the oldest writing one started. One that has
+               -- not written yet stamps its rows later (inserted_at is clock_timestamp());
+               -- the margin covers the instant between that stamp and its first write.
                least(now(), (SELECT min(xact_start) FROM pg_stat_activity
                              WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()))
+                   - INTERVAL '10 seconds'
         FROM bar_rollup_state WHERE relation = %(view)s FOR UPDATE""",
         {"view": layer.view, "start": start, "end": end},
     ).fetchone()

@@ -1,0 +1,308 @@
+"""OHLC bars against an independent computation from the same ticks, on both editions.
+
+A seeded random trading day goes in; what `ohlc_1m` and `ohlc_5m` show must equal, row for
+row and to the last bit of every double, the bars computed here in Python. Late ticks,
+real-time buckets past the watermark and windowed rebuilds after DELETEs are the cases a
+rollup gets wrong.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Iterable
+from datetime import UTC, date, datetime, time, timedelta, timezone
+from typing import NamedTuple
+
+import psycopg
+
+from ingest.store.bars import BAR_VIEWS, refresh_bars
+from tests import conftest
+
+IST = timezone(timedelta(hours=5, minutes=30))
+OPEN = time(9, 15)
+CLOSE = time(15, 30)
+MINUTE = timedelta(minutes=1)
+WIDTHS = {"ohlc_1m": MINUTE, "ohlc_5m": 5 * MINUTE}
+INSTRUMENTS = (
+    "NSE_EQ|INE002A01018",
+    "NSE_EQ|INE009A01021",
+    "NSE_EQ|INE467B01029",
+    "NSE_FO|43885",
+    "NSE_INDEX|Nifty 50",
+)
+
+Bars = dict[str, list[tuple]]
+
+
+class Tick(NamedTuple):
+    """The columns of a tick that bars are made of, in the COPY order used below."""
+
+    instrument_key: str
+    ts: datetime
+    ltp: float
+    volume_delta: int
+
+
+def trading_day() -> date:
+    """A weekday four to six days back.
+
+    Past, so every bucket of it is below the watermark once refreshed; older than Community's
+    3-day refresh-policy window, so no background refresh races the test; younger than its
+    7-day compression, so the chunk stays plain.
+    """
+    day = datetime.now(UTC).date() - timedelta(days=4)
+    while day.weekday() >= 5:
+        day -= timedelta(days=1)
+    return day
+
+
+def ist(day: date, hour: int, minute: int, second: int = 0, microsecond: int = 0) -> datetime:
+    return datetime.combine(day, time(hour, minute, second, microsecond), IST)
+
+
+def generate_day(day: date, seed: int) -> list[Tick]:
+    """Random-walk ticks every 20-40 s per instrument, in arrival (time) order.
+
+    Timestamps are distinct per instrument: with ties, first() and last() may pick either.
+    """
+    rng = random.Random(seed)
+    session_open = datetime.combine(day, OPEN, IST)
+    session_close = datetime.combine(day, CLOSE, IST)
+    ticks = []
+    for key in INSTRUMENTS:
+        price = round(rng.uniform(100, 3000), 2)
+        ts = session_open + timedelta(microseconds=rng.randrange(1, 15_000_000))
+        while ts < session_close:
+            ticks.append(Tick(key, ts, price, rng.randint(1, 500)))
+            price = round(max(1.0, price + rng.gauss(0, 0.6)), 2)
+            ts += timedelta(microseconds=rng.randrange(20_000_000, 40_000_000))
+    ticks.sort(key=lambda tick: tick.ts)
+    return ticks
+
+
+def expected_bars(ticks: Iterable[Tick]) -> Bars:
+    """The bars by definition, bucketed from 09:15 IST (not from UTC midnight)."""
+    origin = datetime.combine(date(2000, 1, 3), OPEN, IST)
+    bars = {}
+    for view, width in WIDTHS.items():
+        groups: dict[tuple[str, datetime], list[Tick]] = defaultdict(list)
+        for tick in ticks:
+            bucket = origin + (tick.ts - origin) // width * width
+            groups[tick.instrument_key, bucket].append(tick)
+        rows = []
+        for (key, bucket), group in sorted(groups.items()):
+            group.sort(key=lambda tick: tick.ts)
+            prices = [tick.ltp for tick in group]
+            volume = sum(tick.volume_delta for tick in group)
+            rows.append(
+                (key, bucket, prices[0], max(prices), min(prices), prices[-1], volume, len(group))
+            )
+        bars[view] = rows
+    return bars
+
+
+def bars_of_day(conn: psycopg.Connection, day: date) -> Bars:
+    start = datetime.combine(day, time(0), IST)
+    return {
+        view: sorted(
+            conn.execute(
+                f"SELECT * FROM {view} WHERE bucket >= %s AND bucket < %s",
+                [start, start + timedelta(days=1)],
+            ).fetchall()
+        )
+        for view in BAR_VIEWS.values()
+    }
+
+
+def copy_ticks(conn: psycopg.Connection, ticks: Iterable[Tick]) -> None:
+    with (
+        conn.cursor() as cur,
+        cur.copy("COPY ticks (instrument_key, ts, ltp, volume_delta) FROM STDIN") as copy,
+    ):
+        for tick in ticks:
+            copy.write_row(tick)
+
+
+def insert_one_by_one(conn: psycopg.Connection, ticks: Iterable[Tick]) -> None:
+    for tick in ticks:
+        conn.execute(
+            "INSERT INTO ticks (instrument_key, ts, ltp, volume_delta) VALUES (%s, %s, %s, %s)",
+            tick,
+        )
+
+
+def split_late(day: date, ticks: list[Tick], seed: int) -> tuple[list[Tick], list[Tick]]:
+    """(on time, late): a random 3% held back, plus late ticks that each move one bar value.
+
+    The late ones come shuffled, as a reconnecting feed or a journal replay delivers them.
+    """
+    rng = random.Random(seed)
+    on_time: list[Tick] = []
+    held_back: list[Tick] = []
+    for tick in ticks:
+        (held_back if rng.random() < 0.03 else on_time).append(tick)
+
+    def in_minute(key: str, start: datetime) -> list[Tick]:
+        return [t for t in on_time if t.instrument_key == key and start <= t.ts < start + MINUTE]
+
+    a, b, c, d = INSTRUMENTS[:4]
+    opens_at = ist(day, 10, 2)
+    closes_at = ist(day, 11, 29)
+    day_high = max(t.ltp for t in ticks if t.instrument_key == c)
+    day_low = min(t.ltp for t in ticks if t.instrument_key == d)
+    crafted = [
+        # Earlier than every tick of its minute: the new open (and of its 5-minute bar).
+        Tick(a, opens_at, in_minute(a, opens_at)[0].ltp + 3.25, 11),
+        # Later than every tick of its minute: the new close.
+        Tick(b, closes_at + MINUTE - timedelta(microseconds=1), 42.5, 12),
+        # New high and new low of the day, in the middle of a minute.
+        Tick(c, ist(day, 12, 0, 30, 500_000), day_high + 50.0, 13),
+        Tick(d, ist(day, 13, 7, 10, 250_000), max(1.0, day_low - 50.0), 14),
+        # A bucket that had no bar at all: an instrument first seen late.
+        Tick("NSE_EQ|INE040A01034", ist(day, 14, 3, 10), 1601.05, 15),
+        Tick("NSE_EQ|INE040A01034", ist(day, 14, 0, 5), 1600.0, 16),
+    ]
+    assert opens_at < min(t.ts for t in in_minute(a, opens_at))
+    assert closes_at + MINUTE > max(t.ts for t in in_minute(b, closes_at))
+    late = held_back + crafted
+    rng.shuffle(late)
+    everything = on_time + late
+    assert len({(t.instrument_key, t.ts) for t in everything}) == len(everything)
+    return on_time, late
+
+
+def test_bars_equal_the_ticks_after_late_ticks_and_refresh(edition_db_url: str) -> None:
+    day = trading_day()
+    ticks = generate_day(day, seed=20261120)
+    on_time, late = split_late(day, ticks, seed=7)
+
+    with psycopg.connect(edition_db_url, autocommit=True) as conn:
+        copy_ticks(conn, on_time)
+        refresh_bars(conn)
+        assert bars_of_day(conn, day) == expected_bars(on_time)
+
+        insert_one_by_one(conn, late)
+        # Below the watermark the materialized bars stand until a refresh covers the late ticks.
+        assert bars_of_day(conn, day) == expected_bars(on_time)
+
+        refresh_bars(conn)
+        bars = bars_of_day(conn, day)
+
+    assert bars == expected_bars(on_time + late)
+    session_open_utc = datetime.combine(day, time(3, 45), UTC)
+    for rows in bars.values():
+        assert min(row[1] for row in rows) == session_open_utc
+
+
+def test_ticks_past_the_watermark_show_without_refresh(edition_db_url: str) -> None:
+    day = trading_day()
+    ticks = generate_day(day, seed=3)
+    noon = ist(day, 12, 0)
+
+    with psycopg.connect(edition_db_url, autocommit=True) as conn:
+        copy_ticks(conn, [t for t in ticks if t.ts < noon])
+        refresh_bars(conn, end=noon)
+        copy_ticks(conn, [t for t in ticks if t.ts >= noon])
+        assert bars_of_day(conn, day) == expected_bars(ticks)
+
+        # The live case: a tick of today, after a refresh that brought everything up to date.
+        refresh_bars(conn)
+        live = Tick(INSTRUMENTS[0], datetime.now(UTC), 2999.95, 9)
+        insert_one_by_one(conn, [live])
+        for view, rows in expected_bars([live]).items():
+            shown = conn.execute(
+                f"SELECT * FROM {view} WHERE bucket > %s", [datetime.combine(day, CLOSE, IST)]
+            ).fetchall()
+            assert shown == rows
+
+
+def test_refresh_window_rebuilds_bars_of_deleted_ticks(edition_db_url: str) -> None:
+    day = trading_day()
+    ticks = generate_day(day, seed=11)
+    gone, changed = INSTRUMENTS[1], INSTRUMENTS[2]
+    gone_from, gone_to = ist(day, 10, 10), ist(day, 10, 15)
+    # The first minute after 10:20 with two ticks of `changed`: losing its first changes the
+    # bar's open, volume and count, but the bar stays.
+    minutes: dict[datetime, list[Tick]] = defaultdict(list)
+    for tick in ticks:
+        if tick.instrument_key == changed and tick.ts >= ist(day, 10, 20):
+            minutes[tick.ts.replace(second=0, microsecond=0)].append(tick)
+    changed_minute = min(minute for minute, group in minutes.items() if len(group) >= 2)
+    first_of_minute = minutes[changed_minute][0]
+    deleted = {t for t in ticks if t.instrument_key == gone and gone_from <= t.ts < gone_to}
+    deleted.add(first_of_minute)
+    remaining = [t for t in ticks if t not in deleted]
+
+    with psycopg.connect(edition_db_url, autocommit=True) as conn:
+        copy_ticks(conn, ticks)
+        refresh_bars(conn)
+        conn.execute(
+            "DELETE FROM ticks WHERE (instrument_key = %s AND ts >= %s AND ts < %s)"
+            " OR (instrument_key = %s AND ts = %s)",
+            [gone, gone_from, gone_to, changed, first_of_minute.ts],
+        )
+        # A DELETE is not a late tick: the bars keep what was deleted until a rebuild.
+        assert bars_of_day(conn, day) == expected_bars(ticks)
+
+        refresh_bars(conn, ist(day, 10, 0), ist(day, 10, 30))
+        bars = bars_of_day(conn, day)
+
+    assert bars == expected_bars(remaining)
+    assert (gone, gone_from) not in {(row[0], row[1]) for row in bars["ohlc_5m"]}
+    assert (changed, changed_minute) in {(row[0], row[1]) for row in bars["ohlc_1m"]}
+
+
+def test_both_editions_give_identical_bars(
+    apache_server: conftest.DbServer, community_server: conftest.DbServer
+) -> None:
+    day = trading_day()
+    on_time, late = split_late(day, generate_day(day, seed=5), seed=5)
+    results = []
+    for server in (apache_server, community_server):
+        url = server.create_database()
+        try:
+            with psycopg.connect(url, autocommit=True) as conn:
+                copy_ticks(conn, on_time)
+                refresh_bars(conn)
+                insert_one_by_one(conn, late)
+                refresh_bars(conn)
+                results.append(bars_of_day(conn, day))
+        finally:
+            server.drop_database(url)
+
+    apache, community = results
+    assert apache == community
+    assert apache == expected_bars(on_time + late)
+
+
+def test_refresh_up_to_a_time_inside_a_bucket_keeps_bars_whole(edition_db_url: str) -> None:
+    day = trading_day()
+    ticks = generate_day(day, seed=13)
+
+    with psycopg.connect(edition_db_url, autocommit=True) as conn:
+        copy_ticks(conn, ticks)
+        refresh_bars(conn, end=ist(day, 10, 2, 30))
+        assert bars_of_day(conn, day) == expected_bars(ticks)
+
+
+def test_late_ticks_of_a_transaction_older_than_the_refresh_are_rolled_up(
+    edition_db_url: str,
+) -> None:
+    day = trading_day()
+    ticks = generate_day(day, seed=17)
+    late = Tick(INSTRUMENTS[0], ist(day, 11, 0, 0), 9999.5, 1)
+
+    with (
+        psycopg.connect(edition_db_url, autocommit=True) as conn,
+        psycopg.connect(edition_db_url) as writer,
+    ):
+        copy_ticks(conn, ticks)
+        refresh_bars(conn)
+        # The ingest writer's retry path: it looks the batch up, then COPYs, in one transaction.
+        writer.execute("SELECT 1 FROM ingest_batches WHERE journal_id = 'j' AND batch_id = 1")
+        refresh_bars(conn)
+        copy_ticks(writer, [late])
+        writer.commit()
+        refresh_bars(conn)
+        assert bars_of_day(conn, day) == expected_bars([*ticks, late])
