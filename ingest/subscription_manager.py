@@ -1,0 +1,206 @@
+"""What the feed should carry, kept in the `subscriptions` table so a restart resumes it.
+
+The client holds the live subscriptions; this module turns symbols into instrument keys,
+sends them to the client in batches, and records each key's state. Rows are written `pending`
+before the request and `subscribed` after it, so a crash in between leaves keys that
+`resume()` subscribes again rather than keys nobody remembers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from ingest.client import FeedClient, SubscriptionLimitError
+from ingest.config import Settings
+from ingest.store.instruments import fno_universe, resolve_symbol
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZE = 50  # keys per `sub` request
+
+T = TypeVar("T")
+
+_UPSERT = """
+INSERT INTO subscriptions AS s (instrument_key, mode, status, error, updated_at, subscribed_at)
+SELECT key, %(mode)s::text, %(status)s::text, %(error)s::text, now(),
+       CASE WHEN %(status)s::text = 'subscribed' THEN now() END
+FROM unnest(%(keys)s::text[]) AS key
+ON CONFLICT (instrument_key) DO UPDATE SET
+    mode = EXCLUDED.mode,
+    status = EXCLUDED.status,
+    error = EXCLUDED.error,
+    updated_at = now(),
+    subscribed_at = coalesce(EXCLUDED.subscribed_at, s.subscribed_at)
+"""
+
+_SET_STATUS = """
+UPDATE subscriptions SET status = %(status)s::text, error = %(error)s::text, updated_at = now()
+WHERE instrument_key = ANY(%(keys)s)
+"""
+
+
+def summarize(subscribed: int, failed: int, pending: int = 0) -> dict[str, Any]:
+    """The subscription figures the status endpoint shows, from counts."""
+    total = subscribed + failed + pending
+    return {
+        "total_symbols": total,
+        "subscribed_count": subscribed,
+        "failed_count": failed,
+        "pending_count": pending,
+        "subscription_rate": f"{100 * subscribed / total if total else 0:.2f}%",
+    }
+
+
+class SubscriptionManager:
+    """Symbols in, subscriptions out, with their state in the database."""
+
+    def __init__(
+        self,
+        client: FeedClient,
+        pool: ConnectionPool,
+        settings: Settings,
+        *,
+        batch_size: int = BATCH_SIZE,
+    ) -> None:
+        self._client = client
+        self._pool = pool
+        self._index_keys = settings.index_keys
+        self._batch_size = batch_size
+        # Serializes writes: a refusal from the server must not be overwritten by the
+        # `subscribed` of the batch it refused.
+        self._write_lock = asyncio.Lock()
+        self._background: set[asyncio.Task[None]] = set()
+        client.add_failure_listener(self._on_refused)
+
+    async def subscribe_to_universe(self, mode: str = "full") -> list[str]:
+        """NSE's F&O stocks (from the instrument master) and the configured indices."""
+        stocks = await self._read(fno_universe)
+        keys = list(dict.fromkeys([*stocks, *self._index_keys]))
+        await self._subscribe(keys, mode)
+        log.info("subscribed %d F&O stocks and %d indices", len(stocks), len(self._index_keys))
+        return keys
+
+    async def subscribe_to_symbols(self, symbols: Iterable[str], mode: str = "full") -> list[str]:
+        """Subscribe trading symbols, index names or instrument keys; return their keys.
+
+        An unknown symbol raises UnknownSymbol naming it, and nothing of the call is subscribed.
+        """
+        keys = await self._resolve(symbols)
+        await self._subscribe(keys, mode)
+        return keys
+
+    async def unsubscribe_symbols(self, symbols: Iterable[str]) -> list[str]:
+        """Unsubscribe symbols (as subscribe_to_symbols takes them); return their keys."""
+        keys = await self._resolve(symbols)
+        await self._client.unsubscribe(keys)
+        await self._write(_SET_STATUS, {"keys": keys, "status": "unsubscribed", "error": None})
+        return keys
+
+    async def resume(self) -> int:
+        """Subscribe again, in its mode, every key left subscribed or pending; return how many."""
+        rows = await self._read(
+            lambda conn: conn.execute(
+                "SELECT mode, instrument_key FROM subscriptions"
+                " WHERE status IN ('subscribed', 'pending') ORDER BY mode, instrument_key"
+            ).fetchall()
+        )
+        by_mode: dict[str, list[str]] = {}
+        for mode, key in rows:
+            by_mode.setdefault(mode, []).append(key)
+        for mode, keys in by_mode.items():
+            await self._subscribe(keys, mode)
+        if rows:
+            log.info("resumed %d subscriptions", len(rows))
+        return len(rows)
+
+    def get_subscription_status(self, summary_only: bool = False) -> dict[str, Any]:
+        """Counts and, unless `summary_only`, every subscription not unsubscribed.
+
+        Blocking (one query): call it from a thread in async code that must not wait.
+        """
+        with self._pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT coalesce(i.trading_symbol, s.instrument_key), s.instrument_key,"
+                " s.mode, s.status, s.error"
+                " FROM subscriptions s LEFT JOIN instruments i USING (instrument_key)"
+                " WHERE s.status <> 'unsubscribed'"
+                " ORDER BY s.instrument_key"
+            ).fetchall()
+        status = summarize(
+            sum(row[3] == "subscribed" for row in rows),
+            sum(row[3] == "failed" for row in rows),
+            sum(row[3] == "pending" for row in rows),
+        )
+        if not summary_only:
+            status["subscriptions"] = [
+                {"symbol": symbol, "instrument_key": key, "mode": mode, "status": st, "error": err}
+                for symbol, key, mode, st, err in rows
+            ]
+        return status
+
+    async def _subscribe(self, keys: list[str], mode: str) -> None:
+        """Check that all keys fit, record them pending, then send them batch by batch."""
+        try:
+            self._client.check_capacity(keys, mode)
+        except SubscriptionLimitError as exc:
+            held = self._client.subscribed_keys
+            refused = [key for key in keys if key not in held]
+            await self._write(
+                _UPSERT, {"keys": refused, "mode": mode, "status": "failed", "error": str(exc)}
+            )
+            raise
+        await self._write(_UPSERT, {"keys": keys, "mode": mode, "status": "pending", "error": None})
+        for start in range(0, len(keys), self._batch_size):
+            batch = keys[start : start + self._batch_size]
+            await self._client.subscribe(batch, mode)
+            async with self._write_lock:
+                refused = self._client.failed_subscriptions()
+                accepted = [key for key in batch if key not in refused]
+                await asyncio.to_thread(
+                    self._execute,
+                    _UPSERT,
+                    {"keys": accepted, "mode": mode, "status": "subscribed", "error": None},
+                )
+
+    def _on_refused(self, failed: dict[str, str]) -> None:
+        """The client heard the server refuse keys: record it (called on the event loop)."""
+        task = asyncio.get_running_loop().create_task(self._record_refused(failed))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _record_refused(self, failed: dict[str, str]) -> None:
+        try:
+            for error in set(failed.values()):
+                keys = [key for key, e in failed.items() if e == error]
+                await self._write(_SET_STATUS, {"keys": keys, "status": "failed", "error": error})
+        except psycopg.Error as exc:
+            log.warning("could not record %d refused subscriptions: %s", len(failed), exc)
+
+    async def _resolve(self, symbols: Iterable[str]) -> list[str]:
+        if isinstance(symbols, str):
+            raise TypeError("symbols must be a list of symbols, not one string")
+        wanted = list(symbols)
+        keys = await self._read(lambda conn: [resolve_symbol(conn, s) for s in wanted])
+        return list(dict.fromkeys(keys))
+
+    async def _read(self, query: Callable[[psycopg.Connection], T]) -> T:
+        def run() -> T:
+            with self._pool.connection() as conn:
+                return query(conn)
+
+        return await asyncio.to_thread(run)
+
+    async def _write(self, sql: str, params: dict[str, Any]) -> None:
+        async with self._write_lock:
+            await asyncio.to_thread(self._execute, sql, params)
+
+    def _execute(self, sql: str, params: dict[str, Any]) -> None:
+        if params["keys"]:
+            with self._pool.connection() as conn:
+                conn.execute(sql, params)
