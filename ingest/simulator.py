@@ -1,0 +1,535 @@
+"""An Upstox Market Data Feed V3 server on loopback: tickvault's feed when no token is set,
+the load generator of the benchmarks and the reference of the "no tick lost" tests.
+
+It speaks the real protocol (see shared/specs/upstox-feed-v3.md): the REST authorize call
+and the redirect, single-use codes, a `market_info` frame first, JSON requests in binary
+frames, a snapshot after each `sub`, then conflated live frames at a configured rate. It
+records every distinct tick it wrote to a socket, so a test can compare the database with
+exactly what was sent, and it can misbehave on request: drop connections, send garbage,
+reject the token, go quiet.
+
+Run it alone with `python -m ingest.simulator --port 8765 --rate 20000 --seed 1`; it then
+answers test hooks on the same port: GET /_sim/stats, /_sim/sent_ticks (with --record),
+/_sim/drop, /_sim/garbage, /_sim/stall?seconds=N and /_sim/reject_token?on=1|0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import random
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+from websockets.protocol import State
+
+from ingest._simulator_market import DEFAULT_UNIVERSE, Instrument, Universe
+from ingest._simulator_protocol import (
+    INVALID_TOKEN,
+    ClientRequest,
+    Gate,
+    RequestError,
+    check_limits,
+    error_response,
+    json_response,
+    parse_request,
+    redirect_response,
+)
+from ingest._simulator_wire import (
+    ENCODERS,
+    live_frame,
+    market_info_frame,
+    snapshot_frame,
+)
+from ingest.config import DEFAULT_MODE_LIMITS
+from ingest.logs import RedactBearer
+from ingest.proto import upstox_feed_v3_pb2 as pb
+from ingest.store.instruments import read_instruments
+
+logger = logging.getLogger(__name__)
+logger.addFilter(RedactBearer())
+
+AUTHORIZE_PATH = "/v3/feed/market-data-feed/authorize"
+FEED_PATH = "/v3/feed/market-data-feed"
+CONTROL_PATH = "/_sim/"
+# A FeedResponse cannot start with 0x0f: field 1 with wire type 7, which does not exist.
+GARBAGE_FRAME = b"\x0fgarbage: not a FeedResponse"
+MIN_FRAME_INTERVAL = 0.002
+SEGMENT_STATUS = {"NSE_EQ": pb.NORMAL_OPEN, "NSE_FO": pb.NORMAL_OPEN, "NSE_INDEX": pb.NORMAL_OPEN}
+
+SentTick = tuple[str, int, float, int | None, int | None]  # key, ltt ms, ltp, ltq, vtt
+_Frame = tuple[bytes | str, list[Instrument]]  # a frame to send and the instruments in it
+
+
+@dataclass(eq=False)
+class _Session:
+    """One client connection and what it follows: instrument key -> mode."""
+
+    connection: ServerConnection
+    modes: dict[str, str] = field(default_factory=dict)
+    open: bool = True
+
+
+class FeedSimulator:
+    """A feed server with a simulated market behind it; see the module docstring.
+
+    `rate` is the market's ticks per second over every subscribed instrument, spread over
+    frames `frame_interval` seconds apart (shorter when there are too few instruments to
+    carry the rate at one appearance each per frame). `token` is the one access token
+    accepted; None accepts any non-empty token. With `record` off only counts are kept,
+    for long runs.
+
+    A client that does not keep up holds the whole market back (the simulator waits for its
+    socket to drain) rather than losing frames: the rate then measures what the slowest
+    reader sustains, and a connection nobody reads stops the feed for everyone.
+    """
+
+    def __init__(
+        self,
+        instruments: Iterable[Mapping[str, object]] = DEFAULT_UNIVERSE,
+        *,
+        token: str | None = None,
+        rate: float = 2000.0,
+        frame_interval: float = 0.1,
+        seed: int = 1,
+        mode_limits: Mapping[str, tuple[int, int]] = DEFAULT_MODE_LIMITS,
+        record: bool = True,
+        max_frame_bytes: int = 512 * 1024,
+    ) -> None:
+        if rate <= 0 or frame_interval <= 0:
+            raise ValueError("rate and frame_interval must be positive")
+        self.rate = rate
+        self.frame_interval = frame_interval
+        self.mode_limits = dict(mode_limits)
+        self.recording = record
+        self.max_frame_bytes = max_frame_bytes
+        self._gate = Gate(token)
+        self._universe = Universe(instruments, seed)
+        self._random = random.Random(seed).random
+        self._instruments: dict[str, Instrument] = {}
+        self._subscribers: Counter[str] = Counter()  # key -> sessions following it
+        self._active: list[Instrument] | None = []  # None: rebuild from _subscribers
+        self._sessions: list[_Session] = []
+        self._sent: list[SentTick] = []
+        self._counts: Counter[str] = Counter()
+        self._stall_until = 0.0
+        self._wake = asyncio.Event()
+        self._server: Server | None = None
+        self._generator: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[int]] = set()
+        self._host = "127.0.0.1"
+
+    # Life cycle
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        if host != "localhost" and not ipaddress.ip_address(host).is_loopback:
+            raise ValueError(f"the simulator binds to loopback only, not {host!r}")
+        self._host = "127.0.0.1" if host == "localhost" else host
+        self._server = await serve(
+            self._serve,
+            self._host,
+            port,
+            process_request=self._process_request,
+            compression=None,  # Upstox's frames are small protobufs; deflate would cost the rate
+            logger=logger,
+        )
+        self._generator = asyncio.create_task(self._generate(), name="feed simulator")
+
+    async def stop(self) -> None:
+        if self._generator is not None:
+            self._generator.cancel()
+            await asyncio.gather(self._generator, return_exceptions=True)
+            self._generator = None
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    async def __aenter__(self) -> FeedSimulator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("the simulator is not running")
+        return int(next(iter(self._server.sockets)).getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        """The REST base, standing in for https://api.upstox.com."""
+        return f"http://{self._host}:{self.port}"
+
+    @property
+    def feed_url(self) -> str:
+        return f"ws://{self._host}:{self.port}{FEED_PATH}"
+
+    # What was sent
+
+    def sent_ticks(self) -> list[SentTick]:
+        """Every distinct tick written to a client, in order: (instrument_key, ltt in epoch ms,
+        ltp, ltq, vtt), ltq and vtt None for an index. A snapshot repeats an instrument's
+        last tick; that is not a new tick. vtt is on the wire in full and option_greeks
+        modes only."""
+        return list(self._sent)
+
+    def stats(self) -> dict[str, object]:
+        return {
+            "connections": len(self._sessions),
+            "subscribed_keys": len(self._subscribers),
+            "ticks_sent": self._counts["ticks"],
+            "feeds_sent": self._counts["feeds"],
+            "frames_sent": self._counts["frames"],
+            "bytes_sent": self._counts["bytes"],
+            "rate": self.rate,
+            "frame_interval": self.frame_interval,
+            "recording": self.recording,
+            "stalled": self._stall_until > time.monotonic(),
+            "rejecting_token": self._gate.rejecting,
+            "drops": self._counts["drops"],
+            "garbage_frames": self._counts["garbage"],
+        }
+
+    # Faults
+
+    async def drop_connections(self) -> int:
+        """Close every feed connection abruptly: no close frame, so clients see 1006. The
+        TCP connection is shut after what was already written, so all recorded ticks left."""
+        sessions, self._sessions = self._sessions, []
+        for session in sessions:
+            session.open = False
+            session.connection.transport.close()
+            self._release(session)
+        for session in sessions:
+            try:  # a client that reads nothing never takes the last bytes: cut it off
+                await asyncio.wait_for(session.connection.wait_closed(), 5)
+            except TimeoutError:
+                session.connection.transport.abort()
+        self._counts["drops"] += len(sessions)
+        return len(sessions)
+
+    async def send_garbage(self) -> int:
+        """One binary frame that is not a FeedResponse to every feed connection."""
+        sessions = [s for s in self._sessions if s.open and s.connection.state is State.OPEN]
+        for session in sessions:
+            try:
+                await session.connection.send(GARBAGE_FRAME)
+            except ConnectionClosed:
+                continue
+        self._counts["garbage"] += len(sessions)
+        return len(sessions)
+
+    def reject_token(self, rejecting: bool = True) -> None:
+        """Answer 401 UDAPI100050 to every token (authorize and redirect) until reset."""
+        self._gate.rejecting = rejecting
+
+    def stall(self, seconds: float) -> None:
+        """Send no live frames for `seconds`; sockets stay open and keep answering pings."""
+        self._stall_until = time.monotonic() + seconds
+
+    # HTTP
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        url = urlsplit(request.path)
+        query = parse_qs(url.query)
+        if url.path == AUTHORIZE_PATH:
+            if not self._gate.token_accepted(request):
+                return error_response(401, INVALID_TOKEN)
+            redirect = self._gate.authorized_url(self.feed_url)
+            data = {"authorized_redirect_uri": redirect, "authorizedRedirectUri": redirect}
+            return json_response(200, {"status": "success", "data": data})
+        if url.path == FEED_PATH:
+            if "code" in query:
+                if self._gate.use_code(query["code"][0]):
+                    return None  # go on with the websocket handshake
+                return error_response(403, {"message": "authorization code unknown or used"})
+            if not self._gate.token_accepted(request):
+                return error_response(401, INVALID_TOKEN)
+            return redirect_response(self._gate.authorized_url(self.feed_url))
+        if url.path.startswith(CONTROL_PATH):
+            return self._control(url.path[len(CONTROL_PATH) :], query)
+        return error_response(404, {"message": "not found"})
+
+    def _control(self, action: str, query: dict[str, list[str]]) -> Response:
+        """Test hooks for a simulator in another process; loopback only, like the rest."""
+        if action == "stats":
+            return json_response(200, self.stats())
+        if action == "sent_ticks":
+            return json_response(200, self._sent)
+        if action == "stall":
+            self.stall(float(query.get("seconds", ["5"])[0]))
+        elif action == "reject_token":
+            self.reject_token(query.get("on", ["1"])[0] not in ("0", "false"))
+        elif action in ("drop", "garbage"):
+            fault = self.drop_connections() if action == "drop" else self.send_garbage()
+            task = asyncio.get_running_loop().create_task(fault)
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        else:
+            return error_response(404, {"message": f"no hook {action!r}"})
+        return json_response(200, {"status": "success", "action": action})
+
+    # Websocket
+
+    async def _serve(self, connection: ServerConnection) -> None:
+        session = _Session(connection)
+        try:
+            await connection.send(market_info_frame(_now_ms(), SEGMENT_STATUS))
+            self._sessions.append(session)
+            async for message in connection:
+                for frame, instruments in self._on_request(session, message):
+                    await self._send(session, frame, instruments)
+        except ConnectionClosed:
+            pass
+        finally:
+            if session in self._sessions:
+                self._sessions.remove(session)
+                self._release(session)
+
+    def _on_request(self, session: _Session, message: str | bytes) -> list[_Frame]:
+        """Apply one client request; the frames to answer with, each with its instruments.
+
+        Nothing here awaits, so a subscription and its snapshot reach the socket before any
+        live frame that carries the new keys.
+        """
+        try:
+            request = parse_request(message)
+            if request.mode is None:
+                self._unsubscribe(session, request.keys)
+                return []
+            return self._subscribe(session, request)
+        except RequestError as error:
+            return [(error.frame(), [])]
+
+    def _subscribe(self, session: _Session, request: ClientRequest) -> list[_Frame]:
+        """`sub` and `change_mode` alike: the keys follow the mode, then get a snapshot."""
+        assert request.mode is not None
+        modes = {**session.modes, **dict.fromkeys(request.keys, request.mode)}
+        check_limits(modes, self.mode_limits, request.method)
+        now_ms = _now_ms()
+        for key in request.keys:
+            if key not in session.modes:
+                self._follow(key, now_ms)
+        session.modes = modes
+        instruments = [self._instruments[key] for key in request.keys]
+        encode = ENCODERS[request.mode]
+        entries = [encode(instrument, True) for instrument in instruments]
+        return self._frames(snapshot_frame, now_ms, entries, instruments)
+
+    def _unsubscribe(self, session: _Session, keys: list[str]) -> None:
+        for key in keys:
+            if session.modes.pop(key, None) is not None:
+                self._unfollow(key)
+
+    def _follow(self, key: str, now_ms: int) -> None:
+        if key not in self._instruments:
+            profile = self._universe.profile(key, now_ms)
+            self._instruments[key] = Instrument(profile, self._universe, now_ms)
+        self._subscribers[key] += 1
+        self._active = None
+        self._wake.set()
+
+    def _unfollow(self, key: str) -> None:
+        self._subscribers[key] -= 1
+        if self._subscribers[key] <= 0:
+            del self._subscribers[key]
+        self._active = None
+
+    def _release(self, session: _Session) -> None:
+        self._unsubscribe(session, list(session.modes))
+
+    async def _send(
+        self, session: _Session, frame: bytes | str, instruments: Sequence[Instrument]
+    ) -> None:
+        """Write one frame, counting its ticks as sent: `send` writes to the socket before
+        it first yields, so an open connection at this point means the bytes went out."""
+        if not session.open or session.connection.state is not State.OPEN:
+            return
+        if isinstance(frame, bytes):
+            self._record(instruments)
+            self._counts["frames"] += 1
+            self._counts["bytes"] += len(frame)
+        with contextlib.suppress(ConnectionClosed):
+            await session.connection.send(frame)
+
+    def _record(self, instruments: Sequence[Instrument]) -> None:
+        counts, sent, recording = self._counts, self._sent, self.recording
+        counts["feeds"] += len(instruments)
+        new = 0
+        for instrument in instruments:
+            if instrument.ltt != instrument.recorded_ltt:
+                instrument.recorded_ltt = instrument.ltt
+                new += 1
+                if recording:
+                    if instrument.index:
+                        sent.append((instrument.key, instrument.ltt, instrument.ltp, None, None))
+                    else:
+                        sent.append(
+                            (
+                                instrument.key,
+                                instrument.ltt,
+                                instrument.ltp,
+                                instrument.ltq,
+                                instrument.vtt,
+                            )
+                        )
+        counts["ticks"] += new
+
+    def _frames(
+        self,
+        build: Callable[[int, list[bytes]], bytes],
+        now_ms: int,
+        entries: list[bytes],
+        instruments: list[Instrument],
+    ) -> list[_Frame]:
+        """Entries split into frames of at most about `max_frame_bytes` (clients cap the
+        size of a message: 1 MiB by default in websockets)."""
+        if sum(map(len, entries)) <= self.max_frame_bytes:
+            return [(build(now_ms, entries), instruments)]
+        frames: list[_Frame] = []
+        start = size = 0
+        for end, entry in enumerate(entries):
+            if size and size + len(entry) > self.max_frame_bytes:
+                frames.append((build(now_ms, entries[start:end]), instruments[start:end]))
+                start, size = end, 0
+            size += len(entry)
+        frames.append((build(now_ms, entries[start:]), instruments[start:]))
+        return frames
+
+    # The market
+
+    async def _generate(self) -> None:
+        """Trade `rate` ticks a second among the subscribed instruments, a frame at a time."""
+        last = next_frame = time.monotonic()
+        due = 0.0
+        while True:
+            now = time.monotonic()
+            if now < self._stall_until:
+                await asyncio.sleep(self._stall_until - now)
+                last = next_frame = time.monotonic()
+                continue
+            if self._active is None:
+                self._active = [self._instruments[key] for key in self._subscribers]
+            active = self._active
+            if not active:
+                self._wake.clear()
+                await self._wake.wait()
+                last = next_frame = time.monotonic()
+                continue
+            due = min(due + (now - last) * self.rate, 2 * len(active))  # catch up, within reason
+            last = now
+            count = min(int(due), len(active))  # each instrument at most once a frame
+            if count:
+                due -= count
+                await self._emit(active, count)
+            # Frames that carry half of the instruments leave room to catch up after a delay.
+            interval = len(active) / self.rate / 2
+            interval = min(self.frame_interval, max(interval, MIN_FRAME_INTERVAL))
+            next_frame = max(next_frame + interval, time.monotonic())
+            await asyncio.sleep(next_frame - time.monotonic())
+
+    async def _emit(self, active: list[Instrument], count: int) -> None:
+        """One live frame per session: `count` instruments trade, each at most once."""
+        start = int(self._random() * len(active))
+        chosen = active[start : start + count]
+        if len(chosen) < count:
+            chosen += active[: count - len(chosen)]
+        now_ms = _now_ms()
+        traded = [instrument for instrument in chosen if instrument.trade(now_ms)]
+        if not traded:
+            return
+        # Two sessions following an instrument in one mode share its bytes.
+        shared: dict[tuple[str, str], bytes] | None = {} if len(self._sessions) > 1 else None
+        for session in list(self._sessions):
+            modes = session.modes
+            entries: list[bytes] = []
+            included: list[Instrument] = []
+            for instrument in traded:
+                mode = modes.get(instrument.key)
+                if mode is None:
+                    continue
+                if shared is None:
+                    entries.append(ENCODERS[mode](instrument, False))
+                else:
+                    entry = shared.get((instrument.key, mode))
+                    if entry is None:
+                        entry = shared[instrument.key, mode] = ENCODERS[mode](instrument, False)
+                    entries.append(entry)
+                included.append(instrument)
+            if entries:
+                for frame, instruments in self._frames(live_frame, now_ms, entries, included):
+                    await self._send(session, frame, instruments)
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+async def _run(args: argparse.Namespace) -> None:
+    instruments = read_instruments(args.instruments) if args.instruments else DEFAULT_UNIVERSE
+    simulator = FeedSimulator(
+        instruments,
+        token=args.token,
+        rate=args.rate,
+        frame_interval=args.interval_ms / 1000,
+        seed=args.seed,
+        record=args.record,
+    )
+    await simulator.start(args.host, args.port)
+    print(f"feed simulator listening on {simulator.url}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    if args.reject_token:
+        simulator.reject_token()
+    try:
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), args.drop_every or None)
+            except TimeoutError:
+                await simulator.drop_connections()
+    finally:
+        await simulator.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m ingest.simulator",
+        description="Upstox Market Data Feed V3 simulator on loopback.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="a loopback address")
+    parser.add_argument("--port", type=int, default=8765, help="0 picks a free port")
+    parser.add_argument("--rate", type=float, default=2000.0, help="ticks per second")
+    parser.add_argument("--interval-ms", type=float, default=100.0, help="time between frames")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--token", default=None, help="the one token accepted (default: any)")
+    parser.add_argument("--instruments", type=Path, help="instrument master, .json or .json.gz")
+    parser.add_argument(
+        "--record", action="store_true", help="keep every sent tick for GET /_sim/sent_ticks"
+    )
+    parser.add_argument("--drop-every", type=float, default=0.0, help="drop connections every N s")
+    parser.add_argument("--reject-token", action="store_true", help="start rejecting tokens")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_run(args))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
