@@ -1,0 +1,280 @@
+"""WebSocketService: the ingest as one object the CLI and the API's lifespan start and stop.
+
+Start order matters for "nothing lost": the database state is read and the journal replayed
+into the writer before the feed is connected, so every journaled frame is written exactly
+once whether it arrived before a crash or after the restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from ingest._copy import configure_copy_connection
+from ingest.client import FeedClient
+from ingest.config import Secret, Settings
+from ingest.decoder import FeedDecoder, MalformedFrame
+from ingest.handlers import AggregatedTickHandler, TickDataHandler
+from ingest.journal import Journal
+from ingest.metrics import IngestMetrics
+from ingest.pipeline import Pipeline, TickCallback
+from ingest.recovery import RecoveryState, load_recovery_state
+from ingest.simulator import FeedSimulator
+from ingest.store.bars import refresh_bars
+from ingest.store.editions import Edition, server_edition
+from ingest.store.instruments import instrument_records
+from ingest.subscription_manager import SubscriptionManager, summarize
+from ingest.tick import Tick
+
+log = logging.getLogger(__name__)
+
+
+class WebSocketService:
+    """Feed client, pipeline, writer, cache, subscriptions and (Apache) bar rollup."""
+
+    def __init__(self, settings: Settings, database_url: str) -> None:
+        self.settings = settings
+        self.database_url = database_url
+        self.metrics = IngestMetrics()
+        self.cache = AggregatedTickHandler()
+        self.simulator: FeedSimulator | None = None
+        self.edition: Edition | None = None
+        self._pool: ConnectionPool | None = None
+        self._journal: Journal | None = None
+        self._pipeline: Pipeline | None = None
+        self._writer: TickDataHandler | None = None
+        self._client: FeedClient | None = None
+        self._subscriptions: SubscriptionManager | None = None
+        self._tasks: dict[str, asyncio.Task[Any]] = {}
+        self._custom_handlers: list[TickCallback] = []
+        self._last_rollup_error: str | None = None
+        self.is_running = False
+
+    @property
+    def feed_source(self) -> str:
+        return "simulator" if self.simulator is not None else self.settings.upstox_api_base
+
+    async def start(self, subscribe_universe: bool = True) -> None:
+        settings = self.settings
+        self._pool = ConnectionPool(
+            self.database_url,
+            min_size=1,
+            max_size=4,
+            open=False,
+            configure=configure_copy_connection,
+            # A request for a connection during an outage fails fast (the writer retries with
+            # its own backoff) and the pool never gives up re-creating connections.
+            timeout=5,
+            reconnect_timeout=24 * 3600,
+            check=ConnectionPool.check_connection,
+            name="tickvault-ingest",
+        )
+        await asyncio.to_thread(self._pool.open, wait=True, timeout=30)
+        self._journal = Journal(
+            settings.journal_dir,
+            segment_bytes=settings.journal_segment_bytes,
+            max_bytes=settings.journal_max_bytes,
+        )
+        state, self.edition = await asyncio.to_thread(self._read_state, self._journal.journal_id)
+        decoder = FeedDecoder()
+        decoder.seed(state.last_ticks)
+        self._writer = TickDataHandler(
+            self._pool,
+            self._journal,
+            batch_rows=settings.batch_rows,
+            batch_ms=settings.batch_ms,
+            queue_max_rows=settings.queue_max_rows,
+            metrics=self.metrics,
+            replay_decoder=self._replay_decoder,
+            next_batch_id=state.next_batch_id,
+            committed_seq=state.committed_seq,
+        )
+        self._journal.mark_committed(state.committed_seq)
+        self._pipeline = Pipeline(self._journal, decoder, self.metrics)
+        self._pipeline.add_handler(self._writer)
+        self._pipeline.add_handler(self.cache)
+        for callback in self._custom_handlers:
+            await self._pipeline.register_handler(callback)
+        self._pipeline.wanted = state.subscribed_keys
+        replayed = self._pipeline.replay(state.committed_seq)
+        if replayed:
+            log.info("replayed %d journaled frames after seq %d", replayed, state.committed_seq)
+        self._tasks["writer"] = asyncio.create_task(self._writer.run(), name="writer")
+
+        client_settings = settings
+        if not settings.upstox_access_token:
+            self.simulator = FeedSimulator(
+                instruments=await asyncio.to_thread(self._instrument_records),
+                rate=settings.simulator_rate,
+                seed=settings.simulator_seed,
+            )
+            await self.simulator.start()
+            client_settings = replace(
+                settings,
+                upstox_api_base=self.simulator.url,
+                upstox_access_token=Secret("simulator"),
+            )
+        self._client = FeedClient(client_settings, self._pipeline)
+        self._pipeline.wanted = self._client.subscribed_keys
+        self._subscriptions = SubscriptionManager(self._client, self._pool, settings)
+        await self._client.connect()
+        self._tasks["feed"] = asyncio.create_task(self._client.listen(), name="feed")
+        resumed = await self._subscriptions.resume()
+        if not resumed and subscribe_universe:
+            await self._subscriptions.subscribe_to_universe(mode=settings.feed_mode)
+        if self.edition is Edition.APACHE:
+            self._tasks["rollup"] = asyncio.create_task(self._rollup_forever(), name="rollup")
+        self._tasks["journal-sync"] = asyncio.create_task(self._sync_journal(), name="sync")
+        self.is_running = True
+        log.info("ingest started: feed %s, %s edition bars", self.feed_source, self.edition.value)
+
+    async def stop(self) -> None:
+        """Stop the feed, then flush every tick it delivered: a clean stop loses nothing."""
+        self.is_running = False
+        if self._client is not None:
+            await self._client.stop()
+        for name in ("feed", "rollup", "journal-sync"):
+            task = self._tasks.pop(name, None)
+            if task is None:
+                continue
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+            except Exception:
+                log.exception("the %s task had failed before the stop", name)
+        if self._writer is not None:
+            await self._writer.stop()
+            writer = self._tasks.pop("writer", None)
+            if writer is not None:
+                await writer
+        if self._pipeline is not None:
+            await self._pipeline.close()
+        if self._journal is not None:
+            self._journal.close()
+        if self.simulator is not None:
+            await self.simulator.stop()
+        if self._pool is not None:
+            await asyncio.to_thread(self._pool.close)
+        log.info("ingest stopped")
+
+    async def register_handler(self, callback: TickCallback) -> None:
+        """Follow every tick with an async callback, in its own task behind a bounded buffer.
+
+        Before start() the callback is kept and attached when the pipeline exists.
+        """
+        if self._pipeline is None:
+            self._custom_handlers.append(callback)
+        else:
+            await self._pipeline.register_handler(callback)
+
+    def update_token(self, token: str) -> None:
+        """The daily Upstox token: a rejected feed resumes at once with the new one."""
+        if self._client is None:
+            raise RuntimeError("the ingest service is not started")
+        self._client.update_token(token)
+
+    @property
+    def subscriptions(self) -> SubscriptionManager:
+        if self._subscriptions is None:
+            raise RuntimeError("the ingest service is not started")
+        return self._subscriptions
+
+    async def subscribe_symbol(self, symbols: list[str], mode: str = "full") -> list[str]:
+        return await self.subscriptions.subscribe_to_symbols(symbols, mode=mode)
+
+    async def unsubscribe_symbol(self, symbols: list[str]) -> list[str]:
+        return await self.subscriptions.unsubscribe_symbols(symbols)
+
+    def latest(self, key: str) -> Tick | None:
+        return self.cache.latest(key)
+
+    def get_status(self) -> dict[str, Any]:
+        """Everything from memory, so it answers while the database is down.
+
+        Call it on the event loop (an async endpoint): the writer's queue changes there.
+        """
+        client = self._client.status() if self._client is not None else {}
+        subscriptions = (
+            summarize(
+                len(self._client.get_subscribed_symbols()), len(self._client.failed_subscriptions())
+            )
+            if self._client is not None
+            else {}
+        )
+        return {
+            "is_running": self.is_running,
+            "websocket_connected": bool(self._client and self._client.is_connected),
+            "feed": {"source": self.feed_source, **client},
+            "subscriptions": subscriptions,
+            "pipeline": self._pipeline.get_stats() if self._pipeline else {},
+            "writer": self._writer.get_stats() if self._writer else {},
+            "cache": self.cache.get_stats(),
+            "journal": self._journal.stats() if self._journal else {},
+            "bars": {
+                "edition": self.edition.value if self.edition else None,
+                "last_rollup_error": self._last_rollup_error,
+            },
+        }
+
+    # --- background work ----------------------------------------------------------------
+
+    def _read_state(self, journal_id: str) -> tuple[RecoveryState, Edition]:
+        assert self._pool is not None
+        with self._pool.connection() as conn:
+            return load_recovery_state(conn, journal_id), server_edition(conn)
+
+    def _instrument_records(self) -> list[dict[str, Any]]:
+        assert self._pool is not None
+        with self._pool.connection() as conn:
+            return instrument_records(conn)
+
+    def _replay_decoder(self) -> Callable[[bytes, int], list[Tick]]:
+        """A decoder in the state of the last committed frame, for the writer's catch-up."""
+        assert self._pool is not None
+        assert self._journal is not None
+        with self._pool.connection() as conn:
+            state = load_recovery_state(conn, self._journal.journal_id)
+        decoder = FeedDecoder()
+        decoder.seed(state.last_ticks)
+        wanted = self._pipeline.wanted if self._pipeline is not None else None
+
+        def decode(frame: bytes, received_at_us: int) -> list[Tick]:
+            try:
+                return decoder.decode(frame, received_at_us, wanted).ticks
+            except MalformedFrame:
+                return []
+
+        return decode
+
+    async def _rollup_forever(self) -> None:
+        """The Apache edition's stand-in for continuous aggregate policies."""
+        while True:
+            await asyncio.sleep(self.settings.rollup_interval_s)
+            try:
+                await asyncio.to_thread(self._rollup_once)
+                self._last_rollup_error = None
+            except psycopg.Error as error:
+                self._last_rollup_error = str(error).strip()[:200]
+                log.warning("bar rollup failed, retrying next round: %s", self._last_rollup_error)
+
+    def _rollup_once(self) -> None:
+        with psycopg.connect(self.database_url, autocommit=True, connect_timeout=5) as conn:
+            refresh_bars(conn)
+
+    async def _sync_journal(self) -> None:
+        """fsync the journal a few times a second even while nothing commits (an outage).
+
+        On the loop thread, like every other journal call: the journal is not thread-safe.
+        """
+        while True:
+            await asyncio.sleep(0.2)
+            if self._journal is not None:
+                self._journal.sync()
