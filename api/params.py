@@ -1,0 +1,101 @@
+"""Request parameters that need more than a type: symbols, time windows, page cursors."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+
+from pydantic import AfterValidator, StringConstraints
+
+from api.errors import invalid
+from ingest.tick import to_datetime, to_epoch_us
+
+
+def _no_nul(value: str) -> str:
+    # PostgreSQL text cannot hold NUL; without this check such a symbol would reach the driver.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+Symbol = Annotated[str, StringConstraints(min_length=1, max_length=100), AfterValidator(_no_nul)]
+SearchText = Annotated[str, StringConstraints(max_length=100), AfterValidator(_no_nul)]
+MAX_SYMBOLS = 200
+# uvicorn refuses a request head over 16 KiB by closing the connection; percent-encoded, a
+# character takes up to 9 bytes, so a longer list would be cut off before any answer.
+MAX_SYMBOL_LIST_CHARS = 1500
+
+
+def symbol_list(raw: str) -> list[str]:
+    """`INFY, TCS,NIFTY` as distinct names in order; empty items are skipped."""
+    names = list(dict.fromkeys(filter(None, (part.strip() for part in raw.split(",")))))
+    problem = None
+    if not names:
+        problem = "name at least one symbol, or leave the parameter out for all"
+    elif len(names) > MAX_SYMBOLS:
+        problem = f"at most {MAX_SYMBOLS} symbols per request, got {len(names)}"
+    elif any(len(name) > 100 or "\x00" in name for name in names):
+        problem = "a symbol is longer than 100 characters or contains NUL"
+    if problem:
+        raise invalid("query", "symbols", problem, raw[:200])
+    return names
+
+
+def _utc(moment: datetime, name: str) -> datetime:
+    """An aware UTC datetime; a time without an offset is taken as UTC."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise invalid("query", name, "time is out of range", moment.isoformat()) from None
+
+
+def time_window(
+    start: datetime | None,
+    end: datetime | None,
+    *,
+    default_span: timedelta,
+    max_span: timedelta | None = None,
+) -> tuple[datetime, datetime]:
+    """[start, end) in UTC: end defaults to now, start to `default_span` before end."""
+    end_utc = _utc(end, "end") if end is not None else datetime.now(UTC)
+    if start is not None:
+        start_utc = _utc(start, "start")
+    else:
+        try:
+            start_utc = end_utc - default_span
+        except OverflowError:
+            raise invalid("query", "end", "end is too early", end_utc.isoformat()) from None
+    if start_utc > end_utc:
+        raise invalid(
+            "query",
+            "start",
+            f"start ({start_utc.isoformat()}) is after end ({end_utc.isoformat()})",
+            start_utc.isoformat(),
+        )
+    if max_span is not None and end_utc - start_utc > max_span:
+        raise invalid(
+            "query",
+            "start",
+            f"the window from start to end may span at most {max_span.days} days",
+            start_utc.isoformat(),
+        )
+    return start_utc, end_utc
+
+
+def encode_cursor(ts: datetime, received_at: datetime) -> str:
+    """The position after a tick, opaque to clients: base64url of its two epoch-us times."""
+    raw = f"{to_epoch_us(ts)}:{to_epoch_us(received_at)}".encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, datetime]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+        ts, received_at = (to_datetime(int(part)) for part in raw.split(":"))
+    except (ValueError, OverflowError, binascii.Error):  # UnicodeDecodeError is a ValueError
+        raise invalid("query", "cursor", "not a cursor this API gave out", cursor) from None
+    return ts, received_at

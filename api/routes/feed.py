@@ -1,0 +1,111 @@
+"""The live feed: service status, subscriptions, and the latest tick per symbol."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query
+from starlette.concurrency import run_in_threadpool
+
+from api import queries
+from api.auth import require_api_key
+from api.context import Context, Service
+from api.errors import responses
+from api.models import (
+    LatestTicksOut,
+    StatusOut,
+    SubscribedOut,
+    SubscribeIn,
+    SubscribeOut,
+    SubscriptionOut,
+    UnsubscribeOut,
+)
+from api.params import MAX_SYMBOL_LIST_CHARS, Symbol, symbol_list
+from ingest.tick import as_dict
+
+router = APIRouter(prefix="/api/v1/websocket", tags=["feed"])
+_GUARDED = responses(401, 403, 404, 409, 503)
+
+
+@router.get("/status", response_model=StatusOut, responses=responses(503))
+async def status(service: Service) -> dict[str, Any]:
+    report = service.get_status()
+    # Sections a service that has not finished starting cannot fill yet are null, not {}.
+    for section in ("subscriptions", "writer", "journal"):
+        report[section] = report[section] or None
+    return report
+
+
+@router.get("/subscriptions", response_model=list[SubscriptionOut], responses=responses(503))
+def subscriptions(service: Service) -> list[dict[str, Any]]:
+    return service.subscriptions.get_subscription_status()["subscriptions"]
+
+
+@router.post(
+    "/subscriptions",
+    response_model=SubscribeOut,
+    dependencies=[Depends(require_api_key)],
+    responses=_GUARDED,
+)
+async def subscribe(body: SubscribeIn, context: Context, service: Service) -> SubscribeOut:
+    """Subscribe symbols in a mode (all or nothing); a subscribed symbol changes mode."""
+    keys = await run_in_threadpool(context.resolver.resolve, body.symbols)
+    await service.subscribe_symbol(keys, mode=body.mode)
+    return SubscribeOut(
+        mode=body.mode,
+        subscribed=[
+            SubscribedOut(symbol=symbol, instrument_key=key)
+            for symbol, key in zip(body.symbols, keys, strict=True)
+        ],
+    )
+
+
+@router.delete(
+    "/subscriptions/{symbol}",
+    response_model=UnsubscribeOut,
+    dependencies=[Depends(require_api_key)],
+    responses=_GUARDED,
+)
+async def unsubscribe(symbol: Symbol, context: Context, service: Service) -> UnsubscribeOut:
+    """Stop receiving a symbol; unsubscribing one that is not subscribed changes nothing."""
+    [key] = await run_in_threadpool(context.resolver.resolve, [symbol])
+    await service.unsubscribe_symbol([key])
+    return UnsubscribeOut(symbol=symbol, instrument_key=key, status="unsubscribed")
+
+
+@router.get("/latest-ticks", response_model=LatestTicksOut, responses=responses(404, 503))
+def latest_ticks(
+    context: Context,
+    symbols: Annotated[
+        str | None,
+        Query(
+            max_length=MAX_SYMBOL_LIST_CHARS,
+            description="Comma-separated trading symbols, index names or instrument keys;"
+            " leave out for every instrument with a tick (every subscription without ingest)",
+            examples=["INFY,TCS"],
+        ),
+    ] = None,
+) -> LatestTicksOut:
+    """From the ingest's memory when it runs in this process, else from the database."""
+    names = symbol_list(symbols) if symbols is not None else None
+    keys = context.resolver.resolve(names) if names is not None else None
+    if context.service is not None:
+        source = "cache"
+        latest = context.service.cache.latest_many(keys)
+    else:
+        source = "database"
+        with context.pool.connection() as conn:
+            latest = {row["instrument_key"]: row for row in queries.latest_ticks(conn, keys)}
+    if names is None:
+        by_key = context.resolver.trading_symbols(latest)
+        wanted = sorted(by_key.items(), key=lambda item: (item[1], item[0]))
+    else:
+        wanted = list(zip(keys, names, strict=True))
+    ticks = [{**_fields(latest[key]), "symbol": name} for key, name in wanted if key in latest]
+    missing = [name for key, name in wanted if key not in latest]
+    return LatestTicksOut(source=source, ticks=ticks, missing=missing)
+
+
+def _fields(tick: tuple | dict[str, Any]) -> dict[str, Any]:
+    """A cached tick is a tuple of epoch microseconds; a stored one is already a row."""
+    return as_dict(tick) if isinstance(tick, tuple) else tick

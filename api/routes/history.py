@@ -1,0 +1,94 @@
+"""Stored history: ticks page by page, and OHLC bars as JSON or CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import datetime, timedelta
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Response
+
+from api import queries
+from api.context import Context
+from api.errors import responses
+from api.models import BarsOut, TicksPage
+from api.params import Symbol, decode_cursor, encode_cursor, time_window
+
+router = APIRouter(prefix="/api/v1", tags=["history"])
+
+DEFAULT_WINDOW = timedelta(days=1)
+MAX_BAR_WINDOW = {"1m": timedelta(days=31), "5m": timedelta(days=180)}
+_BAR_COLUMNS = ("bucket", "open", "high", "low", "close", "volume", "tick_count")
+
+Start = Annotated[
+    datetime | None,
+    Query(description="Inclusive, ISO 8601 (UTC when it has no offset); default: end - 24 h"),
+]
+End = Annotated[
+    datetime | None,
+    Query(description="Exclusive, ISO 8601 (UTC when it has no offset); default: now"),
+]
+
+
+@router.get("/ticks/{symbol}", response_model=TicksPage, responses=responses(404, 503))
+def ticks(
+    symbol: Symbol,
+    context: Context,
+    start: Start = None,
+    end: End = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[
+        str | None, Query(max_length=100, description="`next_cursor` of the previous page")
+    ] = None,
+) -> TicksPage:
+    """Ticks in [start, end), newest first, a page at a time."""
+    window = time_window(start, end, default_span=DEFAULT_WINDOW)
+    after = decode_cursor(cursor) if cursor is not None else None
+    [key] = context.resolver.resolve([symbol])
+    with context.pool.connection() as conn:
+        rows = queries.tick_page(conn, key, *window, limit=limit + 1, after=after)
+    page = rows[:limit]
+    more = len(rows) > limit
+    return TicksPage(
+        symbol=symbol,
+        instrument_key=key,
+        ticks=page,
+        next_cursor=encode_cursor(page[-1]["ts"], page[-1]["received_at"]) if more else None,
+    )
+
+
+@router.get(
+    "/bars/{symbol}",
+    response_model=BarsOut,
+    responses={
+        **responses(404, 503),
+        200: {"content": {"text/csv": {"schema": {"type": "string"}}}},
+    },
+)
+def bars(
+    symbol: Symbol,
+    context: Context,
+    interval: Literal["1m", "5m"] = "1m",
+    start: Start = None,
+    end: End = None,
+    output: Annotated[Literal["json", "csv"], Query(alias="format")] = "json",
+) -> Any:
+    """Bars in [start, end) by bucket; a window of at most 31 days (1m) or 180 days (5m)."""
+    window = time_window(start, end, default_span=DEFAULT_WINDOW, max_span=MAX_BAR_WINDOW[interval])
+    [key] = context.resolver.resolve([symbol])
+    with context.pool.connection() as conn:
+        rows = queries.bars(conn, interval, key, *window)
+    if output == "csv":
+        return Response(_csv(rows), media_type="text/csv; charset=utf-8")
+    return BarsOut(symbol=symbol, instrument_key=key, interval=interval, bars=rows)
+
+
+def _csv(rows: list[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(_BAR_COLUMNS)
+    for row in rows:
+        bucket = row["bucket"].isoformat().replace("+00:00", "Z")
+        writer.writerow([bucket, *(row[name] for name in _BAR_COLUMNS[1:])])
+    return out.getvalue()
