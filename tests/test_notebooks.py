@@ -1,0 +1,177 @@
+"""The analysis notebooks, run top to bottom against a database the real ingest filled.
+
+The simulator plays the part of Upstox, so the ticks and bars the notebooks read went through
+the same socket, decoder, writer and rollup as production data. Each notebook runs in a fresh
+kernel of this virtualenv's Python, then a probe cell appended to it reports what a user
+would look at first, and the test checks that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import nbformat
+import psycopg
+import pytest
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import KernelManager
+from nbclient import NotebookClient
+
+from ingest.config import Settings
+from ingest.service import WebSocketService
+from ingest.store.instruments import default_sample_path, load_instruments
+from tests import conftest
+
+NOTEBOOKS = conftest.REPO / "notebooks"
+INGEST_SECONDS = 8
+
+# Appended to the notebook of the same name: prints one JSON line about its results.
+OHLC_PROBE = """
+import json
+print(json.dumps({
+    "bars": len(bars),
+    "high_below_low": int((bars["high"] < bars["low"]).sum()),
+    "body_outside_range": int(
+        ((bars[["open", "close"]].max(axis=1) > bars["high"])
+         | (bars[["open", "close"]].min(axis=1) < bars["low"])).sum()
+    ),
+    "vwap": float(vwap.iloc[-1]),
+    "lowest_close": float(bars["close"].min()),
+    "highest_close": float(bars["close"].max()),
+}))
+"""
+
+TICK_PROBE = """
+import json
+print(json.dumps({
+    "ticks": len(ticks),
+    "symbols": len(rates),
+    "quoted": len(quoted),
+    "crossed_quotes": int((spread < 0).sum()),
+    "latency_ms": latency.tolist(),
+}))
+"""
+
+
+def check_ohlc(result: dict) -> None:
+    assert result["bars"] > 0
+    assert result["high_below_low"] == 0
+    assert result["body_outside_range"] == 0
+    # A volume-weighted mean of closes lies between the lowest and the highest close.
+    # A weighted mean of closes lies between them, up to float rounding.
+    slack = 1e-9 * result["highest_close"]
+    assert result["lowest_close"] - slack <= result["vwap"] <= result["highest_close"] + slack
+
+
+def check_ticks(result: dict) -> None:
+    assert result["ticks"] > 0
+    assert result["symbols"] > 1
+    assert result["quoted"] > 0
+    assert result["crossed_quotes"] == 0
+    percentiles = result["latency_ms"]
+    assert all(math.isfinite(value) for value in percentiles)
+    assert percentiles == sorted(percentiles)
+
+
+PROBES = {
+    "ohlc_analysis.ipynb": (OHLC_PROBE, check_ohlc),
+    "tick_analysis.ipynb": (TICK_PROBE, check_ticks),
+}
+
+
+async def _run_ingest(settings: Settings, url: str, seconds: float) -> None:
+    service = WebSocketService(settings, url)
+    await service.start()
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        await service.stop()
+
+
+@pytest.fixture(scope="module")
+def simulated_db_url(
+    apache_server: conftest.DbServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """A fresh database with the sample instruments and a few seconds of simulated feed.
+
+    Module-scoped: both notebooks read the same data, and filling it takes the ingest's
+    run time, so it is done once.
+    """
+    url = apache_server.create_database()
+    try:
+        with psycopg.connect(url) as conn:
+            load_instruments(conn, default_sample_path())
+        settings = Settings(
+            data_dir=tmp_path_factory.mktemp("ingest"), simulator_rate=5000, rollup_interval_s=1
+        )
+        asyncio.run(_run_ingest(settings, url, INGEST_SECONDS))
+        with psycopg.connect(url) as conn:
+            (ticks,) = conn.execute("SELECT count(*) FROM ticks").fetchone()
+        assert ticks > 0, "the simulated ingest wrote no ticks: nothing for the notebooks to read"
+        yield url
+    finally:
+        apache_server.drop_database(url)
+
+
+@pytest.fixture(scope="module")
+def kernel_specs(tmp_path_factory: pytest.TempPathFactory) -> KernelSpecManager:
+    """A kernel spec that starts this interpreter: the installed `python3` spec says only
+    `python`, which is whatever PATH finds, not necessarily this virtualenv's."""
+    root = tmp_path_factory.mktemp("kernels")
+    (root / "tickvault").mkdir()
+    spec = {
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "tickvault tests",
+        "language": "python",
+    }
+    (root / "tickvault" / "kernel.json").write_text(json.dumps(spec))
+    return KernelSpecManager(kernel_dirs=[str(root)])
+
+
+def _probe_result(cell: nbformat.NotebookNode) -> dict:
+    text = "".join(out.get("text", "") for out in cell.outputs if out.output_type == "stream")
+    return json.loads(text.strip().splitlines()[-1])
+
+
+def test_notebooks_are_stored_without_outputs() -> None:
+    notebooks = sorted(NOTEBOOKS.glob("*.ipynb"))
+    assert {path.name for path in notebooks} >= set(PROBES)
+    for path in notebooks:
+        notebook = nbformat.read(path, as_version=4)
+        nbformat.validate(notebook)
+        for cell in notebook.cells:
+            if cell.cell_type == "code":
+                assert cell.outputs == [], f"{path.name} is stored with outputs"
+                assert cell.execution_count is None, f"{path.name} is stored executed"
+
+
+@pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda path: path.name)
+def test_notebook_runs_on_simulated_feed(
+    path: Path, simulated_db_url: str, kernel_specs: KernelSpecManager
+) -> None:
+    notebook = nbformat.read(path, as_version=4)
+    probe, check = PROBES.get(path.name, (None, None))
+    if probe is not None:
+        notebook.cells.append(nbformat.v4.new_code_cell(probe))
+    kernel = KernelManager(kernel_name="tickvault", kernel_spec_manager=kernel_specs)
+    # This checkout's packages first, whatever an older install in the venv maps.
+    python_path = [str(conftest.REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {
+        **os.environ,
+        "TICKVAULT_DATABASE_URL": simulated_db_url,
+        "MPLBACKEND": "Agg",
+        "PYTHONPATH": os.pathsep.join(python_path),
+    }
+    client = NotebookClient(
+        notebook, km=kernel, timeout=120, resources={"metadata": {"path": str(NOTEBOOKS)}}
+    )
+    client.execute(env=env)  # a cell that raises fails the test with its traceback
+
+    if check is not None:
+        check(_probe_result(notebook.cells[-1]))
