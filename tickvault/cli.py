@@ -7,17 +7,22 @@ Each subcommand is a thin call into `ingest` or `api`; errors the user can act o
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ingest.config import Settings
+from ingest.logs import configure_logging
 from ingest.store.bars import refresh_bars
 from ingest.store.install import install_timescaledb
-from ingest.store.instruments import InstrumentFileError, load_instruments
+from ingest.store.instruments import InstrumentFileError, default_sample_path, load_instruments
 from ingest.store.local import database_url, local_cluster
 from ingest.store.migrations import migrate
 from ingest.store.postgres import PgInstall, StoreError, find_bindir
@@ -100,6 +105,95 @@ def _instruments_load(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _prepare_store(settings: Settings) -> str:
+    """Store up, schema current, instruments present: what both run and ingest need."""
+    url = database_url(settings, start=True)
+    migrate(url)
+    with psycopg.connect(url) as conn:
+        (count,) = conn.execute("SELECT count(*) FROM instruments").fetchone() or (0,)
+        if count == 0:
+            loaded = load_instruments(conn, default_sample_path())
+            print(
+                f"loaded the {loaded} sample instruments (tickvault instruments load PATH "
+                "loads Upstox's full master)"
+            )
+    return url
+
+
+def _feed_description(settings: Settings) -> str:
+    if settings.upstox_access_token:
+        return f"Upstox at {settings.upstox_api_base}"
+    return (
+        f"the built-in simulator ({settings.simulator_rate} ticks/s; "
+        "set UPSTOX_ACCESS_TOKEN for Upstox)"
+    )
+
+
+def _run(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from api.app import create_app
+
+    configure_logging(settings.log_level, [settings.upstox_access_token, settings.api_key])
+    url = _prepare_store(settings)
+    app = create_app(settings, url)
+    print(
+        f"tickvault: API on http://{settings.api_host}:{settings.api_port} "
+        f"(docs at /docs), database {_shown_url(settings, url)}, feed from "
+        f"{_feed_description(settings)}. Ctrl-C stops it cleanly.",
+        flush=True,
+    )
+    uvicorn.run(
+        app,
+        host=settings.api_host,
+        port=settings.api_port,
+        log_config=None,
+        log_level=settings.log_level.lower(),
+    )
+    return 0
+
+
+def _shown_url(settings: Settings, url: str) -> str:
+    """The URL for the progress line, without a password an external URL may carry."""
+    params = conninfo_to_dict(url)
+    params.pop("password", None)
+    return make_conninfo(**params)
+
+
+def _ingest(settings: Settings, args: argparse.Namespace) -> int:
+    from ingest.service import WebSocketService
+
+    configure_logging(settings.log_level, [settings.upstox_access_token, settings.api_key])
+    url = _prepare_store(settings)
+    print(
+        f"tickvault ingest: feed from {_feed_description(settings)}, database "
+        f"{_shown_url(settings, url)}. SIGTERM or Ctrl-C stops it cleanly.",
+        flush=True,
+    )
+
+    async def serve() -> None:
+        service = WebSocketService(settings, url)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await service.start()
+        try:
+            await stop.wait()
+        finally:
+            await service.stop()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve())
+    return 0
+
+
+def _simulator(settings: Settings, args: argparse.Namespace) -> int:
+    from ingest.simulator import main as simulator_main
+
+    return simulator_main(args.simulator_args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tickvault", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -128,6 +222,14 @@ def build_parser() -> argparse.ArgumentParser:
     load = instruments.add_parser("load", help="upsert an Upstox instrument JSON file (.json[.gz])")
     load.add_argument("path", type=Path)
     load.set_defaults(handler=_instruments_load)
+
+    commands.add_parser(
+        "run", help="the main job: store, ingest (simulator unless UPSTOX_ACCESS_TOKEN) and API"
+    ).set_defaults(handler=_run)
+    commands.add_parser("ingest", help="the ingest service alone").set_defaults(handler=_ingest)
+    simulator = commands.add_parser("simulator", help="the Upstox-compatible feed simulator")
+    simulator.add_argument("simulator_args", nargs=argparse.REMAINDER)
+    simulator.set_defaults(handler=_simulator)
     return parser
 
 

@@ -1,0 +1,116 @@
+"""The README's main command: `tickvault run` on the embedded default, as a newcomer runs it.
+
+It must bring up its own store, migrate, load the sample instruments, feed ticks from the
+simulator into TimescaleDB and serve them over HTTP; Ctrl-C must stop it cleanly with every
+received tick written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.conftest import REPO, free_port
+
+
+def _get(url: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error)
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    root = Path(tempfile.mkdtemp(prefix="tickvault-run-"))
+    root.chmod(0o755)
+    yield root / "data"
+    env = {**os.environ, "TICKVAULT_DATA_DIR": str(root / "data")}
+    env.pop("TICKVAULT_DATABASE_URL", None)
+    subprocess.run(
+        [sys.executable, "-m", "tickvault", "db", "stop"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        check=False,
+    )
+    subprocess.run(["rm", "-rf", str(root)], check=False)
+
+
+def test_tickvault_run_serves_ticks_and_stops_cleanly(data_dir: Path) -> None:
+    api_port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("TICKVAULT_", "UPSTOX_"))},
+        "TICKVAULT_DATA_DIR": str(data_dir),
+        "TICKVAULT_PG_PORT": str(free_port()),
+        "TICKVAULT_API_PORT": str(api_port),
+        "TICKVAULT_ROLLUP_INTERVAL_S": "1",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tickvault", "run"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{api_port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert process.poll() is None, process.stdout.read() if process.stdout else ""
+            try:
+                if _get(f"{base}/health")[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "the API did not come up"
+            time.sleep(0.5)
+        time.sleep(3)
+        status, latest = _get(f"{base}/api/v1/websocket/latest-ticks?symbols=INFY")
+        assert status == 200
+        assert latest["ticks"][0]["ltp"] > 0
+        status, bars = _get(f"{base}/api/v1/bars/INFY?interval=1m")
+        assert status == 200
+        assert bars["bars"], "bars stay current by themselves"
+        _, feed = _get(f"{base}/api/v1/websocket/status")
+        assert feed["subscriptions"]["subscription_rate"] == "100.00%"
+    finally:
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, output[-3000:]
+    first_line = output.splitlines()[0] if output else ""
+    assert f"127.0.0.1:{api_port}" in output, "the progress line names where the API is"
+    assert "simulator" in output, first_line
+
+    url = (
+        subprocess.run(
+            [sys.executable, "-m", "tickvault", "db", "url"],
+            cwd=REPO,
+            text=True,
+            env=env,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
+    with psycopg.connect(url) as conn:
+        (written,) = conn.execute("SELECT count(*) FROM ticks").fetchone()
+        (unwritten,) = conn.execute(
+            "SELECT count(*) FROM ingest_batches WHERE row_count < 0"
+        ).fetchone()
+    assert written > 1000
+    assert unwritten == 0
