@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 DEFAULT_MODE_LIMITS = {
     # mode: (keys when it is the only mode, keys when modes are combined), per connection.
@@ -27,24 +28,19 @@ class Secret(str):
         return "Secret('********')" if self else "Secret('')"
 
 
-def _int(env: dict[str, str], name: str, default: int) -> int:
+_N = TypeVar("_N", int, float)
+
+
+def _number(env: dict[str, str], name: str, default: _N) -> _N:
+    """`name` parsed like its default (int or float); a bad value names the variable."""
     raw = env.get(name)
     if raw is None or raw == "":
         return default
     try:
-        return int(raw)
+        return type(default)(raw)
     except ValueError:
-        raise ValueError(f"{name} must be a whole number, got {raw!r}") from None
-
-
-def _float(env: dict[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+        kind = "a whole number" if isinstance(default, int) else "a number"
+        raise ValueError(f"{name} must be {kind}, got {raw!r}") from None
 
 
 def _mode_limits(env: dict[str, str]) -> dict[str, tuple[int, int]]:
@@ -109,25 +105,25 @@ class Settings:
             data_dir=Path(env.get("TICKVAULT_DATA_DIR") or ".tickvault"),
             database_url=env.get("TICKVAULT_DATABASE_URL") or None,
             pg_bindir=Path(bindir) if bindir else None,
-            pg_port=_int(env, "TICKVAULT_PG_PORT", 55432),
+            pg_port=_number(env, "TICKVAULT_PG_PORT", 55432),
             upstox_access_token=Secret(env.get("UPSTOX_ACCESS_TOKEN", "")),
             upstox_api_base=env.get("UPSTOX_API_BASE") or "https://api.upstox.com",
             feed_mode=env.get("TICKVAULT_FEED_MODE") or "full",
-            max_connections=_int(env, "TICKVAULT_MAX_CONNECTIONS", 1),
+            max_connections=_number(env, "TICKVAULT_MAX_CONNECTIONS", 1),
             mode_limits=_mode_limits(env),
             index_keys=tuple(k.strip() for k in indices.split(",") if k.strip())
             if indices is not None
             else cls.index_keys,
-            batch_rows=_int(env, "TICKVAULT_BATCH_ROWS", 5000),
-            batch_ms=_int(env, "TICKVAULT_BATCH_MS", 200),
-            queue_max_rows=_int(env, "TICKVAULT_QUEUE_MAX_ROWS", 500_000),
-            journal_max_bytes=_int(env, "TICKVAULT_JOURNAL_MAX_BYTES", 2 * 1024**3),
-            journal_segment_bytes=_int(env, "TICKVAULT_JOURNAL_SEGMENT_BYTES", 64 * 1024**2),
-            rollup_interval_s=_float(env, "TICKVAULT_ROLLUP_INTERVAL_S", 5.0),
-            simulator_rate=_int(env, "TICKVAULT_SIMULATOR_RATE", 2000),
-            simulator_seed=_int(env, "TICKVAULT_SIMULATOR_SEED", 1),
+            batch_rows=_number(env, "TICKVAULT_BATCH_ROWS", 5000),
+            batch_ms=_number(env, "TICKVAULT_BATCH_MS", 200),
+            queue_max_rows=_number(env, "TICKVAULT_QUEUE_MAX_ROWS", 500_000),
+            journal_max_bytes=_number(env, "TICKVAULT_JOURNAL_MAX_BYTES", 2 * 1024**3),
+            journal_segment_bytes=_number(env, "TICKVAULT_JOURNAL_SEGMENT_BYTES", 64 * 1024**2),
+            rollup_interval_s=_number(env, "TICKVAULT_ROLLUP_INTERVAL_S", 5.0),
+            simulator_rate=_number(env, "TICKVAULT_SIMULATOR_RATE", 2000),
+            simulator_seed=_number(env, "TICKVAULT_SIMULATOR_SEED", 1),
             api_host=env.get("TICKVAULT_API_HOST") or "127.0.0.1",
-            api_port=_int(env, "TICKVAULT_API_PORT", 8000),
+            api_port=_number(env, "TICKVAULT_API_PORT", 8000),
             api_key=Secret(env.get("TICKVAULT_API_KEY", "")),
             log_level=(env.get("TICKVAULT_LOG_LEVEL") or "INFO").upper(),
         )

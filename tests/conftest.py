@@ -14,6 +14,7 @@ import socket
 import tempfile
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -62,7 +63,9 @@ class DbServer:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def _start_cluster(bindir: Path, license_: str) -> tuple[LocalCluster, Path]:
+@contextmanager
+def _running_server(bindir: Path, license_: str) -> Iterator[DbServer]:
+    """A private cluster for the session, removed afterwards."""
     # /tmp, not pytest's tmp_path: the server may run as another OS user, and pytest's base
     # directory is closed to everyone but us.
     root = Path(tempfile.mkdtemp(prefix=f"tickvault-test-{license_}-"))
@@ -74,7 +77,11 @@ def _start_cluster(bindir: Path, license_: str) -> tuple[LocalCluster, Path]:
         extra_settings={"timescaledb.license": f"'{license_}'", "shared_buffers": "'128MB'"},
     )
     cluster.start()
-    return cluster, root
+    try:
+        yield DbServer(cluster.url("postgres"), license_, cluster)
+    finally:
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _community_bindir() -> Path | None:
@@ -91,13 +98,8 @@ def apache_server() -> Iterator[DbServer]:
     if external:
         yield DbServer(external, "apache")
         return
-    bindir = find_bindir(None)
-    cluster, root = _start_cluster(bindir, "apache")
-    try:
-        yield DbServer(cluster.url("postgres"), "apache", cluster)
-    finally:
-        cluster.stop()
-        shutil.rmtree(root, ignore_errors=True)
+    with _running_server(find_bindir(None), "apache") as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
@@ -109,12 +111,8 @@ def community_server() -> Iterator[DbServer]:
             "edition); set TICKVAULT_COMMUNITY_PG_BINDIR to a PostgreSQL bin directory whose "
             "timescaledb has the TSL module to run these tests"
         )
-    cluster, root = _start_cluster(bindir, "timescale")
-    try:
-        yield DbServer(cluster.url("postgres"), "timescale", cluster)
-    finally:
-        cluster.stop()
-        shutil.rmtree(root, ignore_errors=True)
+    with _running_server(bindir, "timescale") as server:
+        yield server
 
 
 @pytest.fixture
