@@ -216,3 +216,52 @@ def test_database_url_is_used_instead_of_a_local_cluster(
     finally:
         apache_server.drop_database(url)
         shutil.rmtree(cli.data_dir, ignore_errors=True)
+
+
+def test_a_normal_user_runs_the_store_as_itself() -> None:
+    """No root: the server runs as the invoking user, in a data directory that user owns."""
+    if os.geteuid() != 0:
+        pytest.skip("already a normal user: the rest of this file covers it")
+    from ingest.store.postgres import SERVICE_USER, service_user
+
+    user = service_user()  # the unprivileged system user, created when missing
+    assert user == SERVICE_USER
+    root = Path(tempfile.mkdtemp(prefix="tickvault-user-"))
+    root.chmod(0o755)
+    shutil.chown(root, user=user, group=user)
+    cli = Cli(root / "data")
+    cli.env["HOME"] = str(root)
+    # The venv's interpreter may sit in root's closed home: run the system's own Python of
+    # the same version over the venv's packages.
+    system_python = Path(f"/usr/bin/python3.{sys.version_info.minor}")
+    if not system_python.exists():
+        pytest.skip(f"{system_python} is missing, and the venv's Python is root's alone")
+    site = next(p for p in sys.path if p.endswith("site-packages"))
+    cli.env["PYTHONPATH"] = os.pathsep.join([str(conftest.REPO), site])
+
+    def as_user(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(system_python), "-m", "tickvault", *args],
+            env=cli.env,
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+            user=user,
+        )
+
+    try:
+        started = as_user("db", "start")
+        assert started.returncode == 0, started.stderr
+        url = as_user("db", "url").stdout.strip().splitlines()[-1]
+        owner = (root / "data" / "pg").owner()
+        assert owner == user
+        with psycopg.connect(url) as conn:
+            (current,) = conn.execute("SELECT current_user").fetchone()
+        assert current == "tickvault"
+        install = as_user("db", "install")
+        assert "already installed" in install.stdout
+    finally:
+        as_user("db", "stop")
+        shutil.rmtree(root, ignore_errors=True)
