@@ -76,7 +76,7 @@ class Settings:
     )
     index_keys: tuple[str, ...] = ("NSE_INDEX|Nifty 50", "NSE_INDEX|Nifty Bank")
     batch_rows: int = 5000
-    batch_ms: int = 200
+    batch_ms: int = 100
     queue_max_rows: int = 500_000
     journal_max_bytes: int = 2 * 1024**3
     journal_segment_bytes: int = 64 * 1024**2
@@ -115,7 +115,7 @@ class Settings:
             if indices is not None
             else cls.index_keys,
             batch_rows=_number(env, "TICKVAULT_BATCH_ROWS", 5000),
-            batch_ms=_number(env, "TICKVAULT_BATCH_MS", 200),
+            batch_ms=_number(env, "TICKVAULT_BATCH_MS", 100),
             queue_max_rows=_number(env, "TICKVAULT_QUEUE_MAX_ROWS", 500_000),
             journal_max_bytes=_number(env, "TICKVAULT_JOURNAL_MAX_BYTES", 2 * 1024**3),
             journal_segment_bytes=_number(env, "TICKVAULT_JOURNAL_SEGMENT_BYTES", 64 * 1024**2),

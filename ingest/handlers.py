@@ -167,8 +167,12 @@ class TickDataHandler:
                 continue
             if self._stopping and self._current is None:
                 return
+            # An open batch is cut batch_ms after its first frame, not after we went idle.
+            wait = self._batch_s
+            if self._current is not None:
+                wait = max(0.0, self._current_started + self._batch_s - time.monotonic())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self._batch_s)
+                await asyncio.wait_for(self._wake.wait(), timeout=wait)
             self._wake.clear()
             if self._current is not None and (
                 self._stopping or time.monotonic() - self._current_started >= self._batch_s

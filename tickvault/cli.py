@@ -129,12 +129,24 @@ def _feed_description(settings: Settings) -> str:
     )
 
 
+def _favour_the_writer() -> None:
+    """Hand the GIL over every 0.5 ms instead of 5 ms.
+
+    The COPY runs in a worker thread that drops the GIL at each libpq flush; at the default
+    interval it then waits up to 5 ms to get it back from the decoding loop, and the writer
+    falls behind the feed (bench: 56k committed ticks/s at the default, 98k at 0.5 ms).
+    Set here, by the process owner, never by a library import.
+    """
+    sys.setswitchinterval(0.0005)
+
+
 def _run(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     from api.app import create_app
 
     configure_logging(settings.log_level, [settings.upstox_access_token, settings.api_key])
+    _favour_the_writer()
     url = _prepare_store(settings)
     app = create_app(settings, url)
     print(
@@ -164,6 +176,7 @@ def _ingest(settings: Settings, args: argparse.Namespace) -> int:
     from ingest.service import WebSocketService
 
     configure_logging(settings.log_level, [settings.upstox_access_token, settings.api_key])
+    _favour_the_writer()
     url = _prepare_store(settings)
     print(
         f"tickvault ingest: feed from {_feed_description(settings)}, database "
