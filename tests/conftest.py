@@ -17,11 +17,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import psycopg
 import pytest
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ingest.store.cluster import LocalCluster
+from ingest.store.local import create_database, drop_database
 from ingest.store.migrations import migrate
 from ingest.store.postgres import PgInstall, find_bindir
 
@@ -34,12 +33,6 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def with_database(url: str, database: str) -> str:
-    params = conninfo_to_dict(url)
-    params["dbname"] = database
-    return make_conninfo(**params)
-
-
 class DbServer:
     """A running server the tests may create databases on."""
 
@@ -49,18 +42,13 @@ class DbServer:
         self.cluster = cluster
 
     def create_database(self, migrated: bool = True) -> str:
-        name = f"test_{uuid.uuid4().hex[:12]}"
-        with psycopg.connect(self.admin_url, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        url = with_database(self.admin_url, name)
+        url = create_database(self.admin_url, f"test_{uuid.uuid4().hex[:12]}")
         if migrated:
             migrate(url)
         return url
 
     def drop_database(self, url: str) -> None:
-        name = conninfo_to_dict(url)["dbname"]
-        with psycopg.connect(self.admin_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_database(self.admin_url, url)
 
 
 @contextmanager

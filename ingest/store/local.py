@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
 from ingest.config import Settings
 from ingest.store.cluster import LocalCluster
 from ingest.store.postgres import PgInstall, StoreError, find_bindir
@@ -26,3 +30,26 @@ def database_url(settings: Settings, start: bool = False) -> str:
             )
         cluster.start()
     return cluster.url()
+
+
+def with_database(url: str, database: str) -> str:
+    """`url` pointed at another database of the same server."""
+    params = conninfo_to_dict(url)
+    params["dbname"] = database
+    return make_conninfo(**params)
+
+
+def create_database(admin_url: str, database: str) -> str:
+    """Create `database` on the server of `admin_url`; returns its URL (tests, benchmarks)."""
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+    return with_database(admin_url, database)
+
+
+def drop_database(admin_url: str, url: str) -> None:
+    """Drop the database `url` names, closing its sessions."""
+    name = conninfo_to_dict(url)["dbname"]
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
