@@ -1,0 +1,149 @@
+"""The ingest under test, alone in its process: `python -m bench.ingest_worker CONFIG_JSON`.
+
+It runs `WebSocketService` exactly as `tickvault ingest` does, against a feed in another
+process, so that its peak memory (VmHWM) and CPU are the ingest's own. The measuring window
+opens after a warm-up; the writer's two latency histograms are wrapped to keep each raw
+observation, because their buckets are too coarse for a p99. The result is one JSON line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from bench.common import CpuMeter
+from ingest.config import Secret, Settings
+from ingest.service import WebSocketService
+
+# A backlog left at the end of the window is not part of the measurement: its flush may take
+# this long (a clean stop writes everything), then the worker leaves it.
+FLUSH_TIMEOUT_S = 15.0
+
+
+class _Recording:
+    """A histogram stand-in that keeps (wall time, value) of every observation."""
+
+    def __init__(self, histogram: Any) -> None:
+        self._histogram = histogram
+        self.observations: list[tuple[float, float]] = []
+
+    def observe(self, value: float) -> None:
+        self.observations.append((time.time(), value))
+        self._histogram.observe(value)
+
+    def between(self, start: float, end: float) -> list[float]:
+        return [value for at, value in self.observations if start <= at <= end]
+
+
+def _feed_ticks(feed_url: str) -> int:
+    with urllib.request.urlopen(f"{feed_url}/_sim/stats", timeout=10) as response:
+        return int(json.load(response)["ticks_sent"])
+
+
+def _counts(service: WebSocketService) -> dict[str, int]:
+    status = service.get_status()
+    return {
+        "committed": int(status["writer"]["rows_written"]),
+        "decoded": int(status["cache"]["ticks_processed"]),
+        "frames": int(status["pipeline"]["frames"]),
+    }
+
+
+def _vm_hwm_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def run(config: dict[str, Any]) -> dict[str, Any]:
+    settings = Settings(
+        data_dir=Path(config["data_dir"]),
+        upstox_access_token=Secret("bench"),
+        upstox_api_base=config["feed_url"],
+        batch_rows=config["batch_rows"],
+        batch_ms=config["batch_ms"],
+        log_level="WARNING",
+    )
+    service = WebSocketService(settings, config["database_url"])
+    latency = service.metrics.commit_latency_seconds = _Recording(
+        service.metrics.commit_latency_seconds
+    )
+    batch = service.metrics.batch_seconds = _Recording(service.metrics.batch_seconds)
+    meter = CpuMeter(
+        {
+            "ingest": (os.getpid(), False),
+            "feed": (config["feed_pid"], False),
+            "postgres": (config.get("postmaster_pid"), True),
+        }
+    )
+    if config.get("switch_interval"):
+        sys.setswitchinterval(config["switch_interval"])
+    flushed = True
+    await service.start()
+    try:
+        await asyncio.sleep(config["warmup_s"])
+        feed_start = await asyncio.to_thread(_feed_ticks, config["feed_url"])
+        start, started = _counts(service), time.time()
+        meter.start()
+        timeline = []  # (s into the window, decoded, committed, queue rows): where it went
+        while time.time() - started < config["seconds"]:
+            await asyncio.sleep(1.0)
+            counts = _counts(service)
+            queue = int(service.get_status()["writer"]["queue_depth"])
+            timeline.append(
+                (round(time.time() - started, 1), counts["decoded"], counts["committed"], queue)
+            )
+        end, ended = _counts(service), time.time()
+        cores = meter.stop()
+        feed_end = await asyncio.to_thread(_feed_ticks, config["feed_url"])
+        final = service.get_status()
+    finally:
+        try:
+            await asyncio.wait_for(service.stop(), FLUSH_TIMEOUT_S)
+        except TimeoutError:
+            flushed = False  # main() exits without waiting for the rest
+    window = ended - started
+    return {
+        "flushed": flushed,
+        "window_s": round(window, 2),
+        "window_start_epoch": started,
+        "window_end_epoch": ended,
+        "sent_per_s": round((feed_end - feed_start) / window, 1),
+        "decoded_per_s": round((end["decoded"] - start["decoded"]) / window, 1),
+        "committed_per_s": round((end["committed"] - start["committed"]) / window, 1),
+        "ticks_per_frame": round(
+            (end["decoded"] - start["decoded"]) / max(end["frames"] - start["frames"], 1), 1
+        ),
+        "max_queue_rows": max((queue for *_, queue in timeline), default=0),
+        "queue_rows_at_end": final["writer"]["queue_depth"],
+        "oldest_unwritten_s_at_end": final["writer"]["oldest_unwritten_tick_age_s"],
+        "journal_only_spills": final["writer"]["spills"],
+        "writer_errors": final["writer"]["errors"],
+        "cpu_cores": cores,
+        "commit_latency_s": latency.between(started, ended),
+        "batch_write_s": batch.between(started, ended),
+        "vm_hwm_mib": round(_vm_hwm_mib(), 1),
+        "timeline": timeline,
+    }
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.WARNING)
+    config = json.loads(sys.argv[1])
+    result = asyncio.run(run(config))
+    print(json.dumps(result), flush=True)
+    if not result["flushed"]:
+        os._exit(0)  # writer threads may still hold a batch; the database is thrown away
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,256 @@
+"""The same recorded frames written three ways, side by side, and where a tick's time goes.
+
+Frames are recorded from the simulator process through the real `FeedClient`, so they are
+the bytes the ingest receives. Then, interleaved and repeated:
+
+- raw COPY: the decoded tick tuples through `copy_ticks`, nothing else: the ceiling;
+- ours: `FeedDecoder.decode` per frame, then `copy_ticks` per batch;
+- SDK way: what Upstox's Python SDK hands its users, `MessageToDict` of each frame, rows
+  built from the dicts, then `executemany` INSERT.
+
+Each writes batches of `BATCH_ROWS` into a fresh tickvault database's `ticks` hypertable,
+committing each batch, as the writer does. The CPU split (journal append, decode, COPY's
+client side, the server) is measured in CPU seconds, which other tenants of a shared
+machine disturb far less than wall time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from google.protobuf.json_format import MessageToDict
+
+from bench.common import DbServer, cpu_seconds, median, simulator
+from bench.ingest import BATCH_ROWS
+from ingest._copy import configure_copy_connection, copy_ticks
+from ingest.client import FeedClient
+from ingest.config import Secret, Settings
+from ingest.decoder import FeedDecoder
+from ingest.journal import Journal
+from ingest.proto import upstox_feed_v3_pb2 as pb
+from ingest.tick import TICK_COLUMNS, Tick
+
+Frame = tuple[bytes, int]  # (frame, received_at_us)
+
+_INSERT = (
+    f"INSERT INTO ticks ({', '.join(TICK_COLUMNS)})"
+    f" VALUES ({', '.join(['%s'] * len(TICK_COLUMNS))})"
+)
+
+
+class _Recorder:
+    """A FrameSink that keeps every frame with its arrival time."""
+
+    def __init__(self) -> None:
+        self.frames: list[Frame] = []
+
+    def on_frame(self, frame: bytes, received_at_us: int) -> None:
+        self.frames.append((frame, received_at_us))
+
+
+def record_frames(instruments: Path, rate: float, seconds: float) -> list[Frame]:
+    """`seconds` of full-mode frames for the whole universe, from a simulator process."""
+    keys = [
+        record["instrument_key"]
+        for record in json.loads(instruments.read_text())
+        if record["segment"] in ("NSE_EQ", "NSE_INDEX")
+    ]
+    recorder = _Recorder()
+
+    async def listen(url: str) -> None:
+        settings = Settings(upstox_access_token=Secret("bench"), upstox_api_base=url)
+        client = FeedClient(settings, recorder)
+        await client.connect()
+        await client.subscribe(keys, "full")
+        await asyncio.sleep(seconds)
+        await client.stop()
+
+    with simulator(instruments, rate) as feed:
+        asyncio.run(listen(feed.url))
+    return recorder.frames
+
+
+def decode_all(frames: Iterable[Frame]) -> list[Tick]:
+    decoder = FeedDecoder()
+    ticks: list[Tick] = []
+    for frame, received_at in frames:
+        ticks.extend(decoder.decode(frame, received_at).ticks)
+    return ticks
+
+
+# --- the three writers --------------------------------------------------------------------
+
+
+def _batches(rows: Iterable[tuple], size: int = BATCH_ROWS) -> Iterable[list[tuple]]:
+    batch: list[tuple] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def write_raw_copy(conn: psycopg.Connection, frames: list[Frame], ticks: list[Tick]) -> int:
+    for batch in _batches(ticks):
+        with conn.cursor() as cur:
+            copy_ticks(cur, batch)
+        conn.commit()
+    return len(ticks)
+
+
+def write_ours(conn: psycopg.Connection, frames: list[Frame], ticks: list[Tick]) -> int:
+    return write_raw_copy(conn, frames, decode_all(frames))
+
+
+def _sdk_rows(frames: list[Frame]) -> Iterable[tuple]:
+    """Rows as an SDK user builds them: from MessageToDict's dicts, int64s arriving as strings."""
+    for frame, received_at_us in frames:
+        message = MessageToDict(pb.FeedResponse.FromString(frame))
+        received_at = datetime.fromtimestamp(received_at_us / 1e6, UTC)
+        feed_ts = datetime.fromtimestamp(int(message.get("currentTs", 0)) / 1000, UTC)
+        for key, feed in message.get("feeds", {}).items():
+            full = feed.get("fullFeed", {})
+            market = full.get("marketFF") or full.get("indexFF") or {}
+            ltpc = market.get("ltpc") or feed.get("ltpc") or {}
+            if "ltt" not in ltpc:
+                continue
+            quote = (market.get("marketLevel", {}).get("bidAskQuote") or [{}])[0]
+            greeks = market.get("optionGreeks", {})
+            yield (
+                key,
+                datetime.fromtimestamp(int(ltpc["ltt"]) / 1000, UTC),
+                ltpc.get("ltp"),
+                int(ltpc["ltq"]) if "ltq" in ltpc else None,
+                int(market["vtt"]) if "vtt" in market else None,
+                None,  # volume_delta: the SDK keeps no state between frames
+                ltpc.get("cp"),
+                market.get("atp"),
+                market.get("oi"),
+                market.get("iv"),
+                market.get("tbq"),
+                market.get("tsq"),
+                quote.get("bidP"),
+                int(quote["bidQ"]) if "bidQ" in quote else None,
+                quote.get("askP"),
+                int(quote["askQ"]) if "askQ" in quote else None,
+                greeks.get("delta"),
+                greeks.get("theta"),
+                greeks.get("gamma"),
+                greeks.get("vega"),
+                greeks.get("rho"),
+                feed_ts,
+                received_at,
+            )
+
+
+def write_sdk(conn: psycopg.Connection, frames: list[Frame], ticks: list[Tick]) -> int:
+    written = 0
+    for batch in _batches(_sdk_rows(frames)):
+        with conn.cursor() as cur:
+            cur.executemany(_INSERT, batch)
+        conn.commit()
+        written += len(batch)
+    return written
+
+
+WRITERS: dict[str, Callable[[psycopg.Connection, list[Frame], list[Tick]], int]] = {
+    "raw_copy": write_raw_copy,
+    "ours": write_ours,
+    "sdk": write_sdk,
+}
+
+
+# --- the measurements ---------------------------------------------------------------------
+
+
+def _timed(postmaster_pid: int | None, work: Callable[[], int]) -> dict[str, float]:
+    """Rows/s by wall clock, and CPU us per row in this process and in the server."""
+
+    def server_cpu() -> float:
+        return cpu_seconds(postmaster_pid, True) if postmaster_pid else float("nan")
+
+    server_before = server_cpu()
+    cpu_before, wall_before = time.process_time(), time.perf_counter()
+    rows = work()
+    wall = time.perf_counter() - wall_before
+    cpu = time.process_time() - cpu_before
+    server = server_cpu() - server_before
+    return {
+        "rows": rows,
+        "rows_per_s": rows / wall,
+        "client_us_per_row": cpu / rows * 1e6,
+        "server_us_per_row": server / rows * 1e6,
+    }
+
+
+def compare_writers(
+    server: DbServer, frames: list[Frame], repeats: int
+) -> dict[str, dict[str, float]]:
+    """Each writer `repeats` times, interleaved; medians of every figure."""
+    ticks = decode_all(frames)
+    url = server.create_database("bench_offline")
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in WRITERS}
+    try:
+        with psycopg.connect(url) as conn:
+            configure_copy_connection(conn)
+            for _ in range(repeats):
+                for name, write in WRITERS.items():
+                    conn.execute("TRUNCATE ticks")
+                    conn.commit()
+                    runs[name].append(
+                        _timed(server.postmaster_pid, lambda w=write: w(conn, frames, ticks))
+                    )
+    finally:
+        server.drop_database(url)
+    return {
+        name: {key: round(median([r[key] for r in results]), 2) for key in results[0]}
+        for name, results in runs.items()
+    }
+
+
+def hot_path_costs(frames: list[Frame], repeats: int) -> dict[str, float]:
+    """CPU us per tick of the ingest's per-frame steps without the database (medians)."""
+    ticks = decode_all(frames)
+    journal_us, decode_us = [], []
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory(prefix="tickvault-bench-journal-") as directory:
+            journal = Journal(Path(directory))
+            started = time.process_time()
+            for frame, received_at in frames:
+                journal.append(frame, received_at)
+            journal_us.append((time.process_time() - started) / len(ticks) * 1e6)
+            journal.close()
+        started = time.process_time()
+        decode_all(frames)
+        decode_us.append((time.process_time() - started) / len(ticks) * 1e6)
+    return {
+        "frames": len(frames),
+        "ticks": len(ticks),
+        "ticks_per_frame": round(len(ticks) / len(frames), 1),
+        "bytes_per_tick": round(sum(len(f) for f, _ in frames) / len(ticks), 1),
+        "journal_append_us": round(median(journal_us), 2),
+        "decode_us": round(median(decode_us), 2),
+    }
+
+
+def run_offline(server: DbServer, frames: list[Frame], repeats: int) -> dict[str, Any]:
+    writers = compare_writers(server, frames, repeats)
+    return {
+        "repeats": repeats,
+        "hot_path": hot_path_costs(frames, repeats),
+        "writers": writers,
+        "ours_over_sdk": round(writers["ours"]["rows_per_s"] / writers["sdk"]["rows_per_s"], 2),
+        "ours_over_raw_copy": round(
+            writers["ours"]["rows_per_s"] / writers["raw_copy"]["rows_per_s"], 3
+        ),
+    }

@@ -1,0 +1,315 @@
+"""Run every benchmark, write the raw results as JSON under bench/results/, print a table.
+
+`python -m bench.run_all` (what `make bench` runs) takes about 5 minutes; `--quick` is a
+one-minute smoke run that checks the benchmarks still work, not a source of numbers. The
+database is a private cluster in /tmp unless TICKVAULT_DATABASE_URL names a server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench import api, ingest, offline
+from bench.common import RESULTS_DIR, db_server, machine, write_universe
+from bench.replay_feed import save_frames
+
+BENCHMARKS = ("offline", "throughput", "replay", "latency", "api")
+# The default TICKVAULT_BATCH_MS first, then a shorter one side by side: the batch age bounds
+# a tick's receipt-to-commit time.
+LATENCY_BATCH_MS = (ingest.BATCH_MS, 100)
+TARGETS = {
+    "throughput_per_s": 100_000,
+    "latency_p99_s": 0.25,
+    "api_rps": 1000,
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench.run_all", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a short smoke run (~1 minute)")
+    parser.add_argument(
+        "--seconds", type=float, help="sustained-throughput window (default 60; quick 8)"
+    )
+    parser.add_argument("--rate", type=float, default=100_000, help="offered ticks/s, throughput")
+    parser.add_argument("--latency-rate", type=float, default=20_000, help="ticks/s, latency+API")
+    parser.add_argument("--api-rps", type=float, default=1000, help="offered latest-tick req/s")
+    parser.add_argument("--stocks", type=int, default=1800, help="F&O stocks in the universe")
+    parser.add_argument("--only", choices=BENCHMARKS, action="append", help="repeatable")
+    parser.add_argument(
+        "--switch-interval",
+        type=float,
+        default=0.0005,
+        help="sys.setswitchinterval() of the ingest (tickvault ingest/run set 0.0005)",
+    )
+    return parser
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    quick = args.quick
+    seconds = args.seconds or (8.0 if quick else 60.0)
+    window = min(seconds, 30.0)
+    warmup = 2.0 if quick else 5.0
+    chosen = args.only or BENCHMARKS
+    results: dict[str, Any] = {
+        "machine": machine(),
+        "settings": {
+            "quick": quick,
+            "throughput_window_s": seconds,
+            "window_s": window,
+            "warmup_s": warmup,
+            "offered_rate": args.rate,
+            "latency_rate": args.latency_rate,
+            "api_rps": args.api_rps,
+            "stocks": args.stocks,
+            "batch_rows": ingest.BATCH_ROWS,
+            "batch_ms": ingest.BATCH_MS,
+            "switch_interval": args.switch_interval,
+        },
+    }
+    with tempfile.TemporaryDirectory(prefix="tickvault-bench-") as scratch:
+        instruments = Path(scratch) / "instruments.json"
+        symbols = write_universe(instruments, args.stocks)
+        with db_server() as server:
+            results["machine"]["database"] = server.version
+            frames_path = Path(scratch) / "frames.bin"
+            if "offline" in chosen or "replay" in chosen:
+                record_s = 1.0 if quick else 3.0
+                _step(f"recording {record_s:g} s of frames at {args.latency_rate:,.0f} ticks/s")
+                frames = offline.record_frames(instruments, args.latency_rate, record_s)
+                save_frames(frames_path, [frame for frame, _ in frames])
+            if "offline" in chosen:
+                _step("offline: the recorded frames written by raw COPY, ours and the SDK way")
+                results["offline"] = offline.run_offline(server, frames, repeats=1 if quick else 3)
+            if "throughput" in chosen:
+                _step(f"throughput: simulator at {args.rate:,.0f} ticks/s for {seconds:g} s")
+                results["throughput"] = ingest.summarize(
+                    ingest.run_ingest(
+                        server,
+                        instruments,
+                        args.rate,
+                        seconds,
+                        warmup,
+                        switch_interval=args.switch_interval,
+                    )
+                )
+            if "replay" in chosen:
+                _step(f"throughput: replayed frames at {args.rate:,.0f} ticks/s for {window:g} s")
+                results["replay"] = ingest.summarize(
+                    ingest.run_ingest(
+                        server,
+                        instruments,
+                        args.rate,
+                        window,
+                        warmup,
+                        replay=frames_path,
+                        switch_interval=args.switch_interval,
+                    )
+                )
+            if "latency" in chosen:
+                results["latency"] = {}
+                for batch_ms in LATENCY_BATCH_MS[:1] if quick else LATENCY_BATCH_MS:
+                    _step(
+                        f"latency: {args.latency_rate:,.0f} ticks/s for {window:g} s,"
+                        f" batches of up to {batch_ms} ms"
+                    )
+                    report = ingest.run_ingest(
+                        server,
+                        instruments,
+                        args.latency_rate,
+                        window,
+                        warmup,
+                        batch_ms=batch_ms,
+                        row_latency=True,
+                    )
+                    summary = ingest.summarize(report)
+                    summary["raw_commit_latency_s"] = report["commit_latency_s"]
+                    summary["raw_batch_write_s"] = report["batch_write_s"]
+                    results["latency"][f"batch_ms_{batch_ms}"] = summary
+            if "api" in chosen:
+                _step(f"api: {args.api_rps:,.0f} req/s while ingesting {args.latency_rate:,.0f}/s")
+                results["api"] = api.run_api(
+                    server,
+                    instruments,
+                    symbols,
+                    ingest_rate=args.latency_rate,
+                    # Half the offered rate first (latency below saturation), then the rate.
+                    loads=([] if quick else [(args.api_rps / 2, window / 2)])
+                    + [(args.api_rps, 5.0 if quick else window)],
+                    bar_requests=50 if quick else 200,
+                    warmup_s=warmup,
+                )
+    return results
+
+
+def _step(text: str) -> None:
+    print(f"[{datetime.now(UTC):%H:%M:%S}] {text}", flush=True)
+
+
+# --- the table ----------------------------------------------------------------------------
+
+
+def _n(value: float, digits: int = 0) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{value:,.{digits}f}"
+
+
+def _ms(seconds: float) -> str:
+    return _n(seconds * 1000, 1) + " ms"
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+def _cpu(cores: dict[str, float]) -> str:
+    ours = sum(v for k, v in cores.items() if k != "machine" and not math.isnan(v))
+    parts = [f"{k} {v:.2f}" for k, v in cores.items() if k != "machine"]
+    return ", ".join(parts) + f"; other tenants {max(cores['machine'] - ours, 0):.2f}"
+
+
+def _us_per_tick(run: dict[str, Any]) -> dict[str, float]:
+    rate = run["committed_per_s"]
+    return {k: v * 1e6 / rate for k, v in run["cpu_cores"].items() if k != "machine"}
+
+
+def table(results: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(measurement, result, target) rows, in the order BENCHMARKS.md shows them."""
+    rows: list[tuple[str, str, str]] = []
+    for name, feed in (("throughput", "simulator"), ("replay", "replayed frames")):
+        if name not in results:
+            continue
+        t = results[name]
+        rows += [
+            (
+                f"End-to-end committed ticks/s, {feed} at {t['offered_per_s']:,.0f}/s,"
+                f" {t['window_s']:g} s",
+                f"{_n(t['committed_per_s'])} (sent {_n(t['sent_per_s'])},"
+                f" decoded {_n(t['decoded_per_s'])}; oldest unwritten tick at the end"
+                f" {t['oldest_unwritten_s_at_end']:.1f} s old, journal-only spills"
+                f" {t['journal_only_spills']})",
+                f">= 100,000: {_verdict(t['committed_per_s'] >= TARGETS['throughput_per_s'])}",
+            ),
+            ("  CPU cores busy in that window", _cpu(t["cpu_cores"]), "2 cores in all"),
+            ("  peak RSS of the ingest process (VmHWM)", f"{_n(t['vm_hwm_mib'])} MiB", "report"),
+        ]
+    for name, lat in results.get("latency", {}).items():
+        p99 = lat["commit_latency_s"]["p99"]
+        batch_ms = name.removeprefix("batch_ms_")
+        rows += [
+            (
+                f"Receipt to commit at {lat['offered_per_s']:,.0f}/s, batches <= {batch_ms} ms:"
+                f" oldest tick of each of {lat['batches']} batches",
+                f"p50 {_ms(lat['commit_latency_s']['p50'])}, p99 {_ms(p99)}",
+                f"p99 < 250 ms: {_verdict(p99 < TARGETS['latency_p99_s'])}",
+            ),
+            (
+                "  per row inserted_at - received_at; batch write time",
+                f"p50 {_ms(lat['row_latency_s']['p50'])}, p99 {_ms(lat['row_latency_s']['p99'])};"
+                f" write p50 {_ms(lat['batch_write_s']['p50'])},"
+                f" p99 {_ms(lat['batch_write_s']['p99'])}",
+                "report",
+            ),
+        ]
+    steady = results.get("latency", {}).get(f"batch_ms_{LATENCY_BATCH_MS[0]}")
+    if steady:
+        per_tick = _us_per_tick(steady)
+        rows += [
+            (
+                f"CPU at {steady['offered_per_s']:,.0f}/s"
+                f" (committed {_n(steady['committed_per_s'])}/s)",
+                _cpu(steady["cpu_cores"]),
+                "report",
+            ),
+            (
+                "  CPU us per committed tick",
+                ", ".join(f"{k} {v:.1f}" for k, v in per_tick.items()),
+                "report",
+            ),
+            (
+                "  ticks/s these costs allow if 2 idle cores did nothing else (estimate)",
+                _n(2e6 / sum(per_tick.values())),
+                "report",
+            ),
+            ("  peak RSS of the ingest process", f"{_n(steady['vm_hwm_mib'])} MiB", "report"),
+        ]
+    if "offline" in results:
+        off = results["offline"]
+        w, hot = off["writers"], off["hot_path"]
+        rows += [
+            (
+                f"Offline rows/s, {hot['ticks']:,} ticks in {hot['frames']} recorded frames",
+                f"raw COPY {_n(w['raw_copy']['rows_per_s'])}, ours {_n(w['ours']['rows_per_s'])},"
+                f" SDK way {_n(w['sdk']['rows_per_s'])}",
+                "report",
+            ),
+            ("Ours / SDK way (same frames)", f"{off['ours_over_sdk']:.1f}x", "report"),
+            (
+                "CPU us per tick: journal, decode; COPY client, server (raw COPY)",
+                f"{hot['journal_append_us']}, {hot['decode_us']};"
+                f" {w['raw_copy']['client_us_per_row']}, {w['raw_copy']['server_us_per_row']}",
+                "hot path ~8 us",
+            ),
+        ]
+        if "throughput" in results:
+            ratio = results["throughput"]["committed_per_s"] / w["raw_copy"]["rows_per_s"]
+            rows.append(("End-to-end / raw COPY", f"{ratio:.2f}", "report"))
+    if "api" in results:
+        a = results["api"]
+        for lt in a["latest_ticks"]:
+            rows += [
+                (
+                    f"GET latest-ticks ({a['symbols_per_request']} symbols),"
+                    f" {_n(lt['offered_rps'])} req/s offered, ingest at {a['ingest_rate']:,.0f}/s",
+                    f"{_n(lt['achieved_rps'])} req/s; p50 {_n(lt['latency_ms']['p50'], 1)} ms,"
+                    f" p99 {_n(lt['latency_ms']['p99'], 1)} ms",
+                    f">= 1,000 req/s: {_verdict(lt['achieved_rps'] >= TARGETS['api_rps'])}"
+                    if lt["offered_rps"] >= TARGETS["api_rps"]
+                    else "report (below the target load)",
+                ),
+                ("  CPU cores busy during that load", _cpu(lt["cpu_cores"]), "report"),
+            ]
+        bars = a["bars_1m"]
+        rows.append(
+            (
+                f"GET bars 1m, one day ({bars['bars_per_response']} bars), {bars['requests']}"
+                " sequential requests",
+                f"p50 {_n(bars['latency_ms']['p50'], 1)} ms, p99"
+                f" {_n(bars['latency_ms']['p99'], 1)} ms",
+                "report",
+            )
+        )
+    return rows
+
+
+def print_table(rows: list[tuple[str, str, str]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(3)] if rows else [0, 0, 0]
+    for row in [("Measurement", "Result", "Target"), *rows]:
+        print(" | ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    started = time.monotonic()
+    results = run(args)
+    results["command"] = " ".join(["python -m bench.run_all", *(argv or sys.argv[1:])])
+    results["duration_s"] = round(time.monotonic() - started, 1)
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = RESULTS_DIR / f"{stamp}{'-quick' if args.quick else ''}.json"
+    path.write_text(json.dumps(results, indent=2))
+    print()
+    print_table(table(results))
+    print(f"\nraw results: {path} ({results['duration_s']:g} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
