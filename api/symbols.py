@@ -54,6 +54,16 @@ class SymbolResolver:
             )
         return [found[symbol] for symbol in symbols]
 
+    def remembered(self, symbols: list[str]) -> list[str] | None:
+        """The keys of `symbols` when every one is already known, without the database."""
+        keys = []
+        for symbol in symbols:
+            key = self._keys.get(symbol)
+            if key is None:
+                return None
+            keys.append(key)
+        return keys
+
     def trading_symbols(self, keys: Iterable[str]) -> dict[str, str]:
         """key -> trading symbol; a key missing from the master maps to itself."""
         found = {key: self._symbols.get(key) or key for key in keys}
