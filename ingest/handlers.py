@@ -208,25 +208,27 @@ class TickDataHandler:
             return
         after = self.committed_seq
         while True:
+            # One pass reads the journal once, up to its end when the pass began; frames
+            # that arrive meanwhile are left for the next pass.
             batch: _Batch | None = None
-            exhausted = True
             for seq, received_at_us, frame in self._journal.replay(after):
                 if batch is None:
                     batch = self._new_batch(seq)
                 self._add(batch, seq, decode(frame, received_at_us))
                 after = seq
                 if len(batch.rows) >= self._batch_rows:
-                    exhausted = False
-                    break
-            if batch is not None:
-                self._enqueue(batch)
-            if exhausted:
-                # No await since the replay reached the journal's end, so no frame slipped
-                # in between: the next live frame is exactly the next one to write.
+                    self._enqueue(batch)
+                    batch = None
+                    await self._drain()
+            if batch is None and after == self._journal.last_seq:
+                # Nothing new since this pass began, and no await since it checked: the next
+                # live frame is exactly the next one to write.
                 self._spilled = False
                 self._journal_only_since_us = None
                 log.info("writer caught up with the journal at seq %d", after)
                 return
+            if batch is not None:
+                self._enqueue(batch)
             await self._drain()
 
     def _write(self, batch: _Batch) -> None:

@@ -231,6 +231,11 @@ class Journal:
             "disk space or raise max_bytes; frames arriving meanwhile are refused, not dropped."
         )
 
+    @property
+    def last_seq(self) -> int:
+        """The seq of the newest appended frame (0 before the first)."""
+        return self._last_seq
+
     def sync(self) -> None:
         """Make every appended frame survive a power loss, not just a process crash.
 
@@ -285,7 +290,7 @@ class Journal:
     def stats(self) -> dict[str, int | str]:
         return {
             "journal_id": self.journal_id,
-            "last_seq": self._last_seq,
+            "last_seq": self.last_seq,
             "committed_seq": self.committed_seq,
             "backlog_frames": self._last_seq - self.committed_seq,
             "bytes_on_disk": self._bytes,
