@@ -114,3 +114,24 @@ def test_tickvault_run_serves_ticks_and_stops_cleanly(data_dir: Path) -> None:
         ).fetchone()
     assert written > 1000
     assert unwritten == 0
+
+
+def test_tickvault_simulator_takes_its_own_options() -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tickvault", "simulator", "--port", str(port), "--rate", "100"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert f"http://127.0.0.1:{port}" in line, line
+        status, _ = _get(f"http://127.0.0.1:{port}/_sim/stats")
+        assert status == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)
+    assert process.returncode == 0

@@ -240,14 +240,23 @@ def build_parser() -> argparse.ArgumentParser:
         "run", help="the main job: store, ingest (simulator unless UPSTOX_ACCESS_TOKEN) and API"
     ).set_defaults(handler=_run)
     commands.add_parser("ingest", help="the ingest service alone").set_defaults(handler=_ingest)
-    simulator = commands.add_parser("simulator", help="the Upstox-compatible feed simulator")
-    simulator.add_argument("simulator_args", nargs=argparse.REMAINDER)
+    simulator = commands.add_parser(
+        "simulator",
+        help="the Upstox-compatible feed simulator (tickvault simulator --help: its options)",
+        add_help=False,
+    )
     simulator.set_defaults(handler=_simulator)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # The simulator parses its own options; every other command takes only ours.
+    args, extra = parser.parse_known_args(argv)
+    if args.handler is _simulator:
+        args.simulator_args = [arg for arg in extra if arg != "--"]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     handler: Callable[[Settings, argparse.Namespace], int] = args.handler
     try:
         return handler(Settings.from_env(), args)
