@@ -101,6 +101,8 @@ class WebSocketService:
         self._pipeline.add_handler(self.cache)
         for callback in self._custom_handlers:
             await self._pipeline.register_handler(callback)
+        # Journaled frames are filtered by what was subscribed when they arrived (the table);
+        # live frames, below, by what the client follows now.
         self._pipeline.wanted = state.subscribed_keys
         replayed = self._pipeline.replay(state.committed_seq)
         if replayed:
@@ -192,9 +194,6 @@ class WebSocketService:
 
     async def unsubscribe_symbol(self, symbols: list[str]) -> list[str]:
         return await self.subscriptions.unsubscribe_symbols(symbols)
-
-    def latest(self, key: str) -> Tick | None:
-        return self.cache.latest(key)
 
     def get_status(self) -> dict[str, Any]:
         """Everything from memory, so it answers while the database is down.
