@@ -10,7 +10,7 @@ from typing import Annotated
 from pydantic import AfterValidator, StringConstraints
 
 from api.errors import invalid
-from ingest.tick import to_datetime, to_epoch_us
+from ingest.tick import from_datetime, to_datetime
 
 
 def _no_nul(value: str) -> str:
@@ -87,8 +87,8 @@ def time_window(
 
 
 def encode_cursor(ts: datetime, received_at: datetime) -> str:
-    """The position after a tick, opaque to clients: base64url of its two epoch-us times."""
-    raw = f"{to_epoch_us(ts)}:{to_epoch_us(received_at)}".encode()
+    """The position after a tick, opaque to clients: base64url of its two tick times."""
+    raw = f"{from_datetime(ts)}:{from_datetime(received_at)}".encode()
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 

@@ -27,9 +27,9 @@ from urllib.parse import quote
 import psycopg
 
 from bench.common import REPO, CpuMeter, DbServer, free_port, load_universe, simulator
-from ingest._copy import configure_copy_connection, copy_ticks
+from ingest._copy import copy_ticks
 from ingest.store.bars import refresh_bars
-from ingest.tick import TICK_COLUMNS
+from ingest.tick import TICK_COLUMNS, from_datetime
 
 IST = timedelta(hours=5, minutes=30)
 SESSION = (timedelta(hours=9, minutes=15), timedelta(hours=15, minutes=30))
@@ -47,7 +47,7 @@ def store_trading_day(url: str, key: str, day: date) -> tuple[datetime, datetime
     """A random walk of ticks for `key` over NSE's session on `day`, rolled up into bars."""
     midnight = datetime(day.year, day.month, day.day, tzinfo=UTC) - IST
     start, end = midnight + SESSION[0], midnight + SESSION[1]
-    start_us = int(start.timestamp() * 1_000_000)
+    start_time = from_datetime(start)
     count = int((end - start).total_seconds()) * DAY_TICKS_PER_S
     rng = random.Random(1)
     price, vtt, rows = 1000.0, 0, []
@@ -55,15 +55,13 @@ def store_trading_day(url: str, key: str, day: date) -> tuple[datetime, datetime
         price = round(max(1.0, price + rng.choice((-0.05, 0.0, 0.05))), 2)
         ltq = rng.randint(1, 500)
         vtt += ltq
-        ts = start_us + i * 1_000_000 // DAY_TICKS_PER_S
+        ts = start_time + i * 1_000_000 // DAY_TICKS_PER_S
         row = [None] * len(TICK_COLUMNS)
         row[:7] = [key, ts, price, ltq, vtt, ltq if i else 0, 995.0]
         row[-2:] = [ts, ts + 1000]
         rows.append(tuple(row))
-    with psycopg.connect(url) as conn:
-        configure_copy_connection(conn)
-        with conn.cursor() as cur:
-            copy_ticks(cur, rows)
+    with psycopg.connect(url) as conn, conn.cursor() as cur:
+        copy_ticks(cur, rows)
     with psycopg.connect(url, autocommit=True) as conn:
         refresh_bars(conn, start, end)
     return start, end, count

@@ -30,7 +30,7 @@ from google.protobuf.json_format import MessageToDict
 
 from bench.common import DbServer, cpu_seconds, median, simulator
 from bench.ingest import BATCH_ROWS
-from ingest._copy import configure_copy_connection, copy_ticks
+from ingest._copy import copy_ticks
 from ingest.client import FeedClient
 from ingest.config import Secret, Settings
 from ingest.decoder import FeedDecoder
@@ -202,7 +202,6 @@ def compare_writers(
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in WRITERS}
     try:
         with psycopg.connect(url) as conn:
-            configure_copy_connection(conn)
             for _ in range(repeats):
                 for name, write in WRITERS.items():
                     conn.execute("TRUNCATE ticks")

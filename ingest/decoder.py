@@ -14,7 +14,18 @@ from typing import NamedTuple
 from google.protobuf.message import DecodeError
 
 from ingest.proto import upstox_feed_v3_pb2 as pb
-from ingest.tick import FEED_TS, KEY, LTP, LTQ, TICK_COLUMNS, TS, VOLUME_DELTA, VTT, Tick
+from ingest.tick import (
+    FEED_TS,
+    KEY,
+    LTP,
+    LTQ,
+    PG_EPOCH_UNIX_US,
+    TICK_COLUMNS,
+    TS,
+    VOLUME_DELTA,
+    VTT,
+    Tick,
+)
 
 _CP, _ATP, _OI, _IV, _TBQ, _TSQ = (
     TICK_COLUMNS.index(name) for name in ("cp", "atp", "oi", "iv", "tbq", "tsq")
@@ -33,6 +44,8 @@ _DAY_US = 86_400 * 1_000_000
 _FRAME_KINDS = {pb.initial_feed: "snapshot", pb.live_feed: "live", pb.market_info: "market_info"}
 _STATUS_NAMES = {value.number: value.name for value in pb.MarketStatus.DESCRIPTOR.values}
 _SAMPLE_BYTES = 32
+_NO_QUOTE = (None, None, None, None)  # bid_price, bid_qty, ask_price, ask_qty
+_NO_GREEKS = (None, None, None, None, None)  # delta, theta, gamma, vega, rho
 
 
 class MalformedFrame(ValueError):
@@ -51,7 +64,7 @@ class DecodedFrame(NamedTuple):
     kind: str  # "snapshot", "live", "market_info", or "unknown" for a type this code predates
     ticks: list[Tick]
     market_status: dict[str, str]  # segment -> MarketStatus name, from market_info frames
-    feed_ts_us: int | None  # server time of the frame; None when the frame carries none
+    feed_ts: int | None  # server time of the frame (a tick time); None when it carries none
     unwanted: int  # feeds skipped because their key is not wanted
     duplicates: int  # ticks dropped as equal to the instrument's last tick
 
@@ -71,13 +84,19 @@ class FeedDecoder:
     def decode(
         self, frame: bytes, received_at_us: int, wanted: Container[str] | None = None
     ) -> DecodedFrame:
-        """Decode one binary frame; `wanted`, when given, is the set of keys to keep."""
+        """Decode one binary frame; `wanted`, when given, is the set of keys to keep.
+
+        `received_at_us` is the clock's Unix-epoch microseconds at receipt. The ticks carry
+        tick times (see ingest.tick), converted from it and from the feed's Unix-epoch ms.
+        """
         try:
             # A fresh message per frame: measured faster than clearing and reusing one.
             response = pb.FeedResponse.FromString(frame)
         except DecodeError as exc:
             raise MalformedFrame(frame) from exc
-        feed_ts = response.currentTs * 1000 or None
+        current_ms = response.currentTs
+        feed_ts = current_ms * 1000 - PG_EPOCH_UNIX_US if current_ms else None
+        received_at = received_at_us - PG_EPOCH_UNIX_US
         last = self._last
         ticks: list[Tick] = []
         unwanted = duplicates = 0
@@ -89,10 +108,17 @@ class FeedDecoder:
             if union is None:
                 continue
             prev = last.get(key)
-            tick = _FEED_KINDS[union](key, feed, prev, feed_ts, received_at_us)
+            tick = _FEED_KINDS[union](key, feed, prev, feed_ts, received_at)
             if tick is None:
                 continue
-            if prev is not None and _is_duplicate(tick, prev):
+            # A re-sent snapshot equals the last tick in every column but volume_delta,
+            # feed_ts and received_at; ts first, as it differs for nearly every live tick.
+            if (
+                prev is not None
+                and tick[TS] == prev[TS]
+                and tick[TS:VOLUME_DELTA] == prev[TS:VOLUME_DELTA]
+                and tick[VOLUME_DELTA + 1 : FEED_TS] == prev[VOLUME_DELTA + 1 : FEED_TS]
+            ):
                 duplicates += 1
                 continue
             last[key] = tick
@@ -122,23 +148,13 @@ class FeedDecoder:
             tick = tuple(row)
             if len(tick) != len(TICK_COLUMNS) or not isinstance(tick[TS], int):
                 raise TypeError(
-                    f"seed wants ticks in TICK_COLUMNS order with int epoch-us times, got {tick!r}"
+                    f"seed wants ticks in TICK_COLUMNS order with integer tick times, got {tick!r}"
                 )
             self._last[tick[KEY]] = tick
 
     def last_tick(self, key: str) -> Tick | None:
         """The instrument's last decoded (or seeded) tick."""
         return self._last.get(key)
-
-
-def _is_duplicate(tick: Tick, prev: Tick) -> bool:
-    """Equal in every column but volume_delta, feed_ts and received_at: a re-sent snapshot."""
-    # ts first: it differs for most live ticks, which then build no slices.
-    return (
-        tick[TS] == prev[TS]
-        and tick[TS:VOLUME_DELTA] == prev[TS:VOLUME_DELTA]
-        and tick[VOLUME_DELTA + 1 : FEED_TS] == prev[VOLUME_DELTA + 1 : FEED_TS]
-    )
 
 
 def _from_ltpc(
@@ -154,54 +170,41 @@ def _from_full(
     full = feed.fullFeed
     union = full.WhichOneof("FullFeedUnion")
     if union == "marketFF":
-        return _from_market(key, full.marketFF, prev, feed_ts, received_at)
-    if union == "indexFF":
-        return _from_index(key, full.indexFF, feed_ts, received_at)
-    return None
-
-
-def _from_market(
-    key: str, market: pb.MarketFullFeed, prev: Tick | None, feed_ts: int | None, received_at: int
-) -> Tick | None:
-    quote = None
-    if market.HasField("marketLevel"):
+        market = full.marketFF
+        # An unset sub-message reads as its empty default, which is what these checks want:
+        # no trade time, or no levels. Only greeks need HasField: zeros are not "unsent".
+        ltpc = market.ltpc
         levels = market.marketLevel.bidAskQuote
-        if levels:
-            quote = levels[0]
-    return _book_tick(
-        key,
-        _sent_ltpc(market),
-        quote,
-        market.optionGreeks if market.HasField("optionGreeks") else None,
-        market.atp,
-        market.vtt,
-        market.oi,
-        market.iv,
-        market.tbq,
-        market.tsq,
-        prev,
-        feed_ts,
-        received_at,
-    )
-
-
-def _from_index(
-    key: str, index: pb.IndexFullFeed, feed_ts: int | None, received_at: int
-) -> Tick | None:
-    # An index has no last traded quantity (nor depth nor vtt); a frame without ltpc only
-    # moved the exchange's candles, which are not ticks.
-    if not index.HasField("ltpc"):
-        return None
-    return _trade_tick(key, index.ltpc, None, feed_ts, received_at)
+        return _book_tick(
+            key,
+            ltpc if ltpc.ltt else None,
+            levels[0] if levels else None,
+            market.optionGreeks if market.HasField("optionGreeks") else None,
+            market.atp,
+            market.vtt,
+            market.oi,
+            market.iv,
+            market.tbq,
+            market.tsq,
+            prev,
+            feed_ts,
+            received_at,
+        )
+    if union == "indexFF":
+        # An index has no last traded quantity (nor depth nor vtt); a frame without a trade
+        # time only moved the exchange's candles, which are not ticks.
+        return _trade_tick(key, full.indexFF.ltpc, None, feed_ts, received_at)
+    return None
 
 
 def _from_first_level(
     key: str, feed: pb.Feed, prev: Tick | None, feed_ts: int | None, received_at: int
 ) -> Tick | None:
     first = feed.firstLevelWithGreeks
+    ltpc = first.ltpc
     return _book_tick(
         key,
-        _sent_ltpc(first),
+        ltpc if ltpc.ltt else None,
         first.firstDepth if first.HasField("firstDepth") else None,
         first.optionGreeks if first.HasField("optionGreeks") else None,
         None,
@@ -223,15 +226,6 @@ _FEED_KINDS: dict[str, Callable[[str, pb.Feed, Tick | None, int | None, int], Ti
 }
 
 
-def _sent_ltpc(message: pb.MarketFullFeed | pb.FirstLevelWithGreeks) -> pb.LTPC | None:
-    """The message's LTPC if it reports a trade: without a trade time there is none to record."""
-    if message.HasField("ltpc"):
-        ltpc = message.ltpc
-        if ltpc.ltt:
-            return ltpc
-    return None
-
-
 def _trade_tick(
     key: str, ltpc: pb.LTPC, ltq: int | None, feed_ts: int | None, received_at: int
 ) -> Tick | None:
@@ -240,7 +234,7 @@ def _trade_tick(
         return None
     # fmt: off
     return (
-        key, ltpc.ltt * 1000, ltpc.ltp, ltq, None, None, ltpc.cp,
+        key, ltpc.ltt * 1000 - PG_EPOCH_UNIX_US, ltpc.ltp, ltq, None, None, ltpc.cp,
         None, None, None, None, None,  # atp, oi, iv, tbq, tsq
         None, None, None, None,  # bid_price, bid_qty, ask_price, ask_qty
         None, None, None, None, None,  # delta, theta, gamma, vega, rho
@@ -266,79 +260,55 @@ def _book_tick(
 ) -> Tick | None:
     """A tick of a feed with depth (full, option_greeks), omitted parts taken from `prev`.
 
-    A column the feed kind does not carry is passed as None and stays None.
+    `ltpc` is None when the feed reports no trade. A column the feed kind does not carry is
+    passed as None and stays None. This runs once per tick, so the merge rules are written
+    out inline rather than as helper calls, which cost more than the rules themselves.
     """
     if ltpc is not None:
-        ts = ltpc.ltt * 1000
+        ts = ltpc.ltt * 1000 - PG_EPOCH_UNIX_US
         ltp = ltpc.ltp
         ltq = ltpc.ltq
         cp = ltpc.cp
     elif prev is not None:  # a depth- or greeks-only change: the last trade still stands
-        ts = prev[TS]
-        ltp = prev[LTP]
-        ltq = prev[LTQ]
+        ts, ltp, ltq = prev[TS], prev[LTP], prev[LTQ]
         cp = prev[_CP]
     else:
         return None
-    # Yesterday's quotes and day counters are not today's: merge only within a trading day.
-    base = prev if prev is not None and _ist_day(prev[TS]) == _ist_day(ts) else None
-    vtt = _kept(vtt, base, VTT)
-    return (
-        key,
-        ts,
-        ltp,
-        ltq,
-        vtt,
-        _volume_delta(vtt, prev, base),
-        cp,
-        _kept(atp, base, _ATP),
-        _kept(oi, base, _OI),
-        _kept(iv, base, _IV),
-        _kept(tbq, base, _TBQ),
-        _kept(tsq, base, _TSQ),
-        quote.bidP if quote is not None else _old(base, _BID_PRICE),
-        quote.bidQ if quote is not None else _old(base, _BID_QTY),
-        quote.askP if quote is not None else _old(base, _ASK_PRICE),
-        quote.askQ if quote is not None else _old(base, _ASK_QTY),
-        greeks.delta if greeks is not None else _old(base, _DELTA),
-        greeks.theta if greeks is not None else _old(base, _THETA),
-        greeks.gamma if greeks is not None else _old(base, _GAMMA),
-        greeks.vega if greeks is not None else _old(base, _VEGA),
-        greeks.rho if greeks is not None else _old(base, _RHO),
-        feed_ts,
-        received_at,
-    )
-
-
-def _ist_day(epoch_us: int) -> int:
-    return (epoch_us + _IST_OFFSET_US) // _DAY_US
-
-
-def _kept(value: float | None, base: Tick | None, index: int) -> float | None:
-    """A proto3 scalar, or the last value when it reads 0.
-
-    Proto3 does not tell an unsent scalar from a sent zero, and a conflated frame leaves out
-    what did not change; a real zero in atp/vtt/oi/iv/tbq/tsq mid-day is rarer than an
-    omitted field, so 0 counts as "not sent" when there is a value to keep.
-    """
-    if value == 0 and base is not None and base[index] is not None:
-        return base[index]
-    return value
-
-
-def _old(base: Tick | None, index: int) -> object:
-    return None if base is None else base[index]
-
-
-def _volume_delta(vtt: int, prev: Tick | None, base: Tick | None) -> int:
-    """Volume traded since the instrument's previous tick, from the day's cumulative vtt."""
-    if prev is None:
-        return 0  # traded before we started watching: no bar of ours owns it
-    if base is None:
-        return vtt  # the previous tick is from another trading day: vtt counts from zero
-    prev_vtt = base[VTT]
+    # Yesterday's quotes and day counters are not today's: merge only within a trading day
+    # (an IST calendar date; tick time 0 is a UTC midnight, so days divide evenly).
+    if prev is None or (prev[TS] + _IST_OFFSET_US) // _DAY_US != (ts + _IST_OFFSET_US) // _DAY_US:
+        # Traded before we started watching: no bar of ours owns that volume. From another
+        # day: the day's counter started from zero.
+        volume_delta = 0 if prev is None else vtt
+        return (
+            key, ts, ltp, ltq, vtt, volume_delta, cp, atp, oi, iv, tbq, tsq,
+            *(_NO_QUOTE if quote is None else (quote.bidP, quote.bidQ, quote.askP, quote.askQ)),
+            *(_NO_GREEKS if greeks is None else (
+                greeks.delta, greeks.theta, greeks.gamma, greeks.vega, greeks.rho)),
+            feed_ts, received_at,
+        )  # fmt: skip
+    # Proto3 does not tell an unsent scalar from a sent zero, and a conflated frame leaves
+    # out what did not change; a real zero in atp/vtt/oi/iv/tbq/tsq mid-day is rarer than an
+    # omitted field, so 0 counts as "not sent" when there is a value to keep.
+    prev_vtt = prev[VTT]
+    if not vtt and prev_vtt is not None:
+        vtt = prev_vtt
     if prev_vtt is None:
-        return 0  # the previous tick had no vtt (ltpc mode): what traded since is unknown
-    if vtt < prev_vtt:
-        return vtt  # the counter restarted
-    return vtt - prev_vtt
+        volume_delta = 0  # the previous tick had no vtt (ltpc mode): what traded is unknown
+    elif vtt < prev_vtt:
+        volume_delta = vtt  # the counter restarted
+    else:
+        volume_delta = vtt - prev_vtt
+    return (
+        key, ts, ltp, ltq, vtt, volume_delta, cp,
+        atp if atp != 0 or prev[_ATP] is None else prev[_ATP],
+        oi if oi != 0 or prev[_OI] is None else prev[_OI],
+        iv if iv != 0 or prev[_IV] is None else prev[_IV],
+        tbq if tbq != 0 or prev[_TBQ] is None else prev[_TBQ],
+        tsq if tsq != 0 or prev[_TSQ] is None else prev[_TSQ],
+        *(prev[_BID_PRICE:_DELTA] if quote is None else (
+            quote.bidP, quote.bidQ, quote.askP, quote.askQ)),
+        *(prev[_DELTA:FEED_TS] if greeks is None else (
+            greeks.delta, greeks.theta, greeks.gamma, greeks.vega, greeks.rho)),
+        feed_ts, received_at,
+    )  # fmt: skip

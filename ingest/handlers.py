@@ -22,7 +22,7 @@ from psycopg_pool import ConnectionPool
 from ingest._copy import copy_ticks
 from ingest.journal import Journal
 from ingest.metrics import IngestMetrics
-from ingest.tick import KEY, LTP, RECEIVED_AT, VOLUME_DELTA, Tick
+from ingest.tick import KEY, LTP, RECEIVED_AT, VOLUME_DELTA, Tick, to_unix_seconds
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ class _Batch:
     first_seq: int
     last_seq: int
     rows: list[Tick] = field(default_factory=list)
-    oldest_received_us: int | None = None
+    oldest_received_at: int | None = None
     attempts: int = 0
 
 
@@ -83,7 +83,7 @@ class TickDataHandler:
         self._wake = asyncio.Event()
         self._stopping = False
         self._spilled = False
-        self._journal_only_since_us: int | None = None
+        self._journal_only_since: int | None = None
         self._db_available = True
         self._last_error: str | None = None
         self._started = time.monotonic()
@@ -118,8 +118,8 @@ class TickDataHandler:
     def _add(batch: _Batch, seq: int, ticks: list[Tick]) -> None:
         batch.last_seq = seq
         if ticks:
-            if batch.oldest_received_us is None:
-                batch.oldest_received_us = ticks[0][RECEIVED_AT]
+            if batch.oldest_received_at is None:
+                batch.oldest_received_at = ticks[0][RECEIVED_AT]
             batch.rows.extend(ticks)
 
     def _cut(self) -> None:
@@ -140,10 +140,10 @@ class TickDataHandler:
         while len(self._pending) > 1:
             dropped = self._pending.pop()
             self._pending_rows -= len(dropped.rows)
-            if dropped.oldest_received_us is not None:
-                self._journal_only_since_us = min(
-                    self._journal_only_since_us or dropped.oldest_received_us,
-                    dropped.oldest_received_us,
+            if dropped.oldest_received_at is not None:
+                self._journal_only_since = min(
+                    self._journal_only_since or dropped.oldest_received_at,
+                    dropped.oldest_received_at,
                 )
         self._metrics.queue_depth.set(self._pending_rows)
         self._spilled = True
@@ -224,7 +224,7 @@ class TickDataHandler:
                 # Nothing new since this pass began, and no await since it checked: the next
                 # live frame is exactly the next one to write.
                 self._spilled = False
-                self._journal_only_since_us = None
+                self._journal_only_since = None
                 log.info("writer caught up with the journal at seq %d", after)
                 return
             if batch is not None:
@@ -267,9 +267,9 @@ class TickDataHandler:
         self.batches_written += 1
         self.committed_seq = batch.last_seq
         self._metrics.rows_written.inc(len(batch.rows))
-        if batch.oldest_received_us is not None:
+        if batch.oldest_received_at is not None:
             self._metrics.commit_latency_seconds.observe(
-                max(0.0, time.time() - batch.oldest_received_us / 1e6)
+                max(0.0, time.time() - to_unix_seconds(batch.oldest_received_at))
             )
         if not self._db_available:
             log.info("database is back: writing the backlog")
@@ -292,12 +292,12 @@ class TickDataHandler:
     # --- status -------------------------------------------------------------------------
 
     def oldest_unwritten_age_s(self) -> float:
-        oldest = [b.oldest_received_us for b in self._pending if b.oldest_received_us]
-        if self._current is not None and self._current.oldest_received_us:
-            oldest.append(self._current.oldest_received_us)
-        if self._journal_only_since_us is not None:
-            oldest.append(self._journal_only_since_us)
-        return max(0.0, time.time() - min(oldest) / 1e6) if oldest else 0.0
+        oldest = [b.oldest_received_at for b in self._pending if b.oldest_received_at]
+        if self._current is not None and self._current.oldest_received_at:
+            oldest.append(self._current.oldest_received_at)
+        if self._journal_only_since is not None:
+            oldest.append(self._journal_only_since)
+        return max(0.0, time.time() - to_unix_seconds(min(oldest))) if oldest else 0.0
 
     def get_stats(self) -> dict[str, object]:
         elapsed = max(time.monotonic() - self._started, 1e-9)

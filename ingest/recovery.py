@@ -12,10 +12,12 @@ from dataclasses import dataclass
 
 import psycopg
 
-from ingest.tick import TICK_COLUMNS, TIME_COLUMNS, Tick
+from ingest.tick import PG_EPOCH_UNIX_US, TICK_COLUMNS, TIME_COLUMNS, Tick
 
-_AS_EPOCH_US = ", ".join(
-    f"(extract(epoch FROM t.{name}) * 1000000)::bigint" if index in TIME_COLUMNS else f"t.{name}"
+_AS_TICK_TIMES = ", ".join(
+    f"(extract(epoch FROM t.{name}) * 1000000)::bigint - {PG_EPOCH_UNIX_US}"
+    if index in TIME_COLUMNS
+    else f"t.{name}"
     for index, name in enumerate(TICK_COLUMNS)
 )
 
@@ -43,7 +45,7 @@ def load_recovery_state(conn: psycopg.Connection, journal_id: str) -> RecoverySt
     # One index probe per instrument on (instrument_key, ts DESC), newest chunk first.
     last_ticks = conn.execute(
         f"""
-        SELECT {_AS_EPOCH_US}
+        SELECT {_AS_TICK_TIMES}
         FROM subscriptions s
         CROSS JOIN LATERAL (
             SELECT * FROM ticks

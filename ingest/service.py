@@ -16,7 +16,6 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from ingest._copy import configure_copy_connection
 from ingest.client import FeedClient
 from ingest.config import Secret, Settings
 from ingest.decoder import FeedDecoder, MalformedFrame
@@ -67,7 +66,6 @@ class WebSocketService:
             min_size=1,
             max_size=4,
             open=False,
-            configure=configure_copy_connection,
             # A request for a connection during an outage fails fast (the writer retries with
             # its own backoff) and the pool never gives up re-creating connections.
             timeout=5,

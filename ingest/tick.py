@@ -2,9 +2,13 @@
 
 A tick is a plain tuple, not an object: the hot path has a few microseconds per tick and a
 tuple is the one allocation it can afford. The column order is the `ticks` table's COPY
-order, so the writer hands tuples to `copy.write_row` untouched. Times are integer epoch
-microseconds (UTC) for the same reason: no datetime is built per tick; readers that want
-one call `to_datetime`.
+order, so the writer hands tuples to `copy.write_row` untouched.
+
+Times are integers for the same reason: microseconds since 2000-01-01 UTC, PostgreSQL's
+own epoch. That is what a binary timestamptz is on the wire, an 8-byte integer, so psycopg's
+C dumper for int8 sends a tick's times as they are; a Python dumper converting from the Unix
+epoch cost half of the writer's client time. No datetime is built per tick either; readers
+that want one call `to_datetime`.
 """
 
 from __future__ import annotations
@@ -70,17 +74,28 @@ KEY, TS, LTP, LTQ, VTT, VOLUME_DELTA = 0, 1, 2, 3, 4, 5
 FEED_TS, RECEIVED_AT = 21, 22
 TIME_COLUMNS = frozenset({TS, FEED_TS, RECEIVED_AT})
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+PG_EPOCH_UNIX_US = 946_684_800_000_000  # 2000-01-01T00:00Z in Unix-epoch microseconds
+_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 
 
-def to_datetime(epoch_us: int) -> datetime:
-    """An aware UTC datetime from integer epoch microseconds (exact, no float rounding)."""
-    return _EPOCH + timedelta(microseconds=epoch_us)
+def to_datetime(tick_time: int) -> datetime:
+    """An aware UTC datetime from a tick time (exact, no float rounding)."""
+    return _PG_EPOCH + timedelta(microseconds=tick_time)
 
 
-def to_epoch_us(moment: datetime) -> int:
-    """Integer epoch microseconds from an aware datetime."""
-    return (moment - _EPOCH) // timedelta(microseconds=1)
+def from_datetime(moment: datetime) -> int:
+    """The tick time of an aware datetime."""
+    return (moment - _PG_EPOCH) // timedelta(microseconds=1)
+
+
+def from_unix_us(unix_us: int) -> int:
+    """The tick time of Unix-epoch microseconds (a clock reading, the feed's times * 1000)."""
+    return unix_us - PG_EPOCH_UNIX_US
+
+
+def to_unix_seconds(tick_time: int) -> float:
+    """Unix-epoch seconds of a tick time, to compare with `time.time()`."""
+    return (tick_time + PG_EPOCH_UNIX_US) / 1e6
 
 
 def as_dict(tick: Tick) -> dict[str, object]:

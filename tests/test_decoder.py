@@ -9,7 +9,7 @@ import pytest
 
 from ingest.decoder import FeedDecoder, MalformedFrame
 from ingest.proto import upstox_feed_v3_pb2 as pb
-from ingest.tick import TICK_COLUMNS, to_epoch_us
+from ingest.tick import as_dict, to_datetime
 
 IST = timezone(timedelta(hours=5, minutes=30))
 RELIANCE = "NSE_EQ|INE002A01018"
@@ -18,16 +18,29 @@ OPTION = "NSE_FO|43885"
 RECEIVED = 1_736_915_400_123_456
 
 
+UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def ist_ms(day: int, hour: int, minute: int, second: int = 0, month: int = 1) -> int:
     """Epoch milliseconds of an IST wall-clock time in 2025, as the feed's ltt carries it."""
-    return to_epoch_us(datetime(2025, month, day, hour, minute, second, tzinfo=IST)) // 1000
+    moment = datetime(2025, month, day, hour, minute, second, tzinfo=IST)
+    return (moment - UNIX_EPOCH) // timedelta(milliseconds=1)
+
+
+def at_ms(epoch_ms: int) -> datetime:
+    """The moment of a feed time (Unix-epoch milliseconds)."""
+    return UNIX_EPOCH + timedelta(milliseconds=epoch_ms)
+
+
+RECEIVED_AT = UNIX_EPOCH + timedelta(microseconds=RECEIVED)
 
 
 T0 = ist_ms(15, 10, 0)
 
 
 def row(tick: tuple) -> dict[str, object]:
-    return dict(zip(TICK_COLUMNS, tick, strict=True))
+    """A tick as its reader sees it: named columns, times as datetimes."""
+    return as_dict(tick)
 
 
 def ltpc(ltt: int = T0, ltp: float = 1250.5, ltq: int = 10, cp: float = 1240.0) -> pb.LTPC:
@@ -87,18 +100,18 @@ def test_ltpc_feed_gives_the_trade_columns():
     tick = one_tick(FeedDecoder(), pb.Feed(ltpc=ltpc()))
 
     assert tick["instrument_key"] == RELIANCE
-    assert (tick["ts"], tick["ltp"], tick["ltq"], tick["cp"]) == (T0 * 1000, 1250.5, 10, 1240.0)
+    assert (tick["ts"], tick["ltp"], tick["ltq"], tick["cp"]) == (at_ms(T0), 1250.5, 10, 1240.0)
     assert tick["vtt"] is None
     assert tick["volume_delta"] is None
     assert tick["bid_price"] is None
     assert tick["delta"] is None
-    assert (tick["feed_ts"], tick["received_at"]) == ((T0 + 40) * 1000, RECEIVED)
+    assert (tick["feed_ts"], tick["received_at"]) == (at_ms(T0 + 40), RECEIVED_AT)
 
 
 def test_market_full_feed_gives_every_column_from_the_best_level():
     tick = one_tick(FeedDecoder(), market_ff(delta=0.52, oi=1_200_000.0, iv=0.18), key=OPTION)
 
-    assert tick["ts"] == T0 * 1000
+    assert tick["ts"] == at_ms(T0)
     assert (tick["ltp"], tick["ltq"], tick["cp"]) == (1250.5, 10, 1240.0)
     assert (tick["vtt"], tick["volume_delta"]) == (100_000, 0)
     assert (tick["atp"], tick["oi"], tick["iv"]) == (1248.2, 1_200_000.0, 0.18)
@@ -116,7 +129,7 @@ def test_index_feed_has_no_quantity_volume_or_depth():
     index.marketOHLC.ohlc.add(interval="1d", open=23_400.0, high=23_550.0, low=23_380.0)
     tick = one_tick(FeedDecoder(), pb.Feed(fullFeed=pb.FullFeed(indexFF=index)), key=NIFTY)
 
-    assert (tick["ts"], tick["ltp"], tick["cp"]) == (ltt * 1000, 23_500.35, 23_410.0)
+    assert (tick["ts"], tick["ltp"], tick["cp"]) == (at_ms(ltt), 23_500.35, 23_410.0)
     assert tick["ltq"] is None
     assert (tick["vtt"], tick["volume_delta"]) == (None, None)
     assert (tick["bid_price"], tick["ask_qty"], tick["atp"]) == (None, None, None)
@@ -152,7 +165,7 @@ def test_frame_kind_follows_the_type_and_no_type_is_a_snapshot():
 
     assert (snapshot.kind, len(snapshot.ticks)) == ("snapshot", 1)
     assert (live.kind, len(live.ticks)) == ("live", 1)
-    assert snapshot.feed_ts_us == (T0 + 40) * 1000
+    assert to_datetime(snapshot.feed_ts) == at_ms(T0 + 40)
 
 
 def test_market_info_frame_gives_segment_status_and_no_ticks():
@@ -181,7 +194,7 @@ def test_omitted_depth_greeks_and_zero_scalars_are_taken_from_the_last_tick():
     )
     second = one_tick(decoder, later, key=OPTION)
 
-    assert (second["ts"], second["ltp"], second["volume_delta"]) == ((T0 + 900) * 1000, 1251.0, 450)
+    assert (second["ts"], second["ltp"], second["volume_delta"]) == (at_ms(T0 + 900), 1251.0, 450)
     for name in ("bid_price", "bid_qty", "ask_price", "ask_qty", "delta", "rho"):
         assert second[name] == first[name], name
     assert (second["atp"], second["oi"], second["iv"], second["tbq"]) == (
@@ -260,7 +273,7 @@ def test_seeded_state_prevents_double_counting_after_a_restart():
 def test_seed_refuses_rows_with_datetime_times():
     as_read = (RELIANCE, datetime(2025, 1, 15, 4, 30, tzinfo=UTC), *[None] * 21)
 
-    with pytest.raises(TypeError, match="int epoch-us"):
+    with pytest.raises(TypeError, match="integer tick times"):
         FeedDecoder().seed([as_read])
 
 
@@ -274,7 +287,7 @@ def test_resent_snapshot_is_dropped_and_leaves_the_state_alone():
     )
 
     assert (again.ticks, again.duplicates) == ([], 2)
-    assert row(decoder.last_tick(RELIANCE))["received_at"] == RECEIVED
+    assert row(decoder.last_tick(RELIANCE))["received_at"] == RECEIVED_AT
 
 
 @pytest.mark.parametrize(
@@ -343,11 +356,11 @@ def test_hand_encoded_frame_with_the_spec_field_numbers_decodes():
     decoded = FeedDecoder().decode(wire, RECEIVED)
 
     assert decoded.kind == "live"
-    assert decoded.feed_ts_us == (ltt + 3) * 1000
+    assert to_datetime(decoded.feed_ts) == at_ms(ltt + 3)
     [tick] = decoded.ticks
     assert row(tick)["instrument_key"] == RELIANCE
     assert (row(tick)["ts"], row(tick)["ltp"], row(tick)["ltq"], row(tick)["cp"]) == (
-        ltt * 1000,
+        at_ms(ltt),
         2_901.25,
         25,
         2_880.0,

@@ -128,5 +128,5 @@ def _latest_ticks_out(
 
 
 def _fields(tick: tuple | dict[str, Any]) -> dict[str, Any]:
-    """A cached tick is a tuple of epoch microseconds; a stored one is already a row."""
+    """A cached tick is a tuple with integer times; a stored one is already a row."""
     return as_dict(tick) if isinstance(tick, tuple) else tick
