@@ -156,9 +156,17 @@ def read_ticks(
 
 
 def latest_session_day() -> date:
-    """The IST date of the newest tick: the day a notebook shows when it is not told one."""
+    """The IST date of the newest tick: the day a notebook shows when it is not told one.
+
+    Found per subscribed instrument, one probe of (instrument_key, ts DESC) each: `ticks`
+    has no b-tree on ts alone (sql/007), so a bare max(ts) would read the newest chunk.
+    """
     with connect() as conn:
-        row = conn.execute(f"SELECT (max(ts) AT TIME ZONE '{IST}')::date FROM ticks").fetchone()
+        row = conn.execute(
+            f"SELECT (max(t.ts) AT TIME ZONE '{IST}')::date FROM subscriptions s"
+            " CROSS JOIN LATERAL (SELECT ts FROM ticks WHERE ticks.instrument_key ="
+            " s.instrument_key ORDER BY ts DESC LIMIT 1) t"
+        ).fetchone()
     if row is None or row[0] is None:
         raise LookupError(
             "the store holds no ticks yet: run `tickvault run` (the simulator needs no token)"

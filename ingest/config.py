@@ -75,7 +75,7 @@ class Settings:
         default_factory=lambda: dict(DEFAULT_MODE_LIMITS)
     )
     index_keys: tuple[str, ...] = ("NSE_INDEX|Nifty 50", "NSE_INDEX|Nifty Bank")
-    batch_rows: int = 5000
+    batch_rows: int = 20_000
     batch_ms: int = 100
     queue_max_rows: int = 500_000
     journal_max_bytes: int = 2 * 1024**3
@@ -114,7 +114,7 @@ class Settings:
             index_keys=tuple(k.strip() for k in indices.split(",") if k.strip())
             if indices is not None
             else cls.index_keys,
-            batch_rows=_number(env, "TICKVAULT_BATCH_ROWS", 5000),
+            batch_rows=_number(env, "TICKVAULT_BATCH_ROWS", 20_000),
             batch_ms=_number(env, "TICKVAULT_BATCH_MS", 100),
             queue_max_rows=_number(env, "TICKVAULT_QUEUE_MAX_ROWS", 500_000),
             journal_max_bytes=_number(env, "TICKVAULT_JOURNAL_MAX_BYTES", 2 * 1024**3),

@@ -100,10 +100,13 @@ class FeedDecoder:
         last = self._last
         ticks: list[Tick] = []
         unwanted = duplicates = 0
-        for key, feed in response.feeds.items():
+        feeds = response.feeds
+        # Keys, then a lookup: the map's items() view is a Python-level generator.
+        for key in feeds:
             if wanted is not None and key not in wanted:
                 unwanted += 1
                 continue
+            feed = feeds[key]
             union = feed.WhichOneof("FeedUnion")
             if union is None:
                 continue

@@ -106,7 +106,10 @@ class TickDataHandler:
             batch = self._current = self._new_batch(seq)
             self._current_started = time.monotonic()
         self._add(batch, seq, ticks)
-        if len(batch.rows) >= self._batch_rows:
+        # The open batch counts towards the memory bound: while the writer retries a batch
+        # through an outage, nothing cuts this one on time.
+        rows = len(batch.rows)
+        if rows >= self._batch_rows or rows + self._pending_rows > self._queue_max_rows:
             self._cut()
 
     def _new_batch(self, seq: int) -> _Batch:

@@ -16,7 +16,7 @@ from ingest.store.migrations import SQL_DIR, migrate
 from ingest.store.postgres import PgInstall, StoreError, find_bindir
 from tests import conftest
 
-ALL_VERSIONS = ["001", "002", "003", "004", "005", "006"]
+ALL_VERSIONS = ["001", "002", "003", "004", "005", "006", "007"]
 # Versions whose only file is for the other edition: recorded as skipped.
 SKIPPED = {"apache": {"005"}, "timescale": set()}
 
@@ -89,6 +89,8 @@ def test_schema_has_the_expected_relations(edition_db_url: str) -> None:
             )
         ]
         assert any(d.endswith("(instrument_key, ts DESC)") for d in indexes), indexes
+        assert any(d.endswith("USING brin (ts)") for d in indexes), indexes
+        assert not any(d.endswith("USING btree (ts DESC)") for d in indexes), indexes
 
 
 def test_community_bars_are_real_time_continuous_aggregates(
