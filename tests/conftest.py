@@ -25,6 +25,8 @@ from ingest.store.migrations import migrate
 from ingest.store.postgres import PgInstall, find_bindir
 
 REPO = Path(__file__).resolve().parents[1]
+# Every schema version in sql/, in order: a new migration must be added here on purpose.
+ALL_MIGRATIONS = ["001", "002", "003", "004", "005", "006", "007"]
 
 
 def free_port() -> int:

@@ -135,7 +135,7 @@ def test_migrate_twice(local: Cli) -> None:
     assert second.strip() == "schema is up to date"
     with psycopg.connect(local.url()) as conn:
         versions = conn.execute("SELECT version FROM tickvault_migrations ORDER BY 1").fetchall()
-    assert [v for (v,) in versions] == ["001", "002", "003", "004", "005", "006"]
+    assert [v for (v,) in versions] == conftest.ALL_MIGRATIONS
 
 
 def test_refresh_bars_folds_in_late_ticks_and_rebuilds_a_window(local: Cli) -> None:

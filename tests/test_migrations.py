@@ -16,7 +16,6 @@ from ingest.store.migrations import SQL_DIR, migrate
 from ingest.store.postgres import PgInstall, StoreError, find_bindir
 from tests import conftest
 
-ALL_VERSIONS = ["001", "002", "003", "004", "005", "006", "007"]
 # Versions whose only file is for the other edition: recorded as skipped.
 SKIPPED = {"apache": {"005"}, "timescale": set()}
 
@@ -44,7 +43,7 @@ def relation_kind(conn: psycopg.Connection, name: str) -> str | None:
 def test_fresh_database_gets_every_version_in_order(
     server: conftest.DbServer, fresh_url: str
 ) -> None:
-    assert migrate(fresh_url) == ALL_VERSIONS
+    assert migrate(fresh_url) == conftest.ALL_MIGRATIONS
 
     with psycopg.connect(fresh_url) as conn:
         recorded = conn.execute(
@@ -52,7 +51,8 @@ def test_fresh_database_gets_every_version_in_order(
             " ORDER BY applied_at, version"
         ).fetchall()
     assert recorded == [
-        (version, server.edition, version in SKIPPED[server.edition]) for version in ALL_VERSIONS
+        (version, server.edition, version in SKIPPED[server.edition])
+        for version in conftest.ALL_MIGRATIONS
     ]
 
 
