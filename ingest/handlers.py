@@ -187,9 +187,6 @@ class TickDataHandler:
         backoff = 0.2
         while self._pending:
             batch = self._pending[0]
-            # Frames must be durable in the journal before the database says they are
-            # committed: otherwise a power loss could hand their seqs out again.
-            self._journal.sync()
             try:
                 await asyncio.to_thread(self._write, batch)
             except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as error:
@@ -237,6 +234,9 @@ class TickDataHandler:
     def _write(self, batch: _Batch) -> None:
         """One transaction: COPY the rows and record the batch (runs in a worker thread)."""
         started = time.perf_counter()
+        # Frames must be durable in the journal before the database says they are committed:
+        # otherwise a power loss could hand their seqs out again.
+        self._journal.sync()
         with self._pool.connection() as conn, conn.cursor() as cur:
             if (
                 batch.attempts

@@ -16,6 +16,7 @@ import errno
 import fcntl
 import os
 import struct
+import threading
 import uuid
 import zlib
 from collections.abc import Iterator
@@ -112,6 +113,7 @@ class Journal:
         self.committed_seq = 0
         self.torn_tail_bytes = 0
         self._fd = -1
+        self._fd_swap = threading.Lock()  # sync() may run in the writer's thread
         try:
             self.journal_id = self._load_id()
             self._sizes = {
@@ -176,9 +178,10 @@ class Journal:
         first_seq = self._last_seq + 1
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
         fd = os.open(self._path(first_seq), flags, 0o644)
-        if self._fd >= 0:
-            os.close(self._fd)
-        self._fd = fd
+        with self._fd_swap:
+            if self._fd >= 0:
+                os.close(self._fd)
+            self._fd = fd
         os.fsync(self._dir_fd)
         self._sizes[first_seq] = 0
         self._current = first_seq
@@ -240,9 +243,19 @@ class Journal:
         """Make every appended frame survive a power loss, not just a process crash.
 
         Call it before committing a batch: a database holding seqs that a power loss took
-        from the journal would see them handed out again to new frames.
+        from the journal would see them handed out again to new frames. It is safe to call
+        from another thread than `append`, so that the event loop need not wait on the disk:
+        it syncs a duplicate of the segment's descriptor, which a rotation cannot close under
+        it, and a rotation syncs the segment it leaves.
         """
-        os.fdatasync(self._fd)
+        with self._fd_swap:
+            if self._fd < 0:
+                raise ValueError("the journal is closed")
+            fd = os.dup(self._fd)
+        try:
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
 
     def mark_committed(self, seq: int) -> None:
         """Frames up to seq are in the database: delete the segments holding nothing newer."""
@@ -302,9 +315,10 @@ class Journal:
     def close(self) -> None:
         if self._fd >= 0:
             os.fsync(self._fd)
-            os.close(self._fd)
+            with self._fd_swap:
+                os.close(self._fd)
+                self._fd = -1
             os.close(self._dir_fd)  # releases the lock
-            self._fd = -1
 
     def __enter__(self) -> Journal:
         return self

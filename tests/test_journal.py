@@ -6,6 +6,7 @@ import inspect
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -202,6 +203,33 @@ while True:
     print(seq, flush=True)
     seq += 1
 """
+
+
+def test_sync_from_the_writer_thread_runs_beside_appends_and_rotations(tmp_path: Path) -> None:
+    errors: list[Exception] = []
+    appending = True
+
+    def sync_until_done(journal: Journal) -> None:
+        try:
+            while appending:
+                journal.sync()
+        except Exception as error:  # reported by the assertion below
+            errors.append(error)
+
+    with Journal(tmp_path / "j", segment_bytes=1000, max_bytes=10**7) as journal:
+        syncer = threading.Thread(target=sync_until_done, args=(journal,))
+        syncer.start()
+        try:
+            seqs = fill(journal, 2000)  # 8 records a segment: 250 rotations
+        finally:
+            appending = False
+            syncer.join()
+        assert errors == []
+        assert len(segments(tmp_path / "j")) == 250
+        assert [seq for seq, _, _ in journal.replay(0)] == seqs
+        journal.close()
+        with pytest.raises(ValueError, match="closed"):
+            journal.sync()
 
 
 def test_frames_survive_sigkill_mid_append(tmp_path: Path) -> None:
