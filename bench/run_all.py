@@ -91,28 +91,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if "offline" in chosen:
                 _step("offline: the recorded frames written by raw COPY, ours and the SDK way")
                 results["offline"] = offline.run_offline(server, frames, repeats=1 if quick else 3)
-            if "throughput" in chosen:
-                _step(f"throughput: simulator at {args.rate:,.0f} ticks/s for {seconds:g} s")
-                results["throughput"] = ingest.summarize(
+            for name, feed, replay in (
+                ("throughput", "simulator", None),
+                ("replay", "replayed frames", frames_path),
+            ):
+                if name not in chosen:
+                    continue
+                _step(f"throughput: {feed} at {args.rate:,.0f} ticks/s for {seconds:g} s")
+                results[name] = ingest.summarize(
                     ingest.run_ingest(
                         server,
                         instruments,
                         args.rate,
                         seconds,
                         warmup,
-                        switch_interval=args.switch_interval,
-                    )
-                )
-            if "replay" in chosen:
-                _step(f"throughput: replayed frames at {args.rate:,.0f} ticks/s for {seconds:g} s")
-                results["replay"] = ingest.summarize(
-                    ingest.run_ingest(
-                        server,
-                        instruments,
-                        args.rate,
-                        seconds,
-                        warmup,
-                        replay=frames_path,
+                        replay=replay,
                         switch_interval=args.switch_interval,
                     )
                 )
