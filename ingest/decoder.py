@@ -30,12 +30,9 @@ from ingest.tick import (
 _CP, _ATP, _OI, _IV, _TBQ, _TSQ = (
     TICK_COLUMNS.index(name) for name in ("cp", "atp", "oi", "iv", "tbq", "tsq")
 )
-_BID_PRICE, _BID_QTY, _ASK_PRICE, _ASK_QTY = (
-    TICK_COLUMNS.index(name) for name in ("bid_price", "bid_qty", "ask_price", "ask_qty")
-)
-_DELTA, _THETA, _GAMMA, _VEGA, _RHO = (
-    TICK_COLUMNS.index(name) for name in ("delta", "theta", "gamma", "vega", "rho")
-)
+# Where the quote's four columns and the five greeks begin: each is kept or replaced whole.
+_BID_PRICE = TICK_COLUMNS.index("bid_price")
+_DELTA = TICK_COLUMNS.index("delta")
 
 # NSE trades on IST (UTC+05:30, no daylight saving): a trading day is an IST calendar date.
 _IST_OFFSET_US = (5 * 3600 + 30 * 60) * 1_000_000
