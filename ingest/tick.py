@@ -88,11 +88,6 @@ def from_datetime(moment: datetime) -> int:
     return (moment - _PG_EPOCH) // timedelta(microseconds=1)
 
 
-def from_unix_us(unix_us: int) -> int:
-    """The tick time of Unix-epoch microseconds (a clock reading, the feed's times * 1000)."""
-    return unix_us - PG_EPOCH_UNIX_US
-
-
 def to_unix_seconds(tick_time: int) -> float:
     """Unix-epoch seconds of a tick time, to compare with `time.time()`."""
     return (tick_time + PG_EPOCH_UNIX_US) / 1e6

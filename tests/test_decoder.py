@@ -38,11 +38,6 @@ RECEIVED_AT = UNIX_EPOCH + timedelta(microseconds=RECEIVED)
 T0 = ist_ms(15, 10, 0)
 
 
-def row(tick: tuple) -> dict[str, object]:
-    """A tick as its reader sees it: named columns, times as datetimes."""
-    return as_dict(tick)
-
-
 def ltpc(ltt: int = T0, ltp: float = 1250.5, ltq: int = 10, cp: float = 1240.0) -> pb.LTPC:
     return pb.LTPC(ltp=ltp, ltt=ltt, ltq=ltq, cp=cp)
 
@@ -93,7 +88,7 @@ def frame(
 def one_tick(decoder: FeedDecoder, feed: pb.Feed, key: str = RELIANCE) -> dict[str, object]:
     decoded = decoder.decode(frame({key: feed}), RECEIVED)
     [tick] = decoded.ticks
-    return row(tick)
+    return as_dict(tick)
 
 
 def test_ltpc_feed_gives_the_trade_columns():
@@ -267,7 +262,7 @@ def test_seeded_state_prevents_double_counting_after_a_restart():
     live = restarted.decode(frame({RELIANCE: market_ff(ltt=T0 + 800, vtt=100_750)}), 2)
 
     assert (resent.ticks, resent.duplicates) == ([], 1)
-    assert row(live.ticks[0])["volume_delta"] == 750
+    assert as_dict(live.ticks[0])["volume_delta"] == 750
 
 
 def test_seed_refuses_rows_with_datetime_times():
@@ -287,7 +282,7 @@ def test_resent_snapshot_is_dropped_and_leaves_the_state_alone():
     )
 
     assert (again.ticks, again.duplicates) == ([], 2)
-    assert row(decoder.last_tick(RELIANCE))["received_at"] == RECEIVED_AT
+    assert as_dict(decoder.last_tick(RELIANCE))["received_at"] == RECEIVED_AT
 
 
 @pytest.mark.parametrize(
@@ -357,9 +352,9 @@ def test_hand_encoded_frame_with_the_spec_field_numbers_decodes():
 
     assert decoded.kind == "live"
     assert to_datetime(decoded.feed_ts) == at_ms(ltt + 3)
-    [tick] = decoded.ticks
-    assert row(tick)["instrument_key"] == RELIANCE
-    assert (row(tick)["ts"], row(tick)["ltp"], row(tick)["ltq"], row(tick)["cp"]) == (
+    [tick] = (as_dict(tick) for tick in decoded.ticks)
+    assert tick["instrument_key"] == RELIANCE
+    assert (tick["ts"], tick["ltp"], tick["ltq"], tick["cp"]) == (
         at_ms(ltt),
         2_901.25,
         25,

@@ -6,9 +6,9 @@ from ingest.handlers import AggregatedTickHandler
 from ingest.tick import TICK_COLUMNS
 
 
-def tick(key: str, ts_us: int, ltp: float, volume_delta: int | None) -> tuple:
+def tick(key: str, time: int, ltp: float, volume_delta: int | None) -> tuple:
     row = dict.fromkeys(TICK_COLUMNS)
-    row.update(instrument_key=key, ts=ts_us, ltp=ltp, volume_delta=volume_delta, received_at=ts_us)
+    row.update(instrument_key=key, ts=time, ltp=ltp, volume_delta=volume_delta, received_at=time)
     return tuple(row[name] for name in TICK_COLUMNS)
 
 
