@@ -439,6 +439,7 @@ class FeedClient:
             raise
         except Exception as exc:
             self._crash = exc
+            conn.state = "failed"  # never "connected" once nothing reads the socket
             self._error(f"feed connection {conn.index} stopped: {exc}", logging.ERROR)
             self._done.set()
             raise
@@ -616,7 +617,7 @@ class FeedClient:
         if self._stopped:
             return "stopped"
         states = {conn.state for conn in self._connections if conn.task is not None}
-        for state in ("token_rejected", "backoff", "connecting", "connected"):
+        for state in ("failed", "token_rejected", "backoff", "connecting", "connected"):
             if state in states:
                 return state
         return "idle"

@@ -12,6 +12,7 @@ frame length, CRC-32 of seq + received_at_us + frame, seq, received_at_us) and t
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -24,8 +25,14 @@ from itertools import pairwise
 from pathlib import Path
 from types import TracebackType
 
-MiB = 1024 * 1024
+KiB = 1024
+MiB = 1024 * KiB
 GiB = 1024 * MiB
+_SPACE_ERRORS = (errno.ENOSPC, errno.EDQUOT)
+# A segment is at most this share of the space left on the journal's disk when it begins, so
+# that committed segments are let go of well before a small disk fills (but not below a floor).
+_SEGMENT_SHARE_OF_FREE = 4
+_MIN_SEGMENT_BYTES = 64 * KiB
 
 _MAGIC = b"TVJ1"
 _HEADER = struct.Struct("<4sIIQq")  # magic, frame length, crc32, seq, received_at_us
@@ -40,6 +47,12 @@ class JournalFull(RuntimeError):
 
     Not an OSError, so that handlers of connection errors cannot mistake it for one.
     """
+
+
+def free_bytes(directory: Path) -> int:
+    """Bytes an unprivileged writer may still use on the file system holding directory."""
+    stats = os.statvfs(directory)
+    return stats.f_bavail * stats.f_frsize
 
 
 class JournalCorrupt(Exception):
@@ -112,7 +125,10 @@ class Journal:
             raise RuntimeError(f"journal {self.directory} is in use by another process") from None
         self.committed_seq = 0
         self.torn_tail_bytes = 0
+        self.bytes_appended = 0  # since this process opened it: shows segments being reused
         self._fd = -1
+        self._segment_limit = segment_bytes
+        self._torn_write_at: int | None = None  # a failed write's offset, if not cut yet
         self._fd_swap = threading.Lock()  # sync() may run in the writer's thread
         try:
             self.journal_id = self._load_id()
@@ -148,7 +164,11 @@ class Journal:
         return self.directory / f"{first_seq:020d}{_SUFFIX}"
 
     def _open_newest(self) -> None:
-        """Find the last seq and cut a record torn by a crash so that appends continue."""
+        """Find the last seq, cut a record torn by a crash, and append in a new segment.
+
+        A new segment, so that the old ones are deleted as soon as the database says they
+        are committed: a disk filled by committed frames before a restart frees itself.
+        """
         first_seq = max(self._sizes)
         path = self._path(first_seq)
         data = path.read_bytes()
@@ -166,6 +186,10 @@ class Journal:
         self._current = first_seq
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         os.fsync(self._fd)
+        if self._sizes[first_seq]:
+            self._start_segment()
+        else:
+            self._size_segment()
 
     def _start_segment(self) -> None:
         """Begin the segment of the next record once the previous one is on disk.
@@ -185,26 +209,50 @@ class Journal:
         os.fsync(self._dir_fd)
         self._sizes[first_seq] = 0
         self._current = first_seq
+        self._size_segment()
+
+    def _size_segment(self) -> None:
+        """Size the current segment to the space left: on a small disk, smaller segments are
+        committed and deleted sooner, so the journal does not fill it with committed frames."""
+        share = free_bytes(self.directory) // _SEGMENT_SHARE_OF_FREE
+        self._segment_limit = min(self.segment_bytes, max(_MIN_SEGMENT_BYTES, share))
 
     def append(self, frame: bytes, received_at_us: int) -> int:
-        """Journal one frame and return its seq; raise JournalFull rather than drop it."""
+        """Journal one frame and return its seq.
+
+        Raises JournalFull when neither max_bytes nor the disk leaves room once committed
+        segments are let go of, and OSError when the disk refuses the write for another reason
+        (a read-only remount, EIO). Either way nothing of the frame stays behind, its seq is
+        not used up, and a later append tries again from a clean state.
+        """
         if self._fd < 0:
             raise ValueError("the journal is closed")
         seq = self._last_seq + 1
         crc = zlib.crc32(frame, zlib.crc32(_META.pack(seq, received_at_us)))
         record = _HEADER.pack(_MAGIC, len(frame), crc, seq, received_at_us) + frame
+        if self._torn_write_at is not None:
+            self._cut_torn_write()
         try:
-            if self._sizes[self._current] >= self.segment_bytes:
+            if self._sizes[self._current] >= self._segment_limit:
                 self._start_segment()
-            if self._bytes + len(record) > self.max_bytes:
-                self._make_room(len(record))
-            self._write(record)
+            if self._bytes + len(record) > self.max_bytes and not self._release_committed():
+                raise self._full(f"{self._bytes} of max_bytes={self.max_bytes} bytes are in use")
+            self._write_making_room(record)
         except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            if exc.errno in _SPACE_ERRORS:
                 raise self._full(f"the disk is full ({exc.strerror})") from exc
             raise
         self._last_seq = seq
         return seq
+
+    def _write_making_room(self, record: bytes) -> None:
+        """Write; on a full disk let go of the committed current segment and write once more."""
+        try:
+            self._write(record)
+        except OSError as exc:
+            if exc.errno not in _SPACE_ERRORS or not self._release_committed():
+                raise
+            self._write(record)
 
     def _write(self, record: bytes) -> None:
         size = self._sizes[self._current]
@@ -213,17 +261,32 @@ class Journal:
             while written < len(record):  # a regular file writes short only when running out
                 written += os.write(self._fd, memoryview(record)[written:])
         except OSError:
-            os.ftruncate(self._fd, size)  # no half record for the next append to follow
+            self._torn_write_at = size
+            with contextlib.suppress(OSError):  # a read-only disk refuses this too: retried
+                self._cut_torn_write()
             raise
         self._sizes[self._current] = size + written
         self._bytes += written
+        self.bytes_appended += written
 
-    def _make_room(self, size: int) -> None:
-        if self.committed_seq == self._last_seq and self._sizes[self._current]:
-            self._start_segment()  # the current segment is all committed: let it go
-            self.mark_committed(self.committed_seq)
-        if self._bytes + size > self.max_bytes:
-            raise self._full(f"{self._bytes} of max_bytes={self.max_bytes} bytes are in use")
+    def _cut_torn_write(self) -> None:
+        """Cut what a failed write left, so that no record ever follows half of another."""
+        assert self._torn_write_at is not None
+        os.ftruncate(self._fd, self._torn_write_at)
+        self._torn_write_at = None
+
+    def _release_committed(self) -> bool:
+        """Start a new segment and delete the current one if all of it is committed.
+
+        Returns whether that freed anything: frames the database has not committed yet are
+        never let go of.
+        """
+        if self.committed_seq != self._last_seq or not self._sizes[self._current]:
+            return False
+        self._start_segment()
+        self._torn_write_at = None  # a failed write was in the segment let go of
+        self.mark_committed(self.committed_seq)
+        return True
 
     def _full(self, why: str) -> JournalFull:
         return JournalFull(
@@ -231,7 +294,8 @@ class Journal:
             f"the database has committed up to seq {self.committed_seq} of {self._last_seq}, "
             f"so {self._last_seq - self.committed_seq} frames wait only here. Get the database "
             "writer committing again (the journal frees segments as batches commit), or free "
-            "disk space or raise max_bytes; frames arriving meanwhile are refused, not dropped."
+            "disk space or raise max_bytes; frames arriving meanwhile cannot be journaled, so "
+            "they are counted and dropped (the feed keeps being read)."
         )
 
     @property
@@ -266,7 +330,12 @@ class Journal:
         for first_seq, next_first in pairwise(starts):
             if next_first - 1 > self.committed_seq:
                 break
-            self._path(first_seq).unlink()
+            try:
+                self._path(first_seq).unlink()
+            except FileNotFoundError:
+                pass
+            except OSError:
+                return  # a read-only disk: kept, and deleted by a later call once it can be
             self._bytes -= self._sizes.pop(first_seq)
 
     def replay(self, after_seq: int) -> Iterator[tuple[int, int, bytes]]:
@@ -307,6 +376,7 @@ class Journal:
             "committed_seq": self.committed_seq,
             "backlog_frames": self._last_seq - self.committed_seq,
             "bytes_on_disk": self._bytes,
+            "bytes_appended": self.bytes_appended,
             "segments": len(self._sizes),
             "max_bytes": self.max_bytes,
             "torn_tail_bytes": self.torn_tail_bytes,

@@ -22,6 +22,11 @@ class IngestMetrics:
         self.malformed_frames = Counter(
             "tickvault_malformed_frames", "Feed frames that did not decode", registry=self.registry
         )
+        self.frames_refused = Counter(
+            "tickvault_frames_refused",
+            "Feed frames dropped because the journal could not take them",
+            registry=self.registry,
+        )
         self.writer_errors = Counter(
             "tickvault_writer_errors", "Failed database writes (retried)", registry=self.registry
         )

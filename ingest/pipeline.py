@@ -92,6 +92,7 @@ class Pipeline:
         self.frames = 0
         self.malformed_frames = 0
         self.refused_frames = 0
+        self.journal_error: str | None = None  # why frames are refused now; None once one is not
         self.duplicates = 0
         self.unwanted = 0
 
@@ -116,17 +117,39 @@ class Pipeline:
     def on_frame(self, frame: bytes, received_at_us: int) -> None:
         """Journal then process one frame; raises MalformedFrame after journaling it.
 
-        A frame the journal refuses (disk bound reached) is not processed at all, so nothing
-        downstream holds a tick that is not durable; the refusal is logged loudly and counted.
+        A frame the journal cannot take (its bound or the disk is full, the disk refuses
+        writes) is dropped before anything acts on it, so nothing downstream holds a tick that
+        is not durable and the decoder's state stays that of the journaled frames. It is
+        counted and makes the service unhealthy; the next frame tries the journal again, so
+        the feed resumes by itself once the cause goes.
         """
         try:
             seq = self.journal.append(frame, received_at_us)
-        except JournalFull as error:
-            self.refused_frames += 1
-            if self.refused_frames == 1 or self.refused_frames % 1000 == 0:
-                log.error("%s (%d frames refused so far)", error, self.refused_frames)
+        except (JournalFull, OSError) as error:
+            self._refuse(error)
             return
+        if self.journal_error is not None:
+            log.warning("the journal takes frames again (%d refused in all)", self.refused_frames)
+            self.journal_error = None
         self._process(seq, frame, received_at_us)
+
+    def _refuse(self, error: JournalFull | OSError) -> None:
+        self.refused_frames += 1
+        self.metrics.frames_refused.inc()
+        first_of_outage = self.journal_error is None
+        if isinstance(error, JournalFull):
+            self.journal_error = str(error)
+        else:
+            self.journal_error = (
+                f"frame journal {self.journal.directory} cannot be written: "
+                f"{error.strerror or repr(error)}"
+            )
+        if first_of_outage or self.refused_frames % 1000 == 0:
+            log.error(
+                "%s; frames are dropped until it can (%d so far)",
+                self.journal_error,
+                self.refused_frames,
+            )
 
     def replay(self, after_seq: int) -> int:
         """Run journaled frames after `after_seq` through decoder and handlers; returns count."""
@@ -161,7 +184,8 @@ class Pipeline:
         return {
             "frames": self.frames,
             "malformed_frames": self.malformed_frames,
-            "frames_refused_journal_full": self.refused_frames,
+            "frames_refused": self.refused_frames,
+            "journal_error": self.journal_error,
             "duplicate_ticks_dropped": self.duplicates,
             "unrequested_ticks_skipped": self.unwanted,
             "market_status": dict(self.market_status),

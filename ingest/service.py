@@ -193,6 +193,20 @@ class WebSocketService:
     async def unsubscribe_symbol(self, symbols: list[str]) -> list[str]:
         return await self.subscriptions.unsubscribe_symbols(symbols)
 
+    def health_problem(self) -> str | None:
+        """Why the ingest is not healthy, in one line, or None: what /health answers 503 with.
+
+        Read from memory only, so that it answers at once during a database outage.
+        """
+        if not self.is_running:
+            return "the ingest service is not running"
+        for name, task in self._tasks.items():
+            if task.done():
+                return f"the ingest's {name} task has stopped: {_outcome(task)}"
+        if self._pipeline is not None and self._pipeline.journal_error is not None:
+            return f"feed frames are being dropped: {self._pipeline.journal_error}"
+        return None
+
     def get_status(self) -> dict[str, Any]:
         """Everything from memory, so it answers while the database is down.
 
@@ -269,9 +283,27 @@ class WebSocketService:
     async def _sync_journal(self) -> None:
         """fsync the journal a few times a second even while nothing commits (an outage).
 
-        On the loop thread, like every other journal call: the journal is not thread-safe.
+        In a thread, as the writer does, so that the event loop never waits on the disk. A
+        failed sync is logged and tried again: the frames stay in the page cache, and the
+        writer will not commit frames whose sync fails.
         """
+        failing = False
         while True:
             await asyncio.sleep(0.2)
-            if self._journal is not None:
-                self._journal.sync()
+            if self._journal is None:
+                continue
+            try:
+                await asyncio.to_thread(self._journal.sync)
+            except OSError as error:
+                if not failing:
+                    log.error("the frame journal cannot be synced to disk: %s", error)
+                failing = True
+            else:
+                failing = False
+
+
+def _outcome(task: asyncio.Task[Any]) -> str:
+    if task.cancelled():
+        return "cancelled"
+    error = task.exception()
+    return f"{type(error).__name__}: {error}" if error is not None else "returned"

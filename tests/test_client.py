@@ -276,6 +276,9 @@ def test_a_failing_sink_stops_the_feed_loudly() -> None:
         try:
             with pytest.raises(SinkError, match="journal disk is full"):
                 await asyncio.wait_for(client.listen(), 15)
+            # Nothing reads the socket any more: the state must not say "connected".
+            assert not client.is_connected
+            assert client.status()["state"] == "failed"
         finally:
             await client.stop()
             await sim.stop()

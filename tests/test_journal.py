@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import inspect
+import os
 import signal
 import subprocess
 import sys
@@ -12,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from ingest.journal import Journal, JournalCorrupt, JournalFull
+from tests.disks import fill_disk, small_disk
 
 HEADER = 28  # bytes before each frame
 SMALL = {"segment_bytes": 1000, "max_bytes": 10_000}  # 100-byte frames: 8 records a segment
@@ -91,6 +94,7 @@ def test_rotation_and_mark_committed_delete_only_fully_committed_segments(
             "committed_seq": 40,
             "backlog_frames": 0,
             "bytes_on_disk": 8 * (HEADER + 100),
+            "bytes_appended": 40 * (HEADER + 100),
             "segments": 1,
             "max_bytes": 10_000,
             "torn_tail_bytes": 0,
@@ -246,3 +250,76 @@ def test_frames_survive_sigkill_mid_append(tmp_path: Path) -> None:
     assert printed == list(range(1, len(printed) + 1))
     assert len(replayed) >= len(printed)
     assert replayed == [(seq, seq, frame(seq)) for seq in range(1, len(replayed) + 1)]
+
+
+def test_a_small_disk_never_fills_with_committed_frames(tmp_path: Path) -> None:
+    """The default 64 MiB segment on a 2 MiB disk: segments size themselves to the space."""
+    with small_disk(tmp_path / "disk", "2m") as disk, Journal(disk) as journal:
+        for seq in range(1, 5001):  # 5,000 frames of 2 KiB: five times the disk
+            assert journal.append(seq.to_bytes(4, "big") * 512, RECEIVED) == seq
+            if seq % 50 == 0:
+                journal.mark_committed(seq)
+        assert journal.stats()["bytes_on_disk"] < 1024 * 1024
+
+
+def test_a_disk_full_of_committed_frames_takes_frames_again_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    """The database was away until the journal filled the disk; after a restart it is back."""
+    with small_disk(tmp_path / "disk", "1m") as disk:
+        with Journal(disk) as journal, pytest.raises(JournalFull, match="the disk is full"):
+            fill(journal, 100_000)
+        with Journal(disk) as journal:
+            last = journal.last_seq
+            journal.mark_committed(last)  # the replayed backlog is written, then this
+            for seq in range(last + 1, last + 5001):  # more than half the disk
+                assert journal.append(fixed(seq), RECEIVED) == seq
+            assert len(list(journal.replay(last))) == 5000
+
+
+def test_a_disk_full_of_uncommitted_frames_refuses_and_loses_none(tmp_path: Path) -> None:
+    with small_disk(tmp_path / "disk", "1m") as disk, Journal(disk) as journal:
+        fill(journal, 10)
+        filler = fill_disk(disk)
+        with pytest.raises(JournalFull, match="the disk is full"):
+            fill(journal, 100)  # what still fits the last page of the segment, then no more
+        last = journal.last_seq
+        assert [seq for seq, _, _ in journal.replay(0)] == list(range(1, last + 1))
+        journal.mark_committed(last)  # the writer catches up: the journal lets its segment go
+        assert journal.append(fixed(last + 1), RECEIVED) == last + 1
+        filler.unlink()
+        assert journal.append(fixed(last + 2), RECEIVED) == last + 2
+        assert [seq for seq, _, _ in journal.replay(last)] == [last + 1, last + 2]
+
+
+def test_a_refused_write_leaves_no_torn_record_and_uses_no_seq(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-only remount mid-write: half a record is written, then every call fails."""
+    real_write, real_ftruncate = os.write, os.ftruncate
+    read_only = True
+
+    def half_then_refuse(fd: int, data: bytes) -> int:
+        if read_only:
+            real_write(fd, bytes(data[: len(data) // 2]))
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+        return real_write(fd, data)
+
+    def refuse_while_read_only(fd: int, length: int) -> None:
+        if read_only:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+        real_ftruncate(fd, length)
+
+    with Journal(tmp_path) as journal:
+        fill(journal, 5)
+        monkeypatch.setattr(os, "write", half_then_refuse)
+        monkeypatch.setattr(os, "ftruncate", refuse_while_read_only)
+        for _ in range(3):
+            with pytest.raises(OSError, match="Read-only"):
+                journal.append(fixed(6), RECEIVED)
+        read_only = False
+        assert journal.append(fixed(6), RECEIVED) == 6
+        assert journal.append(fixed(7), RECEIVED) == 7
+    with Journal(tmp_path) as reopened:
+        assert reopened.torn_tail_bytes == 0
+        assert [seq for seq, _, _ in reopened.replay(0)] == list(range(1, 8))
