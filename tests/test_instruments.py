@@ -15,6 +15,8 @@ import psycopg
 import pytest
 
 from ingest.store.instruments import (
+    DEFAULT_MAX_BYTES,
+    MAX_BYTES_VARIABLE,
     InstrumentFileError,
     UnknownSymbol,
     default_sample_path,
@@ -255,8 +257,12 @@ def test_expiry_is_the_end_of_the_expiry_day_in_india(db_url: str) -> None:
     assert undated == (0,)
 
 
-def run_cli(db_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "TICKVAULT_DATABASE_URL": db_url}
+def run_cli(db_url: str, *args: str, **env_vars: str | int) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "TICKVAULT_DATABASE_URL": db_url,
+        **{name: str(value) for name, value in env_vars.items()},
+    }
     return subprocess.run(
         [sys.executable, "-m", "tickvault", *args],
         env=env,
@@ -291,3 +297,146 @@ def test_cli_refuses_a_bad_file_in_one_line(db_url: str, tmp_path: Path) -> None
     assert lines[0].startswith(f"tickvault: {path}: record 7 ")
     assert lines[0].endswith("lacks segment")
     assert table(db_url) == []
+
+
+def every_row_changed() -> list[dict[str, Any]]:
+    """The sample with a new lot size everywhere: a file that would change every row it loaded."""
+    records = sample_records()
+    for record in records:
+        record["lot_size"] = 1
+    return records
+
+
+def assert_refused_in_one_line(result: subprocess.CompletedProcess[str], path: Path) -> str:
+    """The CLI's answer to a bad file: status 1, nothing on stdout, one line naming the file."""
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 1, result.stderr
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"tickvault: {path}")
+    return lines[0]
+
+
+def test_default_size_limit_is_documented_and_fits_the_upstox_master() -> None:
+    # Upstox's complete.json is about 50 MB unpacked; the default must leave it room to grow.
+    assert DEFAULT_MAX_BYTES == 256 * 2**20
+    assert f"{MAX_BYTES_VARIABLE}, else {DEFAULT_MAX_BYTES}, 256 MiB" in " ".join(
+        run_cli("", "instruments", "load", "--help").stdout.split()
+    )
+
+
+@pytest.mark.parametrize("limit_by", ["option", "variable"])
+def test_cli_refuses_a_gzip_bomb_past_the_size_limit(
+    db_url: str, tmp_path: Path, limit_by: str
+) -> None:
+    load(db_url, SAMPLE)
+    before = table(db_url)
+    # Valid JSON that unpacks to 8 MiB from a few kB: only the limit stands in its way.
+    text = json.dumps(every_row_changed())
+    bomb = tmp_path / "complete.json.gz"
+    bomb.write_bytes(gzip.compress((text[:-1] + " " * 2**23 + "]").encode(), 9))
+    assert bomb.stat().st_size < 2**15
+
+    limit = 2**20
+    if limit_by == "option":
+        result = run_cli(db_url, "instruments", "load", "--max-bytes", str(limit), str(bomb))
+    else:
+        result = run_cli(db_url, "instruments", "load", str(bomb), **{MAX_BYTES_VARIABLE: limit})
+    line = assert_refused_in_one_line(result, bomb)
+    assert f"over the {limit}-byte limit for an instrument file once unpacked" in line
+    assert f"(raise it with --max-bytes or {MAX_BYTES_VARIABLE})" in line
+    assert table(db_url) == before
+
+    # Under the default limit the same file loads: the limit was the only reason.
+    assert run_cli(db_url, "instruments", "load", str(bomb)).returncode == 0
+    assert table(db_url) != before
+
+
+def test_unpacking_stops_as_soon_as_the_limit_is_passed(db_url: str, tmp_path: Path) -> None:
+    # Corrupt far beyond the limit: a reader that unpacked everything first would only see that.
+    whole = gzip.compress(b"[" + b" " * 2**24 + b"]", 9)
+    broken = tmp_path / "complete.json.gz"
+    broken.write_bytes(whole[: len(whole) * 9 // 10] + b"\xff" * 64)
+
+    result = run_cli(db_url, "instruments", "load", "--max-bytes", str(2**20), str(broken))
+    assert "over the 1048576-byte limit" in assert_refused_in_one_line(result, broken)
+    assert "not a whole gzip file" in assert_refused_in_one_line(
+        run_cli(db_url, "instruments", "load", str(broken)), broken
+    )
+
+
+@pytest.mark.parametrize(
+    ("limit", "complaint"),
+    [
+        (["--max-bytes", "0"], "the instrument file limit must be at least 1 byte, got 0"),
+        ([], f"{MAX_BYTES_VARIABLE} must be a whole number of bytes above 0, got '64k'"),
+    ],
+)
+def test_a_bad_size_limit_is_refused_in_one_line(
+    db_url: str, limit: list[str], complaint: str
+) -> None:
+    result = run_cli(
+        db_url, "instruments", "load", *limit, str(SAMPLE), **{MAX_BYTES_VARIABLE: "64k"}
+    )
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [f"tickvault: {complaint}"]
+    assert table(db_url) == []
+
+
+DEPTH = 200_000
+
+
+@pytest.mark.parametrize("where", ["arrays", "objects", "in-a-record"])
+def test_cli_refuses_deep_nesting_in_one_line(db_url: str, tmp_path: Path, where: str) -> None:
+    load(db_url, SAMPLE)
+    before = table(db_url)
+    records = [json.dumps(record) for record in every_row_changed()]
+    nesting = {
+        "arrays": "[" * DEPTH + "]" * DEPTH,
+        "objects": '{"a":' * DEPTH + "1" + "}" * DEPTH,
+        # deep inside a field of a record, among records that would load
+        "in-a-record": '"extra": ' + "[" * DEPTH + "]" * DEPTH,
+    }[where]
+    if where == "in-a-record":
+        records[3] = records[3][:-1] + ", " + nesting + "}"
+        nesting = "[" + ", ".join(records) + "]"
+    path = tmp_path / "NSE.json"
+    path.write_text(nesting)
+
+    line = assert_refused_in_one_line(run_cli(db_url, "instruments", "load", str(path)), path)
+    assert line == f"tickvault: {path} is not an instrument file: it nests too deep"
+    assert table(db_url) == before
+
+
+def test_cli_refuses_a_field_given_twice_in_a_record(db_url: str, tmp_path: Path) -> None:
+    load(db_url, SAMPLE)
+    before = table(db_url)
+    records = every_row_changed()
+    texts = [json.dumps(record) for record in records]
+    texts[40] = '{"lot_size": 999, ' + texts[40][1:]  # json alone would keep the later 1
+    path = tmp_path / "NSE.json"
+    path.write_text("[" + ",\n".join(texts) + "]")
+
+    line = assert_refused_in_one_line(run_cli(db_url, "instruments", "load", str(path)), path)
+    key = records[40]["instrument_key"]
+    assert line.endswith(f"(instrument_key {key!r}) gives the field 'lot_size' more than once")
+    assert table(db_url) == before
+
+
+def test_cli_refuses_invalid_utf8_naming_the_record(db_url: str, tmp_path: Path) -> None:
+    load(db_url, SAMPLE)
+    before = table(db_url)
+    records = every_row_changed()
+    records[40]["name"] = "INFOSYS \udcff"  # written below as the lone byte 0xff
+    path = tmp_path / "NSE.json.gz"
+    body = json.dumps(records, ensure_ascii=False).encode("utf-8", "surrogateescape")
+    path.write_bytes(gzip.compress(body))
+
+    line = assert_refused_in_one_line(run_cli(db_url, "instruments", "load", str(path)), path)
+    offset = body.index(b"\xff")
+    assert line == (
+        f"tickvault: {path} is not valid JSON: 'utf-8' codec can't decode byte 0xff in position"
+        f" {offset}: invalid start byte"
+    )
+    assert table(db_url) == before

@@ -1,20 +1,31 @@
 """The Upstox instrument master: load the published file, find the F&O universe, resolve symbols.
 
 The file is checked whole before the database is touched, and written in one transaction, so a
-truncated download or a malformed record leaves the table exactly as it was. The records are
-COPYed as jsonb into a temporary table and the upsert projects them into columns in SQL: that
-keeps Python's per-record work to one `json.dumps`, and a 100k-record file loads in seconds.
+truncated download or a malformed record leaves the table exactly as it was. Reading is bounded:
+the file is unpacked in chunks up to a size limit, so a gzip bomb is refused before it fills
+memory, and a file nested too deep for the parser is refused like any other bad file. The
+records are COPYed as jsonb into a temporary table and the upsert projects them into columns in
+SQL: that keeps Python's per-record work to one `json.dumps`, and a 100k-record file loads in
+seconds.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+import os
 import zlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import psycopg
+
+# Upstox's complete master is about 50 MB unpacked; a limit five times that leaves it room to
+# grow while a gzip bomb (a few MB that unpack to gigabytes) is refused after 256 MiB.
+DEFAULT_MAX_BYTES = 256 * 2**20
+MAX_BYTES_VARIABLE = "TICKVAULT_INSTRUMENTS_MAX_BYTES"
+_READ_CHUNK = 2**20
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _INT4 = range(-(2**31), 2**31)
@@ -86,14 +97,6 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _json_kind(value: Any) -> str:
-    """The JSON name of a parsed value's type, for messages about the file."""
-    if value is None or isinstance(value, bool):
-        return json.dumps(value)
-    names = {dict: "object", list: "array", str: "string"}
-    return names.get(type(value), "number")
-
-
 def _fits(value: Any, kind: str) -> bool:
     if kind == "text":
         return isinstance(value, str)
@@ -123,32 +126,105 @@ def _record_problem(record: Any) -> str | None:
     return f"has a bad {', '.join(wrong)}" if wrong else None
 
 
-def _decode(path: Path) -> Any:
+def max_bytes_setting(environ: Mapping[str, str] = os.environ) -> int:
+    """The size limit `TICKVAULT_INSTRUMENTS_MAX_BYTES` sets, or `DEFAULT_MAX_BYTES` if unset.
+
+    Read at each load, not once at start, so that every reader of instrument files (the CLI,
+    the simulator, the sample load) obeys the same variable.
+    """
+    raw = environ.get(MAX_BYTES_VARIABLE, "").strip()
+    if not raw:
+        return DEFAULT_MAX_BYTES
     try:
-        data = path.read_bytes()
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(
+            f"{MAX_BYTES_VARIABLE} must be a whole number of bytes above 0, got {raw!r}"
+        )
+    return value
+
+
+def _read_capped(path: Path, max_bytes: int) -> bytearray:
+    """The file's JSON bytes, gunzipped when gzipped by content; at most `max_bytes` of them.
+
+    Streamed in chunks and refused as soon as the limit is passed: a few megabytes of gzip can
+    unpack to gigabytes, and none of that must reach memory.
+    """
+    if max_bytes < 1:
+        raise ValueError(f"the instrument file limit must be at least 1 byte, got {max_bytes}")
+    try:
+        file = path.open("rb")
     except OSError as error:
         raise InstrumentFileError(f"cannot read {path}: {error.strerror}") from None
-    if data.startswith(_GZIP_MAGIC):  # by content: a saved download may have lost its .gz
+    with file:
+        data = bytearray()
         try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as error:
+            # By content: a saved download may have lost its .gz. peek, not seek: a pipe works.
+            gzipped = file.peek(len(_GZIP_MAGIC)).startswith(_GZIP_MAGIC)
+            stream = gzip.GzipFile(fileobj=file, mode="rb") if gzipped else file
+            while chunk := stream.read(min(_READ_CHUNK, max_bytes + 1 - len(data))):
+                data += chunk
+                if len(data) > max_bytes:
+                    raise InstrumentFileError(
+                        f"{path} is over the {max_bytes}-byte limit for an instrument file"
+                        f"{' once unpacked' if gzipped else ''} (raise it with --max-bytes or"
+                        f" {MAX_BYTES_VARIABLE})"
+                    )
+        except (gzip.BadGzipFile, EOFError, zlib.error) as error:
             raise InstrumentFileError(f"{path} is not a whole gzip file: {error}") from None
+        except OSError as error:
+            raise InstrumentFileError(f"cannot read {path}: {error.strerror}") from None
+    return data
+
+
+def _json_kind(value: Any) -> str:
+    """The JSON name of a parsed value's type, for messages about the file."""
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    names = {dict: "object", list: "array", str: "string"}
+    return names.get(type(value), "number")
+
+
+def _one_record(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object of the file; a field given twice is an error, where json keeps the last."""
+    record = dict(pairs)
+    if len(record) < len(pairs):
+        names = [name for name, _ in pairs]
+        repeated = next(name for name in names if names.count(name) > 1)
+        key = record.get("instrument_key")
+        named = f" (instrument_key {key!r})" if isinstance(key, str) and key else ""
+        raise ValueError(f"an object{named} gives the field {repeated!r} more than once")
+    return record
+
+
+def _decode(path: Path, max_bytes: int) -> Any:
+    data = _read_capped(path, max_bytes)
     try:
-        return json.loads(data.decode("utf-8-sig"), parse_constant=_reject_constant)
+        return json.loads(
+            data.decode("utf-8-sig"), object_pairs_hook=_one_record, parse_constant=_reject_constant
+        )
+    except RecursionError:
+        # The master is a flat list of flat objects; only a hostile file nests this deep.
+        raise InstrumentFileError(f"{path} is not an instrument file: it nests too deep") from None
     except ValueError as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise InstrumentFileError(f"{path} is not valid JSON: {error}") from None
 
 
-def read_instruments(path: Path) -> list[dict[str, Any]]:
+def read_instruments(path: Path, max_bytes: int | None = None) -> list[dict[str, Any]]:
     """The records of an Upstox instrument file (.json, or gzipped whatever its name), checked.
 
+    The file may hold at most `max_bytes` of JSON (unpacked), by default what
+    `TICKVAULT_INSTRUMENTS_MAX_BYTES` says or 256 MiB; Upstox's complete master is about 50 MB.
     Every record must carry a non-empty `instrument_key`, `segment`, `instrument_type` and
     `trading_symbol` (Upstox gives indices one too: "NIFTY" for Nifty 50, so there is no
     falling back to `name`), and the fields that become typed columns must hold the JSON type
-    Upstox uses (epoch-ms integer `expiry`, integer `lot_size`, ...). One bad record, or a
-    repeated `instrument_key`, rejects the whole file with an `InstrumentFileError` naming it.
+    Upstox uses (epoch-ms integer `expiry`, integer `lot_size`, ...). One bad record, a field
+    given twice in a record, or a repeated `instrument_key`, rejects the whole file with an
+    `InstrumentFileError` naming it.
     """
-    records = _decode(path)
+    records = _decode(path, max_bytes_setting() if max_bytes is None else max_bytes)
     if not isinstance(records, list):
         raise InstrumentFileError(
             f"{path} holds a JSON {_json_kind(records)}, not an array of instrument records"
@@ -168,13 +244,14 @@ def read_instruments(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def load_instruments(conn: psycopg.Connection, path: Path) -> int:
+def load_instruments(conn: psycopg.Connection, path: Path, max_bytes: int | None = None) -> int:
     """Upsert every record of the file by `instrument_key`; return how many there were.
 
-    All or nothing: the file is checked first, then written in one transaction (a savepoint
-    if the caller has one open). Rows of instruments absent from the file are left alone.
+    All or nothing: the file is checked first (`read_instruments`, `max_bytes` included), then
+    written in one transaction (a savepoint if the caller has one open). Rows of instruments
+    absent from the file are left alone.
     """
-    records = read_instruments(path)
+    records = read_instruments(path, max_bytes)
     try:
         with conn.transaction():
             # Dropped explicitly, not ON COMMIT: inside a caller's transaction this block is a
