@@ -1,6 +1,7 @@
 # tickvault's image: the ingest and the HTTP API (`tickvault run`), and, as the `jupyter`
 # target, the analysis notebooks. docker-compose.yml builds both next to TimescaleDB.
-FROM python:3.11-slim AS app
+# The base moves only when this line does: bump the patch version on purpose.
+FROM python:3.11.14-slim-bookworm AS app
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -16,24 +17,36 @@ RUN useradd --create-home --uid 1000 tickvault \
     && install -d -o tickvault -g tickvault /data
 
 WORKDIR /app
+# Dependencies from the lock alone: exact versions, every file checked against its hash,
+# wheels only (nothing is built, no setup code runs). requirements.lock is compiled from
+# pyproject.toml; it also pins setuptools, which builds tickvault below.
+COPY requirements.lock ./
+RUN pip install --require-hashes --only-binary=:all: --no-deps -r requirements.lock \
+    && pip check
 COPY pyproject.toml README.md ./
 COPY ingest ingest
 COPY api api
 COPY tickvault tickvault
 COPY sql sql
 COPY notebooks notebooks
+COPY deploy deploy
 # Installed in place (-e): the migrations are read from sql/ next to the packages, which a
-# regular install into site-packages would leave behind.
-RUN pip install -e .
+# regular install into site-packages would leave behind. --no-deps: everything it needs came
+# from the lock; --no-build-isolation: built with the locked setuptools, not a fetched one.
+RUN pip install --no-deps --no-build-isolation -e .
 
 USER tickvault
 EXPOSE 8000
+# Refuses .env.example's placeholder passwords, then runs the command.
+ENTRYPOINT ["sh", "/app/deploy/refuse-placeholders.sh"]
 CMD ["tickvault", "run"]
 
-# `docker compose --profile jupyter up`: JupyterLab on the same code and database settings.
+# `docker compose --profile jupyter up`: JupyterLab on the same code and database settings,
+# its packages from their own lock (deploy/jupyter.lock, constrained to requirements.lock).
 FROM app AS jupyter
 USER root
-RUN pip install "jupyterlab>=4.2,<5" "matplotlib>=3.9,<3.12"
+RUN pip install --require-hashes --only-binary=:all: --no-deps -r deploy/jupyter.lock \
+    && pip check
 USER tickvault
 EXPOSE 8888
 CMD ["jupyter", "lab", "--ip=0.0.0.0", "--port=8888", "--no-browser", "--ServerApp.root_dir=/app/notebooks"]

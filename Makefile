@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: setup run test lint proto bench clean-data
+.PHONY: setup run test lint proto lock bench clean-data
 
 $(BIN)/tickvault: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,17 @@ lint: $(BIN)/tickvault
 proto: $(BIN)/tickvault
 	$(BIN)/python -m grpc_tools.protoc -I ingest/proto --python_out=ingest/proto \
 		--pyi_out=ingest/proto ingest/proto/upstox_feed_v3.proto
+
+# The Docker image's hashed locks, from pyproject.toml and deploy/jupyter.in, for CPython 3.11
+# on Linux x86_64 (pip-tools in a throwaway venv; add --upgrade to move to newer releases).
+LOCK_VENV := /tmp/tickvault-pip-tools
+lock:
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install --quiet pip-tools
+	$(LOCK_VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
+		--all-build-deps -o requirements.lock pyproject.toml
+	$(LOCK_VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
+		-c requirements.lock -o deploy/jupyter.lock deploy/jupyter.in
 
 bench: setup
 	$(BIN)/python -m bench.run_all

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
+import string
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from urllib.parse import quote
 
 import psycopg
 import pytest
@@ -114,7 +117,7 @@ def test_url_reaches_the_database(local: Cli) -> None:
 
 def test_tcp_url_works_and_needs_its_password(local: Cli) -> None:
     local.ok("db", "start")
-    url = local.url("--tcp")
+    url = local.url("--tcp", "--show-password")
     params = conninfo_to_dict(url)
     assert params["host"] == "127.0.0.1"
     assert params["port"] == local.env["TICKVAULT_PG_PORT"]
@@ -124,6 +127,21 @@ def test_tcp_url_works_and_needs_its_password(local: Cli) -> None:
     params["password"] = "wrong"
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         psycopg.connect(make_conninfo(**params))
+
+
+def test_tcp_url_shows_its_password_only_when_asked(local: Cli) -> None:
+    local.ok("db", "start")
+    shown = local.url("--tcp", "--show-password")
+    password = conninfo_to_dict(shown)["password"]
+
+    masked = local.url("--tcp")
+    assert password not in masked
+    assert masked == shown.replace(f":{quote(password, safe='')}@", ":********@")
+    # The unix-socket URL, what `psql "$(tickvault db url | tail -1)"` uses, has no password.
+    socket = local.url()
+    assert "password" not in conninfo_to_dict(socket)
+    assert "********" not in socket
+    assert local.url("--show-password") == socket
 
 
 def test_migrate_twice(local: Cli) -> None:
@@ -268,3 +286,73 @@ def test_a_normal_user_runs_the_store_as_itself() -> None:
     finally:
         as_user("db", "stop")
         shutil.rmtree(root, ignore_errors=True)
+
+
+# An external server's URL as a user may spell it, and how `tickvault db url` shows it: a URL
+# as a URL where it masks cleanly, anything else in libpq's key=value form.
+EXTERNAL_URLS = [
+    (
+        "postgresql://alice:s3cr%40t-pw@db.example:5433/ticks?sslmode=require",
+        "postgresql://alice:********@db.example:5433/ticks?sslmode=require",
+    ),
+    (
+        "postgresql://alice:s3cret@db.example/ticks?password=s3cret-pw&application_name=nb",
+        "postgresql://alice:********@db.example/ticks?password=********&application_name=nb",
+    ),
+    (
+        "postgres://alice:p?w@db.example/ticks?password=s3cret-pw&application_name=nb",
+        "user=alice password=******** dbname=ticks host=db.example application_name=nb",
+    ),
+    (
+        "host=db.example port=5433 dbname=ticks user=alice password='s3cr et\\'pw' sslmode=require",
+        "user=alice password=******** dbname=ticks host=db.example port=5433 sslmode=require",
+    ),
+    (
+        "host = db.example  password = s3cret\\ pw user=alice sslpassword=keypass",
+        "user=alice password=******** host=db.example sslpassword=********",
+    ),
+    (
+        "postgresql://alice@db.example/ticks?sslmode=verify-full",
+        "postgresql://alice@db.example/ticks?sslmode=verify-full",
+    ),
+]
+
+
+@pytest.mark.parametrize(("url", "shown"), EXTERNAL_URLS)
+def test_external_url_is_shown_without_its_password_unless_asked(url: str, shown: str) -> None:
+    cli = Cli(data_dir(), database_url=url)
+    try:
+        assert cli.url() == shown
+        assert cli.url("--show-password") == url
+    finally:
+        shutil.rmtree(cli.data_dir, ignore_errors=True)
+
+
+def test_an_unreadable_url_is_one_line_that_does_not_repeat_it() -> None:
+    cli = Cli(data_dir(), database_url="host=db.example s3cret-pw")
+    try:
+        result = cli.run("db", "url")
+        assert_one_line_error(result, "not a valid libpq connection string")
+        assert "s3cret" not in result.stderr + result.stdout
+    finally:
+        shutil.rmtree(cli.data_dir, ignore_errors=True)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_masking_keeps_everything_but_the_password(seed: int) -> None:
+    """Any password, in either spelling: gone from the output, every other setting intact."""
+    from tickvault.cli import PASSWORD_MASK, masked_password
+
+    rng = random.Random(seed)
+    alphabet = string.ascii_letters + string.digits + " '\\\"=@:/?&%#$!;,"
+    for _ in range(200):
+        # The marker survives both spellings' quoting unchanged, so a leak would show it.
+        password = "Zq9" + "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 24)))
+        params = {"host": "db.example", "port": "5433", "dbname": "ticks", "user": "alice"}
+        keywords = make_conninfo(**params, password=password)
+        uri = f"postgresql://alice:{quote(password, safe='')}@db.example:5433/ticks?sslmode=require"
+        for url in (keywords, uri):
+            masked = masked_password(url)
+            assert "Zq9" not in masked
+            expected = {**conninfo_to_dict(url), "password": PASSWORD_MASK}
+            assert conninfo_to_dict(masked) == expected

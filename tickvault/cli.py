@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -22,7 +23,13 @@ from ingest.config import Settings
 from ingest.logs import configure_logging
 from ingest.store.bars import refresh_bars
 from ingest.store.install import install_timescaledb
-from ingest.store.instruments import InstrumentFileError, default_sample_path, load_instruments
+from ingest.store.instruments import (
+    DEFAULT_MAX_BYTES,
+    MAX_BYTES_VARIABLE,
+    InstrumentFileError,
+    default_sample_path,
+    load_instruments,
+)
 from ingest.store.local import database_url, local_cluster
 from ingest.store.migrations import migrate
 from ingest.store.postgres import PgInstall, StoreError, find_bindir
@@ -65,12 +72,59 @@ def _db_status(settings: Settings, args: argparse.Namespace) -> int:
 
 def _db_url(settings: Settings, args: argparse.Namespace) -> int:
     if settings.database_url or not args.tcp:
-        print(database_url(settings))
+        url = database_url(settings)
     else:
         cluster = local_cluster(settings)
         database_url(settings)  # says clearly when the cluster is down
-        print(cluster.tcp_url())
+        url = cluster.tcp_url()
+    print(url if args.show_password else masked_password(url))
     return 0
+
+
+PASSWORD_MASK = "********"  # noqa: S105 (what is shown instead of a password)
+_SECRET_KEYS = ("password", "sslpassword")
+
+
+def masked_password(url: str) -> str:
+    """`url` with its password shown as ********, the rest as it was.
+
+    A URL without a password (the local store's unix-socket URL) comes back unchanged. The
+    masked text is parsed again and compared: a spelling the URL masking misses is printed
+    in libpq's key=value form instead, so a password is never shown by accident.
+    """
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        # libpq's message quotes pieces of the string, which may be the password.
+        raise ValueError(
+            "the database URL is not a valid libpq connection string (not shown: it may hold "
+            "a password)"
+        ) from None
+    if not any(key in params for key in _SECRET_KEYS):
+        return url
+    expected = {k: PASSWORD_MASK if k in _SECRET_KEYS else v for k, v in params.items()}
+    if url.startswith(("postgresql://", "postgres://")):
+        masked = _masked_uri(url)
+        with contextlib.suppress(psycopg.ProgrammingError):
+            if conninfo_to_dict(masked) == expected:
+                return masked
+    return make_conninfo(**expected)
+
+
+def _masked_uri(url: str) -> str:
+    parts = urlsplit(url)
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    query = [
+        (key, PASSWORD_MASK if key in _SECRET_KEYS else value)
+        for key, value in parse_qsl(parts.query, keep_blank_values=True)
+    ]
+    return urlunsplit(
+        parts._replace(
+            netloc=f"{user}{colon and ':' + PASSWORD_MASK}{at}{hosts}",
+            query=urlencode(query, safe="*"),
+        )
+    )
 
 
 def _db_migrate(settings: Settings, args: argparse.Namespace) -> int:
@@ -100,7 +154,7 @@ def _db_refresh_bars(settings: Settings, args: argparse.Namespace) -> int:
 
 def _instruments_load(settings: Settings, args: argparse.Namespace) -> int:
     with psycopg.connect(database_url(settings)) as conn:
-        count = load_instruments(conn, args.path)
+        count = load_instruments(conn, args.path, args.max_bytes)
     print(f"loaded {count} instruments from {args.path}")
     return 0
 
@@ -221,7 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
     db.add_parser("stop", help="stop the local cluster").set_defaults(handler=_db_stop)
     db.add_parser("status", help="is the store up?").set_defaults(handler=_db_status)
     url = db.add_parser("url", help="print the libpq URL of the store (last line)")
-    url.add_argument("--tcp", action="store_true", help="the loopback TCP URL, with its password")
+    url.add_argument("--tcp", action="store_true", help="the loopback TCP URL (it has a password)")
+    url.add_argument(
+        "--show-password",
+        action="store_true",
+        help="print the password in the URL as it is, not as ********",
+    )
     url.set_defaults(handler=_db_url)
     db.add_parser("migrate", help="apply sql/ migrations").set_defaults(handler=_db_migrate)
     refresh = db.add_parser("refresh-bars", help="bring the materialized OHLC bars up to date")
@@ -234,6 +293,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     load = instruments.add_parser("load", help="upsert an Upstox instrument JSON file (.json[.gz])")
     load.add_argument("path", type=Path)
+    load.add_argument(
+        "--max-bytes",
+        type=int,
+        metavar="N",
+        help=f"refuse a file of more than N bytes of JSON, unpacked if gzipped (default:"
+        f" ${MAX_BYTES_VARIABLE}, else {DEFAULT_MAX_BYTES}, {DEFAULT_MAX_BYTES // 2**20} MiB)",
+    )
     load.set_defaults(handler=_instruments_load)
 
     commands.add_parser(

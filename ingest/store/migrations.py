@@ -72,8 +72,10 @@ def check_timescaledb(conn: psycopg.Connection) -> None:
 def migrate(url: str, sql_dir: Path = SQL_DIR) -> list[str]:
     """Apply what is missing; return the versions applied now (empty on a second run)."""
     with psycopg.connect(url, autocommit=True) as conn:
-        check_timescaledb(conn)
         migrations = discover(sql_dir)
+        if _up_to_date(conn, migrations):
+            return []  # found by reads alone: a role without DDL rights (the compose app) starts
+        check_timescaledb(conn)
         conn.execute(
             "CREATE TABLE IF NOT EXISTS tickvault_migrations ("
             " version text PRIMARY KEY, name text NOT NULL, edition text NOT NULL,"
@@ -99,3 +101,11 @@ def migrate(url: str, sql_dir: Path = SQL_DIR) -> list[str]:
                 )
             applied.append(migration.version)
         return applied
+
+
+def _up_to_date(conn: psycopg.Connection, migrations: list[Migration]) -> bool:
+    """Whether every migration is recorded already."""
+    if conn.execute("SELECT to_regclass('tickvault_migrations')").fetchone() == (None,):
+        return False
+    done = {row[0] for row in conn.execute("SELECT version FROM tickvault_migrations")}
+    return all(migration.version in done for migration in migrations)
