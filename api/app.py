@@ -7,10 +7,16 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
+from api.auth import ApiKeyGate
 from api.context import ApiContext
 from api.db import read_pool
 from api.errors import install_error_handlers
+from api.hosts import allowed_hosts
+from api.limits import BodyLimit
+from api.liveness import DatabaseProbe
+from api.operations import Operations
 from api.routes import feed, history, instruments, ops
 from api.symbols import SymbolResolver
 from ingest.config import Settings
@@ -28,15 +34,18 @@ def create_app(settings: Settings, database_url: str, run_ingest: bool = True) -
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = read_pool(database_url)
         pool.open(wait=False)
+        probe = DatabaseProbe(database_url)
         service = WebSocketService(settings, database_url) if run_ingest else None
         try:
+            await probe.start()
             if service is not None:
                 await service.start()
-            app.state.context = ApiContext(settings, pool, SymbolResolver(pool), service)
+            app.state.context = ApiContext(settings, pool, SymbolResolver(pool), probe, service)
             yield
         finally:
             if service is not None:
                 await service.stop()  # flushes every tick it delivered
+            await probe.stop()
             await asyncio.to_thread(pool.close)
 
     app = FastAPI(
@@ -45,7 +54,14 @@ def create_app(settings: Settings, database_url: str, run_ingest: bool = True) -
         summary="Upstox market ticks and OHLC bars from TimescaleDB",
         lifespan=lifespan,
     )
-    install_error_handlers(app)
     for module in (ops, feed, history, instruments):
         app.include_router(module.router)
+    operations = Operations(app.openapi())
+    install_error_handlers(app, operations)
+    # Outermost last: the Host is checked first, then the key, then the body is let in.
+    app.add_middleware(BodyLimit)
+    app.add_middleware(ApiKeyGate, settings=settings, operations=operations)
+    app.add_middleware(
+        TrustedHostMiddleware, allowed_hosts=allowed_hosts(settings.api_host), www_redirect=False
+    )
     return app

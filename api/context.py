@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 from psycopg_pool import ConnectionPool
 
+from api.liveness import DatabaseProbe
 from api.symbols import SymbolResolver
 from ingest.config import Settings
 from ingest.service import WebSocketService
@@ -18,17 +19,20 @@ class ApiContext:
     settings: Settings
     pool: ConnectionPool
     resolver: SymbolResolver
+    probe: DatabaseProbe
     service: WebSocketService | None  # None: the ingest runs elsewhere, if at all
 
 
-def get_context(request: Request) -> ApiContext:
+async def get_context(request: Request) -> ApiContext:
+    """A coroutine, as every dependency here: FastAPI runs a plain function dependency in the
+    thread pool, where /health and the cached latest ticks would queue behind data requests."""
     return request.app.state.context
 
 
 Context = Annotated[ApiContext, Depends(get_context)]
 
 
-def get_service(context: Context) -> WebSocketService:
+async def get_service(context: Context) -> WebSocketService:
     if context.service is None:
         raise HTTPException(
             status_code=503,

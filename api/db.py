@@ -18,18 +18,23 @@ _SESSION_OPTIONS = (
 )
 
 
+def session_conninfo(database_url: str, application_name: str = "tickvault-api") -> str:
+    """`database_url` with the API's session settings added to whatever options it has."""
+    params = conninfo_to_dict(database_url)
+    params["options"] = f"{params.get('options') or ''} {_SESSION_OPTIONS}".strip()
+    params.setdefault("connect_timeout", 5)
+    params.setdefault("application_name", application_name)
+    return make_conninfo(**params)
+
+
 def read_pool(database_url: str, max_size: int = 8) -> ConnectionPool:
     """A closed pool for `database_url`; open it with `open(wait=False)`.
 
     Opening without waiting lets the API start while the database is down: /health then
     says 503 instead of the process failing to start.
     """
-    params = conninfo_to_dict(database_url)
-    params["options"] = f"{params.get('options') or ''} {_SESSION_OPTIONS}".strip()
-    params.setdefault("connect_timeout", 5)
-    params.setdefault("application_name", "tickvault-api")
     return ConnectionPool(
-        make_conninfo(**params),
+        session_conninfo(database_url),
         min_size=1,
         max_size=max_size,
         open=False,

@@ -4,28 +4,54 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
-from pydantic import AfterValidator, StringConstraints
+from pydantic import AfterValidator, BeforeValidator, StringConstraints
 
 from api.errors import invalid
 from ingest.tick import from_datetime, to_datetime
 
 
-def _no_nul(value: str) -> str:
-    # PostgreSQL text cannot hold NUL; without this check such a symbol would reach the driver.
+def _storable(value: str) -> str:
+    """PostgreSQL text holds neither NUL nor a lone surrogate (which a JSON body can spell as
+    `\\ud800`); without this check such a symbol would reach the driver and fail there."""
     if "\x00" in value:
         raise ValueError("must not contain NUL characters")
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode: it contains a lone surrogate") from None
     return value
 
 
-Symbol = Annotated[str, StringConstraints(min_length=1, max_length=100), AfterValidator(_no_nul)]
-SearchText = Annotated[str, StringConstraints(max_length=100), AfterValidator(_no_nul)]
+MAX_SYMBOL_CHARS = 100
+Symbol = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_SYMBOL_CHARS), AfterValidator(_storable)
+]
+SearchText = Annotated[str, StringConstraints(max_length=100), AfterValidator(_storable)]
 MAX_SYMBOLS = 200
-# uvicorn refuses a request head over 16 KiB by closing the connection; percent-encoded, a
+# The server refuses a request head over MAX_HEAD_BYTES (api/limits.py); percent-encoded, a
 # character takes up to 9 bytes, so a longer list would be cut off before any answer.
 MAX_SYMBOL_LIST_CHARS = 1500
+SYMBOL_LIST_RULES = (
+    f"at most {MAX_SYMBOLS} symbols of at most {MAX_SYMBOL_CHARS} characters each,"
+    f" {MAX_SYMBOL_LIST_CHARS} characters in all"
+)
+
+# A date, then a time: what ISO 8601 calls a date-time. pydantic alone would also take a bare
+# date, and numbers as Unix times (`end=0`), which nobody means by a time in a URL.
+_DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
+
+
+def _date_time_text(value: object) -> object:
+    if isinstance(value, str) and not _DATE_TIME.match(value):
+        raise ValueError("must be an ISO 8601 date-time, e.g. 2026-01-05T09:15:00+05:30")
+    return value
+
+
+DateTime = Annotated[datetime, BeforeValidator(_date_time_text)]
 
 
 def symbol_list(raw: str) -> list[str]:
@@ -36,8 +62,8 @@ def symbol_list(raw: str) -> list[str]:
         problem = "name at least one symbol, or leave the parameter out for all"
     elif len(names) > MAX_SYMBOLS:
         problem = f"at most {MAX_SYMBOLS} symbols per request, got {len(names)}"
-    elif any(len(name) > 100 or "\x00" in name for name in names):
-        problem = "a symbol is longer than 100 characters or contains NUL"
+    elif any(len(name) > MAX_SYMBOL_CHARS or "\x00" in name for name in names):
+        problem = f"a symbol is longer than {MAX_SYMBOL_CHARS} characters or contains NUL"
     if problem:
         raise invalid("query", "symbols", problem, raw[:200])
     return names
@@ -84,6 +110,10 @@ def time_window(
             start_utc.isoformat(),
         )
     return start_utc, end_utc
+
+
+# base64url without padding, as encode_cursor writes it.
+CURSOR_PATTERN = r"^[A-Za-z0-9_-]+$"
 
 
 def encode_cursor(ts: datetime, received_at: datetime) -> str:

@@ -20,10 +20,6 @@ _INSTRUMENT_COLUMNS = (
 Row = dict[str, Any]
 
 
-def ping(conn: psycopg.Connection) -> None:
-    conn.execute("SELECT 1")
-
-
 def tick_page(
     conn: psycopg.Connection,
     key: str,
@@ -82,24 +78,53 @@ def bars(
         ).fetchall()
 
 
+def _like_pattern(text: str) -> str:
+    """A LIKE pattern for `text` anywhere in a string, its own % _ and \\ taken literally."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def instrument_search(
+    text: str | None, segment: str | None, limit: int
+) -> tuple[str, dict[str, Any]]:
+    """The SQL and parameters of search_instruments, apart so its plan can be checked.
+
+    Only the filters asked for are in the SQL, so the planner sees which indexes apply. The
+    text is matched with LIKE on upper() of both sides, which sql/008's trigram indexes
+    serve; `upper(pattern)` leaves the escapes alone, since no character's upper case is
+    one of % _ or \\.
+    """
+    where, order = [], ["trading_symbol", "instrument_key"]
+    params: dict[str, Any] = {"limit": limit}
+    if text is not None:
+        where.append(
+            "(upper(trading_symbol) LIKE upper(%(pattern)s) OR upper(name) LIKE upper(%(pattern)s))"
+        )
+        order[:0] = [
+            "upper(trading_symbol) = upper(%(text)s) IS NOT TRUE",
+            "NOT starts_with(upper(trading_symbol), upper(%(text)s))",
+        ]
+        params |= {"text": text, "pattern": _like_pattern(text)}
+    if segment is not None:
+        where.append("segment = upper(%(segment)s)")
+        params["segment"] = segment
+    sql = (
+        f"SELECT {_INSTRUMENT_COLUMNS} FROM instruments"
+        + (f" WHERE {' AND '.join(where)}" if where else "")
+        + f" ORDER BY {', '.join(order)} LIMIT %(limit)s"
+    )
+    return sql, params
+
+
 def search_instruments(
     conn: psycopg.Connection, text: str | None, segment: str | None, limit: int
 ) -> list[Row]:
-    """Instruments whose trading symbol or name contains `text` (any case).
-
-    An exact symbol comes first, then symbols starting with the text, then the rest.
-    strpos rather than LIKE: the text is matched as it is, `%` and `_` included.
-    """
+    """Instruments whose trading symbol or name contains `text` (any case, `%` and `_`
+    included as they are), of `segment` if given: an exact symbol first, then symbols
+    starting with the text, then the rest."""
+    sql, params = instrument_search(text, segment, limit)
     with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(
-            f"SELECT {_INSTRUMENT_COLUMNS} FROM instruments"
-            " WHERE (%(text)s::text IS NULL"
-            "        OR strpos(upper(trading_symbol), upper(%(text)s)) > 0"
-            "        OR strpos(upper(coalesce(name, '')), upper(%(text)s)) > 0)"
-            " AND (%(segment)s::text IS NULL OR segment = upper(%(segment)s))"
-            " ORDER BY upper(trading_symbol) = upper(%(text)s) IS NOT TRUE,"
-            " NOT starts_with(upper(trading_symbol), upper(coalesce(%(text)s, ''))),"
-            " trading_symbol, instrument_key"
-            " LIMIT %(limit)s",
-            {"text": text, "segment": segment, "limit": limit},
-        ).fetchall()
+        # Never prepared: a plan made for any text would use the trigram indexes for every
+        # text, and a text of one or two letters, or one in most symbols, reads faster
+        # without them. Planned with its text, each search gets the plan that suits it.
+        return cur.execute(sql, params, prepare=False).fetchall()

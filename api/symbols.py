@@ -2,72 +2,78 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Sequence
+from typing import Any
 
+from cachetools import Cache, LRUCache, TTLCache
 from psycopg_pool import ConnectionPool
 
-from ingest.store.instruments import UnknownSymbol, resolve_symbol
+from ingest.store.instruments import keys_of, resolve_symbols
+
+# How long a symbol that names nothing is taken as unknown without asking again. Long enough
+# that a client repeating a list of wrong names costs one query per few seconds rather than
+# one per name per request; short enough that an instrument loaded meanwhile (`tickvault
+# instruments load`) is found by the next request after it, without restarting the API.
+UNKNOWN_TTL_S = 5.0
 
 
 class SymbolResolver:
-    """A bounded memory of `resolve_symbol` and of each key's trading symbol.
+    """Bounded memories of which key each symbol names, of the symbols that name none, and
+    of each key's trading symbol.
 
-    Only answers are remembered, never misses, so an instrument loaded later is found. The
-    bound matters because trading symbols resolve in any case: "infy", "Infy" and "INFY" are
-    three entries, and a client could otherwise make the maps grow without end.
+    Keys are kept until the bound pushes them out; unknown symbols for UNKNOWN_TTL_S. The
+    bounds matter because trading symbols resolve in any case: "infy", "Infy" and "INFY" are
+    three entries, and a client could otherwise make the memories grow without end.
     """
 
-    def __init__(self, pool: ConnectionPool, max_entries: int = 10_000) -> None:
+    def __init__(
+        self, pool: ConnectionPool, max_entries: int = 10_000, unknown_ttl_s: float = UNKNOWN_TTL_S
+    ) -> None:
         self._pool = pool
-        self._max = max_entries
-        self._keys: dict[str, str] = {}
-        self._symbols: dict[str, str] = {}
+        self._keys: LRUCache[str, str] = LRUCache(max_entries)
+        self._unknown: TTLCache[str, bool] = TTLCache(max_entries, ttl=unknown_ttl_s)
+        self._symbols: LRUCache[str, str] = LRUCache(max_entries)
+        self._lock = threading.Lock()  # the caches are shared by the request threads
+
+    def _get(self, cache: Cache, key: str) -> Any:
+        with self._lock:
+            return cache.get(key)
+
+    def _put(self, cache: Cache, key: str, value: object) -> None:
+        with self._lock:
+            cache[key] = value
 
     def resolve(self, symbols: Iterable[str]) -> list[str]:
-        """The key of each symbol, in order; UnknownSymbol names every one that is not known."""
+        """The key of each symbol, in order, asking the database (once) for those not in
+        memory; UnknownSymbol names every one that is not known."""
         symbols = list(symbols)
-        found: dict[str, str] = {}
-        missing = []
-        for symbol in dict.fromkeys(symbols):
-            key = self._keys.get(symbol)
-            if key is None:
-                missing.append(symbol)
-            else:
-                found[symbol] = key
-        unknown = []
+        keys = self._recall(symbols)
+        missing = self._unanswered(symbols, keys)
         if missing:
             with self._pool.connection() as conn:
-                for symbol in missing:
-                    try:
-                        found[symbol] = resolve_symbol(conn, symbol)
-                    except UnknownSymbol as exc:
-                        unknown.append((symbol, exc))
-                    else:
-                        self._remember(self._keys, symbol, found[symbol])
-        if len(unknown) == 1:
-            raise unknown[0][1]
-        if unknown:
-            names = ", ".join(repr(symbol) for symbol, _ in unknown)
-            raise UnknownSymbol(
-                f"unknown symbols {names}: no trading symbol, index name or instrument key in "
-                "the instrument master matches them"
-            )
-        return [found[symbol] for symbol in symbols]
+                found = resolve_symbols(conn, missing)
+            for symbol in missing:
+                if symbol in found:
+                    keys[symbol] = found[symbol]
+                    self._put(self._keys, symbol, found[symbol])
+                else:
+                    self._put(self._unknown, symbol, True)
+        return keys_of(symbols, keys)
 
-    def remembered(self, symbols: list[str]) -> list[str] | None:
-        """The keys of `symbols` when every one is already known, without the database."""
-        keys = []
-        for symbol in symbols:
-            key = self._keys.get(symbol)
-            if key is None:
-                return None
-            keys.append(key)
-        return keys
+    def remembered(self, symbols: Sequence[str]) -> list[str] | None:
+        """The keys of `symbols` from memory alone, or None when one needs the database.
+
+        UnknownSymbol when memory has every answer and one of them is "unknown".
+        """
+        keys = self._recall(symbols)
+        return None if self._unanswered(symbols, keys) else keys_of(symbols, keys)
 
     def trading_symbols(self, keys: Iterable[str]) -> dict[str, str]:
         """key -> trading symbol; a key missing from the master maps to itself."""
-        found = {key: self._symbols.get(key) or key for key in keys}
-        missing = [key for key in found if key not in self._symbols]
+        remembered = {key: self._get(self._symbols, key) for key in keys}
+        found = {key: symbol or key for key, symbol in remembered.items()}
+        missing = [key for key, symbol in remembered.items() if symbol is None]
         if missing:
             with self._pool.connection() as conn:
                 rows = conn.execute(
@@ -77,10 +83,22 @@ class SymbolResolver:
                 ).fetchall()
             for key, symbol in rows:
                 found[key] = symbol
-                self._remember(self._symbols, key, symbol)
+                self._put(self._symbols, key, symbol)
         return found
 
-    def _remember(self, memory: dict[str, str], name: str, value: str) -> None:
-        if len(memory) >= self._max:
-            memory.clear()  # crude but bounded; a steady working set refills at once
-        memory[name] = value
+    def _recall(self, symbols: Iterable[str]) -> dict[str, str]:
+        """symbol -> key for the symbols memory knows a key of."""
+        keys = {}
+        for symbol in symbols:
+            key = self._get(self._keys, symbol)
+            if key is not None:
+                keys[symbol] = key
+        return keys
+
+    def _unanswered(self, symbols: Iterable[str], keys: dict[str, str]) -> list[str]:
+        """The symbols memory knows neither a key of nor as unknown, once each, in order."""
+        return [
+            symbol
+            for symbol in dict.fromkeys(symbols)
+            if symbol not in keys and not self._get(self._unknown, symbol)
+        ]

@@ -18,7 +18,7 @@ from psycopg_pool import ConnectionPool
 
 from ingest.client import FeedClient, SubscriptionLimitError
 from ingest.config import Settings
-from ingest.store.instruments import fno_universe, resolve_symbol
+from ingest.store.instruments import fno_universe, keys_of, resolve_symbols
 
 log = logging.getLogger(__name__)
 
@@ -92,15 +92,23 @@ class SubscriptionManager:
         An unknown symbol raises UnknownSymbol naming it, and nothing of the call is subscribed.
         """
         keys = await self._resolve(symbols)
-        await self._subscribe(keys, mode)
+        await self.subscribe_keys(keys, mode)
         return keys
+
+    async def subscribe_keys(self, keys: list[str], mode: str = "full") -> None:
+        """Subscribe instrument keys that were resolved already (the API resolves and caches)."""
+        await self._subscribe(keys, mode)
 
     async def unsubscribe_symbols(self, symbols: Iterable[str]) -> list[str]:
         """Unsubscribe symbols (as subscribe_to_symbols takes them); return their keys."""
         keys = await self._resolve(symbols)
+        await self.unsubscribe_keys(keys)
+        return keys
+
+    async def unsubscribe_keys(self, keys: list[str]) -> None:
+        """Unsubscribe instrument keys that were resolved already."""
         await self._client.unsubscribe(keys)
         await self._write(_SET_STATUS, {"keys": keys, "status": "unsubscribed", "error": None})
-        return keys
 
     async def resume(self) -> int:
         """Subscribe again, in its mode, every key left subscribed or pending; return how many."""
@@ -186,8 +194,8 @@ class SubscriptionManager:
         if isinstance(symbols, str):
             raise TypeError("symbols must be a list of symbols, not one string")
         wanted = list(symbols)
-        keys = await self._read(lambda conn: [resolve_symbol(conn, s) for s in wanted])
-        return list(dict.fromkeys(keys))
+        found = await self._read(lambda conn: resolve_symbols(conn, wanted))
+        return list(dict.fromkeys(keys_of(wanted, found)))
 
     async def _read(self, query: Callable[[psycopg.Connection], T]) -> T:
         def run() -> T:

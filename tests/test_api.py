@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from api import create_app
 from api.db import read_pool
+from api.limits import UVICORN_LIMITS
 from ingest.config import Secret, Settings
 from ingest.simulator import FeedSimulator
 from ingest.store.instruments import default_sample_path, instrument_records, load_instruments
@@ -45,7 +46,8 @@ def serve(app: FastAPI) -> Iterator[str]:
     """Run `app` under uvicorn in a thread on a free loopback port; yield its base URL."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", **UVICORN_LIMITS)
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60

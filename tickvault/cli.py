@@ -198,6 +198,7 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     from api.app import create_app
+    from api.limits import UVICORN_LIMITS
 
     configure_logging(settings.log_level, [settings.upstox_access_token, settings.api_key])
     _favour_the_writer()
@@ -215,6 +216,7 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
         port=settings.api_port,
         log_config=None,
         log_level=settings.log_level.lower(),
+        **UVICORN_LIMITS,
     )
     return 0
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Query, Response
 from starlette.concurrency import run_in_threadpool
 
 from api import queries
-from api.auth import require_api_key
+from api.auth import API_KEY
 from api.context import ApiContext, Context, Service
-from api.errors import responses
+from api.errors import ErrorOut, responses
+from api.limits import MAX_BODY_BYTES
 from api.models import (
     LatestTicksOut,
     StatusOut,
@@ -20,11 +21,15 @@ from api.models import (
     SubscriptionOut,
     UnsubscribeOut,
 )
-from api.params import MAX_SYMBOL_LIST_CHARS, Symbol, symbol_list
+from api.params import MAX_SYMBOL_LIST_CHARS, SYMBOL_LIST_RULES, Symbol, symbol_list
 from ingest.tick import as_dict
 
 router = APIRouter(prefix="/api/v1/websocket", tags=["feed"])
 _GUARDED = responses(401, 403, 404, 409, 503)
+_BODY_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorOut, "description": "The body cannot be read as JSON text"},
+    413: {"model": ErrorOut, "description": f"The body is over {MAX_BODY_BYTES} bytes"},
+}
 
 
 @router.get("/status", response_model=StatusOut, responses=responses(503))
@@ -44,13 +49,13 @@ def subscriptions(service: Service) -> list[dict[str, Any]]:
 @router.post(
     "/subscriptions",
     response_model=SubscribeOut,
-    dependencies=[Depends(require_api_key)],
-    responses=_GUARDED,
+    dependencies=[API_KEY],
+    responses={**_GUARDED, **_BODY_ERRORS},
 )
 async def subscribe(body: SubscribeIn, context: Context, service: Service) -> SubscribeOut:
     """Subscribe symbols in a mode (all or nothing); a subscribed symbol changes mode."""
     keys = await run_in_threadpool(context.resolver.resolve, body.symbols)
-    await service.subscribe_symbol(keys, mode=body.mode)
+    await service.subscriptions.subscribe_keys(keys, mode=body.mode)
     return SubscribeOut(
         mode=body.mode,
         subscribed=[
@@ -63,13 +68,13 @@ async def subscribe(body: SubscribeIn, context: Context, service: Service) -> Su
 @router.delete(
     "/subscriptions/{symbol}",
     response_model=UnsubscribeOut,
-    dependencies=[Depends(require_api_key)],
+    dependencies=[API_KEY],
     responses=_GUARDED,
 )
 async def unsubscribe(symbol: Symbol, context: Context, service: Service) -> UnsubscribeOut:
     """Stop receiving a symbol; unsubscribing one that is not subscribed changes nothing."""
     [key] = await run_in_threadpool(context.resolver.resolve, [symbol])
-    await service.unsubscribe_symbol([key])
+    await service.subscriptions.unsubscribe_keys([key])
     return UnsubscribeOut(symbol=symbol, instrument_key=key, status="unsubscribed")
 
 
@@ -80,8 +85,9 @@ async def latest_ticks(
         str | None,
         Query(
             max_length=MAX_SYMBOL_LIST_CHARS,
-            description="Comma-separated trading symbols, index names or instrument keys;"
-            " leave out for every instrument with a tick (every subscription without ingest)",
+            description="Comma-separated trading symbols, index names or instrument keys"
+            f" ({SYMBOL_LIST_RULES}); leave out for every instrument with a tick (every"
+            " subscription without ingest)",
             examples=["INFY,TCS"],
         ),
     ] = None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Response
@@ -13,7 +13,14 @@ from api import queries
 from api.context import Context
 from api.errors import responses
 from api.models import BarsOut, TicksPage
-from api.params import Symbol, decode_cursor, encode_cursor, time_window
+from api.params import (
+    CURSOR_PATTERN,
+    DateTime,
+    Symbol,
+    decode_cursor,
+    encode_cursor,
+    time_window,
+)
 
 router = APIRouter(prefix="/api/v1", tags=["history"])
 
@@ -21,13 +28,22 @@ DEFAULT_WINDOW = timedelta(days=1)
 MAX_BAR_WINDOW = {"1m": timedelta(days=31), "5m": timedelta(days=180)}
 _BAR_COLUMNS = ("bucket", "open", "high", "low", "close", "volume", "tick_count")
 
+_DATE_TIME = "an ISO 8601 date-time such as 2026-01-05T09:15:00+05:30, UTC when it has no offset"
 Start = Annotated[
-    datetime | None,
-    Query(description="Inclusive, ISO 8601 (UTC when it has no offset); default: end - 24 h"),
+    DateTime | None,
+    Query(description=f"Inclusive, {_DATE_TIME}; default: end - 24 h"),
 ]
 End = Annotated[
-    datetime | None,
-    Query(description="Exclusive, ISO 8601 (UTC when it has no offset); default: now"),
+    DateTime | None,
+    Query(description=f"Exclusive, {_DATE_TIME}; default: now"),
+]
+BarStart = Annotated[
+    DateTime | None,
+    Query(
+        description=f"Inclusive, {_DATE_TIME}; default: end - 24 h. The window may span at"
+        f" most {MAX_BAR_WINDOW['1m'].days} days for 1m bars and"
+        f" {MAX_BAR_WINDOW['5m'].days} days for 5m bars"
+    ),
 ]
 
 
@@ -39,7 +55,12 @@ def ticks(
     end: End = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[
-        str | None, Query(max_length=100, description="`next_cursor` of the previous page")
+        str | None,
+        Query(
+            max_length=100,
+            pattern=CURSOR_PATTERN,
+            description="`next_cursor` of the previous page, as it was given",
+        ),
     ] = None,
 ) -> TicksPage:
     """Ticks in [start, end), newest first, a page at a time."""
@@ -70,7 +91,7 @@ def bars(
     symbol: Symbol,
     context: Context,
     interval: Literal["1m", "5m"] = "1m",
-    start: Start = None,
+    start: BarStart = None,
     end: End = None,
     output: Annotated[Literal["json", "csv"], Query(alias="format")] = "json",
 ) -> Any:

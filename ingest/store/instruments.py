@@ -278,37 +278,56 @@ def fno_universe(conn: psycopg.Connection) -> list[str]:
     return [key for (key,) in rows]
 
 
-def resolve_symbol(conn: psycopg.Connection, symbol: str) -> str:
-    """The instrument key a user means by `symbol`.
+def resolve_symbols(conn: psycopg.Connection, symbols: list[str]) -> dict[str, str]:
+    """symbol -> the instrument key a user means by it, for each symbol that names one.
 
-    An instrument key is taken as it is when it exists. Otherwise `symbol` is a trading symbol
+    An instrument key is taken as it is when it exists. Otherwise a symbol is a trading symbol
     or an index name ("Nifty 50"), in any case; a trading symbol can be listed in several
     segments, and the NSE cash market wins, then NSE indices, then the equity or index record
-    of any other segment.
+    of any other segment. One query for the whole list.
     """
-    row = conn.execute(
-        "SELECT instrument_key FROM ("
-        " SELECT instrument_key, segment, instrument_type, 0 AS by_symbol"
-        " FROM instruments WHERE instrument_key = %(symbol)s"
-        " UNION ALL"
-        " SELECT instrument_key, segment, instrument_type, 1"
-        " FROM instruments WHERE upper(trading_symbol) = upper(%(symbol)s)"
-        " UNION ALL"
-        " SELECT instrument_key, segment, instrument_type, 1"
-        " FROM instruments WHERE segment = 'NSE_INDEX' AND upper(name) = upper(%(symbol)s)"
-        ") AS candidates"
+    rows = conn.execute(
+        "SELECT s.i, found.instrument_key"
+        " FROM unnest(%s::text[]) WITH ORDINALITY AS s(name, i)"
+        " CROSS JOIN LATERAL (SELECT instrument_key FROM ("
+        "  SELECT instrument_key, segment, instrument_type, 0 AS by_symbol"
+        "  FROM instruments WHERE instrument_key = s.name"
+        "  UNION ALL"
+        "  SELECT instrument_key, segment, instrument_type, 1"
+        "  FROM instruments WHERE upper(trading_symbol) = upper(s.name)"
+        "  UNION ALL"
+        "  SELECT instrument_key, segment, instrument_type, 1"
+        "  FROM instruments WHERE segment = 'NSE_INDEX' AND upper(name) = upper(s.name)"
+        " ) AS candidates"
         " ORDER BY by_symbol,"
         " CASE segment WHEN 'NSE_EQ' THEN 0 WHEN 'NSE_INDEX' THEN 1 ELSE 2 END,"
         " instrument_type NOT IN ('EQ', 'INDEX'), instrument_key"
-        " LIMIT 1",
-        {"symbol": symbol.strip()},
-    ).fetchone()
-    if row is None:
+        " LIMIT 1) AS found",
+        [[symbol.strip() for symbol in symbols]],
+    ).fetchall()
+    return {symbols[i - 1]: key for i, key in rows}
+
+
+def keys_of(symbols: list[str], found: dict[str, str]) -> list[str]:
+    """The key of each symbol, in order; UnknownSymbol names every symbol `found` lacks."""
+    unknown = [symbol for symbol in dict.fromkeys(symbols) if symbol not in found]
+    if len(unknown) == 1:
         raise UnknownSymbol(
-            f"unknown symbol {symbol!r}: no trading symbol, index name or instrument key in the "
-            "instrument master matches it (`tickvault instruments load` fills the master)"
+            f"unknown symbol {unknown[0]!r}: no trading symbol, index name or instrument key in"
+            " the instrument master matches it (`tickvault instruments load` fills the master)"
         )
-    return row[0]
+    if unknown:
+        raise UnknownSymbol(
+            f"unknown symbols {', '.join(map(repr, unknown))}: no trading symbol, index name or"
+            " instrument key in the instrument master matches them"
+        )
+    return [found[symbol] for symbol in symbols]
+
+
+def resolve_symbol(conn: psycopg.Connection, symbol: str) -> str:
+    """The instrument key a user means by `symbol` (see resolve_symbols)."""
+    [key] = keys_of([symbol], resolve_symbols(conn, [symbol]))
+    return key
 
 
 def instrument_records(conn: psycopg.Connection) -> list[dict[str, Any]]:

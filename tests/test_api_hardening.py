@@ -1,0 +1,484 @@
+"""Issue #8, hardening: what one request may cost, malformed bodies, queries per request,
+the instrument search's index, /health under load and outage, the OpenAPI document's
+honesty, and the Host header. Real uvicorn, real TimescaleDB, as in test_api.py.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import psycopg
+import pytest
+from fastapi import FastAPI
+from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import ConnectionPool
+
+from api import create_app, queries
+from api.hosts import allowed_hosts
+from api.limits import MAX_BODY_BYTES, MAX_HEAD_BYTES
+from api.symbols import SymbolResolver
+from ingest.config import Secret, Settings
+from ingest.store.instruments import UnknownSymbol
+from tests.conftest import DbServer
+from tests.test_api import API_KEY, INFY, client, sample_database, serve, wait_for
+
+SUBSCRIPTIONS = "/api/v1/websocket/subscriptions"
+
+
+@pytest.fixture(scope="module")
+def sample_url(apache_server: DbServer) -> Iterator[str]:
+    with sample_database(apache_server) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def live_app(sample_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FastAPI]:
+    """The ingest runs (on a slow simulator) and an API key is configured."""
+    settings = Settings(
+        data_dir=tmp_path_factory.mktemp("live"), api_key=Secret(API_KEY), simulator_rate=100
+    )
+    app = create_app(settings, sample_url)
+    with serve(app) as base:
+        app.state.base_url = base
+        yield app
+
+
+@pytest.fixture(scope="module")
+def keyed(live_app: FastAPI) -> Iterator[httpx.Client]:
+    with client(live_app.state.base_url) as http:
+        yield http
+
+
+def exchange(api: httpx.Client, head: str, body: Iterable[bytes] = ()) -> http.client.HTTPResponse:
+    """Send a raw request head, then the body parts while the server still reads them."""
+    address = urlsplit(str(api.base_url))
+    with socket.create_connection((address.hostname, address.port), timeout=10) as sock:
+        sock.sendall(head.replace("\n", "\r\n").encode() + b"\r\n")
+        for part in body:
+            try:
+                sock.sendall(part)
+            except OSError:  # the server answered and closed: the rest is not wanted
+                break
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        response.read()
+    return response
+
+
+def post_head(api: httpx.Client, *headers: str) -> str:
+    host = urlsplit(str(api.base_url)).netloc
+    return "\n".join([f"POST {SUBSCRIPTIONS} HTTP/1.1", f"Host: {host}", *headers, ""])
+
+
+# --- what a request may cost (item 3) ----------------------------------------------------
+
+
+@pytest.mark.parametrize("framing", ["Content-Length: 105000000", "Transfer-Encoding: chunked"])
+def test_without_the_key_a_body_is_refused_unread(keyed: httpx.Client, framing: str) -> None:
+    """The server answers before a byte of the body is sent: it did not wait to read it."""
+    started = time.monotonic()
+    response = exchange(keyed, post_head(keyed, framing, "Content-Type: application/json"))
+    assert response.status == 401
+    assert response.getheader("WWW-Authenticate") == "ApiKey"
+    assert time.monotonic() - started < 2
+
+
+def test_with_no_key_configured_a_body_is_refused_unread(sample_url: str, tmp_path: Path) -> None:
+    app = create_app(Settings(data_dir=tmp_path), sample_url, run_ingest=False)
+    with serve(app) as base, client(base) as http:
+        head = post_head(http, "Content-Length: 105000000", f"X-API-Key: {API_KEY}")
+        response = exchange(http, head)
+    assert response.status == 403
+
+
+def test_a_declared_body_over_the_limit_is_refused_unread(keyed: httpx.Client) -> None:
+    head = post_head(keyed, f"Content-Length: {MAX_BODY_BYTES + 1}", f"X-API-Key: {API_KEY}")
+    response = exchange(keyed, head)
+    assert response.status == 413
+    assert response.getheader("Connection") == "close"
+
+
+def test_a_chunked_body_is_cut_off_at_the_limit(keyed: httpx.Client) -> None:
+    """No length is declared, so the bytes are counted as they come; the last chunk, which
+    would end the body, is never sent, and the answer comes all the same."""
+    chunk = b"x" * 65536
+    chunks = [b"%x\r\n%s\r\n" % (len(chunk), chunk)] * (MAX_BODY_BYTES // len(chunk) + 2)
+    head = post_head(
+        keyed,
+        "Transfer-Encoding: chunked",
+        "Content-Type: application/json",
+        f"X-API-Key: {API_KEY}",
+    )
+    response = exchange(keyed, head, chunks)
+    assert response.status == 413
+
+
+def test_a_thousand_symbols_fit_in_a_body(keyed: httpx.Client) -> None:
+    symbols = [f"NO-SUCH-INSTRUMENT-{i:05d}-{'X' * 16}" for i in range(1000)]
+    response = keyed.post(SUBSCRIPTIONS, json={"symbols": symbols}, headers={"X-API-Key": API_KEY})
+    assert response.status_code == 404  # read and resolved: unknown, not too large
+    assert "'NO-SUCH-INSTRUMENT-00999-" in response.json()["detail"]
+
+
+def test_a_request_head_over_the_limit_is_refused(keyed: httpx.Client) -> None:
+    huge = "X-Padding: " + "a" * (MAX_HEAD_BYTES * 64)
+    host = urlsplit(str(keyed.base_url)).netloc
+    try:
+        status = exchange(keyed, f"GET /health HTTP/1.1\nHost: {host}\n{huge}\n").status
+    except OSError:  # refused by closing the connection while it was still being sent
+        status = None
+    assert status in (None, 400)
+    assert keyed.get("/health").status_code == 200
+
+
+# --- malformed bodies (item 5) -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (rb'{"symbols": ["\ud800"]}', "application/json"),  # a lone surrogate, escaped
+        (rb'{"symbols": ["INFY"], "mode": "\udfff"}', "application/json"),
+        (rb'{"symbols": "\ud800\ud800"}', "application/json"),
+        (b'{"symbols": ["\xff\xfe"]}', "application/json"),  # not UTF-8
+        (b"\xff\xfe\x00", "text/plain"),
+        (b"[" * 50_000 + b"]" * 50_000, "application/json"),  # nested past the recursion limit
+        (b"[" * 100_000, "application/json"),
+        (b"[]", "application/json"),
+        (b"null", "application/json"),
+        (b'"INFY"', "application/json"),
+        (b"1e999", "application/json"),  # read as infinity
+        (b'{"symbols": ["INFY"], "mode": NaN}', "application/json"),
+        (b"", "application/json"),
+        (b'{"symbols": ["INFY"]}', "application/x-www-form-urlencoded"),
+    ],
+)
+def test_malformed_bodies_get_a_4xx_with_a_json_error(
+    keyed: httpx.Client, body: bytes, content_type: str
+) -> None:
+    headers = {"X-API-Key": API_KEY, "Content-Type": content_type}
+    response = keyed.post(SUBSCRIPTIONS, content=body, headers=headers)
+    assert 400 <= response.status_code < 500
+    assert response.headers["content-type"] == "application/json"
+    assert json.loads(response.content.decode("utf-8"))["detail"]
+    assert keyed.get("/health").status_code == 200  # and the server carries on
+
+
+# --- queries per request (item 6a, 6b) ----------------------------------------------------
+
+
+@contextmanager
+def counting_pool(url: str) -> Iterator[tuple[ConnectionPool, list[str]]]:
+    """A pool over the real database whose cursors note every statement they send."""
+    executed: list[str] = []
+
+    class Counting(psycopg.Cursor):
+        def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+            executed.append(str(query))
+            return super().execute(query, params, **kwargs)
+
+    kwargs = {"autocommit": True, "cursor_factory": Counting}
+    with ConnectionPool(url, min_size=1, max_size=2, kwargs=kwargs) as pool:
+        yield pool, executed
+
+
+def test_symbols_are_resolved_in_one_query_and_remembered(sample_url: str) -> None:
+    known = ["INFY", "tcs", " Nifty 50 ", INFY, "NIFTY"]
+    unknown = [f"NOSUCH{i}" for i in range(200)]
+    with counting_pool(sample_url) as (pool, executed):
+        resolver = SymbolResolver(pool)
+        with pytest.raises(UnknownSymbol) as error:
+            resolver.resolve(known + unknown)
+        assert len(executed) == 1
+        assert "'NOSUCH0'" in str(error.value)
+        assert "'NOSUCH199'" in str(error.value)
+        # Known and unknown answers both come from memory now.
+        with pytest.raises(UnknownSymbol):
+            resolver.resolve(unknown)
+        with pytest.raises(UnknownSymbol):
+            resolver.remembered(unknown[:3])
+        assert resolver.resolve(known)[0] == INFY
+        assert resolver.remembered(known) == resolver.resolve(known)
+        assert len(executed) == 1
+
+
+def test_an_instrument_loaded_after_a_miss_is_found_soon(db_url: str) -> None:
+    with counting_pool(db_url) as (pool, executed):
+        resolver = SymbolResolver(pool, unknown_ttl_s=0.5)
+        with pytest.raises(UnknownSymbol):
+            resolver.resolve(["NEWCO"])
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO instruments (instrument_key, trading_symbol, segment,"
+                " instrument_type, raw) VALUES ('NSE_EQ|NEWCO', 'NEWCO', 'NSE_EQ', 'EQ', '{}')"
+            )
+        with pytest.raises(UnknownSymbol):
+            resolver.resolve(["NEWCO"])  # still remembered as unknown
+        time.sleep(0.6)
+        assert resolver.resolve(["newco"]) == ["NSE_EQ|NEWCO"]
+        assert resolver.resolve(["NEWCO"]) == ["NSE_EQ|NEWCO"]
+        assert len(executed) == 3
+
+
+def test_latest_ticks_of_unknown_symbols_is_a_404_every_time(keyed: httpx.Client) -> None:
+    symbols = ",".join(f"NOPE{i}" for i in range(200))
+    for _ in range(3):
+        response = keyed.get("/api/v1/websocket/latest-ticks", params={"symbols": symbols})
+        assert response.status_code == 404
+        assert "'NOPE199'" in response.json()["detail"]
+
+
+# --- the instrument search's index (item 6c) -----------------------------------------------
+
+# The search as it was before sql/008: strpos, which no index serves. The reference the
+# indexed query must agree with.
+_SEARCH_BEFORE = (
+    "SELECT instrument_key FROM instruments"
+    " WHERE (%(text)s::text IS NULL"
+    "        OR strpos(upper(trading_symbol), upper(%(text)s)) > 0"
+    "        OR strpos(upper(coalesce(name, '')), upper(%(text)s)) > 0)"
+    " AND (%(segment)s::text IS NULL OR segment = upper(%(segment)s))"
+    " ORDER BY upper(trading_symbol) = upper(%(text)s) IS NOT TRUE,"
+    " NOT starts_with(upper(trading_symbol), upper(coalesce(%(text)s, ''))),"
+    " trading_symbol, instrument_key"
+    " LIMIT %(limit)s"
+)
+
+
+@pytest.fixture(scope="module")
+def big_master(apache_server: DbServer) -> Iterator[str]:
+    """The sample master and 20,000 made-up instruments with symbol-like names."""
+    with sample_database(apache_server) as url:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO instruments (instrument_key, trading_symbol, name, segment,"
+                " instrument_type, raw)"
+                " SELECT 'NSE_FO|' || i, upper(substr(md5(i::text), 1, 6)) || i % 97 || 'FUT',"
+                "  'Company ' || substr(md5('n' || i), 1, 8) || CASE WHEN i % 50 = 0"
+                "   THEN ' 50%_\\ Ltd' ELSE ' Ltd' END,"
+                "  CASE WHEN i % 3 = 0 THEN 'NSE_EQ' ELSE 'NSE_FO' END, 'FUT', '{}'"
+                " FROM generate_series(1, 20000) AS i"
+            )
+            conn.execute("ANALYZE instruments")
+        yield url
+
+
+def _plan_nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield plan
+    for child in plan.get("Plans", []):
+        yield from _plan_nodes(child)
+
+
+def _plan(url: str, text: str | None, segment: str | None) -> list[dict[str, Any]]:
+    """The nodes of the plan the search endpoint's query gets on `url`."""
+    sql, params = queries.instrument_search(text, segment, 20)
+    with psycopg.connect(url, autocommit=True) as conn:
+        [[[explained]]] = conn.execute(f"EXPLAIN (FORMAT JSON) {sql}", params).fetchall()
+    return list(_plan_nodes(explained["Plan"]))
+
+
+@pytest.mark.parametrize("segment", [None, "nse_fo"])
+def test_the_search_reads_the_trigram_indexes(big_master: str, segment: str | None) -> None:
+    nodes = _plan(big_master, "infy", segment)
+    assert {node.get("Index Name") for node in nodes} >= {
+        "instruments_symbol_trgm",
+        "instruments_name_trgm",
+    }
+    assert "Seq Scan" not in {node["Node Type"] for node in nodes}
+
+
+def test_the_listing_reads_the_master_in_symbol_order(big_master: str) -> None:
+    nodes = _plan(big_master, None, None)
+    assert [node.get("Index Name") for node in nodes if "Index Name" in node] == [
+        "instruments_listing"
+    ]
+    assert not {"Seq Scan", "Sort"} & {node["Node Type"] for node in nodes}
+
+
+@pytest.mark.parametrize(
+    "text", [None, "", "infy", "NIFTY", "fut", "a1", "%", "_", "\\", "50%_\\", "company 0", "ß"]
+)
+@pytest.mark.parametrize("segment", [None, "nse_eq", "NSE_INDEX"])
+def test_the_indexed_search_finds_what_the_scan_found(
+    big_master: str, text: str | None, segment: str | None
+) -> None:
+    with psycopg.connect(big_master, autocommit=True) as conn:
+        found = [
+            row["instrument_key"] for row in queries.search_instruments(conn, text, segment, 100)
+        ]
+        params = {"text": text, "segment": segment, "limit": 100}
+        expected = [key for (key,) in conn.execute(_SEARCH_BEFORE, params)]
+    assert found == expected
+
+
+# --- /health (item 6d) ---------------------------------------------------------------------
+
+
+def test_health_answers_at_once_while_data_requests_hold_every_thread(
+    apache_server: DbServer, tmp_path: Path
+) -> None:
+    """Sixty searches wait on a lock: eight hold every pooled connection, the rest every
+    worker thread. /health needs neither."""
+    with sample_database(apache_server) as url:
+        app = create_app(Settings(data_dir=tmp_path), url, run_ingest=False)
+        with (
+            serve(app) as base,
+            client(base) as http,
+            psycopg.connect(url) as locker,
+            psycopg.connect(url, autocommit=True) as watcher,
+            ThreadPoolExecutor(60) as pool,
+        ):
+            locker.execute("LOCK TABLE instruments IN ACCESS EXCLUSIVE MODE")
+
+            def search(_: int) -> int:
+                with client(base) as own:
+                    return own.get("/api/v1/instruments", params={"query": "INFY"}).status_code
+
+            searches = [pool.submit(search, i) for i in range(60)]
+            wait_for(
+                lambda: (
+                    watcher.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                        " AND application_name = 'tickvault-api' AND wait_event_type = 'Lock'"
+                    ).fetchone()[0]
+                    == 8
+                ),
+                timeout=10,
+            )
+            time.sleep(0.3)
+            started = time.monotonic()
+            response = http.get("/health")
+            took = time.monotonic() - started
+            waiting = sum(not search.done() for search in searches)
+            locker.rollback()
+            for search in searches:
+                search.result()
+    assert response.status_code == 200
+    assert took < 1.0
+    assert waiting > 50  # the data requests were still held when /health answered
+
+
+def test_health_is_503_while_the_database_refuses_and_200_once_it_is_back(
+    apache_server: DbServer, tmp_path: Path
+) -> None:
+    with sample_database(apache_server) as url:
+        name = conninfo_to_dict(url)["dbname"]
+        app = create_app(Settings(data_dir=tmp_path), url, run_ingest=False)
+        with (
+            serve(app) as base,
+            client(base) as http,
+            psycopg.connect(apache_server.admin_url, autocommit=True) as admin,
+        ):
+            assert http.get("/health").status_code == 200
+            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+            try:
+                admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                    [name],
+                )
+                wait_for(lambda: http.get("/health").status_code == 503, timeout=10)
+                assert http.get("/health").json() == {
+                    "status": "unavailable",
+                    "reason": "the database does not answer",
+                }
+            finally:
+                admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+            wait_for(lambda: http.get("/health").status_code == 200, timeout=10)
+
+
+def test_health_is_503_with_the_ingest_services_reason(
+    live_app: FastAPI, keyed: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert keyed.get("/health").json()["ingest"] == "running"
+    service = live_app.state.context.service
+    monkeypatch.setattr(service, "health_problem", lambda: "the feed is down since 09:15")
+    response = keyed.get("/health")
+    assert response.status_code == 503
+    assert response.json() == {"status": "unavailable", "reason": "the feed is down since 09:15"}
+
+
+# --- the OpenAPI document says what the server does (item 8) ---------------------------------
+
+
+def test_openapi_documents_the_limits(keyed: httpx.Client) -> None:
+    paths = keyed.get("/openapi.json").json()["paths"]
+
+    def parameter(path: str, name: str) -> dict[str, Any]:
+        [found] = [p for p in paths[path]["get"]["parameters"] if p["name"] == name]
+        return found
+
+    cursor = parameter("/api/v1/ticks/{symbol}", "cursor")["schema"]["anyOf"][0]
+    assert (cursor["maxLength"], cursor["pattern"]) == (100, "^[A-Za-z0-9_-]+$")
+    symbol = parameter("/api/v1/ticks/{symbol}", "symbol")["schema"]
+    assert (symbol["minLength"], symbol["maxLength"]) == (1, 100)
+    end = parameter("/api/v1/ticks/{symbol}", "end")
+    assert end["schema"]["anyOf"][0] == {"type": "string", "format": "date-time"}
+    assert "ISO 8601" in end["description"]
+    assert "31 days" in parameter("/api/v1/bars/{symbol}", "start")["description"]
+    symbols = parameter("/api/v1/websocket/latest-ticks", "symbols")["description"]
+    assert "at most 200 symbols of at most 100 characters" in symbols
+    post = paths[SUBSCRIPTIONS]["post"]["responses"]
+    assert {"400", "413", "401", "403", "422"} <= set(post)
+
+
+@pytest.mark.parametrize("end", ["0", "-1", "1700000000", "1e3", "2026-01-05", "yesterday"])
+def test_times_are_iso_8601_date_times_only(keyed: httpx.Client, end: str) -> None:
+    response = keyed.get("/api/v1/ticks/INFY", params={"end": end})
+    assert response.status_code == 422
+    assert [error["loc"] for error in response.json()["detail"]] == [["query", "end"]]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("OPTIONS", SUBSCRIPTIONS, "GET, HEAD, POST"),
+        ("PUT", SUBSCRIPTIONS, "GET, HEAD, POST"),
+        ("OPTIONS", f"{SUBSCRIPTIONS}/INFY", "DELETE"),
+        ("POST", f"{SUBSCRIPTIONS}/INFY", "DELETE"),
+        ("DELETE", "/health", "GET, HEAD"),
+    ],
+)
+def test_405_names_every_method_of_the_path(
+    keyed: httpx.Client, method: str, path: str, allowed: str
+) -> None:
+    response = keyed.request(method, path)
+    assert response.status_code == 405
+    assert response.headers["allow"] == allowed
+
+
+# --- the Host header (item 9) ------------------------------------------------------------
+
+
+def test_a_foreign_host_is_refused(keyed: httpx.Client) -> None:
+    assert keyed.get("/health", headers={"Host": "evil.example"}).status_code == 400
+    assert keyed.get("/health", headers={"Host": "evil.example:8000"}).status_code == 400
+    port = urlsplit(str(keyed.base_url)).port
+    for host in ("localhost", f"localhost:{port}", f"127.0.0.1:{port}", "[::1]"):
+        assert keyed.get("/health", headers={"Host": host}).status_code == 200, host
+
+
+def test_allowed_hosts_come_from_the_environment(
+    sample_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert allowed_hosts("127.0.0.1", {}) == ["127.0.0.1", "localhost", "[::1]"]
+    assert allowed_hosts("::", {}) == ["127.0.0.1", "localhost", "[::1]", "[::]"]
+    assert allowed_hosts("0.0.0.0", {"TICKVAULT_API_ALLOWED_HOSTS": " api.example , *.lan"}) == [
+        "api.example",
+        "*.lan",
+    ]
+    monkeypatch.setenv("TICKVAULT_API_ALLOWED_HOSTS", "testserver,api.example")
+    app = create_app(Settings(data_dir=tmp_path), sample_url, run_ingest=False)
+    with serve(app) as base, client(base) as http:
+        assert http.get("/health", headers={"Host": "api.example"}).status_code == 200
+        assert http.get("/health", headers={"Host": "testserver"}).status_code == 200
+        assert http.get("/health").status_code == 400  # 127.0.0.1 is no longer listed
