@@ -25,6 +25,7 @@ RUN pip install --require-hashes --only-binary=:all: --no-deps -r requirements.l
     && pip check
 COPY pyproject.toml README.md ./
 COPY ingest ingest
+COPY store store
 COPY api api
 COPY tickvault tickvault
 COPY sql sql

@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException
 
 from api.operations import Operations
 from ingest.client import SubscriptionLimitError
-from ingest.store.instruments import UnknownSymbol
+from store.instruments import UnknownSymbol
 
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ import pandas as pd
 import psycopg
 
 from ingest.config import Settings
-from ingest.store.bars import BAR_VIEWS
-from ingest.store.instruments import resolve_symbol
-from ingest.store.local import database_url
-from ingest.tick import TICK_COLUMNS
+from store.bars import BAR_VIEWS
+from store.instruments import resolve_symbol
+from store.local.url import database_url
+from store.tick import TICK_COLUMNS
 
 IST = "Asia/Kolkata"
 BAR_COLUMNS = ("open", "high", "low", "close", "volume", "tick_count")

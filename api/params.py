@@ -11,7 +11,7 @@ from typing import Annotated
 from pydantic import AfterValidator, BeforeValidator, StringConstraints
 
 from api.errors import invalid
-from ingest.tick import from_datetime, to_datetime
+from store.tick import from_datetime, to_datetime
 
 
 def _storable(value: str) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from ingest.tick import TICK_COLUMNS
+from store.tick import TICK_COLUMNS
 
 BAR_VIEWS = {"1m": "ohlc_1m", "5m": "ohlc_5m"}
 _TICK_COLUMNS = ", ".join(f"t.{name}" for name in TICK_COLUMNS)

@@ -9,7 +9,7 @@ from typing import Any
 from cachetools import Cache, LRUCache, TTLCache
 from psycopg_pool import ConnectionPool
 
-from ingest.store.instruments import keys_of, resolve_symbols
+from store.instruments import keys_of, resolve_symbols
 
 # How long a symbol that names nothing is taken as unknown without asking again. Long enough
 # that a client repeating a list of wrong names costs one query per few seconds rather than

@@ -27,9 +27,9 @@ from urllib.parse import quote
 import psycopg
 
 from bench.common import REPO, CpuMeter, DbServer, free_port, load_universe, simulator
-from ingest._copy import copy_ticks
-from ingest.store.bars import refresh_bars
-from ingest.tick import TICK_COLUMNS, from_datetime
+from store.bars import refresh_bars
+from store.tick import TICK_COLUMNS, from_datetime
+from store.ticks import copy_ticks
 
 IST = timedelta(hours=5, minutes=30)
 SESSION = (timedelta(hours=9, minutes=15), timedelta(hours=15, minutes=30))

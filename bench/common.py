@@ -24,11 +24,11 @@ from pathlib import Path
 import psutil
 import psycopg
 
-from ingest.store.cluster import LocalCluster
-from ingest.store.instruments import load_instruments
-from ingest.store.local import create_database, drop_database
-from ingest.store.migrations import migrate
-from ingest.store.postgres import PgInstall, find_bindir
+from store.instruments import load_instruments
+from store.local.cluster import LocalCluster
+from store.local.postgres import PgInstall, find_bindir
+from store.local.url import create_database, drop_database
+from store.migrations import migrate
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "bench" / "results"

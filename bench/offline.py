@@ -30,13 +30,13 @@ from google.protobuf.json_format import MessageToDict
 
 from bench.common import DbServer, cpu_seconds, median, simulator
 from bench.ingest import BATCH_ROWS
-from ingest._copy import copy_ticks
 from ingest.client import FeedClient
 from ingest.config import Secret, Settings
 from ingest.decoder import FeedDecoder
 from ingest.journal import Journal
 from ingest.proto import upstox_feed_v3_pb2 as pb
-from ingest.tick import TICK_COLUMNS, Tick
+from store.tick import TICK_COLUMNS, Tick
+from store.ticks import copy_ticks
 
 Frame = tuple[bytes, int]  # (frame, received_at_us)
 

@@ -14,7 +14,7 @@ from typing import NamedTuple
 from google.protobuf.message import DecodeError
 
 from ingest.proto import upstox_feed_v3_pb2 as pb
-from ingest.tick import (
+from store.tick import (
     FEED_TS,
     KEY,
     LTP,
@@ -84,7 +84,7 @@ class FeedDecoder:
         """Decode one binary frame; `wanted`, when given, is the set of keys to keep.
 
         `received_at_us` is the clock's Unix-epoch microseconds at receipt. The ticks carry
-        tick times (see ingest.tick), converted from it and from the feed's Unix-epoch ms.
+        tick times (see store.tick), converted from it and from the feed's Unix-epoch ms.
         """
         try:
             # A fresh message per frame: measured faster than clearing and reusing one.

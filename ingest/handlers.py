@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from ingest._copy import copy_ticks
 from ingest.journal import Journal
 from ingest.metrics import IngestMetrics
-from ingest.tick import KEY, LTP, RECEIVED_AT, VOLUME_DELTA, Tick, to_unix_seconds
+from store.tick import KEY, LTP, RECEIVED_AT, VOLUME_DELTA, Tick, to_unix_seconds
+from store.ticks import copy_ticks
 
 log = logging.getLogger(__name__)
 

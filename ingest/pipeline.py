@@ -18,7 +18,7 @@ from typing import Protocol
 from ingest.decoder import FeedDecoder, MalformedFrame
 from ingest.journal import Journal, JournalFull
 from ingest.metrics import IngestMetrics
-from ingest.tick import Tick, as_dict
+from store.tick import Tick, as_dict
 
 log = logging.getLogger(__name__)
 

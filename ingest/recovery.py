@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import psycopg
 
-from ingest.tick import PG_EPOCH_UNIX_US, TICK_COLUMNS, TIME_COLUMNS, Tick
+from store.tick import PG_EPOCH_UNIX_US, TICK_COLUMNS, TIME_COLUMNS, Tick
 
 _AS_TICK_TIMES = ", ".join(
     f"(extract(epoch FROM t.{name}) * 1000000)::bigint - {PG_EPOCH_UNIX_US}"

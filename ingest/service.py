@@ -25,11 +25,11 @@ from ingest.metrics import IngestMetrics
 from ingest.pipeline import Pipeline, TickCallback
 from ingest.recovery import RecoveryState, load_recovery_state
 from ingest.simulator import FeedSimulator
-from ingest.store.bars import refresh_bars
-from ingest.store.editions import Edition, server_edition
-from ingest.store.instruments import instrument_records
 from ingest.subscription_manager import SubscriptionManager, summarize
-from ingest.tick import Tick
+from store.bars import refresh_bars
+from store.editions import Edition, server_edition
+from store.instruments import instrument_records
+from store.tick import Tick
 
 log = logging.getLogger(__name__)
 

@@ -55,7 +55,7 @@ from ingest._simulator_wire import (
 from ingest.config import DEFAULT_MODE_LIMITS
 from ingest.logs import RedactBearer
 from ingest.proto import upstox_feed_v3_pb2 as pb
-from ingest.store.instruments import read_instruments
+from store.instruments import read_instruments
 
 logger = logging.getLogger(__name__)
 logger.addFilter(RedactBearer())

@@ -18,7 +18,7 @@ from psycopg_pool import ConnectionPool
 
 from ingest.client import FeedClient, SubscriptionLimitError
 from ingest.config import Settings
-from ingest.store.instruments import fno_universe, keys_of, resolve_symbols
+from store.instruments import fno_universe, keys_of, resolve_symbols
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 -- Apache edition (no continuous aggregates): the same two relation names, kept current by
--- tickvault's own incremental rollup (ingest/store/bars.py). Like a real-time continuous
+-- tickvault's own incremental rollup (store/bars.py). Like a real-time continuous
 -- aggregate, each view is the materialized part below a watermark plus a live aggregation
 -- past it, so a query sees the same rows it would on Community.
 CREATE TABLE ohlc_1m_store (

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from ingest.store.cluster import LocalCluster
-from ingest.store.local import create_database, drop_database
-from ingest.store.migrations import migrate
-from ingest.store.postgres import PgInstall, find_bindir
+from store.local.cluster import LocalCluster
+from store.local.postgres import PgInstall, find_bindir
+from store.local.url import create_database, drop_database
+from store.migrations import migrate
 
 REPO = Path(__file__).resolve().parents[1]
 # Every schema version in sql/, in order: a new migration must be added here on purpose.

@@ -29,7 +29,7 @@ from api.db import read_pool
 from api.limits import UVICORN_LIMITS
 from ingest.config import Secret, Settings
 from ingest.simulator import FeedSimulator
-from ingest.store.instruments import default_sample_path, instrument_records, load_instruments
+from store.instruments import default_sample_path, instrument_records, load_instruments
 from tests.conftest import DbServer
 
 API_KEY = "api-key-7d1c9e"

@@ -28,7 +28,7 @@ from api.hosts import allowed_hosts
 from api.limits import MAX_BODY_BYTES, MAX_HEAD_BYTES
 from api.symbols import SymbolResolver
 from ingest.config import Secret, Settings
-from ingest.store.instruments import UnknownSymbol
+from store.instruments import UnknownSymbol
 from tests.conftest import DbServer
 from tests.test_api import API_KEY, INFY, client, sample_database, serve, wait_for
 

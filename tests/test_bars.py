@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import psycopg
 
-from ingest.store.bars import BAR_VIEWS, refresh_bars
+from store.bars import BAR_VIEWS, refresh_bars
 from tests import conftest
 
 IST = timezone(timedelta(hours=5, minutes=30))

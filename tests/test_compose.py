@@ -36,8 +36,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ingest.config import Settings
 from ingest.service import WebSocketService
-from ingest.store.bars import refresh_bars
-from ingest.store.instruments import default_sample_path, load_instruments
+from store.bars import refresh_bars
+from store.instruments import default_sample_path, load_instruments
 from tests.conftest import REPO, DbServer
 
 COMPOSE = REPO / "docker-compose.yml"

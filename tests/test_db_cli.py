@@ -240,7 +240,7 @@ def test_a_normal_user_runs_the_store_as_itself() -> None:
     """No root: the server runs as the invoking user, in a data directory that user owns."""
     if os.geteuid() != 0:
         pytest.skip("already a normal user: the rest of this file covers it")
-    from ingest.store.postgres import SERVICE_USER, service_user
+    from store.local.postgres import SERVICE_USER, service_user
 
     user = service_user()  # the unprivileged system user, created when missing
     assert user == SERVICE_USER

@@ -9,7 +9,7 @@ import pytest
 
 from ingest.decoder import FeedDecoder, MalformedFrame
 from ingest.proto import upstox_feed_v3_pb2 as pb
-from ingest.tick import as_dict, to_datetime
+from store.tick import as_dict, to_datetime
 
 IST = timezone(timedelta(hours=5, minutes=30))
 RELIANCE = "NSE_EQ|INE002A01018"

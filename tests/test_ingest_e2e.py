@@ -22,7 +22,7 @@ from ingest.config import Secret, Settings
 from ingest.journal import Journal
 from ingest.service import WebSocketService
 from ingest.simulator import FeedSimulator
-from ingest.store.instruments import default_sample_path, instrument_records, load_instruments
+from store.instruments import default_sample_path, instrument_records, load_instruments
 from tests.conftest import REPO, DbServer
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from ingest.store.instruments import (
+from store.instruments import (
     DEFAULT_MAX_BYTES,
     MAX_BYTES_VARIABLE,
     InstrumentFileError,

@@ -11,9 +11,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from ingest.store.cluster import LocalCluster
-from ingest.store.migrations import SQL_DIR, migrate
-from ingest.store.postgres import PgInstall, StoreError, find_bindir
+from store.errors import StoreError
+from store.local.cluster import LocalCluster
+from store.local.postgres import PgInstall, find_bindir
+from store.migrations import SQL_DIR, migrate
 from tests import conftest
 
 # Versions whose only file is for the other edition: recorded as skipped.

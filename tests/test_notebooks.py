@@ -25,7 +25,7 @@ from nbclient import NotebookClient
 
 from ingest.config import Settings
 from ingest.service import WebSocketService
-from ingest.store.instruments import default_sample_path, load_instruments
+from store.instruments import default_sample_path, load_instruments
 from tests import conftest
 
 NOTEBOOKS = conftest.REPO / "notebooks"

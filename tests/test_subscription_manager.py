@@ -18,8 +18,8 @@ from websockets.http11 import Request, Response
 from ingest.client import AUTHORIZE_PATH, FeedClient, SubscriptionLimitError
 from ingest.config import Secret, Settings
 from ingest.simulator import FeedSimulator
-from ingest.store.instruments import UnknownSymbol, default_sample_path, load_instruments
 from ingest.subscription_manager import SubscriptionManager
+from store.instruments import UnknownSymbol, default_sample_path, load_instruments
 from tests.test_client import INFY, NIFTY, TCS, TOKEN, RecordingSink, until
 
 BANKNIFTY = "NSE_INDEX|Nifty Bank"

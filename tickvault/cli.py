@@ -21,18 +21,19 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ingest.config import Settings
 from ingest.logs import configure_logging
-from ingest.store.bars import refresh_bars
-from ingest.store.install import install_timescaledb
-from ingest.store.instruments import (
+from store.bars import refresh_bars
+from store.errors import StoreError
+from store.instruments import (
     DEFAULT_MAX_BYTES,
     MAX_BYTES_VARIABLE,
     InstrumentFileError,
     default_sample_path,
     load_instruments,
 )
-from ingest.store.local import database_url, local_cluster
-from ingest.store.migrations import migrate
-from ingest.store.postgres import PgInstall, StoreError, find_bindir
+from store.local.install import install_timescaledb
+from store.local.postgres import PgInstall, find_bindir
+from store.local.url import database_url, local_cluster
+from store.migrations import migrate
 
 
 def _db_install(settings: Settings, args: argparse.Namespace) -> int:

@@ -22,7 +22,7 @@ from api.models import (
     UnsubscribeOut,
 )
 from api.params import MAX_SYMBOL_LIST_CHARS, SYMBOL_LIST_RULES, Symbol, symbol_list
-from ingest.tick import as_dict
+from store.tick import as_dict
 
 router = APIRouter(prefix="/api/v1/websocket", tags=["feed"])
 _GUARDED = responses(401, 403, 404, 409, 503)

@@ -2,7 +2,7 @@
 
 `set_types` picks psycopg's C dumper for every column, so no Python code runs per value.
 The time columns are declared int8 here: a tick time is already the integer a binary
-timestamptz is on the wire (microseconds since 2000-01-01 UTC; see ingest.tick), and binary
+timestamptz is on the wire (microseconds since 2000-01-01 UTC; see store.tick), and binary
 COPY carries no type tags, so the server reads those 8 bytes as the timestamptz its column is.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import psycopg
 
-from ingest.tick import TICK_COLUMNS, TICK_PG_TYPES
+from store.tick import TICK_COLUMNS, TICK_PG_TYPES
 
 COPY_TICKS = f"COPY ticks ({', '.join(TICK_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 _WIRE_TYPES = ["int8" if pg_type == "timestamptz" else pg_type for pg_type in TICK_PG_TYPES]

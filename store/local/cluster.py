@@ -19,7 +19,8 @@ from urllib.parse import quote
 
 import psycopg
 
-from ingest.store.postgres import PgInstall, StoreError, service_user
+from store.errors import StoreError
+from store.local.postgres import PgInstall, service_user
 
 DATABASE = "tickvault"
 SUPERUSER = "tickvault"

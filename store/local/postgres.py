@@ -17,11 +17,9 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+from store.errors import StoreError
+
 SERVICE_USER = "tickvault"
-
-
-class StoreError(RuntimeError):
-    """A store operation that cannot go on; the message says what to do about it."""
 
 
 def service_user() -> str:

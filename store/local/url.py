@@ -2,22 +2,38 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Protocol
+
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from ingest.config import Settings
-from ingest.store.cluster import LocalCluster
-from ingest.store.postgres import PgInstall, StoreError, find_bindir
+from store.errors import StoreError
+from store.local.cluster import LocalCluster
+from store.local.postgres import PgInstall, find_bindir
 
 
-def local_cluster(settings: Settings) -> LocalCluster:
+class StoreSettings(Protocol):
+    """Where the store is (ingest.config.Settings is one)."""
+
+    @property
+    def database_url(self) -> str | None: ...
+    @property
+    def pg_bindir(self) -> Path | None: ...
+    @property
+    def pg_data_dir(self) -> Path: ...
+    @property
+    def pg_port(self) -> int: ...
+
+
+def local_cluster(settings: StoreSettings) -> LocalCluster:
     return LocalCluster(
         PgInstall(find_bindir(settings.pg_bindir)), settings.pg_data_dir, settings.pg_port
     )
 
 
-def database_url(settings: Settings, start: bool = False) -> str:
+def database_url(settings: StoreSettings, start: bool = False) -> str:
     """The libpq URL to use; with `start`, the local cluster is started when it is down."""
     if settings.database_url:
         return settings.database_url

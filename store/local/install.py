@@ -15,7 +15,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from ingest.store.postgres import PgInstall, StoreError
+from store.errors import StoreError
+from store.local.postgres import PgInstall
 
 SOURCE_SUITE = "trixie"
 SOURCE_PACKAGE = "timescaledb"

@@ -89,7 +89,7 @@ class UnknownSymbol(LookupError):
 
 def default_sample_path() -> Path:
     """The small instrument master shipped with tickvault, for trying it out without a network."""
-    return Path(__file__).resolve().parents[1] / "data" / "instruments_sample.json"
+    return Path(__file__).resolve().parent / "data" / "instruments_sample.json"
 
 
 def _reject_constant(name: str) -> Any:

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import psycopg
 
-from ingest.store.editions import Edition, server_edition
-from ingest.store.postgres import StoreError
+from store.editions import Edition, server_edition
+from store.errors import StoreError
 
-SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
+SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
 _FILE = re.compile(
     r"^(?P<version>\d{3})_(?P<name>[a-z0-9_]+?)(?:\.(?P<edition>apache|timescale))?\.sql$"
 )

@@ -14,7 +14,7 @@ from datetime import datetime
 
 import psycopg
 
-from ingest.store.editions import Edition, server_edition
+from store.editions import Edition, server_edition
 
 BAR_VIEWS = {"1m": "ohlc_1m", "5m": "ohlc_5m"}
 

@@ -1,1 +1,0 @@
-"""The store: a PostgreSQL with TimescaleDB, its schema, and the bars rolled up from ticks."""

@@ -1,0 +1,1 @@
+"""The embedded server: PostgreSQL binaries, the private cluster, the TimescaleDB build."""
