@@ -28,8 +28,8 @@ lint: $(BIN)/tickvault
 
 # Regenerate the protobuf module from our own .proto (grpcio-tools pins the protoc version).
 proto: $(BIN)/tickvault
-	$(BIN)/python -m grpc_tools.protoc -I ingest/proto --python_out=ingest/proto \
-		--pyi_out=ingest/proto ingest/proto/upstox_feed_v3.proto
+	$(BIN)/python -m grpc_tools.protoc -I ingest/upstox/proto --python_out=ingest/upstox/proto \
+		--pyi_out=ingest/upstox/proto ingest/upstox/proto/upstox_feed_v3.proto
 
 # The Docker image's hashed locks, from pyproject.toml and deploy/jupyter.in, for CPython 3.11
 # on Linux x86_64 (pip-tools in a throwaway venv; add --upgrade to move to newer releases).

@@ -8,8 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.params import Symbol
-
-Mode = Literal["ltpc", "full", "option_greeks", "full_d30"]
+from ingest.upstox.wire import Mode
 
 
 class HealthOut(BaseModel):

@@ -32,9 +32,9 @@ from bench.common import DbServer, cpu_seconds, median, simulator
 from bench.ingest import BATCH_ROWS
 from ingest.client import FeedClient
 from ingest.config import Secret, Settings
-from ingest.decoder import FeedDecoder
 from ingest.journal import Journal
-from ingest.proto import upstox_feed_v3_pb2 as pb
+from ingest.upstox.decoder import FeedDecoder
+from ingest.upstox.proto import upstox_feed_v3_pb2 as pb
 from store.tick import TICK_COLUMNS, Tick
 from store.ticks import copy_ticks
 

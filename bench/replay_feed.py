@@ -34,9 +34,9 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from ingest._simulator_protocol import json_response
-from ingest.proto import upstox_feed_v3_pb2 as pb
+from ingest.upstox.proto import upstox_feed_v3_pb2 as pb
+from ingest.upstox.wire import AUTHORIZE_PATH
 
-AUTHORIZE_PATH = "/v3/feed/market-data-feed/authorize"
 STATS_PATH = "/_sim/stats"  # what bench.ingest_worker reads, as from the simulator
 _LENGTH = struct.Struct("<I")
 

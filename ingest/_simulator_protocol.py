@@ -21,11 +21,10 @@ from dataclasses import dataclass
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from ingest._simulator_wire import MODES
+from ingest.upstox.wire import MODES, REQUEST_METHODS
 
 INVALID_TOKEN = {"errorCode": "UDAPI100050", "message": "Invalid token used to access API"}
 CODE_LIFETIME = 300.0  # seconds an authorized URL stays usable, if nobody uses it
-METHODS = ("sub", "unsub", "change_mode")
 
 
 def json_response(status: int, payload: object) -> Response:
@@ -114,7 +113,7 @@ def parse_request(message: str | bytes) -> ClientRequest:
     if not isinstance(request, dict):
         raise RequestError("request must be a JSON object")
     method = request.get("method")
-    if method not in METHODS:
+    if method not in REQUEST_METHODS:
         raise RequestError(f"unknown method {method!r}", method)
     data = request.get("data")
     if not isinstance(data, dict):

@@ -18,7 +18,7 @@ import struct
 from collections.abc import Callable
 
 from ingest._simulator_market import SCALE, Instrument, QuantityPattern
-from ingest.proto import upstox_feed_v3_pb2 as pb
+from ingest.upstox.proto import upstox_feed_v3_pb2 as pb
 
 Encoder = Callable[[Instrument, bool], bytes]  # (instrument, snapshot) -> FeedResponse.feeds entry
 
@@ -276,7 +276,6 @@ ENCODERS: dict[str, Encoder] = {
         _Path(5, (b"\x12", b"\x12"), b"\x20\x03"),
     ),
 }
-MODES = tuple(ENCODERS)
 
 
 def live_frame(now_ms: int, entries: list[bytes]) -> bytes:

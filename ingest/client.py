@@ -34,14 +34,13 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import InvalidStatus, WebSocketException
 
 from ingest.config import Secret, Settings
-from ingest.decoder import MalformedFrame
-from ingest.logs import RedactBearer
 from ingest.pipeline import TickCallback
+from ingest.upstox.decoder import MalformedFrame
+from ingest.upstox.redact import RedactBearer
+from ingest.upstox.wire import AUTHORIZE_PATH, FEED_PATH
 
 log = logging.getLogger(__name__)
 
-FEED_PATH = "/v3/feed/market-data-feed"
-AUTHORIZE_PATH = FEED_PATH + "/authorize"
 ENTRIES = ("authorize", "redirect")
 _REJECTED_STATUSES = (401, 403)
 _ERROR_SAMPLE_CHARS = 300

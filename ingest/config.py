@@ -12,13 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-DEFAULT_MODE_LIMITS = {
-    # mode: (keys when it is the only mode, keys when modes are combined), per connection.
-    "ltpc": (5000, 2000),
-    "option_greeks": (3000, 2000),
-    "full": (2000, 1500),
-    "full_d30": (50, 1500),
-}
+from ingest.upstox.wire import DEFAULT_MODE_LIMITS
 
 
 class Secret(str):

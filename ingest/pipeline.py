@@ -15,9 +15,9 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Container
 from typing import Protocol
 
-from ingest.decoder import FeedDecoder, MalformedFrame
 from ingest.journal import Journal, JournalFull
 from ingest.metrics import IngestMetrics
+from ingest.upstox.decoder import FeedDecoder, MalformedFrame
 from store.tick import Tick, as_dict
 
 log = logging.getLogger(__name__)

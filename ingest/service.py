@@ -18,7 +18,6 @@ from psycopg_pool import ConnectionPool
 
 from ingest.client import FeedClient
 from ingest.config import Secret, Settings
-from ingest.decoder import FeedDecoder, MalformedFrame
 from ingest.handlers import AggregatedTickHandler, TickDataHandler
 from ingest.journal import Journal
 from ingest.metrics import IngestMetrics
@@ -26,6 +25,7 @@ from ingest.pipeline import Pipeline, TickCallback
 from ingest.recovery import RecoveryState, load_recovery_state
 from ingest.simulator import FeedSimulator
 from ingest.subscription_manager import SubscriptionManager, summarize
+from ingest.upstox.decoder import FeedDecoder, MalformedFrame
 from store.bars import refresh_bars
 from store.editions import Edition, server_edition
 from store.instruments import instrument_records

@@ -52,16 +52,14 @@ from ingest._simulator_wire import (
     market_info_frame,
     snapshot_frame,
 )
-from ingest.config import DEFAULT_MODE_LIMITS
-from ingest.logs import RedactBearer
-from ingest.proto import upstox_feed_v3_pb2 as pb
+from ingest.upstox.proto import upstox_feed_v3_pb2 as pb
+from ingest.upstox.redact import RedactBearer
+from ingest.upstox.wire import AUTHORIZE_PATH, DEFAULT_MODE_LIMITS, FEED_PATH
 from store.instruments import read_instruments
 
 logger = logging.getLogger(__name__)
 logger.addFilter(RedactBearer())
 
-AUTHORIZE_PATH = "/v3/feed/market-data-feed/authorize"
-FEED_PATH = "/v3/feed/market-data-feed"
 CONTROL_PATH = "/_sim/"
 # A FeedResponse cannot start with 0x0f: field 1 with wire type 7, which does not exist.
 GARBAGE_FRAME = b"\x0fgarbage: not a FeedResponse"

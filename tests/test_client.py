@@ -13,9 +13,9 @@ import pytest
 
 from ingest.client import FeedClient, SinkError, SubscriptionLimitError
 from ingest.config import Secret, Settings
-from ingest.decoder import FeedDecoder
-from ingest.proto import upstox_feed_v3_pb2 as pb
 from ingest.simulator import FeedSimulator
+from ingest.upstox.decoder import FeedDecoder
+from ingest.upstox.proto import upstox_feed_v3_pb2 as pb
 
 TOKEN = "tok-7Q2x-do-not-print-me"
 INFY = "NSE_EQ|INE009A01021"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ingest.config import DEFAULT_MODE_LIMITS, Secret, Settings
+from ingest.config import Secret, Settings
+from ingest.upstox.wire import DEFAULT_MODE_LIMITS
 
 
 def test_defaults_without_environment() -> None:

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from ingest.decoder import FeedDecoder, MalformedFrame
-from ingest.proto import upstox_feed_v3_pb2 as pb
+from ingest.upstox.decoder import FeedDecoder, MalformedFrame
+from ingest.upstox.proto import upstox_feed_v3_pb2 as pb
 from store.tick import as_dict, to_datetime
 
 IST = timezone(timedelta(hours=5, minutes=30))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from ingest.upstox.wire import MODES
 from store.errors import StoreError
 from store.local.cluster import LocalCluster
 from store.local.postgres import PgInstall, find_bindir
@@ -187,3 +189,11 @@ def test_each_migration_is_its_own_transaction(
         assert migrate(url, sql_dir=tmp_path) == ["004"]
     finally:
         apache_server.drop_database(url)
+
+
+def test_the_subscriptions_mode_check_allows_exactly_the_feed_modes() -> None:
+    """sql/003 cannot import the wire constants, so this holds the two together."""
+    text = (conftest.REPO / "sql" / "003_subscriptions.sql").read_text()
+    allowed = re.search(r"CHECK \(mode IN \(([^)]*)\)\)", text)
+    assert allowed is not None
+    assert {mode.strip().strip("'") for mode in allowed[1].split(",")} == set(MODES)

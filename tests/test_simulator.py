@@ -28,8 +28,9 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedError, Inval
 
 from ingest._simulator_market import DEFAULT_UNIVERSE, Instrument, Universe
 from ingest._simulator_wire import ENCODERS, snapshot_frame
-from ingest.proto import upstox_feed_v3_pb2 as pb
 from ingest.simulator import FeedSimulator
+from ingest.upstox.proto import upstox_feed_v3_pb2 as pb
+from ingest.upstox.wire import MODES
 
 RELIANCE = "NSE_EQ|INE002A01018"
 SBIN = "NSE_EQ|INE062A01020"
@@ -717,6 +718,7 @@ def test_hand_written_bytes_decode_to_the_instruments_values() -> None:
                 assert decoded.feeds[instrument.key] == expected, (instrument.key, mode, step)
                 checked += 1
     assert checked > 3000
+    assert tuple(ENCODERS) == MODES, "the simulator encodes every feed mode, and no other"
     cheap = instruments[-2]
     assert any(bid_p == 0.0 for _, bid_p, _, _ in cheap.depth(30)), "bids should run out"
 

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 from google.protobuf.message import DecodeError
 
-from ingest.proto import upstox_feed_v3_pb2 as pb
+from ingest.upstox.proto import upstox_feed_v3_pb2 as pb
 from store.tick import (
     FEED_TS,
     KEY,

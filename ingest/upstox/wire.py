@@ -1,0 +1,25 @@
+"""What the Upstox V3 feed is, written once: where it is, its modes, and the keys a mode allows.
+
+The client, the simulator, the settings and the API's models take these from here; a test holds
+sql/003_subscriptions.sql's CHECK to MODES.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+FEED_PATH = "/v3/feed/market-data-feed"
+AUTHORIZE_PATH = FEED_PATH + "/authorize"
+
+Mode = Literal["ltpc", "full", "option_greeks", "full_d30"]
+MODES: tuple[str, ...] = get_args(Mode)
+
+# mode: (keys when it is the only mode, keys when modes are combined), per connection.
+DEFAULT_MODE_LIMITS: dict[str, tuple[int, int]] = {
+    "ltpc": (5000, 2000),
+    "option_greeks": (3000, 2000),
+    "full": (2000, 1500),
+    "full_d30": (50, 1500),
+}
+
+REQUEST_METHODS = ("sub", "unsub", "change_mode")
