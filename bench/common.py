@@ -189,11 +189,11 @@ def load_universe(url: str, path: Path) -> None:
 class FeedProcess:
     """A feed server in its own process, started by `simulator()` or `replay_feed()`."""
 
-    def __init__(self, module: str, args: list[str], rate: float) -> None:
+    def __init__(self, command: list[str], args: list[str], rate: float) -> None:
         self.port = free_port()
         self.rate = rate
         self.process = subprocess.Popen(
-            [sys.executable, "-m", module, "--port", str(self.port), "--rate", str(rate), *args],
+            [sys.executable, "-m", *command, "--port", str(self.port), "--rate", str(rate), *args],
             cwd=REPO,
             stdout=subprocess.PIPE,
             text=True,
@@ -202,7 +202,7 @@ class FeedProcess:
         line = self.process.stdout.readline()
         if "listening" not in line:
             self.stop()
-            raise RuntimeError(f"{module} did not start: {line!r}")
+            raise RuntimeError(f"{' '.join(command)} did not start: {line!r}")
 
     @property
     def pid(self) -> int:
@@ -230,12 +230,14 @@ class FeedProcess:
 
 def simulator(instruments: Path, rate: float) -> FeedProcess:
     """`python -m ingest.simulator`, recording off (the default: a long run's memory)."""
-    return FeedProcess("ingest.simulator", ["--seed", "1", "--instruments", str(instruments)], rate)
+    return FeedProcess(
+        ["tickvault", "simulator"], ["--seed", "1", "--instruments", str(instruments)], rate
+    )
 
 
 def replay_feed(frames: Path, rate: float) -> FeedProcess:
     """`python -m bench.replay_feed`: recorded frames in a loop, next to no CPU per tick."""
-    return FeedProcess("bench.replay_feed", [str(frames)], rate)
+    return FeedProcess(["bench.replay_feed"], [str(frames)], rate)
 
 
 def cpu_seconds(pid: int, with_children: bool = False) -> float:

@@ -33,7 +33,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from ingest._simulator_protocol import json_response
+from ingest.simulator.protocol import json_response
 from ingest.upstox.proto import upstox_feed_v3_pb2 as pb
 from ingest.upstox.wire import AUTHORIZE_PATH
 

@@ -135,3 +135,19 @@ def test_tickvault_simulator_takes_its_own_options() -> None:
         process.send_signal(signal.SIGTERM)
         process.communicate(timeout=30)
     assert process.returncode == 0
+
+
+def test_tickvault_simulator_reads_an_instrument_file_through_the_store(tmp_path: Path) -> None:
+    """The simulator may not import the store; the command line hands it the checked reader."""
+    bad = tmp_path / "complete.json"
+    bad.write_text('[{"instrument_key": "NSE_EQ|X", "instrument_key": "NSE_EQ|Y"}]')
+    result = subprocess.run(
+        [sys.executable, "-m", "tickvault", "simulator", "--port", "0", "--instruments", str(bad)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().endswith("gives the field 'instrument_key' more than once")
+    assert "Traceback" not in result.stderr

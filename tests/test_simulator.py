@@ -26,9 +26,9 @@ from google.protobuf.message import DecodeError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidStatus
 
-from ingest._simulator_market import DEFAULT_UNIVERSE, Instrument, Universe
-from ingest._simulator_wire import ENCODERS, snapshot_frame
 from ingest.simulator import FeedSimulator
+from ingest.simulator.frames import ENCODERS, snapshot_frame
+from ingest.simulator.market import DEFAULT_UNIVERSE, Instrument, Universe
 from ingest.upstox.proto import upstox_feed_v3_pb2 as pb
 from ingest.upstox.wire import MODES
 

@@ -29,6 +29,7 @@ from store.instruments import (
     InstrumentFileError,
     default_sample_path,
     load_instruments,
+    read_instruments,
 )
 from store.local.install import install_timescaledb
 from store.local.postgres import PgInstall, find_bindir
@@ -259,9 +260,9 @@ def _ingest(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _simulator(settings: Settings, args: argparse.Namespace) -> int:
-    from ingest.simulator import main as simulator_main
+    from ingest.simulator.command import main as simulator_main
 
-    return simulator_main(args.simulator_args)
+    return simulator_main(args.simulator_args, read_instruments)
 
 
 def build_parser() -> argparse.ArgumentParser:

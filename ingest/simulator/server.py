@@ -15,18 +15,15 @@ answers test hooks on the same port: GET /_sim/stats, /_sim/sent_ticks (with --r
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import ipaddress
 import logging
 import random
-import signal
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -34,8 +31,14 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
-from ingest._simulator_market import DEFAULT_UNIVERSE, Instrument, Universe
-from ingest._simulator_protocol import (
+from ingest.simulator.frames import (
+    ENCODERS,
+    live_frame,
+    market_info_frame,
+    snapshot_frame,
+)
+from ingest.simulator.market import DEFAULT_UNIVERSE, Instrument, Universe
+from ingest.simulator.protocol import (
     INVALID_TOKEN,
     ClientRequest,
     Gate,
@@ -46,16 +49,9 @@ from ingest._simulator_protocol import (
     parse_request,
     redirect_response,
 )
-from ingest._simulator_wire import (
-    ENCODERS,
-    live_frame,
-    market_info_frame,
-    snapshot_frame,
-)
 from ingest.upstox.proto import upstox_feed_v3_pb2 as pb
 from ingest.upstox.redact import RedactBearer
 from ingest.upstox.wire import AUTHORIZE_PATH, DEFAULT_MODE_LIMITS, FEED_PATH
-from store.instruments import read_instruments
 
 logger = logging.getLogger(__name__)
 logger.addFilter(RedactBearer())
@@ -475,59 +471,3 @@ class FeedSimulator:
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-async def _run(args: argparse.Namespace) -> None:
-    instruments = read_instruments(args.instruments) if args.instruments else DEFAULT_UNIVERSE
-    simulator = FeedSimulator(
-        instruments,
-        token=args.token,
-        rate=args.rate,
-        frame_interval=args.interval_ms / 1000,
-        seed=args.seed,
-        record=args.record,
-    )
-    await simulator.start(args.host, args.port)
-    print(f"feed simulator listening on {simulator.url}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    if args.reject_token:
-        simulator.reject_token()
-    try:
-        while not stop.is_set():
-            try:
-                await asyncio.wait_for(stop.wait(), args.drop_every or None)
-            except TimeoutError:
-                await simulator.drop_connections()
-    finally:
-        await simulator.stop()
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m ingest.simulator",
-        description="Upstox Market Data Feed V3 simulator on loopback.",
-    )
-    parser.add_argument("--host", default="127.0.0.1", help="a loopback address")
-    parser.add_argument("--port", type=int, default=8765, help="0 picks a free port")
-    parser.add_argument("--rate", type=float, default=2000.0, help="ticks per second")
-    parser.add_argument("--interval-ms", type=float, default=100.0, help="time between frames")
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--token", default=None, help="the one token accepted (default: any)")
-    parser.add_argument("--instruments", type=Path, help="instrument master, .json or .json.gz")
-    parser.add_argument(
-        "--record", action="store_true", help="keep every sent tick for GET /_sim/sent_ticks"
-    )
-    parser.add_argument("--drop-every", type=float, default=0.0, help="drop connections every N s")
-    parser.add_argument("--reject-token", action="store_true", help="start rejecting tokens")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_run(args))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -17,7 +17,7 @@ import functools
 import struct
 from collections.abc import Callable
 
-from ingest._simulator_market import SCALE, Instrument, QuantityPattern
+from ingest.simulator.market import SCALE, Instrument, QuantityPattern
 from ingest.upstox.proto import upstox_feed_v3_pb2 as pb
 
 Encoder = Callable[[Instrument, bool], bytes]  # (instrument, snapshot) -> FeedResponse.feeds entry

@@ -118,7 +118,7 @@ class QuantityPattern:
 
     def __init__(self, quantities: tuple[tuple[int, int], ...]) -> None:
         self.quantities = quantities
-        self.layouts: dict[object, Any] = {}  # _simulator_wire's _Depth -> _DepthLayout
+        self.layouts: dict[object, Any] = {}  # simulator.frames's _Depth -> _DepthLayout
 
 
 class Universe:

@@ -1,0 +1,3 @@
+from ingest.simulator.command import main
+
+raise SystemExit(main())
