@@ -34,7 +34,7 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import InvalidStatus, WebSocketException
 
 from ingest.config import Secret, Settings
-from ingest.pipeline import TickCallback
+from ingest.handlers import TickCallback
 from ingest.upstox.decoder import MalformedFrame
 from ingest.upstox.redact import RedactBearer
 from ingest.upstox.wire import AUTHORIZE_PATH, FEED_PATH

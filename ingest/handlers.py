@@ -1,392 +1,71 @@
-"""Tick handlers: persistence (batched binary COPY) and the in-memory latest-tick cache.
+"""Your own code on the stream: each callback in its own task behind a bounded buffer.
 
-Both receive every decoded frame synchronously from the pipeline as `(seq, ticks)`, where
-`seq` is the frame's journal sequence number. They must stay cheap there: the writer only
-appends to its current batch, and the database work happens in its own task.
+`FrameHandler` is what the pipeline calls with every decoded frame `(seq, ticks)`: the writer,
+the cache and each `CustomHandler` are one.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import random
-import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from typing import Protocol
 
-import psycopg
-from psycopg_pool import ConnectionPool
-
-from ingest.journal import Journal
-from ingest.metrics import IngestMetrics
-from store.tick import KEY, LTP, RECEIVED_AT, VOLUME_DELTA, Tick, to_unix_seconds
-from store.ticks import copy_ticks
+from store.tick import Tick, as_dict
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class _Batch:
-    batch_id: int
-    first_seq: int
-    last_seq: int
-    rows: list[Tick] = field(default_factory=list)
-    oldest_received_at: int | None = None
-    attempts: int = 0
+TickCallback = Callable[[dict[str, object]], Awaitable[object]]
 
 
-ReplayDecoderFactory = Callable[[], Callable[[bytes, int], list[Tick]]]
+class FrameHandler(Protocol):
+    def on_frame(self, seq: int, ticks: list[Tick]) -> None: ...
 
 
-class TickDataHandler:
-    """Persists ticks: a batch is cut at N rows or T ms, then COPYed in one transaction.
+class CustomHandler:
+    """Runs one user callback per tick in its own task, never blocking the pipeline.
 
-    Exactly-once: each batch covers whole journal frames [first_seq, last_seq] and is recorded
-    in `ingest_batches` in the same transaction as its COPY. After a crash the service replays
-    the journal after the highest committed `last_seq`; after an ambiguous failure (the
-    connection died around COMMIT) the writer checks that table before writing again.
-
-    Memory stays bounded through a database outage: past `queue_max_rows` the writer drops
-    what it holds in memory and stops taking live ticks, because every one of them is in the
-    journal. Once the database is back it re-decodes the journal from the last committed
-    frame with a decoder seeded from the database, and switches back to live ticks at the
-    exact frame where the journal ends.
+    When the callback falls behind by more than `max_pending` ticks, new ticks are dropped
+    for it (and counted): the feed and the writer come first.
     """
 
-    def __init__(
-        self,
-        pool: ConnectionPool,
-        journal: Journal,
-        *,
-        batch_rows: int,
-        batch_ms: int,
-        queue_max_rows: int,
-        metrics: IngestMetrics,
-        replay_decoder: ReplayDecoderFactory,
-        next_batch_id: int = 1,
-        committed_seq: int = 0,
-    ) -> None:
-        self._pool = pool
-        self._journal = journal
-        self._batch_rows = batch_rows
-        self._batch_s = batch_ms / 1000
-        self._queue_max_rows = queue_max_rows
-        self._metrics = metrics
-        self._replay_decoder = replay_decoder
-        self._next_batch_id = next_batch_id
-        self._current: _Batch | None = None
-        self._current_started = 0.0
-        self._pending: deque[_Batch] = deque()
-        self._pending_rows = 0
-        self._wake = asyncio.Event()
-        self._stopping = False
-        self._spilled = False
-        self._journal_only_since: int | None = None
-        self._db_available = True
-        self._last_error: str | None = None
-        self._started = time.monotonic()
-        self.committed_seq = committed_seq
-        self.ticks_processed = 0
-        self.rows_written = 0
-        self.batches_written = 0
-        self.spills = 0
+    def __init__(self, callback: TickCallback, max_pending: int = 100_000) -> None:
+        self.callback = callback
+        self.name = getattr(callback, "__qualname__", repr(callback))
+        self._pending: deque[Tick] = deque()
+        self._max_pending = max_pending
+        self._ready = asyncio.Event()
+        self.delivered = 0
+        self.dropped = 0
         self.errors = 0
 
-    # --- hot path ---------------------------------------------------------------------
-
     def on_frame(self, seq: int, ticks: list[Tick]) -> None:
-        """Add a frame's ticks to the open batch; cut it when it is full."""
-        self.ticks_processed += len(ticks)
-        if self._spilled:
-            return  # in the journal; the catch-up reads it from there
-        batch = self._current
-        if batch is None:
-            batch = self._current = self._new_batch(seq)
-            self._current_started = time.monotonic()
-        self._add(batch, seq, ticks)
-        # The open batch counts towards the memory bound: while the writer retries a batch
-        # through an outage, nothing cuts this one on time.
-        rows = len(batch.rows)
-        if rows >= self._batch_rows or rows + self._pending_rows > self._queue_max_rows:
-            self._cut()
-
-    def _new_batch(self, seq: int) -> _Batch:
-        batch = _Batch(self._next_batch_id, seq, seq)
-        self._next_batch_id += 1
-        return batch
-
-    @staticmethod
-    def _add(batch: _Batch, seq: int, ticks: list[Tick]) -> None:
-        batch.last_seq = seq
-        if ticks:
-            if batch.oldest_received_at is None:
-                batch.oldest_received_at = ticks[0][RECEIVED_AT]
-            batch.rows.extend(ticks)
-
-    def _cut(self) -> None:
-        batch, self._current = self._current, None
-        if batch is not None:
-            self._enqueue(batch)
-            if self._pending_rows > self._queue_max_rows:
-                self._spill()
-
-    def _enqueue(self, batch: _Batch) -> None:
-        self._pending.append(batch)
-        self._pending_rows += len(batch.rows)
-        self._metrics.queue_depth.set(self._pending_rows)
-        self._wake.set()
-
-    def _spill(self) -> None:
-        """Drop the in-memory backlog (all of it is journaled) but the batch being written."""
-        while len(self._pending) > 1:
-            dropped = self._pending.pop()
-            self._pending_rows -= len(dropped.rows)
-            if dropped.oldest_received_at is not None:
-                self._journal_only_since = min(
-                    self._journal_only_since or dropped.oldest_received_at,
-                    dropped.oldest_received_at,
-                )
-        self._metrics.queue_depth.set(self._pending_rows)
-        self._spilled = True
-        self.spills += 1
-        log.warning(
-            "writer backlog passed TICKVAULT_QUEUE_MAX_ROWS=%d: holding ticks in the journal "
-            "only until the database catches up",
-            self._queue_max_rows,
-        )
-
-    # --- writer task --------------------------------------------------------------------
+        if len(self._pending) + len(ticks) > self._max_pending:
+            self.dropped += len(ticks)
+            return
+        self._pending.extend(ticks)
+        self._ready.set()
 
     async def run(self) -> None:
-        """Write batches until stop() is called and everything is flushed."""
         while True:
-            if self._pending:
-                await self._drain()
-                continue
-            if self._spilled:
-                await self._catch_up()
-                continue
-            if self._stopping and self._current is None:
-                return
-            # An open batch is cut batch_ms after its first frame, not after we went idle.
-            wait = self._batch_s
-            if self._current is not None:
-                wait = max(0.0, self._current_started + self._batch_s - time.monotonic())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=wait)
-            self._wake.clear()
-            if self._current is not None and (
-                self._stopping or time.monotonic() - self._current_started >= self._batch_s
-            ):
-                self._cut()
-
-    async def _drain(self) -> None:
-        """Write pending batches in order, retrying each with backoff until it commits."""
-        backoff = 0.2
-        while self._pending:
-            batch = self._pending[0]
-            try:
-                await asyncio.to_thread(self._write, batch)
-            except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as error:
-                batch.attempts += 1
-                self._note_failure(error)
-                await asyncio.sleep(backoff * random.uniform(0.5, 1.5))
-                backoff = min(backoff * 2, 10.0)
-                continue
-            backoff = 0.2
-            self._committed(batch)
-
-    async def _catch_up(self) -> None:
-        """Write journaled frames after the last commit, then go back to live ticks."""
-        try:
-            decode = await asyncio.to_thread(self._replay_decoder)
-        except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as error:
-            self._note_failure(error)
-            await asyncio.sleep(1.0)
-            return
-        after = self.committed_seq
-        while True:
-            # One pass reads the journal once, up to its end when the pass began; frames
-            # that arrive meanwhile are left for the next pass.
-            batch: _Batch | None = None
-            for seq, received_at_us, frame in self._journal.replay(after):
-                if batch is None:
-                    batch = self._new_batch(seq)
-                self._add(batch, seq, decode(frame, received_at_us))
-                after = seq
-                if len(batch.rows) >= self._batch_rows:
-                    self._enqueue(batch)
-                    batch = None
-                    await self._drain()
-            if batch is None and after == self._journal.last_seq:
-                # Nothing new since this pass began, and no await since it checked: the next
-                # live frame is exactly the next one to write.
-                self._spilled = False
-                self._journal_only_since = None
-                log.info("writer caught up with the journal at seq %d", after)
-                return
-            if batch is not None:
-                self._enqueue(batch)
-            await self._drain()
-
-    def _write(self, batch: _Batch) -> None:
-        """One transaction: COPY the rows and record the batch (runs in a worker thread)."""
-        started = time.perf_counter()
-        # Frames must be durable in the journal before the database says they are committed:
-        # otherwise a power loss could hand their seqs out again.
-        self._journal.sync()
-        with self._pool.connection() as conn, conn.cursor() as cur:
-            if (
-                batch.attempts
-                and cur.execute(
-                    "SELECT 1 FROM ingest_batches WHERE journal_id = %s AND batch_id = %s",
-                    [self._journal.journal_id, batch.batch_id],
-                ).fetchone()
-            ):
-                return  # an earlier attempt committed; only its acknowledgement was lost
-            if batch.rows:
-                copy_ticks(cur, batch.rows)
-            cur.execute(
-                "INSERT INTO ingest_batches"
-                " (journal_id, batch_id, first_seq, last_seq, row_count)"
-                " VALUES (%s, %s, %s, %s, %s)",
-                [
-                    self._journal.journal_id,
-                    batch.batch_id,
-                    batch.first_seq,
-                    batch.last_seq,
-                    len(batch.rows),
-                ],
-            )
-        self._metrics.batch_seconds.observe(time.perf_counter() - started)
-
-    def _committed(self, batch: _Batch) -> None:
-        self._pending.popleft()
-        self._pending_rows -= len(batch.rows)
-        self._metrics.queue_depth.set(self._pending_rows)
-        self.rows_written += len(batch.rows)
-        self.batches_written += 1
-        self.committed_seq = batch.last_seq
-        self._metrics.rows_written.inc(len(batch.rows))
-        if batch.oldest_received_at is not None:
-            self._metrics.commit_latency_seconds.observe(
-                max(0.0, time.time() - to_unix_seconds(batch.oldest_received_at))
-            )
-        if not self._db_available:
-            log.info("database is back: writing the backlog")
-        self._db_available = True
-        self._journal.mark_committed(batch.last_seq)
-
-    def _note_failure(self, error: Exception) -> None:
-        self.errors += 1
-        self._metrics.writer_errors.inc()
-        self._last_error = f"{type(error).__name__}: {str(error).strip()[:200]}"
-        if self._db_available:
-            log.warning("database write failed, retrying with backoff: %s", self._last_error)
-        self._db_available = False
-
-    async def stop(self) -> None:
-        """Ask run() to flush the open batch and everything pending, then return."""
-        self._stopping = True
-        self._wake.set()
-
-    # --- status -------------------------------------------------------------------------
-
-    def oldest_unwritten_age_s(self) -> float:
-        oldest = [b.oldest_received_at for b in self._pending if b.oldest_received_at]
-        if self._current is not None and self._current.oldest_received_at:
-            oldest.append(self._current.oldest_received_at)
-        if self._journal_only_since is not None:
-            oldest.append(self._journal_only_since)
-        return max(0.0, time.time() - to_unix_seconds(min(oldest))) if oldest else 0.0
+            await self._ready.wait()
+            self._ready.clear()
+            while self._pending:
+                tick = self._pending.popleft()
+                try:
+                    await self.callback(as_dict(tick))
+                except Exception:
+                    self.errors += 1
+                    if self.errors == 1 or self.errors % 1000 == 0:
+                        log.exception("tick handler %s failed (%d times)", self.name, self.errors)
+                self.delivered += 1
 
     def get_stats(self) -> dict[str, object]:
-        elapsed = max(time.monotonic() - self._started, 1e-9)
-        current = len(self._current.rows) if self._current else 0
         return {
-            "ticks_processed": self.ticks_processed,
-            "batches": self.batches_written,
-            "rows_written": self.rows_written,
-            "rows_per_second": round(self.rows_written / elapsed, 1),
-            "queue_depth": self._pending_rows + current,
-            "oldest_unwritten_tick_age_s": round(self.oldest_unwritten_age_s(), 3),
-            "committed_seq": self.committed_seq,
-            "database_available": self._db_available,
-            "journal_only": self._spilled,
-            "spills": self.spills,
+            "handler": self.name,
+            "delivered": self.delivered,
+            "pending": len(self._pending),
+            "dropped": self.dropped,
             "errors": self.errors,
-            "last_error": self._last_error,
-        }
-
-
-@dataclass(slots=True)
-class SymbolStats:
-    """Running figures for one instrument since the service started."""
-
-    ticks: int = 0
-    volume: int = 0
-    high: float = float("-inf")
-    low: float = float("inf")
-
-
-class AggregatedTickHandler:
-    """The latest tick per instrument and simple running stats, each an O(1) dict lookup.
-
-    Memory is bounded by the number of instruments, itself capped: the feed can carry at
-    most a few thousand keys per connection, and past `max_instruments` new keys are counted
-    and ignored rather than growing without bound.
-    """
-
-    def __init__(
-        self, max_instruments: int = 50_000, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self._latest: dict[str, Tick] = {}
-        self._stats: dict[str, SymbolStats] = {}
-        self._max = max_instruments
-        self._clock = clock
-        self._started = clock()
-        self.ticks_processed = 0
-        self.ignored_instruments = 0
-
-    def on_frame(self, seq: int, ticks: list[Tick]) -> None:
-        latest = self._latest
-        stats = self._stats
-        for tick in ticks:
-            key = tick[KEY]
-            entry = stats.get(key)
-            if entry is None:
-                if len(stats) >= self._max:
-                    self.ignored_instruments += 1
-                    continue
-                entry = stats[key] = SymbolStats()
-            latest[key] = tick
-            entry.ticks += 1
-            entry.volume += tick[VOLUME_DELTA] or 0
-            price = tick[LTP]
-            if price > entry.high:
-                entry.high = price
-            if price < entry.low:
-                entry.low = price
-        self.ticks_processed += len(ticks)
-
-    def latest(self, key: str) -> Tick | None:
-        return self._latest.get(key)
-
-    def latest_many(self, keys: list[str] | None = None) -> dict[str, Tick]:
-        if keys is None:
-            return dict(self._latest)
-        return {key: self._latest[key] for key in keys if key in self._latest}
-
-    def symbol_stats(self, key: str) -> SymbolStats | None:
-        return self._stats.get(key)
-
-    def get_stats(self) -> dict[str, object]:
-        elapsed = max(self._clock() - self._started, 1e-9)
-        return {
-            "ticks_processed": self.ticks_processed,
-            "instruments": len(self._latest),
-            "ticks_per_second": round(self.ticks_processed / elapsed, 1),
-            "ignored_instruments": self.ignored_instruments,
         }

@@ -16,16 +16,18 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
+from ingest.cache import AggregatedTickHandler
 from ingest.client import FeedClient
 from ingest.config import Secret, Settings
-from ingest.handlers import AggregatedTickHandler, TickDataHandler
+from ingest.handlers import TickCallback
 from ingest.journal import Journal
 from ingest.metrics import IngestMetrics
-from ingest.pipeline import Pipeline, TickCallback
+from ingest.pipeline import Pipeline
 from ingest.recovery import RecoveryState, load_recovery_state
 from ingest.simulator import FeedSimulator
-from ingest.subscription_manager import SubscriptionManager, summarize
+from ingest.subscriptions import SubscriptionManager, summarize
 from ingest.upstox.decoder import FeedDecoder, MalformedFrame
+from ingest.writer import TickDataHandler
 from store.bars import refresh_bars
 from store.editions import Edition, server_edition
 from store.instruments import instrument_records

@@ -20,7 +20,6 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ingest.config import Settings
-from ingest.logs import configure_logging
 from store.bars import refresh_bars
 from store.errors import StoreError
 from store.instruments import (
@@ -35,6 +34,7 @@ from store.local.install import install_timescaledb
 from store.local.postgres import PgInstall, find_bindir
 from store.local.url import database_url, local_cluster
 from store.migrations import migrate
+from tickvault.logs import configure_logging
 
 
 def _db_install(settings: Settings, args: argparse.Namespace) -> int:

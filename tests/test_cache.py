@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ingest.handlers import AggregatedTickHandler
+from ingest.cache import AggregatedTickHandler
 from store.tick import TICK_COLUMNS
 
 

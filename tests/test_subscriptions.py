@@ -18,7 +18,7 @@ from websockets.http11 import Request, Response
 from ingest.client import FeedClient, SubscriptionLimitError
 from ingest.config import Secret, Settings
 from ingest.simulator import FeedSimulator
-from ingest.subscription_manager import SubscriptionManager
+from ingest.subscriptions import SubscriptionManager
 from ingest.upstox.wire import AUTHORIZE_PATH
 from store.instruments import UnknownSymbol, default_sample_path, load_instruments
 from tests.test_client import INFY, NIFTY, TCS, TOKEN, RecordingSink, until
