@@ -31,10 +31,10 @@ COPY tickvault tickvault
 COPY sql sql
 COPY notebooks notebooks
 COPY deploy deploy
-# Installed in place (-e): the migrations are read from sql/ next to the packages, which a
-# regular install into site-packages would leave behind. --no-deps: everything it needs came
+# A regular install: sql/ goes into site-packages as the package store.sql.
+# --no-deps: everything it needs came
 # from the lock; --no-build-isolation: built with the locked setuptools, not a fetched one.
-RUN pip install --no-deps --no-build-isolation -e .
+RUN pip install --no-deps --no-build-isolation .
 
 USER tickvault
 EXPOSE 8000

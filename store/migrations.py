@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 
 import psycopg
@@ -17,7 +18,6 @@ import psycopg
 from store.editions import Edition, server_edition
 from store.errors import StoreError
 
-SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
 _FILE = re.compile(
     r"^(?P<version>\d{3})_(?P<name>[a-z0-9_]+?)(?:\.(?P<edition>apache|timescale))?\.sql$"
 )
@@ -34,8 +34,14 @@ class Migration:
         return self.files.get(None) or self.files.get(edition.value)
 
 
-def discover(sql_dir: Path = SQL_DIR) -> list[Migration]:
-    """Every migration in `sql_dir`, in version order."""
+def default_sql_dir() -> Path:
+    """The shipped migrations: the package store.sql, which is the repository's sql/."""
+    return Path(str(files("store.sql")))
+
+
+def discover(sql_dir: Path | None = None) -> list[Migration]:
+    """Every migration in `sql_dir` (default: the shipped ones), in version order."""
+    sql_dir = sql_dir or default_sql_dir()
     by_version: dict[str, dict[str | None, Path]] = {}
     names: dict[str, str] = {}
     for path in sorted(sql_dir.glob("*.sql")):
@@ -69,7 +75,7 @@ def check_timescaledb(conn: psycopg.Connection) -> None:
         )
 
 
-def migrate(url: str, sql_dir: Path = SQL_DIR) -> list[str]:
+def migrate(url: str, sql_dir: Path | None = None) -> list[str]:
     """Apply what is missing; return the versions applied now (empty on a second run)."""
     with psycopg.connect(url, autocommit=True) as conn:
         migrations = discover(sql_dir)

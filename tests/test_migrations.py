@@ -16,7 +16,7 @@ from ingest.upstox.wire import MODES
 from store.errors import StoreError
 from store.local.cluster import LocalCluster
 from store.local.postgres import PgInstall, find_bindir
-from store.migrations import SQL_DIR, migrate
+from store.migrations import default_sql_dir, migrate
 from tests import conftest
 
 # Versions whose only file is for the other edition: recorded as skipped.
@@ -168,7 +168,7 @@ def test_each_migration_is_its_own_transaction(
     tmp_path: Path, apache_server: conftest.DbServer
 ) -> None:
     for name in ("001_timescaledb.sql", "002_instruments.sql", "003_subscriptions.sql"):
-        shutil.copy(SQL_DIR / name, tmp_path / name)
+        shutil.copy(default_sql_dir() / name, tmp_path / name)
     broken = tmp_path / "004_broken.sql"
     broken.write_text("CREATE TABLE half_done (x int);\nSELECT no_such_function();\n")
     url = apache_server.create_database(migrated=False)
