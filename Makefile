@@ -25,6 +25,7 @@ test: setup lint
 lint: $(BIN)/tickvault
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 # Regenerate the protobuf module from our own .proto (grpcio-tools pins the protoc version).
 proto: $(BIN)/tickvault
