@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Container
+from collections.abc import Container, Iterator
 
 from ingest.handlers import CustomHandler, FrameHandler, TickCallback
 from ingest.journal import Journal, JournalFull
 from ingest.metrics import IngestMetrics
 from ingest.upstox.decoder import FeedDecoder, MalformedFrame
+from store.tick import Tick
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,23 @@ class Pipeline:
                 self.journal_error,
                 self.refused_frames,
             )
+
+    def journal_ticks(
+        self, after_seq: int, decoder: FeedDecoder
+    ) -> Iterator[tuple[int, list[Tick]]]:
+        """(seq, ticks) of each journaled frame after `after_seq`, decoded by `decoder` alone.
+
+        The writer's catch-up after an outage reads the journal here, with a decoder in the
+        state of the last committed frame, so that it writes exactly the rows the live path
+        would have. Nothing else is told: the live path already counted and dispatched these
+        frames, and a malformed one yields no ticks, as it did live.
+        """
+        for seq, received_at_us, frame in self.journal.replay(after_seq):
+            try:
+                ticks = decoder.decode(frame, received_at_us, self.wanted).ticks
+            except MalformedFrame:
+                ticks = []
+            yield seq, ticks
 
     def replay(self, after_seq: int) -> int:
         """Run journaled frames after `after_seq` through decoder and handlers; returns count."""

@@ -8,8 +8,9 @@ once whether it arrived before a crash or after the restart.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -26,7 +27,7 @@ from ingest.pipeline import Pipeline
 from ingest.recovery import RecoveryState, load_recovery_state
 from ingest.simulator import FeedSimulator
 from ingest.subscriptions import SubscriptionManager, summarize
-from ingest.upstox.decoder import FeedDecoder, MalformedFrame
+from ingest.upstox.decoder import FeedDecoder
 from ingest.writer import TickDataHandler
 from store.bars import refresh_bars
 from store.editions import Edition, server_edition
@@ -82,8 +83,7 @@ class WebSocketService:
             max_bytes=settings.journal_max_bytes,
         )
         state, self.edition = await asyncio.to_thread(self._read_state, self._journal.journal_id)
-        decoder = FeedDecoder()
-        decoder.seed(state.last_ticks)
+        self._pipeline = Pipeline(self._journal, _decoder_at(state), self.metrics)
         self._writer = TickDataHandler(
             self._pool,
             self._journal,
@@ -91,12 +91,11 @@ class WebSocketService:
             batch_ms=settings.batch_ms,
             queue_max_rows=settings.queue_max_rows,
             metrics=self.metrics,
-            replay_decoder=self._replay_decoder,
+            catch_up_source=self._catch_up_source,
             next_batch_id=state.next_batch_id,
             committed_seq=state.committed_seq,
         )
         self._journal.mark_committed(state.committed_seq)
-        self._pipeline = Pipeline(self._journal, decoder, self.metrics)
         self._pipeline.add_handler(self._writer)
         self._pipeline.add_handler(self.cache)
         for callback in self._custom_handlers:
@@ -249,23 +248,14 @@ class WebSocketService:
         with self._pool.connection() as conn:
             return instrument_records(conn)
 
-    def _replay_decoder(self) -> Callable[[bytes, int], list[Tick]]:
-        """A decoder in the state of the last committed frame, for the writer's catch-up."""
+    def _catch_up_source(self) -> Callable[[int], Iterator[tuple[int, list[Tick]]]]:
+        """The journal's ticks as the database left off, for the writer's catch-up."""
         assert self._pool is not None
         assert self._journal is not None
+        assert self._pipeline is not None
         with self._pool.connection() as conn:
             state = load_recovery_state(conn, self._journal.journal_id)
-        decoder = FeedDecoder()
-        decoder.seed(state.last_ticks)
-        wanted = self._pipeline.wanted if self._pipeline is not None else None
-
-        def decode(frame: bytes, received_at_us: int) -> list[Tick]:
-            try:
-                return decoder.decode(frame, received_at_us, wanted).ticks
-            except MalformedFrame:
-                return []
-
-        return decode
+        return functools.partial(self._pipeline.journal_ticks, decoder=_decoder_at(state))
 
     async def _rollup_forever(self) -> None:
         """The Apache edition's stand-in for continuous aggregate policies."""
@@ -302,6 +292,14 @@ class WebSocketService:
                 failing = True
             else:
                 failing = False
+
+
+def _decoder_at(state: RecoveryState) -> FeedDecoder:
+    """A decoder in the state of the last committed frame, so that a snapshot re-sent after a
+    restart is known as a duplicate and `vtt` is never counted twice."""
+    decoder = FeedDecoder()
+    decoder.seed(state.last_ticks)
+    return decoder
 
 
 def _outcome(task: asyncio.Task[Any]) -> str:

@@ -13,7 +13,7 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import psycopg
@@ -37,7 +37,9 @@ class _Batch:
     attempts: int = 0
 
 
-ReplayDecoderFactory = Callable[[], Callable[[bytes, int], list[Tick]]]
+# Builds, from the database, the reader of journaled ticks after a seq that the catch-up
+# writes: blocking, so it runs in a thread (Pipeline.journal_ticks with a seeded decoder).
+CatchUpSource = Callable[[], Callable[[int], Iterator[tuple[int, list[Tick]]]]]
 
 
 class TickDataHandler:
@@ -64,7 +66,7 @@ class TickDataHandler:
         batch_ms: int,
         queue_max_rows: int,
         metrics: IngestMetrics,
-        replay_decoder: ReplayDecoderFactory,
+        catch_up_source: CatchUpSource,
         next_batch_id: int = 1,
         committed_seq: int = 0,
     ) -> None:
@@ -74,7 +76,7 @@ class TickDataHandler:
         self._batch_s = batch_ms / 1000
         self._queue_max_rows = queue_max_rows
         self._metrics = metrics
-        self._replay_decoder = replay_decoder
+        self._catch_up_source = catch_up_source
         self._next_batch_id = next_batch_id
         self._current: _Batch | None = None
         self._current_started = 0.0
@@ -201,7 +203,7 @@ class TickDataHandler:
     async def _catch_up(self) -> None:
         """Write journaled frames after the last commit, then go back to live ticks."""
         try:
-            decode = await asyncio.to_thread(self._replay_decoder)
+            ticks_after = await asyncio.to_thread(self._catch_up_source)
         except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as error:
             self._note_failure(error)
             await asyncio.sleep(1.0)
@@ -211,10 +213,10 @@ class TickDataHandler:
             # One pass reads the journal once, up to its end when the pass began; frames
             # that arrive meanwhile are left for the next pass.
             batch: _Batch | None = None
-            for seq, received_at_us, frame in self._journal.replay(after):
+            for seq, ticks in ticks_after(after):
                 if batch is None:
                     batch = self._new_batch(seq)
-                self._add(batch, seq, decode(frame, received_at_us))
+                self._add(batch, seq, ticks)
                 after = seq
                 if len(batch.rows) >= self._batch_rows:
                     self._enqueue(batch)
