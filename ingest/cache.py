@@ -4,23 +4,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from store.tick import KEY, LTP, VOLUME_DELTA, Tick
-
-
-@dataclass(slots=True)
-class SymbolStats:
-    """Running figures for one instrument since the service started."""
-
-    ticks: int = 0
-    volume: int = 0
-    high: float = float("-inf")
-    low: float = float("inf")
+from store.tick import KEY, Tick
 
 
 class AggregatedTickHandler:
-    """The latest tick per instrument and simple running stats, each an O(1) dict lookup.
+    """The latest tick per instrument, an O(1) dict lookup.
 
     Memory is bounded by the number of instruments, itself capped: the feed can carry at
     most a few thousand keys per connection, and past `max_instruments` new keys are counted
@@ -31,7 +20,6 @@ class AggregatedTickHandler:
         self, max_instruments: int = 50_000, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self._latest: dict[str, Tick] = {}
-        self._stats: dict[str, SymbolStats] = {}
         self._max = max_instruments
         self._clock = clock
         self._started = clock()
@@ -40,23 +28,12 @@ class AggregatedTickHandler:
 
     def on_frame(self, seq: int, ticks: list[Tick]) -> None:
         latest = self._latest
-        stats = self._stats
         for tick in ticks:
             key = tick[KEY]
-            entry = stats.get(key)
-            if entry is None:
-                if len(stats) >= self._max:
-                    self.ignored_instruments += 1
-                    continue
-                entry = stats[key] = SymbolStats()
+            if key not in latest and len(latest) >= self._max:
+                self.ignored_instruments += 1
+                continue
             latest[key] = tick
-            entry.ticks += 1
-            entry.volume += tick[VOLUME_DELTA] or 0
-            price = tick[LTP]
-            if price > entry.high:
-                entry.high = price
-            if price < entry.low:
-                entry.low = price
         self.ticks_processed += len(ticks)
 
     def latest(self, key: str) -> Tick | None:
@@ -66,9 +43,6 @@ class AggregatedTickHandler:
         if keys is None:
             return dict(self._latest)
         return {key: self._latest[key] for key in keys if key in self._latest}
-
-    def symbol_stats(self, key: str) -> SymbolStats | None:
-        return self._stats.get(key)
 
     def get_stats(self) -> dict[str, object]:
         elapsed = max(self._clock() - self._started, 1e-9)

@@ -9,7 +9,7 @@ import pytest
 
 from ingest.upstox.decoder import FeedDecoder, MalformedFrame
 from ingest.upstox.proto import upstox_feed_v3_pb2 as pb
-from store.tick import as_dict, to_datetime
+from store.tick import Tick, as_dict, to_datetime
 
 IST = timezone(timedelta(hours=5, minutes=30))
 RELIANCE = "NSE_EQ|INE002A01018"
@@ -19,6 +19,11 @@ RECEIVED = 1_736_915_400_123_456
 
 
 UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def last_state(decoder: FeedDecoder, key: str) -> Tick | None:
+    """The merge state the decoder keeps for an instrument (what it fills omitted fields from)."""
+    return decoder._last.get(key)
 
 
 def ist_ms(day: int, hour: int, minute: int, second: int = 0, month: int = 1) -> int:
@@ -218,7 +223,7 @@ def test_feed_without_ltpc_and_no_last_tick_yields_nothing():
     decoded = decoder.decode(frame({RELIANCE: market_ff(ltt=None)}), RECEIVED)
 
     assert (decoded.ticks, decoded.duplicates, decoded.unwanted) == ([], 0, 0)
-    assert decoder.last_tick(RELIANCE) is None
+    assert last_state(decoder, RELIANCE) is None
 
 
 def test_volume_delta_is_the_vtt_difference_between_frames():
@@ -282,7 +287,7 @@ def test_resent_snapshot_is_dropped_and_leaves_the_state_alone():
     )
 
     assert (again.ticks, again.duplicates) == ([], 2)
-    assert as_dict(decoder.last_tick(RELIANCE))["received_at"] == RECEIVED_AT
+    assert as_dict(last_state(decoder, RELIANCE))["received_at"] == RECEIVED_AT
 
 
 @pytest.mark.parametrize(
@@ -318,7 +323,7 @@ def test_unwanted_keys_are_skipped_and_counted():
 
     assert [tick[0] for tick in decoded.ticks] == [RELIANCE]
     assert decoded.unwanted == 2
-    assert decoder.last_tick(OPTION) is None
+    assert last_state(decoder, OPTION) is None
 
 
 def varint(value: int) -> bytes:

@@ -152,10 +152,6 @@ class FeedDecoder:
                 )
             self._last[tick[KEY]] = tick
 
-    def last_tick(self, key: str) -> Tick | None:
-        """The instrument's last decoded (or seeded) tick."""
-        return self._last.get(key)
-
 
 def _from_ltpc(
     key: str, feed: pb.Feed, prev: Tick | None, feed_ts: int | None, received_at: int
