@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.params import Symbol
 from ingest.upstox.wire import Mode
+from store.bars import Interval
 
 
 class HealthOut(BaseModel):
@@ -152,7 +153,7 @@ class BarOut(BaseModel):
 class BarsOut(BaseModel):
     symbol: str
     instrument_key: str
-    interval: Literal["1m", "5m"]
+    interval: Interval
     bars: list[BarOut]
 
 

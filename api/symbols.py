@@ -9,7 +9,7 @@ from typing import Any
 from cachetools import Cache, LRUCache, TTLCache
 from psycopg_pool import ConnectionPool
 
-from store.instruments import keys_of, resolve_symbols
+from store.instruments import keys_of, resolve_symbols, trading_symbols
 
 # How long a symbol that names nothing is taken as unknown without asking again. Long enough
 # that a client repeating a list of wrong names costs one query per few seconds rather than
@@ -76,12 +76,8 @@ class SymbolResolver:
         missing = [key for key, symbol in remembered.items() if symbol is None]
         if missing:
             with self._pool.connection() as conn:
-                rows = conn.execute(
-                    "SELECT instrument_key, trading_symbol FROM instruments"
-                    " WHERE instrument_key = ANY(%s)",
-                    [missing],
-                ).fetchall()
-            for key, symbol in rows:
+                stored = trading_symbols(conn, missing)
+            for key, symbol in stored.items():
                 found[key] = symbol
                 self._put(self._symbols, key, symbol)
         return found

@@ -19,30 +19,13 @@ from psycopg_pool import ConnectionPool
 from ingest.client import FeedClient, SubscriptionLimitError
 from ingest.config import Settings
 from store.instruments import fno_universe, keys_of, resolve_symbols
+from store.subscriptions import listing, resumable, set_status, upsert
 
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 50  # keys per `sub` request
 
 T = TypeVar("T")
-
-_UPSERT = """
-INSERT INTO subscriptions AS s (instrument_key, mode, status, error, updated_at, subscribed_at)
-SELECT key, %(mode)s::text, %(status)s::text, %(error)s::text, now(),
-       CASE WHEN %(status)s::text = 'subscribed' THEN now() END
-FROM unnest(%(keys)s::text[]) AS key
-ON CONFLICT (instrument_key) DO UPDATE SET
-    mode = EXCLUDED.mode,
-    status = EXCLUDED.status,
-    error = EXCLUDED.error,
-    updated_at = now(),
-    subscribed_at = coalesce(EXCLUDED.subscribed_at, s.subscribed_at)
-"""
-
-_SET_STATUS = """
-UPDATE subscriptions SET status = %(status)s::text, error = %(error)s::text, updated_at = now()
-WHERE instrument_key = ANY(%(keys)s)
-"""
 
 
 def summarize(subscribed: int, failed: int, pending: int = 0) -> dict[str, Any]:
@@ -108,16 +91,11 @@ class SubscriptionManager:
     async def unsubscribe_keys(self, keys: list[str]) -> None:
         """Unsubscribe instrument keys that were resolved already."""
         await self._client.unsubscribe(keys)
-        await self._write(_SET_STATUS, {"keys": keys, "status": "unsubscribed", "error": None})
+        await self._write(set_status, keys, "unsubscribed")
 
     async def resume(self) -> int:
         """Subscribe again, in its mode, every key left subscribed or pending; return how many."""
-        rows = await self._read(
-            lambda conn: conn.execute(
-                "SELECT mode, instrument_key FROM subscriptions"
-                " WHERE status IN ('subscribed', 'pending') ORDER BY mode, instrument_key"
-            ).fetchall()
-        )
+        rows = await self._read(resumable)
         by_mode: dict[str, list[str]] = {}
         for mode, key in rows:
             by_mode.setdefault(mode, []).append(key)
@@ -127,29 +105,22 @@ class SubscriptionManager:
             log.info("resumed %d subscriptions", len(rows))
         return len(rows)
 
-    def get_subscription_status(self, summary_only: bool = False) -> dict[str, Any]:
-        """Counts and, unless `summary_only`, every subscription not unsubscribed.
+    def get_subscription_status(self) -> dict[str, Any]:
+        """Counts and every subscription not unsubscribed.
 
         Blocking (one query): call it from a thread in async code that must not wait.
         """
         with self._pool.connection() as conn:
-            rows = conn.execute(
-                "SELECT coalesce(i.trading_symbol, s.instrument_key), s.instrument_key,"
-                " s.mode, s.status, s.error"
-                " FROM subscriptions s LEFT JOIN instruments i USING (instrument_key)"
-                " WHERE s.status <> 'unsubscribed'"
-                " ORDER BY s.instrument_key"
-            ).fetchall()
+            rows = listing(conn)
         status = summarize(
             sum(row[3] == "subscribed" for row in rows),
             sum(row[3] == "failed" for row in rows),
             sum(row[3] == "pending" for row in rows),
         )
-        if not summary_only:
-            status["subscriptions"] = [
-                {"symbol": symbol, "instrument_key": key, "mode": mode, "status": st, "error": err}
-                for symbol, key, mode, st, err in rows
-            ]
+        status["subscriptions"] = [
+            {"symbol": symbol, "instrument_key": key, "mode": mode, "status": st, "error": err}
+            for symbol, key, mode, st, err in rows
+        ]
         return status
 
     async def _subscribe(self, keys: list[str], mode: str) -> None:
@@ -159,22 +130,16 @@ class SubscriptionManager:
         except SubscriptionLimitError as exc:
             held = self._client.subscribed_keys
             refused = [key for key in keys if key not in held]
-            await self._write(
-                _UPSERT, {"keys": refused, "mode": mode, "status": "failed", "error": str(exc)}
-            )
+            await self._write(upsert, refused, mode, "failed", str(exc))
             raise
-        await self._write(_UPSERT, {"keys": keys, "mode": mode, "status": "pending", "error": None})
+        await self._write(upsert, keys, mode, "pending")
         for start in range(0, len(keys), self._batch_size):
             batch = keys[start : start + self._batch_size]
             await self._client.subscribe(batch, mode)
             async with self._write_lock:
                 refused = self._client.failed_subscriptions()
                 accepted = [key for key in batch if key not in refused]
-                await asyncio.to_thread(
-                    self._execute,
-                    _UPSERT,
-                    {"keys": accepted, "mode": mode, "status": "subscribed", "error": None},
-                )
+                await asyncio.to_thread(self._execute, upsert, accepted, mode, "subscribed")
 
     def _on_refused(self, failed: dict[str, str]) -> None:
         """The client heard the server refuse keys: record it (called on the event loop)."""
@@ -186,7 +151,7 @@ class SubscriptionManager:
         try:
             for error in set(failed.values()):
                 keys = [key for key, e in failed.items() if e == error]
-                await self._write(_SET_STATUS, {"keys": keys, "status": "failed", "error": error})
+                await self._write(set_status, keys, "failed", error)
         except psycopg.Error as exc:
             log.warning("could not record %d refused subscriptions: %s", len(failed), exc)
 
@@ -204,11 +169,12 @@ class SubscriptionManager:
 
         return await asyncio.to_thread(run)
 
-    async def _write(self, sql: str, params: dict[str, Any]) -> None:
+    async def _write(self, write: Callable[..., None], keys: list[str], *args: Any) -> None:
         async with self._write_lock:
-            await asyncio.to_thread(self._execute, sql, params)
+            await asyncio.to_thread(self._execute, write, keys, *args)
 
-    def _execute(self, sql: str, params: dict[str, Any]) -> None:
-        if params["keys"]:
+    def _execute(self, write: Callable[..., None], keys: list[str], *args: Any) -> None:
+        """`write(conn, keys, *args)`, a write of store.subscriptions; no keys, no connection."""
+        if keys:
             with self._pool.connection() as conn:
-                conn.execute(sql, params)
+                write(conn, keys, *args)

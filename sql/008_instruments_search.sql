@@ -1,4 +1,4 @@
--- Indexes for the instrument search, GET /api/v1/instruments (api/queries.py).
+-- Indexes for the instrument search, GET /api/v1/instruments (store/instruments.py).
 --
 -- With a text, the search finds it anywhere in a trading symbol or a name, in any case:
 -- `upper(trading_symbol) LIKE upper('%text%') OR upper(name) LIKE ...`. No b-tree serves a

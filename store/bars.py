@@ -5,18 +5,28 @@ On Community the bars are continuous aggregates and TimescaleDB keeps them curre
 shape TimescaleDB uses: the views of sql/006_bars.apache.sql read materialized buckets below
 a watermark and aggregate ticks live above it, and `refresh_bars` moves the watermark forward
 and re-aggregates the buckets that late ticks landed in below it.
+
+Readers (the API, the notebooks) take the relation names, the columns and the queries of bars
+from here too, so each is written once.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, Literal
 
 import psycopg
+from psycopg.rows import dict_row
 
 from store.editions import Edition, server_edition
+from store.ticks import time_bounds
 
-BAR_VIEWS = {"1m": "ohlc_1m", "5m": "ohlc_5m"}
+Interval = Literal["1m", "5m"]
+# The relation each interval is read from, the same name on both editions; 1-minute first.
+BAR_VIEWS: dict[Interval, str] = {"1m": "ohlc_1m", "5m": "ohlc_5m"}
+# What a bar is, in the order every reader shows it: the bucket start, then its values.
+BAR_COLUMNS = ("bucket", "open", "high", "low", "close", "volume", "tick_count")
 
 # Only one rollup at a time, whoever runs it (the ingest scheduler or `tickvault db refresh-bars`).
 _ROLLUP_LOCK = 0x7469636B
@@ -35,7 +45,7 @@ class _Layer:
 
 _LAYERS = (
     _Layer(
-        view="ohlc_1m",
+        view=BAR_VIEWS["1m"],
         width="1 minute",
         source="ticks src",
         time="src.ts",
@@ -43,9 +53,9 @@ _LAYERS = (
         " sum(src.volume_delta)::bigint, count(*)",
     ),
     _Layer(
-        view="ohlc_5m",
+        view=BAR_VIEWS["5m"],
         width="5 minutes",
-        source="ohlc_1m_store src",
+        source=f"{BAR_VIEWS['1m']}_store src",
         time="src.bucket",
         aggregates="first(src.open, src.bucket), max(src.high), min(src.low),"
         " last(src.close, src.bucket), sum(src.volume)::bigint, sum(src.tick_count)::bigint",
@@ -171,7 +181,7 @@ def _rebuild_late(
 ) -> int:
     """Re-aggregate buckets below the old watermark whose source changed since the last pass."""
     conn.execute("TRUNCATE _bars_dirty")
-    if layer.view == "ohlc_1m":
+    if layer.view == BAR_VIEWS["1m"]:
         conn.execute(
             "INSERT INTO _bars_dirty SELECT DISTINCT instrument_key,"
             " time_bucket(INTERVAL '1 minute', ts) FROM ticks"
@@ -208,8 +218,7 @@ def _insert_aggregate(
     (count,) = _record_touched(
         conn,
         layer,
-        f"INSERT INTO {layer.view}_store"
-        " (instrument_key, bucket, open, high, low, close, volume, tick_count)"
+        f"INSERT INTO {layer.view}_store (instrument_key, {', '.join(BAR_COLUMNS)})"
         f" SELECT src.instrument_key, time_bucket(INTERVAL '{layer.width}', {layer.time}),"
         f" {layer.aggregates} FROM {from_where} GROUP BY 1, 2",
         params,
@@ -226,8 +235,45 @@ def _record_touched(
         f" {layer.view}_store.bucket),"
         " marked AS (INSERT INTO _bars_touched SELECT instrument_key,"
         " time_bucket(INTERVAL '5 minutes', bucket) FROM changed"
-        f" WHERE {'true' if layer.view == 'ohlc_1m' else 'false'})"
+        f" WHERE {'true' if layer.view == BAR_VIEWS['1m'] else 'false'})"
         " SELECT count(*) FROM changed",
         params,
     ).fetchone()
     return (row[0] if row else 0,)
+
+
+def bars_sql(interval: Interval, *, start: bool, end: bool) -> str:
+    """The bars of %(key)s oldest first, BAR_COLUMNS each, from %(start)s (inclusive) and to
+    %(end)s (exclusive) when asked for: a bound left out reads to that end of the data."""
+    return (
+        f"SELECT {', '.join(BAR_COLUMNS)} FROM {BAR_VIEWS[interval]}"
+        f" WHERE instrument_key = %(key)s{time_bounds('bucket', start=start, end=end)}"
+        " ORDER BY bucket"
+    )
+
+
+def bar_rows(
+    conn: psycopg.Connection, interval: Interval, key: str, start: datetime, end: datetime
+) -> list[dict[str, Any]]:
+    """The bars of `key` in [start, end), oldest first, as rows named by BAR_COLUMNS."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(
+            bars_sql(interval, start=True, end=True), {"key": key, "start": start, "end": end}
+        ).fetchall()
+
+
+def busiest_instrument(conn: psycopg.Connection, start: datetime, end: datetime) -> str | None:
+    """The key that traded most often in [start, end); None when no bar is there.
+
+    Instruments with volume come before those without (indices carry none), so a reader
+    weighing by volume gets something to weigh. Counted from the 1-minute bars, not the
+    ticks, to stay cheap.
+    """
+    row = conn.execute(
+        f"SELECT instrument_key FROM {BAR_VIEWS['1m']} WHERE bucket >= %s AND bucket < %s"
+        " GROUP BY instrument_key"
+        " ORDER BY coalesce(sum(volume), 0) > 0 DESC, sum(tick_count) DESC, instrument_key"
+        " LIMIT 1",
+        [start, end],
+    ).fetchone()
+    return row[0] if row else None

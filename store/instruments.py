@@ -1,4 +1,5 @@
-"""The Upstox instrument master: load the published file, find the F&O universe, resolve symbols.
+"""The Upstox instrument master: load the published file, find the F&O universe, resolve and
+search symbols.
 
 The file is checked whole before the database is touched, and written in one transaction, so a
 truncated download or a malformed record leaves the table exactly as it was. Reading is bounded:
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg.rows import dict_row
 
 # Upstox's complete master is about 50 MB unpacked; a limit five times that leaves it room to
 # grow while a gzip bomb (a few MB that unpack to gigabytes) is refused after 256 MiB.
@@ -328,6 +330,84 @@ def resolve_symbol(conn: psycopg.Connection, symbol: str) -> str:
     """The instrument key a user means by `symbol` (see resolve_symbols)."""
     [key] = keys_of([symbol], resolve_symbols(conn, [symbol]))
     return key
+
+
+def trading_symbols(conn: psycopg.Connection, keys: list[str]) -> dict[str, str]:
+    """key -> trading symbol, for each of `keys` the master has."""
+    return dict(
+        conn.execute(
+            "SELECT instrument_key, trading_symbol FROM instruments WHERE instrument_key = ANY(%s)",
+            [keys],
+        ).fetchall()
+    )
+
+
+# What a search shows of each instrument.
+INSTRUMENT_COLUMNS = (
+    "instrument_key",
+    "trading_symbol",
+    "name",
+    "segment",
+    "exchange",
+    "instrument_type",
+    "expiry",
+    "strike_price",
+    "lot_size",
+    "tick_size",
+    "underlying_symbol",
+)
+
+
+def _like_pattern(text: str) -> str:
+    """A LIKE pattern for `text` anywhere in a string, its own % _ and \\ taken literally."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def instrument_search(
+    text: str | None, segment: str | None, limit: int
+) -> tuple[str, dict[str, Any]]:
+    """The SQL and parameters of search_instruments, apart so its plan can be checked.
+
+    Only the filters asked for are in the SQL, so the planner sees which indexes apply. The
+    text is matched with LIKE on upper() of both sides, which sql/008's trigram indexes
+    serve; `upper(pattern)` leaves the escapes alone, since no character's upper case is
+    one of % _ or \\.
+    """
+    where, order = [], ["trading_symbol", "instrument_key"]
+    params: dict[str, Any] = {"limit": limit}
+    if text is not None:
+        where.append(
+            "(upper(trading_symbol) LIKE upper(%(pattern)s) OR upper(name) LIKE upper(%(pattern)s))"
+        )
+        order[:0] = [
+            "upper(trading_symbol) = upper(%(text)s) IS NOT TRUE",
+            "NOT starts_with(upper(trading_symbol), upper(%(text)s))",
+        ]
+        params |= {"text": text, "pattern": _like_pattern(text)}
+    if segment is not None:
+        where.append("segment = upper(%(segment)s)")
+        params["segment"] = segment
+    sql = (
+        f"SELECT {', '.join(INSTRUMENT_COLUMNS)} FROM instruments"
+        + (f" WHERE {' AND '.join(where)}" if where else "")
+        + f" ORDER BY {', '.join(order)} LIMIT %(limit)s"
+    )
+    return sql, params
+
+
+def search_instruments(
+    conn: psycopg.Connection, text: str | None, segment: str | None, limit: int
+) -> list[dict[str, Any]]:
+    """Instruments whose trading symbol or name contains `text` (any case, `%` and `_`
+    included as they are), of `segment` if given: an exact symbol first, then symbols
+    starting with the text, then the rest."""
+    sql, params = instrument_search(text, segment, limit)
+    with conn.cursor(row_factory=dict_row) as cur:
+        # Never prepared: a plan made for any text would use the trigram indexes for every
+        # text, and a text of one or two letters, or one in most symbols, reads faster
+        # without them. Planned with its text, each search gets the plan that suits it.
+        return cur.execute(sql, params, prepare=False).fetchall()
 
 
 def instrument_records(conn: psycopg.Connection) -> list[dict[str, Any]]:

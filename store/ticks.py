@@ -1,19 +1,42 @@
-"""Binary COPY of tick tuples into `ticks`.
+"""The `ticks` hypertable and the `ingest_batches` ledger beside it: every query of them.
 
-`set_types` picks psycopg's C dumper for every column, so no Python code runs per value.
-The time columns are declared int8 here: a tick time is already the integer a binary
-timestamptz is on the wire (microseconds since 2000-01-01 UTC; see store.tick), and binary
-COPY carries no type tags, so the server reads those 8 bytes as the timestamptz its column is.
+Writing is binary COPY. `set_types` picks psycopg's C dumper for every column, so no Python
+code runs per value. The time columns are declared int8 here: a tick time is already the
+integer a binary timestamptz is on the wire (microseconds since 2000-01-01 UTC; see
+store.tick), and binary COPY carries no type tags, so the server reads those 8 bytes as the
+timestamptz its column is. Each COPY batch is recorded in `ingest_batches` in the same
+transaction, under the journal sequence numbers of its frames, so a restart knows where the
+journal's replay starts.
+
+Reading one instrument goes through the (instrument_key, ts DESC) index; `ticks` has no b-tree
+on `ts` alone (sql/007), so "the newest tick" is asked per instrument, never as max(ts).
 """
 
 from __future__ import annotations
 
-import psycopg
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
 
-from store.tick import TICK_COLUMNS, TICK_PG_TYPES
+import psycopg
+from psycopg.rows import dict_row
+
+from store.subscriptions import LISTED
+from store.tick import PG_EPOCH_UNIX_US, TICK_COLUMNS, TICK_PG_TYPES, TIME_COLUMNS, Tick
 
 COPY_TICKS = f"COPY ticks ({', '.join(TICK_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 _WIRE_TYPES = ["int8" if pg_type == "timestamptz" else pg_type for pg_type in TICK_PG_TYPES]
+
+_TICK_COLUMNS = ", ".join(f"t.{name}" for name in TICK_COLUMNS)
+# The same columns with the times as tick times (integers; see store.tick), for the decoder.
+_TICK_TIMES_COLUMNS = ", ".join(
+    f"(extract(epoch FROM t.{name}) * 1000000)::bigint - {PG_EPOCH_UNIX_US}"
+    if index in TIME_COLUMNS
+    else f"t.{name}"
+    for index, name in enumerate(TICK_COLUMNS)
+)
+
+Row = dict[str, Any]
 
 
 def copy_ticks(cursor: psycopg.Cursor, rows: list[tuple]) -> None:
@@ -23,3 +46,143 @@ def copy_ticks(cursor: psycopg.Cursor, rows: list[tuple]) -> None:
         write_row = copy.write_row
         for row in rows:
             write_row(row)
+
+
+# --- the batch ledger -----------------------------------------------------------------------
+
+
+def write_batch(
+    cur: psycopg.Cursor,
+    journal_id: str,
+    batch_id: int,
+    first_seq: int,
+    last_seq: int,
+    rows: list[tuple],
+) -> None:
+    """COPY `rows` and record them as batch `batch_id` of journal frames first_seq..last_seq.
+
+    Both in the cursor's transaction, which the caller commits: the rows and their record
+    become visible together or not at all. A batch without rows is recorded too, so the
+    journal frames that carried no tick count as committed.
+    """
+    if rows:
+        copy_ticks(cur, rows)
+    cur.execute(
+        "INSERT INTO ingest_batches (journal_id, batch_id, first_seq, last_seq, row_count)"
+        " VALUES (%s, %s, %s, %s, %s)",
+        [journal_id, batch_id, first_seq, last_seq, len(rows)],
+    )
+
+
+def batch_committed(cur: psycopg.Cursor, journal_id: str, batch_id: int) -> bool:
+    """Whether batch `batch_id` of the journal is recorded: after a commit whose answer was
+    lost, a retry must not write its rows a second time."""
+    return (
+        cur.execute(
+            "SELECT 1 FROM ingest_batches WHERE journal_id = %s AND batch_id = %s",
+            [journal_id, batch_id],
+        ).fetchone()
+        is not None
+    )
+
+
+def committed_position(conn: psycopg.Connection, journal_id: str) -> tuple[int, int]:
+    """(last committed journal seq, last batch id) of the journal; (0, 0) before its first."""
+    row = conn.execute(
+        "SELECT coalesce(max(last_seq), 0), coalesce(max(batch_id), 0)"
+        " FROM ingest_batches WHERE journal_id = %s",
+        [journal_id],
+    ).fetchone()
+    return row or (0, 0)
+
+
+# --- reading --------------------------------------------------------------------------------
+
+
+def tick_page(
+    conn: psycopg.Connection,
+    key: str,
+    start: datetime,
+    end: datetime,
+    limit: int,
+    after: tuple[datetime, datetime] | None = None,
+) -> list[Row]:
+    """Ticks of `key` in [start, end), newest first, strictly older than `after` if given.
+
+    `after` is the (ts, received_at) of the last tick of the previous page; the extra
+    `ts <= ` bound lets the (instrument_key, ts DESC) index start at that position.
+    """
+    params: dict[str, Any] = {"key": key, "start": start, "end": end, "limit": limit}
+    position = ""
+    if after is not None:
+        params["ts"], params["received_at"] = after
+        position = " AND t.ts <= %(ts)s AND (t.ts, t.received_at) < (%(ts)s, %(received_at)s)"
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(
+            f"SELECT {_TICK_COLUMNS} FROM ticks t"
+            " WHERE t.instrument_key = %(key)s AND t.ts >= %(start)s AND t.ts < %(end)s"
+            f"{position} ORDER BY t.ts DESC, t.received_at DESC LIMIT %(limit)s",
+            params,
+        ).fetchall()
+
+
+def time_bounds(column: str, *, start: bool, end: bool) -> str:
+    """` AND column >= %(start)s AND column < %(end)s`, each bound only when asked for.
+
+    A bound left out is left out of the SQL, not passed as NULL, so the planner sees exactly
+    the range the index is read over.
+    """
+    return (f" AND {column} >= %(start)s" if start else "") + (
+        f" AND {column} < %(end)s" if end else ""
+    )
+
+
+def recent_ticks_sql(*, start: bool, end: bool) -> str:
+    """The newest %(limit)s ticks of %(key)s in the window, oldest first, with `ts` and every
+    column after it (not the key): a frame of one instrument, indexed by time."""
+    return (
+        f"SELECT {', '.join(TICK_COLUMNS[1:])} FROM ("
+        " SELECT * FROM ticks WHERE instrument_key = %(key)s"
+        f"{time_bounds('ts', start=start, end=end)}"
+        " ORDER BY ts DESC LIMIT %(limit)s) AS latest ORDER BY ts"
+    )
+
+
+def _newest(columns: str, keys_from: str) -> str:
+    """The newest tick of each `instrument_key` of `keys_from` (aliased `k`), as `t`.
+
+    One probe of the (instrument_key, ts DESC) index per key, newest chunk first; of two
+    ticks at the same `ts`, the one received last.
+    """
+    return (
+        f"SELECT {columns} FROM {keys_from} CROSS JOIN LATERAL ("
+        " SELECT * FROM ticks WHERE ticks.instrument_key = k.instrument_key"
+        " ORDER BY ts DESC, received_at DESC LIMIT 1) t"
+    )
+
+
+def newest_ticks(conn: psycopg.Connection, keys: Sequence[str] | None) -> list[Row]:
+    """The newest stored tick of each key, as rows (of every listed subscription when `keys`
+    is None): the API's latest ticks when it runs without the ingest."""
+    keys_from = (
+        "unnest(%(keys)s::text[]) AS k(instrument_key)"
+        if keys is not None
+        else f"(SELECT instrument_key FROM subscriptions WHERE {LISTED}) AS k"
+    )
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(
+            _newest(_TICK_COLUMNS, keys_from),
+            {"keys": list(keys) if keys is not None else None},
+        ).fetchall()
+
+
+def newest_tick_rows(conn: psycopg.Connection) -> list[Tick]:
+    """The newest stored tick of every instrument in `subscriptions`, whatever its status, as
+    ticks with integer times: what seeds the decoder after a restart."""
+    return [tuple(row) for row in conn.execute(_newest(_TICK_TIMES_COLUMNS, "subscriptions k"))]
+
+
+def newest_tick_time(conn: psycopg.Connection) -> datetime | None:
+    """The time of the newest tick of any instrument in `subscriptions`; None without one."""
+    row = conn.execute(_newest("max(t.ts)", "subscriptions k")).fetchone()
+    return row[0] if row else None

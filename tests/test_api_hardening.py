@@ -23,12 +23,12 @@ from fastapi import FastAPI
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
-from api import create_app, queries
+from api import create_app
 from api.hosts import allowed_hosts
 from api.limits import MAX_BODY_BYTES, MAX_HEAD_BYTES
 from api.symbols import SymbolResolver
 from ingest.config import Secret, Settings
-from store.instruments import UnknownSymbol
+from store.instruments import UnknownSymbol, instrument_search, search_instruments
 from tests.conftest import DbServer
 from tests.test_api import API_KEY, INFY, client, sample_database, serve, wait_for
 
@@ -281,7 +281,7 @@ def _plan_nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 def _plan(url: str, text: str | None, segment: str | None) -> list[dict[str, Any]]:
     """The nodes of the plan the search endpoint's query gets on `url`."""
-    sql, params = queries.instrument_search(text, segment, 20)
+    sql, params = instrument_search(text, segment, 20)
     with psycopg.connect(url, autocommit=True) as conn:
         [[[explained]]] = conn.execute(f"EXPLAIN (FORMAT JSON) {sql}", params).fetchall()
     return list(_plan_nodes(explained["Plan"]))
@@ -313,9 +313,7 @@ def test_the_indexed_search_finds_what_the_scan_found(
     big_master: str, text: str | None, segment: str | None
 ) -> None:
     with psycopg.connect(big_master, autocommit=True) as conn:
-        found = [
-            row["instrument_key"] for row in queries.search_instruments(conn, text, segment, 100)
-        ]
+        found = [row["instrument_key"] for row in search_instruments(conn, text, segment, 100)]
         params = {"text": text, "segment": segment, "limit": 100}
         expected = [key for (key,) in conn.execute(_SEARCH_BEFORE, params)]
     assert found == expected

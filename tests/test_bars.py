@@ -17,6 +17,8 @@ from typing import NamedTuple
 import psycopg
 
 from store.bars import BAR_VIEWS, refresh_bars
+from store.tick import TICK_COLUMNS, from_datetime
+from store.ticks import batch_committed, committed_position, write_batch
 from tests import conftest
 
 IST = timezone(timedelta(hours=5, minutes=30))
@@ -122,6 +124,18 @@ def copy_ticks(conn: psycopg.Connection, ticks: Iterable[Tick]) -> None:
     ):
         for tick in ticks:
             copy.write_row(tick)
+
+
+def as_ingested(tick: Tick) -> tuple:
+    """`tick` as the ingest writes it (store.tick): every column, the times as tick times."""
+    values = {
+        "instrument_key": tick.instrument_key,
+        "ts": from_datetime(tick.ts),
+        "ltp": tick.ltp,
+        "volume_delta": tick.volume_delta,
+        "received_at": from_datetime(datetime.now(UTC)),
+    }
+    return tuple(values.get(name) for name in TICK_COLUMNS)
 
 
 def insert_one_by_one(conn: psycopg.Connection, ticks: Iterable[Tick]) -> None:
@@ -299,10 +313,18 @@ def test_late_ticks_of_a_transaction_older_than_the_refresh_are_rolled_up(
     ):
         copy_ticks(conn, ticks)
         refresh_bars(conn)
-        # The ingest writer's retry path: it looks the batch up, then COPYs, in one transaction.
-        writer.execute("SELECT 1 FROM ingest_batches WHERE journal_id = 'j' AND batch_id = 1")
-        refresh_bars(conn)
-        copy_ticks(writer, [late])
+        # The ingest writer's retry path: it looks the batch up, then writes it, in one
+        # transaction.
+        with writer.cursor() as cur:
+            assert not batch_committed(cur, "j", 1)
+            refresh_bars(conn)
+            write_batch(cur, "j", 1, 7, 9, [as_ingested(late)])
         writer.commit()
         refresh_bars(conn)
         assert bars_of_day(conn, day) == expected_bars([*ticks, late])
+        with writer.cursor() as cur:
+            assert batch_committed(cur, "j", 1)
+            write_batch(cur, "j", 2, 10, 12, [])  # frames without a tick are committed too
+        writer.commit()
+        assert committed_position(conn, "j") == (12, 2)
+        assert committed_position(conn, "another journal") == (0, 0)

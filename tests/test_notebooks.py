@@ -27,6 +27,7 @@ from ingest.config import Settings
 from ingest.service import WebSocketService
 from store.instruments import default_sample_path, load_instruments
 from tests import conftest
+from tickvault import notebook
 
 NOTEBOOKS = conftest.REPO / "notebooks"
 INGEST_SECONDS = 8
@@ -175,3 +176,28 @@ def test_notebook_runs_on_simulated_feed(
 
     if check is not None:
         check(_probe_result(notebook.cells[-1]))
+
+
+def test_the_readers_take_open_ended_windows(
+    simulated_db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bound left out reads to that end of the data; the notebooks always give both."""
+    monkeypatch.setenv("TICKVAULT_DATABASE_URL", simulated_db_url)
+    day = notebook.latest_session_day()
+    symbol = notebook.busiest_symbol(day)
+    start, end = notebook.day_bounds(day)
+
+    bars = notebook.read_bars(symbol, "1m", start, end)
+    assert not bars.empty
+    everything = notebook.read_bars(symbol)
+    assert everything[(everything.index >= start) & (everything.index < end)].equals(bars)
+    assert notebook.read_bars(symbol, "1m", start=start).index[0] == bars.index[0]
+    assert notebook.read_bars(symbol, "1m", end=end).index[-1] == bars.index[-1]
+    with pytest.raises(ValueError, match="interval must be one of 1m, 5m"):
+        notebook.read_bars(symbol, "2m")  # type: ignore[arg-type]
+
+    newest = notebook.read_ticks(symbol, limit=5)
+    assert len(newest) == 5
+    assert newest.index.is_monotonic_increasing
+    assert newest.index.equals(notebook.read_ticks(symbol, start=start, limit=5).index)
+    assert newest.attrs["instrument_key"] == symbol

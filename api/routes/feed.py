@@ -7,7 +7,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Response
 from starlette.concurrency import run_in_threadpool
 
-from api import queries
 from api.auth import API_KEY
 from api.context import ApiContext, Context, Service
 from api.errors import ErrorOut, responses
@@ -23,6 +22,7 @@ from api.models import (
 )
 from api.params import MAX_SYMBOL_LIST_CHARS, SYMBOL_LIST_RULES, Symbol, symbol_list
 from store.tick import as_dict
+from store.ticks import newest_ticks
 
 router = APIRouter(prefix="/api/v1/websocket", tags=["feed"])
 _GUARDED = responses(401, 403, 404, 409, 503)
@@ -119,7 +119,7 @@ def _latest_ticks_out(
     else:
         source = "database"
         with context.pool.connection() as conn:
-            latest = {row["instrument_key"]: row for row in queries.latest_ticks(conn, keys)}
+            latest = {row["instrument_key"]: row for row in newest_ticks(conn, keys)}
     if names is None:
         by_key = context.resolver.trading_symbols(latest)
         wanted = sorted(by_key.items(), key=lambda item: (item[1], item[0]))

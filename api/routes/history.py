@@ -9,7 +9,6 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Response
 
-from api import queries
 from api.context import Context
 from api.errors import responses
 from api.models import BarsOut, TicksPage
@@ -21,12 +20,13 @@ from api.params import (
     encode_cursor,
     time_window,
 )
+from store.bars import BAR_COLUMNS, Interval, bar_rows
+from store.ticks import tick_page
 
 router = APIRouter(prefix="/api/v1", tags=["history"])
 
 DEFAULT_WINDOW = timedelta(days=1)
-MAX_BAR_WINDOW = {"1m": timedelta(days=31), "5m": timedelta(days=180)}
-_BAR_COLUMNS = ("bucket", "open", "high", "low", "close", "volume", "tick_count")
+MAX_BAR_WINDOW: dict[Interval, timedelta] = {"1m": timedelta(days=31), "5m": timedelta(days=180)}
 
 _DATE_TIME = "an ISO 8601 date-time such as 2026-01-05T09:15:00+05:30, UTC when it has no offset"
 Start = Annotated[
@@ -68,7 +68,7 @@ def ticks(
     after = decode_cursor(cursor) if cursor is not None else None
     [key] = context.resolver.resolve([symbol])
     with context.pool.connection() as conn:
-        rows = queries.tick_page(conn, key, *window, limit=limit + 1, after=after)
+        rows = tick_page(conn, key, *window, limit=limit + 1, after=after)
     page = rows[:limit]
     more = len(rows) > limit
     return TicksPage(
@@ -90,7 +90,7 @@ def ticks(
 def bars(
     symbol: Symbol,
     context: Context,
-    interval: Literal["1m", "5m"] = "1m",
+    interval: Interval = "1m",
     start: BarStart = None,
     end: End = None,
     output: Annotated[Literal["json", "csv"], Query(alias="format")] = "json",
@@ -99,7 +99,7 @@ def bars(
     window = time_window(start, end, default_span=DEFAULT_WINDOW, max_span=MAX_BAR_WINDOW[interval])
     [key] = context.resolver.resolve([symbol])
     with context.pool.connection() as conn:
-        rows = queries.bars(conn, interval, key, *window)
+        rows = bar_rows(conn, interval, key, *window)
     if output == "csv":
         return Response(_csv(rows), media_type="text/csv; charset=utf-8")
     return BarsOut(symbol=symbol, instrument_key=key, interval=interval, bars=rows)
@@ -108,8 +108,8 @@ def bars(
 def _csv(rows: list[dict[str, Any]]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(_BAR_COLUMNS)
+    writer.writerow(BAR_COLUMNS)
     for row in rows:
         bucket = row["bucket"].isoformat().replace("+00:00", "Z")
-        writer.writerow([bucket, *(row[name] for name in _BAR_COLUMNS[1:])])
+        writer.writerow([bucket, *(row[name] for name in BAR_COLUMNS[1:])])
     return out.getvalue()

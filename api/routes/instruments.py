@@ -6,11 +6,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from api import queries
 from api.context import Context
 from api.errors import responses
 from api.models import InstrumentOut
 from api.params import SearchText
+from store.instruments import search_instruments
 
 router = APIRouter(prefix="/api/v1", tags=["instruments"])
 
@@ -28,4 +28,4 @@ def instruments(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> list[dict[str, Any]]:
     with context.pool.connection() as conn:
-        return queries.search_instruments(conn, query, segment, limit)
+        return search_instruments(conn, query, segment, limit)

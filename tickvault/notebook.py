@@ -5,6 +5,10 @@ embedded store, docker compose's database or a test database: whichever
 TICKVAULT_DATABASE_URL (or, unset, the local cluster) names. Every call opens its own short
 autocommit connection: a kernel left idle for hours then holds no open transaction that would
 keep vacuum from reclaiming tick chunks, and a restarted server costs nothing but a rerun.
+
+It belongs to `tickvault`, the layer that wires the others together: it turns the settings
+into a database URL, runs the store's queries (store.ticks, store.bars, store.instruments)
+and hands back frames. Nothing here is HTTP.
 """
 
 from __future__ import annotations
@@ -16,15 +20,12 @@ import pandas as pd
 import psycopg
 
 from ingest.config import Settings
-from store.bars import BAR_VIEWS
-from store.instruments import resolve_symbol
+from store.bars import BAR_VIEWS, Interval, bars_sql, busiest_instrument
+from store.instruments import resolve_symbol, trading_symbols
 from store.local.url import database_url
-from store.tick import TICK_COLUMNS
+from store.ticks import newest_tick_time, recent_ticks_sql
 
 IST = "Asia/Kolkata"
-BAR_COLUMNS = ("open", "high", "low", "close", "volume", "tick_count")
-# Every tick column but the key (a frame holds one instrument) and `ts` (its index).
-TICK_FIELDS = TICK_COLUMNS[2:]
 
 _NUMERIC_TYPES = frozenset(
     psycopg.postgres.types[name].oid
@@ -85,29 +86,15 @@ def day_bounds(day: date | str) -> tuple[datetime, datetime]:
     return start.to_pydatetime(), (start + pd.Timedelta(days=1)).to_pydatetime()
 
 
-def _time_range(column: str, start: datetime | None, end: datetime | None) -> tuple[str, dict]:
-    clauses, params = [], {}
-    if start is not None:
-        clauses.append(f"{column} >= %(start)s")
-        params["start"] = start
-    if end is not None:
-        clauses.append(f"{column} < %(end)s")
-        params["end"] = end
-    return "".join(f" AND {clause}" for clause in clauses), params
-
-
 def _labelled(frame: pd.DataFrame, conn: psycopg.Connection, key: str) -> pd.DataFrame:
-    row = conn.execute(
-        "SELECT trading_symbol FROM instruments WHERE instrument_key = %s", [key]
-    ).fetchone()
     frame.attrs["instrument_key"] = key
-    frame.attrs["trading_symbol"] = row[0] if row else key
+    frame.attrs["trading_symbol"] = trading_symbols(conn, [key]).get(key, key)
     return frame
 
 
 def read_bars(
     symbol: str,
-    interval: str = "1m",
+    interval: Interval = "1m",
     start: datetime | date | str | None = None,
     end: datetime | date | str | None = None,
 ) -> pd.DataFrame:
@@ -117,18 +104,13 @@ def read_bars(
     `end` exclusive, naive times being IST. `attrs` names the instrument the symbol resolved
     to. A minute without a tick has no bar: gaps are gaps, not zero-volume bars.
     """
-    view = BAR_VIEWS.get(interval)
-    if view is None:
+    if interval not in BAR_VIEWS:
         raise ValueError(f"interval must be one of {', '.join(BAR_VIEWS)}, got {interval!r}")
-    where, params = _time_range("bucket", _moment(start), _moment(end))
+    bounds = {"start": _moment(start), "end": _moment(end)}
+    sql = bars_sql(interval, start=start is not None, end=end is not None)
     with connect() as conn:
         key = resolve_symbol(conn, symbol)
-        frame = _fetch(
-            conn,
-            f"SELECT bucket, {', '.join(BAR_COLUMNS)} FROM {view}"
-            f" WHERE instrument_key = %(key)s{where} ORDER BY bucket",
-            {"key": key, **params},
-        )
+        frame = _fetch(conn, sql, {"key": key, **bounds})
         frame = _labelled(frame.set_index("bucket"), conn, key)
     frame.attrs["interval"] = interval
     return frame
@@ -142,16 +124,11 @@ def read_ticks(
 ) -> pd.DataFrame:
     """The latest `limit` ticks of one instrument in [start, end), indexed by `ts` (IST),
     oldest first. The limit keeps a busy future's full day from filling the kernel's memory."""
-    where, params = _time_range("ts", _moment(start), _moment(end))
+    bounds = {"start": _moment(start), "end": _moment(end)}
+    sql = recent_ticks_sql(start=start is not None, end=end is not None)
     with connect() as conn:
         key = resolve_symbol(conn, symbol)
-        frame = _fetch(
-            conn,
-            f"SELECT ts, {', '.join(TICK_FIELDS)} FROM ("
-            f" SELECT * FROM ticks WHERE instrument_key = %(key)s{where}"
-            " ORDER BY ts DESC LIMIT %(limit)s) AS latest ORDER BY ts",
-            {"key": key, "limit": limit, **params},
-        )
+        frame = _fetch(conn, sql, {"key": key, "limit": limit, **bounds})
         return _labelled(frame.set_index("ts"), conn, key)
 
 
@@ -162,16 +139,12 @@ def latest_session_day() -> date:
     has no b-tree on ts alone (sql/007), so a bare max(ts) would read the newest chunk.
     """
     with connect() as conn:
-        row = conn.execute(
-            f"SELECT (max(t.ts) AT TIME ZONE '{IST}')::date FROM subscriptions s"
-            " CROSS JOIN LATERAL (SELECT ts FROM ticks WHERE ticks.instrument_key ="
-            " s.instrument_key ORDER BY ts DESC LIMIT 1) t"
-        ).fetchone()
-    if row is None or row[0] is None:
+        newest = newest_tick_time(conn)
+    if newest is None:
         raise LookupError(
             "the store holds no ticks yet: run `tickvault run` (the simulator needs no token)"
         )
-    return row[0]
+    return pd.Timestamp(newest).tz_convert(IST).date()
 
 
 def busiest_symbol(day: date | str | None = None) -> str:
@@ -182,13 +155,7 @@ def busiest_symbol(day: date | str | None = None) -> str:
     """
     start, end = day_bounds(latest_session_day() if day is None else day)
     with connect() as conn:
-        row = conn.execute(
-            "SELECT instrument_key FROM ohlc_1m WHERE bucket >= %s AND bucket < %s"
-            " GROUP BY instrument_key"
-            " ORDER BY coalesce(sum(volume), 0) > 0 DESC, sum(tick_count) DESC, instrument_key"
-            " LIMIT 1",
-            [start, end],
-        ).fetchone()
-    if row is None:
+        key = busiest_instrument(conn, start, end)
+    if key is None:
         raise LookupError(f"no bars on {start.date()}")
-    return row[0]
+    return key
