@@ -13,7 +13,6 @@ from api.auth import ApiKeyGate
 from api.context import ApiContext
 from api.db import read_pool
 from api.errors import install_error_handlers
-from api.hosts import allowed_hosts
 from api.limits import BodyLimit
 from api.liveness import DatabaseProbe
 from api.operations import Operations
@@ -62,6 +61,6 @@ def create_app(settings: Settings, database_url: str, run_ingest: bool = True) -
     app.add_middleware(BodyLimit)
     app.add_middleware(ApiKeyGate, settings=settings, operations=operations)
     app.add_middleware(
-        TrustedHostMiddleware, allowed_hosts=allowed_hosts(settings.api_host), www_redirect=False
+        TrustedHostMiddleware, allowed_hosts=list(settings.api_allowed_hosts), www_redirect=False
     )
     return app

@@ -1,11 +1,15 @@
-"""Request and response bodies: what OpenAPI documents and responses are checked against."""
+"""Request and response bodies: what OpenAPI documents and responses are checked against.
+
+The status body is not here: it is `ingest.status.IngestStatus`, defined once beside the
+service that fills it.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from api.params import Symbol
 from ingest.upstox.wire import Mode
@@ -21,49 +25,6 @@ class HealthOut(BaseModel):
 class UnavailableOut(BaseModel):
     status: Literal["unavailable"]
     reason: str
-
-
-# Status sections name the fields operators rely on and keep whatever else the service reports.
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-
-class FeedStatus(_Section):
-    source: str
-    state: str | None = None
-    reconnects: int | None = None
-    malformed_frames: int | None = None
-    last_error: str | None = None
-
-
-class SubscriptionSummary(_Section):
-    total_symbols: int
-    subscribed_count: int
-    failed_count: int
-    subscription_rate: str = Field(examples=["100.00%"])
-
-
-class WriterStatus(_Section):
-    rows_written: int
-    queue_depth: int
-    oldest_unwritten_tick_age_s: float
-
-
-class JournalStatus(_Section):
-    backlog_frames: int
-    bytes_on_disk: int
-
-
-class StatusOut(BaseModel):
-    is_running: bool
-    websocket_connected: bool
-    feed: FeedStatus
-    subscriptions: SubscriptionSummary | None
-    writer: WriterStatus | None
-    journal: JournalStatus | None
-    pipeline: dict[str, Any]
-    cache: dict[str, Any]
-    bars: dict[str, Any]
 
 
 class SubscriptionOut(BaseModel):

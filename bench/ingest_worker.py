@@ -48,11 +48,11 @@ def _feed_ticks(feed_url: str) -> int:
 
 
 def _counts(service: WebSocketService) -> dict[str, int]:
-    status = service.get_status()
+    status = service.status()
     return {
-        "committed": int(status["writer"]["rows_written"]),
-        "decoded": int(status["cache"]["ticks_processed"]),
-        "frames": int(status["pipeline"]["frames"]),
+        "committed": int(status.writer.rows_written),
+        "decoded": int(status.cache.ticks_processed),
+        "frames": int(status.pipeline.frames),
     }
 
 
@@ -97,14 +97,14 @@ async def run(config: dict[str, Any]) -> dict[str, Any]:
         while time.time() - started < config["seconds"]:
             await asyncio.sleep(1.0)
             counts = _counts(service)
-            queue = int(service.get_status()["writer"]["queue_depth"])
+            queue = int(service.status().writer.queue_depth)
             timeline.append(
                 (round(time.time() - started, 1), counts["decoded"], counts["committed"], queue)
             )
         end, ended = _counts(service), time.time()
         cores = meter.stop()
         feed_end = await asyncio.to_thread(_feed_ticks, config["feed_url"])
-        final = service.get_status()
+        final = service.status()
     finally:
         try:
             await asyncio.wait_for(service.stop(), FLUSH_TIMEOUT_S)
@@ -123,10 +123,10 @@ async def run(config: dict[str, Any]) -> dict[str, Any]:
             (end["decoded"] - start["decoded"]) / max(end["frames"] - start["frames"], 1), 1
         ),
         "max_queue_rows": max((queue for *_, queue in timeline), default=0),
-        "queue_rows_at_end": final["writer"]["queue_depth"],
-        "oldest_unwritten_s_at_end": final["writer"]["oldest_unwritten_tick_age_s"],
-        "journal_only_spills": final["writer"]["spills"],
-        "writer_errors": final["writer"]["errors"],
+        "queue_rows_at_end": final.writer.queue_depth,
+        "oldest_unwritten_s_at_end": final.writer.oldest_unwritten_tick_age_s,
+        "journal_only_spills": final.writer.spills,
+        "writer_errors": final.writer.errors,
         "cpu_cores": cores,
         "commit_latency_s": latency.between(started, ended),
         "batch_write_s": batch.between(started, ended),

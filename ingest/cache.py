@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import asdict
+from typing import Any
 
+from ingest.status import CacheStatus
+from ingest.symbols import SymbolDirectory
+from ingest.tick_data import TickData
 from store.tick import KEY, Tick
 
 
@@ -17,8 +22,13 @@ class AggregatedTickHandler:
     """
 
     def __init__(
-        self, max_instruments: int = 50_000, clock: Callable[[], float] = time.monotonic
+        self,
+        symbols: SymbolDirectory | None = None,
+        max_instruments: int = 50_000,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`symbols` lets `get_latest_tick` take trading symbols and index names too."""
+        self._symbols = symbols
         self._latest: dict[str, Tick] = {}
         self._max = max_instruments
         self._clock = clock
@@ -44,11 +54,34 @@ class AggregatedTickHandler:
             return dict(self._latest)
         return {key: self._latest[key] for key in keys if key in self._latest}
 
-    def get_stats(self) -> dict[str, object]:
+    def get_latest_tick(self, symbol: str) -> dict[str, Any] | None:
+        """The latest tick of a trading symbol, index name or instrument key, with the guide's
+        keys (`symbol`, `price`, `volume`, `timestamp`, ...); None before its first tick.
+
+        Raises UnknownSymbol for what names no instrument. A symbol is resolved once (a query
+        the first time), then this is two dict lookups.
+        """
+        key = self._symbols.key_of(symbol) if self._symbols is not None else symbol
+        tick = self._latest.get(key)
+        if tick is None:
+            return None
+        name = self._symbols.symbol_of(key) if self._symbols is not None else key
+        return TickData.from_tick(tick, name).as_dict()
+
+    def get_latest_ticks(self, symbols: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """symbol as given -> its latest tick (as `get_latest_tick`), for those that have one."""
+        found = {symbol: self.get_latest_tick(symbol) for symbol in symbols}
+        return {symbol: tick for symbol, tick in found.items() if tick is not None}
+
+    def get_stats(self) -> dict[str, Any]:
+        """`status()` as a dict, as the Phase 2 guide reads it."""
+        return asdict(self.status())
+
+    def status(self) -> CacheStatus:
         elapsed = max(self._clock() - self._started, 1e-9)
-        return {
-            "ticks_processed": self.ticks_processed,
-            "instruments": len(self._latest),
-            "ticks_per_second": round(self.ticks_processed / elapsed, 1),
-            "ignored_instruments": self.ignored_instruments,
-        }
+        return CacheStatus(
+            ticks_processed=self.ticks_processed,
+            symbols_tracked=len(self._latest),
+            ticks_per_second=round(self.ticks_processed / elapsed, 1),
+            ignored_instruments=self.ignored_instruments,
+        )

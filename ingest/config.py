@@ -1,18 +1,44 @@
-"""Configuration from the environment, read once and passed down explicitly.
+"""Configuration: one `Settings` object, read once from the environment and passed down.
 
-Every knob is an environment variable so that the same code runs from a shell, from docker
-compose's `.env` and from the tests. README.md's configuration table lists them all; keep the
-two in step.
+Every knob is an environment variable, so the same code runs from a shell, from docker
+compose and from the tests. `Settings.from_env()` reads them, and a `.env` file in the
+working directory too; a variable set in the environment wins over the file. README.md's
+configuration table lists them all; keep the two in step.
+
+Each default is written once, as a field default of `Settings`, and each field is a variable
+by its name: `TICKVAULT_<FIELD>`, or `UPSTOX_<...>` for the fields named upstox_* (see
+`variable`). pydantic-settings reads the variables' text (a model with a field for each of
+Settings', `_environment_model`), and pydantic parses it by the fields' types. A
+`Settings(...)` built in code reads nothing.
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
+import functools
+import logging
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TypeVar
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    AliasGenerator,
+    BeforeValidator,
+    GetCoreSchemaHandler,
+    TypeAdapter,
+    ValidationError,
+    create_model,
+)
+from pydantic_core import core_schema
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ingest.upstox.wire import DEFAULT_MODE_LIMITS
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+
+log = logging.getLogger(__name__)
 
 
 class Secret(str):
@@ -21,41 +47,50 @@ class Secret(str):
     def __repr__(self) -> str:
         return "Secret('********')" if self else "Secret('')"
 
-
-_N = TypeVar("_N", int, float)
-
-
-def _number(env: dict[str, str], name: str, default: _N) -> _N:
-    """`name` parsed like its default (int or float); a bad value names the variable."""
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return type(default)(raw)
-    except ValueError:
-        kind = "a whole number" if isinstance(default, int) else "a number"
-        raise ValueError(f"{name} must be {kind}, got {raw!r}") from None
+    @classmethod
+    def __get_pydantic_core_schema__(
+        cls, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        return core_schema.no_info_after_validator_function(cls, core_schema.str_schema())
 
 
-def _mode_limits(env: dict[str, str]) -> dict[str, tuple[int, int]]:
-    """`TICKVAULT_MODE_LIMITS=full:2000/1500,ltpc:5000/2000` overrides the documented limits."""
+def _names(value: object) -> object:
+    """`a, b` -> ("a", "b"); a value that is not a string is left to the field's type."""
+    if isinstance(value, str):
+        return tuple(name.strip() for name in value.split(",") if name.strip())
+    return value
+
+
+def _mode_limits(value: object) -> object:
+    """`full:2000/1500,ltpc:5000/2000` overrides the documented limits of the modes it names."""
+    if not isinstance(value, str):
+        return value
     limits = dict(DEFAULT_MODE_LIMITS)
-    raw = env.get("TICKVAULT_MODE_LIMITS", "").strip()
-    for item in filter(None, (part.strip() for part in raw.split(","))):
+    for item in filter(None, (part.strip() for part in value.split(","))):
         try:
             mode, numbers = item.split(":")
             single, combined = numbers.split("/")
             limits[mode.strip()] = (int(single), int(combined))
         except ValueError:
-            raise ValueError(
-                f"TICKVAULT_MODE_LIMITS item {item!r} is not of the form mode:single/combined"
-            ) from None
+            raise ValueError(f"item {item!r} is not of the form mode:single/combined") from None
     return limits
+
+
+# How a variable's text becomes a field's value, beyond what the type says.
+Names = Annotated[tuple[str, ...], BeforeValidator(_names)]
+ModeLimits = Annotated[dict[str, tuple[int, int]], BeforeValidator(_mode_limits)]
+LogLevel = Annotated[str, AfterValidator(str.upper)]
+
+
+def _as_host(address: str) -> str:
+    """A Host header carries an IPv6 address in brackets."""
+    return f"[{address}]" if ":" in address and not address.startswith("[") else address
 
 
 @dataclass(frozen=True)
 class Settings:
-    """What tickvault runs with; `Settings.from_env()` is the only place that reads os.environ."""
+    """What tickvault runs with: `Settings.from_env()` reads it from the environment and
+    `.env`; `Settings(...)` is exactly what it is given, defaults for the rest."""
 
     data_dir: Path = Path(".tickvault")
     database_url: str | None = None
@@ -65,10 +100,8 @@ class Settings:
     upstox_api_base: str = "https://api.upstox.com"
     feed_mode: str = "full"
     max_connections: int = 1
-    mode_limits: dict[str, tuple[int, int]] = field(
-        default_factory=lambda: dict(DEFAULT_MODE_LIMITS)
-    )
-    index_keys: tuple[str, ...] = ("NSE_INDEX|Nifty 50", "NSE_INDEX|Nifty Bank")
+    mode_limits: ModeLimits = field(default_factory=lambda: dict(DEFAULT_MODE_LIMITS))
+    index_keys: Names = ("NSE_INDEX|Nifty 50", "NSE_INDEX|Nifty Bank")
     batch_rows: int = 20_000
     batch_ms: int = 100
     queue_max_rows: int = 500_000
@@ -80,7 +113,20 @@ class Settings:
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     api_key: Secret = field(default=Secret(""), repr=False)
-    log_level: str = "INFO"
+    # Host headers the API answers (`*` any, `*.example.com` any name under it); left empty,
+    # loopback and api_host.
+    api_allowed_hosts: Names = ()
+    log_level: LogLevel = "INFO"
+    # Where trading.log and errors.log go; None writes none, and `tickvault run` and
+    # `tickvault ingest` then use data_dir / "logs" (tickvault/cli.py).
+    log_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("upstox_access_token", "api_key"):  # a plain str given in code, too
+            object.__setattr__(self, name, Secret(getattr(self, name)))
+        if not self.api_allowed_hosts:
+            hosts = dict.fromkeys([*LOOPBACK_HOSTS, _as_host(self.api_host)])
+            object.__setattr__(self, "api_allowed_hosts", tuple(hosts))
 
     @property
     def pg_data_dir(self) -> Path:
@@ -91,33 +137,95 @@ class Settings:
         return self.data_dir / "journal"
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
-        env = dict(os.environ if environ is None else environ)
-        bindir = env.get("TICKVAULT_PG_BINDIR")
-        indices = env.get("TICKVAULT_INDEX_KEYS")
-        return cls(
-            data_dir=Path(env.get("TICKVAULT_DATA_DIR") or ".tickvault"),
-            database_url=env.get("TICKVAULT_DATABASE_URL") or None,
-            pg_bindir=Path(bindir) if bindir else None,
-            pg_port=_number(env, "TICKVAULT_PG_PORT", 55432),
-            upstox_access_token=Secret(env.get("UPSTOX_ACCESS_TOKEN", "")),
-            upstox_api_base=env.get("UPSTOX_API_BASE") or "https://api.upstox.com",
-            feed_mode=env.get("TICKVAULT_FEED_MODE") or "full",
-            max_connections=_number(env, "TICKVAULT_MAX_CONNECTIONS", 1),
-            mode_limits=_mode_limits(env),
-            index_keys=tuple(k.strip() for k in indices.split(",") if k.strip())
-            if indices is not None
-            else cls.index_keys,
-            batch_rows=_number(env, "TICKVAULT_BATCH_ROWS", 20_000),
-            batch_ms=_number(env, "TICKVAULT_BATCH_MS", 100),
-            queue_max_rows=_number(env, "TICKVAULT_QUEUE_MAX_ROWS", 500_000),
-            journal_max_bytes=_number(env, "TICKVAULT_JOURNAL_MAX_BYTES", 2 * 1024**3),
-            journal_segment_bytes=_number(env, "TICKVAULT_JOURNAL_SEGMENT_BYTES", 64 * 1024**2),
-            rollup_interval_s=_number(env, "TICKVAULT_ROLLUP_INTERVAL_S", 5.0),
-            simulator_rate=_number(env, "TICKVAULT_SIMULATOR_RATE", 2000),
-            simulator_seed=_number(env, "TICKVAULT_SIMULATOR_SEED", 1),
-            api_host=env.get("TICKVAULT_API_HOST") or "127.0.0.1",
-            api_port=_number(env, "TICKVAULT_API_PORT", 8000),
-            api_key=Secret(env.get("TICKVAULT_API_KEY", "")),
-            log_level=(env.get("TICKVAULT_LOG_LEVEL") or "INFO").upper(),
-        )
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """The settings the environment and `.env` give (the environment wins over the file),
+        or `environ`'s alone when it is given. `overrides` are fields set in code; they win
+        over both. An empty variable means the default (`UPSTOX_ACCESS_TOKEN=` is the
+        simulator, whatever `.env` says). A bad value raises ValueError with one line naming
+        the variable."""
+        if environ is None:
+            read = _environment_model()()
+            texts = {name: getattr(read, name) for name in read.model_fields_set}
+            texts = {name: text for name, text in texts.items() if text}
+        else:
+            texts = {
+                f.name: environ[variable(f.name)]
+                for f in fields(cls)
+                if environ.get(variable(f.name))
+            }
+        try:
+            return _parser().validate_python({**texts, **overrides})
+        except ValidationError as error:
+            raise ValueError(_one_line(error)) from None
+
+
+def check_dotenv(path: Path = Path(".env")) -> str | None:
+    """One warning when the `.env` that from_env reads (the working directory's) is open to
+    other users: it holds the access token and the passwords. Return the warning, or None
+    for a file only its owner may read and write (0600), or no file. Any group or other bit
+    counts, write included (the security checklist asks for 0600)."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return None
+    if not mode & 0o077:
+        return None
+    who = " and ".join(
+        name for name, bits in (("its group", 0o070), ("other users", 0o007)) if mode & bits
+    )
+    warning = (
+        f"{path} is open to {who} (mode {mode:04o}) but holds secrets such as "
+        f"UPSTOX_ACCESS_TOKEN: run chmod 600 {path}"
+    )
+    log.warning("%s", warning)
+    return warning
+
+
+def variable(name: str) -> str:
+    """The environment variable of the field `name`."""
+    return name.upper() if name.startswith("upstox_") else f"TICKVAULT_{name.upper()}"
+
+
+class _Environment(BaseSettings):
+    """The text of each variable the environment or `.env` sets; `_environment_model` adds a
+    field for each of Settings' fields."""
+
+    model_config = SettingsConfigDict(
+        alias_generator=AliasGenerator(validation_alias=variable),
+        env_file=".env",
+        extra="ignore",  # the environment and .env hold much else (docker compose's passwords)
+    )
+
+
+@functools.cache
+def _environment_model() -> type[_Environment]:
+    texts: dict[str, Any] = {item.name: (str | None, None) for item in fields(Settings)}
+    return create_model("Environment", __base__=_Environment, **texts)
+
+
+@functools.cache
+def _parser() -> TypeAdapter[Settings]:
+    """Settings from text: each field parsed by its type (and the validators Annotated on it)."""
+    return TypeAdapter(Settings)
+
+
+_EXPECTED = {
+    "int_parsing": "a whole number",
+    "int_from_float": "a whole number",
+    "float_parsing": "a number",
+}
+
+
+def _one_line(error: ValidationError) -> str:
+    """`TICKVAULT_BATCH_ROWS must be a whole number, got 'lots'`, for each bad variable."""
+    problems = []
+    for problem in error.errors():
+        name = variable(str(problem["loc"][0])) if problem["loc"] else "configuration"
+        expected = _EXPECTED.get(problem["type"])
+        if expected is not None:
+            problems.append(f"{name} must be {expected}, got {problem['input']!r}")
+        elif problem["type"] == "value_error":
+            problems.append(f"{name}: {problem['ctx']['error']}")
+        else:
+            problems.append(f"{name}: {problem['msg']}")
+    return "; ".join(problems)

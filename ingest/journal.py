@@ -25,6 +25,8 @@ from itertools import pairwise
 from pathlib import Path
 from types import TracebackType
 
+from ingest.status import JournalStatus
+
 KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
@@ -369,18 +371,18 @@ class Journal:
                     yield seq, received_at_us, data[start:end]
                 expected = seq + 1
 
-    def stats(self) -> dict[str, int | str]:
-        return {
-            "journal_id": self.journal_id,
-            "last_seq": self.last_seq,
-            "committed_seq": self.committed_seq,
-            "backlog_frames": self._last_seq - self.committed_seq,
-            "bytes_on_disk": self._bytes,
-            "bytes_appended": self.bytes_appended,
-            "segments": len(self._sizes),
-            "max_bytes": self.max_bytes,
-            "torn_tail_bytes": self.torn_tail_bytes,
-        }
+    def status(self) -> JournalStatus:
+        return JournalStatus(
+            journal_id=self.journal_id,
+            last_seq=self.last_seq,
+            committed_seq=self.committed_seq,
+            backlog_frames=self._last_seq - self.committed_seq,
+            bytes_on_disk=self._bytes,
+            bytes_appended=self.bytes_appended,
+            segments=len(self._sizes),
+            max_bytes=self.max_bytes,
+            torn_tail_bytes=self.torn_tail_bytes,
+        )
 
     def close(self) -> None:
         if self._fd >= 0:

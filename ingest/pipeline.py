@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Container, Iterator
+from collections.abc import Callable, Container, Iterator
 
 from ingest.handlers import CustomHandler, FrameHandler, TickCallback
 from ingest.journal import Journal, JournalFull
 from ingest.metrics import IngestMetrics
+from ingest.status import PipelineStatus
 from ingest.upstox.decoder import FeedDecoder, MalformedFrame
 from store.tick import Tick
 
@@ -25,8 +26,16 @@ log = logging.getLogger(__name__)
 class Pipeline:
     """The client's frame sink: journals, decodes and hands ticks to every handler."""
 
-    def __init__(self, journal: Journal, decoder: FeedDecoder, metrics: IngestMetrics) -> None:
+    def __init__(
+        self,
+        journal: Journal,
+        decoder: FeedDecoder,
+        metrics: IngestMetrics,
+        symbol_of: Callable[[str], str] = str,
+    ) -> None:
+        """`symbol_of` names the trading symbol of a key, for custom handlers' TickData."""
         self.journal = journal
+        self._symbol_of = symbol_of
         self.decoder = decoder
         self.metrics = metrics
         self.wanted: Container[str] | None = None
@@ -46,7 +55,7 @@ class Pipeline:
 
     async def register_handler(self, callback: TickCallback) -> CustomHandler:
         """Follow every tick with an async `callback`, run in a task of its own."""
-        handler = CustomHandler(callback)
+        handler = CustomHandler(callback, self._symbol_of)
         self.custom_handlers.append(handler)
         self.handlers.append(handler)
         self._handler_tasks.append(asyncio.create_task(handler.run(), name=handler.name))
@@ -142,14 +151,14 @@ class Pipeline:
         for handler in self.handlers:
             handler.on_frame(seq, ticks)
 
-    def get_stats(self) -> dict[str, object]:
-        return {
-            "frames": self.frames,
-            "malformed_frames": self.malformed_frames,
-            "frames_refused": self.refused_frames,
-            "journal_error": self.journal_error,
-            "duplicate_ticks_dropped": self.duplicates,
-            "unrequested_ticks_skipped": self.unwanted,
-            "market_status": dict(self.market_status),
-            "custom_handlers": [h.get_stats() for h in self.custom_handlers],
-        }
+    def status(self) -> PipelineStatus:
+        return PipelineStatus(
+            frames=self.frames,
+            malformed_frames=self.malformed_frames,
+            frames_refused=self.refused_frames,
+            journal_error=self.journal_error,
+            duplicate_ticks_dropped=self.duplicates,
+            unrequested_ticks_skipped=self.unwanted,
+            market_status=dict(self.market_status),
+            custom_handlers=[h.status() for h in self.custom_handlers],
+        )

@@ -3,6 +3,10 @@
 Start order matters for "nothing lost": the database state is read and the journal replayed
 into the writer before the feed is connected, so every journaled frame is written exactly
 once whether it arrived before a crash or after the restart.
+
+`get_websocket_service()` and its siblings at the bottom hand Python code in the same process
+(a custom handler, a debugging session) the service it runs and its parts, under the names
+of the Phase 2 guide.
 """
 
 from __future__ import annotations
@@ -11,7 +15,8 @@ import asyncio
 import functools
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from contextlib import AbstractContextManager
+from dataclasses import asdict, replace
 from typing import Any
 
 import psycopg
@@ -26,7 +31,9 @@ from ingest.metrics import IngestMetrics
 from ingest.pipeline import Pipeline
 from ingest.recovery import RecoveryState, load_recovery_state
 from ingest.simulator import FeedSimulator
+from ingest.status import BarsStatus, FeedStatus, IngestStatus
 from ingest.subscriptions import SubscriptionManager, summarize
+from ingest.symbols import SymbolDirectory
 from ingest.upstox.decoder import FeedDecoder
 from ingest.writer import TickDataHandler
 from store.bars import refresh_bars
@@ -44,7 +51,8 @@ class WebSocketService:
         self.settings = settings
         self.database_url = database_url
         self.metrics = IngestMetrics()
-        self.cache = AggregatedTickHandler()
+        self.symbols = SymbolDirectory(self._connection)
+        self.cache = AggregatedTickHandler(self.symbols)
         self.simulator: FeedSimulator | None = None
         self.edition: Edition | None = None
         self._pool: ConnectionPool | None = None
@@ -83,7 +91,9 @@ class WebSocketService:
             max_bytes=settings.journal_max_bytes,
         )
         state, self.edition = await asyncio.to_thread(self._read_state, self._journal.journal_id)
-        self._pipeline = Pipeline(self._journal, _decoder_at(state), self.metrics)
+        self._pipeline = Pipeline(
+            self._journal, _decoder_at(state), self.metrics, self.symbols.symbol_of
+        )
         self._writer = TickDataHandler(
             self._pool,
             self._journal,
@@ -121,9 +131,11 @@ class WebSocketService:
                 upstox_api_base=self.simulator.url,
                 upstox_access_token=Secret("simulator"),
             )
-        self._client = FeedClient(client_settings, self._pipeline)
+        self._client = FeedClient(client_settings, self._pipeline, source=self.feed_source)
         self._pipeline.wanted = self._client.subscribed_keys
-        self._subscriptions = SubscriptionManager(self._client, self._pool, settings)
+        self._subscriptions = SubscriptionManager(
+            self._client, self._pool, settings, symbols=self.symbols
+        )
         await self._client.connect()
         self._tasks["feed"] = asyncio.create_task(self._client.listen(), name="feed")
         resumed = await self._subscriptions.resume()
@@ -133,11 +145,14 @@ class WebSocketService:
             self._tasks["rollup"] = asyncio.create_task(self._rollup_forever(), name="rollup")
         self._tasks["journal-sync"] = asyncio.create_task(self._sync_journal(), name="sync")
         self.is_running = True
+        _running.append(self)
         log.info("ingest started: feed %s, %s edition bars", self.feed_source, self.edition.value)
 
     async def stop(self) -> None:
         """Stop the feed, then flush every tick it delivered: a clean stop loses nothing."""
         self.is_running = False
+        if self in _running:
+            _running.remove(self)
         if self._client is not None:
             await self._client.stop()
         for name in ("feed", "rollup", "journal-sync"):
@@ -188,11 +203,33 @@ class WebSocketService:
             raise RuntimeError("the ingest service is not started")
         return self._subscriptions
 
-    async def subscribe_symbol(self, symbols: list[str], mode: str = "full") -> list[str]:
-        return await self.subscriptions.subscribe_to_symbols(symbols, mode=mode)
+    @property
+    def ws_client(self) -> FeedClient:
+        """The feed client (`UpstoxWebSocketClient`): `is_connected`, `get_subscribed_symbols()`."""
+        if self._client is None:
+            raise RuntimeError("the ingest service is not started")
+        return self._client
 
-    async def unsubscribe_symbol(self, symbols: list[str]) -> list[str]:
-        return await self.subscriptions.unsubscribe_symbols(symbols)
+    async def subscribe_symbol(self, symbols: str | list[str], mode: str = "full") -> list[str]:
+        """Subscribe one symbol or a list (trading symbols, index names or keys); their keys."""
+        return await self.subscriptions.subscribe_to_symbols(_as_list(symbols), mode=mode)
+
+    async def subscribe_keys(self, keys: list[str], mode: str = "full") -> None:
+        """Subscribe instrument keys resolved already (the API resolves and caches symbols)."""
+        await self.subscriptions.subscribe_keys(keys, mode)
+
+    async def unsubscribe_keys(self, keys: list[str]) -> None:
+        await self.subscriptions.unsubscribe_keys(keys)
+
+    def tick_handlers(self) -> dict[str, TickDataHandler | AggregatedTickHandler]:
+        """{"db_handler": the database writer, "aggregated_handler": the latest-tick cache}."""
+        if self._writer is None:
+            raise RuntimeError("the ingest service is not started")
+        return {"db_handler": self._writer, "aggregated_handler": self.cache}
+
+    async def unsubscribe_symbol(self, symbols: str | list[str]) -> list[str]:
+        """Unsubscribe one symbol or a list; their keys."""
+        return await self.subscriptions.unsubscribe_symbols(_as_list(symbols))
 
     def health_problem(self) -> str | None:
         """Why the ingest is not healthy, in one line, or None: what /health answers 503 with.
@@ -209,34 +246,43 @@ class WebSocketService:
         return None
 
     def get_status(self) -> dict[str, Any]:
-        """Everything from memory, so it answers while the database is down.
+        """`status()` as a dict, as the Phase 2 guide reads it (`["subscribed_symbols"]`)."""
+        return asdict(self.status())
+
+    def status(self) -> IngestStatus:
+        """Everything from memory, so it answers while the database is down; a section not
+        built yet (the service is starting) is None.
 
         Call it on the event loop (an async endpoint): the writer's queue changes there.
         """
-        client = self._client.status() if self._client is not None else {}
-        subscriptions = (
-            summarize(
-                len(self._client.get_subscribed_symbols()), len(self._client.failed_subscriptions())
-            )
-            if self._client is not None
-            else {}
+        client = self._client
+        keys = client.subscribed_keys if client is not None else ()
+        return IngestStatus(
+            is_running=self.is_running,
+            websocket_connected=bool(client and client.is_connected),
+            subscribed_symbols=[self.symbols.symbol_of(key) for key in keys],
+            feed=client.status() if client is not None else FeedStatus(source=self.feed_source),
+            subscriptions=(
+                summarize(len(client.get_subscribed_symbols()), len(client.failed_subscriptions()))
+                if client is not None
+                else None
+            ),
+            pipeline=self._pipeline.status() if self._pipeline else None,
+            writer=self._writer.status() if self._writer else None,
+            cache=self.cache.status(),
+            journal=self._journal.status() if self._journal else None,
+            bars=BarsStatus(
+                edition=self.edition.value if self.edition else None,
+                last_rollup_error=self._last_rollup_error,
+            ),
         )
-        return {
-            "is_running": self.is_running,
-            "websocket_connected": bool(self._client and self._client.is_connected),
-            "feed": {"source": self.feed_source, **client},
-            "subscriptions": subscriptions,
-            "pipeline": self._pipeline.get_stats() if self._pipeline else {},
-            "writer": self._writer.get_stats() if self._writer else {},
-            "cache": self.cache.get_stats(),
-            "journal": self._journal.stats() if self._journal else {},
-            "bars": {
-                "edition": self.edition.value if self.edition else None,
-                "last_rollup_error": self._last_rollup_error,
-            },
-        }
 
     # --- background work ----------------------------------------------------------------
+
+    def _connection(self) -> AbstractContextManager[psycopg.Connection]:
+        if self._pool is None:
+            raise RuntimeError("the ingest service is not started")
+        return self._pool.connection()
 
     def _read_state(self, journal_id: str) -> tuple[RecoveryState, Edition]:
         assert self._pool is not None
@@ -307,3 +353,37 @@ def _outcome(task: asyncio.Task[Any]) -> str:
         return "cancelled"
     error = task.exception()
     return f"{type(error).__name__}: {error}" if error is not None else "returned"
+
+
+def _as_list(symbols: str | list[str]) -> list[str]:
+    return [symbols] if isinstance(symbols, str) else symbols
+
+
+# The services started in this process, newest last (tests may run several; a process that
+# serves runs one).
+_running: list[WebSocketService] = []
+
+
+def get_websocket_service() -> WebSocketService:
+    """The ingest service this process runs (`tickvault run` or your own `start()`)."""
+    if not _running:
+        raise RuntimeError(
+            "no tickvault ingest service runs in this process: these accessors work inside "
+            "the process that runs it (`tickvault run`, or WebSocketService(...).start())"
+        )
+    return _running[-1]
+
+
+def get_websocket_client() -> FeedClient:
+    """The running service's feed client."""
+    return get_websocket_service().ws_client
+
+
+def get_aggregated_handler() -> AggregatedTickHandler:
+    """The running service's latest-tick cache: `get_latest_tick("INFY")`."""
+    return get_websocket_service().cache
+
+
+def get_tick_handlers() -> dict[str, TickDataHandler | AggregatedTickHandler]:
+    """{"db_handler": the database writer, "aggregated_handler": the latest-tick cache}."""
+    return get_websocket_service().tick_handlers()

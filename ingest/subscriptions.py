@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable
+from dataclasses import asdict
 from typing import Any, TypeVar
 
 import psycopg
@@ -18,6 +19,8 @@ from psycopg_pool import ConnectionPool
 
 from ingest.client import FeedClient, SubscriptionLimitError
 from ingest.config import Settings
+from ingest.status import SubscriptionSummary
+from ingest.symbols import SymbolDirectory
 from store.instruments import fno_universe, keys_of, resolve_symbols
 from store.subscriptions import listing, resumable, set_status, upsert
 
@@ -28,16 +31,27 @@ BATCH_SIZE = 50  # keys per `sub` request
 T = TypeVar("T")
 
 
-def summarize(subscribed: int, failed: int, pending: int = 0) -> dict[str, Any]:
+def summarize(subscribed: int, failed: int, pending: int = 0) -> SubscriptionSummary:
     """The subscription figures the status endpoint shows, from counts."""
     total = subscribed + failed + pending
-    return {
-        "total_symbols": total,
-        "subscribed_count": subscribed,
-        "failed_count": failed,
-        "pending_count": pending,
-        "subscription_rate": f"{100 * subscribed / total if total else 0:.2f}%",
-    }
+    return SubscriptionSummary(
+        total_symbols=total,
+        subscribed_count=subscribed,
+        failed_count=failed,
+        pending_count=pending,
+        subscription_rate=f"{100 * subscribed / total if total else 0:.2f}%",
+    )
+
+
+def _named(keys: list[str], symbols: SymbolDirectory) -> str:
+    """`INFY (NSE_EQ|INE009A01021), NSE_EQ|INE467B01029`: each key with its trading symbol
+    where known, so that `grep INFY trading.log` finds the lines about INFY."""
+    named = ((key, symbols.symbol_of(key)) for key in keys)
+    return ", ".join(key if symbol == key else f"{symbol} ({key})" for key, symbol in named)
+
+
+def _count(keys: list[str]) -> str:
+    return f"{len(keys)} key" if len(keys) == 1 else f"{len(keys)} keys"
 
 
 class SubscriptionManager:
@@ -49,10 +63,14 @@ class SubscriptionManager:
         pool: ConnectionPool,
         settings: Settings,
         *,
+        symbols: SymbolDirectory | None = None,
         batch_size: int = BATCH_SIZE,
     ) -> None:
+        """`symbols` learns the trading symbol of every key before it is subscribed, so that
+        its first tick and the log lines name it (the service shares one with its cache)."""
         self._client = client
         self._pool = pool
+        self._symbols = symbols or SymbolDirectory(pool.connection)
         self._index_keys = settings.index_keys
         self._batch_size = batch_size
         # Serializes writes: a refusal from the server must not be overwritten by the
@@ -92,6 +110,8 @@ class SubscriptionManager:
         """Unsubscribe instrument keys that were resolved already."""
         await self._client.unsubscribe(keys)
         await self._write(set_status, keys, "unsubscribed")
+        if keys:
+            log.info("unsubscribed %s: %s", _count(keys), _named(keys, self._symbols))
 
     async def resume(self) -> int:
         """Subscribe again, in its mode, every key left subscribed or pending; return how many."""
@@ -112,10 +132,12 @@ class SubscriptionManager:
         """
         with self._pool.connection() as conn:
             rows = listing(conn)
-        status = summarize(
-            sum(row[3] == "subscribed" for row in rows),
-            sum(row[3] == "failed" for row in rows),
-            sum(row[3] == "pending" for row in rows),
+        status = asdict(
+            summarize(
+                sum(row[3] == "subscribed" for row in rows),
+                sum(row[3] == "failed" for row in rows),
+                sum(row[3] == "pending" for row in rows),
+            )
         )
         status["subscriptions"] = [
             {"symbol": symbol, "instrument_key": key, "mode": mode, "status": st, "error": err}
@@ -131,8 +153,16 @@ class SubscriptionManager:
             held = self._client.subscribed_keys
             refused = [key for key in keys if key not in held]
             await self._write(upsert, refused, mode, "failed", str(exc))
+            log.warning(
+                "refused %s in %s mode (%s): %s",
+                _count(refused),
+                mode,
+                exc,
+                _named(refused, self._symbols),
+            )
             raise
         await self._write(upsert, keys, mode, "pending")
+        await asyncio.to_thread(self._symbols.learn, keys)
         for start in range(0, len(keys), self._batch_size):
             batch = keys[start : start + self._batch_size]
             await self._client.subscribe(batch, mode)
@@ -140,6 +170,13 @@ class SubscriptionManager:
                 refused = self._client.failed_subscriptions()
                 accepted = [key for key in batch if key not in refused]
                 await asyncio.to_thread(self._execute, upsert, accepted, mode, "subscribed")
+            if accepted:
+                log.info(
+                    "subscribed %s in %s mode: %s",
+                    _count(accepted),
+                    mode,
+                    _named(accepted, self._symbols),
+                )
 
     def _on_refused(self, failed: dict[str, str]) -> None:
         """The client heard the server refuse keys: record it (called on the event loop)."""
@@ -148,12 +185,21 @@ class SubscriptionManager:
         task.add_done_callback(self._background.discard)
 
     async def _record_refused(self, failed: dict[str, str]) -> None:
+        symbols = self._symbols
         try:
             for error in set(failed.values()):
                 keys = [key for key, e in failed.items() if e == error]
+                log.warning(
+                    "the feed refused %s (%s): %s", _count(keys), error, _named(keys, symbols)
+                )
                 await self._write(set_status, keys, "failed", error)
         except psycopg.Error as exc:
-            log.warning("could not record %d refused subscriptions: %s", len(failed), exc)
+            log.warning(
+                "could not record %d refused subscriptions (%s): %s",
+                len(failed),
+                _named(list(failed), symbols),
+                exc,
+            )
 
     async def _resolve(self, symbols: Iterable[str]) -> list[str]:
         if isinstance(symbols, str):

@@ -470,7 +470,8 @@ def test_ticks_of_the_live_feed(live: httpx.Client) -> None:
     page = live.get("/api/v1/ticks/INFY", params={"limit": 5}).json()
     assert len(page["ticks"]) == 5
     assert page["next_cursor"] is not None
-    stamps = [t["ts"] for t in page["ticks"]]
+    # As times: an ISO string without a fraction ("...:05Z") sorts after "...:05.037Z".
+    stamps = [datetime.fromisoformat(t["ts"]) for t in page["ticks"]]
     assert stamps == sorted(stamps, reverse=True)
 
 

@@ -24,7 +24,6 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
 from api import create_app
-from api.hosts import allowed_hosts
 from api.limits import MAX_BODY_BYTES, MAX_HEAD_BYTES
 from api.symbols import SymbolResolver
 from ingest.config import Secret, Settings
@@ -468,14 +467,17 @@ def test_a_foreign_host_is_refused(keyed: httpx.Client) -> None:
 def test_allowed_hosts_come_from_the_environment(
     sample_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert allowed_hosts("127.0.0.1", {}) == ["127.0.0.1", "localhost", "[::1]"]
-    assert allowed_hosts("::", {}) == ["127.0.0.1", "localhost", "[::1]", "[::]"]
-    assert allowed_hosts("0.0.0.0", {"TICKVAULT_API_ALLOWED_HOSTS": " api.example , *.lan"}) == [
+    def allowed(api_host: str, environ: dict[str, str]) -> tuple[str, ...]:
+        return Settings.from_env({**environ, "TICKVAULT_API_HOST": api_host}).api_allowed_hosts
+
+    assert allowed("127.0.0.1", {}) == ("127.0.0.1", "localhost", "[::1]")
+    assert allowed("::", {}) == ("127.0.0.1", "localhost", "[::1]", "[::]")
+    assert allowed("0.0.0.0", {"TICKVAULT_API_ALLOWED_HOSTS": " api.example , *.lan"}) == (
         "api.example",
         "*.lan",
-    ]
+    )
     monkeypatch.setenv("TICKVAULT_API_ALLOWED_HOSTS", "testserver,api.example")
-    app = create_app(Settings(data_dir=tmp_path), sample_url, run_ingest=False)
+    app = create_app(Settings.from_env(data_dir=tmp_path), sample_url, run_ingest=False)
     with serve(app) as base, client(base) as http:
         assert http.get("/health", headers={"Host": "api.example"}).status_code == 200
         assert http.get("/health", headers={"Host": "testserver"}).status_code == 200

@@ -21,7 +21,7 @@ def test_latest_tick_per_instrument() -> None:
     latest = cache.latest("A")
     assert latest is not None
     assert latest[TICK_COLUMNS.index("ltp")] == 99.0
-    assert cache.get_stats()["ticks_processed"] == 4
+    assert cache.status().ticks_processed == 4
     assert cache.latest("C") is None
     assert set(cache.latest_many(["A", "C"])) == {"A"}
 
@@ -30,6 +30,6 @@ def test_instruments_past_the_bound_are_counted_not_kept() -> None:
     cache = AggregatedTickHandler(max_instruments=2)
     cache.on_frame(1, [tick(key, 1, 10.0, 1) for key in ("A", "B", "C", "D")])
     assert set(cache.latest_many()) == {"A", "B"}
-    assert cache.get_stats()["ignored_instruments"] == 2
+    assert cache.status().ignored_instruments == 2
     cache.on_frame(2, [tick("A", 2, 11.0, 1)])  # known instruments keep updating
     assert cache.latest("A")[TICK_COLUMNS.index("ltp")] == 11.0

@@ -105,11 +105,11 @@ def test_market_info_then_snapshot_then_live(entry: str) -> None:
             assert all(abs(now_us - received) < 60_000_000 for _, _, received in sink.frames)
 
             status = client.status()
-            assert status["state"] == "connected"
-            assert (status["attempts"], status["connects"], status["reconnects"]) == (1, 1, 0)
-            assert status["frames"] == len(sink.frames)
-            assert status["requests"] == {"sub": 1}
-            assert status["subscribed"] == {"full": 2}
+            assert status.state == "connected"
+            assert (status.attempts, status.connects, status.reconnects) == (1, 1, 0)
+            assert status.frames == len(sink.frames)
+            assert status.requests == {"sub": 1}
+            assert status.subscribed == {"full": 2}
             assert client.get_subscribed_symbols() == {INFY: "full", NIFTY: "full"}
             assert INFY in client.subscribed_keys
 
@@ -125,7 +125,7 @@ def test_reconnect_restores_every_subscription_in_its_mode() -> None:
             await until(lambda: sink.live(INFY) and sink.live(NIFTY), "live frames")
 
             assert await sim.drop_connections() == 1
-            await until(lambda: client.status()["reconnects"] == 1, "a reconnect")
+            await until(lambda: client.status().reconnects == 1, "a reconnect")
             mark = len(sink.frames)
             await until(lambda: sink.live(INFY, mark) and sink.live(NIFTY, mark), "frames again")
 
@@ -134,9 +134,9 @@ def test_reconnect_restores_every_subscription_in_its_mode() -> None:
             assert client.get_subscribed_symbols() == {INFY: "full", NIFTY: "ltpc"}
             assert sim.stats()["subscribed_keys"] == 2
             status = client.status()
-            assert status["state"] == "connected"
-            assert status["connects"] == 2
-            assert "closed" in status["last_error"] or "ConnectionClosed" in status["last_error"]
+            assert status.state == "connected"
+            assert status.connects == 2
+            assert "closed" in status.last_error or "ConnectionClosed" in status.last_error
 
     asyncio.run(main())
 
@@ -151,10 +151,10 @@ def test_garbage_frame_is_counted_logged_once_and_skipped(caplog: pytest.LogCapt
             await until(lambda: sink.live(INFY), "live frames")
             assert await sim.send_garbage() == 1
             await sim.send_garbage()
-            await until(lambda: client.status()["malformed_frames"] == 2, "two malformed frames")
+            await until(lambda: client.status().malformed_frames == 2, "two malformed frames")
             mark = len(sink.frames)
             await until(lambda: len(sink.live(INFY, mark)) >= 2, "frames after the garbage")
-            assert client.status()["connects"] == 1  # the same connection carried on
+            assert client.status().connects == 1  # the same connection carried on
 
     asyncio.run(main())
     malformed = [r for r in caplog.records if "malformed" in r.getMessage()]
@@ -168,13 +168,13 @@ def test_rejected_token_waits_for_a_new_one(entry: str) -> None:
         async with feed(client={"entry": entry}, token="expired-token") as (_, client, sink):
             await client.subscribe([INFY])
             await client.connect()
-            assert client.status()["state"] == "token_rejected"
+            assert client.status().state == "token_rejected"
             assert not client.is_connected
             await asyncio.sleep(2)
             status = client.status()
-            assert status["state"] == "token_rejected"
-            assert status["attempts"] <= 2
-            assert "401" in status["last_error"]
+            assert status.state == "token_rejected"
+            assert status.attempts <= 2
+            assert "401" in status.last_error
             assert not sink.frames
 
             client.update_token(TOKEN)
@@ -197,13 +197,13 @@ def test_subscribe_beyond_the_limits_subscribes_nothing() -> None:
             with pytest.raises(SubscriptionLimitError, match=r"mode 'ltpc'"):
                 await client.subscribe(["T|6"], "ltpc")
             assert client.get_subscribed_symbols() == dict.fromkeys(["T|1", "T|2", "T|3"], "full")
-            assert client.status()["requests"] == {"sub": 1}
+            assert client.status().requests == {"sub": 1}
 
-            await client.change_mode(["T|3"], "ltpc")  # full 2, ltpc 1: within the combined limits
-            await until(lambda: client.status()["requests"].get("change_mode") == 1, "the request")
+            await client.subscribe(["T|3"], "ltpc")  # full 2, ltpc 1: within the combined limits
+            await until(lambda: client.status().requests.get("change_mode") == 1, "the request")
             await until(lambda: sim.stats()["subscribed_keys"] == 3, "the server's count")
             assert client.get_subscribed_symbols()["T|3"] == "ltpc"
-            assert client.status()["last_error"] is None  # the server refused nothing
+            assert client.status().last_error is None  # the server refused nothing
 
     asyncio.run(main())
 
@@ -222,8 +222,8 @@ def test_a_universe_beyond_one_connection_is_spread_over_several() -> None:
             await until(lambda: all(sink.live(key) for key in keys), "frames for every key")
             assert sim.stats()["subscribed_keys"] == 5
             status = client.status()
-            assert (status["state"], status["connections"]) == ("connected", 3)
-            assert status["last_error"] is None  # no connection went over the server's limits
+            assert (status.state, status.connections) == ("connected", 3)
+            assert status.last_error is None  # no connection went over the server's limits
 
             with pytest.raises(SubscriptionLimitError, match=r"3 connection\(s\) have room for 1"):
                 await client.subscribe(["T|1", "T|2"], "full")
@@ -242,8 +242,8 @@ def test_server_refusal_is_kept_in_status() -> None:
         ) as (_, client, _sink):
             await client.connect()
             await client.subscribe([INFY, TCS], "ltpc")
-            await until(lambda: client.status()["last_error"] is not None, "the refusal")
-            assert "failed" in client.status()["last_error"]
+            await until(lambda: client.status().last_error is not None, "the refusal")
+            assert "failed" in client.status().last_error
             assert client.is_connected
 
     asyncio.run(main())
@@ -256,7 +256,7 @@ def test_stop_ends_listen_and_closes_the_sockets() -> None:
             await until(lambda: client.is_connected, "a connection")
             await client.stop()
             assert await asyncio.wait_for(listening, 5) is None
-            assert client.status()["state"] == "stopped"
+            assert client.status().state == "stopped"
             await until(lambda: sim.stats()["connections"] == 0, "the server to see the close")
 
     asyncio.run(main())
@@ -278,7 +278,7 @@ def test_a_failing_sink_stops_the_feed_loudly() -> None:
                 await asyncio.wait_for(client.listen(), 15)
             # Nothing reads the socket any more: the state must not say "connected".
             assert not client.is_connected
-            assert client.status()["state"] == "failed"
+            assert client.status().state == "failed"
         finally:
             await client.stop()
             await sim.stop()
@@ -311,13 +311,13 @@ def test_the_token_never_shows(caplog: pytest.LogCaptureFixture) -> None:
             sim.reject_token()
             await client.subscribe([INFY])
             await client.connect()
-            assert client.status()["state"] == "token_rejected"
+            assert client.status().state == "token_rejected"
             seen.extend([repr(client), str(client.status())])
             sim.reject_token(False)
             client.update_token(accepted)
             await until(lambda: sink.live(INFY), "live frames")
             await sim.drop_connections()
-            await until(lambda: client.status()["reconnects"] == 1, "a reconnect")
+            await until(lambda: client.status().reconnects == 1, "a reconnect")
             seen.extend([repr(client), str(client.status())])
 
     asyncio.run(main())

@@ -36,6 +36,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ingest.config import Settings
 from ingest.service import WebSocketService
+from ingest.status import BarsStatus, IngestStatus
 from store.bars import refresh_bars
 from store.instruments import default_sample_path, load_instruments
 from tests.conftest import REPO, DbServer
@@ -540,16 +541,16 @@ def test_app_role_runs_the_ingest_and_the_bar_rollup(app_role: AppRole, tmp_path
     with psycopg.connect(app_role.app_url) as conn:
         load_instruments(conn, default_sample_path())  # a temp table, then an upsert
 
-    async def scenario() -> dict[str, Any]:
+    async def scenario() -> IngestStatus:
         settings = Settings(data_dir=tmp_path / "data", simulator_rate=3000, rollup_interval_s=1)
         service = WebSocketService(settings, app_role.app_url)
         await service.start()
         await asyncio.sleep(3)
         await service.stop()
-        return service.get_status()
+        return service.status()
 
     status = asyncio.run(scenario())
-    assert status["bars"] == {"edition": "apache", "last_rollup_error": None}
+    assert status.bars == BarsStatus(edition="apache", last_rollup_error=None)
     with psycopg.connect(app_role.app_url, autocommit=True) as conn:
         refresh_bars(conn)
         (ticks,) = conn.execute("SELECT count(*) FROM ticks").fetchone()

@@ -1,32 +1,202 @@
-"""Configuration from the environment: clear errors for bad values, and the token hidden."""
+"""Configuration from the environment and `.env`: which wins, clear errors for bad values,
+defaults written once, and the secrets hidden."""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+import re
+from pathlib import Path
+
 import pytest
 
-from ingest.config import Secret, Settings
+from ingest.config import Secret, Settings, check_dotenv, variable
 from ingest.upstox.wire import DEFAULT_MODE_LIMITS
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+VARIABLES = [variable(item.name) for item in dataclasses.fields(Settings)]
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A working directory of its own, and none of tickvault's variables in the environment."""
+    monkeypatch.chdir(tmp_path)
+    for name in VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    return tmp_path
 
 
 def test_defaults_without_environment() -> None:
     settings = Settings.from_env({})
+    assert settings == Settings()
     assert settings.database_url is None
+    assert settings.data_dir == Path(".tickvault")
+    assert settings.journal_dir == Path(".tickvault/journal")
+    assert settings.pg_data_dir == Path(".tickvault/pg")
     assert settings.mode_limits == DEFAULT_MODE_LIMITS
     assert settings.upstox_api_base == "https://api.upstox.com"
     assert not settings.upstox_access_token
+    assert settings.api_allowed_hosts == ("127.0.0.1", "localhost", "[::1]")
+    assert settings.log_dir is None  # tickvault run and ingest then use data_dir / "logs"
+
+
+def test_every_variable_is_read(workdir: Path) -> None:
+    environ = {
+        "TICKVAULT_DATA_DIR": "/srv/tv",
+        "TICKVAULT_DATABASE_URL": "postgresql://db/tv",
+        "TICKVAULT_PG_BINDIR": "/usr/lib/postgresql/17/bin",
+        "TICKVAULT_PG_PORT": "6543",
+        "UPSTOX_ACCESS_TOKEN": "token",
+        "UPSTOX_API_BASE": "http://127.0.0.1:9",
+        "TICKVAULT_FEED_MODE": "ltpc",
+        "TICKVAULT_MAX_CONNECTIONS": "3",
+        "TICKVAULT_MODE_LIMITS": "full:10/5",
+        "TICKVAULT_INDEX_KEYS": "NSE_INDEX|Nifty 50",
+        "TICKVAULT_BATCH_ROWS": "7",
+        "TICKVAULT_BATCH_MS": "8",
+        "TICKVAULT_QUEUE_MAX_ROWS": "9",
+        "TICKVAULT_JOURNAL_MAX_BYTES": "10",
+        "TICKVAULT_JOURNAL_SEGMENT_BYTES": "11",
+        "TICKVAULT_ROLLUP_INTERVAL_S": "0.5",
+        "TICKVAULT_SIMULATOR_RATE": "12",
+        "TICKVAULT_SIMULATOR_SEED": "13",
+        "TICKVAULT_API_HOST": "::1",
+        "TICKVAULT_API_PORT": "14",
+        "TICKVAULT_API_KEY": "key",
+        "TICKVAULT_API_ALLOWED_HOSTS": "api.example",
+        "TICKVAULT_LOG_LEVEL": "debug",
+        "TICKVAULT_LOG_DIR": "/var/log/tickvault",
+    }
+    assert set(environ) == set(VARIABLES), "a new field: add its variable here"
+    assert Settings.from_env(environ) == Settings(
+        data_dir=Path("/srv/tv"),
+        database_url="postgresql://db/tv",
+        pg_bindir=Path("/usr/lib/postgresql/17/bin"),
+        pg_port=6543,
+        upstox_access_token=Secret("token"),
+        upstox_api_base="http://127.0.0.1:9",
+        feed_mode="ltpc",
+        max_connections=3,
+        mode_limits={**DEFAULT_MODE_LIMITS, "full": (10, 5)},
+        index_keys=("NSE_INDEX|Nifty 50",),
+        batch_rows=7,
+        batch_ms=8,
+        queue_max_rows=9,
+        journal_max_bytes=10,
+        journal_segment_bytes=11,
+        rollup_interval_s=0.5,
+        simulator_rate=12,
+        simulator_seed=13,
+        api_host="::1",
+        api_port=14,
+        api_key=Secret("key"),
+        api_allowed_hosts=("api.example",),
+        log_level="DEBUG",
+        log_dir=Path("/var/log/tickvault"),
+    )
+
+
+def test_the_readme_lists_every_variable() -> None:
+    table = README.read_text().split("## Configuration", 1)[1]
+    listed = set(re.findall(r"^\| `([A-Z_]+)` \|", table, re.MULTILINE))
+    assert set(VARIABLES) <= listed
+
+
+def test_a_dotenv_file_is_read(workdir: Path) -> None:
+    (workdir / ".env").write_text(
+        "# docker compose's variables sit in the same file\n"
+        "POSTGRES_PASSWORD=not-ours\n"
+        "TICKVAULT_BATCH_ROWS=1234\n"
+        "UPSTOX_ACCESS_TOKEN=from-the-file\n"
+        "TICKVAULT_INDEX_KEYS=NSE_INDEX|Nifty 50, NSE_INDEX|Nifty IT\n"
+        "TICKVAULT_API_KEY=\n"
+    )
+    settings = Settings.from_env()
+    assert settings.batch_rows == 1234
+    assert settings.upstox_access_token == "from-the-file"
+    assert settings.index_keys == ("NSE_INDEX|Nifty 50", "NSE_INDEX|Nifty IT")
+    assert settings.api_key == ""  # empty counts as unset
+    assert settings.batch_ms == Settings().batch_ms
+
+
+def test_the_environment_wins_over_the_dotenv_file(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (workdir / ".env").write_text("TICKVAULT_BATCH_ROWS=1234\nTICKVAULT_BATCH_MS=50\n")
+    monkeypatch.setenv("TICKVAULT_BATCH_ROWS", "99")
+    settings = Settings.from_env()
+    assert settings.batch_rows == 99
+    assert settings.batch_ms == 50
+
+
+def test_an_empty_variable_means_the_default_whatever_the_file_says(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (workdir / ".env").write_text("UPSTOX_ACCESS_TOKEN=from-the-file\nTICKVAULT_BATCH_MS=50\n")
+    monkeypatch.setenv("UPSTOX_ACCESS_TOKEN", "")
+    monkeypatch.setenv("TICKVAULT_BATCH_MS", "")
+    settings = Settings.from_env()
+    assert settings.upstox_access_token == ""  # the simulator
+    assert settings.batch_ms == Settings().batch_ms
+
+
+def test_overrides_in_code_win_over_both(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (workdir / ".env").write_text("TICKVAULT_DATA_DIR=/from/file\n")
+    monkeypatch.setenv("TICKVAULT_API_HOST", "0.0.0.0")
+    settings = Settings.from_env(data_dir=workdir)
+    assert settings.data_dir == workdir
+    assert settings.api_host == "0.0.0.0"
+    assert settings.api_allowed_hosts == ("127.0.0.1", "localhost", "[::1]", "0.0.0.0")
+
+
+def test_settings_built_in_code_read_nothing(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (workdir / ".env").write_text("UPSTOX_ACCESS_TOKEN=from-the-file\n")
+    monkeypatch.setenv("TICKVAULT_BATCH_ROWS", "99")
+    settings = Settings(simulator_rate=100)
+    assert settings.upstox_access_token == ""
+    assert settings.batch_rows == 20_000
+    assert settings.simulator_rate == 100
+
+
+def test_an_explicit_environ_ignores_the_process_environment(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (workdir / ".env").write_text("TICKVAULT_BATCH_ROWS=1234\n")
+    monkeypatch.setenv("TICKVAULT_BATCH_MS", "99")
+    assert Settings.from_env({}) == Settings()
 
 
 @pytest.mark.parametrize(
     ("name", "value", "message"),
     [
-        ("TICKVAULT_BATCH_ROWS", "lots", "TICKVAULT_BATCH_ROWS must be a whole number"),
+        ("TICKVAULT_BATCH_ROWS", "lots", "TICKVAULT_BATCH_ROWS must be a whole number, got 'lots'"),
+        ("TICKVAULT_PG_PORT", "5.5", "TICKVAULT_PG_PORT must be a whole number"),
         ("TICKVAULT_ROLLUP_INTERVAL_S", "soon", "TICKVAULT_ROLLUP_INTERVAL_S must be a number"),
         ("TICKVAULT_MODE_LIMITS", "full=2000", "is not of the form mode:single/combined"),
+        ("TICKVAULT_MODE_LIMITS", "full:2000", "TICKVAULT_MODE_LIMITS: item 'full:2000' is not"),
     ],
 )
 def test_a_bad_value_names_the_variable(name: str, value: str, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=message) as raised:
         Settings.from_env({name: value})
+    assert "\n" not in str(raised.value)
+
+
+def test_a_bad_value_in_the_dotenv_file_names_the_variable(workdir: Path) -> None:
+    (workdir / ".env").write_text("TICKVAULT_API_PORT=eighty\n")
+    with pytest.raises(
+        ValueError, match=r"^TICKVAULT_API_PORT must be a whole number, got 'eighty'$"
+    ):
+        Settings.from_env()
+
+
+def test_every_bad_value_is_named_on_one_line() -> None:
+    both = "TICKVAULT_BATCH_ROWS must be a whole number, got 'x'; TICKVAULT_BATCH_MS must be"
+    with pytest.raises(ValueError, match=both) as raised:
+        Settings.from_env({"TICKVAULT_BATCH_ROWS": "x", "TICKVAULT_BATCH_MS": "y"})
+    assert "\n" not in str(raised.value)
 
 
 def test_mode_limits_override_only_the_modes_named() -> None:
@@ -36,9 +206,77 @@ def test_mode_limits_override_only_the_modes_named() -> None:
     assert settings.mode_limits["option_greeks"] == DEFAULT_MODE_LIMITS["option_greeks"]
 
 
-def test_the_token_never_shows_in_a_repr() -> None:
-    settings = Settings.from_env({"UPSTOX_ACCESS_TOKEN": "eyJhbGciOi-secret"})
+def test_allowed_hosts_are_configured_or_loopback_and_the_api_host() -> None:
+    assert Settings(api_host="::").api_allowed_hosts == ("127.0.0.1", "localhost", "[::1]", "[::]")
+    assert Settings(api_host="localhost").api_allowed_hosts == ("127.0.0.1", "localhost", "[::1]")
+    configured = Settings.from_env({"TICKVAULT_API_ALLOWED_HOSTS": " api.example , *.lan"})
+    assert configured.api_allowed_hosts == ("api.example", "*.lan")
+
+
+def test_a_copy_with_changes_is_still_settings() -> None:
+    """The ingest hands the feed client a copy pointed at the simulator."""
+    settings = Settings.from_env({"TICKVAULT_BATCH_ROWS": "7"})
+    copy = dataclasses.replace(settings, upstox_api_base="http://127.0.0.1:1", api_key="k")
+    assert copy.batch_rows == 7
+    assert copy.upstox_api_base == "http://127.0.0.1:1"
+    assert isinstance(copy.api_key, Secret)
+
+
+def test_the_secrets_never_show_in_a_repr() -> None:
+    settings = Settings.from_env(
+        {"UPSTOX_ACCESS_TOKEN": "eyJhbGciOi-secret", "TICKVAULT_API_KEY": "key-secret"}
+    )
     assert settings.upstox_access_token == "eyJhbGciOi-secret"
+    assert settings.api_key == "key-secret"
     assert "secret" not in repr(settings)
+    assert "secret" not in f"{settings=}"
     assert "secret" not in repr(settings.upstox_access_token)
+    assert "secret" not in repr(settings.api_key)
     assert repr(Secret("")) == "Secret('')"
+
+
+def test_a_secret_given_in_code_as_a_plain_string_is_hidden_too() -> None:
+    settings = Settings(upstox_access_token="plain-secret", api_key="other-secret")
+    assert isinstance(settings.upstox_access_token, Secret)
+    assert isinstance(settings.api_key, Secret)
+    assert "secret" not in repr((settings.upstox_access_token, settings.api_key))
+
+
+def test_a_log_dir_from_the_dotenv_file(workdir: Path) -> None:
+    (workdir / ".env").write_text("TICKVAULT_LOG_DIR=/srv/tickvault/logs\n")
+    assert Settings.from_env().log_dir == Path("/srv/tickvault/logs")
+
+
+@pytest.mark.parametrize(
+    ("mode", "who"),
+    [(0o644, "its group and other users"), (0o640, "its group"), (0o604, "other users")],
+)
+def test_a_dotenv_others_may_read_is_one_warning_naming_the_fix(
+    workdir: Path, caplog: pytest.LogCaptureFixture, mode: int, who: str
+) -> None:
+    (workdir / ".env").write_text("UPSTOX_ACCESS_TOKEN=eyJ-secret\n")
+    (workdir / ".env").chmod(mode)
+    with caplog.at_level(logging.WARNING):
+        warning = check_dotenv()
+    assert warning is not None
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [("WARNING", warning)]
+    assert "chmod 600 .env" in warning
+    assert f"open to {who} (mode {mode:04o})" in warning
+    assert "eyJ-secret" not in caplog.text
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o400])
+def test_a_dotenv_only_its_owner_may_read_gives_no_warning(
+    workdir: Path, caplog: pytest.LogCaptureFixture, mode: int
+) -> None:
+    (workdir / ".env").write_text("UPSTOX_ACCESS_TOKEN=eyJ-secret\n")
+    (workdir / ".env").chmod(mode)
+    with caplog.at_level(logging.DEBUG):
+        assert check_dotenv() is None
+    assert not caplog.records
+
+
+def test_no_dotenv_gives_no_warning(workdir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.DEBUG):
+        assert check_dotenv() is None
+    assert not caplog.records

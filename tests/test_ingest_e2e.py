@@ -22,6 +22,8 @@ from ingest.config import Secret, Settings
 from ingest.journal import Journal
 from ingest.service import WebSocketService
 from ingest.simulator import FeedSimulator
+from ingest.status import IngestStatus
+from ingest.tick_data import TickData
 from store.instruments import default_sample_path, instrument_records, load_instruments
 from tests.conftest import REPO, DbServer
 
@@ -85,7 +87,7 @@ def test_database_outage_loses_nothing(
         pytest.skip("needs the test-owned cluster to stop and start it")
     cluster = apache_server.cluster
 
-    async def scenario() -> tuple[FeedSimulator, dict, dict]:
+    async def scenario() -> tuple[FeedSimulator, IngestStatus, IngestStatus]:
         # A memory bound far below what the outage accumulates: the writer must fall back
         # to the journal and catch up from it.
         service = WebSocketService(_settings(tmp_path, queue_max_rows=1500), instruments_db)
@@ -94,23 +96,23 @@ def test_database_outage_loses_nothing(
         await asyncio.to_thread(cluster.stop)
         try:
             await asyncio.sleep(6)
-            during = service.get_status()
+            during = service.status()
         finally:
             await asyncio.to_thread(cluster.start)
-        await _wait_for(lambda: service.get_status()["writer"]["database_available"], 60)
+        await _wait_for(lambda: service.status().writer.database_available, 60)
         await asyncio.sleep(1)
         await service.stop()
-        after = service.get_status()
+        after = service.status()
         assert service.simulator is not None
         return service.simulator, during, after
 
     simulator, during, after = asyncio.run(scenario())
-    assert during["websocket_connected"], "the feed must keep reading during the outage"
-    assert during["writer"]["database_available"] is False
-    assert during["journal"]["backlog_frames"] > 0
-    assert during["writer"]["oldest_unwritten_tick_age_s"] > 3
-    assert during["writer"]["spills"] >= 1, "the backlog should have passed the memory bound"
-    assert after["journal"]["backlog_frames"] == 0
+    assert during.websocket_connected, "the feed must keep reading during the outage"
+    assert during.writer.database_available is False
+    assert during.journal.backlog_frames > 0
+    assert during.writer.oldest_unwritten_tick_age_s > 3
+    assert during.writer.spills >= 1, "the backlog should have passed the memory bound"
+    assert after.journal.backlog_frames == 0
     _assert_exactly_once(instruments_db, simulator)
 
 
@@ -162,7 +164,7 @@ def test_sigkill_mid_stream_then_restart_writes_each_tick_once(
             first.send_signal(signal.SIGKILL)
             await first.wait()
             with Journal(data_dir / "journal") as journal:
-                journaled = journal.stats()["last_seq"]
+                journaled = journal.status().last_seq
             with psycopg.connect(instruments_db) as conn:
                 (committed,) = conn.execute(
                     "SELECT coalesce(max(last_seq), 0) FROM ingest_batches"
@@ -187,7 +189,7 @@ def test_token_never_reaches_the_logs(
 ) -> None:
     token = "sekret-token-3f9a7c"
 
-    async def scenario() -> dict:
+    async def scenario() -> IngestStatus:
         with psycopg.connect(instruments_db) as conn:
             records = instrument_records(conn)
         simulator = FeedSimulator(records, token="another-token", rate=500)
@@ -199,7 +201,7 @@ def test_token_never_reaches_the_logs(
             service = WebSocketService(settings, instruments_db)
             start = asyncio.create_task(service.start())
             await asyncio.sleep(3)  # the token is rejected: the client waits for a new one
-            status = service.get_status()
+            status = service.status()
             start.cancel()
             await service.stop()
             return status
@@ -210,40 +212,42 @@ def test_token_never_reaches_the_logs(
         status = asyncio.run(scenario())
     assert token not in caplog.text
     assert token not in repr(status)
-    assert status["feed"]["state"] == "token_rejected"
+    assert status.feed.state == "token_rejected"
 
 
 def test_slow_and_failing_custom_handlers_stall_nothing(
     instruments_db: str, tmp_path: Path
 ) -> None:
-    seen: list[dict] = []
+    seen: list[TickData] = []
 
     class SlowHandler:
-        async def handle_tick(self, tick: dict) -> None:
+        async def handle_tick(self, tick: TickData) -> bool:
             seen.append(tick)
             await asyncio.sleep(10)
+            return True
 
     class FailingHandler:
-        async def handle_tick(self, tick: dict) -> None:
+        async def handle_tick(self, tick: TickData) -> bool:
             raise ValueError("a bug in user code")
 
-    async def scenario() -> tuple[FeedSimulator, dict]:
+    async def scenario() -> tuple[FeedSimulator, IngestStatus]:
         service = WebSocketService(_settings(tmp_path), instruments_db)
         await service.register_handler(SlowHandler().handle_tick)
         await service.start()
         await service.register_handler(FailingHandler().handle_tick)
         await asyncio.sleep(3)
-        status = service.get_status()
+        status = service.status()
         await service.stop()
         assert service.simulator is not None
         return service.simulator, status
 
     simulator, status = asyncio.run(scenario())
-    slow, failing = status["pipeline"]["custom_handlers"]
+    slow, failing = status.pipeline.custom_handlers
     assert len(seen) == 1, "the slow handler is still on its first tick"
-    assert seen[0]["instrument_key"]
-    assert seen[0]["ltp"] > 0
-    assert slow["pending"] > 1000, "ticks wait for the slow handler, not the feed"
-    assert failing["errors"] > 100
-    assert failing["delivered"] == failing["errors"]
+    assert seen[0].instrument_key
+    assert seen[0].symbol != seen[0].instrument_key, "the trading symbol, from the master"
+    assert seen[0].last_price > 0
+    assert slow.pending > 1000, "ticks wait for the slow handler, not the feed"
+    assert failing.errors > 100
+    assert failing.delivered == failing.errors
     _assert_exactly_once(instruments_db, simulator)

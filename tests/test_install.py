@@ -55,8 +55,11 @@ def test_a_regular_install_migrates_a_database(apache_server: DbServer, tmp_path
         )
     finally:
         apache_server.drop_database(url)
+    # Every package, as the image's `tickvault run` imports them: a package missing from
+    # pyproject.toml's list would fail here, not in production.
+    imports = "import api.app, ingest.service, ingest.simulator.command, tickvault.cli, store.sql"
     where = subprocess.run(
-        [str(venv / "bin" / "python"), "-c", "import store.sql; print(store.sql.__file__)"],
+        [str(venv / "bin" / "python"), "-c", f"{imports}; print(store.sql.__file__)"],
         cwd=tmp_path,
         capture_output=True,
         text=True,

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from ingest.journal import Journal, JournalCorrupt, JournalFull
+from ingest.status import JournalStatus
 from tests.disks import fill_disk, small_disk
 
 HEADER = 28  # bytes before each frame
@@ -88,17 +89,17 @@ def test_rotation_and_mark_committed_delete_only_fully_committed_segments(
         assert segments(tmp_path) == names[2:]
         journal.mark_committed(40)  # everything, but 33..40 is the current segment
         assert segments(tmp_path) == names[4:]
-        assert journal.stats() == {
-            "journal_id": journal.journal_id,
-            "last_seq": 40,
-            "committed_seq": 40,
-            "backlog_frames": 0,
-            "bytes_on_disk": 8 * (HEADER + 100),
-            "bytes_appended": 40 * (HEADER + 100),
-            "segments": 1,
-            "max_bytes": 10_000,
-            "torn_tail_bytes": 0,
-        }
+        assert journal.status() == JournalStatus(
+            journal_id=journal.journal_id,
+            last_seq=40,
+            committed_seq=40,
+            backlog_frames=0,
+            bytes_on_disk=8 * (HEADER + 100),
+            bytes_appended=40 * (HEADER + 100),
+            segments=1,
+            max_bytes=10_000,
+            torn_tail_bytes=0,
+        )
         assert journal.append(b"after", RECEIVED) == 41
         with pytest.raises(ValueError, match=r"frames 21\.\.32 are no longer"):
             journal.replay(20)
@@ -131,8 +132,8 @@ def test_torn_tail_is_dropped_and_appends_continue(tmp_path: Path, tail: object)
     torn = path.stat().st_size - whole * (HEADER + 100)
 
     with Journal(tmp_path, **SMALL) as journal:
-        assert journal.stats()["last_seq"] == whole
-        assert journal.stats()["torn_tail_bytes"] == torn
+        assert journal.status().last_seq == whole
+        assert journal.status().torn_tail_bytes == torn
         assert journal.append(b"new", RECEIVED) == whole + 1
     with Journal(tmp_path, **SMALL) as journal:
         replayed = list(journal.replay(0))
@@ -177,7 +178,7 @@ def test_journal_full_refuses_frames_until_segments_are_committed(tmp_path: Path
         with pytest.raises(JournalFull, match="committed up to seq 0 of 23") as caught:
             fill(journal, 30)
         assert "23 frames wait only here" in str(caught.value)
-        assert journal.stats()["bytes_on_disk"] <= 3000
+        assert journal.status().bytes_on_disk <= 3000
         assert [seq for seq, _, _ in journal.replay(0)] == list(range(1, 24))
 
         journal.mark_committed(10)  # frees the segment of seqs 1..8
@@ -259,7 +260,7 @@ def test_a_small_disk_never_fills_with_committed_frames(tmp_path: Path) -> None:
             assert journal.append(seq.to_bytes(4, "big") * 512, RECEIVED) == seq
             if seq % 50 == 0:
                 journal.mark_committed(seq)
-        assert journal.stats()["bytes_on_disk"] < 1024 * 1024
+        assert journal.status().bytes_on_disk < 1024 * 1024
 
 
 def test_a_disk_full_of_committed_frames_takes_frames_again_after_a_restart(

@@ -54,6 +54,7 @@ def test_tickvault_run_serves_ticks_and_stops_cleanly(data_dir: Path) -> None:
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("TICKVAULT_", "UPSTOX_"))},
         "TICKVAULT_DATA_DIR": str(data_dir),
+        "UPSTOX_ACCESS_TOKEN": "",  # the simulator, whatever a developer's .env says
         "TICKVAULT_PG_PORT": str(free_port()),
         "TICKVAULT_API_PORT": str(api_port),
         "TICKVAULT_ROLLUP_INTERVAL_S": "1",

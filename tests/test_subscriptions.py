@@ -122,7 +122,7 @@ def test_universe_is_subscribed_in_batches_of_50(db_url: str, tmp_path: Path) ->
             await client.connect()
             keys = await manager.subscribe_to_universe("full")
             assert len(keys) == 122
-            assert client.status()["requests"] == {"sub": 3}  # 50 + 50 + 22
+            assert client.status().requests == {"sub": 3}  # 50 + 50 + 22
             await until(lambda: sim.stats()["subscribed_keys"] == 122, "122 keys at the server")
             status = manager.get_subscription_status()
 
@@ -181,7 +181,7 @@ def test_unknown_symbol_subscribes_nothing_of_the_call(db_url: str) -> None:
             with pytest.raises(UnknownSymbol, match="NOSUCHCO"):
                 await manager.subscribe_to_symbols(["INFY", "NOSUCHCO"])
             assert client.get_subscribed_symbols() == {}
-            assert client.status()["requests"] == {}
+            assert client.status().requests == {}
             assert manager.get_subscription_status()["total_symbols"] == 0
 
     asyncio.run(main())
@@ -200,7 +200,7 @@ def test_symbols_resolve_and_unsubscribe(db_url: str) -> None:
 
             assert await manager.unsubscribe_symbols(["INFY"]) == [INFY]
             assert INFY not in client.subscribed_keys
-            assert client.status()["requests"] == {"sub": 1, "unsub": 1}
+            assert client.status().requests == {"sub": 1, "unsub": 1}
             await until(lambda: sim.stats()["subscribed_keys"] == 2, "the server to drop INFY")
             status = manager.get_subscription_status()
             assert status["total_symbols"] == 2

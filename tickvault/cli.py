@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from ingest.config import Settings
+from ingest.config import Settings, check_dotenv
 from store.bars import refresh_bars
 from store.errors import StoreError
 from store.instruments import (
@@ -185,6 +185,18 @@ def _feed_description(settings: Settings) -> str:
     )
 
 
+def _start_logging(settings: Settings) -> None:
+    """Logging for the long-running commands: stdout, and trading.log and errors.log in
+    TICKVAULT_LOG_DIR, else the data directory's logs/; then the check of .env's mode.
+
+    The default is the command's, not Settings': only `run` and `ingest` own their process's
+    logging; a Settings built for a service embedded in other code writes no files.
+    """
+    log_dir = settings.log_dir or settings.data_dir / "logs"
+    configure_logging(settings.log_level, [settings.upstox_access_token, settings.api_key], log_dir)
+    check_dotenv()
+
+
 def _favour_the_writer() -> None:
     """Hand the GIL over every 0.5 ms instead of 5 ms.
 
@@ -202,7 +214,7 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
     from api.app import create_app
     from api.limits import UVICORN_LIMITS
 
-    configure_logging(settings.log_level, [settings.upstox_access_token, settings.api_key])
+    _start_logging(settings)
     _favour_the_writer()
     url = _prepare_store(settings)
     app = create_app(settings, url)
@@ -233,7 +245,7 @@ def _shown_url(settings: Settings, url: str) -> str:
 def _ingest(settings: Settings, args: argparse.Namespace) -> int:
     from ingest.service import WebSocketService
 
-    configure_logging(settings.log_level, [settings.upstox_access_token, settings.api_key])
+    _start_logging(settings)
     _favour_the_writer()
     url = _prepare_store(settings)
     print(

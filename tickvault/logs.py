@@ -1,15 +1,45 @@
-"""Structured logs on stdout: one JSON object per line, and never the access token.
+"""Logs: JSON lines on stdout, rotating plain-text files beside them, never a secret.
 
-The token is also kept out of messages at the source (it is a `Secret`); the redacting
-filter is the second line of defence for text we do not control, such as library errors.
+stdout carries one JSON object per line, for docker and log collectors. With a log directory
+(`TICKVAULT_LOG_DIR`; `tickvault run` and `tickvault ingest` use the data directory's `logs/`)
+the process also writes, for people with `tail -f` and `grep`:
+
+- `trading.log`: every record at the configured level;
+- `errors.log`: ERROR and above only.
+
+One line per record, `time level logger message`, e.g.
+
+    2026-01-05T09:15:02.114+05:30 INFO ingest.subscriptions unsubscribed 1 key: INFY (NSE_EQ|...)
+
+so `grep INFY trading.log` finds what concerns INFY and `grep ' ERROR '` the errors; the time
+is local with its UTC offset. A traceback, or a message spanning lines, continues on lines
+that start with spaces, so every line at the left margin starts a record and a message cannot
+pass off a line of its own as one. Each file is rotated at `LOG_FILE_MAX_BYTES` and keeps
+`LOG_FILE_BACKUPS` old ones (`trading.log.1` the newest), so the logs never take more than
+(1 + LOG_FILE_BACKUPS) * LOG_FILE_MAX_BYTES each.
+
+The token is kept out of messages at the source (it is a `Secret`); the redacting filter is
+the second line of defence, for text we do not control such as library errors, and covers the
+message, the traceback and the stack of a record on every output alike.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
 import sys
 import time
+from datetime import datetime
+from pathlib import Path
+
+TRADING_LOG = "trading.log"
+ERRORS_LOG = "errors.log"
+LOG_FILE_MAX_BYTES = 10 * 1024**2  # a file is rotated past this size...
+LOG_FILE_BACKUPS = 5  # ...and this many rotated ones are kept
+MASK = "********"
+
+_NOISY = ("websockets", "psycopg.pool", "uvicorn.access")
 
 
 class JsonFormatter(logging.Formatter):
@@ -21,32 +51,113 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        if record.exc_info:
-            entry["error"] = self.formatException(record.exc_info)
+        error = _exception_text(self, record)
+        if error:
+            entry["error"] = error
+        if record.stack_info:
+            entry["stack"] = record.stack_info
         return json.dumps(entry, default=str)
 
 
+class LineFormatter(logging.Formatter):
+    """`2026-01-05T09:15:02.114+05:30 INFO ingest.service message`, continuation lines
+    indented."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        when = datetime.fromtimestamp(record.created).astimezone()
+        text = record.getMessage()
+        for extra in (_exception_text(self, record), record.stack_info):
+            if extra:
+                text = f"{text}\n{extra}"
+        line = f"{when.isoformat(timespec='milliseconds')} {record.levelname} {record.name}"
+        return f"{line} {text}".replace("\n", "\n    ")
+
+
+def _exception_text(formatter: logging.Formatter, record: logging.LogRecord) -> str:
+    """The record's traceback as text, formatted once and kept (RedactFilter masks it there)."""
+    if record.exc_info and not record.exc_text:
+        record.exc_text = formatter.formatException(record.exc_info)
+    return record.exc_text or ""
+
+
 class RedactFilter(logging.Filter):
+    """Masks each secret in a record's message, traceback and stack, before any handler
+    formats it."""
+
     def __init__(self, secrets: list[str]) -> None:
         super().__init__()
         self._secrets = [s for s in secrets if s]
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self._secrets:
-            message = record.getMessage()
-            if any(secret in message for secret in self._secrets):
-                for secret in self._secrets:
-                    message = message.replace(secret, "********")
-                record.msg, record.args = message, None
+        if not self._secrets:
+            return True
+        message = record.getMessage()
+        if self._holds_secret(message):
+            record.msg, record.args = self._mask(message), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text and self._holds_secret(record.exc_text):
+            record.exc_text = self._mask(record.exc_text)
+        if record.stack_info and self._holds_secret(record.stack_info):
+            record.stack_info = self._mask(record.stack_info)
         return True
 
+    def _holds_secret(self, text: str) -> bool:
+        return any(secret in text for secret in self._secrets)
 
-def configure_logging(level: str, secrets: list[str]) -> None:
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(JsonFormatter())
-    handler.addFilter(RedactFilter(secrets))
+    def _mask(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, MASK)
+        return text
+
+
+def configure_logging(
+    level: str,
+    secrets: list[str],
+    log_dir: Path | None = None,
+    *,
+    max_bytes: int = LOG_FILE_MAX_BYTES,
+    backups: int = LOG_FILE_BACKUPS,
+) -> None:
+    """The process's logging: JSON lines on stdout and, with `log_dir`, trading.log and
+    errors.log there (the directory is made if missing), each output masking `secrets`.
+
+    Replaces the root logger's handlers, closing the files a previous call opened. A log
+    directory that cannot be written raises ValueError naming it.
+    """
+    redact = RedactFilter(secrets)
+    stdout = logging.StreamHandler(sys.stdout)
+    stdout.setFormatter(JsonFormatter())
+    handlers: list[logging.Handler] = [stdout]
+    if log_dir is not None:
+        handlers += _file_handlers(log_dir, max_bytes, backups)
+    for handler in handlers:
+        handler.addFilter(redact)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    for previous in root.handlers:
+        if isinstance(previous, logging.handlers.RotatingFileHandler):
+            previous.close()
+    root.handlers[:] = handlers
     root.setLevel(level)
-    for noisy in ("websockets", "psycopg.pool", "uvicorn.access"):
+    for noisy in _NOISY:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+def _file_handlers(log_dir: Path, max_bytes: int, backups: int) -> list[logging.Handler]:
+    files: list[logging.Handler] = []
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        for name, level in ((TRADING_LOG, logging.NOTSET), (ERRORS_LOG, logging.ERROR)):
+            handler = logging.handlers.RotatingFileHandler(
+                log_dir / name, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
+            )
+            handler.setLevel(level)
+            handler.setFormatter(LineFormatter())
+            files.append(handler)
+    except OSError as error:
+        for handler in files:
+            handler.close()
+        raise ValueError(
+            f"cannot write logs in {log_dir} (TICKVAULT_LOG_DIR): {error.strerror or error}"
+        ) from None
+    return files

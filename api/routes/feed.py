@@ -13,7 +13,6 @@ from api.errors import ErrorOut, responses
 from api.limits import MAX_BODY_BYTES
 from api.models import (
     LatestTicksOut,
-    StatusOut,
     SubscribedOut,
     SubscribeIn,
     SubscribeOut,
@@ -21,6 +20,7 @@ from api.models import (
     UnsubscribeOut,
 )
 from api.params import MAX_SYMBOL_LIST_CHARS, SYMBOL_LIST_RULES, Symbol, symbol_list
+from ingest.status import IngestStatus
 from store.tick import as_dict
 from store.ticks import newest_ticks
 
@@ -32,13 +32,9 @@ _BODY_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.get("/status", response_model=StatusOut, responses=responses(503))
-async def status(service: Service) -> dict[str, Any]:
-    report = service.get_status()
-    # Sections a service that has not finished starting cannot fill yet are null, not {}.
-    for section in ("subscriptions", "writer", "journal"):
-        report[section] = report[section] or None
-    return report
+@router.get("/status", response_model=IngestStatus, responses=responses(503))
+async def status(service: Service) -> IngestStatus:
+    return service.status()
 
 
 @router.get("/subscriptions", response_model=list[SubscriptionOut], responses=responses(503))
@@ -55,7 +51,7 @@ def subscriptions(service: Service) -> list[dict[str, Any]]:
 async def subscribe(body: SubscribeIn, context: Context, service: Service) -> SubscribeOut:
     """Subscribe symbols in a mode (all or nothing); a subscribed symbol changes mode."""
     keys = await run_in_threadpool(context.resolver.resolve, body.symbols)
-    await service.subscriptions.subscribe_keys(keys, mode=body.mode)
+    await service.subscribe_keys(keys, mode=body.mode)
     return SubscribeOut(
         mode=body.mode,
         subscribed=[
@@ -74,7 +70,7 @@ async def subscribe(body: SubscribeIn, context: Context, service: Service) -> Su
 async def unsubscribe(symbol: Symbol, context: Context, service: Service) -> UnsubscribeOut:
     """Stop receiving a symbol; unsubscribing one that is not subscribed changes nothing."""
     [key] = await run_in_threadpool(context.resolver.resolve, [symbol])
-    await service.subscriptions.unsubscribe_keys([key])
+    await service.unsubscribe_keys([key])
     return UnsubscribeOut(symbol=symbol, instrument_key=key, status="unsubscribed")
 
 

@@ -46,6 +46,6 @@ async def metrics(context: Context) -> Response:
     if service is None:
         return Response(b"", media_type=CONTENT_TYPE_LATEST)
     scrape = CollectorRegistry()
-    scrape.register(StatusCollector(service.get_status()))
+    scrape.register(StatusCollector(service.status()))
     body = generate_latest(service.metrics.registry) + generate_latest(scrape)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -291,3 +291,54 @@ def market_info_frame(now_ms: int, statuses: dict[str, int]) -> bytes:
     response = pb.FeedResponse(type=pb.market_info, currentTs=now_ms)
     response.marketInfo.segmentStatus.update(statuses)
     return response.SerializeToString()
+
+
+Frame = tuple[bytes, list[Instrument]]  # a frame to send and the instruments in it
+FrameBuilder = Callable[[int, list[bytes]], bytes]  # live_frame or snapshot_frame
+
+
+def split_frames(
+    build: FrameBuilder,
+    now_ms: int,
+    entries: list[bytes],
+    instruments: list[Instrument],
+    max_bytes: int,
+) -> list[Frame]:
+    """`entries` (one per instrument) in frames of at most about `max_bytes` each: clients cap
+    the size of a message (1 MiB by default in websockets)."""
+    if sum(map(len, entries)) <= max_bytes:
+        return [(build(now_ms, entries), instruments)]
+    frames: list[Frame] = []
+    start = size = 0
+    for end, entry in enumerate(entries):
+        if size and size + len(entry) > max_bytes:
+            frames.append((build(now_ms, entries[start:end]), instruments[start:end]))
+            start, size = end, 0
+        size += len(entry)
+    frames.append((build(now_ms, entries[start:]), instruments[start:]))
+    return frames
+
+
+def live_entries(
+    traded: list[Instrument],
+    modes: dict[str, str],
+    shared: dict[tuple[str, str], bytes] | None,
+) -> tuple[list[bytes], list[Instrument]]:
+    """The live entries of the `traded` instruments that a session follows (`modes`: key ->
+    mode), and those instruments. With `shared`, the sessions of one frame encode an
+    instrument in a mode once between them."""
+    entries: list[bytes] = []
+    included: list[Instrument] = []
+    for instrument in traded:
+        mode = modes.get(instrument.key)
+        if mode is None:
+            continue
+        if shared is None:
+            entries.append(ENCODERS[mode](instrument, False))
+        else:
+            entry = shared.get((instrument.key, mode))
+            if entry is None:
+                entry = shared[instrument.key, mode] = ENCODERS[mode](instrument, False)
+            entries.append(entry)
+        included.append(instrument)
+    return entries, included

@@ -21,49 +21,45 @@ import ipaddress
 import logging
 import random
 import time
-from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
-from websockets.http11 import Request, Response
 from websockets.protocol import State
 
+from ingest.simulator.following import Following
 from ingest.simulator.frames import (
     ENCODERS,
+    live_entries,
     live_frame,
     market_info_frame,
     snapshot_frame,
+    split_frames,
 )
 from ingest.simulator.market import DEFAULT_UNIVERSE, Instrument, Universe
 from ingest.simulator.protocol import (
-    INVALID_TOKEN,
     ClientRequest,
     Gate,
     RequestError,
     check_limits,
-    error_response,
-    json_response,
     parse_request,
-    redirect_response,
 )
+from ingest.simulator.rest import Rest
+from ingest.simulator.tape import SentTick, Tape
 from ingest.upstox.proto import upstox_feed_v3_pb2 as pb
 from ingest.upstox.redact import RedactBearer
-from ingest.upstox.wire import AUTHORIZE_PATH, DEFAULT_MODE_LIMITS, FEED_PATH
+from ingest.upstox.wire import DEFAULT_MODE_LIMITS, FEED_PATH
 
 logger = logging.getLogger(__name__)
 logger.addFilter(RedactBearer())
 
-CONTROL_PATH = "/_sim/"
 # A FeedResponse cannot start with 0x0f: field 1 with wire type 7, which does not exist.
 GARBAGE_FRAME = b"\x0fgarbage: not a FeedResponse"
 MIN_FRAME_INTERVAL = 0.002
 SEGMENT_STATUS = {"NSE_EQ": pb.NORMAL_OPEN, "NSE_FO": pb.NORMAL_OPEN, "NSE_INDEX": pb.NORMAL_OPEN}
 
-SentTick = tuple[str, int, float, int | None, int | None]  # key, ltt ms, ltp, ltq, vtt
-_Frame = tuple[bytes | str, list[Instrument]]  # a frame to send and the instruments in it
+_Frame = tuple[bytes | str, list[Instrument]]  # a frame to send (str: an error) and its instruments
 
 
 @dataclass(eq=False)
@@ -106,22 +102,17 @@ class FeedSimulator:
         self.rate = rate
         self.frame_interval = frame_interval
         self.mode_limits = dict(mode_limits)
-        self.recording = record
         self.max_frame_bytes = max_frame_bytes
         self._gate = Gate(token)
-        self._universe = Universe(instruments, seed)
+        self._rest = Rest(self, self._gate)
+        self._tape = Tape(record)
+        self._counts = self._tape.counts
+        self._following = Following(Universe(instruments, seed))
         self._random = random.Random(seed).random
-        self._instruments: dict[str, Instrument] = {}
-        self._subscribers: Counter[str] = Counter()  # key -> sessions following it
-        self._active: list[Instrument] | None = []  # None: rebuild from _subscribers
         self._sessions: list[_Session] = []
-        self._sent: list[SentTick] = []
-        self._counts: Counter[str] = Counter()
         self._stall_until = 0.0
-        self._wake = asyncio.Event()
         self._server: Server | None = None
         self._generator: asyncio.Task[None] | None = None
-        self._background: set[asyncio.Task[int]] = set()
         self._host = "127.0.0.1"
 
     # Life cycle
@@ -134,7 +125,7 @@ class FeedSimulator:
             self._serve,
             self._host,
             port,
-            process_request=self._process_request,
+            process_request=self._rest.process_request,
             compression=None,  # Upstox's frames are small protobufs; deflate would cost the rate
             logger=logger,
         )
@@ -175,23 +166,20 @@ class FeedSimulator:
     # What was sent
 
     def sent_ticks(self) -> list[SentTick]:
-        """Every distinct tick written to a client, in order: (instrument_key, ltt in epoch ms,
-        ltp, ltq, vtt), ltq and vtt None for an index. A snapshot repeats an instrument's
-        last tick; that is not a new tick. vtt is on the wire in full and option_greeks
-        modes only."""
-        return list(self._sent)
+        """Every distinct tick written to a client, in order; see `Tape.sent_ticks`."""
+        return self._tape.sent_ticks()
 
     def stats(self) -> dict[str, object]:
         return {
             "connections": len(self._sessions),
-            "subscribed_keys": len(self._subscribers),
+            "subscribed_keys": len(self._following),
             "ticks_sent": self._counts["ticks"],
             "feeds_sent": self._counts["feeds"],
             "frames_sent": self._counts["frames"],
             "bytes_sent": self._counts["bytes"],
             "rate": self.rate,
             "frame_interval": self.frame_interval,
-            "recording": self.recording,
+            "recording": self._tape.recording,
             "stalled": self._stall_until > time.monotonic(),
             "rejecting_token": self._gate.rejecting,
             "drops": self._counts["drops"],
@@ -235,48 +223,6 @@ class FeedSimulator:
         """Send no live frames for `seconds`; sockets stay open and keep answering pings."""
         self._stall_until = time.monotonic() + seconds
 
-    # HTTP
-
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        url = urlsplit(request.path)
-        query = parse_qs(url.query)
-        if url.path == AUTHORIZE_PATH:
-            if not self._gate.token_accepted(request):
-                return error_response(401, INVALID_TOKEN)
-            redirect = self._gate.authorized_url(self.feed_url)
-            data = {"authorized_redirect_uri": redirect, "authorizedRedirectUri": redirect}
-            return json_response(200, {"status": "success", "data": data})
-        if url.path == FEED_PATH:
-            if "code" in query:
-                if self._gate.use_code(query["code"][0]):
-                    return None  # go on with the websocket handshake
-                return error_response(403, {"message": "authorization code unknown or used"})
-            if not self._gate.token_accepted(request):
-                return error_response(401, INVALID_TOKEN)
-            return redirect_response(self._gate.authorized_url(self.feed_url))
-        if url.path.startswith(CONTROL_PATH):
-            return self._control(url.path[len(CONTROL_PATH) :], query)
-        return error_response(404, {"message": "not found"})
-
-    def _control(self, action: str, query: dict[str, list[str]]) -> Response:
-        """Test hooks for a simulator in another process; loopback only, like the rest."""
-        if action == "stats":
-            return json_response(200, self.stats())
-        if action == "sent_ticks":
-            return json_response(200, self._sent)
-        if action == "stall":
-            self.stall(float(query.get("seconds", ["5"])[0]))
-        elif action == "reject_token":
-            self.reject_token(query.get("on", ["1"])[0] not in ("0", "false"))
-        elif action in ("drop", "garbage"):
-            fault = self.drop_connections() if action == "drop" else self.send_garbage()
-            task = asyncio.get_running_loop().create_task(fault)
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
-        else:
-            return error_response(404, {"message": f"no hook {action!r}"})
-        return json_response(200, {"status": "success", "action": action})
-
     # Websocket
 
     async def _serve(self, connection: ServerConnection) -> None:
@@ -317,31 +263,19 @@ class FeedSimulator:
         now_ms = _now_ms()
         for key in request.keys:
             if key not in session.modes:
-                self._follow(key, now_ms)
+                self._following.follow(key, now_ms)
         session.modes = modes
-        instruments = [self._instruments[key] for key in request.keys]
+        instruments = [self._following[key] for key in request.keys]
         encode = ENCODERS[request.mode]
         entries = [encode(instrument, True) for instrument in instruments]
-        return self._frames(snapshot_frame, now_ms, entries, instruments)
+        return list(
+            split_frames(snapshot_frame, now_ms, entries, instruments, self.max_frame_bytes)
+        )
 
     def _unsubscribe(self, session: _Session, keys: list[str]) -> None:
         for key in keys:
             if session.modes.pop(key, None) is not None:
-                self._unfollow(key)
-
-    def _follow(self, key: str, now_ms: int) -> None:
-        if key not in self._instruments:
-            profile = self._universe.profile(key, now_ms)
-            self._instruments[key] = Instrument(profile, self._universe, now_ms)
-        self._subscribers[key] += 1
-        self._active = None
-        self._wake.set()
-
-    def _unfollow(self, key: str) -> None:
-        self._subscribers[key] -= 1
-        if self._subscribers[key] <= 0:
-            del self._subscribers[key]
-        self._active = None
+                self._following.unfollow(key)
 
     def _release(self, session: _Session) -> None:
         self._unsubscribe(session, list(session.modes))
@@ -354,55 +288,9 @@ class FeedSimulator:
         if not session.open or session.connection.state is not State.OPEN:
             return
         if isinstance(frame, bytes):
-            self._record(instruments)
-            self._counts["frames"] += 1
-            self._counts["bytes"] += len(frame)
+            self._tape.record(frame, instruments)
         with contextlib.suppress(ConnectionClosed):
             await session.connection.send(frame)
-
-    def _record(self, instruments: Sequence[Instrument]) -> None:
-        counts, sent, recording = self._counts, self._sent, self.recording
-        counts["feeds"] += len(instruments)
-        new = 0
-        for instrument in instruments:
-            if instrument.ltt != instrument.recorded_ltt:
-                instrument.recorded_ltt = instrument.ltt
-                new += 1
-                if recording:
-                    if instrument.index:
-                        sent.append((instrument.key, instrument.ltt, instrument.ltp, None, None))
-                    else:
-                        sent.append(
-                            (
-                                instrument.key,
-                                instrument.ltt,
-                                instrument.ltp,
-                                instrument.ltq,
-                                instrument.vtt,
-                            )
-                        )
-        counts["ticks"] += new
-
-    def _frames(
-        self,
-        build: Callable[[int, list[bytes]], bytes],
-        now_ms: int,
-        entries: list[bytes],
-        instruments: list[Instrument],
-    ) -> list[_Frame]:
-        """Entries split into frames of at most about `max_frame_bytes` (clients cap the
-        size of a message: 1 MiB by default in websockets)."""
-        if sum(map(len, entries)) <= self.max_frame_bytes:
-            return [(build(now_ms, entries), instruments)]
-        frames: list[_Frame] = []
-        start = size = 0
-        for end, entry in enumerate(entries):
-            if size and size + len(entry) > self.max_frame_bytes:
-                frames.append((build(now_ms, entries[start:end]), instruments[start:end]))
-                start, size = end, 0
-            size += len(entry)
-        frames.append((build(now_ms, entries[start:]), instruments[start:]))
-        return frames
 
     # The market
 
@@ -416,12 +304,9 @@ class FeedSimulator:
                 await asyncio.sleep(self._stall_until - now)
                 last = next_frame = time.monotonic()
                 continue
-            if self._active is None:
-                self._active = [self._instruments[key] for key in self._subscribers]
-            active = self._active
+            active = self._following.active()
             if not active:
-                self._wake.clear()
-                await self._wake.wait()
+                await self._following.wait()
                 last = next_frame = time.monotonic()
                 continue
             due = min(due + (now - last) * self.rate, 2 * len(active))  # catch up, within reason
@@ -449,23 +334,10 @@ class FeedSimulator:
         # Two sessions following an instrument in one mode share its bytes.
         shared: dict[tuple[str, str], bytes] | None = {} if len(self._sessions) > 1 else None
         for session in list(self._sessions):
-            modes = session.modes
-            entries: list[bytes] = []
-            included: list[Instrument] = []
-            for instrument in traded:
-                mode = modes.get(instrument.key)
-                if mode is None:
-                    continue
-                if shared is None:
-                    entries.append(ENCODERS[mode](instrument, False))
-                else:
-                    entry = shared.get((instrument.key, mode))
-                    if entry is None:
-                        entry = shared[instrument.key, mode] = ENCODERS[mode](instrument, False)
-                    entries.append(entry)
-                included.append(instrument)
+            entries, included = live_entries(traded, session.modes, shared)
             if entries:
-                for frame, instruments in self._frames(live_frame, now_ms, entries, included):
+                frames = split_frames(live_frame, now_ms, entries, included, self.max_frame_bytes)
+                for frame, instruments in frames:
                     await self._send(session, frame, instruments)
 
 

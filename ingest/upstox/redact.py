@@ -17,7 +17,8 @@ class RedactBearer(logging.Filter):
             isinstance(arg, str) and "Bearer " in arg for arg in record.args
         ):
             record.args = tuple(
-                _mask_bearer(arg) if isinstance(arg, str) else arg for arg in record.args
+                _mask_bearer(arg) if isinstance(arg, str) and "Bearer " in arg else arg
+                for arg in record.args
             )
         return True
 

@@ -1,0 +1,212 @@
+"""One websocket kept open: authorize, connect, restore its keys, read; again after a drop.
+
+Each connection of a client runs this loop in its own task, so one that drops or waits for a
+token never holds up the others. Out of market hours a connection can stay silent for hours;
+websocket pings are the only liveness check, so silence alone never closes one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import InvalidStatus, WebSocketException
+
+from ingest.backoff import Backoff
+from ingest.client.authorize import (
+    REJECTED_STATUSES,
+    AuthorizeFailed,
+    Authorizer,
+    Token,
+    TokenRejected,
+)
+from ingest.client.ledger import Ledger
+from ingest.upstox.decoder import MalformedFrame
+
+log = logging.getLogger(__name__)
+
+
+class FrameSink(Protocol):
+    """Where frames go. Called on the event loop for every binary frame, so it must be cheap.
+
+    It may raise `MalformedFrame`: the client counts and skips such a frame. Any other
+    exception is a bug behind the sink and stops the client (`listen()` raises it).
+    """
+
+    def on_frame(self, frame: bytes, received_at_us: int) -> None: ...
+
+
+class SinkError(RuntimeError):
+    """The frame sink raised something other than MalformedFrame; the feed stops on it."""
+
+
+@dataclass(frozen=True)
+class Feed:
+    """What every connection of one client shares.
+
+    `on_text` hears the server's text frames (its errors); `on_crash` hears the exception
+    that ended a connection for good, which only a bug (a failing sink) does.
+    """
+
+    sink: FrameSink
+    authorizer: Authorizer
+    token: Token
+    ledger: Ledger
+    backoff_initial_s: float
+    backoff_max_s: float
+    token_retry_s: float
+    on_text: Callable[[str], None]
+    on_crash: Callable[[BaseException], None]
+
+
+class Connection:
+    """One websocket and the keys it carries (key -> mode), which it restores on every open.
+
+    `state` is one of idle, connecting, connected, backoff, token_rejected, failed, stopped.
+    """
+
+    def __init__(self, index: int, feed: Feed) -> None:
+        self.index = index
+        self.keys: dict[str, str] = {}
+        self.state = "idle"
+        self.opened = 0  # how many times it has connected
+        self.task: asyncio.Task[None] | None = None
+        self.tried = asyncio.Event()  # set once the first attempt has connected or failed
+        self._feed = feed
+        self._ws: ClientConnection | None = None
+        self._send_lock = asyncio.Lock()  # keeps a restore and a new request from interleaving
+        self._stopping = False
+
+    def start(self) -> None:
+        """Run the loop in a task of its own."""
+        self.task = asyncio.create_task(self._run(), name=f"upstox-feed-{self.index}")
+
+    async def send(self, method: str, keys: list[str], mode: str | None) -> None:
+        """Send a request if the socket is open; if not, the next open restores `keys` anyway."""
+        async with self._send_lock:
+            if self._ws is not None:
+                await self._request(self._ws, method, keys, mode)
+
+    async def stop(self) -> None:
+        """Close the socket with a handshake (code 1000), so the server sees a client leave."""
+        self._stopping = True
+        if self._ws is not None:
+            await asyncio.gather(self._ws.close(), return_exceptions=True)
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+        self.state = "stopped"
+
+    async def _run(self) -> None:
+        try:
+            await self._keep_open()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.state = "failed"  # never "connected" once nothing reads the socket
+            self._feed.ledger.error(f"feed connection {self.index} stopped: {exc}", logging.ERROR)
+            self._feed.on_crash(exc)
+            raise
+
+    async def _keep_open(self) -> None:
+        """Authorize, connect, restore, read; forever, with backoff between attempts."""
+        feed, ledger = self._feed, self._feed.ledger
+        backoff = Backoff(feed.backoff_initial_s, feed.backoff_max_s, jitter=(0.5, 1.0))
+        while True:
+            self.state = "connecting"
+            ledger.attempts += 1
+            generation = feed.token.generation
+            opened_at = None
+            try:
+                uri = await feed.authorizer.feed_uri(feed.token.current)
+                options = feed.authorizer.connect_options(uri, feed.token.current)
+                async with ws_connect(uri, **options) as ws:
+                    opened_at = time.monotonic()
+                    await self._opened(ws)
+                    await self._read(ws)
+                if self._stopping:
+                    return
+                ledger.error(
+                    f"feed connection {self.index} closed by the server "
+                    f"(code {ws.close_code}, {ws.close_reason or 'no reason'})"
+                )
+            except (TokenRejected, InvalidStatus) as exc:
+                if isinstance(exc, InvalidStatus) and (
+                    exc.response.status_code not in REJECTED_STATUSES
+                ):
+                    ledger.error(f"feed connection {self.index}: {exc}")
+                else:
+                    await self._await_token(exc, generation)
+                    backoff.reset()  # a new token (or a long wait): start again quickly
+                    continue
+            except (AuthorizeFailed, OSError, TimeoutError, WebSocketException) as exc:
+                ledger.error(f"feed connection {self.index}: {type(exc).__name__}: {exc}")
+            finally:
+                self._ws = None
+            self.tried.set()
+            if opened_at is not None and time.monotonic() - opened_at > backoff.maximum:
+                backoff.reset()  # it outlived the longest delay: a healthy connection, not a flap
+            self.state = "backoff"
+            await backoff.sleep()
+
+    async def _await_token(self, exc: Exception, generation: int) -> None:
+        """Leave a rejected token alone until update_token() or `token_retry_s` has passed."""
+        self.state = "token_rejected"
+        self.tried.set()
+        self._feed.ledger.error(f"access token rejected ({exc}); waiting for update_token()")
+        await self._feed.token.wait_for_new(generation, self._feed.token_retry_s)
+
+    async def _opened(self, ws: ClientConnection) -> None:
+        """Count the connection and re-send its subscriptions, one request per mode."""
+        ledger = self._feed.ledger
+        async with self._send_lock:
+            self._ws = ws
+            self.state = "connected"
+            ledger.connects += 1
+            if self.opened:
+                ledger.reconnects += 1
+            self.opened += 1
+            self.tried.set()
+            by_mode: dict[str, list[str]] = {}
+            for key, mode in self.keys.items():
+                by_mode.setdefault(mode, []).append(key)
+            for mode, keys in by_mode.items():
+                await self._request(ws, "sub", keys, mode)
+        log.info(
+            "feed connection %d open (%d keys restored)%s",
+            self.index,
+            len(self.keys),
+            " after a reconnect" if self.opened > 1 else "",
+        )
+
+    async def _read(self, ws: ClientConnection) -> None:
+        """Hand every binary frame to the sink with its arrival time; text frames are errors."""
+        ledger, on_frame, on_text = self._feed.ledger, self._feed.sink.on_frame, self._feed.on_text
+        async for message in ws:
+            received_at_us = time.time_ns() // 1000
+            if isinstance(message, bytes):
+                ledger.frames += 1
+                try:
+                    on_frame(message, received_at_us)
+                except MalformedFrame as exc:
+                    ledger.malformed_frame(exc)
+                except Exception as exc:
+                    raise SinkError(f"the frame sink failed: {exc!r}") from exc
+            else:
+                on_text(message)
+
+    async def _request(
+        self, ws: ClientConnection, method: str, keys: list[str], mode: str | None
+    ) -> None:
+        """Send one request; if the socket just died, the reconnect re-sends the state."""
+        payload = self._feed.ledger.request(method, keys, mode)
+        with contextlib.suppress(WebSocketException):
+            await ws.send(payload)  # bytes: a binary frame, as Upstox wants
+            self._feed.ledger.requests_sent[method] += 1

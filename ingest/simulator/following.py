@@ -1,0 +1,55 @@
+"""The instruments the simulator's sessions follow: made from the universe when first
+followed, trading while any session follows them."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+from ingest.simulator.market import Instrument, Universe
+
+
+class Following:
+    """Instrument key -> how many sessions follow it. An instrument is kept, with its price
+    path, after its last session leaves, so a new subscriber sees it go on from there."""
+
+    def __init__(self, universe: Universe) -> None:
+        self._universe = universe
+        self._instruments: dict[str, Instrument] = {}
+        self._subscribers: Counter[str] = Counter()  # key -> sessions following it
+        self._active: list[Instrument] | None = []  # None: rebuild from _subscribers
+        self._wake = asyncio.Event()
+
+    def __len__(self) -> int:
+        """Keys that at least one session follows."""
+        return len(self._subscribers)
+
+    def __getitem__(self, key: str) -> Instrument:
+        return self._instruments[key]
+
+    def follow(self, key: str, now_ms: int) -> None:
+        """One more session follows `key`."""
+        if key not in self._instruments:
+            profile = self._universe.profile(key, now_ms)
+            self._instruments[key] = Instrument(profile, self._universe, now_ms)
+        self._subscribers[key] += 1
+        self._active = None
+        self._wake.set()
+
+    def unfollow(self, key: str) -> None:
+        """One session fewer follows `key`."""
+        self._subscribers[key] -= 1
+        if self._subscribers[key] <= 0:
+            del self._subscribers[key]
+        self._active = None
+
+    def active(self) -> list[Instrument]:
+        """The followed instruments, in the order they were first followed."""
+        if self._active is None:
+            self._active = [self._instruments[key] for key in self._subscribers]
+        return self._active
+
+    async def wait(self) -> None:
+        """Until a session follows an instrument (again), for a market with nothing to trade."""
+        self._wake.clear()
+        await self._wake.wait()

@@ -1,0 +1,95 @@
+"""The simulator's HTTP side, answered before any websocket handshake: the REST authorize
+call, the bare feed URL's redirect, the single-use codes that let a handshake through, and
+the /_sim/ test hooks for a simulator in another process (loopback only, like the rest)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import ServerConnection
+from websockets.http11 import Request, Response
+
+from ingest.simulator.protocol import (
+    INVALID_TOKEN,
+    Gate,
+    error_response,
+    json_response,
+    redirect_response,
+)
+from ingest.simulator.tape import SentTick
+from ingest.upstox.wire import AUTHORIZE_PATH, FEED_PATH
+
+CONTROL_PATH = "/_sim/"
+
+
+class Controls(Protocol):
+    """What the test hooks work on (the FeedSimulator)."""
+
+    @property
+    def feed_url(self) -> str: ...
+
+    def stats(self) -> dict[str, object]: ...
+
+    def sent_ticks(self) -> list[SentTick]: ...
+
+    def stall(self, seconds: float) -> None: ...
+
+    def reject_token(self, rejecting: bool = True) -> None: ...
+
+    async def drop_connections(self) -> int: ...
+
+    async def send_garbage(self) -> int: ...
+
+
+class Rest:
+    """`process_request` for websockets' server: a Response answers the request, None lets
+    the websocket handshake go on."""
+
+    def __init__(self, simulator: Controls, gate: Gate) -> None:
+        self._simulator = simulator
+        self._gate = gate
+        self._background: set[asyncio.Task[int]] = set()
+
+    def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        url = urlsplit(request.path)
+        query = parse_qs(url.query)
+        if url.path == AUTHORIZE_PATH:
+            if not self._gate.token_accepted(request):
+                return error_response(401, INVALID_TOKEN)
+            redirect = self._gate.authorized_url(self._simulator.feed_url)
+            data = {"authorized_redirect_uri": redirect, "authorizedRedirectUri": redirect}
+            return json_response(200, {"status": "success", "data": data})
+        if url.path == FEED_PATH:
+            if "code" in query:
+                if self._gate.use_code(query["code"][0]):
+                    return None  # go on with the websocket handshake
+                return error_response(403, {"message": "authorization code unknown or used"})
+            if not self._gate.token_accepted(request):
+                return error_response(401, INVALID_TOKEN)
+            return redirect_response(self._gate.authorized_url(self._simulator.feed_url))
+        if url.path.startswith(CONTROL_PATH):
+            return self._control(url.path[len(CONTROL_PATH) :], query)
+        return error_response(404, {"message": "not found"})
+
+    def _control(self, action: str, query: dict[str, list[str]]) -> Response:
+        """GET /_sim/stats, /_sim/sent_ticks, /_sim/drop, /_sim/garbage,
+        /_sim/stall?seconds=N and /_sim/reject_token?on=1|0."""
+        simulator = self._simulator
+        if action == "stats":
+            return json_response(200, simulator.stats())
+        if action == "sent_ticks":
+            return json_response(200, simulator.sent_ticks())
+        if action == "stall":
+            simulator.stall(float(query.get("seconds", ["5"])[0]))
+        elif action == "reject_token":
+            simulator.reject_token(query.get("on", ["1"])[0] not in ("0", "false"))
+        elif action in ("drop", "garbage"):
+            fault = simulator.drop_connections() if action == "drop" else simulator.send_garbage()
+            task = asyncio.get_running_loop().create_task(fault)
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        else:
+            return error_response(404, {"message": f"no hook {action!r}"})
+        return json_response(200, {"status": "success", "action": action})

@@ -1,0 +1,128 @@
+"""The ingest's status, one frozen dataclass per section, each field written here only.
+
+Every component reports its own section through `status()` (`FeedClient`, `Pipeline`,
+`TickDataHandler`, `AggregatedTickHandler`, `Journal`, `CustomHandler`; `summarize()` for the
+subscriptions), and `WebSocketService.status()` puts them together in an `IngestStatus`.
+The API serves that object as the response model of GET /api/v1/websocket/status, so the
+field names are the JSON keys, and the Prometheus collector reads its attributes; the Phase 2
+guide's `get_status()` and `get_stats()` are the same objects as dicts. Built from memory
+only, so status answers during an outage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class FeedStatus:
+    """The feed client: where it reads from and, once the client exists, how it fares."""
+
+    source: str  # "simulator" or the Upstox API base
+    state: str | None = None  # the connection most in need of attention
+    connections: int | None = None  # connected now
+    connection_states: list[str] | None = None
+    attempts: int | None = None  # authorize (or redirect) calls: a hot loop shows here
+    connects: int | None = None
+    reconnects: int | None = None
+    frames: int | None = None
+    malformed_frames: int | None = None
+    last_error: str | None = None  # masked: never holds the token
+    requests: dict[str, int] | None = None  # sub / unsub / change_mode sent
+    subscribed: dict[str, int] | None = None  # keys per mode
+    failed: int | None = None  # keys the server refused
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionSummary:
+    total_symbols: int
+    subscribed_count: int
+    failed_count: int
+    pending_count: int
+    subscription_rate: str  # "100.00%"
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerStatus:
+    """One custom tick handler, behind its bounded buffer."""
+
+    handler: str
+    delivered: int
+    handled: int  # the handler returned True
+    declined: int  # ... False
+    errors: int  # ... raised
+    pending: int
+    dropped: int  # past the buffer's bound
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineStatus:
+    frames: int
+    malformed_frames: int
+    frames_refused: int  # dropped because the journal could not take them
+    journal_error: str | None  # why frames are refused now
+    duplicate_ticks_dropped: int
+    unrequested_ticks_skipped: int
+    market_status: dict[str, str]  # segment -> its last reported status
+    custom_handlers: list[HandlerStatus]
+
+
+@dataclass(frozen=True, slots=True)
+class WriterStatus:
+    ticks_processed: int
+    symbols_tracked: int  # instruments with committed rows since the start
+    batches: int
+    rows_written: int
+    rows_per_second: float
+    queue_depth: int  # rows not yet committed, in memory
+    oldest_unwritten_tick_age_s: float  # 0 when none waits
+    committed_seq: int
+    database_available: bool
+    journal_only: bool  # past the memory bound: catching up from the journal
+    spills: int
+    errors: int
+    last_error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class CacheStatus:
+    ticks_processed: int
+    symbols_tracked: int  # instruments with a latest tick
+    ticks_per_second: float
+    ignored_instruments: int  # new instruments past the cache's bound
+
+
+@dataclass(frozen=True, slots=True)
+class JournalStatus:
+    journal_id: str
+    last_seq: int
+    committed_seq: int
+    backlog_frames: int  # journaled frames whose ticks are not committed yet
+    bytes_on_disk: int
+    bytes_appended: int
+    segments: int
+    max_bytes: int
+    torn_tail_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class BarsStatus:
+    edition: str | None  # "apache" or "timescale" (the Community edition)
+    last_rollup_error: str | None  # the Apache edition's own rollup
+
+
+@dataclass(frozen=True, slots=True)
+class IngestStatus:
+    """The whole of `WebSocketService.status()`; a section the service has not built yet
+    (before or during its start) is None."""
+
+    is_running: bool
+    websocket_connected: bool
+    subscribed_symbols: list[str]  # trading symbols (the key where the master has none)
+    feed: FeedStatus
+    subscriptions: SubscriptionSummary | None
+    pipeline: PipelineStatus | None
+    writer: WriterStatus | None
+    cache: CacheStatus
+    journal: JournalStatus | None
+    bars: BarsStatus
