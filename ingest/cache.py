@@ -30,6 +30,8 @@ class AggregatedTickHandler:
         """`symbols` lets `get_latest_tick` take trading symbols and index names too."""
         self._symbols = symbols
         self._latest: dict[str, Tick] = {}
+        # The instruments whose latest tick changed since take_changed(), with that tick.
+        self._changed: dict[str, Tick] = {}
         self._max = max_instruments
         self._clock = clock
         self._started = clock()
@@ -38,13 +40,26 @@ class AggregatedTickHandler:
 
     def on_frame(self, seq: int, ticks: list[Tick]) -> None:
         latest = self._latest
-        for tick in ticks:
-            key = tick[KEY]
-            if key not in latest and len(latest) >= self._max:
-                self.ignored_instruments += 1
-                continue
-            latest[key] = tick
+        changed = self._changed
+        if len(latest) + len(ticks) <= self._max:  # no key can be one too many: no check
+            for tick in ticks:
+                key = tick[KEY]
+                latest[key] = changed[key] = tick
+        else:
+            for tick in ticks:
+                key = tick[KEY]
+                if key not in latest and len(latest) >= self._max:
+                    self.ignored_instruments += 1
+                    continue
+                latest[key] = changed[key] = tick
         self.ticks_processed += len(ticks)
+
+    def take_changed(self) -> dict[str, Tick]:
+        """key -> latest tick of each instrument that changed since the last call (the first
+        call: since the start), and start afresh. Bounded like the cache: one entry per
+        instrument however long between calls. The published table's feed."""
+        changed, self._changed = self._changed, {}
+        return changed
 
     def latest(self, key: str) -> Tick | None:
         return self._latest.get(key)

@@ -29,6 +29,7 @@ from ingest.handlers import TickCallback
 from ingest.journal import Journal
 from ingest.metrics import IngestMetrics
 from ingest.pipeline import Pipeline
+from ingest.published import publish_forever, published_path
 from ingest.recovery import RecoveryState, load_recovery_state
 from ingest.simulator import FeedSimulator
 from ingest.status import BarsStatus, FeedStatus, IngestStatus
@@ -144,6 +145,13 @@ class WebSocketService:
         if self.edition is Edition.APACHE:
             self._tasks["rollup"] = asyncio.create_task(self._rollup_forever(), name="rollup")
         self._tasks["journal-sync"] = asyncio.create_task(self._sync_journal(), name="sync")
+        # The latest ticks and the status, for the API's processes (ingest/published.py).
+        self._tasks["publish"] = asyncio.create_task(
+            publish_forever(
+                published_path(settings.data_dir), self.cache.take_changed, self.status
+            ),
+            name="publish",
+        )
         self.is_running = True
         _running.append(self)
         log.info("ingest started: feed %s, %s edition bars", self.feed_source, self.edition.value)
@@ -155,7 +163,7 @@ class WebSocketService:
             _running.remove(self)
         if self._client is not None:
             await self._client.stop()
-        for name in ("feed", "rollup", "journal-sync"):
+        for name in ("feed", "rollup", "journal-sync", "publish"):
             task = self._tasks.pop(name, None)
             if task is None:
                 continue
