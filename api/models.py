@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 
 from api.params import Symbol
 from ingest.upstox.wire import Mode
-from store.bars import Interval
+from store.bars import BarInterval
 
 
 class HealthOut(BaseModel):
@@ -114,7 +114,7 @@ class BarOut(BaseModel):
 class BarsOut(BaseModel):
     symbol: str
     instrument_key: str
-    interval: Interval
+    interval: BarInterval
     bars: list[BarOut]
 
 

@@ -7,24 +7,30 @@ a watermark and aggregate ticks live above it, and `refresh_bars` moves the wate
 and re-aggregates the buckets that late ticks landed in below it.
 
 Readers (the API, the notebooks) take the relation names, the columns and the queries of bars
-from here too, so each is written once.
+from here too, so each is written once. Bars of any interval (3m ... 1d, aligned to the 09:15
+IST session open) are the SQL function `bars()` of sql/009_bars_any_interval.sql, which the
+API calls too: the rule that builds them is written there only.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import psycopg
 from psycopg.rows import dict_row
 
 from store.editions import Edition, server_edition
-from store.ticks import time_bounds
 
 Interval = Literal["1m", "5m"]
 # The relation each interval is read from, the same name on both editions; 1-minute first.
 BAR_VIEWS: dict[Interval, str] = {"1m": "ohlc_1m", "5m": "ohlc_5m"}
+# Every interval bars can be read in: 1m and 5m are the relations above, the others are built
+# on read from ohlc_1m by the SQL function bars(), aligned to the NSE session (origin 09:15
+# IST; 1d by IST trading date). sql/009's bar_intervals() lists the same names.
+BarInterval = Literal["1m", "3m", "5m", "10m", "15m", "30m", "1h", "1d"]
+BAR_INTERVALS: tuple[BarInterval, ...] = get_args(BarInterval)
 # What a bar is, in the order every reader shows it: the bucket start, then its values.
 BAR_COLUMNS = ("bucket", "open", "high", "low", "close", "volume", "tick_count")
 
@@ -242,26 +248,6 @@ def _record_touched(
     return (row[0] if row else 0,)
 
 
-def bars_sql(interval: Interval, *, start: bool, end: bool) -> str:
-    """The bars of %(key)s oldest first, BAR_COLUMNS each, from %(start)s (inclusive) and to
-    %(end)s (exclusive) when asked for: a bound left out reads to that end of the data."""
-    return (
-        f"SELECT {', '.join(BAR_COLUMNS)} FROM {BAR_VIEWS[interval]}"
-        f" WHERE instrument_key = %(key)s{time_bounds('bucket', start=start, end=end)}"
-        " ORDER BY bucket"
-    )
-
-
-def bar_rows(
-    conn: psycopg.Connection, interval: Interval, key: str, start: datetime, end: datetime
-) -> list[dict[str, Any]]:
-    """The bars of `key` in [start, end), oldest first, as rows named by BAR_COLUMNS."""
-    with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(
-            bars_sql(interval, start=True, end=True), {"key": key, "start": start, "end": end}
-        ).fetchall()
-
-
 def busiest_instrument(conn: psycopg.Connection, start: datetime, end: datetime) -> str | None:
     """The key that traded most often in [start, end); None when no bar is there.
 
@@ -277,3 +263,30 @@ def busiest_instrument(conn: psycopg.Connection, start: datetime, end: datetime)
         [start, end],
     ).fetchone()
     return row[0] if row else None
+
+
+def interval_bars_sql() -> str:
+    """The bars of %(symbol)s (a trading symbol, index name or instrument key) in
+    %(interval)s (one of BAR_INTERVALS) whose bucket starts in [%(start)s, %(end)s), oldest
+    first, BAR_COLUMNS each; a NULL bound reads to that end of the data.
+
+    Through the SQL function bars(), so the API, the notebooks and a user's psql build bars of
+    every interval by the one rule written there. An unknown interval raises
+    InvalidParameterValue, an unknown symbol NoDataFound.
+    """
+    return (
+        f"SELECT {', '.join(BAR_COLUMNS)}"
+        " FROM bars(%(symbol)s, %(interval)s, %(start)s, %(end)s) ORDER BY bucket"
+    )
+
+
+def interval_bar_rows(
+    conn: psycopg.Connection, interval: BarInterval, key: str, start: datetime, end: datetime
+) -> list[dict[str, Any]]:
+    """The bars of instrument `key` in `interval` whose bucket starts in [start, end), each
+    bar whole, oldest first, as rows named by BAR_COLUMNS (see interval_bars_sql)."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(
+            interval_bars_sql(),
+            {"symbol": key, "interval": interval, "start": start, "end": end},
+        ).fetchall()

@@ -286,28 +286,15 @@ def resolve_symbols(conn: psycopg.Connection, symbols: list[str]) -> dict[str, s
     An instrument key is taken as it is when it exists. Otherwise a symbol is a trading symbol
     or an index name ("Nifty 50"), in any case; a trading symbol can be listed in several
     segments, and the NSE cash market wins, then NSE indices, then the equity or index record
-    of any other segment. One query for the whole list.
+    of any other segment. The rule is the SQL function resolve_symbol (sql/009), which SQL
+    users call too; one query for the whole list.
     """
     rows = conn.execute(
-        "SELECT s.i, found.instrument_key"
-        " FROM unnest(%s::text[]) WITH ORDINALITY AS s(name, i)"
-        " CROSS JOIN LATERAL (SELECT instrument_key FROM ("
-        "  SELECT instrument_key, segment, instrument_type, 0 AS by_symbol"
-        "  FROM instruments WHERE instrument_key = s.name"
-        "  UNION ALL"
-        "  SELECT instrument_key, segment, instrument_type, 1"
-        "  FROM instruments WHERE upper(trading_symbol) = upper(s.name)"
-        "  UNION ALL"
-        "  SELECT instrument_key, segment, instrument_type, 1"
-        "  FROM instruments WHERE segment = 'NSE_INDEX' AND upper(name) = upper(s.name)"
-        " ) AS candidates"
-        " ORDER BY by_symbol,"
-        " CASE segment WHEN 'NSE_EQ' THEN 0 WHEN 'NSE_INDEX' THEN 1 ELSE 2 END,"
-        " instrument_type NOT IN ('EQ', 'INDEX'), instrument_key"
-        " LIMIT 1) AS found",
-        [[symbol.strip() for symbol in symbols]],
+        "SELECT s.i, resolve_symbol(s.name)"
+        " FROM unnest(%s::text[]) WITH ORDINALITY AS s(name, i)",
+        [symbols],
     ).fetchall()
-    return {symbols[i - 1]: key for i, key in rows}
+    return {symbols[i - 1]: key for i, key in rows if key is not None}
 
 
 def keys_of(symbols: list[str], found: dict[str, str]) -> list[str]:

@@ -193,7 +193,10 @@ def test_the_readers_take_open_ended_windows(
     assert everything[(everything.index >= start) & (everything.index < end)].equals(bars)
     assert notebook.read_bars(symbol, "1m", start=start).index[0] == bars.index[0]
     assert notebook.read_bars(symbol, "1m", end=end).index[-1] == bars.index[-1]
-    with pytest.raises(ValueError, match="interval must be one of 1m, 5m"):
+    hourly = notebook.read_bars(symbol, "1h", start, end)
+    assert hourly["volume"].sum() == bars["volume"].sum()
+    assert hourly["tick_count"].sum() == bars["tick_count"].sum()
+    with pytest.raises(ValueError, match="interval must be one of 1m, 3m, 5m, .*, 1d"):
         notebook.read_bars(symbol, "2m")  # type: ignore[arg-type]
 
     newest = notebook.read_ticks(symbol, limit=5)

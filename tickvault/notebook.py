@@ -20,7 +20,7 @@ import pandas as pd
 import psycopg
 
 from ingest.config import Settings
-from store.bars import BAR_VIEWS, Interval, bars_sql, busiest_instrument
+from store.bars import BAR_INTERVALS, BarInterval, busiest_instrument, interval_bars_sql
 from store.instruments import resolve_symbol, trading_symbols
 from store.local.url import database_url
 from store.ticks import newest_tick_time, recent_ticks_sql
@@ -94,7 +94,7 @@ def _labelled(frame: pd.DataFrame, conn: psycopg.Connection, key: str) -> pd.Dat
 
 def read_bars(
     symbol: str,
-    interval: Interval = "1m",
+    interval: BarInterval = "1m",
     start: datetime | date | str | None = None,
     end: datetime | date | str | None = None,
 ) -> pd.DataFrame:
@@ -104,13 +104,13 @@ def read_bars(
     `end` exclusive, naive times being IST. `attrs` names the instrument the symbol resolved
     to. A minute without a tick has no bar: gaps are gaps, not zero-volume bars.
     """
-    if interval not in BAR_VIEWS:
-        raise ValueError(f"interval must be one of {', '.join(BAR_VIEWS)}, got {interval!r}")
+    if interval not in BAR_INTERVALS:
+        raise ValueError(f"interval must be one of {', '.join(BAR_INTERVALS)}, got {interval!r}")
     bounds = {"start": _moment(start), "end": _moment(end)}
-    sql = bars_sql(interval, start=start is not None, end=end is not None)
     with connect() as conn:
         key = resolve_symbol(conn, symbol)
-        frame = _fetch(conn, sql, {"key": key, **bounds})
+        params = {"symbol": key, "interval": interval, **bounds}
+        frame = _fetch(conn, interval_bars_sql(), params)
         frame = _labelled(frame.set_index("bucket"), conn, key)
     frame.attrs["interval"] = interval
     return frame

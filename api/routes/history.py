@@ -20,13 +20,17 @@ from api.params import (
     encode_cursor,
     time_window,
 )
-from store.bars import BAR_COLUMNS, Interval, bar_rows
+from store.bars import BAR_COLUMNS, BAR_INTERVALS, BarInterval, interval_bar_rows
 from store.ticks import tick_page
 
 router = APIRouter(prefix="/api/v1", tags=["history"])
 
 DEFAULT_WINDOW = timedelta(days=1)
-MAX_BAR_WINDOW: dict[Interval, timedelta] = {"1m": timedelta(days=31), "5m": timedelta(days=180)}
+# 5m bars are read from their own relation; every other interval from the 1-minute bars, so
+# it gets their bound on the minutes read.
+MAX_BAR_WINDOW: dict[BarInterval, timedelta] = {
+    interval: timedelta(days=180 if interval == "5m" else 31) for interval in BAR_INTERVALS
+}
 
 _DATE_TIME = "an ISO 8601 date-time such as 2026-01-05T09:15:00+05:30, UTC when it has no offset"
 Start = Annotated[
@@ -41,8 +45,19 @@ BarStart = Annotated[
     DateTime | None,
     Query(
         description=f"Inclusive, {_DATE_TIME}; default: end - 24 h. The window may span at"
-        f" most {MAX_BAR_WINDOW['1m'].days} days for 1m bars and"
-        f" {MAX_BAR_WINDOW['5m'].days} days for 5m bars"
+        f" most {MAX_BAR_WINDOW['5m'].days} days for 5m bars and"
+        f" {MAX_BAR_WINDOW['1m'].days} days for every other interval"
+    ),
+]
+BarIntervalParam = Annotated[
+    BarInterval,
+    Query(
+        description=f"One of {', '.join(BAR_INTERVALS)}. Buckets are aligned to the NSE session:"
+        " origin 09:15 IST, so 1h bars are 09:15-10:15, ..., 14:15-15:15, 15:15-15:30; 1d bars"
+        " are IST trading dates, stamped at midnight IST. 1m and 5m are ohlc_1m and ohlc_5m;"
+        " the others are built from ohlc_1m (open of the first minute, close of the last, high"
+        " and low the extremes, volume and tick_count the sums), as the SQL function bars()"
+        " builds them"
     ),
 ]
 
@@ -90,16 +105,17 @@ def ticks(
 def bars(
     symbol: Symbol,
     context: Context,
-    interval: Interval = "1m",
+    interval: BarIntervalParam = "1m",
     start: BarStart = None,
     end: End = None,
     output: Annotated[Literal["json", "csv"], Query(alias="format")] = "json",
 ) -> Any:
-    """Bars in [start, end) by bucket; a window of at most 31 days (1m) or 180 days (5m)."""
+    """Bars whose bucket starts in [start, end), oldest first, each bar whole; a window of at
+    most 180 days for 5m bars, 31 days for every other interval."""
     window = time_window(start, end, default_span=DEFAULT_WINDOW, max_span=MAX_BAR_WINDOW[interval])
     [key] = context.resolver.resolve([symbol])
     with context.pool.connection() as conn:
-        rows = bar_rows(conn, interval, key, *window)
+        rows = interval_bar_rows(conn, interval, key, *window)
     if output == "csv":
         return Response(_csv(rows), media_type="text/csv; charset=utf-8")
     return BarsOut(symbol=symbol, instrument_key=key, interval=interval, bars=rows)
