@@ -16,6 +16,7 @@ from api.errors import install_error_handlers
 from api.limits import BodyLimit
 from api.liveness import DatabaseProbe
 from api.operations import Operations
+from api.published import PublishedIngest
 from api.routes import feed, history, instruments, ops
 from api.symbols import SymbolResolver
 from ingest.config import Settings
@@ -25,8 +26,11 @@ from ingest.service import WebSocketService
 def create_app(settings: Settings, database_url: str, run_ingest: bool = True) -> FastAPI:
     """The API over `database_url`; with `run_ingest`, the ingest service runs inside it.
 
-    Without the ingest (an API process beside a separate ingest), latest ticks come from the
-    database and the feed's status and subscription endpoints answer 503.
+    Without the ingest (`tickvault api`, beside a `tickvault ingest` on the same machine and
+    `settings.data_dir`), the latest ticks, the status and /health come from what that
+    ingest publishes (ingest/published.py), and answer 503 with the reason while no ingest
+    runs; subscription changes answer 503; history, bars, instruments and the subscription
+    list come from the database as ever.
     """
 
     @asynccontextmanager
@@ -35,15 +39,22 @@ def create_app(settings: Settings, database_url: str, run_ingest: bool = True) -
         pool.open(wait=False)
         probe = DatabaseProbe(database_url)
         service = WebSocketService(settings, database_url) if run_ingest else None
+        published = None if run_ingest else PublishedIngest(settings.data_dir)
         try:
             await probe.start()
             if service is not None:
                 await service.start()
-            app.state.context = ApiContext(settings, pool, SymbolResolver(pool), probe, service)
+            if published is not None:
+                await published.start()
+            app.state.context = ApiContext(
+                settings, pool, SymbolResolver(pool), probe, service, published
+            )
             yield
         finally:
             if service is not None:
                 await service.stop()  # flushes every tick it delivered
+            if published is not None:
+                await published.stop()
             await probe.stop()
             await asyncio.to_thread(pool.close)
 

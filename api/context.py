@@ -9,9 +9,17 @@ from fastapi import Depends, HTTPException, Request
 from psycopg_pool import ConnectionPool
 
 from api.liveness import DatabaseProbe
+from api.published import PublishedIngest
 from api.symbols import SymbolResolver
 from ingest.config import Settings
 from ingest.service import WebSocketService
+
+# What a subscription change answers in an API process without the ingest: the ingest owns
+# the feed's connections. Sending changes to it (the subscriptions table with LISTEN/NOTIFY,
+# or a control socket) is the next step of the process split.
+CHANGES_ELSEWHERE = (
+    "subscription changes are run by the ingest process (tickvault ingest); not available here yet"
+)
 
 
 @dataclass(frozen=True)
@@ -21,6 +29,8 @@ class ApiContext:
     resolver: SymbolResolver
     probe: DatabaseProbe
     service: WebSocketService | None  # None: the ingest runs elsewhere, if at all
+    # What the ingest on settings.data_dir publishes, read when `service` is None.
+    published: PublishedIngest | None = None
 
 
 async def get_context(request: Request) -> ApiContext:
@@ -33,11 +43,9 @@ Context = Annotated[ApiContext, Depends(get_context)]
 
 
 async def get_service(context: Context) -> WebSocketService:
+    """The ingest service of this process, for subscription changes; 503 without one."""
     if context.service is None:
-        raise HTTPException(
-            status_code=503,
-            detail="the ingest service does not run in this API process (started without it)",
-        )
+        raise HTTPException(status_code=503, detail=CHANGES_ELSEWHERE)
     return context.service
 
 

@@ -19,7 +19,9 @@ from store.bars import BarInterval
 class HealthOut(BaseModel):
     status: Literal["ok"]
     database: Literal["ok"]
-    ingest: Literal["running", "not run by this process"]
+    # "running": in this process; "running in another process": a `tickvault ingest` that
+    # publishes on this data directory (`tickvault api`).
+    ingest: Literal["running", "running in another process"]
 
 
 class UnavailableOut(BaseModel):
@@ -89,7 +91,7 @@ class LatestTickOut(TickOut):
 
 
 class LatestTicksOut(BaseModel):
-    source: Literal["cache", "database"]
+    source: Literal["cache"]
     ticks: list[LatestTickOut]
     missing: list[str] = Field(description="Requested symbols that have no tick yet")
 

@@ -112,6 +112,8 @@ class Settings:
     simulator_seed: int = 1
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    # Processes `tickvault api` serves with (uvicorn workers, each with its own app).
+    api_workers: int = 2
     api_key: Secret = field(default=Secret(""), repr=False)
     # Host headers the API answers (`*` any, `*.example.com` any name under it); left empty,
     # loopback and api_host.

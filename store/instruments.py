@@ -290,8 +290,7 @@ def resolve_symbols(conn: psycopg.Connection, symbols: list[str]) -> dict[str, s
     users call too; one query for the whole list.
     """
     rows = conn.execute(
-        "SELECT s.i, resolve_symbol(s.name)"
-        " FROM unnest(%s::text[]) WITH ORDINALITY AS s(name, i)",
+        "SELECT s.i, resolve_symbol(s.name) FROM unnest(%s::text[]) WITH ORDINALITY AS s(name, i)",
         [symbols],
     ).fetchall()
     return {symbols[i - 1]: key for i, key in rows if key is not None}

@@ -14,14 +14,12 @@ on `ts` alone (sql/007), so "the newest tick" is asked per instrument, never as 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
 
-from store.subscriptions import LISTED
 from store.tick import PG_EPOCH_UNIX_US, TICK_COLUMNS, TICK_PG_TYPES, TIME_COLUMNS, Tick
 
 COPY_TICKS = f"COPY ticks ({', '.join(TICK_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
@@ -159,21 +157,6 @@ def _newest(columns: str, keys_from: str) -> str:
         " SELECT * FROM ticks WHERE ticks.instrument_key = k.instrument_key"
         " ORDER BY ts DESC, received_at DESC LIMIT 1) t"
     )
-
-
-def newest_ticks(conn: psycopg.Connection, keys: Sequence[str] | None) -> list[Row]:
-    """The newest stored tick of each key, as rows (of every listed subscription when `keys`
-    is None): the API's latest ticks when it runs without the ingest."""
-    keys_from = (
-        "unnest(%(keys)s::text[]) AS k(instrument_key)"
-        if keys is not None
-        else f"(SELECT instrument_key FROM subscriptions WHERE {LISTED}) AS k"
-    )
-    with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(
-            _newest(_TICK_COLUMNS, keys_from),
-            {"keys": list(keys) if keys is not None else None},
-        ).fetchall()
 
 
 def newest_tick_rows(conn: psycopg.Connection) -> list[Tick]:

@@ -184,9 +184,11 @@ def test_health_with_ingest_running(live: httpx.Client) -> None:
 
 
 def test_health_without_ingest(stored: httpx.Client) -> None:
+    """No ingest runs in the process nor publishes on its data directory (see
+    tests/test_api_process.py for an API beside a running one)."""
     response = stored.get("/health")
-    assert response.status_code == 200
-    assert response.json()["ingest"] == "not run by this process"
+    assert response.status_code == 503
+    assert "no ingest has published here" in response.json()["reason"]
 
 
 def test_health_is_503_while_the_database_is_unreachable(tmp_path: Path) -> None:
@@ -225,11 +227,17 @@ def test_status_reports_feed_subscriptions_writer_and_journal(live: httpx.Client
     assert "backlog_frames" in status["journal"]
 
 
-def test_feed_endpoints_need_the_ingest_in_this_process(stored: httpx.Client) -> None:
-    for path in ("/api/v1/websocket/status", "/api/v1/websocket/subscriptions"):
-        response = stored.get(path)
-        assert response.status_code == 503
-        assert "ingest" in detail(response)
+def test_feed_endpoints_without_an_ingest(stored: httpx.Client) -> None:
+    response = stored.get("/api/v1/websocket/status")
+    assert response.status_code == 503
+    assert "no ingest has published here" in detail(response)
+    # The subscriptions are the ingest's rows in the database.
+    response = stored.get("/api/v1/websocket/subscriptions")
+    assert response.status_code == 200
+    assert response.json() == [
+        {"symbol": "INFY", "instrument_key": INFY, "mode": "full", "status": "subscribed",
+         "error": None}
+    ]  # fmt: skip
 
 
 # --- subscriptions -------------------------------------------------------------------------
@@ -348,19 +356,13 @@ def test_latest_ticks_of_every_instrument(live: httpx.Client) -> None:
     assert symbols == sorted(symbols)
 
 
-def test_latest_ticks_from_the_database(stored: httpx.Client) -> None:
-    response = stored.get("/api/v1/websocket/latest-ticks", params={"symbols": "INFY,TCS,SBIN"})
-    assert response.status_code == 200
-    body = response.json()
-    assert body["source"] == "database"
-    assert body["missing"] == ["SBIN"]
-    infy, tcs = body["ticks"]
-    assert infy["ts"] == "2026-01-05T04:02:04Z"  # the newest of the 250: 124 s after BASE
-    assert infy["ltp"] == 1249.0  # of the two at that second, the later received
-    assert tcs["ltp"] == 3100.0
-    # Without symbols: every subscription (only INFY is subscribed in this database).
-    every = stored.get("/api/v1/websocket/latest-ticks").json()
-    assert [tick["symbol"] for tick in every["ticks"]] == ["INFY"]
+def test_latest_ticks_without_an_ingest(stored: httpx.Client) -> None:
+    """Without the ingest in this process, latest ticks are what an ingest publishes on the
+    data directory (tests/test_api_process.py); with none there, 503 says so."""
+    for params in ({"symbols": "INFY,TCS"}, {}):
+        response = stored.get("/api/v1/websocket/latest-ticks", params=params)
+        assert response.status_code == 503
+        assert "no ingest has published here" in detail(response)
 
 
 @pytest.mark.parametrize("symbols", ["", " , ", "INFY,\x00", "INFY," + "X" * 101])

@@ -30,6 +30,7 @@ from ingest.config import Secret, Settings
 from store.instruments import UnknownSymbol, instrument_search, search_instruments
 from tests.conftest import DbServer
 from tests.test_api import API_KEY, INFY, client, sample_database, serve, wait_for
+from tests.test_api_process import stand_in_ingest
 
 SUBSCRIPTIONS = "/api/v1/websocket/subscriptions"
 
@@ -326,7 +327,7 @@ def test_health_answers_at_once_while_data_requests_hold_every_thread(
 ) -> None:
     """Sixty searches wait on a lock: eight hold every pooled connection, the rest every
     worker thread. /health needs neither."""
-    with sample_database(apache_server) as url:
+    with sample_database(apache_server) as url, stand_in_ingest(tmp_path):
         app = create_app(Settings(data_dir=tmp_path), url, run_ingest=False)
         with (
             serve(app) as base,
@@ -368,7 +369,7 @@ def test_health_answers_at_once_while_data_requests_hold_every_thread(
 def test_health_is_503_while_the_database_refuses_and_200_once_it_is_back(
     apache_server: DbServer, tmp_path: Path
 ) -> None:
-    with sample_database(apache_server) as url:
+    with sample_database(apache_server) as url, stand_in_ingest(tmp_path):
         name = conninfo_to_dict(url)["dbname"]
         app = create_app(Settings(data_dir=tmp_path), url, run_ingest=False)
         with (
@@ -478,7 +479,7 @@ def test_allowed_hosts_come_from_the_environment(
     )
     monkeypatch.setenv("TICKVAULT_API_ALLOWED_HOSTS", "testserver,api.example")
     app = create_app(Settings.from_env(data_dir=tmp_path), sample_url, run_ingest=False)
-    with serve(app) as base, client(base) as http:
+    with stand_in_ingest(tmp_path), serve(app) as base, client(base) as http:
         assert http.get("/health", headers={"Host": "api.example"}).status_code == 200
         assert http.get("/health", headers={"Host": "testserver"}).status_code == 200
         assert http.get("/health").status_code == 400  # 127.0.0.1 is no longer listed

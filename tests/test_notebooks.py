@@ -196,7 +196,7 @@ def test_the_readers_take_open_ended_windows(
     hourly = notebook.read_bars(symbol, "1h", start, end)
     assert hourly["volume"].sum() == bars["volume"].sum()
     assert hourly["tick_count"].sum() == bars["tick_count"].sum()
-    with pytest.raises(ValueError, match="interval must be one of 1m, 3m, 5m, .*, 1d"):
+    with pytest.raises(ValueError, match=r"interval must be one of 1m, 3m, 5m, .*, 1d"):
         notebook.read_bars(symbol, "2m")  # type: ignore[arg-type]
 
     newest = notebook.read_ticks(symbol, limit=5)

@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
@@ -35,6 +37,9 @@ from store.local.postgres import PgInstall, find_bindir
 from store.local.url import database_url, local_cluster
 from store.migrations import migrate
 from tickvault.logs import configure_logging
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 
 def _db_install(settings: Settings, args: argparse.Namespace) -> int:
@@ -242,6 +247,59 @@ def _shown_url(settings: Settings, url: str) -> str:
     return make_conninfo(**params)
 
 
+def _api(settings: Settings, args: argparse.Namespace) -> int:
+    """The API alone, in TICKVAULT_API_WORKERS processes, beside a `tickvault ingest` on the
+    same machine, database and data directory (it reads what that ingest publishes)."""
+    import uvicorn
+
+    from api.limits import UVICORN_LIMITS
+    from ingest.published import published_path
+
+    if settings.api_workers < 1:
+        raise ValueError(f"TICKVAULT_API_WORKERS must be at least 1, got {settings.api_workers}")
+    _api_logging(settings)
+    check_dotenv()
+    # The ingest's store: started and migrated by `tickvault ingest` (or `tickvault db`), not
+    # here. The workers are new processes that build their app from the environment
+    # (api_app); they get the database resolved here.
+    url = database_url(settings)
+    os.environ["TICKVAULT_DATABASE_URL"] = url
+    print(
+        f"tickvault api: API on http://{settings.api_host}:{settings.api_port} "
+        f"(docs at /docs), {settings.api_workers} worker(s), database "
+        f"{_shown_url(settings, url)}, latest ticks and status from the ingest publishing at "
+        f"{published_path(settings.data_dir.absolute())}. Ctrl-C stops it.",
+        flush=True,
+    )
+    uvicorn.run(
+        "tickvault.cli:api_app",
+        factory=True,
+        workers=settings.api_workers,
+        host=settings.api_host,
+        port=settings.api_port,
+        log_config=None,
+        log_level=settings.log_level.lower(),
+        **UVICORN_LIMITS,
+    )
+    return 0
+
+
+def api_app() -> FastAPI:
+    """The app of one `tickvault api` worker (uvicorn calls it in each worker process):
+    settings from the environment and `.env`, as the command read them, and no ingest."""
+    from api.app import create_app
+
+    settings = Settings.from_env()
+    _api_logging(settings)
+    return create_app(settings, database_url(settings), run_ingest=False)
+
+
+def _api_logging(settings: Settings) -> None:
+    """JSON lines on stdout only: trading.log and errors.log are the ingest's, and several
+    processes rotating one file would lose lines."""
+    configure_logging(settings.log_level, [settings.upstox_access_token, settings.api_key])
+
+
 def _ingest(settings: Settings, args: argparse.Namespace) -> int:
     from ingest.service import WebSocketService
 
@@ -322,6 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
         "run", help="the main job: store, ingest (simulator unless UPSTOX_ACCESS_TOKEN) and API"
     ).set_defaults(handler=_run)
     commands.add_parser("ingest", help="the ingest service alone").set_defaults(handler=_ingest)
+    commands.add_parser(
+        "api", help="the API alone, beside a `tickvault ingest` on the same data directory"
+    ).set_defaults(handler=_api)
     simulator = commands.add_parser(
         "simulator",
         help="the Upstox-compatible feed simulator (tickvault simulator --help: its options)",

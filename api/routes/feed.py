@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, HTTPException, Query, Response
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import API_KEY
@@ -20,9 +21,11 @@ from api.models import (
     UnsubscribeOut,
 )
 from api.params import MAX_SYMBOL_LIST_CHARS, SYMBOL_LIST_RULES, Symbol, symbol_list
+from api.published import PublishedIngest, StatusNotPublished
+from ingest.published import IngestNotRunning, SlotBusy
 from ingest.status import IngestStatus
-from store.tick import as_dict
-from store.ticks import newest_ticks
+from store.subscriptions import listing
+from store.tick import Tick, as_dict
 
 router = APIRouter(prefix="/api/v1/websocket", tags=["feed"])
 _GUARDED = responses(401, 403, 404, 409, 503)
@@ -33,13 +36,32 @@ _BODY_ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 @router.get("/status", response_model=IngestStatus, responses=responses(503))
-async def status(service: Service) -> IngestStatus:
-    return service.status()
+async def status(context: Context) -> IngestStatus:
+    """The ingest's status: from memory when it runs in this process, else as it last
+    published it (every half second); 503 while no ingest runs."""
+    if context.service is not None:
+        return context.service.status()
+    return await run_in_threadpool(_published_status, _published(context))
+
+
+def _published_status(published: PublishedIngest) -> IngestStatus:
+    try:
+        return published.status()
+    except (IngestNotRunning, StatusNotPublished, SlotBusy) as error:
+        raise HTTPException(status_code=503, detail=str(error)) from None
+
+
+_SUBSCRIPTION_FIELDS = ("symbol", "instrument_key", "mode", "status", "error")
 
 
 @router.get("/subscriptions", response_model=list[SubscriptionOut], responses=responses(503))
-def subscriptions(service: Service) -> list[dict[str, Any]]:
-    return service.subscriptions.get_subscription_status()["subscriptions"]
+def subscriptions(context: Context) -> list[dict[str, Any]]:
+    """Every subscription not unsubscribed, as the ingest keeps them in the database."""
+    if context.service is not None:
+        return context.service.subscriptions.get_subscription_status()["subscriptions"]
+    with context.pool.connection() as conn:
+        rows = listing(conn)
+    return [dict(zip(_SUBSCRIPTION_FIELDS, row, strict=True)) for row in rows]
 
 
 @router.post(
@@ -82,53 +104,66 @@ async def latest_ticks(
         Query(
             max_length=MAX_SYMBOL_LIST_CHARS,
             description="Comma-separated trading symbols, index names or instrument keys"
-            f" ({SYMBOL_LIST_RULES}); leave out for every instrument with a tick (every"
-            " subscription without ingest)",
+            f" ({SYMBOL_LIST_RULES}); leave out for every instrument with a tick",
             examples=["INFY,TCS"],
         ),
     ] = None,
 ) -> Response:
-    """From the ingest's memory when it runs in this process, else from the database.
+    """From the ingest's memory when it runs in this process, else from the table it
+    publishes (`tickvault api` beside `tickvault ingest`); 503 while no ingest runs.
 
-    The hot case (the ingest here, every symbol resolved before) stays on the event loop,
-    which is also where the cache is written; anything that needs the database goes to the
-    threadpool.
+    The hot case (every symbol resolved before) stays on the event loop, which is also where
+    the in-process cache is written; a published slot is read there with a short busy
+    budget. Anything that needs the database, or a slot still busy, goes to the threadpool.
     """
     names = symbol_list(symbols) if symbols is not None else None
     keys = context.resolver.remembered(names) if names is not None else None
-    if context.service is not None and names is not None and keys is not None:
-        return _latest_ticks_out(context, names, keys)
+    if names is not None and keys is not None:
+        with contextlib.suppress(SlotBusy):
+            return _latest_ticks_out(context, names, keys, _latest(context, keys, on_loop=True))
     return await run_in_threadpool(_latest_ticks_slow, context, names)
 
 
 def _latest_ticks_slow(context: ApiContext, names: list[str] | None) -> Response:
     keys = context.resolver.resolve(names) if names is not None else None
-    return _latest_ticks_out(context, names, keys)
+    try:
+        latest = _latest(context, keys, on_loop=False)
+    except SlotBusy as error:
+        raise HTTPException(status_code=503, detail=str(error)) from None
+    return _latest_ticks_out(context, names, keys, latest)
+
+
+def _latest(context: ApiContext, keys: list[str] | None, *, on_loop: bool) -> dict[str, Tick]:
+    """The latest tick of each key (every instrument's for None), from the ingest's memory
+    here or from what it publishes; SlotBusy passes through."""
+    if context.service is not None:
+        return context.service.cache.latest_many(keys)
+    try:
+        return _published(context).latest(keys, on_loop=on_loop)
+    except IngestNotRunning as error:
+        raise HTTPException(status_code=503, detail=str(error)) from None
+
+
+def _published(context: ApiContext) -> PublishedIngest:
+    if context.published is None:  # an app has the ingest in-process or reads what it publishes
+        raise HTTPException(status_code=503, detail="no ingest state in this API process")
+    return context.published
 
 
 def _latest_ticks_out(
-    context: ApiContext, names: list[str] | None, keys: list[str] | None
+    context: ApiContext,
+    names: list[str] | None,
+    keys: list[str] | None,
+    latest: dict[str, Tick],
 ) -> Response:
-    if context.service is not None:
-        source = "cache"
-        latest = context.service.cache.latest_many(keys)
-    else:
-        source = "database"
-        with context.pool.connection() as conn:
-            latest = {row["instrument_key"]: row for row in newest_ticks(conn, keys)}
     if names is None:
         by_key = context.resolver.trading_symbols(latest)
         wanted = sorted(by_key.items(), key=lambda item: (item[1], item[0]))
     else:
         wanted = list(zip(keys, names, strict=True))
-    ticks = [{**_fields(latest[key]), "symbol": name} for key, name in wanted if key in latest]
+    ticks = [{**as_dict(latest[key]), "symbol": name} for key, name in wanted if key in latest]
     missing = [name for key, name in wanted if key not in latest]
     # Serialized here: returned as a model, FastAPI would validate it a second time against
     # response_model, a third of this hot endpoint's cost. The schema stays documented.
-    body = LatestTicksOut(source=source, ticks=ticks, missing=missing).model_dump_json()
+    body = LatestTicksOut(source="cache", ticks=ticks, missing=missing).model_dump_json()
     return Response(body, media_type="application/json")
-
-
-def _fields(tick: tuple | dict[str, Any]) -> dict[str, Any]:
-    """A cached tick is a tuple with integer times; a stored one is already a row."""
-    return as_dict(tick) if isinstance(tick, tuple) else tick

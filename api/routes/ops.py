@@ -7,26 +7,36 @@ from typing import Any
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from starlette.concurrency import run_in_threadpool
 
 from api.context import Context
 from api.metrics import StatusCollector
 from api.models import HealthOut, UnavailableOut
+from api.published import PublishedIngest, StatusNotPublished
+from ingest.published import IngestNotRunning, SlotBusy
 
 router = APIRouter(tags=["ops"])
 
 
 @router.get("/health", response_model=HealthOut, responses={503: {"model": UnavailableOut}})
 async def health(context: Context) -> Any:
-    """200 when the database answers and the ingest, if this process runs it, is healthy.
+    """200 when the database answers and the ingest is healthy: the one this process runs,
+    or, without one, the `tickvault ingest` publishing on the same data directory.
 
-    Answered from memory on the event loop (see api/liveness.py), so it stays fast while data
-    requests hold every thread and pooled connection, and while the database hangs.
+    Answered from memory on the event loop (see api/liveness.py and api/published.py), so it
+    stays fast while data requests hold every thread and pooled connection, and while the
+    database hangs.
     """
     service = context.service
-    problem = context.probe.problem() or (service.health_problem() if service else None)
+    if service is not None:
+        ingest_problem = service.health_problem()
+    else:
+        ingest_problem = context.published.problem() if context.published else None
+    problem = context.probe.problem() or ingest_problem
     if problem is not None:
         return _unavailable(problem)
-    ingest = "running" if service is not None else "not run by this process"
+    ingest = "running" if service is not None else "running in another process"
     return HealthOut(status="ok", database="ok", ingest=ingest)
 
 
@@ -41,11 +51,34 @@ def _unavailable(reason: str) -> JSONResponse:
     responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
 )
 async def metrics(context: Context) -> Response:
-    """The ingest's own instruments, then figures read from its status at this scrape."""
+    """The ingest's own instruments, then figures read from its status at this scrape.
+
+    Without the ingest in this process: the figures of the status it last published, or
+    `tickvault_ingest_running 0` while none publishes.
+    """
     service = context.service
     if service is None:
-        return Response(b"", media_type=CONTENT_TYPE_LATEST)
+        if context.published is None:
+            return Response(b"", media_type=CONTENT_TYPE_LATEST)
+        body = await run_in_threadpool(_published_metrics, context.published)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
     scrape = CollectorRegistry()
     scrape.register(StatusCollector(service.status()))
     body = generate_latest(service.metrics.registry) + generate_latest(scrape)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+class _NotRunning:
+    """The one figure there is while no ingest publishes."""
+
+    def collect(self) -> Any:
+        yield GaugeMetricFamily("tickvault_ingest_running", "1 while the ingest service runs", 0)
+
+
+def _published_metrics(published: PublishedIngest) -> bytes:
+    scrape = CollectorRegistry()
+    try:
+        scrape.register(StatusCollector(published.status()))
+    except (IngestNotRunning, StatusNotPublished, SlotBusy):
+        scrape.register(_NotRunning())
+    return generate_latest(scrape)
