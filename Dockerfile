@@ -1,7 +1,7 @@
 # tickvault's image: the ingest and the HTTP API (`tickvault run`), and, as the `jupyter`
 # target, the analysis notebooks. docker-compose.yml builds both next to TimescaleDB.
 # The base moves only when this line does: bump the patch version on purpose.
-FROM python:3.11.14-slim-bookworm AS app
+FROM python:3.11.14-slim-bookworm AS base
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -19,22 +19,40 @@ RUN useradd --create-home --uid 1000 tickvault \
 WORKDIR /app
 # Dependencies from the lock alone: exact versions, every file checked against its hash,
 # wheels only (nothing is built, no setup code runs). requirements.lock is compiled from
-# pyproject.toml; it also pins setuptools, which builds tickvault below.
+# pyproject.toml; it also pins setuptools and Cython, which build tickvault below.
 COPY requirements.lock ./
 RUN pip install --require-hashes --only-binary=:all: --no-deps -r requirements.lock \
     && pip check
-COPY pyproject.toml README.md ./
+
+# tickvault itself, built where a C compiler is: the compiled frame decoder
+# (ingest/upstox/_fastdecode.pyx) needs gcc at build time only, so the image that runs
+# does not carry it. Installed under /opt/tickvault, which the app stage copies whole.
+FROM base AS build
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
+COPY pyproject.toml setup.py README.md ./
 COPY ingest ingest
 COPY store store
 COPY api api
 COPY tickvault tickvault
 COPY sql sql
-COPY notebooks notebooks
-COPY deploy deploy
 # A regular install: sql/ goes into site-packages as the package store.sql.
 # --no-deps: everything it needs came
-# from the lock; --no-build-isolation: built with the locked setuptools, not a fetched one.
+# from the lock; --no-build-isolation: built with the locked setuptools and Cython, not
+# fetched ones. PIP_PREFIX puts tickvault alone (its packages, the compiled decoder and the
+# `tickvault` command) under /opt/tickvault, laid out as /usr/local is.
+ENV PIP_PREFIX=/opt/tickvault
 RUN pip install --no-deps --no-build-isolation .
+# Refuse an image on the Python decoder where this stage had a compiler: the build said why.
+# (-P: not the source tree in /app, which has no compiled decoder, but what was installed.)
+RUN PYTHONPATH=/opt/tickvault/lib/python3.11/site-packages python -P -c \
+    "from ingest.upstox.decoder import DECODER_IMPLEMENTATION as d; assert d == 'compiled', d"
+
+FROM base AS app
+COPY --from=build /opt/tickvault /usr/local
+COPY notebooks notebooks
+COPY deploy deploy
 
 USER tickvault
 EXPOSE 8000

@@ -6,7 +6,8 @@ BIN := $(VENV)/bin
 
 .PHONY: setup run test lint proto lock bench clean-data
 
-$(BIN)/tickvault: pyproject.toml
+# setup.py builds the compiled decoder: a change to it or its source rebuilds the install.
+$(BIN)/tickvault: pyproject.toml setup.py ingest/upstox/_fastdecode.pyx
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[dev]"

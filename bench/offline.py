@@ -8,6 +8,10 @@ the bytes the ingest receives. Then, interleaved and repeated:
 - SDK way: what Upstox's Python SDK hands its users, `MessageToDict` of each frame, rows
   built from the dicts, then `executemany` INSERT.
 
+The decoder alone is also timed both ways on the same frames, the compiled one
+(`ingest/upstox/_fastdecode.pyx`) beside the Python reference: `python -m bench.offline`
+records frames from the simulator and prints that comparison (no database needed).
+
 Each writes batches of `BATCH_ROWS` into a fresh tickvault database's `ticks` hypertable,
 committing each batch, as the writer does. The CPU split (journal append, decode, COPY's
 client side, the server) is measured in CPU seconds, which other tenants of a shared
@@ -16,6 +20,7 @@ machine disturb far less than wall time.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import tempfile
@@ -28,12 +33,17 @@ from typing import Any
 import psycopg
 from google.protobuf.json_format import MessageToDict
 
-from bench.common import DbServer, cpu_seconds, median, simulator
+from bench.common import DbServer, cpu_seconds, median, simulator, write_universe
 from bench.ingest import BATCH_ROWS
 from ingest.client import FeedClient
 from ingest.config import Secret, Settings
 from ingest.journal import Journal
-from ingest.upstox.decoder import FeedDecoder
+from ingest.upstox.decoder import (
+    DECODER_IMPLEMENTATION,
+    CompiledFeedDecoder,
+    FeedDecoder,
+    PythonFeedDecoder,
+)
 from ingest.upstox.proto import upstox_feed_v3_pb2 as pb
 from store.tick import TICK_COLUMNS, Tick
 from store.ticks import copy_ticks
@@ -78,8 +88,8 @@ def record_frames(instruments: Path, rate: float, seconds: float) -> list[Frame]
     return recorder.frames
 
 
-def decode_all(frames: Iterable[Frame]) -> list[Tick]:
-    decoder = FeedDecoder()
+def decode_all(frames: Iterable[Frame], decoder_class: type = FeedDecoder) -> list[Tick]:
+    decoder = decoder_class()
     ticks: list[Tick] = []
     for frame, received_at in frames:
         ticks.extend(decoder.decode(frame, received_at).ticks)
@@ -242,14 +252,79 @@ def hot_path_costs(frames: list[Frame], repeats: int) -> dict[str, float]:
     }
 
 
+def _by_frame(frames: list[Frame], decoder_class: type) -> list[list[Tick]]:
+    decoder = decoder_class()
+    # Within a frame the order of ticks carries no meaning (see DecodedFrame): sort by key.
+    return [
+        sorted(decoder.decode(frame, received_at).ticks, key=lambda tick: tick[0])
+        for frame, received_at in frames
+    ]
+
+
+def compare_decoders(frames: list[Frame], repeats: int) -> dict[str, Any]:
+    """CPU us per tick of decode alone, each implementation on the same frames.
+
+    Runs are interleaved (python, compiled, python, ...) so that a busy neighbour slows both
+    alike; the medians of `repeats` runs and their ratio. The rows are checked equal first.
+    """
+    classes: dict[str, type] = {"python": PythonFeedDecoder}
+    if CompiledFeedDecoder is not None:
+        classes["compiled"] = CompiledFeedDecoder
+    rows = {name: _by_frame(frames, cls) for name, cls in classes.items()}
+    ticks = sum(len(frame_ticks) for frame_ticks in rows["python"])
+    runs: dict[str, list[float]] = {name: [] for name in classes}
+    for _ in range(repeats):
+        for name, cls in classes.items():
+            started = time.process_time()
+            decode_all(frames, cls)
+            runs[name].append((time.process_time() - started) / ticks * 1e6)
+    result: dict[str, Any] = {
+        "in_use": DECODER_IMPLEMENTATION,
+        "frames": len(frames),
+        "ticks": ticks,
+        "repeats": repeats,
+        "python_us_per_tick": round(median(runs["python"]), 3),
+        "python_runs_us": [round(run, 3) for run in runs["python"]],
+    }
+    if "compiled" in classes:
+        compiled = median(runs["compiled"])
+        result.update(
+            compiled_us_per_tick=round(compiled, 3),
+            compiled_runs_us=[round(run, 3) for run in runs["compiled"]],
+            python_over_compiled=round(median(runs["python"]) / compiled, 1),
+            same_rows=rows["compiled"] == rows["python"],
+        )
+    return result
+
+
 def run_offline(server: DbServer, frames: list[Frame], repeats: int) -> dict[str, Any]:
     writers = compare_writers(server, frames, repeats)
     return {
         "repeats": repeats,
         "hot_path": hot_path_costs(frames, repeats),
+        "decoders": compare_decoders(frames, max(repeats, 5)),
         "writers": writers,
         "ours_over_sdk": round(writers["ours"]["rows_per_s"] / writers["sdk"]["rows_per_s"], 2),
         "ours_over_raw_copy": round(
             writers["ours"]["rows_per_s"] / writers["raw_copy"]["rows_per_s"], 3
         ),
     }
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m bench.offline`: the two decoders on frames recorded from the simulator."""
+    parser = argparse.ArgumentParser(prog="python -m bench.offline", description=main.__doc__)
+    parser.add_argument("--rate", type=float, default=20_000, help="ticks/s while recording")
+    parser.add_argument("--seconds", type=float, default=3.0, help="how long to record")
+    parser.add_argument("--stocks", type=int, default=1800, help="F&O stocks in the universe")
+    parser.add_argument("--repeats", type=int, default=7, help="timed runs per decoder")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="tickvault-bench-") as scratch:
+        instruments = Path(scratch) / "instruments.json"
+        write_universe(instruments, args.stocks)
+        frames = record_frames(instruments, args.rate, args.seconds)
+    print(json.dumps(compare_decoders(frames, args.repeats), indent=2))
+
+
+if __name__ == "__main__":
+    main()

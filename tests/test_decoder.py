@@ -1,4 +1,8 @@
-"""FeedDecoder on frames built the way the Upstox server builds them."""
+"""FeedDecoder on frames built the way the Upstox server builds them.
+
+Every test runs on both implementations: the Python reference and the compiled decoder
+(skipped where it was not built; tests/test_decoder_equivalence.py says when that is wrong).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,12 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from ingest.upstox.decoder import FeedDecoder, MalformedFrame
+from ingest.upstox.decoder import (
+    CompiledFeedDecoder,
+    FeedDecoder,
+    MalformedFrame,
+    PythonFeedDecoder,
+)
 from ingest.upstox.proto import upstox_feed_v3_pb2 as pb
 from store.tick import Tick, as_dict, to_datetime
 
@@ -19,6 +28,16 @@ RECEIVED = 1_736_915_400_123_456
 
 
 UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@pytest.fixture(params=["python", "compiled"])
+def decoder_cls(request: pytest.FixtureRequest) -> type:
+    """Each decoder implementation in turn."""
+    if request.param == "python":
+        return PythonFeedDecoder
+    if CompiledFeedDecoder is None:
+        pytest.skip("the compiled decoder is not built here")
+    return CompiledFeedDecoder
 
 
 def last_state(decoder: FeedDecoder, key: str) -> Tick | None:
@@ -96,8 +115,8 @@ def one_tick(decoder: FeedDecoder, feed: pb.Feed, key: str = RELIANCE) -> dict[s
     return as_dict(tick)
 
 
-def test_ltpc_feed_gives_the_trade_columns():
-    tick = one_tick(FeedDecoder(), pb.Feed(ltpc=ltpc()))
+def test_ltpc_feed_gives_the_trade_columns(decoder_cls):
+    tick = one_tick(decoder_cls(), pb.Feed(ltpc=ltpc()))
 
     assert tick["instrument_key"] == RELIANCE
     assert (tick["ts"], tick["ltp"], tick["ltq"], tick["cp"]) == (at_ms(T0), 1250.5, 10, 1240.0)
@@ -108,8 +127,8 @@ def test_ltpc_feed_gives_the_trade_columns():
     assert (tick["feed_ts"], tick["received_at"]) == (at_ms(T0 + 40), RECEIVED_AT)
 
 
-def test_market_full_feed_gives_every_column_from_the_best_level():
-    tick = one_tick(FeedDecoder(), market_ff(delta=0.52, oi=1_200_000.0, iv=0.18), key=OPTION)
+def test_market_full_feed_gives_every_column_from_the_best_level(decoder_cls):
+    tick = one_tick(decoder_cls(), market_ff(delta=0.52, oi=1_200_000.0, iv=0.18), key=OPTION)
 
     assert tick["ts"] == at_ms(T0)
     assert (tick["ltp"], tick["ltq"], tick["cp"]) == (1250.5, 10, 1240.0)
@@ -122,12 +141,12 @@ def test_market_full_feed_gives_every_column_from_the_best_level():
     assert greeks == [0.52, -11.5, 0.002, 7.25, 0.8]
 
 
-def test_index_feed_has_no_quantity_volume_or_depth():
+def test_index_feed_has_no_quantity_volume_or_depth(decoder_cls):
     ltt = ist_ms(15, 10, 0, 7)  # index ltt: whole seconds
     index_ltpc = pb.LTPC(ltp=23_500.35, ltt=ltt, cp=23_410.0)
     index = pb.IndexFullFeed(ltpc=index_ltpc)
     index.marketOHLC.ohlc.add(interval="1d", open=23_400.0, high=23_550.0, low=23_380.0)
-    tick = one_tick(FeedDecoder(), pb.Feed(fullFeed=pb.FullFeed(indexFF=index)), key=NIFTY)
+    tick = one_tick(decoder_cls(), pb.Feed(fullFeed=pb.FullFeed(indexFF=index)), key=NIFTY)
 
     assert (tick["ts"], tick["ltp"], tick["cp"]) == (at_ms(ltt), 23_500.35, 23_410.0)
     assert tick["ltq"] is None
@@ -135,7 +154,7 @@ def test_index_feed_has_no_quantity_volume_or_depth():
     assert (tick["bid_price"], tick["ask_qty"], tick["atp"]) == (None, None, None)
 
 
-def test_first_level_with_greeks_feed():
+def test_first_level_with_greeks_feed(decoder_cls):
     first = pb.FirstLevelWithGreeks(
         ltpc=ltpc(ltp=101.5),
         firstDepth=pb.Quote(bidQ=750, bidP=101.4, askQ=1500, askP=101.6),
@@ -144,7 +163,7 @@ def test_first_level_with_greeks_feed():
         oi=4_500_000.0,
         iv=0.142,
     )
-    tick = one_tick(FeedDecoder(), pb.Feed(firstLevelWithGreeks=first), key=OPTION)
+    tick = one_tick(decoder_cls(), pb.Feed(firstLevelWithGreeks=first), key=OPTION)
 
     assert (tick["ltp"], tick["vtt"], tick["oi"], tick["iv"]) == (101.5, 2_250_000, 4.5e6, 0.142)
     assert (tick["bid_price"], tick["bid_qty"], tick["ask_price"], tick["ask_qty"]) == (
@@ -157,8 +176,8 @@ def test_first_level_with_greeks_feed():
     assert (tick["atp"], tick["tbq"], tick["tsq"]) == (None, None, None)  # not in this mode
 
 
-def test_frame_kind_follows_the_type_and_no_type_is_a_snapshot():
-    decoder = FeedDecoder()
+def test_frame_kind_follows_the_type_and_no_type_is_a_snapshot(decoder_cls):
+    decoder = decoder_cls()
 
     snapshot = decoder.decode(frame({RELIANCE: market_ff()}, kind=pb.initial_feed), RECEIVED)
     live = decoder.decode(frame({RELIANCE: market_ff(ltt=T0 + 500)}), RECEIVED)
@@ -168,13 +187,13 @@ def test_frame_kind_follows_the_type_and_no_type_is_a_snapshot():
     assert to_datetime(snapshot.feed_ts) == at_ms(T0 + 40)
 
 
-def test_market_info_frame_gives_segment_status_and_no_ticks():
+def test_market_info_frame_gives_segment_status_and_no_ticks(decoder_cls):
     response = pb.FeedResponse(type=pb.market_info, currentTs=T0)
     response.marketInfo.segmentStatus["NSE_EQ"] = pb.NORMAL_OPEN
     response.marketInfo.segmentStatus["NSE_FO"] = pb.PRE_OPEN_START  # 0: absent on the wire
     response.marketInfo.segmentStatus["MCX_FO"] = pb.CLOSING_END
 
-    decoded = FeedDecoder().decode(response.SerializeToString(), RECEIVED)
+    decoded = decoder_cls().decode(response.SerializeToString(), RECEIVED)
 
     assert decoded.kind == "market_info"
     assert decoded.ticks == []
@@ -185,8 +204,8 @@ def test_market_info_frame_gives_segment_status_and_no_ticks():
     }
 
 
-def test_omitted_depth_greeks_and_zero_scalars_are_taken_from_the_last_tick():
-    decoder = FeedDecoder()
+def test_omitted_depth_greeks_and_zero_scalars_are_taken_from_the_last_tick(decoder_cls):
+    decoder = decoder_cls()
     first = one_tick(decoder, market_ff(delta=0.52, oi=1_200_000.0, iv=0.18), key=OPTION)
 
     later = market_ff(
@@ -206,8 +225,8 @@ def test_omitted_depth_greeks_and_zero_scalars_are_taken_from_the_last_tick():
     assert second["tsq"] == 60_000.0  # sent again, not merged
 
 
-def test_depth_only_change_keeps_the_last_trade():
-    decoder = FeedDecoder()
+def test_depth_only_change_keeps_the_last_trade(decoder_cls):
+    decoder = decoder_cls()
     first = one_tick(decoder, market_ff())
 
     second = one_tick(decoder, market_ff(ltt=None, bid=(1250.40, 900), vtt=0))
@@ -217,8 +236,8 @@ def test_depth_only_change_keeps_the_last_trade():
     assert (second["vtt"], second["volume_delta"]) == (100_000, 0)
 
 
-def test_feed_without_ltpc_and_no_last_tick_yields_nothing():
-    decoder = FeedDecoder()
+def test_feed_without_ltpc_and_no_last_tick_yields_nothing(decoder_cls):
+    decoder = decoder_cls()
 
     decoded = decoder.decode(frame({RELIANCE: market_ff(ltt=None)}), RECEIVED)
 
@@ -226,8 +245,8 @@ def test_feed_without_ltpc_and_no_last_tick_yields_nothing():
     assert last_state(decoder, RELIANCE) is None
 
 
-def test_volume_delta_is_the_vtt_difference_between_frames():
-    decoder = FeedDecoder()
+def test_volume_delta_is_the_vtt_difference_between_frames(decoder_cls):
+    decoder = decoder_cls()
     volumes = [
         one_tick(decoder, market_ff(ltt=T0 + step * 700, vtt=vtt))["volume_delta"]
         for step, vtt in enumerate([100_000, 101_402, 101_402, 103_000])
@@ -236,8 +255,8 @@ def test_volume_delta_is_the_vtt_difference_between_frames():
     assert volumes == [0, 1402, 0, 1598]
 
 
-def test_volume_delta_restarts_when_vtt_falls():
-    decoder = FeedDecoder()
+def test_volume_delta_restarts_when_vtt_falls(decoder_cls):
+    decoder = decoder_cls()
     one_tick(decoder, market_ff(vtt=5_000_000))
 
     after_reset = one_tick(decoder, market_ff(ltt=T0 + 1000, vtt=1200))
@@ -245,9 +264,9 @@ def test_volume_delta_restarts_when_vtt_falls():
     assert (after_reset["vtt"], after_reset["volume_delta"]) == (1200, 1200)
 
 
-def test_volume_delta_restarts_at_ist_midnight_not_utc_midnight():
+def test_volume_delta_restarts_at_ist_midnight_not_utc_midnight(decoder_cls):
     # MCX trades until 23:55 IST; 23:50 and 00:10 IST share one UTC date (18:20, 18:40 UTC).
-    decoder = FeedDecoder()
+    decoder = decoder_cls()
     one_tick(decoder, market_ff(ltt=ist_ms(15, 23, 50), vtt=900_000, delta=0.4, oi=7.0))
 
     next_day = one_tick(decoder, market_ff(ltt=ist_ms(16, 0, 10), vtt=950_000, bid=None))
@@ -257,10 +276,10 @@ def test_volume_delta_restarts_at_ist_midnight_not_utc_midnight():
     assert next_day["oi"] == 0.0
 
 
-def test_seeded_state_prevents_double_counting_after_a_restart():
-    before = FeedDecoder()
+def test_seeded_state_prevents_double_counting_after_a_restart(decoder_cls):
+    before = decoder_cls()
     stored = before.decode(frame({RELIANCE: market_ff(vtt=100_000)}), RECEIVED).ticks
-    restarted = FeedDecoder()
+    restarted = decoder_cls()
     restarted.seed(stored)
 
     resent = restarted.decode(frame({RELIANCE: market_ff(vtt=100_000)}, kind=pb.initial_feed), 1)
@@ -270,15 +289,15 @@ def test_seeded_state_prevents_double_counting_after_a_restart():
     assert as_dict(live.ticks[0])["volume_delta"] == 750
 
 
-def test_seed_refuses_rows_with_datetime_times():
+def test_seed_refuses_rows_with_datetime_times(decoder_cls):
     as_read = (RELIANCE, datetime(2025, 1, 15, 4, 30, tzinfo=UTC), *[None] * 21)
 
     with pytest.raises(TypeError, match="integer tick times"):
-        FeedDecoder().seed([as_read])
+        decoder_cls().seed([as_read])
 
 
-def test_resent_snapshot_is_dropped_and_leaves_the_state_alone():
-    decoder = FeedDecoder()
+def test_resent_snapshot_is_dropped_and_leaves_the_state_alone(decoder_cls):
+    decoder = decoder_cls()
     decoder.decode(frame({RELIANCE: market_ff(), OPTION: market_ff(delta=0.5)}), RECEIVED)
 
     again = decoder.decode(
@@ -295,8 +314,8 @@ def test_resent_snapshot_is_dropped_and_leaves_the_state_alone():
     [b"\xff" * 100, b'{"status": "failed", "error": "bad request", "method": "sub"}'],
     ids=["noise", "json-error"],
 )
-def test_garbage_raises_malformed_frame_and_the_decoder_goes_on(garbage):
-    decoder = FeedDecoder()
+def test_garbage_raises_malformed_frame_and_the_decoder_goes_on(garbage, decoder_cls):
+    decoder = decoder_cls()
 
     with pytest.raises(MalformedFrame) as raised:
         decoder.decode(garbage, RECEIVED)
@@ -308,15 +327,15 @@ def test_garbage_raises_malformed_frame_and_the_decoder_goes_on(garbage):
     assert len(decoder.decode(frame({RELIANCE: market_ff()}), RECEIVED).ticks) == 1
 
 
-def test_truncated_frame_is_malformed():
+def test_truncated_frame_is_malformed(decoder_cls):
     cut = frame({RELIANCE: market_ff()})[:100]  # ends inside the feeds map entry
 
     with pytest.raises(MalformedFrame, match="100 bytes"):
-        FeedDecoder().decode(cut, RECEIVED)
+        decoder_cls().decode(cut, RECEIVED)
 
 
-def test_unwanted_keys_are_skipped_and_counted():
-    decoder = FeedDecoder()
+def test_unwanted_keys_are_skipped_and_counted(decoder_cls):
+    decoder = decoder_cls()
     feeds = {RELIANCE: market_ff(), OPTION: market_ff(), NIFTY: pb.Feed(ltpc=ltpc())}
 
     decoded = decoder.decode(frame(feeds), RECEIVED, wanted={RELIANCE})
@@ -341,7 +360,7 @@ def field(number: int, wire_type: int, payload: bytes) -> bytes:
     return varint(number << 3 | wire_type) + payload
 
 
-def test_hand_encoded_frame_with_the_spec_field_numbers_decodes():
+def test_hand_encoded_frame_with_the_spec_field_numbers_decodes(decoder_cls):
     ltt = ist_ms(15, 9, 15, 1)
     wire_ltpc = (
         field(1, 1, struct.pack("<d", 2_901.25))  # ltp: double
@@ -353,7 +372,7 @@ def test_hand_encoded_frame_with_the_spec_field_numbers_decodes():
     entry = field(1, 2, RELIANCE.encode()) + field(2, 2, wire_feed)  # map<string, Feed>
     wire = field(1, 0, varint(1)) + field(2, 2, entry) + field(3, 0, varint(ltt + 3))
 
-    decoded = FeedDecoder().decode(wire, RECEIVED)
+    decoded = decoder_cls().decode(wire, RECEIVED)
 
     assert decoded.kind == "live"
     assert to_datetime(decoded.feed_ts) == at_ms(ltt + 3)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -200,6 +201,9 @@ def _start_logging(settings: Settings) -> None:
     log_dir = settings.log_dir or settings.data_dir / "logs"
     configure_logging(settings.log_level, [settings.upstox_access_token, settings.api_key], log_dir)
     check_dotenv()
+    from ingest.upstox.decoder import DECODER_IMPLEMENTATION
+
+    logging.getLogger(__name__).info("frame decoder in use: %s", DECODER_IMPLEMENTATION)
 
 
 def _favour_the_writer() -> None:

@@ -4,19 +4,31 @@ The decoder is sans-I/O so that it can be tested with hand-built frames and kept
 connection owns the bytes and their arrival time, the decoder owns the one thing the feed
 forces on a consumer, each instrument's last state. Upstox sends conflated snapshots that
 leave out whatever did not change, so a tick is the last state merged with the new frame.
+
+Two implementations give the same ticks: `PythonFeedDecoder` below, the reference, on the
+protobuf runtime's generated classes; and `CompiledFeedDecoder` (`_fastdecode.pyx`, built by
+`pip install` where a C compiler is), which walks the wire format itself and builds no
+Python object per field. `FeedDecoder` is the compiled one where it imports, else the
+reference; `DECODER_IMPLEMENTATION` says which. A property test holds the two to the same
+rows (tests/test_decoder_equivalence.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Container, Iterable
-from typing import NamedTuple
 
 from google.protobuf.message import DecodeError
 
+from ingest.upstox.decoded import (
+    FRAME_KINDS,
+    STATUS_NAMES,
+    DecodedFrame,
+    MalformedFrame,
+    seed_last,
+)
 from ingest.upstox.proto import upstox_feed_v3_pb2 as pb
 from store.tick import (
     FEED_TS,
-    KEY,
     LTP,
     LTQ,
     PG_EPOCH_UNIX_US,
@@ -26,6 +38,15 @@ from store.tick import (
     VTT,
     Tick,
 )
+
+__all__ = [
+    "DECODER_IMPLEMENTATION",
+    "CompiledFeedDecoder",
+    "DecodedFrame",
+    "FeedDecoder",
+    "MalformedFrame",
+    "PythonFeedDecoder",
+]
 
 _CP, _ATP, _OI, _IV, _TBQ, _TSQ = (
     TICK_COLUMNS.index(name) for name in ("cp", "atp", "oi", "iv", "tbq", "tsq")
@@ -38,36 +59,16 @@ _DELTA = TICK_COLUMNS.index("delta")
 _IST_OFFSET_US = (5 * 3600 + 30 * 60) * 1_000_000
 _DAY_US = 86_400 * 1_000_000
 
-_FRAME_KINDS = {pb.initial_feed: "snapshot", pb.live_feed: "live", pb.market_info: "market_info"}
-_STATUS_NAMES = {value.number: value.name for value in pb.MarketStatus.DESCRIPTOR.values}
-_SAMPLE_BYTES = 32
+_FRAME_KINDS = FRAME_KINDS
+_STATUS_NAMES = STATUS_NAMES
 _NO_QUOTE = (None, None, None, None)  # bid_price, bid_qty, ask_price, ask_qty
 _NO_GREEKS = (None, None, None, None, None)  # delta, theta, gamma, vega, rho
 
 
-class MalformedFrame(ValueError):
-    """A frame that is not a FeedResponse; the message shows a short sample, never the frame."""
-
-    def __init__(self, frame: bytes) -> None:
-        more = "..." if len(frame) > _SAMPLE_BYTES else ""
-        super().__init__(
-            f"not a FeedResponse: {len(frame)} bytes, starting {frame[:_SAMPLE_BYTES].hex()}{more}"
-        )
-
-
-class DecodedFrame(NamedTuple):
-    """What one frame yielded; per frame, not per tick, so its cost does not scale with ticks."""
-
-    kind: str  # "snapshot", "live", "market_info", or "unknown" for a type this code predates
-    ticks: list[Tick]
-    market_status: dict[str, str]  # segment -> MarketStatus name, from market_info frames
-    feed_ts: int | None  # server time of the frame (a tick time); None when it carries none
-    unwanted: int  # feeds skipped because their key is not wanted
-    duplicates: int  # ticks dropped as equal to the instrument's last tick
-
-
-class FeedDecoder:
+class PythonFeedDecoder:
     """Turns FeedResponse frames into tick tuples, merging each instrument's last state.
+
+    The reference implementation: the protobuf runtime parses, this code merges.
 
     One decoder per feed connection (it is not thread-safe): its state is what makes
     `volume_delta` and the merge of omitted sub-messages right across frames.
@@ -144,13 +145,7 @@ class FeedDecoder:
         After a restart the server re-sends its snapshot; with the stored state in place
         that snapshot is recognised as a duplicate and its `vtt` is not counted twice.
         """
-        for row in ticks:
-            tick = tuple(row)
-            if len(tick) != len(TICK_COLUMNS) or not isinstance(tick[TS], int):
-                raise TypeError(
-                    f"seed wants ticks in TICK_COLUMNS order with integer tick times, got {tick!r}"
-                )
-            self._last[tick[KEY]] = tick
+        seed_last(self._last, ticks)
 
 
 def _from_ltpc(
@@ -308,3 +303,14 @@ def _book_tick(
             greeks.delta, greeks.theta, greeks.gamma, greeks.vega, greeks.rho)),
         feed_ts, received_at,
     )  # fmt: skip
+
+
+try:
+    from ingest.upstox._fastdecode import CompiledFeedDecoder
+except ImportError:  # not built: no C compiler at install time, or a platform it skips
+    CompiledFeedDecoder = None  # type: ignore[assignment,misc]
+    FeedDecoder: type[PythonFeedDecoder] = PythonFeedDecoder
+    DECODER_IMPLEMENTATION = "python"
+else:
+    FeedDecoder = CompiledFeedDecoder  # type: ignore[assignment,misc]
+    DECODER_IMPLEMENTATION = "compiled"
