@@ -222,13 +222,6 @@ class WebSocketService:
         """Subscribe one symbol or a list (trading symbols, index names or keys); their keys."""
         return await self.subscriptions.subscribe_to_symbols(_as_list(symbols), mode=mode)
 
-    async def subscribe_keys(self, keys: list[str], mode: str = "full") -> None:
-        """Subscribe instrument keys resolved already (the API resolves and caches symbols)."""
-        await self.subscriptions.subscribe_keys(keys, mode)
-
-    async def unsubscribe_keys(self, keys: list[str]) -> None:
-        await self.subscriptions.unsubscribe_keys(keys)
-
     def tick_handlers(self) -> dict[str, TickDataHandler | AggregatedTickHandler]:
         """{"db_handler": the database writer, "aggregated_handler": the latest-tick cache}."""
         if self._writer is None:

@@ -73,7 +73,7 @@ def subscriptions(context: Context) -> list[dict[str, Any]]:
 async def subscribe(body: SubscribeIn, context: Context, service: Service) -> SubscribeOut:
     """Subscribe symbols in a mode (all or nothing); a subscribed symbol changes mode."""
     keys = await run_in_threadpool(context.resolver.resolve, body.symbols)
-    await service.subscribe_keys(keys, mode=body.mode)
+    await service.subscriptions.subscribe_keys(keys, mode=body.mode)
     return SubscribeOut(
         mode=body.mode,
         subscribed=[
@@ -92,7 +92,7 @@ async def subscribe(body: SubscribeIn, context: Context, service: Service) -> Su
 async def unsubscribe(symbol: Symbol, context: Context, service: Service) -> UnsubscribeOut:
     """Stop receiving a symbol; unsubscribing one that is not subscribed changes nothing."""
     [key] = await run_in_threadpool(context.resolver.resolve, [symbol])
-    await service.unsubscribe_keys([key])
+    await service.subscriptions.unsubscribe_keys([key])
     return UnsubscribeOut(symbol=symbol, instrument_key=key, status="unsubscribed")
 
 
