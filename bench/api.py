@@ -103,7 +103,7 @@ def _latest_ticks_load(
 ) -> dict[str, Any]:
     meter = CpuMeter(
         {
-            "tickvault_run": (run_pid, False),
+            "tickvault_run": (run_pid, True),
             "simulator": (feed_pid, False),
             "postgres": (server.postmaster_pid, True),
         }

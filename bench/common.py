@@ -241,7 +241,8 @@ def replay_feed(frames: Path, rate: float) -> FeedProcess:
 
 
 def cpu_seconds(pid: int, with_children: bool = False) -> float:
-    """User + system CPU of a process; with_children adds its live and reaped children.
+    """User + system CPU of a process; with_children adds its live and reaped descendants
+    (`tickvault run` is a supervisor whose api child has uvicorn workers of its own).
 
     A PostgreSQL server is a postmaster and a backend per connection: backends that exit
     are reaped by the postmaster, so their time moves into its children_* counters and a
@@ -253,7 +254,7 @@ def cpu_seconds(pid: int, with_children: bool = False) -> float:
         total = times.user + times.system
         if with_children:
             total += times.children_user + times.children_system
-            for child in process.children():
+            for child in process.children(recursive=True):
                 try:
                     child_times = child.cpu_times()
                 except psutil.NoSuchProcess:

@@ -18,6 +18,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import psycopg
 import pytest
 
@@ -115,6 +116,110 @@ def test_tickvault_run_serves_ticks_and_stops_cleanly(data_dir: Path) -> None:
         ).fetchone()
     assert written > 1000
     assert unwritten == 0
+
+
+def _run_env(data_dir: Path, api_port: int) -> dict[str, str]:
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("TICKVAULT_", "UPSTOX_"))},
+        "TICKVAULT_DATA_DIR": str(data_dir),
+        "UPSTOX_ACCESS_TOKEN": "",  # the simulator, whatever a developer's .env says
+        "TICKVAULT_PG_PORT": str(free_port()),
+        "TICKVAULT_API_PORT": str(api_port),
+        "TICKVAULT_ROLLUP_INTERVAL_S": "1",
+    }
+
+
+def _wait_healthy(process: subprocess.Popen[str], base: str, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        assert process.poll() is None, process.stdout.read() if process.stdout else ""
+        try:
+            if _get(f"{base}/health")[0] == 200:
+                return
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, "the API did not come up"
+        time.sleep(0.5)
+
+
+def _child(process: subprocess.Popen[str], command: str) -> psutil.Process:
+    """The supervised `tickvault <command>` child of `tickvault run`."""
+    for child in psutil.Process(process.pid).children():
+        if child.cmdline()[-1:] == [command]:
+            return child
+    raise AssertionError(f"no tickvault {command} child")
+
+
+def _ticks(url: str) -> tuple[int, int]:
+    """(ticks written, batches not yet written)."""
+    with psycopg.connect(url) as conn:
+        (written,) = conn.execute("SELECT count(*) FROM ticks").fetchone()
+        (unwritten,) = conn.execute(
+            "SELECT count(*) FROM ingest_batches WHERE row_count < 0"
+        ).fetchone()
+    return written, unwritten
+
+
+def _db_url(env: dict[str, str]) -> str:
+    return (
+        subprocess.run(
+            [sys.executable, "-m", "tickvault", "db", "url"],
+            cwd=REPO,
+            text=True,
+            env=env,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
+
+
+def test_tickvault_run_brings_a_killed_api_back_and_the_ingest_loses_nothing(
+    data_dir: Path,
+) -> None:
+    """`tickvault run` supervises `tickvault ingest` and `tickvault api`: an api child killed
+    outright is started again, while the ingest keeps writing through it."""
+    api_port = free_port()
+    env = _run_env(data_dir, api_port)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tickvault", "run"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{api_port}"
+    try:
+        _wait_healthy(process, base, 90)
+        url = _db_url(env)
+        ingest = _child(process, "ingest")
+        api = _child(process, "api")
+        time.sleep(2)
+        before, _ = _ticks(url)
+
+        api.send_signal(signal.SIGKILL)
+        api.wait(10)
+        _wait_healthy(process, base, 60)
+        assert _child(process, "api").pid != api.pid, "a new api child serves"
+        assert _child(process, "ingest").pid == ingest.pid, "the ingest ran on throughout"
+        status, latest = _get(f"{base}/api/v1/websocket/latest-ticks?symbols=INFY")
+        assert status == 200
+        assert latest["ticks"][0]["ltp"] > 0
+        time.sleep(2)
+        during, _ = _ticks(url)
+        assert during > before, "the ingest kept writing across the api's restart"
+    finally:
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=90)
+    assert process.returncode == 0, output[-3000:]
+    assert "tickvault api exited with code -9" in output, output[-3000:]
+    assert "stopped (api exit code 0, ingest exit code 0)" in output, output[-3000:]
+    written, unwritten = _ticks(url)
+    assert written > during
+    assert unwritten == 0
+    assert not ingest.is_running(), "the ingest child stopped with the supervisor"
 
 
 def test_tickvault_simulator_takes_its_own_options() -> None:

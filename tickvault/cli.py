@@ -218,30 +218,20 @@ def _favour_the_writer() -> None:
 
 
 def _run(settings: Settings, args: argparse.Namespace) -> int:
-    import uvicorn
+    """The store, then `tickvault ingest` and `tickvault api` as supervised children
+    (tickvault/supervisor.py), on this environment, data directory and database."""
+    from tickvault.supervisor import Supervisor
 
-    from api.app import create_app
-    from api.limits import UVICORN_LIMITS
-
-    _start_logging(settings)
-    _favour_the_writer()
+    # stdout only: trading.log and errors.log are the ingest child's (one writer per file).
+    configure_logging(settings.log_level, [settings.upstox_access_token, settings.api_key])
     url = _prepare_store(settings)
-    app = create_app(settings, url)
     print(
         f"tickvault: API on http://{settings.api_host}:{settings.api_port} "
         f"(docs at /docs), database {_shown_url(settings, url)}, feed from "
         f"{_feed_description(settings)}. Ctrl-C stops it cleanly.",
         flush=True,
     )
-    uvicorn.run(
-        app,
-        host=settings.api_host,
-        port=settings.api_port,
-        log_config=None,
-        log_level=settings.log_level.lower(),
-        **UVICORN_LIMITS,
-    )
-    return 0
+    return Supervisor(settings.data_dir).run()
 
 
 def _shown_url(settings: Settings, url: str) -> str:

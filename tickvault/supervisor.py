@@ -1,0 +1,171 @@
+"""`tickvault run`'s supervisor: a `tickvault ingest` child and a `tickvault api` child.
+
+The parent has prepared the store (install check, start, migrate, sample instruments). It
+starts the ingest, waits until it publishes (ingest/published.py), then starts the api; a
+child that dies is started again after a delay (ingest/backoff.py), the ingest first so
+that no feed is lost for longer than needed. One Ctrl-C or SIGTERM stops the api, then the
+ingest (SIGTERM to each; the ingest exits once its open batch is flushed), and the parent
+exits 0.
+
+Each child leads a process group of its own: a Ctrl-C at the terminal reaches the parent
+alone, which stops the children in order, and what a dead child leaves behind (the api's
+uvicorn workers) is killed with its group before it is started again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+from ingest.backoff import Backoff
+from ingest.published import IngestNotRunning, LatestTickReader, published_path
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.2
+HEALTHY_AFTER_S = 30.0  # a child up this long had worked: its next restart is quick again
+API_STOP_TIMEOUT_S = 30.0
+INGEST_STOP_TIMEOUT_S = 120.0  # the open batch, and a database retry or two, before a kill
+
+
+@dataclass
+class Child:
+    """One supervised `tickvault <command>` process."""
+
+    command: str
+    env: Mapping[str, str]
+    backoff: Backoff = field(default_factory=lambda: Backoff(initial=0.5, maximum=30.0))
+    process: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    restart_at: float | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tickvault", self.command],
+            env=dict(self.env),
+            process_group=0,
+        )
+        self.started_at = time.monotonic()
+        self.restart_at = None
+        log.info("started tickvault %s (pid %d)", self.command, self.process.pid)
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.process is None else self.process.pid
+
+    def exited(self) -> int | None:
+        """The exit code when the child has died since the last look (its group killed),
+        else None."""
+        if self.process is None:
+            return None
+        code = self.process.poll()
+        if code is None:
+            return None
+        self._kill_group()
+        self.process = None
+        return code
+
+    def schedule_restart(self, code: int) -> float:
+        if time.monotonic() - self.started_at >= HEALTHY_AFTER_S:
+            self.backoff.reset()
+        delay = self.backoff.delay()
+        self.restart_at = time.monotonic() + delay
+        log.warning(
+            "tickvault %s exited with code %d; starting it again in %.1f s",
+            self.command,
+            code,
+            delay,
+        )
+        return delay
+
+    def due(self) -> bool:
+        """Dead, and its restart delay is over."""
+        restart_at = self.restart_at
+        return self.process is None and restart_at is not None and time.monotonic() >= restart_at
+
+    def stop(self, timeout: float) -> int | None:
+        """SIGTERM, then wait up to `timeout` (SIGKILL to the group after that)."""
+        process = self.process
+        if process is None:
+            return None
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        try:
+            code = process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.error("tickvault %s did not stop in %.0f s: killed", self.command, timeout)
+            self._kill_group()
+            code = process.wait()
+        self._kill_group()
+        self.process = None
+        return code
+
+    def _kill_group(self) -> None:
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+
+
+class Supervisor:
+    def __init__(self, data_dir: Path, env: Mapping[str, str] | None = None) -> None:
+        environment = dict(os.environ if env is None else env)
+        self.ingest = Child("ingest", environment)
+        self.api = Child("api", environment)
+        self.published = published_path(data_dir.absolute())
+        self._stop = threading.Event()
+
+    def request_stop(self, signum: int = 0, frame: FrameType | None = None) -> None:
+        self._stop.set()
+
+    def run(self) -> int:
+        previous = {
+            signum: signal.signal(signum, self.request_stop)
+            for signum in (signal.SIGINT, signal.SIGTERM)
+        }
+        try:
+            self._supervise()
+        finally:
+            self._stop_children()
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        return 0
+
+    def _supervise(self) -> None:
+        self.ingest.start()
+        while not self._stop.is_set():
+            for child in (self.ingest, self.api):
+                code = child.exited()
+                if code is not None:
+                    child.schedule_restart(code)
+                if child.due():
+                    child.start()
+            if self.api.process is None and self.api.restart_at is None and self._published():
+                self.api.start()
+            self._stop.wait(POLL_S)
+
+    def _published(self) -> bool:
+        """Is the ingest publishing (so that the api, started now, has something to serve)?"""
+        with LatestTickReader(self.published) as reader:
+            try:
+                reader.info()
+            except IngestNotRunning:
+                return False
+        log.info("the ingest publishes at %s", self.published)
+        return True
+
+    def _stop_children(self) -> None:
+        log.info("stopping: the api, then the ingest (its open batch written first)")
+        api = self.api.stop(API_STOP_TIMEOUT_S)
+        ingest = self.ingest.stop(INGEST_STOP_TIMEOUT_S)
+        log.info("stopped (api exit code %s, ingest exit code %s)", api, ingest)
