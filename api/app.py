@@ -11,6 +11,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from api.auth import ApiKeyGate
 from api.context import ApiContext
+from api.control import IngestControl
 from api.db import read_pool
 from api.errors import install_error_handlers
 from api.limits import BodyLimit
@@ -29,8 +30,9 @@ def create_app(settings: Settings, database_url: str, run_ingest: bool = True) -
     Without the ingest (`tickvault api`, beside a `tickvault ingest` on the same machine and
     `settings.data_dir`), the latest ticks, the status and /health come from what that
     ingest publishes (ingest/published.py), and answer 503 with the reason while no ingest
-    runs; subscription changes answer 503; history, bars, instruments and the subscription
-    list come from the database as ever.
+    runs; subscription changes are sent to that ingest through its control socket
+    (ingest/control.py), and answer 503 while none listens; history, bars, instruments and
+    the subscription list come from the database as ever.
     """
 
     @asynccontextmanager
@@ -40,6 +42,7 @@ def create_app(settings: Settings, database_url: str, run_ingest: bool = True) -
         probe = DatabaseProbe(database_url)
         service = WebSocketService(settings, database_url) if run_ingest else None
         published = None if run_ingest else PublishedIngest(settings.data_dir)
+        control = None if run_ingest else IngestControl(settings.data_dir)
         try:
             await probe.start()
             if service is not None:
@@ -47,7 +50,7 @@ def create_app(settings: Settings, database_url: str, run_ingest: bool = True) -
             if published is not None:
                 await published.start()
             app.state.context = ApiContext(
-                settings, pool, SymbolResolver(pool), probe, service, published
+                settings, pool, SymbolResolver(pool), probe, service, published, control
             )
             yield
         finally:

@@ -3,23 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Protocol
 
 from fastapi import Depends, HTTPException, Request
 from psycopg_pool import ConnectionPool
 
+from api.control import IngestControl
 from api.liveness import DatabaseProbe
 from api.published import PublishedIngest
 from api.symbols import SymbolResolver
 from ingest.config import Settings
 from ingest.service import WebSocketService
 
-# What a subscription change answers in an API process without the ingest: the ingest owns
-# the feed's connections. Sending changes to it (the subscriptions table with LISTEN/NOTIFY,
-# or a control socket) is the next step of the process split.
-CHANGES_ELSEWHERE = (
-    "subscription changes are run by the ingest process (tickvault ingest); not available here yet"
-)
+# What a subscription change answers in an app with neither the ingest nor a way to it.
+NO_INGEST = "no ingest runs in this API process and none is reachable from it"
 
 
 @dataclass(frozen=True)
@@ -31,6 +28,8 @@ class ApiContext:
     service: WebSocketService | None  # None: the ingest runs elsewhere, if at all
     # What the ingest on settings.data_dir publishes, read when `service` is None.
     published: PublishedIngest | None = None
+    # Its control socket, which subscription changes go through when `service` is None.
+    control: IngestControl | None = None
 
 
 async def get_context(request: Request) -> ApiContext:
@@ -42,11 +41,22 @@ async def get_context(request: Request) -> ApiContext:
 Context = Annotated[ApiContext, Depends(get_context)]
 
 
-async def get_service(context: Context) -> WebSocketService:
-    """The ingest service of this process, for subscription changes; 503 without one."""
-    if context.service is None:
-        raise HTTPException(status_code=503, detail=CHANGES_ELSEWHERE)
-    return context.service
+class SubscriptionChanges(Protocol):
+    """What the routes change subscriptions through: the ingest's SubscriptionManager in
+    this process, or the ingest process's control socket (IngestControl)."""
+
+    async def subscribe_keys(self, keys: list[str], mode: str = "full") -> None: ...
+
+    async def unsubscribe_keys(self, keys: list[str]) -> None: ...
 
 
-Service = Annotated[WebSocketService, Depends(get_service)]
+async def get_changes(context: Context) -> SubscriptionChanges:
+    """The ingest of this process, else the ingest process beside it; 503 without either."""
+    if context.service is not None:
+        return context.service.subscriptions
+    if context.control is None:
+        raise HTTPException(status_code=503, detail=NO_INGEST)
+    return context.control
+
+
+Changes = Annotated[SubscriptionChanges, Depends(get_changes)]

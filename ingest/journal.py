@@ -12,9 +12,11 @@ frame length, CRC-32 of seq + received_at_us + frame, seq, received_at_us) and t
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import fcntl
+import logging
 import os
 import struct
 import threading
@@ -26,6 +28,8 @@ from pathlib import Path
 from types import TracebackType
 
 from ingest.status import JournalStatus
+
+log = logging.getLogger(__name__)
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -399,3 +403,23 @@ class Journal:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType
     ) -> None:
         self.close()
+
+
+async def sync_forever(journal: Journal, period_s: float = 0.2) -> None:
+    """fsync the journal a few times a second even while nothing commits (an outage).
+
+    In a thread, as the writer does, so that the event loop never waits on the disk. A
+    failed sync is logged and tried again: the frames stay in the page cache, and the
+    writer will not commit frames whose sync fails.
+    """
+    failing = False
+    while True:
+        await asyncio.sleep(period_s)
+        try:
+            await asyncio.to_thread(journal.sync)
+        except OSError as error:
+            if not failing:
+                log.error("the frame journal cannot be synced to disk: %s", error)
+            failing = True
+        else:
+            failing = False

@@ -25,8 +25,9 @@ from psycopg_pool import ConnectionPool
 from ingest.cache import AggregatedTickHandler
 from ingest.client import FeedClient
 from ingest.config import Secret, Settings
+from ingest.control import ControlServer, control_path
 from ingest.handlers import TickCallback
-from ingest.journal import Journal
+from ingest.journal import Journal, sync_forever
 from ingest.metrics import IngestMetrics
 from ingest.pipeline import Pipeline
 from ingest.published import publish_forever, published_path
@@ -62,6 +63,7 @@ class WebSocketService:
         self._writer: TickDataHandler | None = None
         self._client: FeedClient | None = None
         self._subscriptions: SubscriptionManager | None = None
+        self._control: ControlServer | None = None
         self._tasks: dict[str, asyncio.Task[Any]] = {}
         self._custom_handlers: list[TickCallback] = []
         self._last_rollup_error: str | None = None
@@ -144,7 +146,7 @@ class WebSocketService:
             await self._subscriptions.subscribe_to_universe(mode=settings.feed_mode)
         if self.edition is Edition.APACHE:
             self._tasks["rollup"] = asyncio.create_task(self._rollup_forever(), name="rollup")
-        self._tasks["journal-sync"] = asyncio.create_task(self._sync_journal(), name="sync")
+        self._tasks["journal-sync"] = asyncio.create_task(sync_forever(self._journal), name="sync")
         # The latest ticks and the status, for the API's processes (ingest/published.py).
         self._tasks["publish"] = asyncio.create_task(
             publish_forever(
@@ -152,6 +154,7 @@ class WebSocketService:
             ),
             name="publish",
         )
+        await self._start_control()
         self.is_running = True
         _running.append(self)
         log.info("ingest started: feed %s, %s edition bars", self.feed_source, self.edition.value)
@@ -161,6 +164,9 @@ class WebSocketService:
         self.is_running = False
         if self in _running:
             _running.remove(self)
+        if self._control is not None:
+            await self._control.stop()  # no changes from the API while the feed stops
+            self._control = None
         if self._client is not None:
             await self._client.stop()
         for name in ("feed", "rollup", "journal-sync", "publish"):
@@ -280,6 +286,18 @@ class WebSocketService:
 
     # --- background work ----------------------------------------------------------------
 
+    async def _start_control(self) -> None:
+        """The control socket the API's processes send subscription changes to
+        (ingest/control.py). Without it the ingest runs on, and those changes answer 503."""
+        assert self._subscriptions is not None
+        control = ControlServer(control_path(self.settings.data_dir), self._subscriptions)
+        try:
+            await control.start()
+        except OSError as error:
+            log.error("no control socket, subscription changes from the API fail: %s", error)
+            return
+        self._control = control
+
     def _connection(self) -> AbstractContextManager[psycopg.Connection]:
         if self._pool is None:
             raise RuntimeError("the ingest service is not started")
@@ -318,27 +336,6 @@ class WebSocketService:
     def _rollup_once(self) -> None:
         with psycopg.connect(self.database_url, autocommit=True, connect_timeout=5) as conn:
             refresh_bars(conn)
-
-    async def _sync_journal(self) -> None:
-        """fsync the journal a few times a second even while nothing commits (an outage).
-
-        In a thread, as the writer does, so that the event loop never waits on the disk. A
-        failed sync is logged and tried again: the frames stay in the page cache, and the
-        writer will not commit frames whose sync fails.
-        """
-        failing = False
-        while True:
-            await asyncio.sleep(0.2)
-            if self._journal is None:
-                continue
-            try:
-                await asyncio.to_thread(self._journal.sync)
-            except OSError as error:
-                if not failing:
-                    log.error("the frame journal cannot be synced to disk: %s", error)
-                failing = True
-            else:
-                failing = False
 
 
 def _decoder_at(state: RecoveryState) -> FeedDecoder:

@@ -259,13 +259,11 @@ def test_an_api_without_ingest_serves_what_the_ingest_process_publishes(
 
             listed = {row["symbol"]: row for row in http.get(SUBSCRIPTIONS).json()}
             assert listed["INFY"]["status"] == "subscribed"
+            # Changes go to the ingest through its control socket (tests/test_control.py).
             key = {"X-API-Key": API_KEY}
-            for response in (
-                http.post(SUBSCRIPTIONS, json={"symbols": ["VSTIND"]}, headers=key),
-                http.delete(f"{SUBSCRIPTIONS}/INFY", headers=key),
-            ):
-                assert response.status_code == 503
-                assert "not available here yet" in response.json()["detail"]
+            response = http.delete(f"{SUBSCRIPTIONS}/VSTIND", headers=key)  # not subscribed
+            assert response.status_code == 200, response.text
+            assert response.json()["status"] == "unsubscribed"
             metrics = http.get("/metrics").text
             assert "tickvault_ingest_running 1.0" in metrics
             assert 'tickvault_subscriptions{status="subscribed"}' in metrics

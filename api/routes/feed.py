@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Query, Response
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import API_KEY
-from api.context import ApiContext, Context, Service
+from api.context import ApiContext, Changes, Context
 from api.errors import ErrorOut, responses
 from api.limits import MAX_BODY_BYTES
 from api.models import (
@@ -70,10 +70,12 @@ def subscriptions(context: Context) -> list[dict[str, Any]]:
     dependencies=[API_KEY],
     responses={**_GUARDED, **_BODY_ERRORS},
 )
-async def subscribe(body: SubscribeIn, context: Context, service: Service) -> SubscribeOut:
-    """Subscribe symbols in a mode (all or nothing); a subscribed symbol changes mode."""
+async def subscribe(body: SubscribeIn, context: Context, changes: Changes) -> SubscribeOut:
+    """Subscribe symbols in a mode (all or nothing); a subscribed symbol changes mode.
+
+    Under `tickvault api`, the change is sent to the ingest process (its control socket)."""
     keys = await run_in_threadpool(context.resolver.resolve, body.symbols)
-    await service.subscriptions.subscribe_keys(keys, mode=body.mode)
+    await changes.subscribe_keys(keys, mode=body.mode)
     return SubscribeOut(
         mode=body.mode,
         subscribed=[
@@ -89,10 +91,10 @@ async def subscribe(body: SubscribeIn, context: Context, service: Service) -> Su
     dependencies=[API_KEY],
     responses=_GUARDED,
 )
-async def unsubscribe(symbol: Symbol, context: Context, service: Service) -> UnsubscribeOut:
+async def unsubscribe(symbol: Symbol, context: Context, changes: Changes) -> UnsubscribeOut:
     """Stop receiving a symbol; unsubscribing one that is not subscribed changes nothing."""
     [key] = await run_in_threadpool(context.resolver.resolve, [symbol])
-    await service.subscriptions.unsubscribe_keys([key])
+    await changes.unsubscribe_keys([key])
     return UnsubscribeOut(symbol=symbol, instrument_key=key, status="unsubscribed")
 
 

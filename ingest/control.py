@@ -1,0 +1,290 @@
+"""The ingest's control socket: subscription changes from the API's processes.
+
+`tickvault api` runs beside `tickvault ingest`, and the ingest owns the feed's connections.
+An API worker asks it for a change over a unix socket in the data directory
+(`control.sock`, mode 0600), one JSON request per line and one JSON answer per line:
+
+    {"op": "subscribe", "keys": ["NSE_EQ|INE009A01021"], "mode": "full"}
+    {"op": "unsubscribe", "keys": ["NSE_EQ|INE009A01021"]}
+
+    {"ok": true}
+    {"ok": false, "error": "limit" | "invalid" | "failed", "detail": "one line"}
+
+"limit" is the feed's per-mode key limits refusing the change (SubscriptionLimitError),
+"invalid" a request that is not one of the above or names an unknown mode, "failed" anything
+else. The messages and their encoding are here, for both sides; the server too (the API's
+client is api/control.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from ingest.client import SubscriptionLimitError
+
+log = logging.getLogger(__name__)
+
+CONTROL_SOCKET = "control.sock"
+MAX_LINE_BYTES = 1 << 20  # a request or an answer, newline included
+MAX_KEY_CHARS = 256
+IDLE_TIMEOUT_S = 60.0  # a connection that sends nothing for this long is closed
+MAX_DETAIL_CHARS = 500
+
+ErrorKind = Literal["limit", "invalid", "failed"]
+ERRORS: tuple[str, ...] = ("limit", "invalid", "failed")
+
+
+def control_path(data_dir: Path) -> Path:
+    """Where the ingest on `data_dir` listens for changes."""
+    return Path(data_dir) / CONTROL_SOCKET
+
+
+class InvalidMessage(ValueError):
+    """A line that is not a message of this protocol."""
+
+
+@dataclass(frozen=True)
+class Subscribe:
+    keys: list[str]
+    mode: str
+
+
+@dataclass(frozen=True)
+class Unsubscribe:
+    keys: list[str]
+
+
+Request = Subscribe | Unsubscribe
+
+
+@dataclass(frozen=True)
+class Answer:
+    ok: bool
+    error: ErrorKind | None = None
+    detail: str | None = None
+
+
+OK = Answer(ok=True)
+
+
+def _line(message: dict[str, Any]) -> bytes:
+    line = json.dumps(message, ensure_ascii=True, separators=(",", ":")).encode() + b"\n"
+    if len(line) > MAX_LINE_BYTES:
+        raise InvalidMessage(f"the message is over {MAX_LINE_BYTES} bytes")
+    return line
+
+
+def _object(line: bytes) -> dict[str, Any]:
+    if len(line) > MAX_LINE_BYTES:
+        raise InvalidMessage(f"the line is over {MAX_LINE_BYTES} bytes")
+    try:
+        message = json.loads(line)
+    except (ValueError, RecursionError):  # RecursionError: nested too deep
+        raise InvalidMessage("the line is not JSON text") from None
+    if not isinstance(message, dict):
+        raise InvalidMessage("the message is not a JSON object")
+    return message
+
+
+def _fields(
+    message: dict[str, Any], required: set[str], optional: frozenset[str] = frozenset()
+) -> None:
+    missing = required - message.keys()
+    extra = message.keys() - required - optional
+    if missing:
+        raise InvalidMessage(f"missing field(s): {', '.join(sorted(missing))}")
+    if extra:
+        raise InvalidMessage(f"unknown field(s): {', '.join(sorted(extra)[:5])}")
+
+
+def _keys(value: object) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(key, str) for key in value):
+        raise InvalidMessage("keys must be a list of strings")
+    if any(not key or len(key) > MAX_KEY_CHARS for key in value):
+        raise InvalidMessage(f"every key must have 1 to {MAX_KEY_CHARS} characters")
+    return value
+
+
+def encode_request(request: Request) -> bytes:
+    if isinstance(request, Subscribe):
+        return _line({"op": "subscribe", "keys": request.keys, "mode": request.mode})
+    return _line({"op": "unsubscribe", "keys": request.keys})
+
+
+def decode_request(line: bytes) -> Request:
+    """The request on `line`, or InvalidMessage saying what is wrong with it."""
+    message = _object(line)
+    op = message.get("op")
+    if op == "subscribe":
+        _fields(message, {"op", "keys", "mode"})
+        if not isinstance(message["mode"], str):
+            raise InvalidMessage("mode must be a string")
+        return Subscribe(_keys(message["keys"]), message["mode"])
+    if op == "unsubscribe":
+        _fields(message, {"op", "keys"})
+        return Unsubscribe(_keys(message["keys"]))
+    raise InvalidMessage("op must be 'subscribe' or 'unsubscribe'")
+
+
+def encode_answer(answer: Answer) -> bytes:
+    if answer.ok:
+        return _line({"ok": True})
+    return _line({"ok": False, "error": answer.error, "detail": answer.detail or ""})
+
+
+def decode_answer(line: bytes) -> Answer:
+    message = _object(line)
+    ok = message.get("ok")
+    if ok is True:
+        _fields(message, {"ok"})
+        return OK
+    if ok is not False:
+        raise InvalidMessage("ok must be true or false")
+    _fields(message, {"ok", "error"}, {"detail"})
+    error, detail = message["error"], message.get("detail", "")
+    if error not in ERRORS or not isinstance(detail, str):
+        raise InvalidMessage("error must be 'limit', 'invalid' or 'failed', detail a string")
+    return Answer(ok=False, error=error, detail=detail)
+
+
+def refusal(error: ErrorKind, detail: object) -> Answer:
+    text = " ".join(str(detail).split())  # one line
+    if len(text) > MAX_DETAIL_CHARS:
+        text = text[: MAX_DETAIL_CHARS - 3] + "..."
+    return Answer(ok=False, error=error, detail=text)
+
+
+# --- the server (the ingest) ---------------------------------------------------------------
+
+
+class Subscriptions(Protocol):
+    """What the server changes: the ingest's SubscriptionManager."""
+
+    def subscribe_keys(self, keys: list[str], mode: str = ...) -> Awaitable[None]: ...
+
+    def unsubscribe_keys(self, keys: list[str]) -> Awaitable[None]: ...
+
+
+async def perform(subscriptions: Subscriptions, request: Request) -> Answer:
+    """Run one request; every failure becomes an answer (never a traceback)."""
+    try:
+        if isinstance(request, Subscribe):
+            await subscriptions.subscribe_keys(request.keys, mode=request.mode)
+        else:
+            await subscriptions.unsubscribe_keys(request.keys)
+    except SubscriptionLimitError as error:  # a ValueError too: first
+        return refusal("limit", error)
+    except ValueError as error:  # an unknown mode
+        return refusal("invalid", error)
+    except Exception as error:
+        log.exception("a subscription change from the control socket failed")
+        return refusal("failed", f"{type(error).__name__}: {error}")
+    return OK
+
+
+class ControlServer:
+    """The ingest's end: listens on `path` while started, for `subscriptions`."""
+
+    def __init__(self, path: Path, subscriptions: Subscriptions) -> None:
+        self.path = path
+        self._subscriptions = subscriptions
+        self._server: asyncio.Server | None = None
+        self._inode: int | None = None
+        self._connections: set[asyncio.Task[Any]] = set()
+
+    async def start(self) -> None:
+        """Listen on `path` (mode 0600). A socket left by an ingest that is gone is replaced;
+        one another live ingest listens on is left alone (OSError)."""
+        if _listening(self.path):
+            raise OSError(f"another process listens on {self.path}")
+        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                temporary.unlink()
+            sock.bind(str(temporary))
+            os.chmod(temporary, 0o600)  # before the name clients use exists
+            os.replace(temporary, self.path)
+            self._inode = self.path.stat().st_ino
+            self._server = await asyncio.start_unix_server(
+                self._serve, sock=sock, limit=MAX_LINE_BYTES
+            )
+        except BaseException:
+            sock.close()
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+            self._remove()
+            raise
+
+    async def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        for task in list(self._connections):
+            task.cancel()
+        if self._connections:
+            await asyncio.gather(*self._connections, return_exceptions=True)
+        if server is not None:
+            await server.wait_closed()
+        self._remove()
+
+    def _remove(self) -> None:
+        """Remove the socket file if it is still ours (not a later ingest's)."""
+        inode, self._inode = self._inode, None
+        if inode is None:
+            return
+        with contextlib.suppress(OSError):
+            if self.path.stat().st_ino == inode:
+                self.path.unlink()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        try:
+            while True:
+                try:
+                    line = await asyncio.wait_for(reader.readline(), IDLE_TIMEOUT_S)
+                except ValueError:  # over the limit: the rest of the line cannot be skipped
+                    writer.write(encode_answer(refusal("invalid", "the line is too long")))
+                    await writer.drain()
+                    return
+                if not line:
+                    return
+                try:
+                    answer = await perform(self._subscriptions, decode_request(line))
+                except InvalidMessage as error:
+                    answer = refusal("invalid", error)
+                writer.write(encode_answer(answer))
+                await writer.drain()
+        except (TimeoutError, ConnectionError):
+            pass
+        finally:
+            self._connections.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+
+def _listening(path: Path) -> bool:
+    """Whether a process accepts connections on the socket at `path`."""
+    if not path.exists():
+        return False
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1)
+        probe.connect(str(path))
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
