@@ -97,18 +97,7 @@ def test_tickvault_run_serves_ticks_and_stops_cleanly(data_dir: Path) -> None:
     assert f"127.0.0.1:{api_port}" in output, "the progress line names where the API is"
     assert "simulator" in output, first_line
 
-    url = (
-        subprocess.run(
-            [sys.executable, "-m", "tickvault", "db", "url"],
-            cwd=REPO,
-            text=True,
-            env=env,
-            capture_output=True,
-            check=True,
-        )
-        .stdout.strip()
-        .splitlines()[-1]
-    )
+    url = _db_url(env)
     with psycopg.connect(url) as conn:
         (written,) = conn.execute("SELECT count(*) FROM ticks").fetchone()
         (unwritten,) = conn.execute(
