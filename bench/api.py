@@ -34,6 +34,9 @@ from store.ticks import copy_ticks
 IST = timedelta(hours=5, minutes=30)
 SESSION = (timedelta(hours=9, minutes=15), timedelta(hours=15, minutes=30))
 DAY_TICKS_PER_S = 4  # one liquid stock's conflated updates
+# The max-rate search: offered latest-ticks req/s, stepped up until p99 reaches the bound.
+SEARCH_RPS = (500, 1000, 2000, 3000, 4000, 6000, 8000)
+SEARCH_P99_MS = 50.0
 
 
 def _last_weekday_before(today: date) -> date:
@@ -116,6 +119,23 @@ def _latest_ticks_load(
     return report
 
 
+def max_rps_search(
+    target: str, seconds: float, run_pid: int, feed_pid: int, server: DbServer
+) -> dict[str, Any]:
+    """The highest offered rate of SEARCH_RPS served in full with p99 < SEARCH_P99_MS; the
+    steps stop at the first that fails (at most len(SEARCH_RPS) * seconds)."""
+    steps: list[dict[str, Any]] = []
+    best = 0.0
+    for rate in SEARCH_RPS:
+        load = _latest_ticks_load(target, rate, seconds, run_pid, feed_pid, server)
+        steps.append(load)
+        served = load["errors"] == 0 and load["achieved_rps"] >= 0.99 * rate
+        if not (served and load["latency_ms"]["p99"] < SEARCH_P99_MS):
+            break
+        best = rate
+    return {"p99_bound_ms": SEARCH_P99_MS, "max_rps": best, "steps": steps}
+
+
 def run_api(
     server: DbServer,
     instruments: Path,
@@ -124,6 +144,7 @@ def run_api(
     loads: Sequence[tuple[float, float]],
     bar_requests: int,
     warmup_s: float,
+    search_step_s: float = 4.0,
 ) -> dict[str, Any]:
     """`loads`: (requests/s, seconds) of each open-loop run of the latest-ticks endpoint."""
     url = server.create_database("bench_api")
@@ -162,6 +183,7 @@ def run_api(
                     _latest_ticks_load(target, rate, seconds, process.pid, feed.pid, server)
                     for rate, seconds in loads
                 ]
+                search = max_rps_search(target, search_step_s, process.pid, feed.pid, server)
                 window = f"start={quote(start.isoformat())}&end={quote(end.isoformat())}"
                 bars_url = f"{base}/api/v1/bars/{symbols[0]}?interval=1m&{window}"
                 bars = _load(bars_url, "--requests", str(bar_requests))
@@ -176,6 +198,7 @@ def run_api(
             "ingest_rate": ingest_rate,
             "symbols_per_request": len(symbols[1:11]),
             "latest_ticks": latest,
+            "max_rps_search": search,
             "bars_1m": bars,
             "ingest_rows_written": status["writer"]["rows_written"],
             "log_tail": log_tail,

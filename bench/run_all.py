@@ -52,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
         default=0.0005,
         help="sys.setswitchinterval() of the ingest (tickvault ingest/run set 0.0005)",
     )
+    parser.add_argument(
+        "--summary", type=Path, help="also write the headline figures as a flat JSON object"
+    )
     return parser
 
 
@@ -141,6 +144,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     + [(args.api_rps, 5.0 if quick else window)],
                     bar_requests=50 if quick else 200,
                     warmup_s=warmup,
+                    search_step_s=2.0 if quick else 4.0,
                 )
     return results
 
@@ -277,6 +281,15 @@ def table(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                 ),
                 ("  CPU cores busy during that load", _cpu(lt["cpu_cores"]), "report"),
             ]
+        search = a["max_rps_search"]
+        rows.append(
+            (
+                f"  highest req/s of {[s['offered_rps'] for s in search['steps']]} served with"
+                f" p99 < {search['p99_bound_ms']:g} ms",
+                _n(search["max_rps"]),
+                "report",
+            )
+        )
         bars = a["bars_1m"]
         rows.append(
             (
@@ -288,6 +301,41 @@ def table(results: dict[str, Any]) -> list[tuple[str, str, str]]:
             )
         )
     return rows
+
+
+def _dig(value: Any, *path: str) -> Any:
+    """value[path[0]][path[1]]...; None where a key is missing or the figure is NaN."""
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def summary(results: dict[str, Any]) -> dict[str, float | None]:
+    """The headline figures of one run, flat; None where its benchmark was not run."""
+    api_loads = (_dig(results, "api", "latest_ticks") or []) + (
+        _dig(results, "api", "max_rps_search", "steps") or []
+    )
+    at = {load["offered_rps"]: load for load in reversed(api_loads)}  # the first run wins
+    steady = _dig(results, "latency", f"batch_ms_{LATENCY_BATCH_MS[0]}") or {}
+    ingest_cpu = _dig(steady, "cpu_cores", "ingest")
+    commit_p99 = _dig(steady, "commit_latency_s", "p99")
+    in_use = _dig(results, "offline", "decoders", "in_use")
+    return {
+        "raw_copy_rows_per_s": _dig(results, "offline", "writers", "raw_copy", "rows_per_s"),
+        "e2e_replay_ticks_per_s": _dig(results, "replay", "committed_per_s"),
+        "e2e_simulator_ticks_per_s": _dig(results, "throughput", "committed_per_s"),
+        "ingest_cpu_us_per_tick": None
+        if ingest_cpu is None
+        else ingest_cpu * 1e6 / steady["committed_per_s"],
+        "decode_cpu_us_per_tick": _dig(results, "offline", "decoders", f"{in_use}_us_per_tick"),
+        "api_latest_p99_ms_at_500": _dig(at.get(500), "latency_ms", "p99"),
+        "api_latest_p99_ms_at_1000": _dig(at.get(1000), "latency_ms", "p99"),
+        "api_latest_served_rps_at_1000": _dig(at.get(1000), "achieved_rps"),
+        "receipt_to_commit_p99_ms_at_20000": commit_p99 * 1000
+        if commit_p99 is not None and steady.get("offered_per_s") == 20_000
+        else None,
+        "api_max_rps_p99_under_50ms": _dig(results, "api", "max_rps_search", "max_rps"),
+    }
 
 
 def print_table(rows: list[tuple[str, str, str]]) -> None:
@@ -309,6 +357,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print_table(table(results))
     print(f"\nraw results: {path} ({results['duration_s']:g} s)")
+    if args.summary:
+        args.summary.write_text(json.dumps(summary(results), indent=2) + "\n")
+        print(f"summary: {args.summary}")
     return 0
 
 
