@@ -52,14 +52,7 @@ def data_dir() -> Iterator[Path]:
 
 def test_tickvault_run_serves_ticks_and_stops_cleanly(data_dir: Path) -> None:
     api_port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("TICKVAULT_", "UPSTOX_"))},
-        "TICKVAULT_DATA_DIR": str(data_dir),
-        "UPSTOX_ACCESS_TOKEN": "",  # the simulator, whatever a developer's .env says
-        "TICKVAULT_PG_PORT": str(free_port()),
-        "TICKVAULT_API_PORT": str(api_port),
-        "TICKVAULT_ROLLUP_INTERVAL_S": "1",
-    }
+    env = _run_env(data_dir, api_port)
     process = subprocess.Popen(
         [sys.executable, "-m", "tickvault", "run"],
         cwd=REPO,
@@ -70,16 +63,7 @@ def test_tickvault_run_serves_ticks_and_stops_cleanly(data_dir: Path) -> None:
     )
     base = f"http://127.0.0.1:{api_port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert process.poll() is None, process.stdout.read() if process.stdout else ""
-            try:
-                if _get(f"{base}/health")[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "the API did not come up"
-            time.sleep(0.5)
+        _wait_healthy(process, base, 90)
         time.sleep(3)
         status, latest = _get(f"{base}/api/v1/websocket/latest-ticks?symbols=INFY")
         assert status == 200
