@@ -51,17 +51,7 @@ def data_dir() -> Iterator[Path]:
 
 
 def test_tickvault_run_serves_ticks_and_stops_cleanly(data_dir: Path) -> None:
-    api_port = free_port()
-    env = _run_env(data_dir, api_port)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tickvault", "run"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{api_port}"
+    process, env, base = _start_run(data_dir)
     try:
         _wait_healthy(process, base, 90)
         time.sleep(3)
@@ -78,7 +68,7 @@ def test_tickvault_run_serves_ticks_and_stops_cleanly(data_dir: Path) -> None:
         output, _ = process.communicate(timeout=60)
     assert process.returncode == 0, output[-3000:]
     first_line = output.splitlines()[0] if output else ""
-    assert f"127.0.0.1:{api_port}" in output, "the progress line names where the API is"
+    assert base.removeprefix("http://") in output, "the progress line names where the API is"
     assert "simulator" in output, first_line
 
     url = _db_url(env)
@@ -89,6 +79,21 @@ def test_tickvault_run_serves_ticks_and_stops_cleanly(data_dir: Path) -> None:
         ).fetchone()
     assert written > 1000
     assert unwritten == 0
+
+
+def _start_run(data_dir: Path) -> tuple[subprocess.Popen[str], dict[str, str], str]:
+    """`tickvault run` as a newcomer starts it: its process, environment and API base URL."""
+    api_port = free_port()
+    env = _run_env(data_dir, api_port)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tickvault", "run"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    return process, env, f"http://127.0.0.1:{api_port}"
 
 
 def _run_env(data_dir: Path, api_port: int) -> dict[str, str]:
@@ -153,17 +158,7 @@ def test_tickvault_run_brings_a_killed_api_back_and_the_ingest_loses_nothing(
 ) -> None:
     """`tickvault run` supervises `tickvault ingest` and `tickvault api`: an api child killed
     outright is started again, while the ingest keeps writing through it."""
-    api_port = free_port()
-    env = _run_env(data_dir, api_port)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tickvault", "run"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{api_port}"
+    process, env, base = _start_run(data_dir)
     try:
         _wait_healthy(process, base, 90)
         url = _db_url(env)
