@@ -36,9 +36,19 @@ def rows_written(http: httpx.Client) -> int:
 
 
 def assert_unhealthy_but_reading(http: httpx.Client, reason: str) -> None:
-    """503 with the reason, the refusals counted, the socket still read and truly open."""
-    wait_for(lambda: http.get("/health").status_code == 503, 30)
-    assert reason in http.get("/health").json()["reason"]
+    """503 with the reason, the refusals counted, the socket still read and truly open.
+
+    The reason is read from the 503 answer itself: a disk kept full by another writer frees
+    and takes space in turns, so the next answer may already be 200 again.
+    """
+    answers: list[httpx.Response] = []
+
+    def unhealthy() -> bool:
+        answers.append(http.get("/health"))
+        return answers[-1].status_code == 503
+
+    wait_for(unhealthy, 30)
+    assert reason in answers[-1].json()["reason"]
     assert refused_frames(http) > 0
     frames = http.get(STATUS).json()["feed"]["frames"]
     wait_for(lambda: http.get(STATUS).json()["feed"]["frames"] > frames, 10)
