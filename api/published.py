@@ -141,7 +141,7 @@ class PublishedIngest:
     async def _check(self) -> None:
         # Off the event loop: the status of a large universe is megabytes of JSON to parse.
         try:
-            problem = await asyncio.to_thread(self._problem_now)
+            problem = await asyncio.to_thread(self.problem_now)
         except SlotBusy:
             return  # the ingest is writing it: the last answer stands, the next round asks
         except Exception:
@@ -155,7 +155,9 @@ class PublishedIngest:
         self._problem = problem
         self._checked_at = time.monotonic()
 
-    def _problem_now(self) -> str | None:
+    def problem_now(self) -> str | None:
+        """Read the published state now: None when the ingest is healthy, else why not.
+        `tickvault health` (the ingest container's healthcheck) asks this directly."""
         reader = self._reader(BUSY_TIMEOUT_S)
         try:
             info = reader.info()

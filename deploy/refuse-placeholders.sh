@@ -1,5 +1,5 @@
 #!/bin/sh
-# The entrypoint of every tickvault container in docker-compose.yml (db, migrate, app,
+# The entrypoint of every tickvault container in docker-compose.yml (db, migrate, ingest, api,
 # jupyter): refuses to start while a database password is still .env.example's placeholder,
 # or while the owner's and the app's passwords are one and the same, then runs the container's
 # own command. Compose's ${VAR:?} catches only an empty or unset value. Plain POSIX sh, no

@@ -81,6 +81,18 @@ def ingest_process(url: str, data_dir: Path, **env: str) -> Iterator[subprocess.
         log.close()
 
 
+def _health_command(url: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tickvault", "health"],
+        cwd=REPO,
+        env=_environment(url, data_dir),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 def stop(process: subprocess.Popen[bytes]) -> None:
     """SIGTERM, and a clean exit: the open batch flushed, the table marked stopped."""
     process.send_signal(signal.SIGTERM)
@@ -325,9 +337,15 @@ def test_tickvault_api_runs_two_workers_beside_tickvault_ingest(
                 assert status["is_running"] is True
                 assert status["writer"]["rows_written"] > 0
 
+                # The ingest container's healthcheck says what /health says, without an API.
+                assert _health_command(url, data_dir).returncode == 0
+
                 pid = ingest.pid
                 stop(ingest)
                 _assert_no_ingest(http, f"the ingest (pid {pid}) has stopped")
+                stopped = _health_command(url, data_dir)
+                assert stopped.returncode == 1
+                assert f"the ingest (pid {pid}) has stopped" in stopped.stderr
         finally:
             api.send_signal(signal.SIGTERM)
             try:

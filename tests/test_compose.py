@@ -120,7 +120,8 @@ def _lock_entries(path: Path) -> dict[str, tuple[str, list[str]]]:
 
 def test_images_are_pinned(compose: dict[str, Any]) -> None:
     images = {name: svc["image"] for name, svc in compose["services"].items() if "image" in svc}
-    assert images["db"].startswith("timescale/timescaledb:2.19.3-pg15")
+    # The newest 2.x on PostgreSQL 17 (the SQL needs nothing newer than 2.28.3, tested here).
+    assert images["db"].startswith("timescale/timescaledb:2.29.2-pg17")
     for name, image in images.items():
         # An exact release in the tag; a digest, where given, must be a whole sha256.
         match = re.fullmatch(
@@ -215,20 +216,43 @@ def test_database_has_a_healthcheck_and_keeps_its_data(compose: dict[str, Any]) 
     assert volume in compose["volumes"], f"{volume} is not a named volume"
 
 
-def test_app_waits_for_a_healthy_database_and_the_migrations(compose: dict[str, Any]) -> None:
+def test_ingest_and_api_wait_for_a_healthy_database_and_the_migrations(
+    compose: dict[str, Any],
+) -> None:
     services = compose["services"]
-    app, migrate = services["app"], services["migrate"]
-    assert app["depends_on"]["db"]["condition"] == "service_healthy"
-    assert app["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
-    assert services["jupyter"]["depends_on"]["migrate"]["condition"] == (
-        "service_completed_successfully"
-    )
+    migrate = services["migrate"]
+    for name in ("ingest", "api", "jupyter"):
+        assert services[name]["depends_on"]["db"]["condition"] == "service_healthy", name
+        assert services[name]["depends_on"]["migrate"]["condition"] == (
+            "service_completed_successfully"
+        ), name
     assert migrate["depends_on"]["db"]["condition"] == "service_healthy"
     assert migrate.get("restart", "no") == "no", "a one-shot service"
-    assert app["env_file"] == ".env"
-    url = app["environment"]["TICKVAULT_DATABASE_URL"]
-    assert "@db:5432/" in url, "the app must reach the db service by its name"
-    assert app["environment"]["TICKVAULT_API_HOST"] == "0.0.0.0"
+    for name in ("ingest", "api"):
+        assert services[name]["env_file"] == ".env"
+        url = services[name]["environment"]["TICKVAULT_DATABASE_URL"]
+        assert "@db:5432/" in url, f"{name} must reach the db service by its name"
+    assert services["api"]["environment"]["TICKVAULT_API_HOST"] == "0.0.0.0"
+
+
+def test_ingest_and_api_are_two_services_sharing_the_data_volume(
+    compose: dict[str, Any],
+) -> None:
+    """One job per process: the api reads what the ingest publishes on the shared volume."""
+    services = compose["services"]
+    assert "app" not in services, "one container running both jobs is gone"
+    assert services["ingest"]["command"] == ["tickvault", "ingest"]
+    assert services["api"]["command"] == ["tickvault", "api"]
+    for name in ("ingest", "api"):
+        assert "data:/data" in services[name]["volumes"], f"{name} does not share /data"
+        assert services[name]["restart"] == "unless-stopped", name
+    assert "data" in compose["volumes"]
+    # The api comes up without waiting for the feed: history answers meanwhile.
+    assert services["api"]["depends_on"]["ingest"]["condition"] == "service_started"
+    assert services["ingest"]["healthcheck"]["test"] == ["CMD", "tickvault", "health"]
+    assert "ports" not in services["ingest"], "the ingest serves nothing over TCP"
+    assert int(services["api"]["environment"]["TICKVAULT_API_WORKERS"]) >= 2
+    assert services["ingest"]["stop_grace_period"] == "30s", "time to flush the open batch"
 
 
 def test_app_connects_as_its_own_role_and_only_migrate_as_the_owner(
@@ -246,7 +270,7 @@ def test_app_connects_as_its_own_role_and_only_migrate_as_the_owner(
     steps = [line for line in (DEPLOY / "migrate.sh").read_text().splitlines() if line[:1] != "#"]
     assert steps[-2:] == ["tickvault db migrate", "python /app/deploy/app_role.py"]
 
-    for name in ("app", "jupyter"):
+    for name in ("ingest", "api", "jupyter"):
         environment = services[name]["environment"]
         url = _COMPOSE_URL.match(environment["TICKVAULT_DATABASE_URL"])
         assert url, f"{name}'s URL is postgresql://USER:${{PASSWORD:?...}}@db..."
@@ -259,7 +283,7 @@ def test_app_connects_as_its_own_role_and_only_migrate_as_the_owner(
 
 
 def test_api_allows_the_hosts_it_is_reached_by(compose: dict[str, Any]) -> None:
-    app = compose["services"]["app"]
+    app = compose["services"]["api"]
     allowed = set(app["environment"]["TICKVAULT_API_ALLOWED_HOSTS"].split(","))
     assert {"127.0.0.1", "localhost"} <= allowed
     healthcheck = " ".join(app["healthcheck"]["test"])
@@ -273,7 +297,7 @@ def test_ports_are_published_on_loopback_only(compose: dict[str, Any]) -> None:
         for name, service in compose["services"].items()
         for port in service.get("ports", [])
     ]
-    assert ("app", "127.0.0.1:8000:8000") in published
+    assert ("api", "127.0.0.1:8000:8000") in published
     for name, port in published:
         assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} on every interface"
 
@@ -293,7 +317,7 @@ def test_every_service_is_locked_down(compose: dict[str, Any]) -> None:
     # The official entrypoint chowns the data directory and drops to postgres: these five.
     assert set(db["cap_add"]) == _DB_CAPABILITIES
     assert "/var/run/postgresql" in db["tmpfs"], "postgres writes its socket and lock there"
-    assert "journal:/data" in compose["services"]["app"]["volumes"], "the journal is writable"
+    assert "data:/data" in compose["services"]["ingest"]["volumes"], "the journal is writable"
 
 
 # --- placeholders and secrets --------------------------------------------------------------
@@ -344,7 +368,7 @@ def test_every_container_starts_through_the_refusal(compose: dict[str, Any]) -> 
     text = DOCKERFILE.read_text()
     assert 'ENTRYPOINT ["sh", "/app/deploy/refuse-placeholders.sh"]' in text
     assert re.search(r"^COPY deploy deploy$", text, re.MULTILINE)
-    for name in ("migrate", "app", "jupyter"):
+    for name in ("migrate", "ingest", "api", "jupyter"):
         assert "entrypoint" not in services[name], f"{name} would skip the image's refusal"
 
 

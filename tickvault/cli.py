@@ -323,6 +323,28 @@ def _ingest(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _health(settings: Settings, args: argparse.Namespace) -> int:
+    """Exit 0 while the ingest on this data directory publishes and is healthy, else say why
+    and exit 1: what /health answers, without an API (docker compose's ingest healthcheck)."""
+    from api.published import PublishedIngest
+    from ingest.published import SlotBusy
+
+    published = PublishedIngest(settings.data_dir)
+    problem: str | None = "the ingest kept its status busy through three reads"
+    try:
+        for _ in range(3):  # a slot the ingest is writing is read again
+            with contextlib.suppress(SlotBusy):
+                problem = published.problem_now()
+                break
+    finally:
+        published.close()
+    if problem is not None:
+        print(f"tickvault: {problem}", file=sys.stderr)
+        return 1
+    print("tickvault: the ingest is healthy")
+    return 0
+
+
 def _simulator(settings: Settings, args: argparse.Namespace) -> int:
     from ingest.simulator.command import main as simulator_main
 
@@ -377,6 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "api", help="the API alone, beside a `tickvault ingest` on the same data directory"
     ).set_defaults(handler=_api)
+    commands.add_parser(
+        "health", help="exit 0 when the ingest on this data directory is healthy, else say why"
+    ).set_defaults(handler=_health)
     simulator = commands.add_parser(
         "simulator",
         help="the Upstox-compatible feed simulator (tickvault simulator --help: its options)",
