@@ -225,3 +225,38 @@ def test_tickvault_simulator_reads_an_instrument_file_through_the_store(tmp_path
     assert result.returncode == 1
     assert result.stderr.strip().endswith("gives the field 'instrument_key' more than once")
     assert "Traceback" not in result.stderr
+
+
+def test_a_killed_supervisor_takes_its_children_down_cleanly(data_dir: Path) -> None:
+    """SIGKILL to `tickvault run` itself: the ingest is told by the kernel, stops as on
+    Ctrl-C (its open batch written), and the api goes too; nothing runs on unsupervised."""
+    process, env, base = _start_run(data_dir)
+    try:
+        _wait_healthy(process, base, 90)
+        url = _db_url(env)
+        ingest = _child(process, "ingest")
+        api = _child(process, "api")
+        api_workers = api.children(recursive=True)
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+        _, alive = psutil.wait_procs([ingest, api, *api_workers], timeout=60)
+        assert not alive, f"still running without their supervisor: {alive}"
+        # Not our children, so no exit codes here: a clean stop marks the published table.
+        health = subprocess.run(
+            [sys.executable, "-m", "tickvault", "health"],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert health.returncode == 1
+        assert f"the ingest (pid {ingest.pid}) has stopped" in health.stderr, health.stderr
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=30)
+    written, unwritten = _ticks(url)
+    assert written > 0
+    assert unwritten == 0, "the ingest's open batch was written before it exited"

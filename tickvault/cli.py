@@ -248,7 +248,9 @@ def _api(settings: Settings, args: argparse.Namespace) -> int:
 
     from api.limits import UVICORN_LIMITS
     from ingest.published import published_path
+    from tickvault.supervisor import die_with_supervisor
 
+    die_with_supervisor()
     if settings.api_workers < 1:
         raise ValueError(f"TICKVAULT_API_WORKERS must be at least 1, got {settings.api_workers}")
     _api_logging(settings)
@@ -296,7 +298,9 @@ def _api_logging(settings: Settings) -> None:
 
 def _ingest(settings: Settings, args: argparse.Namespace) -> int:
     from ingest.service import WebSocketService
+    from tickvault.supervisor import die_with_supervisor
 
+    die_with_supervisor()
     _start_logging(settings)
     _favour_the_writer()
     url = _prepare_store(settings)

@@ -10,11 +10,17 @@ exits 0.
 Each child leads a process group of its own: a Ctrl-C at the terminal reaches the parent
 alone, which stops the children in order, and what a dead child leaves behind (the api's
 uvicorn workers) is killed with its group before it is started again.
+
+A supervisor killed outright (SIGKILL, the OOM killer) cannot stop its children, so each child
+asks the kernel for a SIGTERM when the supervisor dies (`die_with_supervisor`): the ingest
+then stops as on Ctrl-C, its open batch written, instead of running on unsupervised and
+holding the data directory against the next `tickvault run`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -31,6 +37,10 @@ from ingest.backoff import Backoff
 from ingest.published import IngestNotRunning, LatestTickReader, published_path
 
 log = logging.getLogger(__name__)
+
+# The supervisor's pid, in each child's environment: the child dies with that process.
+SUPERVISOR_PID_VARIABLE = "TICKVAULT_SUPERVISOR_PID"
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 POLL_S = 0.2
 HEALTHY_AFTER_S = 30.0  # a child up this long had worked: its next restart is quick again
@@ -52,7 +62,7 @@ class Child:
     def start(self) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tickvault", self.command],
-            env=dict(self.env),
+            env={**self.env, SUPERVISOR_PID_VARIABLE: str(os.getpid())},
             process_group=0,
         )
         self.started_at = time.monotonic()
@@ -169,3 +179,22 @@ class Supervisor:
         api = self.api.stop(API_STOP_TIMEOUT_S)
         ingest = self.ingest.stop(INGEST_STOP_TIMEOUT_S)
         log.info("stopped (api exit code %s, ingest exit code %s)", api, ingest)
+
+
+def die_with_supervisor() -> None:
+    """In a supervised child: SIGTERM when the supervisor dies, however it dies.
+
+    The kernel's parent-death signal (prctl PR_SET_PDEATHSIG) fires when the thread that
+    started the child ends; the supervisor starts children from its main thread, so that is
+    when the process ends. A supervisor already gone before the request was made is checked
+    for afterwards. Nothing happens outside a supervisor, or where prctl does not exist.
+    """
+    supervisor = os.environ.get(SUPERVISOR_PID_VARIABLE)
+    if not supervisor or not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        log.warning("cannot ask to stop with the supervisor: %s", os.strerror(ctypes.get_errno()))
+        return
+    if os.getppid() != int(supervisor):
+        os.kill(os.getpid(), signal.SIGTERM)
