@@ -19,6 +19,7 @@ import logging
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from datetime import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,6 +27,7 @@ from pydantic import (
     AfterValidator,
     AliasGenerator,
     BeforeValidator,
+    Field,
     GetCoreSchemaHandler,
     TypeAdapter,
     ValidationError,
@@ -82,6 +84,16 @@ ModeLimits = Annotated[dict[str, tuple[int, int]], BeforeValidator(_mode_limits)
 LogLevel = Annotated[str, AfterValidator(str.upper)]
 
 
+def _naive(moment: time) -> time:
+    if moment.tzinfo is not None:
+        raise ValueError("give the time of day in IST without an offset, e.g. 08:30")
+    return moment
+
+
+# A time of day in IST ("08:30"), the zone the schedule keeps (ingest/schedule_plan.py).
+IstTime = Annotated[time, AfterValidator(_naive)]
+
+
 def _as_host(address: str) -> str:
     """A Host header carries an IPv6 address in brackets."""
     return f"[{address}]" if ":" in address and not address.startswith("[") else address
@@ -122,6 +134,17 @@ class Settings:
     # Where trading.log and errors.log go; None writes none, and `tickvault run` and
     # `tickvault ingest` then use data_dir / "logs" (tickvault/cli.py).
     log_dir: Path | None = None
+    # The daily schedule inside the ingest (ingest/schedule.py): its phases' IST times, and
+    # how a failing step is retried (doubling delays from initial to max, then given up for
+    # the day, recorded and reported).
+    schedule_enabled: bool = True
+    preopen_at: IstTime = time(8, 30)
+    postclose_at: IstTime = time(15, 45)
+    schedule_step_attempts: Annotated[int, Field(ge=1)] = 5
+    schedule_retry_initial_s: float = 30.0
+    schedule_retry_max_s: float = 600.0
+    # How many days back a post-close missed while the ingest was down is still run.
+    schedule_catch_up_days: Annotated[int, Field(ge=0)] = 3
 
     def __post_init__(self) -> None:
         for name in ("upstox_access_token", "api_key"):  # a plain str given in code, too

@@ -32,13 +32,15 @@ from ingest.metrics import IngestMetrics
 from ingest.pipeline import Pipeline
 from ingest.published import publish_forever, published_path
 from ingest.recovery import RecoveryState, load_recovery_state
+from ingest.rollup import BarRollup
+from ingest.schedule import DailySchedule
+from ingest.schedule_steps import daily_schedule
 from ingest.simulator import FeedSimulator
 from ingest.status import BarsStatus, FeedStatus, IngestStatus
 from ingest.subscriptions import SubscriptionManager, summarize
 from ingest.symbols import SymbolDirectory
 from ingest.upstox.decoder import FeedDecoder
 from ingest.writer import TickDataHandler
-from store.bars import refresh_bars
 from store.editions import Edition, server_edition
 from store.instruments import instrument_records
 from store.tick import Tick
@@ -47,7 +49,8 @@ log = logging.getLogger(__name__)
 
 
 class WebSocketService:
-    """Feed client, pipeline, writer, cache, subscriptions and (Apache) bar rollup."""
+    """Feed client, pipeline, writer, cache, subscriptions, (Apache) bar rollup and the
+    daily schedule."""
 
     def __init__(self, settings: Settings, database_url: str) -> None:
         self.settings = settings
@@ -66,7 +69,8 @@ class WebSocketService:
         self._control: ControlServer | None = None
         self._tasks: dict[str, asyncio.Task[Any]] = {}
         self._custom_handlers: list[TickCallback] = []
-        self._last_rollup_error: str | None = None
+        self.rollup = BarRollup(database_url, settings.rollup_interval_s)
+        self.schedule: DailySchedule | None = None
         self.is_running = False
 
     @property
@@ -145,7 +149,7 @@ class WebSocketService:
         if not resumed and subscribe_universe:
             await self._subscriptions.subscribe_to_universe(mode=settings.feed_mode)
         if self.edition is Edition.APACHE:
-            self._tasks["rollup"] = asyncio.create_task(self._rollup_forever(), name="rollup")
+            self._tasks["rollup"] = asyncio.create_task(self.rollup.run_forever(), name="rollup")
         self._tasks["journal-sync"] = asyncio.create_task(sync_forever(self._journal), name="sync")
         # The latest ticks and the status, for the API's processes (ingest/published.py).
         self._tasks["publish"] = asyncio.create_task(
@@ -155,6 +159,11 @@ class WebSocketService:
             name="publish",
         )
         await self._start_control()
+        if settings.schedule_enabled:
+            self.schedule = daily_schedule(
+                settings, self._connection, subscriptions=self._subscriptions, rollup=self.rollup
+            )
+            self._tasks["schedule"] = asyncio.create_task(self.schedule.run_forever())
         self.is_running = True
         _running.append(self)
         log.info("ingest started: feed %s, %s edition bars", self.feed_source, self.edition.value)
@@ -169,7 +178,7 @@ class WebSocketService:
             self._control = None
         if self._client is not None:
             await self._client.stop()
-        for name in ("feed", "rollup", "journal-sync", "publish"):
+        for name in ("schedule", "feed", "rollup", "journal-sync", "publish"):
             task = self._tasks.pop(name, None)
             if task is None:
                 continue
@@ -280,8 +289,9 @@ class WebSocketService:
             journal=self._journal.status() if self._journal else None,
             bars=BarsStatus(
                 edition=self.edition.value if self.edition else None,
-                last_rollup_error=self._last_rollup_error,
+                last_rollup_error=self.rollup.last_error,
             ),
+            schedule=self.schedule.status() if self.schedule is not None else None,
         )
 
     # --- background work ----------------------------------------------------------------
@@ -321,21 +331,6 @@ class WebSocketService:
         with self._pool.connection() as conn:
             state = load_recovery_state(conn, self._journal.journal_id)
         return functools.partial(self._pipeline.journal_ticks, decoder=_decoder_at(state))
-
-    async def _rollup_forever(self) -> None:
-        """The Apache edition's stand-in for continuous aggregate policies."""
-        while True:
-            await asyncio.sleep(self.settings.rollup_interval_s)
-            try:
-                await asyncio.to_thread(self._rollup_once)
-                self._last_rollup_error = None
-            except psycopg.Error as error:
-                self._last_rollup_error = str(error).strip()[:200]
-                log.warning("bar rollup failed, retrying next round: %s", self._last_rollup_error)
-
-    def _rollup_once(self) -> None:
-        with psycopg.connect(self.database_url, autocommit=True, connect_timeout=5) as conn:
-            refresh_bars(conn)
 
 
 def _decoder_at(state: RecoveryState) -> FeedDecoder:

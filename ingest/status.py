@@ -12,6 +12,7 @@ only, so status answers during an outage.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date, datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +113,31 @@ class BarsStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class StepStatus:
+    """One step of the daily schedule: its last attempt as recorded, and when it runs next."""
+
+    step: str
+    phase: str  # "preopen" or "postclose"
+    last_day: date | None  # the trading day of the last attempt
+    last_outcome: str | None  # "ok", "retrying" (another attempt follows) or "failed"
+    last_result: str | None  # the step's short report, or its error
+    last_attempt: int | None
+    last_finished_at: datetime | None
+    next_run_at: datetime | None  # due now if in the past: it runs as soon as it can
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleStatus:
+    """The daily schedule (ingest/schedule.py)."""
+
+    preopen_at: str  # "08:30 IST"
+    postclose_at: str
+    running: str | None  # "postclose seal 2026-01-05" while a step runs
+    steps: list[StepStatus]  # in the order they run
+    not_registered: list[str]  # slots of the schedule with no step in this build
+
+
+@dataclass(frozen=True, slots=True)
 class IngestStatus:
     """The whole of `WebSocketService.status()`; a section the service has not built yet
     (before or during its start) is None."""
@@ -126,3 +152,4 @@ class IngestStatus:
     cache: CacheStatus
     journal: JournalStatus | None
     bars: BarsStatus
+    schedule: ScheduleStatus | None = None  # None when TICKVAULT_SCHEDULE_ENABLED=false

@@ -76,6 +76,9 @@ class SubscriptionManager:
         # Serializes writes: a refusal from the server must not be overwritten by the
         # `subscribed` of the batch it refused.
         self._write_lock = asyncio.Lock()
+        # Serializes changes: a resume (the daily schedule's resubscribe) reads the table and
+        # then subscribes; an unsubscribe or a mode change in between must not be undone.
+        self._changing = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
         client.add_failure_listener(self._on_refused)
 
@@ -83,7 +86,8 @@ class SubscriptionManager:
         """NSE's F&O stocks (from the instrument master) and the configured indices."""
         stocks = await self._read(fno_universe)
         keys = list(dict.fromkeys([*stocks, *self._index_keys]))
-        await self._subscribe(keys, mode)
+        async with self._changing:
+            await self._subscribe(keys, mode)
         log.info("subscribed %d F&O stocks and %d indices", len(stocks), len(self._index_keys))
         return keys
 
@@ -98,7 +102,8 @@ class SubscriptionManager:
 
     async def subscribe_keys(self, keys: list[str], mode: str = "full") -> None:
         """Subscribe instrument keys that were resolved already (the API resolves and caches)."""
-        await self._subscribe(keys, mode)
+        async with self._changing:
+            await self._subscribe(keys, mode)
 
     async def unsubscribe_symbols(self, symbols: Iterable[str]) -> list[str]:
         """Unsubscribe symbols (as subscribe_to_symbols takes them); return their keys."""
@@ -108,19 +113,21 @@ class SubscriptionManager:
 
     async def unsubscribe_keys(self, keys: list[str]) -> None:
         """Unsubscribe instrument keys that were resolved already."""
-        await self._client.unsubscribe(keys)
-        await self._write(set_status, keys, "unsubscribed")
+        async with self._changing:
+            await self._client.unsubscribe(keys)
+            await self._write(set_status, keys, "unsubscribed")
         if keys:
             log.info("unsubscribed %s: %s", _count(keys), _named(keys, self._symbols))
 
     async def resume(self) -> int:
         """Subscribe again, in its mode, every key left subscribed or pending; return how many."""
-        rows = await self._read(resumable)
-        by_mode: dict[str, list[str]] = {}
-        for mode, key in rows:
-            by_mode.setdefault(mode, []).append(key)
-        for mode, keys in by_mode.items():
-            await self._subscribe(keys, mode)
+        async with self._changing:
+            rows = await self._read(resumable)
+            by_mode: dict[str, list[str]] = {}
+            for mode, key in rows:
+                by_mode.setdefault(mode, []).append(key)
+            for mode, keys in by_mode.items():
+                await self._subscribe(keys, mode)
         if rows:
             log.info("resumed %d subscriptions", len(rows))
         return len(rows)

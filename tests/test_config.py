@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+from datetime import time
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,13 @@ def test_every_variable_is_read(workdir: Path) -> None:
         "TICKVAULT_API_ALLOWED_HOSTS": "api.example",
         "TICKVAULT_LOG_LEVEL": "debug",
         "TICKVAULT_LOG_DIR": "/var/log/tickvault",
+        "TICKVAULT_SCHEDULE_ENABLED": "false",
+        "TICKVAULT_PREOPEN_AT": "08:05",
+        "TICKVAULT_POSTCLOSE_AT": "16:10",
+        "TICKVAULT_SCHEDULE_STEP_ATTEMPTS": "16",
+        "TICKVAULT_SCHEDULE_RETRY_INITIAL_S": "1.5",
+        "TICKVAULT_SCHEDULE_RETRY_MAX_S": "17",
+        "TICKVAULT_SCHEDULE_CATCH_UP_DAYS": "18",
     }
     assert set(environ) == set(VARIABLES), "a new field: add its variable here"
     assert Settings.from_env(environ) == Settings(
@@ -95,7 +103,26 @@ def test_every_variable_is_read(workdir: Path) -> None:
         api_allowed_hosts=("api.example",),
         log_level="DEBUG",
         log_dir=Path("/var/log/tickvault"),
+        schedule_enabled=False,
+        preopen_at=time(8, 5),
+        postclose_at=time(16, 10),
+        schedule_step_attempts=16,
+        schedule_retry_initial_s=1.5,
+        schedule_retry_max_s=17,
+        schedule_catch_up_days=18,
     )
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("8:30pm", "TICKVAULT_PREOPEN_AT: "),
+        ("08:30+05:30", "TICKVAULT_PREOPEN_AT: give the time of day in IST without an offset"),
+    ],
+)
+def test_a_schedule_time_is_an_ist_time_of_day(value: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Settings.from_env({"TICKVAULT_PREOPEN_AT": value})
 
 
 def test_the_readme_lists_every_variable() -> None:
