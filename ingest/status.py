@@ -112,6 +112,17 @@ class BarsStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenStatus:
+    """The Upstox access token the feed uses, never the token itself."""
+
+    source: str  # env, file, code (update_token), simulator or missing
+    state: str  # unchecked (not tried yet), valid, rejected or missing
+    kind: str | None = None  # analytics or daily, as the token file says
+    expires_at: str | None = None  # a daily token's 03:30 IST, ISO 8601
+    in_use_since: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class IngestStatus:
     """The whole of `WebSocketService.status()`; a section the service has not built yet
     (before or during its start) is None."""
@@ -126,3 +137,4 @@ class IngestStatus:
     cache: CacheStatus
     journal: JournalStatus | None
     bars: BarsStatus
+    token: TokenStatus | None = None

@@ -37,6 +37,7 @@ from store.local.install import install_timescaledb
 from store.local.postgres import PgInstall, find_bindir
 from store.local.url import database_url, local_cluster
 from store.migrations import migrate
+from tickvault import login, token
 from tickvault.logs import configure_logging
 
 if TYPE_CHECKING:
@@ -383,6 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     simulator.set_defaults(handler=_simulator)
+    token.register(commands)
+    login.register(commands)
     return parser
 
 
