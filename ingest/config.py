@@ -110,6 +110,12 @@ class Settings:
     pg_port: int = 55432
     upstox_access_token: Secret = field(default=Secret(""), repr=False)
     upstox_api_base: str = "https://api.upstox.com"
+    # `tickvault login`: the Upstox app's OAuth client, and where its dialog and token
+    # exchange are (empty: upstox_api_base).
+    upstox_client_id: str = ""
+    upstox_client_secret: Secret = field(default=Secret(""), repr=False)
+    upstox_redirect_uri: str = ""
+    upstox_login_base: str = ""
     feed_mode: str = "full"
     max_connections: int = 1
     mode_limits: ModeLimits = field(default_factory=lambda: dict(DEFAULT_MODE_LIMITS))
@@ -147,7 +153,8 @@ class Settings:
     schedule_catch_up_days: Annotated[int, Field(ge=0)] = 3
 
     def __post_init__(self) -> None:
-        for name in ("upstox_access_token", "api_key"):  # a plain str given in code, too
+        # A plain str given in code is made a Secret too.
+        for name in ("upstox_access_token", "upstox_client_secret", "api_key"):
             object.__setattr__(self, name, Secret(getattr(self, name)))
         if not self.api_allowed_hosts:
             hosts = dict.fromkeys([*LOOPBACK_HOSTS, _as_host(self.api_host)])

@@ -24,7 +24,7 @@ from psycopg_pool import ConnectionPool
 
 from ingest.cache import AggregatedTickHandler
 from ingest.client import FeedClient
-from ingest.config import Secret, Settings
+from ingest.config import Settings
 from ingest.control import ControlServer, control_path
 from ingest.handlers import TickCallback
 from ingest.journal import Journal, sync_forever
@@ -39,6 +39,7 @@ from ingest.simulator import FeedSimulator
 from ingest.status import BarsStatus, FeedStatus, IngestStatus
 from ingest.subscriptions import SubscriptionManager, summarize
 from ingest.symbols import SymbolDirectory
+from ingest.tokens import TokenKeeper
 from ingest.upstox.decoder import FeedDecoder
 from ingest.writer import TickDataHandler
 from store.editions import Edition, server_edition
@@ -59,6 +60,7 @@ class WebSocketService:
         self.symbols = SymbolDirectory(self._connection)
         self.cache = AggregatedTickHandler(self.symbols)
         self.simulator: FeedSimulator | None = None
+        self.tokens: TokenKeeper | None = None
         self.edition: Edition | None = None
         self._pool: ConnectionPool | None = None
         self._journal: Journal | None = None
@@ -125,20 +127,20 @@ class WebSocketService:
             log.info("replayed %d journaled frames after seq %d", replayed, state.committed_seq)
         self._tasks["writer"] = asyncio.create_task(self._writer.run(), name="writer")
 
-        client_settings = settings
-        if not settings.upstox_access_token:
-            self.simulator = FeedSimulator(
-                instruments=await asyncio.to_thread(self._instrument_records),
-                rate=settings.simulator_rate,
-                seed=settings.simulator_seed,
-            )
-            await self.simulator.start()
+        self.tokens = TokenKeeper(settings)  # the environment's, else the file's
+        client_settings = replace(settings, upstox_access_token=self.tokens.token)
+        if self.tokens.source == "missing":
+            records = await asyncio.to_thread(self._instrument_records)
+            self.simulator = await _start_simulator(settings, records)
             client_settings = replace(
                 settings,
                 upstox_api_base=self.simulator.url,
-                upstox_access_token=Secret("simulator"),
+                upstox_access_token=self.tokens.use_simulator(),
             )
         self._client = FeedClient(client_settings, self._pipeline, source=self.feed_source)
+        self.tokens.attach(self._client.update_token)
+        if self.tokens.source == "file":  # a new token there is taken without a restart
+            self._tasks["token-watch"] = asyncio.create_task(self.tokens.watch(), name="token")
         self._pipeline.wanted = self._client.subscribed_keys
         self._subscriptions = SubscriptionManager(
             self._client, self._pool, settings, symbols=self.symbols
@@ -178,7 +180,7 @@ class WebSocketService:
             self._control = None
         if self._client is not None:
             await self._client.stop()
-        for name in ("schedule", "feed", "rollup", "journal-sync", "publish"):
+        for name in ("schedule", "feed", "token-watch", "rollup", "journal-sync", "publish"):
             task = self._tasks.pop(name, None)
             if task is None:
                 continue
@@ -216,9 +218,9 @@ class WebSocketService:
 
     def update_token(self, token: str) -> None:
         """The daily Upstox token: a rejected feed resumes at once with the new one."""
-        if self._client is None:
+        if self.tokens is None:
             raise RuntimeError("the ingest service is not started")
-        self._client.update_token(token)
+        self.tokens.take(token, source="code")
 
     @property
     def subscriptions(self) -> SubscriptionManager:
@@ -292,6 +294,9 @@ class WebSocketService:
                 last_rollup_error=self.rollup.last_error,
             ),
             schedule=self.schedule.status() if self.schedule is not None else None,
+            token=self.tokens.status(client.token_state if client else None)
+            if self.tokens
+            else None,
         )
 
     # --- background work ----------------------------------------------------------------
@@ -331,6 +336,15 @@ class WebSocketService:
         with self._pool.connection() as conn:
             state = load_recovery_state(conn, self._journal.journal_id)
         return functools.partial(self._pipeline.journal_ticks, decoder=_decoder_at(state))
+
+
+async def _start_simulator(settings: Settings, records: list[dict[str, Any]]) -> FeedSimulator:
+    """The feed when there is no token anywhere: the simulator, on the instrument master."""
+    simulator = FeedSimulator(
+        instruments=records, rate=settings.simulator_rate, seed=settings.simulator_seed
+    )
+    await simulator.start()
+    return simulator
 
 
 def _decoder_at(state: RecoveryState) -> FeedDecoder:

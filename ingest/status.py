@@ -138,6 +138,17 @@ class ScheduleStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenStatus:
+    """The Upstox access token the feed uses, never the token itself."""
+
+    source: str  # env, file, code (update_token), simulator or missing
+    state: str  # unchecked (not tried yet), valid, rejected or missing
+    kind: str | None = None  # analytics or daily, as the token file says
+    expires_at: str | None = None  # a daily token's 03:30 IST, ISO 8601
+    in_use_since: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class IngestStatus:
     """The whole of `WebSocketService.status()`; a section the service has not built yet
     (before or during its start) is None."""
@@ -153,3 +164,4 @@ class IngestStatus:
     journal: JournalStatus | None
     bars: BarsStatus
     schedule: ScheduleStatus | None = None  # None when TICKVAULT_SCHEDULE_ENABLED=false
+    token: TokenStatus | None = None

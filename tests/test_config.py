@@ -49,6 +49,10 @@ def test_every_variable_is_read(workdir: Path) -> None:
         "TICKVAULT_PG_PORT": "6543",
         "UPSTOX_ACCESS_TOKEN": "token",
         "UPSTOX_API_BASE": "http://127.0.0.1:9",
+        "UPSTOX_CLIENT_ID": "app",
+        "UPSTOX_CLIENT_SECRET": "app-secret",
+        "UPSTOX_REDIRECT_URI": "http://127.0.0.1:5000/cb",
+        "UPSTOX_LOGIN_BASE": "http://127.0.0.1:10",
         "TICKVAULT_FEED_MODE": "ltpc",
         "TICKVAULT_MAX_CONNECTIONS": "3",
         "TICKVAULT_MODE_LIMITS": "full:10/5",
@@ -84,6 +88,10 @@ def test_every_variable_is_read(workdir: Path) -> None:
         pg_port=6543,
         upstox_access_token=Secret("token"),
         upstox_api_base="http://127.0.0.1:9",
+        upstox_client_id="app",
+        upstox_client_secret=Secret("app-secret"),
+        upstox_redirect_uri="http://127.0.0.1:5000/cb",
+        upstox_login_base="http://127.0.0.1:10",
         feed_mode="ltpc",
         max_connections=3,
         mode_limits={**DEFAULT_MODE_LIMITS, "full": (10, 5)},
@@ -253,10 +261,15 @@ def test_a_copy_with_changes_is_still_settings() -> None:
 
 def test_the_secrets_never_show_in_a_repr() -> None:
     settings = Settings.from_env(
-        {"UPSTOX_ACCESS_TOKEN": "eyJhbGciOi-secret", "TICKVAULT_API_KEY": "key-secret"}
+        {
+            "UPSTOX_ACCESS_TOKEN": "eyJhbGciOi-secret",
+            "TICKVAULT_API_KEY": "key-secret",
+            "UPSTOX_CLIENT_SECRET": "client-secret",
+        }
     )
     assert settings.upstox_access_token == "eyJhbGciOi-secret"
     assert settings.api_key == "key-secret"
+    assert settings.upstox_client_secret == "client-secret"
     assert "secret" not in repr(settings)
     assert "secret" not in f"{settings=}"
     assert "secret" not in repr(settings.upstox_access_token)
@@ -265,7 +278,11 @@ def test_the_secrets_never_show_in_a_repr() -> None:
 
 
 def test_a_secret_given_in_code_as_a_plain_string_is_hidden_too() -> None:
-    settings = Settings(upstox_access_token="plain-secret", api_key="other-secret")
+    settings = Settings(
+        upstox_access_token="plain-secret", api_key="other-secret", upstox_client_secret="c-secret"
+    )
+    assert isinstance(settings.upstox_client_secret, Secret)
+    assert "secret" not in repr(settings)
     assert isinstance(settings.upstox_access_token, Secret)
     assert isinstance(settings.api_key, Secret)
     assert "secret" not in repr((settings.upstox_access_token, settings.api_key))

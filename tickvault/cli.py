@@ -23,6 +23,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ingest.config import Settings, check_dotenv
+from ingest.tokens import choose_token
 from store.bars import refresh_bars
 from store.errors import StoreError
 from store.instruments import (
@@ -37,6 +38,7 @@ from store.local.install import install_timescaledb
 from store.local.postgres import PgInstall, find_bindir
 from store.local.url import database_url, local_cluster
 from store.migrations import migrate
+from tickvault import login, token
 from tickvault.logs import configure_logging
 
 if TYPE_CHECKING:
@@ -183,11 +185,12 @@ def _prepare_store(settings: Settings) -> str:
 
 
 def _feed_description(settings: Settings) -> str:
-    if settings.upstox_access_token:
-        return f"Upstox at {settings.upstox_api_base}"
+    source = choose_token(settings).source
+    if source != "missing":
+        return f"Upstox at {settings.upstox_api_base} (token from {source})"
     return (
         f"the built-in simulator ({settings.simulator_rate} ticks/s; "
-        "set UPSTOX_ACCESS_TOKEN for Upstox)"
+        "tickvault token set or UPSTOX_ACCESS_TOKEN for Upstox)"
     )
 
 
@@ -412,6 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     simulator.set_defaults(handler=_simulator)
+    token.register(commands)
+    login.register(commands)
     return parser
 
 

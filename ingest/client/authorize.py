@@ -157,6 +157,7 @@ class Token:
     def __init__(self, token: str) -> None:
         self.current = Secret(token)
         self.generation = 0
+        self.state = "unchecked"  # then valid or rejected: what the feed made of it
         self._updated = asyncio.Event()
 
     def update(self, token: str) -> None:
@@ -165,8 +166,22 @@ class Token:
             raise ValueError("the access token is empty")
         self.current = Secret(token)
         self.generation += 1
+        self.state = "unchecked"
         updated, self._updated = self._updated, asyncio.Event()
         updated.set()
+
+    def accepted(self, generation: int) -> None:
+        """A feed opened with the token of `generation`."""
+        if generation == self.generation:
+            self.state = "valid"
+
+    def rejected(self, generation: int) -> bool:
+        """The token of `generation` was refused; True the first time only, for one log line
+        per token however many connections and retries hear it."""
+        if generation != self.generation or self.state == "rejected":
+            return False
+        self.state = "rejected"
+        return True
 
     async def wait_for_new(self, generation: int, at_most_s: float) -> None:
         """Return once the token is newer than `generation`, or after `at_most_s` seconds."""

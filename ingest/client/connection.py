@@ -129,6 +129,7 @@ class Connection:
                 options = feed.authorizer.connect_options(uri, feed.token.current)
                 async with ws_connect(uri, **options) as ws:
                     opened_at = time.monotonic()
+                    feed.token.accepted(generation)
                     await self._opened(ws)
                     await self._read(ws)
                 if self._stopping:
@@ -160,8 +161,15 @@ class Connection:
         """Leave a rejected token alone until update_token() or `token_retry_s` has passed."""
         self.state = "token_rejected"
         self.tried.set()
-        self._feed.ledger.error(f"access token rejected ({exc}); waiting for update_token()")
-        await self._feed.token.wait_for_new(generation, self._feed.token_retry_s)
+        token = self._feed.token
+        # One line per token: later connections and retries that hear it again log nothing.
+        level = logging.ERROR if token.rejected(generation) else logging.DEBUG
+        self._feed.ledger.error(
+            f"the Upstox access token was rejected ({exc}); the feed waits for a new one "
+            "(tickvault token set, tickvault login or POST /api/v1/token)",
+            level,
+        )
+        await token.wait_for_new(generation, self._feed.token_retry_s)
 
     async def _opened(self, ws: ClientConnection) -> None:
         """Count the connection and re-send its subscriptions, one request per mode."""

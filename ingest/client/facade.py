@@ -100,6 +100,11 @@ class FeedClient:
         """Use a new access token from the next authorize on; ends a token_rejected wait."""
         self._token.update(token)
 
+    @property
+    def token_state(self) -> str:
+        """unchecked, valid or rejected: what the feed made of the current token."""
+        return self._token.state
+
     # -- subscriptions ------------------------------------------------------------------------
 
     @property

@@ -1,7 +1,8 @@
 """`python -m ingest.simulator` (and `tickvault simulator`): the feed simulator on its own.
 
 It answers test hooks on its port: GET /_sim/stats, /_sim/sent_ticks (with --record),
-/_sim/drop, /_sim/garbage, /_sim/stall?seconds=N and /_sim/reject_token?on=1|0.
+/_sim/drop, /_sim/garbage, /_sim/stall?seconds=N, /_sim/reject_token?on=1|0 and
+/_sim/accept_token?token=T; and Upstox's OAuth login on a port of its own (printed at start).
 """
 
 from __future__ import annotations
@@ -29,9 +30,11 @@ async def _run(args: argparse.Namespace, instruments: list[dict[str, Any]]) -> N
         frame_interval=args.interval_ms / 1000,
         seed=args.seed,
         record=args.record,
+        client_secret=args.client_secret,
     )
     await simulator.start(args.host, args.port)
     print(f"feed simulator listening on {simulator.url}", flush=True)
+    print(f"OAuth login (UPSTOX_LOGIN_BASE) on {simulator.login_url}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -66,6 +69,9 @@ def main(
     parser.add_argument("--interval-ms", type=float, default=100.0, help="time between frames")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--token", default=None, help="the one token accepted (default: any)")
+    parser.add_argument(
+        "--client-secret", default=None, help="the one OAuth client secret accepted (default: any)"
+    )
     if read_instruments is not None:
         parser.add_argument("--instruments", type=Path, help="instrument master, .json[.gz]")
     parser.add_argument(

@@ -70,6 +70,10 @@ class Gate:
             return False
         return self._token is None or hmac.compare_digest(token.encode(), self._token.encode())
 
+    def accept(self, token: str | None) -> None:
+        """From now on `token` is the one token accepted (None: any); the old one is refused."""
+        self._token = token
+
     def authorized_url(self, feed_url: str) -> str:
         now = time.monotonic()
         self._codes = {code: expiry for code, expiry in self._codes.items() if expiry > now}

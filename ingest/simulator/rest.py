@@ -38,6 +38,8 @@ class Controls(Protocol):
 
     def reject_token(self, rejecting: bool = True) -> None: ...
 
+    def accept_token(self, token: str | None) -> None: ...
+
     async def drop_connections(self) -> int: ...
 
     async def send_garbage(self) -> int: ...
@@ -75,7 +77,8 @@ class Rest:
 
     def _control(self, action: str, query: dict[str, list[str]]) -> Response:
         """GET /_sim/stats, /_sim/sent_ticks, /_sim/drop, /_sim/garbage,
-        /_sim/stall?seconds=N and /_sim/reject_token?on=1|0."""
+        /_sim/stall?seconds=N, /_sim/reject_token?on=1|0 and /_sim/accept_token?token=T
+        (the one token accepted from now on; without `token`, any)."""
         simulator = self._simulator
         if action == "stats":
             return json_response(200, simulator.stats())
@@ -85,6 +88,8 @@ class Rest:
             simulator.stall(float(query.get("seconds", ["5"])[0]))
         elif action == "reject_token":
             simulator.reject_token(query.get("on", ["1"])[0] not in ("0", "false"))
+        elif action == "accept_token":
+            simulator.accept_token(query.get("token", [None])[0])
         elif action in ("drop", "garbage"):
             fault = simulator.drop_connections() if action == "drop" else simulator.send_garbage()
             task = asyncio.get_running_loop().create_task(fault)

@@ -37,6 +37,7 @@ from ingest.simulator.frames import (
     snapshot_frame,
     split_frames,
 )
+from ingest.simulator.login import LoginServer
 from ingest.simulator.market import DEFAULT_UNIVERSE, Instrument, Universe
 from ingest.simulator.protocol import (
     ClientRequest,
@@ -78,7 +79,8 @@ class FeedSimulator:
     frames `frame_interval` seconds apart (shorter when there are too few instruments to
     carry the rate at one appearance each per frame). `token` is the one access token
     accepted; None accepts any non-empty token. With `record` off only counts are kept,
-    for long runs.
+    for long runs. `client_secret` is the one the OAuth login (`login_url`) accepts, None any;
+    a login's new token replaces the accepted one.
 
     A client that does not keep up holds the whole market back (the simulator waits for its
     socket to drain) rather than losing frames: the rate then measures what the slowest
@@ -96,6 +98,7 @@ class FeedSimulator:
         mode_limits: Mapping[str, tuple[int, int]] = DEFAULT_MODE_LIMITS,
         record: bool = True,
         max_frame_bytes: int = 512 * 1024,
+        client_secret: str | None = None,
     ) -> None:
         if rate <= 0 or frame_interval <= 0:
             raise ValueError("rate and frame_interval must be positive")
@@ -105,6 +108,7 @@ class FeedSimulator:
         self.max_frame_bytes = max_frame_bytes
         self._gate = Gate(token)
         self._rest = Rest(self, self._gate)
+        self._login = LoginServer(self._gate, client_secret)
         self._tape = Tape(record)
         self._counts = self._tape.counts
         self._following = Following(Universe(instruments, seed))
@@ -130,8 +134,10 @@ class FeedSimulator:
             logger=logger,
         )
         self._generator = asyncio.create_task(self._generate(), name="feed simulator")
+        await self._login.start(self._host)
 
     async def stop(self) -> None:
+        await self._login.stop()
         if self._generator is not None:
             self._generator.cancel()
             await asyncio.gather(self._generator, return_exceptions=True)
@@ -158,6 +164,11 @@ class FeedSimulator:
     def url(self) -> str:
         """The REST base, standing in for https://api.upstox.com."""
         return f"http://{self._host}:{self.port}"
+
+    @property
+    def login_url(self) -> str:
+        """The OAuth login's base (UPSTOX_LOGIN_BASE): a listener of its own, see login.py."""
+        return self._login.url
 
     @property
     def feed_url(self) -> str:
@@ -218,6 +229,10 @@ class FeedSimulator:
     def reject_token(self, rejecting: bool = True) -> None:
         """Answer 401 UDAPI100050 to every token (authorize and redirect) until reset."""
         self._gate.rejecting = rejecting
+
+    def accept_token(self, token: str | None) -> None:
+        """Accept only `token` from now on (None: any), as when a new token replaces one."""
+        self._gate.accept(token)
 
     def stall(self, seconds: float) -> None:
         """Send no live frames for `seconds`; sockets stay open and keep answering pings."""

@@ -10,6 +10,10 @@ from typing import Literal, get_args
 
 FEED_PATH = "/v3/feed/market-data-feed"
 AUTHORIZE_PATH = FEED_PATH + "/authorize"
+# The OAuth authorization-code flow of the daily token: the dialog a browser opens, and the
+# form POST that exchanges the code it redirects with.
+LOGIN_DIALOG_PATH = "/v2/login/authorization/dialog"
+LOGIN_TOKEN_PATH = "/v2/login/authorization/token"  # noqa: S105 (a path)
 
 Mode = Literal["ltpc", "full", "option_greeks", "full_d30"]
 MODES: tuple[str, ...] = get_args(Mode)
