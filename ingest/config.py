@@ -99,6 +99,9 @@ class Settings:
     upstox_access_token: Secret = field(default=Secret(""), repr=False)
     upstox_api_base: str = "https://api.upstox.com"
     feed_mode: str = "full"
+    # Where `tickvault instruments refresh` downloads the master; None: Upstox's
+    # (INSTRUMENTS_HOST + INSTRUMENTS_PATH), or the simulator's while the ingest runs on it.
+    instruments_url: str | None = None
     max_connections: int = 1
     mode_limits: ModeLimits = field(default_factory=lambda: dict(DEFAULT_MODE_LIMITS))
     index_keys: Names = ("NSE_INDEX|Nifty 50", "NSE_INDEX|Nifty Bank")

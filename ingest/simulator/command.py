@@ -1,7 +1,8 @@
 """`python -m ingest.simulator` (and `tickvault simulator`): the feed simulator on its own.
 
 It answers test hooks on its port: GET /_sim/stats, /_sim/sent_ticks (with --record),
-/_sim/drop, /_sim/garbage, /_sim/stall?seconds=N and /_sim/reject_token?on=1|0.
+/_sim/drop, /_sim/garbage, /_sim/stall?seconds=N and /_sim/reject_token?on=1|0; and it
+publishes the instrument master, as Upstox does (--instruments-file serves another one).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from ingest.simulator.market import DEFAULT_UNIVERSE
 from ingest.simulator.server import FeedSimulator
+from ingest.upstox.wire import INSTRUMENTS_PATH
 
 InstrumentReader = Callable[[Path], list[dict[str, Any]]]
 
@@ -29,6 +31,7 @@ async def _run(args: argparse.Namespace, instruments: list[dict[str, Any]]) -> N
         frame_interval=args.interval_ms / 1000,
         seed=args.seed,
         record=args.record,
+        instruments_file=args.instruments_file,
     )
     await simulator.start(args.host, args.port)
     print(f"feed simulator listening on {simulator.url}", flush=True)
@@ -68,6 +71,12 @@ def main(
     parser.add_argument("--token", default=None, help="the one token accepted (default: any)")
     if read_instruments is not None:
         parser.add_argument("--instruments", type=Path, help="instrument master, .json[.gz]")
+    parser.add_argument(
+        "--instruments-file",
+        type=Path,
+        help="serve this file (read at each request) as the instrument master, instead of the"
+        " universe, at " + INSTRUMENTS_PATH,
+    )
     parser.add_argument(
         "--record", action="store_true", help="keep every sent tick for GET /_sim/sent_ticks"
     )

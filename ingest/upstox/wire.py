@@ -10,6 +10,10 @@ from typing import Literal, get_args
 
 FEED_PATH = "/v3/feed/market-data-feed"
 AUTHORIZE_PATH = FEED_PATH + "/authorize"
+# Upstox publishes the whole instrument master, every day, as gzipped JSON on its asset host
+# (no token needed); the simulator serves its own universe on the same path.
+INSTRUMENTS_HOST = "https://assets.upstox.com"
+INSTRUMENTS_PATH = "/market-quote/instruments/exchange/complete.json.gz"
 
 Mode = Literal["ltpc", "full", "option_greeks", "full_d30"]
 MODES: tuple[str, ...] = get_args(Mode)
