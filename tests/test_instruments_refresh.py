@@ -19,9 +19,19 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 
 from api import create_app
 from ingest.config import Secret, Settings
+from ingest.control import (
+    Answer,
+    InvalidMessage,
+    RefreshInstruments,
+    decode_answer,
+    decode_request,
+    encode_answer,
+    encode_request,
+)
 from ingest.service import get_websocket_service
 from ingest.simulator import FeedSimulator
 from ingest.upstox.wire import INSTRUMENTS_PATH
@@ -204,6 +214,7 @@ def test_the_running_ingest_follows_a_changed_universe(
             response = http.get(f"/api/v1/ticks/{symbol}", params={"limit": 1000})
             assert response.status_code == 200, response.text
             assert len(response.json()["ticks"]) == min(old_ticks, 1000)
+        wait_for(lambda: http.get("/api/v1/bars/TCS", params={"interval": "1m"}).json()["bars"])
         [found] = [
             row
             for row in http.get("/api/v1/instruments", params={"query": "TCS"}).json()
@@ -347,3 +358,20 @@ def test_a_live_instrument_wins_a_symbol_over_one_kept_for_history(
         ("NSE_EQ|INE467B01037", True),
         (TCS, False),
     ]
+
+
+def test_the_refresh_request_and_its_report_round_trip() -> None:
+    for request in (RefreshInstruments(), RefreshInstruments("https://mirror.example/m.gz", 10)):
+        assert decode_request(encode_request(request)) == request
+    answer = Answer(ok=True, report={"added": 2, "universe": {"added": []}})
+    assert decode_answer(encode_answer(answer)) == answer
+    for line in (
+        b'{"op": "refresh_instruments", "url": 5}',
+        b'{"op": "refresh_instruments", "max_bytes": 0}',
+        b'{"op": "refresh_instruments", "max_bytes": true}',
+        b'{"op": "refresh_instruments", "path": "/etc/passwd"}',
+    ):
+        with pytest.raises(InvalidMessage):
+            decode_request(line)
+    with pytest.raises(InvalidMessage):
+        decode_answer(b'{"ok": true, "report": [1]}')

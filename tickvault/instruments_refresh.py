@@ -28,7 +28,12 @@ INGEST_TIMEOUT_S = 600.0
 def run(settings: Settings, args: argparse.Namespace) -> int:
     path = control_path(settings.data_dir)
     if listening(path):
-        answer = ask(path, RefreshInstruments(args.url, args.max_bytes), INGEST_TIMEOUT_S)
+        try:
+            answer = ask(path, RefreshInstruments(args.url, args.max_bytes), INGEST_TIMEOUT_S)
+        except OSError as error:  # TimeoutError included: the refresh may still complete
+            raise InstrumentFileError(
+                f"the running ingest did not answer on {path}: {type(error).__name__}: {error}"
+            ) from None
         if not answer.ok:
             raise InstrumentFileError(f"the running ingest could not refresh: {answer.detail}")
         report: dict[str, Any] = answer.report or {}
