@@ -25,6 +25,7 @@ import psycopg
 from ingest.client import SubscriptionLimitError
 from ingest.client.authorize import is_loopback, require_tls
 from ingest.config import Settings, variable
+from ingest.control import Refresh
 from ingest.upstox.wire import INSTRUMENTS_HOST, INSTRUMENTS_PATH
 from store.instrument_refresh import LEFT_UNIVERSE, MasterChange, refresh_master
 from store.instruments import InstrumentFileError, max_bytes_setting, read_instruments
@@ -199,6 +200,16 @@ async def refresh_instruments(
             return replace(report, subscription_error=str(error))
         report.subscribed.extend(change.to_subscribe)
     return report
+
+
+def control_refresh(service: WebSocketService) -> Refresh:
+    """The refresh the ingest's control socket runs for `tickvault instruments refresh`."""
+
+    async def refresh(url: str | None, max_bytes: int | None) -> dict[str, Any]:
+        report = await refresh_instruments(service, service.settings, url=url, max_bytes=max_bytes)
+        return report.as_dict()
+
+    return refresh
 
 
 def _download_and_refresh(

@@ -27,7 +27,7 @@ from ingest.client import FeedClient
 from ingest.config import Secret, Settings
 from ingest.control import ControlServer, control_path
 from ingest.handlers import TickCallback
-from ingest.instruments import RefreshReport, refresh_instruments
+from ingest.instruments import RefreshReport, control_refresh, refresh_instruments
 from ingest.journal import Journal, sync_forever
 from ingest.metrics import IngestMetrics
 from ingest.pipeline import Pipeline
@@ -218,9 +218,6 @@ class WebSocketService:
         """Refresh the instrument master; the feed follows its F&O universe (ingest/instruments)."""
         return await refresh_instruments(self, self.settings, url=url, max_bytes=max_bytes)
 
-    async def _refresh_report(self, url: str | None, max_bytes: int | None) -> dict[str, Any]:
-        return (await self.refresh_instruments(url, max_bytes)).as_dict()
-
     @property
     def subscriptions(self) -> SubscriptionManager:
         if self._subscriptions is None:
@@ -301,7 +298,7 @@ class WebSocketService:
         (ingest/control.py). Without it the ingest runs on, and those changes answer 503."""
         assert self._subscriptions is not None
         control = ControlServer(
-            control_path(self.settings.data_dir), self._subscriptions, self._refresh_report
+            control_path(self.settings.data_dir), self._subscriptions, control_refresh(self)
         )
         try:
             await control.start()
