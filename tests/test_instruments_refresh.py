@@ -20,8 +20,10 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg_pool import ConnectionPool
 
 from api import create_app
+from api.symbols import SymbolResolver
 from ingest.config import Secret, Settings
 from ingest.control import (
     Answer,
@@ -340,10 +342,14 @@ def test_a_live_instrument_wins_a_symbol_over_one_kept_for_history(
     served.write_bytes(gz(records))
     relisted = copy.deepcopy(without_stock(records, TCS))
     relisted += new_stock("NSE_EQ|INE467B01037", "TCS", "990002", int(time.time() * 1000) + DAY_MS)
-    with serving(served) as url:
+    with serving(served) as url, ConnectionPool(db_url, min_size=1, max_size=1) as pool:
+        resolver = SymbolResolver(pool, known_ttl_s=0.5)  # the API's memory of symbols
         cli_report(db_url, tmp_path, "--url", url)
+        assert resolver.resolve(["TCS"]) == [TCS]
         served.write_bytes(gz(relisted))
         cli_report(db_url, tmp_path, "--url", url)
+        time.sleep(0.6)
+        assert resolver.resolve(["TCS"]) == ["NSE_EQ|INE467B01037"]
     with psycopg.connect(db_url) as conn:
         assert conn.execute("SELECT resolve_symbol('tcs')").fetchone() == ("NSE_EQ|INE467B01037",)
         assert conn.execute("SELECT resolve_symbol(%s)", [TCS]).fetchone() == (TCS,)
