@@ -132,3 +132,6 @@ class InstrumentOut(BaseModel):
     lot_size: int | None
     tick_size: float | None
     underlying_symbol: str | None
+    active: bool = Field(
+        description="false: expired or gone from Upstox's master, kept for its history"
+    )

@@ -16,22 +16,31 @@ from store.instruments import keys_of, resolve_symbols, trading_symbols
 # one per name per request; short enough that an instrument loaded meanwhile (`tickvault
 # instruments load`) is found by the next request after it, without restarting the API.
 UNKNOWN_TTL_S = 5.0
+# How long a symbol's key is remembered: after `tickvault instruments refresh` relists a
+# symbol under a new key (the old one kept, inactive), the API means the live one within
+# this long, while a hot symbol still costs one query per few minutes.
+KNOWN_TTL_S = 300.0
 
 
 class SymbolResolver:
     """Bounded memories of which key each symbol names, of the symbols that name none, and
     of each key's trading symbol.
 
-    Keys are kept until the bound pushes them out; unknown symbols for UNKNOWN_TTL_S. The
+    Keys are kept for KNOWN_TTL_S (or until the bound pushes them out), unknown symbols for
+    UNKNOWN_TTL_S. The
     bounds matter because trading symbols resolve in any case: "infy", "Infy" and "INFY" are
     three entries, and a client could otherwise make the memories grow without end.
     """
 
     def __init__(
-        self, pool: ConnectionPool, max_entries: int = 10_000, unknown_ttl_s: float = UNKNOWN_TTL_S
+        self,
+        pool: ConnectionPool,
+        max_entries: int = 10_000,
+        unknown_ttl_s: float = UNKNOWN_TTL_S,
+        known_ttl_s: float = KNOWN_TTL_S,
     ) -> None:
         self._pool = pool
-        self._keys: LRUCache[str, str] = LRUCache(max_entries)
+        self._keys: TTLCache[str, str] = TTLCache(max_entries, ttl=known_ttl_s)
         self._unknown: TTLCache[str, bool] = TTLCache(max_entries, ttl=unknown_ttl_s)
         self._symbols: LRUCache[str, str] = LRUCache(max_entries)
         self._lock = threading.Lock()  # the caches are shared by the request threads

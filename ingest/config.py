@@ -117,6 +117,9 @@ class Settings:
     upstox_redirect_uri: str = ""
     upstox_login_base: str = ""
     feed_mode: str = "full"
+    # Where `tickvault instruments refresh` downloads the master; None: Upstox's
+    # (INSTRUMENTS_HOST + INSTRUMENTS_PATH), or the simulator's while the ingest runs on it.
+    instruments_url: str | None = None
     max_connections: int = 1
     mode_limits: ModeLimits = field(default_factory=lambda: dict(DEFAULT_MODE_LIMITS))
     index_keys: Names = ("NSE_INDEX|Nifty 50", "NSE_INDEX|Nifty Bank")

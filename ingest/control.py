@@ -6,9 +6,15 @@ An API worker asks it for a change over a unix socket in the data directory
 
     {"op": "subscribe", "keys": ["NSE_EQ|INE009A01021"], "mode": "full"}
     {"op": "unsubscribe", "keys": ["NSE_EQ|INE009A01021"]}
+    {"op": "refresh_instruments", "url": null, "max_bytes": null}
 
     {"ok": true}
+    {"ok": true, "report": {...}}    (refresh_instruments: ingest/instruments.py's report)
     {"ok": false, "error": "limit" | "invalid" | "failed", "detail": "one line"}
+
+`refresh_instruments` (from `tickvault instruments refresh`) refreshes the instrument master in
+the ingest, which then subscribes the F&O stocks that joined and unsubscribes those that left;
+a download that cannot be used answers "failed" with the reason, nothing changed.
 
 "limit" is the feed's per-mode key limits refusing the change (SubscriptionLimitError),
 "invalid" a request that is not one of the above or names an unknown mode, "failed" anything
@@ -24,12 +30,15 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+import psycopg
+
 from ingest.client import SubscriptionLimitError
+from store.instruments import InstrumentFileError
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +72,15 @@ class Unsubscribe:
     keys: list[str]
 
 
-Request = Subscribe | Unsubscribe
+@dataclass(frozen=True)
+class RefreshInstruments:
+    url: str | None = None  # None: the ingest's instruments_url
+    max_bytes: int | None = None
+
+
+Request = Subscribe | Unsubscribe | RefreshInstruments
+# The ingest's refresh: (url, max_bytes) -> the report as JSON.
+Refresh = Callable[[str | None, int | None], Awaitable[dict[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -71,6 +88,7 @@ class Answer:
     ok: bool
     error: ErrorKind | None = None
     detail: str | None = None
+    report: dict[str, Any] | None = None
 
 
 OK = Answer(ok=True)
@@ -115,6 +133,9 @@ def _keys(value: object) -> list[str]:
 
 
 def encode_request(request: Request) -> bytes:
+    if isinstance(request, RefreshInstruments):
+        message = {"op": "refresh_instruments", "url": request.url, "max_bytes": request.max_bytes}
+        return _line(message)
     if isinstance(request, Subscribe):
         return _line({"op": "subscribe", "keys": request.keys, "mode": request.mode})
     return _line({"op": "unsubscribe", "keys": request.keys})
@@ -132,12 +153,21 @@ def decode_request(line: bytes) -> Request:
     if op == "unsubscribe":
         _fields(message, {"op", "keys"})
         return Unsubscribe(_keys(message["keys"]))
-    raise InvalidMessage("op must be 'subscribe' or 'unsubscribe'")
+    if op == "refresh_instruments":
+        _fields(message, {"op"}, frozenset({"url", "max_bytes"}))
+        url, max_bytes = message.get("url"), message.get("max_bytes")
+        if url is not None and not isinstance(url, str):
+            raise InvalidMessage("url must be a string or null")
+        if max_bytes is not None and (type(max_bytes) is not int or max_bytes < 1):
+            raise InvalidMessage("max_bytes must be a whole number above 0 or null")
+        return RefreshInstruments(url, max_bytes)
+    raise InvalidMessage("op must be 'subscribe', 'unsubscribe' or 'refresh_instruments'")
 
 
 def encode_answer(answer: Answer) -> bytes:
     if answer.ok:
-        return _line({"ok": True})
+        report = {} if answer.report is None else {"report": answer.report}
+        return _line({"ok": True, **report})
     return _line({"ok": False, "error": answer.error, "detail": answer.detail or ""})
 
 
@@ -145,8 +175,11 @@ def decode_answer(line: bytes) -> Answer:
     message = _object(line)
     ok = message.get("ok")
     if ok is True:
-        _fields(message, {"ok"})
-        return OK
+        _fields(message, {"ok"}, frozenset({"report"}))
+        report = message.get("report")
+        if report is not None and not isinstance(report, dict):
+            raise InvalidMessage("report must be an object")
+        return Answer(ok=True, report=report)
     if ok is not False:
         raise InvalidMessage("ok must be true or false")
     _fields(message, {"ok", "error"}, {"detail"})
@@ -174,8 +207,12 @@ class Subscriptions(Protocol):
     def unsubscribe_keys(self, keys: list[str]) -> Awaitable[None]: ...
 
 
-async def perform(subscriptions: Subscriptions, request: Request) -> Answer:
+async def perform(
+    subscriptions: Subscriptions, request: Request, refresh: Refresh | None = None
+) -> Answer:
     """Run one request; every failure becomes an answer (never a traceback)."""
+    if isinstance(request, RefreshInstruments):
+        return await _refresh(refresh, request)
     try:
         if isinstance(request, Subscribe):
             await subscriptions.subscribe_keys(request.keys, mode=request.mode)
@@ -191,12 +228,28 @@ async def perform(subscriptions: Subscriptions, request: Request) -> Answer:
     return OK
 
 
-class ControlServer:
-    """The ingest's end: listens on `path` while started, for `subscriptions`."""
+async def _refresh(refresh: Refresh | None, request: RefreshInstruments) -> Answer:
+    if refresh is None:
+        return refusal("invalid", "this ingest does not refresh instruments")
+    try:
+        return Answer(ok=True, report=await refresh(request.url, request.max_bytes))
+    except (InstrumentFileError, psycopg.Error) as error:  # a bad download, the database
+        return refusal("failed", error)
+    except Exception as error:
+        log.exception("an instrument refresh from the control socket failed")
+        return refusal("failed", f"{type(error).__name__}: {error}")
 
-    def __init__(self, path: Path, subscriptions: Subscriptions) -> None:
+
+class ControlServer:
+    """The ingest's end: listens on `path` while started, for `subscriptions` (and `refresh`,
+    the instrument master's, when given)."""
+
+    def __init__(
+        self, path: Path, subscriptions: Subscriptions, refresh: Refresh | None = None
+    ) -> None:
         self.path = path
         self._subscriptions = subscriptions
+        self._refresh = refresh
         self._server: asyncio.Server | None = None
         self._inode: int | None = None
         self._connections: set[asyncio.Task[Any]] = set()
@@ -204,7 +257,7 @@ class ControlServer:
     async def start(self) -> None:
         """Listen on `path` (mode 0600). A socket left by an ingest that is gone is replaced;
         one another live ingest listens on is left alone (OSError)."""
-        if _listening(self.path):
+        if listening(self.path):
             raise OSError(f"another process listens on {self.path}")
         temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -261,7 +314,7 @@ class ControlServer:
                 if not line:
                     return
                 try:
-                    answer = await perform(self._subscriptions, decode_request(line))
+                    answer = await perform(self._subscriptions, decode_request(line), self._refresh)
                 except InvalidMessage as error:
                     answer = refusal("invalid", error)
                 writer.write(encode_answer(answer))
@@ -275,7 +328,22 @@ class ControlServer:
                 await writer.wait_closed()
 
 
-def _listening(path: Path) -> bool:
+def ask(path: Path, request: Request, timeout_s: float) -> Answer:
+    """One request to the ingest listening on `path`, and its answer, blocking (the CLI's
+    client; the API's is api/control.py). OSError when no ingest listens there or it closes
+    without answering; TimeoutError after `timeout_s`."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout_s)
+        sock.connect(str(path))
+        sock.sendall(encode_request(request))
+        with sock.makefile("rb") as answers:
+            line = answers.readline(MAX_LINE_BYTES + 1)
+    if not line.endswith(b"\n"):
+        raise ConnectionResetError(f"the ingest on {path} closed the connection without answering")
+    return decode_answer(line)
+
+
+def listening(path: Path) -> bool:
     """Whether a process accepts connections on the socket at `path`."""
     if not path.exists():
         return False

@@ -27,6 +27,7 @@ from ingest.client import FeedClient
 from ingest.config import Settings
 from ingest.control import ControlServer, control_path
 from ingest.handlers import TickCallback
+from ingest.instruments import RefreshReport, control_refresh, refresh_instruments
 from ingest.journal import Journal, sync_forever
 from ingest.metrics import IngestMetrics
 from ingest.pipeline import Pipeline
@@ -222,6 +223,12 @@ class WebSocketService:
             raise RuntimeError("the ingest service is not started")
         self.tokens.take(token, source="code")
 
+    async def refresh_instruments(
+        self, url: str | None = None, max_bytes: int | None = None
+    ) -> RefreshReport:
+        """Refresh the instrument master; the feed follows its F&O universe (ingest/instruments)."""
+        return await refresh_instruments(self, self.settings, url=url, max_bytes=max_bytes)
+
     @property
     def subscriptions(self) -> SubscriptionManager:
         if self._subscriptions is None:
@@ -305,7 +312,9 @@ class WebSocketService:
         """The control socket the API's processes send subscription changes to
         (ingest/control.py). Without it the ingest runs on, and those changes answer 503."""
         assert self._subscriptions is not None
-        control = ControlServer(control_path(self.settings.data_dir), self._subscriptions)
+        control = ControlServer(
+            control_path(self.settings.data_dir), self._subscriptions, control_refresh(self)
+        )
         try:
             await control.start()
         except OSError as error:

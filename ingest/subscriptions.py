@@ -111,11 +111,12 @@ class SubscriptionManager:
         await self.unsubscribe_keys(keys)
         return keys
 
-    async def unsubscribe_keys(self, keys: list[str]) -> None:
-        """Unsubscribe instrument keys that were resolved already."""
+    async def unsubscribe_keys(self, keys: list[str], reason: str | None = None) -> None:
+        """Unsubscribe instrument keys that were resolved already; `reason` is recorded with
+        them (the F&O universe's refresh says a stock left it)."""
         async with self._changing:
             await self._client.unsubscribe(keys)
-            await self._write(set_status, keys, "unsubscribed")
+            await self._write(set_status, keys, "unsubscribed", reason)
         if keys:
             log.info("unsubscribed %s: %s", _count(keys), _named(keys, self._symbols))
 

@@ -16,7 +16,8 @@ import gzip
 import json
 import os
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -72,13 +73,30 @@ def _value_sql(column: str, kind: str) -> str:
     return f"({field})::{kind}"
 
 
-_UPSERT = (
-    f"INSERT INTO instruments ({', '.join(_COLUMNS)}, raw, updated_at)"
-    f" SELECT {', '.join(_value_sql(c, k) for c, k in _COLUMNS.items())}, r, now()"
-    " FROM _instruments_load"
-    " ON CONFLICT (instrument_key) DO UPDATE SET "
-    + ", ".join(f"{c} = EXCLUDED.{c}" for c in [*list(_COLUMNS)[1:], "raw", "updated_at"])
-)
+def upsert_sql(active: str) -> str:
+    """Upsert the staged records; `active` is the SQL of each record's live mark.
+
+    A row whose record and mark are as they were is left alone, so `updated_at` says when an
+    instrument last changed, and a daily refresh of an unchanged master writes almost nothing.
+    """
+    return (
+        f"INSERT INTO instruments ({', '.join(_COLUMNS)}, raw, active, inactive_since, updated_at)"
+        f" SELECT {', '.join(_value_sql(c, k) for c, k in _COLUMNS.items())}, r, staged.active,"
+        " CASE WHEN NOT staged.active THEN now() END, now()"
+        f" FROM _instruments_load CROSS JOIN LATERAL (SELECT {active} AS active) AS staged"
+        " ON CONFLICT (instrument_key) DO UPDATE SET "
+        + ", ".join(f"{c} = EXCLUDED.{c}" for c in [*list(_COLUMNS)[1:], "raw", "active"])
+        + ", inactive_since = CASE WHEN EXCLUDED.active THEN NULL"
+        " ELSE coalesce(instruments.inactive_since, now()) END, updated_at = now()"
+        " WHERE instruments.raw IS DISTINCT FROM EXCLUDED.raw"
+        " OR instruments.active IS DISTINCT FROM EXCLUDED.active"
+    )
+
+
+# A record's expiry has passed (NULL, never: stocks and indices have none).
+EXPIRED_SQL = f"{_value_sql('expiry', 'epoch ms')} <= now()"
+# `instruments load` takes every record of the file as live; a refresh marks expired ones.
+_UPSERT = upsert_sql("true")
 
 
 class InstrumentFileError(ValueError):
@@ -250,31 +268,45 @@ def load_instruments(conn: psycopg.Connection, path: Path, max_bytes: int | None
     """Upsert every record of the file by `instrument_key`; return how many there were.
 
     All or nothing: the file is checked first (`read_instruments`, `max_bytes` included), then
-    written in one transaction (a savepoint if the caller has one open). Rows of instruments
-    absent from the file are left alone.
+    written in one transaction (a savepoint if the caller has one open). The file's
+    instruments are marked active; rows of instruments absent from it are left alone (`tickvault
+    instruments refresh` marks those inactive).
     """
     records = read_instruments(path, max_bytes)
-    try:
-        with conn.transaction():
-            # Dropped explicitly, not ON COMMIT: inside a caller's transaction this block is a
-            # savepoint, and a second load before that commit would find the table still there.
-            conn.execute("CREATE TEMP TABLE _instruments_load (r jsonb NOT NULL)")
-            with conn.cursor().copy("COPY _instruments_load (r) FROM STDIN") as copy:
-                for record in records:
-                    copy.write_row((json.dumps(record),))
-            conn.execute(_UPSERT)
-            conn.execute("DROP TABLE _instruments_load")
-    except psycopg.DataError as error:  # a value in range for JSON but not for its column
-        raise InstrumentFileError(f"{path}: {error}; nothing was loaded") from None
+    with conn.transaction(), staged_records(conn, records, path):
+        conn.execute(_UPSERT)
     return len(records)
 
 
+@contextmanager
+def staged_records(
+    conn: psycopg.Connection, records: list[dict[str, Any]], source: object
+) -> Iterator[None]:
+    """The records in the temporary table `_instruments_load (r jsonb)` for the block's SQL.
+
+    Call it inside a transaction. A value in range for JSON but not for its column (found by
+    the block's upsert) becomes an InstrumentFileError naming `source`.
+    """
+    # Dropped explicitly, not ON COMMIT: inside a caller's transaction this block is a
+    # savepoint, and a second load before that commit would find the table still there.
+    conn.execute("CREATE TEMP TABLE _instruments_load (r jsonb NOT NULL)")
+    with conn.cursor().copy("COPY _instruments_load (r) FROM STDIN") as copy:
+        for record in records:
+            copy.write_row((json.dumps(record),))
+    try:
+        yield
+    except psycopg.DataError as error:
+        raise InstrumentFileError(f"{source}: {error}; nothing was loaded") from None
+    conn.execute("DROP TABLE _instruments_load")
+
+
 def fno_universe(conn: psycopg.Connection) -> list[str]:
-    """The `NSE_EQ` keys of the stocks that have futures: NSE's F&O stock list, from the file."""
+    """The `NSE_EQ` keys of the stocks that have a live future: NSE's F&O stock list, from the
+    master (a future that expired or left Upstox's file is inactive after a refresh)."""
     rows = conn.execute(
         "SELECT DISTINCT underlying_key FROM instruments"
-        " WHERE segment = 'NSE_FO' AND instrument_type = 'FUT' AND underlying_type = 'EQUITY'"
-        " AND underlying_key IS NOT NULL"
+        " WHERE active AND segment = 'NSE_FO' AND instrument_type = 'FUT'"
+        " AND underlying_type = 'EQUITY' AND underlying_key IS NOT NULL"
         " ORDER BY underlying_key"
     ).fetchall()
     return [key for (key,) in rows]
@@ -285,9 +317,10 @@ def resolve_symbols(conn: psycopg.Connection, symbols: list[str]) -> dict[str, s
 
     An instrument key is taken as it is when it exists. Otherwise a symbol is a trading symbol
     or an index name ("Nifty 50"), in any case; a trading symbol can be listed in several
-    segments, and the NSE cash market wins, then NSE indices, then the equity or index record
-    of any other segment. The rule is the SQL function resolve_symbol (sql/009), which SQL
-    users call too; one query for the whole list.
+    segments, and a live instrument wins over one kept for history, then the NSE cash market,
+    then NSE indices, then the equity or index record of any other segment. The rule is the
+    SQL function resolve_symbol (sql/014), which SQL users call too; one query for the whole
+    list.
     """
     rows = conn.execute(
         "SELECT s.i, resolve_symbol(s.name) FROM unnest(%s::text[]) WITH ORDINALITY AS s(name, i)",
@@ -341,6 +374,7 @@ INSTRUMENT_COLUMNS = (
     "lot_size",
     "tick_size",
     "underlying_symbol",
+    "active",
 )
 
 
@@ -360,7 +394,7 @@ def instrument_search(
     serve; `upper(pattern)` leaves the escapes alone, since no character's upper case is
     one of % _ or \\.
     """
-    where, order = [], ["trading_symbol", "instrument_key"]
+    where, order = [], ["NOT active", "trading_symbol", "instrument_key"]
     params: dict[str, Any] = {"limit": limit}
     if text is not None:
         where.append(
@@ -387,7 +421,8 @@ def search_instruments(
 ) -> list[dict[str, Any]]:
     """Instruments whose trading symbol or name contains `text` (any case, `%` and `_`
     included as they are), of `segment` if given: an exact symbol first, then symbols
-    starting with the text, then the rest."""
+    starting with the text, then the rest; within each, live instruments before the ones kept
+    for history."""
     sql, params = instrument_search(text, segment, limit)
     with conn.cursor(row_factory=dict_row) as cur:
         # Never prepared: a plan made for any text would use the trigram indexes for every

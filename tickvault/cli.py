@@ -38,7 +38,7 @@ from store.local.install import install_timescaledb
 from store.local.postgres import PgInstall, find_bindir
 from store.local.url import database_url, local_cluster
 from store.migrations import migrate
-from tickvault import login, token
+from tickvault import instruments_refresh, login, token
 from tickvault.logs import configure_logging
 
 if TYPE_CHECKING:
@@ -398,6 +398,19 @@ def build_parser() -> argparse.ArgumentParser:
         f" ${MAX_BYTES_VARIABLE}, else {DEFAULT_MAX_BYTES}, {DEFAULT_MAX_BYTES // 2**20} MiB)",
     )
     load.set_defaults(handler=_instruments_load)
+    refresh_master = instruments.add_parser(
+        "refresh",
+        help="download Upstox's instrument master, load it, mark what left or expired inactive;"
+        " a running ingest follows the new F&O universe",
+    )
+    refresh_master.add_argument(
+        "--url", help="download from here (default: $TICKVAULT_INSTRUMENTS_URL, else Upstox's)"
+    )
+    refresh_master.add_argument(
+        "--max-bytes", type=int, metavar="N", help="refuse a file of more than N bytes of JSON"
+    )
+    refresh_master.add_argument("--json", action="store_true", help="the report as JSON")
+    refresh_master.set_defaults(handler=instruments_refresh.run)
 
     commands.add_parser(
         "run", help="the main job: store, ingest (simulator unless UPSTOX_ACCESS_TOKEN) and API"

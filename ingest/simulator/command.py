@@ -2,7 +2,8 @@
 
 It answers test hooks on its port: GET /_sim/stats, /_sim/sent_ticks (with --record),
 /_sim/drop, /_sim/garbage, /_sim/stall?seconds=N, /_sim/reject_token?on=1|0 and
-/_sim/accept_token?token=T; and Upstox's OAuth login on a port of its own (printed at start).
+/_sim/accept_token?token=T; Upstox's OAuth login on a port of its own (printed at start);
+and it publishes the instrument master, as Upstox does (--instruments-file serves another one).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 from ingest.simulator.market import DEFAULT_UNIVERSE
 from ingest.simulator.server import FeedSimulator
+from ingest.upstox.wire import INSTRUMENTS_PATH
 
 InstrumentReader = Callable[[Path], list[dict[str, Any]]]
 
@@ -31,6 +33,7 @@ async def _run(args: argparse.Namespace, instruments: list[dict[str, Any]]) -> N
         seed=args.seed,
         record=args.record,
         client_secret=args.client_secret,
+        instruments_file=args.instruments_file,
     )
     await simulator.start(args.host, args.port)
     print(f"feed simulator listening on {simulator.url}", flush=True)
@@ -74,6 +77,12 @@ def main(
     )
     if read_instruments is not None:
         parser.add_argument("--instruments", type=Path, help="instrument master, .json[.gz]")
+    parser.add_argument(
+        "--instruments-file",
+        type=Path,
+        help="serve this file (read at each request) as the instrument master, instead of the"
+        " universe, at " + INSTRUMENTS_PATH,
+    )
     parser.add_argument(
         "--record", action="store_true", help="keep every sent tick for GET /_sim/sent_ticks"
     )

@@ -24,6 +24,10 @@ class Following:
         """Keys that at least one session follows."""
         return len(self._subscribers)
 
+    def keys(self) -> list[str]:
+        """The keys at least one session follows."""
+        return list(self._subscribers)
+
     def __getitem__(self, key: str) -> Instrument:
         return self._instruments[key]
 

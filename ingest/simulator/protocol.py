@@ -32,6 +32,10 @@ def json_response(status: int, payload: object) -> Response:
     return _response(status, body, [("Content-Type", "application/json")])
 
 
+def binary_response(body: bytes, content_type: str) -> Response:
+    return _response(http.HTTPStatus.OK, body, [("Content-Type", content_type)])
+
+
 def redirect_response(location: str) -> Response:
     return _response(http.HTTPStatus.FOUND, b"", [("Location", location)])
 

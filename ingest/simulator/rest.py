@@ -1,6 +1,7 @@
 """The simulator's HTTP side, answered before any websocket handshake: the REST authorize
 call, the bare feed URL's redirect, the single-use codes that let a handshake through, and
-the /_sim/ test hooks for a simulator in another process (loopback only, like the rest)."""
+the instrument master (ingest/simulator/instruments.py), and the /_sim/ test hooks for a
+simulator in another process (loopback only, like the rest)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from ingest.simulator.protocol import (
     redirect_response,
 )
 from ingest.simulator.tape import SentTick
-from ingest.upstox.wire import AUTHORIZE_PATH, FEED_PATH
+from ingest.upstox.wire import AUTHORIZE_PATH, FEED_PATH, INSTRUMENTS_PATH
 
 CONTROL_PATH = "/_sim/"
 
@@ -43,6 +44,8 @@ class Controls(Protocol):
     async def drop_connections(self) -> int: ...
 
     async def send_garbage(self) -> int: ...
+
+    def instruments_response(self) -> Response: ...
 
 
 class Rest:
@@ -71,6 +74,8 @@ class Rest:
             if not self._gate.token_accepted(request):
                 return error_response(401, INVALID_TOKEN)
             return redirect_response(self._gate.authorized_url(self._simulator.feed_url))
+        if url.path == INSTRUMENTS_PATH:  # public, like Upstox's asset host
+            return self._simulator.instruments_response()
         if url.path.startswith(CONTROL_PATH):
             return self._control(url.path[len(CONTROL_PATH) :], query)
         return error_response(404, {"message": "not found"})

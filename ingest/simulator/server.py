@@ -23,9 +23,11 @@ import random
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Response
 from websockets.protocol import State
 
 from ingest.simulator.following import Following
@@ -37,6 +39,7 @@ from ingest.simulator.frames import (
     snapshot_frame,
     split_frames,
 )
+from ingest.simulator.instruments import InstrumentFile
 from ingest.simulator.login import LoginServer
 from ingest.simulator.market import DEFAULT_UNIVERSE, Instrument, Universe
 from ingest.simulator.protocol import (
@@ -99,6 +102,7 @@ class FeedSimulator:
         record: bool = True,
         max_frame_bytes: int = 512 * 1024,
         client_secret: str | None = None,
+        instruments_file: Path | None = None,
     ) -> None:
         if rate <= 0 or frame_interval <= 0:
             raise ValueError("rate and frame_interval must be positive")
@@ -106,6 +110,8 @@ class FeedSimulator:
         self.frame_interval = frame_interval
         self.mode_limits = dict(mode_limits)
         self.max_frame_bytes = max_frame_bytes
+        instruments = list(instruments)
+        self._instrument_file = InstrumentFile(instruments, instruments_file)
         self._gate = Gate(token)
         self._rest = Rest(self, self._gate)
         self._login = LoginServer(self._gate, client_secret)
@@ -173,6 +179,19 @@ class FeedSimulator:
     @property
     def feed_url(self) -> str:
         return f"ws://{self._host}:{self.port}{FEED_PATH}"
+
+    # The instrument master it publishes (ingest/simulator/instruments.py)
+
+    def serve_instruments(self, data: bytes | None) -> None:
+        """Publish `data` as the instrument master from now on; None: the universe again."""
+        self._instrument_file.replace(data)
+
+    def instruments_response(self) -> Response:
+        return self._instrument_file.response()
+
+    def followed_keys(self) -> list[str]:
+        """The instrument keys some session follows now."""
+        return self._following.keys()
 
     # What was sent
 

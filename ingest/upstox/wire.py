@@ -14,6 +14,10 @@ AUTHORIZE_PATH = FEED_PATH + "/authorize"
 # form POST that exchanges the code it redirects with.
 LOGIN_DIALOG_PATH = "/v2/login/authorization/dialog"
 LOGIN_TOKEN_PATH = "/v2/login/authorization/token"  # noqa: S105 (a path)
+# Upstox publishes the whole instrument master, every day, as gzipped JSON on its asset host
+# (no token needed); the simulator serves its own universe on the same path.
+INSTRUMENTS_HOST = "https://assets.upstox.com"
+INSTRUMENTS_PATH = "/market-quote/instruments/exchange/complete.json.gz"
 
 Mode = Literal["ltpc", "full", "option_greeks", "full_d30"]
 MODES: tuple[str, ...] = get_args(Mode)
