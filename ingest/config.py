@@ -35,6 +35,7 @@ from pydantic_core import core_schema
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ingest.upstox.wire import DEFAULT_MODE_LIMITS
+from store.retention import check_retention_days
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 
@@ -82,6 +83,14 @@ ModeLimits = Annotated[dict[str, tuple[int, int]], BeforeValidator(_mode_limits)
 LogLevel = Annotated[str, AfterValidator(str.upper)]
 
 
+def _retention_days(days: int) -> int:
+    check_retention_days(days, "retention")
+    return days
+
+
+RetentionDays = Annotated[int, AfterValidator(_retention_days)]
+
+
 def _as_host(address: str) -> str:
     """A Host header carries an IPv6 address in brackets."""
     return f"[{address}]" if ":" in address and not address.startswith("[") else address
@@ -122,6 +131,15 @@ class Settings:
     # Where trading.log and errors.log go; None writes none, and `tickvault run` and
     # `tickvault ingest` then use data_dir / "logs" (tickvault/cli.py).
     log_dir: Path | None = None
+    # The data lifecycle (README "Retention, archive and the disk floor"): tick chunks older
+    # than this many days are dropped once their days are archived (0: kept forever); bars
+    # have their own period, forever by default.
+    ticks_retention_days: RetentionDays = 30
+    bars_retention_days: RetentionDays = 0
+    archive_ticks: bool = True  # finished days go to Parquet, and retention waits for it
+    # Below this much free space on the data directory's or the journal's disk, the ingest
+    # refuses new frames (ingest/disk.py) rather than fail mid-write.
+    min_free_gb: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("upstox_access_token", "api_key"):  # a plain str given in code, too
@@ -137,6 +155,10 @@ class Settings:
     @property
     def journal_dir(self) -> Path:
         return self.data_dir / "journal"
+
+    @property
+    def archive_dir(self) -> Path:
+        return self.data_dir / "archive"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
