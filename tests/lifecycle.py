@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import date, datetime, timedelta
 
 import psycopg
@@ -65,7 +66,15 @@ def bars_of_day(url: str, day: date) -> list[tuple]:
         ).fetchall()
 
 
-def roll_up_bars(url: str, start: datetime, end: datetime) -> None:
-    """Materialize the bars of old ticks, as the rollup or refresh policy had when they came."""
+def roll_up_bars(url: str, start: datetime) -> None:
+    """Materialize the bars of ticks from `start` on, as the rollup or the refresh policy had
+    while they came."""
     with psycopg.connect(url, autocommit=True) as conn:
-        refresh_bars(conn, start, end)
+        for attempt in range(50):  # Community: the refresh policy may be running just now
+            try:
+                refresh_bars(conn, start, None)
+                return
+            except psycopg.errors.LockNotAvailable:
+                if attempt == 49:
+                    raise
+                time.sleep(0.2)

@@ -35,7 +35,7 @@ def test_an_archived_day_survives_retention_and_reads_back(
     with psycopg.connect(edition_db_url) as conn:
         load_instruments(conn, default_sample_path())
     rows = {day: insert_day(edition_db_url, day) for day in (older, old, recent)}
-    roll_up_bars(edition_db_url, day_bounds(older)[0], day_bounds(recent)[1])
+    roll_up_bars(edition_db_url, day_bounds(older)[0])
     before = ticks_of_day(edition_db_url, old)
     bars_before = bars_of_day(edition_db_url, old)
     assert len(before) == rows[old]
