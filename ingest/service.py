@@ -26,6 +26,7 @@ from ingest.cache import AggregatedTickHandler
 from ingest.client import FeedClient
 from ingest.config import Secret, Settings
 from ingest.control import ControlServer, control_path
+from ingest.disk import DiskGuard
 from ingest.handlers import TickCallback
 from ingest.journal import Journal, sync_forever
 from ingest.metrics import IngestMetrics
@@ -55,6 +56,7 @@ class WebSocketService:
         self.metrics = IngestMetrics()
         self.symbols = SymbolDirectory(self._connection)
         self.cache = AggregatedTickHandler(self.symbols)
+        self.disk = DiskGuard.for_settings(settings)
         self.simulator: FeedSimulator | None = None
         self.edition: Edition | None = None
         self._pool: ConnectionPool | None = None
@@ -95,7 +97,7 @@ class WebSocketService:
         )
         state, self.edition = await asyncio.to_thread(self._read_state, self._journal.journal_id)
         self._pipeline = Pipeline(
-            self._journal, _decoder_at(state), self.metrics, self.symbols.symbol_of
+            self._journal, _decoder_at(state), self.metrics, self.symbols.symbol_of, self.disk
         )
         self._writer = TickDataHandler(
             self._pool,
@@ -147,6 +149,8 @@ class WebSocketService:
         if self.edition is Edition.APACHE:
             self._tasks["rollup"] = asyncio.create_task(self._rollup_forever(), name="rollup")
         self._tasks["journal-sync"] = asyncio.create_task(sync_forever(self._journal), name="sync")
+        disk_sizes = self.disk.measure_forever(self._pool, self._journal)
+        self._tasks["disk"] = asyncio.create_task(disk_sizes, name="disk")
         # The latest ticks and the status, for the API's processes (ingest/published.py).
         self._tasks["publish"] = asyncio.create_task(
             publish_forever(
@@ -169,7 +173,7 @@ class WebSocketService:
             self._control = None
         if self._client is not None:
             await self._client.stop()
-        for name in ("feed", "rollup", "journal-sync", "publish"):
+        for name in ("feed", "rollup", "journal-sync", "publish", "disk"):
             task = self._tasks.pop(name, None)
             if task is None:
                 continue
@@ -282,6 +286,7 @@ class WebSocketService:
                 edition=self.edition.value if self.edition else None,
                 last_rollup_error=self._last_rollup_error,
             ),
+            disk=self.disk.status(),
         )
 
     # --- background work ----------------------------------------------------------------

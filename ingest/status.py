@@ -112,6 +112,20 @@ class BarsStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class DiskStatus:
+    """The disks tickvault fills (ingest/disk.py): free space against the floor, and sizes
+    (None until first measured)."""
+
+    min_free_bytes: int  # TICKVAULT_MIN_FREE_GB
+    data_dir_free_bytes: int | None
+    journal_free_bytes: int | None
+    database_bytes: int | None
+    journal_bytes: int | None
+    archive_bytes: int | None
+    refusing_frames: str | None  # why new frames are refused now (below the floor)
+
+
+@dataclass(frozen=True, slots=True)
 class IngestStatus:
     """The whole of `WebSocketService.status()`; a section the service has not built yet
     (before or during its start) is None."""
@@ -126,3 +140,4 @@ class IngestStatus:
     cache: CacheStatus
     journal: JournalStatus | None
     bars: BarsStatus
+    disk: DiskStatus | None = None
