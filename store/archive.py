@@ -358,3 +358,11 @@ def read_archived_ticks(
     if end is not None:
         wanted &= pc.field("ts") < pa.scalar(end, type=SCHEMA.field("ts").type)
     return dataset.to_table(filter=wanted).sort_by("ts")
+
+
+def archive_finished_days(
+    conn: psycopg.Connection, root: Path, today: date | None = None
+) -> list[ArchivedDay]:
+    """Archive every finished day the database holds and the archive lacks, oldest first:
+    what the daily schedule runs after the close, and `tickvault archive` without --date."""
+    return [archive_day(conn, root, day) for day in unarchived_days(conn, today or ist_today())]

@@ -18,6 +18,7 @@ from store.instruments import default_sample_path, load_instruments
 from store.retention import apply_retention
 from tests.lifecycle import KEYS, bars_of_day, days_ago, insert_day, roll_up_bars, ticks_of_day
 from tickvault import notebook
+from tickvault.cli import main
 
 
 @pytest.fixture
@@ -132,3 +133,26 @@ def test_a_day_not_over_is_refused_and_an_empty_day_writes_nothing(
     assert empty.action == "empty"
     assert empty.row_count == 0
     assert not (tmp_path / "ticks").exists()
+
+
+def test_the_archive_command_archives_finished_days_then_applies_retention(
+    db_url: str, lifecycle_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setenv("TICKVAULT_DATABASE_URL", db_url)
+    monkeypatch.setenv("TICKVAULT_TICKS_RETENTION_DAYS", "7")
+    old, recent = days_ago(9), days_ago(2)
+    rows = {day: insert_day(db_url, day, per_key=10) for day in (old, recent)}
+    roll_up_bars(db_url, day_bounds(old)[0])
+
+    assert main(["archive", "--retention"]) == 0
+    out = capsys.readouterr().out
+    assert f"{old}: written, {rows[old]} ticks" in out
+    assert f"{recent}: written, {rows[recent]} ticks" in out
+    assert "tick chunks dropped" in out
+    assert ticks_of_day(db_url, old) == []
+    assert len(ticks_of_day(db_url, recent)) == rows[recent]
+
+    assert main(["archive", "--date", old.isoformat()]) == 0
+    assert f"{old}: unchanged, {rows[old]} ticks" in capsys.readouterr().out
+    assert main(["archive", "--date", days_ago(0).isoformat()]) == 1
+    assert "not over yet" in capsys.readouterr().err

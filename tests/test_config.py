@@ -67,6 +67,10 @@ def test_every_variable_is_read(workdir: Path) -> None:
         "TICKVAULT_API_ALLOWED_HOSTS": "api.example",
         "TICKVAULT_LOG_LEVEL": "debug",
         "TICKVAULT_LOG_DIR": "/var/log/tickvault",
+        "TICKVAULT_TICKS_RETENTION_DAYS": "16",
+        "TICKVAULT_BARS_RETENTION_DAYS": "17",
+        "TICKVAULT_ARCHIVE_TICKS": "false",
+        "TICKVAULT_MIN_FREE_GB": "0.25",
     }
     assert set(environ) == set(VARIABLES), "a new field: add its variable here"
     assert Settings.from_env(environ) == Settings(
@@ -95,7 +99,16 @@ def test_every_variable_is_read(workdir: Path) -> None:
         api_allowed_hosts=("api.example",),
         log_level="DEBUG",
         log_dir=Path("/var/log/tickvault"),
+        ticks_retention_days=16,
+        bars_retention_days=17,
+        archive_ticks=False,
+        min_free_gb=0.25,
     )
+
+
+def test_a_retention_shorter_than_the_bars_refresh_window_is_refused(workdir: Path) -> None:
+    with pytest.raises(ValueError, match="TICKVAULT_TICKS_RETENTION_DAYS: retention must be 0"):
+        Settings.from_env({"TICKVAULT_TICKS_RETENTION_DAYS": "3"})
 
 
 def test_the_readme_lists_every_variable() -> None:

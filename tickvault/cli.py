@@ -37,6 +37,7 @@ from store.local.install import install_timescaledb
 from store.local.postgres import PgInstall, find_bindir
 from store.local.url import database_url, local_cluster
 from store.migrations import migrate
+from tickvault.archive import add_archive_parser
 from tickvault.logs import configure_logging
 
 if TYPE_CHECKING:
@@ -383,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     simulator.set_defaults(handler=_simulator)
+    add_archive_parser(commands)
     return parser
 
 
