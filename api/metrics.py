@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ingest.status import IngestStatus
+from ingest.status import DiskStatus, IngestStatus
 
 
 class StatusCollector(Collector):
@@ -63,8 +63,41 @@ class StatusCollector(Collector):
             "Journal size on disk",
             journal.bytes_on_disk if journal is not None else 0,
         )
+        yield from _disk_metrics(status.disk)
         yield GaugeMetricFamily(
             "tickvault_writer_oldest_unwritten_tick_age_seconds",
             "Age of the oldest tick not yet committed (0 when none waits)",
             writer.oldest_unwritten_tick_age_s if writer is not None else 0.0,
         )
+
+
+def _disk_metrics(disk: DiskStatus | None) -> Iterator[Metric]:
+    """Sizes and free space (ingest/disk.py); a figure not measured yet is left out."""
+    if disk is None:
+        return
+    free = GaugeMetricFamily(
+        "tickvault_disk_free_bytes", "Free space of a disk tickvault writes to", labels=["disk"]
+    )
+    for name, value in (
+        ("data_dir", disk.data_dir_free_bytes),
+        ("journal", disk.journal_free_bytes),
+    ):
+        if value is not None:
+            free.add_metric([name], value)
+    yield free
+    yield GaugeMetricFamily(
+        "tickvault_disk_min_free_bytes",
+        "Free space below which new frames are refused (TICKVAULT_MIN_FREE_GB)",
+        disk.min_free_bytes,
+    )
+    yield GaugeMetricFamily(
+        "tickvault_disk_below_floor",
+        "1 while new frames are refused for want of free space",
+        int(disk.refusing_frames is not None),
+    )
+    for name, value, what in (
+        ("tickvault_database_bytes", disk.database_bytes, "Size of the database"),
+        ("tickvault_archive_bytes", disk.archive_bytes, "Size of the Parquet tick archive"),
+    ):
+        if value is not None:
+            yield GaugeMetricFamily(name, what, value)

@@ -37,6 +37,7 @@ from pydantic_core import core_schema
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ingest.upstox.wire import DEFAULT_MODE_LIMITS
+from store.retention import check_retention_days
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 
@@ -92,6 +93,14 @@ def _naive(moment: time) -> time:
 
 # A time of day in IST ("08:30"), the zone the schedule keeps (ingest/schedule_plan.py).
 IstTime = Annotated[time, AfterValidator(_naive)]
+
+
+def _retention_days(days: int) -> int:
+    check_retention_days(days, "retention")
+    return days
+
+
+RetentionDays = Annotated[int, AfterValidator(_retention_days)]
 
 
 def _as_host(address: str) -> str:
@@ -155,6 +164,16 @@ class Settings:
     # How many days back a post-close missed while the ingest was down is still run.
     schedule_catch_up_days: Annotated[int, Field(ge=0)] = 3
 
+    # The data lifecycle (README "Retention, archive and the disk floor"): tick chunks older
+    # than this many days are dropped once their days are archived (0: kept forever); bars
+    # have their own period, forever by default.
+    ticks_retention_days: RetentionDays = 30
+    bars_retention_days: RetentionDays = 0
+    archive_ticks: bool = True  # finished days go to Parquet, and retention waits for it
+    # Below this much free space on the data directory's or the journal's disk, the ingest
+    # refuses new frames (ingest/disk.py) rather than fail mid-write.
+    min_free_gb: float = 1.0
+
     def __post_init__(self) -> None:
         # A plain str given in code is made a Secret too.
         for name in ("upstox_access_token", "upstox_client_secret", "api_key"):
@@ -170,6 +189,10 @@ class Settings:
     @property
     def journal_dir(self) -> Path:
         return self.data_dir / "journal"
+
+    @property
+    def archive_dir(self) -> Path:
+        return self.data_dir / "archive"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -13,6 +13,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Container, Iterator
 
+from ingest.disk import BelowDiskFloor, DiskGuard
 from ingest.handlers import CustomHandler, FrameHandler, TickCallback
 from ingest.journal import Journal, JournalFull
 from ingest.metrics import IngestMetrics
@@ -32,9 +33,12 @@ class Pipeline:
         decoder: FeedDecoder,
         metrics: IngestMetrics,
         symbol_of: Callable[[str], str] = str,
+        disk_guard: DiskGuard | None = None,
     ) -> None:
-        """`symbol_of` names the trading symbol of a key, for custom handlers' TickData."""
+        """`symbol_of` names the trading symbol of a key, for custom handlers' TickData;
+        `disk_guard` refuses frames while a disk is below the floor (ingest/disk.py)."""
         self.journal = journal
+        self.disk_guard = disk_guard
         self._symbol_of = symbol_of
         self.decoder = decoder
         self.metrics = metrics
@@ -72,14 +76,17 @@ class Pipeline:
         """Journal then process one frame; raises MalformedFrame after journaling it.
 
         A frame the journal cannot take (its bound or the disk is full, the disk refuses
-        writes) is dropped before anything acts on it, so nothing downstream holds a tick that
-        is not durable and the decoder's state stays that of the journaled frames. It is
+        writes, a disk is below the floor of free space) is dropped before anything acts on
+        it, so nothing downstream holds a tick that is not durable and the decoder's state
+        stays that of the journaled frames. It is
         counted and makes the service unhealthy; the next frame tries the journal again, so
         the feed resumes by itself once the cause goes.
         """
         try:
+            if self.disk_guard is not None and (refusal := self.disk_guard.refusal()):
+                raise BelowDiskFloor(refusal)
             seq = self.journal.append(frame, received_at_us)
-        except (JournalFull, OSError) as error:
+        except (JournalFull, BelowDiskFloor, OSError) as error:
             self._refuse(error)
             return
         if self.journal_error is not None:
@@ -87,11 +94,11 @@ class Pipeline:
             self.journal_error = None
         self._process(seq, frame, received_at_us)
 
-    def _refuse(self, error: JournalFull | OSError) -> None:
+    def _refuse(self, error: JournalFull | BelowDiskFloor | OSError) -> None:
         self.refused_frames += 1
         self.metrics.frames_refused.inc()
         first_of_outage = self.journal_error is None
-        if isinstance(error, JournalFull):
+        if isinstance(error, JournalFull | BelowDiskFloor):
             self.journal_error = str(error)
         else:
             self.journal_error = (

@@ -26,6 +26,7 @@ from ingest.cache import AggregatedTickHandler
 from ingest.client import FeedClient
 from ingest.config import Settings
 from ingest.control import ControlServer, control_path
+from ingest.disk import DiskGuard
 from ingest.handlers import TickCallback
 from ingest.instruments import RefreshReport, control_refresh, refresh_instruments
 from ingest.journal import Journal, sync_forever
@@ -60,6 +61,7 @@ class WebSocketService:
         self.metrics = IngestMetrics()
         self.symbols = SymbolDirectory(self._connection)
         self.cache = AggregatedTickHandler(self.symbols)
+        self.disk = DiskGuard.for_settings(settings)
         self.simulator: FeedSimulator | None = None
         self.tokens: TokenKeeper | None = None
         self.edition: Edition | None = None
@@ -102,7 +104,7 @@ class WebSocketService:
         )
         state, self.edition = await asyncio.to_thread(self._read_state, self._journal.journal_id)
         self._pipeline = Pipeline(
-            self._journal, _decoder_at(state), self.metrics, self.symbols.symbol_of
+            self._journal, _decoder_at(state), self.metrics, self.symbols.symbol_of, self.disk
         )
         self._writer = TickDataHandler(
             self._pool,
@@ -129,15 +131,9 @@ class WebSocketService:
         self._tasks["writer"] = asyncio.create_task(self._writer.run(), name="writer")
 
         self.tokens = TokenKeeper(settings)  # the environment's, else the file's
-        client_settings = replace(settings, upstox_access_token=self.tokens.token)
-        if self.tokens.source == "missing":
-            records = await asyncio.to_thread(self._instrument_records)
-            self.simulator = await _start_simulator(settings, records)
-            client_settings = replace(
-                settings,
-                upstox_api_base=self.simulator.url,
-                upstox_access_token=self.tokens.use_simulator(),
-            )
+        client_settings, self.simulator = await _feed_settings(
+            settings, self.tokens, self._instrument_records
+        )
         self._client = FeedClient(client_settings, self._pipeline, source=self.feed_source)
         self.tokens.attach(self._client.update_token)
         if self.tokens.source == "file":  # a new token there is taken without a restart
@@ -154,6 +150,8 @@ class WebSocketService:
         if self.edition is Edition.APACHE:
             self._tasks["rollup"] = asyncio.create_task(self.rollup.run_forever(), name="rollup")
         self._tasks["journal-sync"] = asyncio.create_task(sync_forever(self._journal), name="sync")
+        disk_sizes = self.disk.measure_forever(self._pool, self._journal)
+        self._tasks["disk"] = asyncio.create_task(disk_sizes, name="disk")
         # The latest ticks and the status, for the API's processes (ingest/published.py).
         self._tasks["publish"] = asyncio.create_task(
             publish_forever(
@@ -181,10 +179,9 @@ class WebSocketService:
             self._control = None
         if self._client is not None:
             await self._client.stop()
-        for name in ("schedule", "feed", "token-watch", "rollup", "journal-sync", "publish"):
-            task = self._tasks.pop(name, None)
-            if task is None:
-                continue
+        # The newest first; the writer last, below, once the feed has stopped.
+        for name in reversed([name for name in self._tasks if name != "writer"]):
+            task = self._tasks.pop(name)
             task.cancel()
             try:
                 await task
@@ -304,6 +301,7 @@ class WebSocketService:
             token=self.tokens.status(client.token_state if client else None)
             if self.tokens
             else None,
+            disk=self.disk.status(),
         )
 
     # --- background work ----------------------------------------------------------------
@@ -347,13 +345,24 @@ class WebSocketService:
         return functools.partial(self._pipeline.journal_ticks, decoder=_decoder_at(state))
 
 
-async def _start_simulator(settings: Settings, records: list[dict[str, Any]]) -> FeedSimulator:
-    """The feed when there is no token anywhere: the simulator, on the instrument master."""
+async def _feed_settings(
+    settings: Settings,
+    tokens: TokenKeeper,
+    instrument_records: Callable[[], list[dict[str, Any]]],
+) -> tuple[Settings, FeedSimulator | None]:
+    """The feed client's settings, with the token found; with no token anywhere, the feed is
+    the simulator (started here, on the instrument master)."""
+    if tokens.source != "missing":
+        return replace(settings, upstox_access_token=tokens.token), None
+    records = await asyncio.to_thread(instrument_records)
     simulator = FeedSimulator(
         instruments=records, rate=settings.simulator_rate, seed=settings.simulator_seed
     )
     await simulator.start()
-    return simulator
+    feed_settings = replace(
+        settings, upstox_api_base=simulator.url, upstox_access_token=tokens.use_simulator()
+    )
+    return feed_settings, simulator
 
 
 def _decoder_at(state: RecoveryState) -> FeedDecoder:

@@ -149,6 +149,20 @@ class TokenStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class DiskStatus:
+    """The disks tickvault fills (ingest/disk.py): free space against the floor, and sizes
+    (None until first measured)."""
+
+    min_free_bytes: int  # TICKVAULT_MIN_FREE_GB
+    data_dir_free_bytes: int | None
+    journal_free_bytes: int | None
+    database_bytes: int | None
+    journal_bytes: int | None
+    archive_bytes: int | None
+    refusing_frames: str | None  # why new frames are refused now (below the floor)
+
+
+@dataclass(frozen=True, slots=True)
 class IngestStatus:
     """The whole of `WebSocketService.status()`; a section the service has not built yet
     (before or during its start) is None."""
@@ -165,3 +179,4 @@ class IngestStatus:
     bars: BarsStatus
     schedule: ScheduleStatus | None = None  # None when TICKVAULT_SCHEDULE_ENABLED=false
     token: TokenStatus | None = None
+    disk: DiskStatus | None = None

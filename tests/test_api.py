@@ -88,7 +88,7 @@ def wait_for(condition: Callable[[], object], timeout: float = 60) -> None:
 
 
 @contextmanager
-def live_api(apache_server: DbServer, data_dir: Path) -> Iterator[str]:
+def live_api(apache_server: DbServer, data_dir: Path, min_free_gb: float = 1.0) -> Iterator[str]:
     """The API with the ingest running, once ticks are flowing into the database."""
     with sample_database(apache_server) as url:
         config = Settings(
@@ -96,6 +96,7 @@ def live_api(apache_server: DbServer, data_dir: Path) -> Iterator[str]:
             simulator_rate=2000,
             rollup_interval_s=1,
             api_key=Secret(API_KEY),
+            min_free_gb=min_free_gb,
         )
         with serve(create_app(config, url)) as base, client(base) as http:
             wait_for(lambda: http.get("/api/v1/websocket/status").json()["writer"]["rows_written"])

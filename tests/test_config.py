@@ -80,6 +80,10 @@ def test_every_variable_is_read(workdir: Path) -> None:
         "TICKVAULT_SCHEDULE_RETRY_INITIAL_S": "1.5",
         "TICKVAULT_SCHEDULE_RETRY_MAX_S": "17",
         "TICKVAULT_SCHEDULE_CATCH_UP_DAYS": "18",
+        "TICKVAULT_TICKS_RETENTION_DAYS": "19",
+        "TICKVAULT_BARS_RETENTION_DAYS": "20",
+        "TICKVAULT_ARCHIVE_TICKS": "false",
+        "TICKVAULT_MIN_FREE_GB": "0.25",
     }
     assert set(environ) == set(VARIABLES), "a new field: add its variable here"
     assert Settings.from_env(environ) == Settings(
@@ -120,6 +124,10 @@ def test_every_variable_is_read(workdir: Path) -> None:
         schedule_retry_initial_s=1.5,
         schedule_retry_max_s=17,
         schedule_catch_up_days=18,
+        ticks_retention_days=19,
+        bars_retention_days=20,
+        archive_ticks=False,
+        min_free_gb=0.25,
     )
 
 
@@ -133,6 +141,11 @@ def test_every_variable_is_read(workdir: Path) -> None:
 def test_a_schedule_time_is_an_ist_time_of_day(value: str, message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
         Settings.from_env({"TICKVAULT_PREOPEN_AT": value})
+
+
+def test_a_retention_shorter_than_the_bars_refresh_window_is_refused(workdir: Path) -> None:
+    with pytest.raises(ValueError, match="TICKVAULT_TICKS_RETENTION_DAYS: retention must be 0"):
+        Settings.from_env({"TICKVAULT_TICKS_RETENTION_DAYS": "3"})
 
 
 def test_the_readme_lists_every_variable() -> None:

@@ -39,6 +39,7 @@ from store.local.postgres import PgInstall, find_bindir
 from store.local.url import database_url, local_cluster
 from store.migrations import migrate
 from tickvault import instruments_refresh, login, token
+from tickvault.archive import add_archive_parser
 from tickvault.logs import configure_logging
 
 if TYPE_CHECKING:
@@ -430,6 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulator.set_defaults(handler=_simulator)
     token.register(commands)
     login.register(commands)
+    add_archive_parser(commands)
     return parser
 
 

@@ -20,6 +20,7 @@ import pandas as pd
 import psycopg
 
 from ingest.config import Settings
+from store.archive import read_archived_ticks, ticks_dropped_before
 from store.bars import BAR_INTERVALS, BarInterval, busiest_instrument, interval_bars_sql
 from store.instruments import resolve_symbol, trading_symbols
 from store.local.url import database_url
@@ -123,13 +124,36 @@ def read_ticks(
     limit: int = 200_000,
 ) -> pd.DataFrame:
     """The latest `limit` ticks of one instrument in [start, end), indexed by `ts` (IST),
-    oldest first. The limit keeps a busy future's full day from filling the kernel's memory."""
+    oldest first. The limit keeps a busy future's full day from filling the kernel's memory.
+
+    Days retention has dropped from the database are read from the Parquet archive
+    (store/archive.py), so a range reaching back past the database's oldest chunk is whole.
+    """
     bounds = {"start": _moment(start), "end": _moment(end)}
     sql = recent_ticks_sql(start=start is not None, end=end is not None)
     with connect() as conn:
         key = resolve_symbol(conn, symbol)
         frame = _fetch(conn, sql, {"key": key, "limit": limit, **bounds})
+        dropped_before = ticks_dropped_before(conn)
+        archived = _archived_ticks(key, bounds["start"], bounds["end"], dropped_before)
+        if not archived.empty:
+            frame = pd.concat([archived, frame], ignore_index=True).tail(limit)
         return _labelled(frame.set_index("ts"), conn, key)
+
+
+def _archived_ticks(
+    key: str, start: datetime | None, end: datetime | None, dropped_before: datetime | None
+) -> pd.DataFrame:
+    """The instrument's archived ticks in [start, end) from before retention's cutoff, as
+    _fetch would have framed them (none while retention has dropped nothing)."""
+    if dropped_before is None or (start is not None and start >= dropped_before):
+        return pd.DataFrame()
+    end = dropped_before if end is None else min(end, dropped_before)
+    table = read_archived_ticks(Settings.from_env().archive_dir, key, start, end)
+    frame = table.drop_columns(["instrument_key"]).to_pandas()
+    for column in ("ts", "feed_ts", "received_at"):
+        frame[column] = frame[column].dt.tz_convert(IST)
+    return frame
 
 
 def latest_session_day() -> date:

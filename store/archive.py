@@ -1,0 +1,368 @@
+"""Each finished IST trading day of ticks as Parquet, proven to hold the database's rows.
+
+Layout, readable by DuckDB, Spark or pandas without tickvault (hive partitioning, plain
+types: `instrument_key` a string, times `timestamp[us, tz=UTC]`, prices float64, quantities
+int64):
+
+    <root>/ticks/date=YYYY-MM-DD/part-0.parquet   zstd, sorted by instrument_key then ts
+    <root>/ticks/date=YYYY-MM-DD/_manifest.json   {"day", "row_count", "checksum", ...}
+
+(readers skip files starting with `_`). A day is written into a temporary directory beside
+its final place, read back, compared with the database (row count and checksum), and only
+then renamed into place and recorded in `tick_archive_days`: a crash leaves either nothing
+or a whole, verified day. Archiving a day again is a no-op while the database holds the
+same rows, and replaces the day when it does not.
+
+The checksum is computed the same way on both sides without ordering rows: for every column,
+the number of non-null values and the exact sum of one 64-bit integer per value (a float's
+bit pattern, a time's microseconds, an integer itself, the first 8 bytes of a string's MD5),
+summed as numeric in SQL and as Python integers from Arrow; the figures are then hashed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from store.tick import TICK_COLUMNS, TICK_PG_TYPES
+
+IST = ZoneInfo("Asia/Kolkata")
+MANIFEST = "_manifest.json"
+PART = "part-0.parquet"
+_BATCH_ROWS = 100_000
+
+_ARROW_TYPES = {
+    "text": pa.string(),
+    "timestamptz": pa.timestamp("us", tz="UTC"),
+    "float8": pa.float64(),
+    "int8": pa.int64(),
+}
+SCHEMA = pa.schema(
+    [
+        pa.field(name, _ARROW_TYPES[pg_type], nullable=name not in ("instrument_key", "ts"))
+        for name, pg_type in zip(TICK_COLUMNS, TICK_PG_TYPES, strict=True)
+    ]
+)
+
+# One 64-bit integer per value, in SQL; the Arrow side is _column_figures.
+_SQL_INTEGER = {
+    "text": "('x' || left(md5({c}), 16))::bit(64)::bigint",
+    "timestamptz": "(extract(epoch FROM {c}) * 1000000)::bigint",
+    "float8": "('x' || encode(float8send({c}), 'hex'))::bit(64)::bigint",
+    "int8": "{c}",
+}
+_FIGURES_SQL = "SELECT count(*), " + ", ".join(
+    f"count({name}), coalesce(sum({_SQL_INTEGER[pg_type].format(c=name)}), 0)"
+    for name, pg_type in zip(TICK_COLUMNS, TICK_PG_TYPES, strict=True)
+)
+# Times leave the database as Unix microseconds: Arrow takes integers without a datetime each.
+_SELECT_COLUMNS = ", ".join(
+    f"(extract(epoch FROM {name}) * 1000000)::bigint" if pg_type == "timestamptz" else name
+    for name, pg_type in zip(TICK_COLUMNS, TICK_PG_TYPES, strict=True)
+)
+_DAY_WHERE = " FROM ticks WHERE ts >= %(start)s AND ts < %(end)s"
+
+
+class ArchiveError(RuntimeError):
+    """The archive cannot be written or does not match the database: nothing was recorded."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What a day holds: the same figures from the database and from the files."""
+
+    day: date
+    row_count: int
+    checksum: str
+
+
+@dataclass(frozen=True)
+class ArchivedDay:
+    """The outcome of `archive_day`: `action` is "written", "rewritten" (the database's rows
+    had changed), "unchanged" (already archived with these rows) or "empty" (no ticks)."""
+
+    day: date
+    action: str
+    row_count: int
+    checksum: str | None
+    directory: Path | None
+
+
+def day_bounds(day: date) -> tuple[datetime, datetime]:
+    """The IST calendar day as an aware [start, end)."""
+    start = datetime.combine(day, time(), IST)
+    return start, datetime.combine(day + timedelta(days=1), time(), IST)
+
+
+def ist_today(now: datetime | None = None) -> date:
+    return (now or datetime.now(UTC)).astimezone(IST).date()
+
+
+def day_directory(root: Path, day: date) -> Path:
+    return root / "ticks" / f"date={day.isoformat()}"
+
+
+def _checksum(row_count: int, figures: list[tuple[int, int]]) -> str:
+    named = [
+        [name, count, total] for name, (count, total) in zip(TICK_COLUMNS, figures, strict=True)
+    ]
+    return hashlib.sha256(json.dumps([row_count, named]).encode()).hexdigest()
+
+
+def database_manifest(conn: psycopg.Connection, day: date) -> Manifest:
+    """The day's figures as the database holds them now."""
+    start, end = day_bounds(day)
+    row = conn.execute(_FIGURES_SQL + _DAY_WHERE, {"start": start, "end": end}).fetchone()
+    assert row is not None
+    figures = [(int(row[i]), int(row[i + 1])) for i in range(1, len(row), 2)]
+    return Manifest(day, int(row[0]), _checksum(int(row[0]), figures))
+
+
+def _exact_sum(values: np.ndarray) -> int:
+    """The sum of int64 values as a Python integer, without overflow (halves of 32 bits)."""
+    high = int((values >> 32).sum(dtype=np.int64))
+    low = int((values & 0xFFFFFFFF).sum(dtype=np.int64))
+    return (high << 32) + low
+
+
+def _column_figures(column: pa.Array) -> tuple[int, int]:
+    """(non-null values, exact sum of their 64-bit integers) of one column of a batch."""
+    count = len(column) - column.null_count
+    if pa.types.is_string(column.type):
+        counted = pc.value_counts(column.drop_null())
+        total = sum(
+            int.from_bytes(hashlib.md5(value.encode()).digest()[:8], "big", signed=True) * n  # noqa: S324
+            for value, n in zip(
+                counted.field("values").to_pylist(),
+                counted.field("counts").to_pylist(),
+                strict=True,
+            )
+        )
+        return count, total
+    if pa.types.is_timestamp(column.type):
+        column = column.cast(pa.int64())
+    elif pa.types.is_floating(column.type):
+        column = column.view(pa.int64())  # the bit pattern, exact where a sum is not
+    values = column.fill_null(0).to_numpy(zero_copy_only=False)
+    return count, _exact_sum(values.astype(np.int64, copy=False))
+
+
+def file_manifest(directory: Path, day: date) -> Manifest:
+    """The day's figures as its Parquet files hold them, read batch by batch."""
+    row_count = 0
+    figures = [(0, 0)] * len(TICK_COLUMNS)
+    for path in sorted(directory.glob("*.parquet")):
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=_BATCH_ROWS):
+            row_count += batch.num_rows
+            figures = [
+                (count + more_count, total + more_total)
+                for (count, total), (more_count, more_total) in zip(
+                    figures,
+                    (_column_figures(batch.column(name)) for name in TICK_COLUMNS),
+                    strict=True,
+                )
+            ]
+    return Manifest(day, row_count, _checksum(row_count, figures))
+
+
+def _day_batches(conn: psycopg.Connection, day: date) -> Iterator[pa.RecordBatch]:
+    """The day's ticks sorted by instrument and time, as Arrow batches, from a server-side
+    cursor so that a day of tens of millions of rows never sits in memory."""
+    start, end = day_bounds(day)
+    sql = f"SELECT {_SELECT_COLUMNS}{_DAY_WHERE} ORDER BY instrument_key, ts, received_at"
+    with conn.transaction(), conn.cursor(name=f"archive_{uuid.uuid4().hex}") as cur:
+        cur.execute(sql, {"start": start, "end": end})
+        while rows := cur.fetchmany(_BATCH_ROWS):
+            columns = zip(*rows, strict=True)
+            arrays = [
+                pa.array(values, type=pa.int64()).cast(field.type)
+                if pa.types.is_timestamp(field.type)
+                else pa.array(values, type=field.type)
+                for values, field in zip(columns, SCHEMA, strict=True)
+            ]
+            yield pa.RecordBatch.from_arrays(arrays, schema=SCHEMA)
+
+
+def _write_day(conn: psycopg.Connection, day: date, directory: Path) -> None:
+    directory.mkdir(parents=True)
+    with pq.ParquetWriter(directory / PART, SCHEMA, compression="zstd") as writer:
+        for batch in _day_batches(conn, day):
+            writer.write_batch(batch)
+
+
+def _fsync_tree(directory: Path) -> None:
+    for path in [*directory.iterdir(), directory]:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _record(conn: psycopg.Connection, root: Path, manifest: Manifest) -> None:
+    conn.execute(
+        "INSERT INTO tick_archive_days (day, row_count, checksum, directory)"
+        " VALUES (%s, %s, %s, %s) ON CONFLICT (day) DO UPDATE SET"
+        " row_count = EXCLUDED.row_count, checksum = EXCLUDED.checksum,"
+        " directory = EXCLUDED.directory, archived_at = now(), verified_at = NULL",
+        [
+            manifest.day,
+            manifest.row_count,
+            manifest.checksum,
+            str(day_directory(root, manifest.day).relative_to(root)),
+        ],
+    )
+
+
+def recorded_manifest(conn: psycopg.Connection, day: date) -> Manifest | None:
+    row = conn.execute(
+        "SELECT row_count, checksum FROM tick_archive_days WHERE day = %s", [day]
+    ).fetchone()
+    return Manifest(day, row[0], row[1]) if row else None
+
+
+def _read_manifest(directory: Path) -> Manifest | None:
+    try:
+        data = json.loads((directory / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return Manifest(date.fromisoformat(data["day"]), data["row_count"], data["checksum"])
+
+
+def ticks_dropped_before(conn: psycopg.Connection) -> datetime | None:
+    """Retention's newest cutoff: ticks before it are gone from the database (None: none)."""
+    row = conn.execute("SELECT max(cutoff) FROM tick_retention_runs").fetchone()
+    return row[0] if row else None
+
+
+def archive_day(conn: psycopg.Connection, root: Path, day: date) -> ArchivedDay:
+    """Write `day`'s ticks under `root` (see the module's docstring) and record them.
+
+    `conn` is an autocommit connection. Refuses a day that is not over in IST (its ticks are
+    still arriving). A day retention has already begun to drop is left as archived: the
+    database no longer holds all of it to compare with.
+    """
+    if day >= ist_today():
+        raise ArchiveError(f"{day} is not over yet in IST: only finished days are archived")
+    final = day_directory(root, day)
+    existing = _read_manifest(final) if final.exists() else None
+    dropped_before = ticks_dropped_before(conn)
+    if existing is not None and dropped_before is not None and dropped_before > day_bounds(day)[0]:
+        if recorded_manifest(conn, day) != existing:
+            _record(conn, root, existing)
+        return ArchivedDay(day, "unchanged", existing.row_count, existing.checksum, final)
+    wanted = database_manifest(conn, day)
+    if existing == wanted:
+        if recorded_manifest(conn, day) != wanted:
+            _record(conn, root, wanted)  # renamed into place, then a crash before this
+        return ArchivedDay(day, "unchanged", wanted.row_count, wanted.checksum, final)
+    if wanted.row_count == 0:
+        return ArchivedDay(day, "empty", 0, None, None)
+    action = "rewritten" if final.exists() else "written"
+    staging = final.parent / f".staging-{final.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        _write_day(conn, day, staging)
+        written = file_manifest(staging, day)
+        if written != wanted:
+            raise ArchiveError(
+                f"the archive of {day} does not match the database: {written.row_count} rows "
+                f"written, {wanted.row_count} in the database (or their checksums differ); "
+                "nothing was recorded"
+            )
+        (staging / MANIFEST).write_text(
+            json.dumps(
+                {
+                    "day": day.isoformat(),
+                    "row_count": wanted.row_count,
+                    "checksum": wanted.checksum,
+                    "columns": SCHEMA.names,
+                },
+                indent=1,
+            )
+        )
+        _fsync_tree(staging)
+        _replace(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _record(conn, root, wanted)
+    return ArchivedDay(day, action, wanted.row_count, wanted.checksum, final)
+
+
+def _replace(staging: Path, final: Path) -> None:
+    """Put `staging` where `final` is, each step a rename: readers see one day or the other."""
+    if final.exists():
+        retired = final.parent / f".retired-{final.name}-{uuid.uuid4().hex[:8]}"
+        final.rename(retired)
+        staging.rename(final)
+        shutil.rmtree(retired)
+    else:
+        staging.rename(final)
+    fd = os.open(final.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def unarchived_days(conn: psycopg.Connection, before: date) -> list[date]:
+    """IST days before `before` the database holds ticks of and the archive does not, oldest
+    first, found one chunk at a time (no scan of the whole table)."""
+    rows = conn.execute(
+        "SELECT DISTINCT d::date FROM timescaledb_information.chunks c,"
+        " generate_series((c.range_start AT TIME ZONE 'Asia/Kolkata')::date,"
+        "  ((c.range_end - INTERVAL '1 microsecond') AT TIME ZONE 'Asia/Kolkata')::date,"
+        "  INTERVAL '1 day') AS d"
+        " WHERE c.hypertable_schema = current_schema() AND c.hypertable_name = 'ticks'"
+        "  AND d::date < %(before)s"
+        "  AND NOT EXISTS (SELECT 1 FROM tick_archive_days a WHERE a.day = d::date)"
+        " ORDER BY 1",
+        {"before": before},
+    ).fetchall()
+    days = []
+    for (day,) in rows:
+        start, end = day_bounds(day)
+        if conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM ticks WHERE ts >= %s AND ts < %s)", [start, end]
+        ).fetchone() == (True,):
+            days.append(day)
+    return days
+
+
+def read_archived_ticks(
+    root: Path, instrument_key: str, start: datetime | None, end: datetime | None
+) -> pa.Table:
+    """One instrument's archived ticks in [start, end), sorted by time, every column."""
+    directory = root / "ticks"
+    if not directory.is_dir():
+        return SCHEMA.empty_table()
+    dataset = ds.dataset(directory, format="parquet", partitioning="hive", schema=SCHEMA)
+    wanted = pc.field("instrument_key") == instrument_key
+    if start is not None:
+        wanted &= pc.field("ts") >= pa.scalar(start, type=SCHEMA.field("ts").type)
+    if end is not None:
+        wanted &= pc.field("ts") < pa.scalar(end, type=SCHEMA.field("ts").type)
+    return dataset.to_table(filter=wanted).sort_by("ts")
+
+
+def archive_finished_days(
+    conn: psycopg.Connection, root: Path, today: date | None = None
+) -> list[ArchivedDay]:
+    """Archive every finished day the database holds and the archive lacks, oldest first:
+    what the daily schedule runs after the close, and `tickvault archive` without --date."""
+    return [archive_day(conn, root, day) for day in unarchived_days(conn, today or ist_today())]

@@ -1,0 +1,85 @@
+"""`tickvault archive`: write finished days of ticks to Parquet by hand, then optionally
+apply retention, with the settings the ingest uses (store/archive.py, store/retention.py)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import date
+
+import psycopg
+
+from ingest.config import Settings
+from store.archive import ArchivedDay, ArchiveError, archive_day, archive_finished_days
+from store.editions import server_edition
+from store.local.url import database_url
+from store.retention import RetentionResult, apply_retention
+
+
+def add_archive_parser(commands: argparse._SubParsersAction) -> None:
+    archive = commands.add_parser(
+        "archive", help="write finished days of ticks to Parquet under the data directory"
+    )
+    archive.add_argument(
+        "--date",
+        type=date.fromisoformat,
+        metavar="YYYY-MM-DD",
+        help="this IST trading day only (default: every finished day not archived yet)",
+    )
+    archive.add_argument(
+        "--retention",
+        action="store_true",
+        help="then drop tick chunks past TICKVAULT_TICKS_RETENTION_DAYS whose days are archived",
+    )
+    archive.set_defaults(handler=run_archive)
+
+
+def run_archive(settings: Settings, args: argparse.Namespace) -> int:
+    with psycopg.connect(database_url(settings), autocommit=True) as conn:
+        try:
+            if args.date is not None:
+                days = [archive_day(conn, settings.archive_dir, args.date)]
+            else:
+                days = archive_finished_days(conn, settings.archive_dir)
+        except ArchiveError as error:
+            print(f"tickvault: {error}", file=sys.stderr)
+            return 1
+        for day in days:
+            print(describe_day(day))
+        if not days:
+            print("every finished day is archived already")
+        if args.retention:
+            result = apply_retention(
+                conn,
+                server_edition(conn),
+                settings.ticks_retention_days,
+                settings.bars_retention_days,
+                require_archived=settings.archive_ticks,
+            )
+            print(describe_retention(result))
+    return 0
+
+
+def describe_day(day: ArchivedDay) -> str:
+    if day.action == "empty":
+        return f"{day.day}: no ticks in the database, nothing written"
+    return f"{day.day}: {day.action}, {day.row_count} ticks in {day.directory}"
+
+
+def describe_retention(result: RetentionResult) -> str:
+    if not result.ticks_retention_days:
+        ticks = "ticks are kept forever"
+    else:
+        ticks = f"{result.tick_chunks_dropped} tick chunks dropped"
+        if result.ticks_dropped_before is not None:
+            ticks += f" (nothing before {result.ticks_dropped_before.isoformat()} is left)"
+        if result.held_back_by is not None:
+            ticks += f"; held back by {result.held_back_by}, not archived (or changed since)"
+    bars = (
+        f"{result.bar_chunks_dropped} bar chunks dropped"
+        if result.bars_retention_days
+        else "bars are kept forever"
+    )
+    return (
+        f"retention ({result.edition} edition, then run by {result.scheduled_by}): {ticks}; {bars}"
+    )
