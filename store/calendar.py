@@ -37,6 +37,9 @@ REGULAR_HOURS: dict[str, tuple[time, time]] = {
 }
 
 Source = Literal["timings", "holidays"]
+# Where a day's sessions come from: Upstox's timings or holidays (fetched), or the fallback
+# (never fetched: the regular weekday hours, no holidays known).
+DaySource = Literal["timings", "holidays", "fallback"]
 SEGMENT_STATUSES = (
     "PRE_OPEN_START",
     "PRE_OPEN_END",
@@ -58,7 +61,7 @@ class ExchangeDay:
     """
 
     exchange: str
-    source: str
+    source: DaySource
     sessions: list[Session]
     holiday_type: str | None = None
     description: str | None = None
