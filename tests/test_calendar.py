@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date, datetime, timedelta
+from pathlib import Path
 
 import httpx
 import psycopg
@@ -16,6 +17,8 @@ from ingest.simulator import FeedSimulator
 from ingest.simulator.calendar import default_holidays
 from store import calendar
 from store.calendar import IST
+from tests.conftest import DbServer
+from tests.test_api import client, live_api, wait_for
 
 
 def ist(day: date, hh: int, mm: int) -> datetime:
@@ -241,3 +244,55 @@ def test_the_simulator_answers_like_upstox() -> None:
             assert wrong.status_code == 400
 
     asyncio.run(scenario())
+
+
+# --- the API, with the ingest and its simulator running -------------------------------------
+
+
+def test_the_calendar_endpoint_shows_the_days_sessions_and_segments_now(
+    apache_server: DbServer, tmp_path: Path
+) -> None:
+    today = datetime.now(IST).date()
+    muhurat = next(h for h in default_holidays(today.year) if h.open_exchanges)
+    with live_api(apache_server, tmp_path) as base, client(base) as http:
+        # The ingest fetched today's calendar at start and logged the feed's segment statuses.
+        wait_for(lambda: http.get("/api/v1/market/calendar").json()["segments"], 30)
+        body = http.get("/api/v1/market/calendar").json()
+        assert body["date"] == today.isoformat()
+        nse = next(day for day in body["exchanges"] if day["exchange"] == "NSE")
+        assert nse["source"] == "timings"
+        assert nse["open_now"] is True
+        assert [datetime.fromisoformat(s["start"]) for s in nse["sessions"]] == [midnight_of(today)]
+        segments = {s["segment"]: s["status"] for s in body["segments"]}
+        assert segments == {
+            "NSE_EQ": "NORMAL_OPEN",
+            "NSE_FO": "NORMAL_OPEN",
+            "NSE_INDEX": "NORMAL_OPEN",
+        }
+
+        if muhurat.day != today:
+            day = http.get("/api/v1/market/calendar", params={"date": str(muhurat.day)}).json()
+            by_exchange = {d["exchange"]: d for d in day["exchanges"]}
+            assert by_exchange["NSE"]["source"] == "holidays"
+            assert by_exchange["NSE"]["description"] == muhurat.description
+            assert len(by_exchange["NSE"]["sessions"]) == 1
+            assert by_exchange["CDS"]["sessions"] == []
+
+        unknown = http.get("/api/v1/market/calendar", params={"date": "2031-01-06"}).json()
+        nse = next(day for day in unknown["exchanges"] if day["exchange"] == "NSE")
+        assert nse["source"] == "fallback"
+        assert nse["sessions"] == [
+            {"start": "2031-01-06T09:15:00+05:30", "end": "2031-01-06T15:30:00+05:30"}
+        ]
+        assert nse["open_now"] is False
+
+        bad = http.get("/api/v1/market/calendar", params={"date": "2031-02-30"})
+        assert bad.status_code == 422
+
+        status = http.get("/api/v1/websocket/status").json()
+        assert status["pipeline"]["market_status"]["NSE_EQ"] == "NORMAL_OPEN"
+        assert status["feed"]["stalls"] == [0]
+        assert status["feed"]["last_data_age_s"][0] < 5
+        metrics = http.get("/metrics").text
+        assert 'tickvault_feed_stalls_total{connection="0"} 0.0' in metrics
+        assert 'tickvault_feed_last_data_age_seconds{connection="0"}' in metrics
