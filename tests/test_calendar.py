@@ -29,8 +29,8 @@ MONDAY = date(2026, 11, 23)
 SATURDAY = date(2026, 11, 28)
 
 
-def test_unknown_days_fall_back_to_regular_weekday_hours(db_url: str) -> None:
-    with psycopg.connect(db_url) as conn:
+def test_unknown_days_fall_back_to_regular_weekday_hours(edition_db_url: str) -> None:
+    with psycopg.connect(edition_db_url) as conn:
         assert calendar.trading_sessions(conn, MONDAY) == [
             (ist(MONDAY, 9, 15), ist(MONDAY, 15, 30))
         ]
@@ -42,9 +42,9 @@ def test_unknown_days_fall_back_to_regular_weekday_hours(db_url: str) -> None:
             calendar.trading_sessions(conn, MONDAY, "XYZ")
 
 
-def test_a_known_day_overrides_the_fallback_per_exchange(db_url: str) -> None:
+def test_a_known_day_overrides_the_fallback_per_exchange(edition_db_url: str) -> None:
     half_day = [(ist(MONDAY, 9, 15), ist(MONDAY, 13, 0))]
-    with psycopg.connect(db_url, autocommit=True) as conn:
+    with psycopg.connect(edition_db_url, autocommit=True) as conn:
         calendar.save_day(conn, MONDAY, "NSE", half_day, "timings")
         calendar.save_day(conn, MONDAY, "BSE", [], "holidays", "TRADING_HOLIDAY", "A holiday")
         assert calendar.trading_sessions(conn, MONDAY) == half_day
@@ -64,8 +64,8 @@ def test_a_known_day_overrides_the_fallback_per_exchange(db_url: str) -> None:
     assert by_exchange["MCX"].sessions == [(ist(MONDAY, 9, 0), ist(MONDAY, 23, 30))]
 
 
-def test_segment_status_is_logged_only_when_it_changes(db_url: str) -> None:
-    with psycopg.connect(db_url, autocommit=True) as conn:
+def test_segment_status_is_logged_only_when_it_changes(edition_db_url: str) -> None:
+    with psycopg.connect(edition_db_url, autocommit=True) as conn:
         t0 = ist(MONDAY, 9, 15)
         assert calendar.record_segment_status(conn, "NSE_EQ", "NORMAL_OPEN", t0)
         assert not calendar.record_segment_status(conn, "NSE_EQ", "NORMAL_OPEN", ist(MONDAY, 9, 16))
@@ -170,7 +170,7 @@ def connect_to(url: str) -> Iterator[psycopg.Connection]:
         yield conn
 
 
-def test_the_keeper_stores_the_simulators_timings_and_holidays(db_url: str) -> None:
+def test_the_keeper_stores_the_simulators_timings_and_holidays(edition_db_url: str) -> None:
     today = datetime.now(IST).date()
     muhurat = next(h for h in default_holidays(today.year) if h.open_exchanges)
     if muhurat.day == today:
@@ -178,12 +178,12 @@ def test_the_keeper_stores_the_simulators_timings_and_holidays(db_url: str) -> N
 
     async def scenario() -> None:
         async with FeedSimulator(rate=100) as simulator:
-            keeper = CalendarKeeper(simulator.url, "", lambda: connect_to(db_url), {})
+            keeper = CalendarKeeper(simulator.url, "", lambda: connect_to(edition_db_url), {})
             assert await keeper.refresh(today) > 0
             await keeper.aclose()
 
     asyncio.run(scenario())
-    with psycopg.connect(db_url) as conn:
+    with psycopg.connect(edition_db_url) as conn:
         # Today trades all day in the simulator, on every exchange.
         midnight = datetime.combine(today, datetime.min.time(), IST)
         whole_day = [(midnight, midnight + timedelta(days=1))]
