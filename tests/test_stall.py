@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -23,7 +21,7 @@ from ingest.service import WebSocketService
 from ingest.simulator.frames import market_info_frame, snapshot_frame
 from ingest.upstox.proto import upstox_feed_v3_pb2 as pb
 from store.instruments import default_sample_path, load_instruments
-from tests.test_ingest_e2e import _assert_exactly_once
+from tests.test_ingest_e2e import _assert_exactly_once, _wait_for
 
 OPEN = {"NSE_EQ": "NORMAL_OPEN"}
 EQ = ["NSE_EQ"]
@@ -111,14 +109,6 @@ def instruments_db(db_url: str) -> str:
     return db_url
 
 
-async def _wait_for(condition: Callable[[], bool], seconds: float = 20.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting")
-        await asyncio.sleep(0.1)
-
-
 def _rows_written(service: WebSocketService) -> int:
     writer = service.status().writer
     return writer.rows_written if writer is not None else 0
@@ -183,7 +173,7 @@ def test_silence_out_of_session_is_left_alone(
             await _wait_for(
                 lambda: service.status().pipeline.market_status.get("NSE_EQ") == "NORMAL_CLOSE"
             )
-            await _sim(service, "stall?seconds=5")
+            await _sim(service, "stall?seconds=8")  # watched for 5 s of it
             await asyncio.sleep(5)
             feed = service.status().feed
             assert feed.stalls == [0]

@@ -2,29 +2,18 @@
 
 from __future__ import annotations
 
-import re
 from datetime import date, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, BeforeValidator
+from pydantic import BaseModel
 
 from api.context import Context
 from api.errors import responses
+from api.params import Date
 from store.calendar import IST, DaySource, day_calendar, segment_statuses
 
 router = APIRouter(prefix="/api/v1/market", tags=["market"])
-# pydantic alone would take a Unix time (`date=0`) for a date, which nobody means in a URL.
-_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
-
-
-def _date_text(value: object) -> object:
-    if isinstance(value, str) and not _DATE.fullmatch(value):
-        raise ValueError("must be a date, YYYY-MM-DD")
-    return value
-
-
-Day = Annotated[date, BeforeValidator(_date_text)]
 
 
 class SessionOut(BaseModel):
@@ -57,7 +46,7 @@ class CalendarOut(BaseModel):
 def calendar(
     context: Context,
     day: Annotated[
-        Day | None,
+        Date | None,
         Query(alias="date", description="An IST trading date, YYYY-MM-DD; default: today (IST)"),
     ] = None,
 ) -> CalendarOut:
