@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Annotated
 
 from pydantic import AfterValidator, BeforeValidator, StringConstraints
@@ -40,18 +40,29 @@ SYMBOL_LIST_RULES = (
     f" {MAX_SYMBOL_LIST_CHARS} characters in all"
 )
 
-# A date, then a time: what ISO 8601 calls a date-time. pydantic alone would also take a bare
-# date, and numbers as Unix times (`end=0`), which nobody means by a time in a URL.
-_DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
+
+def _shaped(pattern: str, what: str) -> BeforeValidator:
+    """Text must start as `pattern` before pydantic reads it: alone it would also take a bare
+    date for a date-time, and numbers as Unix times (`end=0`), which nobody means in a URL."""
+    shape = re.compile(pattern)
+
+    def check(value: object) -> object:
+        if isinstance(value, str) and not shape.match(value):
+            raise ValueError(f"must be {what}")
+        return value
+
+    return BeforeValidator(check)
 
 
-def _date_time_text(value: object) -> object:
-    if isinstance(value, str) and not _DATE_TIME.match(value):
-        raise ValueError("must be an ISO 8601 date-time, e.g. 2026-01-05T09:15:00+05:30")
-    return value
-
-
-DateTime = Annotated[datetime, BeforeValidator(_date_time_text)]
+# A date, then a time: what ISO 8601 calls a date-time.
+DateTime = Annotated[
+    datetime,
+    _shaped(
+        r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}",
+        "an ISO 8601 date-time, e.g. 2026-01-05T09:15:00+05:30",
+    ),
+]
+Date = Annotated[date, _shaped(r"\d{4}-\d{2}-\d{2}$", "a date, YYYY-MM-DD")]
 
 
 def symbol_list(raw: str) -> list[str]:

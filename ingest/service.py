@@ -23,6 +23,7 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from ingest.cache import AggregatedTickHandler
+from ingest.calendar import CalendarKeeper
 from ingest.client import FeedClient
 from ingest.config import Settings
 from ingest.control import ControlServer, control_path
@@ -139,6 +140,13 @@ class WebSocketService:
         if self.tokens.source == "file":  # a new token there is taken without a restart
             self._tasks["token-watch"] = asyncio.create_task(self.tokens.watch(), name="token")
         self._pipeline.wanted = self._client.subscribed_keys
+        calendar = CalendarKeeper(
+            client_settings.upstox_api_base,
+            client_settings.upstox_access_token,
+            self._connection,
+            self._pipeline.market_status,
+        )
+        self._tasks["calendar"] = asyncio.create_task(calendar.run_forever(), name="calendar")
         self._subscriptions = SubscriptionManager(
             self._client, self._pool, settings, symbols=self.symbols
         )
