@@ -11,6 +11,7 @@ from urllib.parse import parse_qs, urlsplit
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
+from ingest.simulator.candles import CandleEndpoints
 from ingest.simulator.protocol import (
     INVALID_TOKEN,
     Gate,
@@ -51,6 +52,9 @@ class Rest:
         self._simulator = simulator
         self._gate = gate
         self._background: set[asyncio.Task[int]] = set()
+        self._candles = CandleEndpoints(
+            simulator.sent_ticks, lambda: bool(simulator.stats()["recording"]), gate
+        )
 
     def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         url = urlsplit(request.path)
@@ -69,13 +73,16 @@ class Rest:
             if not self._gate.token_accepted(request):
                 return error_response(401, INVALID_TOKEN)
             return redirect_response(self._gate.authorized_url(self._simulator.feed_url))
+        if self._candles.serves(url.path):
+            return self._candles.answer(url.path, request)
         if url.path.startswith(CONTROL_PATH):
             return self._control(url.path[len(CONTROL_PATH) :], query)
         return error_response(404, {"message": "not found"})
 
     def _control(self, action: str, query: dict[str, list[str]]) -> Response:
         """GET /_sim/stats, /_sim/sent_ticks, /_sim/drop, /_sim/garbage,
-        /_sim/stall?seconds=N and /_sim/reject_token?on=1|0."""
+        /_sim/stall?seconds=N, /_sim/reject_token?on=1|0 and /_sim/throttle?n=N (the next N
+        candle calls answer 429)."""
         simulator = self._simulator
         if action == "stats":
             return json_response(200, simulator.stats())
@@ -85,6 +92,8 @@ class Rest:
             simulator.stall(float(query.get("seconds", ["5"])[0]))
         elif action == "reject_token":
             simulator.reject_token(query.get("on", ["1"])[0] not in ("0", "false"))
+        elif action == "throttle":
+            self._candles.throttle(int(query.get("n", ["1"])[0]))
         elif action in ("drop", "garbage"):
             fault = simulator.drop_connections() if action == "drop" else simulator.send_garbage()
             task = asyncio.get_running_loop().create_task(fault)
