@@ -67,6 +67,7 @@ def test_every_variable_is_read(workdir: Path) -> None:
         "TICKVAULT_API_ALLOWED_HOSTS": "api.example",
         "TICKVAULT_LOG_LEVEL": "debug",
         "TICKVAULT_LOG_DIR": "/var/log/tickvault",
+        "TICKVAULT_AUDIT_AFTER_CLOSE": "false",
     }
     assert set(environ) == set(VARIABLES), "a new field: add its variable here"
     assert Settings.from_env(environ) == Settings(
@@ -95,6 +96,7 @@ def test_every_variable_is_read(workdir: Path) -> None:
         api_allowed_hosts=("api.example",),
         log_level="DEBUG",
         log_dir=Path("/var/log/tickvault"),
+        audit_after_close=False,
     )
 
 
