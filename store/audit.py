@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 
@@ -67,18 +67,9 @@ class StoredResult:
     details: dict[str, Any]
 
     def as_json(self) -> dict[str, Any]:
-        return {
-            "instrument_key": self.instrument_key,
-            "run_id": self.run_id,
-            "run_at": self.run_at.isoformat(),
-            "bars_verdict": self.bars_verdict,
-            "volume_verdict": self.volume_verdict,
-            "buckets_equal": self.buckets_equal,
-            "buckets_differing": self.buckets_differing,
-            "missing_ours": self.missing_ours,
-            "missing_theirs": self.missing_theirs,
-            "details": self.details,
-        }
+        row = asdict(self)
+        row.update(run_at=self.run_at.isoformat(), trading_date=self.trading_date.isoformat())
+        return row
 
 
 def report_json(day: date, results: Sequence[StoredResult]) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """`tickvault audit`: a day's 1-minute bars against Upstox's candles, as a table or JSON.
 
-Exit status 0 when every instrument is clean, 2 when the audit found differences, 1 when it
-could not run (no token, a refused token, no database). The results are kept in
-audit_results either way (GET /api/v1/audit reads them back).
+Exit status 0 when every instrument is clean (or none had bars), 2 when the audit found
+differences, 1 when it could not run (no token, a refused token, no database). The results
+are kept in audit_results either way (GET /api/v1/audit reads them back).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def audit_command(settings: Settings, args: argparse.Namespace) -> int:
         return 1
     result = report.as_json()
     print(json.dumps(result, indent=2) if args.json else render(result))
-    return 0 if result["clean"] else DIFFERENCES_FOUND
+    return 0 if result["clean"] or not result["instruments"] else DIFFERENCES_FOUND
 
 
 def render(result: dict[str, Any]) -> str:

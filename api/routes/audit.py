@@ -11,28 +11,15 @@ from pydantic import BaseModel
 
 from api.context import Context
 from api.errors import responses
-from store.audit import latest_results, report_json
+from store.audit import StoredResult, latest_results, report_json
 
 router = APIRouter(prefix="/api/v1", tags=["audit"])
 
 
-class InstrumentAuditOut(BaseModel):
-    instrument_key: str
-    run_id: str
-    run_at: str
-    bars_verdict: str
-    volume_verdict: str
-    buckets_equal: int
-    buckets_differing: int
-    missing_ours: int
-    missing_theirs: int
-    details: dict[str, Any]
-
-
 class AuditOut(BaseModel):
-    trading_date: str
+    trading_date: date
     clean: bool
-    instruments: list[InstrumentAuditOut]
+    instruments: list[StoredResult]
 
 
 @router.get("/audit", response_model=AuditOut, responses=responses(404, 503))

@@ -147,12 +147,9 @@ class CandleClient:
             ),
         )
         try:
-            async for attempt in retrying:
-                with attempt:
-                    return await self._get_once(path)
+            return await retrying(self._get_once, path)
         except _Retryable as error:
             raise CandleError(f"{error} (gave up after {limits.attempts} attempts)") from None
-        raise AssertionError("unreachable: tenacity either returns or raises")
 
     async def _get_once(self, path: str) -> Any:
         for limiter in self._limiters:
