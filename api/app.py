@@ -50,7 +50,14 @@ def create_app(settings: Settings, database_url: str, run_ingest: bool = True) -
             if published is not None:
                 await published.start()
             app.state.context = ApiContext(
-                settings, pool, SymbolResolver(pool), probe, service, published, control
+                settings,
+                pool,
+                SymbolResolver(pool),
+                probe,
+                service,
+                published,
+                control,
+                database_url,
             )
             yield
         finally:

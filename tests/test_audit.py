@@ -20,7 +20,7 @@ import pytest
 
 from api.app import create_app
 from ingest.audit import run_audit
-from ingest.config import Settings
+from ingest.config import Secret, Settings
 from ingest.parity import compare_day
 from ingest.service import WebSocketService
 from ingest.simulator import FeedSimulator
@@ -32,6 +32,8 @@ from tests.conftest import REPO, DbServer
 from tests.test_api import client, serve
 
 RELIANCE = "NSE_EQ|INE002A01018"  # tick size 10 paise in the sample master
+INFY = "NSE_EQ|INE009A01021"
+API_KEY = "audit-test-api-key"
 TICK = 0.10
 
 
@@ -199,16 +201,26 @@ def test_bars_from_the_simulator_audit_clean_then_an_altered_bar_is_reported(
             totals = reliance["details"]["volume"]
             assert totals["volume_delta_sum"] - totals["candles_volume"] == 40
 
-            # The API answers each instrument's latest verdict of the day.
-            api_settings = replace(settings, data_dir=tmp_path / "api")
+            # The API answers each instrument's latest verdict of the day, and runs an audit.
+            api_settings = replace(settings, data_dir=tmp_path / "api", api_key=Secret(API_KEY))
             with (
                 serve(create_app(api_settings, url, run_ingest=False)) as base,
                 client(base) as http,
             ):
-                answer = await asyncio.to_thread(http.get, f"/api/v1/audit?date={today}")
+                stored = await asyncio.to_thread(http.get, f"/api/v1/audit?date={today}")
                 missing = await asyncio.to_thread(http.get, "/api/v1/audit?date=2020-01-06")
-            assert answer.status_code == 200
-            body = answer.json()
+                not_a_date = await asyncio.to_thread(http.get, "/api/v1/audit?date=0")
+                run = f"/api/v1/audit?date={today}&symbols=RELIANCE,INFY"
+                keyless = await asyncio.to_thread(http.post, run)
+                ran = await asyncio.to_thread(http.post, run, headers={"X-API-Key": API_KEY})
+                unknown = await asyncio.to_thread(
+                    http.post,
+                    f"/api/v1/audit?date={today}&symbols=NOSUCHSYMBOL",
+                    headers={"X-API-Key": API_KEY},
+                )
+                latest = await asyncio.to_thread(http.get, f"/api/v1/audit?date={today}")
+            assert stored.status_code == 200
+            body = stored.json()
             assert body["clean"] is False
             verdicts = {
                 item["instrument_key"]: item["bars_verdict"] for item in body["instruments"]
@@ -216,6 +228,19 @@ def test_bars_from_the_simulator_audit_clean_then_an_altered_bar_is_reported(
             assert verdicts == {key: "clean" for key in audited} | {RELIANCE: "differs"}
             assert missing.status_code == 404
             assert "tickvault audit --date 2020-01-06" in missing.json()["detail"]
+            assert not_a_date.status_code == 422
+            assert keyless.status_code == 401
+            assert ran.status_code == 200, ran.text
+            verdicts = {
+                item["instrument_key"]: item["bars_verdict"] for item in ran.json()["instruments"]
+            }
+            assert verdicts == {RELIANCE: "differs", INFY: "clean"}
+            assert unknown.status_code == 404
+            assert "NOSUCHSYMBOL" in unknown.json()["detail"]
+            run_ids = {
+                item["instrument_key"]: item["run_id"] for item in latest.json()["instruments"]
+            }
+            assert run_ids[RELIANCE] == run_ids[INFY] == ran.json()["instruments"][0]["run_id"]
 
     asyncio.run(scenario())
 
