@@ -46,8 +46,11 @@ class DayVolume:
 
 @dataclass(frozen=True)
 class AuditedInstrument:
+    """An instrument to audit and its tick size in rupees: the master's, or
+    DEFAULT_TICK_PAISE for an instrument the master does not price (an index)."""
+
     instrument_key: str
-    tick_size: float  # rupees
+    tick_size: float
 
 
 @dataclass(frozen=True)

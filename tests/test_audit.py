@@ -19,17 +19,19 @@ import psycopg
 import pytest
 
 from api.app import create_app
-from ingest.audit import run_audit
+from ingest.audit import AuditReport, run_audit
 from ingest.config import Secret, Settings
 from ingest.parity import compare_day
 from ingest.service import WebSocketService
 from ingest.simulator import FeedSimulator
 from ingest.upstox.candles import IST, Candle
-from store.audit import Bar, DayVolume, day_bounds
+from store.audit import Bar, DayVolume, day_bounds, latest_results
 from store.bars import refresh_bars
 from store.instruments import default_sample_path, instrument_records, load_instruments
 from tests.conftest import REPO, DbServer
 from tests.test_api import client, serve
+from tests.test_candles import FAST
+from tests.test_simulator import http_get
 
 RELIANCE = "NSE_EQ|INE002A01018"  # tick size 10 paise in the sample master
 INFY = "NSE_EQ|INE009A01021"
@@ -257,12 +259,7 @@ def test_audit_without_a_token_or_with_a_refused_one_is_a_clear_error(
     async def refused() -> tuple[int, str, str]:
         async with FeedSimulator() as simulator:
             simulator.reject_token()
-            with psycopg.connect(db_url) as conn:
-                conn.execute(
-                    "INSERT INTO ticks (instrument_key, ts, ltp, volume_delta)"
-                    " VALUES (%s, now(), 100.0, 1)",
-                    [RELIANCE],
-                )
+            insert_tick(db_url)
             settings = Settings(
                 data_dir=tmp_path,
                 upstox_access_token="refused-token-not-in-output",
@@ -275,3 +272,40 @@ def test_audit_without_a_token_or_with_a_refused_one_is_a_clear_error(
     assert "refused" in err
     assert "401" in err
     assert "refused-token-not-in-output" not in err + out
+
+
+def test_candles_that_cannot_be_fetched_are_that_instrument_s_error(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Upstox over its limits for longer than the retries last: the instrument's verdict is
+    'error' with the reason, stored like any other, and the audit itself completes."""
+    day = datetime.now(IST).date()
+    insert_tick(db_url)
+
+    async def throttled() -> AuditReport:
+        async with FeedSimulator() as simulator:
+            await asyncio.to_thread(http_get, f"{simulator.url}/_sim/throttle?n=100")
+            settings = Settings(
+                data_dir=tmp_path, upstox_access_token="t", upstox_api_base=simulator.url
+            )
+            return await run_audit(db_url, settings, day, limits=FAST)
+
+    report = asyncio.run(throttled())
+    [audit] = report.instruments
+    assert audit.bars_verdict == "error"
+    assert audit.volume.verdict == "unknown"
+    assert "429" in (audit.error or "")
+    assert "gave up after 5 attempts" in (audit.error or "")
+    with psycopg.connect(db_url) as conn:
+        [stored] = latest_results(conn, day)
+    assert (stored.bars_verdict, stored.details["error"]) == ("error", audit.error)
+    assert not report.clean
+
+
+def insert_tick(url: str) -> None:
+    with psycopg.connect(url) as conn:
+        conn.execute(
+            "INSERT INTO ticks (instrument_key, ts, ltp, volume_delta)"
+            " VALUES (%s, now(), 100.0, 1)",
+            [RELIANCE],
+        )

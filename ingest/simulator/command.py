@@ -1,7 +1,8 @@
 """`python -m ingest.simulator` (and `tickvault simulator`): the feed simulator on its own.
 
 It answers test hooks on its port: GET /_sim/stats, /_sim/sent_ticks (with --record),
-/_sim/drop, /_sim/garbage, /_sim/stall?seconds=N and /_sim/reject_token?on=1|0.
+/_sim/drop, /_sim/garbage, /_sim/stall?seconds=N, /_sim/reject_token?on=1|0 and
+/_sim/throttle?n=N (the next N candle calls answer 429; ingest/simulator/candles.py).
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ reject the token, go quiet.
 
 Run it alone with `python -m ingest.simulator --port 8765 --rate 20000 --seed 1`; it then
 answers test hooks on the same port: GET /_sim/stats, /_sim/sent_ticks (with --record),
-/_sim/drop, /_sim/garbage, /_sim/stall?seconds=N and /_sim/reject_token?on=1|0.
+/_sim/drop, /_sim/garbage, /_sim/stall?seconds=N, /_sim/reject_token?on=1|0 and
+/_sim/throttle?n=N (the next N candle calls answer 429; ingest/simulator/candles.py).
 """
 
 from __future__ import annotations
