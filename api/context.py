@@ -30,6 +30,8 @@ class ApiContext:
     published: PublishedIngest | None = None
     # Its control socket, which subscription changes go through when `service` is None.
     control: IngestControl | None = None
+    # For the few writes the API makes itself (POST /api/v1/audit); reads go through `pool`.
+    database_url: str | None = None
 
 
 async def get_context(request: Request) -> ApiContext:

@@ -85,6 +85,7 @@ def test_every_variable_is_read(workdir: Path) -> None:
         "TICKVAULT_BARS_RETENTION_DAYS": "20",
         "TICKVAULT_ARCHIVE_TICKS": "false",
         "TICKVAULT_MIN_FREE_GB": "0.25",
+        "TICKVAULT_AUDIT_AFTER_CLOSE": "false",
     }
     assert set(environ) == set(VARIABLES), "a new field: add its variable here"
     assert Settings.from_env(environ) == Settings(
@@ -130,6 +131,7 @@ def test_every_variable_is_read(workdir: Path) -> None:
         bars_retention_days=20,
         archive_ticks=False,
         min_free_gb=0.25,
+        audit_after_close=False,
     )
 
 

@@ -14,6 +14,8 @@ import math
 import os
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 
 import nbformat
@@ -23,9 +25,12 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 
-from ingest.config import Settings
+from ingest.audit import run_audit
+from ingest.config import Secret, Settings
 from ingest.service import WebSocketService
-from store.instruments import default_sample_path, load_instruments
+from ingest.simulator import FeedSimulator
+from ingest.upstox.candles import IST
+from store.instruments import default_sample_path, instrument_records, load_instruments
 from tests import conftest
 from tickvault import notebook
 
@@ -45,6 +50,8 @@ print(json.dumps({
     "vwap": float(vwap.iloc[-1]),
     "lowest_close": float(bars["close"].min()),
     "highest_close": float(bars["close"].max()),
+    "audited": len(audit),
+    "audited_clean": int(clean.sum()),
 }))
 """
 
@@ -68,6 +75,9 @@ def check_ohlc(result: dict) -> None:
     # A weighted mean of closes lies between them, up to float rounding.
     slack = 1e-9 * result["highest_close"]
     assert result["lowest_close"] - slack <= result["vwap"] <= result["highest_close"] + slack
+    # The fixture audited the day against the simulator's candles of the same ticks.
+    assert result["audited"] > 1
+    assert result["audited_clean"] == result["audited"]
 
 
 def check_ticks(result: dict) -> None:
@@ -87,12 +97,23 @@ PROBES = {
 
 
 async def _run_ingest(settings: Settings, url: str, seconds: float) -> None:
-    service = WebSocketService(settings, url)
-    await service.start()
-    try:
-        await asyncio.sleep(seconds)
-    finally:
-        await service.stop()
+    """The ingest on a simulator for `seconds`, then the day's parity audit against that
+    simulator's candles, as the post-close audit would run it."""
+    with psycopg.connect(url) as conn:
+        records = instrument_records(conn)
+    async with FeedSimulator(records, rate=settings.simulator_rate) as simulator:
+        settings = replace(
+            settings, upstox_access_token=Secret("notebook-test"), upstox_api_base=simulator.url
+        )
+        service = WebSocketService(settings, url)
+        await service.start()
+        try:
+            await asyncio.sleep(seconds)
+            simulator.stall(5)  # every frame sent is read before the stop
+            await asyncio.sleep(0.5)
+        finally:
+            await service.stop()
+        await run_audit(url, settings, datetime.now(IST).date())
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ import psycopg
 
 from ingest.config import Settings
 from store.archive import read_archived_ticks, ticks_dropped_before
+from store.audit import latest_results
 from store.bars import BAR_INTERVALS, BarInterval, busiest_instrument, interval_bars_sql
 from store.instruments import resolve_symbol, trading_symbols
 from store.local.url import database_url
@@ -183,3 +184,41 @@ def busiest_symbol(day: date | str | None = None) -> str:
     if key is None:
         raise LookupError(f"no bars on {start.date()}")
     return key
+
+
+# What read_audit shows of each instrument, in order.
+_AUDIT_COLUMNS = [
+    "instrument_key", "trading_symbol", "bars_verdict", "volume_verdict", "buckets_equal",
+    "buckets_differing", "missing_ours", "missing_theirs", "ticks_volume", "candles_volume",
+    "last_vtt", "largest_price_ticks",
+]  # fmt: skip
+
+
+def read_audit(day: date | str) -> pd.DataFrame:
+    """Each instrument's latest parity audit of `day` (store.audit), one row per instrument
+    with its trading symbol, verdicts, bucket counts, volume sums and the largest price
+    difference in ticks; empty when no audit of the day is stored (`tickvault audit`)."""
+    with connect() as conn:
+        results = latest_results(conn, pd.Timestamp(day).date())
+        symbols = trading_symbols(conn, [result.instrument_key for result in results])
+    rows = []
+    for result in results:
+        volume = result.details["volume"]
+        ticks = [abs(d["size"]) for d in result.details["differences"] if d["unit"] == "ticks"]
+        rows.append(
+            {
+                "instrument_key": result.instrument_key,
+                "trading_symbol": symbols.get(result.instrument_key, result.instrument_key),
+                "bars_verdict": result.bars_verdict,
+                "volume_verdict": result.volume_verdict,
+                "buckets_equal": result.buckets_equal,
+                "buckets_differing": result.buckets_differing,
+                "missing_ours": result.missing_ours,
+                "missing_theirs": result.missing_theirs,
+                "ticks_volume": volume["volume_delta_sum"],
+                "candles_volume": volume["candles_volume"],
+                "last_vtt": volume["last_vtt"],
+                "largest_price_ticks": max(ticks, default=0.0),
+            }
+        )
+    return pd.DataFrame(rows, columns=_AUDIT_COLUMNS)

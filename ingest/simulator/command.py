@@ -1,9 +1,10 @@
 """`python -m ingest.simulator` (and `tickvault simulator`): the feed simulator on its own.
 
 It answers test hooks on its port: GET /_sim/stats, /_sim/sent_ticks (with --record),
-/_sim/drop, /_sim/garbage, /_sim/stall?seconds=N, /_sim/reject_token?on=1|0 and
-/_sim/accept_token?token=T; Upstox's OAuth login on a port of its own (printed at start);
-and it publishes the instrument master, as Upstox does (--instruments-file serves another one).
+/_sim/drop, /_sim/garbage, /_sim/stall?seconds=N, /_sim/reject_token?on=1|0,
+/_sim/accept_token?token=T and /_sim/throttle?n=N (the next N candle calls answer 429);
+Upstox's OAuth login on a port of its own (printed at start); and it publishes the instrument
+master, as Upstox does (--instruments-file serves another one).
 """
 
 from __future__ import annotations

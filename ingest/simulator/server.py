@@ -12,7 +12,8 @@ Run it alone with `python -m ingest.simulator --port 8765 --rate 20000 --seed 1`
 answers test hooks on the same port: GET /_sim/stats, /_sim/sent_ticks (with --record),
 /_sim/drop, /_sim/garbage, /_sim/stall?seconds=N, /_sim/reject_token?on=1|0 and
 /_sim/market_status?NSE_EQ=NORMAL_CLOSE; and Upstox's market timings, holidays and status
-(ingest/simulator/calendar.py).
+(ingest/simulator/calendar.py);
+/_sim/throttle?n=N (the next N candle calls answer 429; ingest/simulator/candles.py).
 """
 
 from __future__ import annotations

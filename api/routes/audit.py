@@ -1,0 +1,112 @@
+"""The parity audit over HTTP: GET reads each instrument's latest stored verdict for a
+trading date (`tickvault audit` and the post-close audit write them; sql/013_audit.sql), POST
+runs the audit now and answers its results. Running costs Upstox candle calls against the
+account's rate limits, so POST needs the API key."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from datetime import date
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query
+from pydantic import BaseModel, BeforeValidator
+
+from api.auth import API_KEY
+from api.context import ApiContext, Context
+from api.errors import responses
+from api.params import MAX_SYMBOL_LIST_CHARS, SYMBOL_LIST_RULES, symbol_list
+from ingest.audit import run_audit
+from ingest.config import Secret, Settings
+from ingest.upstox.candles import CandleError
+from store.audit import StoredResult, latest_results, report_json
+from store.errors import StoreError
+
+router = APIRouter(prefix="/api/v1", tags=["audit"])
+
+
+class AuditOut(BaseModel):
+    trading_date: date
+    clean: bool
+    instruments: list[StoredResult]
+
+
+def _date_text(value: object) -> object:
+    """A date as YYYY-MM-DD only: pydantic alone also takes a number as a Unix time."""
+    if not (isinstance(value, str) and re.fullmatch(r"\d{4}-\d{2}-\d{2}", value)):
+        raise ValueError("must be a date YYYY-MM-DD, e.g. 2026-01-05")
+    return value
+
+
+TradingDate = Annotated[
+    date,
+    BeforeValidator(_date_text),
+    Query(alias="date", description="IST trading date, YYYY-MM-DD"),
+]
+
+
+@router.get("/audit", response_model=AuditOut, responses=responses(404, 503))
+def audit(context: Context, day: TradingDate) -> dict[str, Any]:
+    """Our 1-minute bars against Upstox's candles on `date`: per instrument, the buckets
+    equal and differing (field, ticks of tick_size or percent of volume), missing on either
+    side, and volume conservation. `clean` when every instrument agrees."""
+    with context.pool.connection() as conn:
+        results = latest_results(conn, day)
+    if not results:
+        raise HTTPException(
+            status_code=404,
+            detail=f"no audit of {day} is stored: run `tickvault audit --date {day}`",
+        )
+    return report_json(day, results)
+
+
+@router.post(
+    "/audit",
+    response_model=AuditOut,
+    dependencies=[API_KEY],
+    responses=responses(401, 403, 404, 502, 503),
+)
+async def run(
+    context: Context,
+    day: TradingDate,
+    symbols: Annotated[
+        str | None,
+        Query(
+            max_length=MAX_SYMBOL_LIST_CHARS,
+            description=f"Comma-separated, {SYMBOL_LIST_RULES}; default: every instrument"
+            " with bars that day",
+        ),
+    ] = None,
+) -> dict[str, Any]:
+    """Audit `date` now against Upstox's candles, store the results and answer them: 503
+    without UPSTOX_ACCESS_TOKEN (on the simulator that this process's ingest runs, its
+    candles stand in), 502 when Upstox refuses the token or keeps failing, 404 for an
+    unknown symbol."""
+    settings = _candle_source(context)
+    if settings is None or context.database_url is None:
+        raise HTTPException(
+            status_code=503,
+            detail="the audit compares with Upstox's candles: set UPSTOX_ACCESS_TOKEN",
+        )
+    names = symbol_list(symbols) if symbols is not None else []
+    try:
+        report = await run_audit(context.database_url, settings, day, names)
+    except StoreError as error:
+        raise HTTPException(status_code=404, detail=str(error)) from None
+    except CandleError as error:
+        raise HTTPException(status_code=502, detail=str(error)) from None
+    return report.as_json()
+
+
+def _candle_source(context: ApiContext) -> Settings | None:
+    """The settings to fetch candles with: Upstox's with a token; without one, the simulator
+    an ingest in this process feeds on, as the ingest itself does; else none."""
+    if context.settings.upstox_access_token:
+        return context.settings
+    simulator = context.service.simulator if context.service is not None else None
+    if simulator is None:
+        return None
+    return replace(
+        context.settings, upstox_api_base=simulator.url, upstox_access_token=Secret("simulator")
+    )
