@@ -125,6 +125,11 @@ class DailySchedule:
         self._trading_day = trading_day
         self._memory = _Memory()
 
+    @property
+    def steps(self) -> tuple[Step, ...]:
+        """The registered steps, in the order they run."""
+        return tuple(self._steps)
+
     async def run_forever(self) -> None:
         """Run what is due, sleep until the next phase, forever. A database that cannot be
         read is waited for: nothing is run blind, since the record decides what is done."""

@@ -2,22 +2,35 @@
 order, which function does each, and which days are trading days.
 
 A step is a name and an async function of the trading day that returns a short report
-(ingest/schedule.py records it). A slot below with no function in `service_steps` is not run
-and the status lists it under `not_registered`: a feature not built yet is never pretended.
-To add one, give its function in `service_steps` under its slot's name.
+(ingest/schedule.py records it); a step that cannot do its work raises, and the schedule
+retries and reports it. A slot with no function is not run and the status lists it under
+`not_registered`: a step switched off in the settings (the audit, the archive, retention
+kept forever) is left out that way, never pretended.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
-from collections.abc import Mapping
-from datetime import date
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime
 
+import psycopg
+
+from ingest.audit import run_audit
+from ingest.calendar import CalendarKeeper
 from ingest.config import Settings
+from ingest.instruments import RefreshReport
 from ingest.rollup import BarRollup
 from ingest.schedule import Clock, Connect, DailySchedule, Step, StepFunction
-from ingest.schedule_plan import Phase, weekday_trading_day
+from ingest.schedule_plan import Phase
 from ingest.subscriptions import SubscriptionManager
+from ingest.tokens import TokenKeeper
+from store.archive import archive_finished_days
+from store.calendar import trading_sessions
+from store.editions import Edition
+from store.retention import apply_retention
 
 # Each phase's steps, in the order they run.
 PHASE_STEPS: dict[Phase, tuple[str, ...]] = {
@@ -41,11 +54,42 @@ def ordered_steps(functions: Mapping[str, StepFunction]) -> tuple[list[Step], li
 def service_steps(
     *, subscriptions: SubscriptionManager, rollup: BarRollup
 ) -> dict[str, StepFunction]:
-    """The functions of the ingest's own steps, by slot."""
+    """The functions of the steps on the feed and the bars, by slot."""
     return {
         "resubscribe": functools.partial(resubscribe, subscriptions),
         "seal": rollup.seal,
     }
+
+
+@dataclass(frozen=True)
+class Upkeep:
+    """What the upkeep steps work on, from the running ingest."""
+
+    database_url: str
+    edition: Edition
+    tokens: TokenKeeper
+    token_state: Callable[[], str | None]  # the feed client's verdict on its token
+    calendar: CalendarKeeper
+    refresh_instruments: Callable[[], Awaitable[RefreshReport]]
+    # The feed's settings: Upstox's address, or the simulator's when it is the feed.
+    feed_settings: Settings
+
+
+def upkeep_steps(settings: Settings, upkeep: Upkeep) -> dict[str, StepFunction]:
+    """The functions of the steps that keep the store current and bounded, by slot; the
+    ones the settings switch off are left out."""
+    steps: dict[str, StepFunction] = {
+        "instruments": functools.partial(refresh_master, upkeep),
+        "token": functools.partial(check_token, upkeep),
+        "calendar": functools.partial(load_calendar, upkeep),
+    }
+    if settings.audit_after_close:
+        steps["audit"] = functools.partial(audit_day, upkeep)
+    if settings.archive_ticks:
+        steps["archive"] = functools.partial(archive_days, settings, upkeep)
+    if settings.ticks_retention_days or settings.bars_retention_days:
+        steps["retention"] = functools.partial(apply_retention_now, settings, upkeep)
+    return steps
 
 
 def daily_schedule(
@@ -54,18 +98,27 @@ def daily_schedule(
     *,
     subscriptions: SubscriptionManager,
     rollup: BarRollup,
+    upkeep: Upkeep,
     clock: Clock | None = None,
 ) -> DailySchedule:
-    """The ingest's schedule of its steps, on Monday-to-Friday trading days."""
-    steps, empty = ordered_steps(service_steps(subscriptions=subscriptions, rollup=rollup))
+    """The ingest's schedule of its steps, on the calendar's trading days."""
+    functions = service_steps(subscriptions=subscriptions, rollup=rollup)
+    steps, empty = ordered_steps({**functions, **upkeep_steps(settings, upkeep)})
     return DailySchedule(
         steps,
         connect,
         settings,
         not_registered=empty,
         clock=clock,
-        trading_day=weekday_trading_day,
+        trading_day=functools.partial(calendar_trading_day, connect),
     )
+
+
+def calendar_trading_day(connect: Connect, day: date) -> bool:
+    """NSE trades `day`: a session in the stored calendar (Monday to Friday where the
+    calendar has not got that day yet: store/calendar.py)."""
+    with connect() as conn:
+        return bool(trading_sessions(conn, day, "NSE"))
 
 
 async def resubscribe(subscriptions: SubscriptionManager, day: date) -> str:
@@ -73,3 +126,82 @@ async def resubscribe(subscriptions: SubscriptionManager, day: date) -> str:
     pending, each in its mode: keys the feed lost or never confirmed are sent again."""
     count = await subscriptions.resume()
     return f"{count} subscriptions renewed for {day}"
+
+
+async def refresh_master(upkeep: Upkeep, day: date) -> str:
+    """The day's instrument master; the F&O universe's subscriptions follow it."""
+    report = await upkeep.refresh_instruments()
+    return "; ".join(report.lines())
+
+
+class TokenProblem(RuntimeError):
+    """The feed has no usable token: the step fails, and the status says so before the open."""
+
+
+async def check_token(upkeep: Upkeep, day: date) -> str:
+    """Before the open: is there a token, has Upstox not refused it, and does it outlive the
+    session? A problem found here leaves time to store a new token."""
+    status = upkeep.tokens.status(upkeep.token_state())
+    if status.state in ("missing", "rejected"):
+        raise TokenProblem(
+            f"the Upstox token ({status.source}) is {status.state}: store a new one with"
+            " `tickvault token set` or `tickvault login`"
+        )
+    if status.expires_at is not None and datetime.fromisoformat(status.expires_at) <= datetime.now(
+        UTC
+    ):
+        raise TokenProblem(
+            f"the daily token expired at {status.expires_at}: `tickvault login` for today's"
+        )
+    expiry = f", expires {status.expires_at}" if status.expires_at else ""
+    return f"{status.source} token {status.state}{expiry}"
+
+
+async def load_calendar(upkeep: Upkeep, day: date) -> str:
+    stored = await upkeep.calendar.refresh(day)
+    return f"{stored} exchange days of the calendar stored from {day}"
+
+
+async def audit_day(upkeep: Upkeep, day: date) -> str:
+    """Our bars of the day against Upstox's candles, kept in audit_results."""
+    settings = replace(upkeep.feed_settings, upstox_access_token=upkeep.tokens.token)
+    report = await run_audit(upkeep.database_url, settings, day)
+    verdicts = [audit.bars_verdict for audit in report.instruments]
+    counted = ", ".join(f"{verdicts.count(v)} {v}" for v in sorted(set(verdicts))) or "no bars"
+    return f"audit of {day} ({report.run_id}): {counted}"
+
+
+async def archive_days(settings: Settings, upkeep: Upkeep, day: date) -> str:
+    """Every finished day not archived yet, to Parquet (retention waits for it)."""
+
+    def archive() -> list[str]:
+        with psycopg.connect(upkeep.database_url) as conn:
+            done = archive_finished_days(conn, settings.archive_dir)
+        return [f"{item.day} {item.action} ({item.row_count} rows)" for item in done]
+
+    archived = await asyncio.to_thread(archive)
+    return "archived " + ", ".join(archived) if archived else "every finished day is archived"
+
+
+async def apply_retention_now(settings: Settings, upkeep: Upkeep, day: date) -> str:
+    def apply() -> str:
+        with psycopg.connect(upkeep.database_url, autocommit=True) as conn:
+            try:
+                result = apply_retention(
+                    conn,
+                    upkeep.edition,
+                    settings.ticks_retention_days,
+                    settings.bars_retention_days,
+                    require_archived=settings.archive_ticks,
+                )
+            except psycopg.errors.InsufficientPrivilege:
+                # Community under the app's role: the job and policies the owner configured
+                # (`tickvault archive --retention`) run inside TimescaleDB instead.
+                return "left to the retention job and policies TimescaleDB runs as the owner"
+        held = f", held back by {result.held_back_by} (not archived)" if result.held_back_by else ""
+        return (
+            f"{result.tick_chunks_dropped} tick chunks dropped{held},"
+            f" {result.bar_chunks_dropped} bar chunks dropped; scheduled by {result.scheduled_by}"
+        )
+
+    return await asyncio.to_thread(apply)

@@ -36,8 +36,8 @@ from ingest.pipeline import Pipeline
 from ingest.published import publish_forever, published_path
 from ingest.recovery import RecoveryState, load_recovery_state
 from ingest.rollup import BarRollup
-from ingest.schedule import DailySchedule
-from ingest.schedule_steps import daily_schedule
+from ingest.schedule import Connect, DailySchedule
+from ingest.schedule_steps import Upkeep, daily_schedule
 from ingest.simulator import FeedSimulator
 from ingest.status import BarsStatus, FeedStatus, IngestStatus
 from ingest.subscriptions import SubscriptionManager, summarize
@@ -140,13 +140,6 @@ class WebSocketService:
         if self.tokens.source == "file":  # a new token there is taken without a restart
             self._tasks["token-watch"] = asyncio.create_task(self.tokens.watch(), name="token")
         self._pipeline.wanted = self._client.subscribed_keys
-        calendar = CalendarKeeper(
-            client_settings.upstox_api_base,
-            client_settings.upstox_access_token,
-            self._connection,
-            self._pipeline.market_status,
-        )
-        self._tasks["calendar"] = asyncio.create_task(calendar.run_forever(), name="calendar")
         self._subscriptions = SubscriptionManager(
             self._client, self._pool, settings, symbols=self.symbols
         )
@@ -168,10 +161,10 @@ class WebSocketService:
             name="publish",
         )
         await self._start_control()
+        calendar = _calendar_keeper(client_settings, self._connection, self._pipeline)
+        self._tasks["calendar"] = asyncio.create_task(calendar.run_forever(), name="calendar")
         if settings.schedule_enabled:
-            self.schedule = daily_schedule(
-                settings, self._connection, subscriptions=self._subscriptions, rollup=self.rollup
-            )
+            self.schedule = _daily_schedule(self, calendar, client_settings)
             self._tasks["schedule"] = asyncio.create_task(self.schedule.run_forever())
         self.is_running = True
         _running.append(self)
@@ -371,6 +364,43 @@ async def _feed_settings(
         settings, upstox_api_base=simulator.url, upstox_access_token=tokens.use_simulator()
     )
     return feed_settings, simulator
+
+
+def _calendar_keeper(
+    feed_settings: Settings, connect: Connect, pipeline: Pipeline
+) -> CalendarKeeper:
+    """The market calendar from the feed's REST side (the simulator's when it is the feed)."""
+    return CalendarKeeper(
+        feed_settings.upstox_api_base,
+        feed_settings.upstox_access_token,
+        connect,
+        pipeline.market_status,
+    )
+
+
+def _daily_schedule(
+    service: WebSocketService, calendar: CalendarKeeper, feed_settings: Settings
+) -> DailySchedule:
+    """The schedule of a started service: its steps work on the service's own parts."""
+    assert service.edition is not None
+    assert service.tokens is not None
+    client = service.ws_client
+    upkeep = Upkeep(
+        service.database_url,
+        service.edition,
+        service.tokens,
+        lambda: client.token_state,
+        calendar,
+        service.refresh_instruments,
+        feed_settings,
+    )
+    return daily_schedule(
+        service.settings,
+        service._connection,
+        subscriptions=service.subscriptions,
+        rollup=service.rollup,
+        upkeep=upkeep,
+    )
 
 
 def _decoder_at(state: RecoveryState) -> FeedDecoder:
