@@ -247,6 +247,10 @@ def test_ingest_and_api_are_two_services_sharing_the_data_volume(
         assert "data:/data" in services[name]["volumes"], f"{name} does not share /data"
         assert services[name]["restart"] == "unless-stopped", name
     assert "data" in compose["volumes"]
+    # The archive outlives retention on a volume of its own; the notebooks read it.
+    assert "archive:/data/archive" in services["ingest"]["volumes"]
+    assert "archive:/data/archive:ro" in services["jupyter"]["volumes"]
+    assert "archive" in compose["volumes"]
     # The api comes up without waiting for the feed: history answers meanwhile.
     assert services["api"]["depends_on"]["ingest"]["condition"] == "service_started"
     assert services["ingest"]["healthcheck"]["test"] == ["CMD", "tickvault", "health"]

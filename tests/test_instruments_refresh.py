@@ -238,11 +238,13 @@ def test_expiry_absence_and_reports_without_an_ingest(db_url: str, tmp_path: Pat
     served = tmp_path / "complete.json.gz"
     now_ms = int(time.time() * 1000)
     records = sample()
-    # WIPRO's only future and a call on INFY expire in two seconds; ITC leaves the file.
+    # WIPRO's only future and a call on INFY expire between the two refreshes (far enough
+    # ahead that a busy machine's first refresh still sees them live); ITC leaves the file.
     soon = {"WIPRO FUT 29 DEC 26", "INFY 1500 CE 29 DEC 26"}
+    expiry_ms = now_ms + 10_000
     for record in records:
         if record["trading_symbol"] in soon:
-            record["expiry"] = now_ms + 2000
+            record["expiry"] = expiry_ms
     expiring = sorted(r["instrument_key"] for r in records if r["trading_symbol"] in soon)
     wipro = next(r for r in records if r["trading_symbol"] == "WIPRO")["instrument_key"]
     itc = next(r for r in records if r["trading_symbol"] == "ITC")["instrument_key"]
@@ -266,7 +268,7 @@ def test_expiry_absence_and_reports_without_an_ingest(db_url: str, tmp_path: Pat
                 "subscribed",
             )
 
-        time.sleep(2.5)  # WIPRO's future and the call expire
+        time.sleep(max(0.0, expiry_ms / 1000 - time.time()) + 0.5)  # the two expire
         listed_again = without_stock(records, itc) + new_stock(
             NEWCO, "NEWCO", "990001", now_ms + 30 * DAY_MS
         )
