@@ -25,8 +25,9 @@ RUN pip install --require-hashes --only-binary=:all: --no-deps -r requirements.l
     && pip check
 
 # tickvault itself, built where a C compiler is: the compiled frame decoder
-# (ingest/upstox/_fastdecode.pyx) needs gcc at build time only, so the image that runs
-# does not carry it. Installed under /opt/tickvault, which the app stage copies whole.
+# (ingest/upstox/_fastdecode.pyx) and COPY encoder (store/_copyrows.pyx) need gcc at build
+# time only, so the image that runs does not carry it. Installed under /opt/tickvault, which
+# the app stage copies whole.
 FROM base AS build
 RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev \
@@ -44,10 +45,12 @@ COPY sql sql
 # `tickvault` command) under /opt/tickvault, laid out as /usr/local is.
 ENV PIP_PREFIX=/opt/tickvault
 RUN pip install --no-deps --no-build-isolation .
-# Refuse an image on the Python decoder where this stage had a compiler: the build said why.
-# (-P: not the source tree in /app, which has no compiled decoder, but what was installed.)
+# Refuse an image on the Python decoder or COPY writer where this stage had a compiler: the
+# build said why. (-P: not the source tree in /app, which has nothing compiled, but what was
+# installed.)
 RUN PYTHONPATH=/opt/tickvault/lib/python3.11/site-packages python -P -c \
-    "from ingest.upstox.decoder import DECODER_IMPLEMENTATION as d; assert d == 'compiled', d"
+    "from ingest.upstox.decoder import DECODER_IMPLEMENTATION as d; assert d == 'compiled', d; \
+from store.ticks import COPY_IMPLEMENTATION as c; assert c == 'compiled', c"
 
 FROM base AS app
 COPY --from=build /opt/tickvault /usr/local

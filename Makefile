@@ -6,8 +6,9 @@ BIN := $(VENV)/bin
 
 .PHONY: setup run test lint proto lock bench clean-data
 
-# setup.py builds the compiled decoder: a change to it or its source rebuilds the install.
-$(BIN)/tickvault: pyproject.toml setup.py ingest/upstox/_fastdecode.pyx
+# setup.py builds the compiled decoder and COPY encoder: a change to it or their sources
+# rebuilds the install.
+$(BIN)/tickvault: pyproject.toml setup.py ingest/upstox/_fastdecode.pyx store/_copyrows.pyx
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[dev]"

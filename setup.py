@@ -1,9 +1,10 @@
-"""The one thing pyproject.toml cannot say: the compiled decoder, and that it is optional.
+"""The one thing pyproject.toml cannot say: the compiled extensions, and that they are optional.
 
-`pip install` (and so `make setup` and the Dockerfile) compiles ingest/upstox/_fastdecode.pyx
-with Cython (a build requirement) and the machine's C compiler. Where that fails (no compiler,
-no Python headers, a big-endian host the wire walk does not support) the install goes on
-without it and tickvault runs on the Python reference decoder; `tickvault run` logs which.
+`pip install` (and so `make setup` and the Dockerfile) compiles, with Cython (a build
+requirement) and the machine's C compiler, ingest/upstox/_fastdecode.pyx (the frame decoder)
+and store/_copyrows.pyx (the binary COPY encoder). Where that fails (no compiler, no Python
+headers, a big-endian host the decoder's wire walk does not support) the install goes on
+without them and tickvault runs on the Python reference paths; `tickvault run` logs which.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ DECODER = Extension(
     ["ingest/upstox/_fastdecode.pyx"],
     optional=True,
 )
+COPY_ENCODER = Extension("store._copyrows", ["store/_copyrows.pyx"], optional=True)
 
 
 class OptionalBuildExt(build_ext):
-    """Build what can be built; a failure is a warning, the Python decoder stands in."""
+    """Build what can be built; a failure is a warning, the Python reference stands in."""
 
     def run(self) -> None:
         try:
@@ -37,14 +39,15 @@ class OptionalBuildExt(build_ext):
 
     def _skipped(self, error: Exception) -> None:
         print(
-            f"warning: tickvault's compiled decoder was not built ({error}); "
-            "the Python decoder will be used",
+            f"warning: a compiled part of tickvault was not built ({error}); "
+            "its Python reference will be used",
             file=sys.stderr,
         )
 
 
-# The wire walk reads doubles as they lie in memory: little-endian hosts only.
+# The decoder's wire walk reads doubles as they lie in memory: little-endian hosts only.
+# The COPY encoder writes big-endian by shifts: any host.
 setup(
-    ext_modules=[DECODER] if sys.byteorder == "little" else [],
+    ext_modules=[DECODER, COPY_ENCODER] if sys.byteorder == "little" else [COPY_ENCODER],
     cmdclass={"build_ext": OptionalBuildExt},
 )

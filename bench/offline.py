@@ -10,7 +10,9 @@ the bytes the ingest receives. Then, interleaved and repeated:
 
 The decoder alone is also timed both ways on the same frames, the compiled one
 (`ingest/upstox/_fastdecode.pyx`) beside the Python reference: `python -m bench.offline`
-records frames from the simulator and prints that comparison (no database needed).
+records frames from the simulator and prints that comparison (no database needed). So is the
+COPY, psycopg's `write_row` per row beside the compiled encoder (`store/_copyrows.pyx`):
+`python -m bench.offline --copy-rows 200000` (its own TimescaleDB cluster, as run_all).
 
 Each writes batches of `BATCH_ROWS` into a fresh tickvault database's `ticks` hypertable,
 committing each batch, as the writer does. The CPU split (journal append, decode, COPY's
@@ -33,7 +35,7 @@ from typing import Any
 import psycopg
 from google.protobuf.json_format import MessageToDict
 
-from bench.common import DbServer, cpu_seconds, median, simulator, write_universe
+from bench.common import DbServer, cpu_seconds, db_server, median, simulator, write_universe
 from bench.ingest import BATCH_ROWS
 from ingest.client import FeedClient
 from ingest.config import Secret, Settings
@@ -46,7 +48,7 @@ from ingest.upstox.decoder import (
 )
 from ingest.upstox.proto import upstox_feed_v3_pb2 as pb
 from store.tick import TICK_COLUMNS, Tick
-from store.ticks import copy_ticks
+from store.ticks import COPY_IMPLEMENTATION, copy_ticks, copy_ticks_by_row, copy_ticks_encoded
 
 Frame = tuple[bytes, int]  # (frame, received_at_us)
 
@@ -297,6 +299,52 @@ def compare_decoders(frames: list[Frame], repeats: int) -> dict[str, Any]:
     return result
 
 
+def compare_copy_paths(
+    server: DbServer, ticks: list[Tick], rows: int, repeats: int
+) -> dict[str, Any]:
+    """`rows` ticks (`ticks` over and over) COPYed by each path, in batches of BATCH_ROWS
+    committed one by one as the writer does; interleaved runs, medians and their ratios.
+
+    Client CPU is the COPY's whole cost in this process: encoding and libpq's sending.
+    """
+    paths = {"write_row": copy_ticks_by_row}
+    if COPY_IMPLEMENTATION == "compiled":
+        paths["encoded"] = copy_ticks_encoded
+    batch_rows = (ticks * (rows // len(ticks) + 1))[:rows]
+
+    def write(path: Callable[[psycopg.Cursor, list[Tick]], None]) -> int:
+        for batch in _batches(batch_rows):
+            with conn.cursor() as cur:
+                path(cur, batch)
+            conn.commit()
+        return rows
+
+    url = server.create_database("bench_copy")
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in paths}
+    try:
+        with psycopg.connect(url) as conn:
+            for _ in range(repeats):
+                for name, path in paths.items():
+                    conn.execute("TRUNCATE ticks")
+                    conn.commit()
+                    runs[name].append(_timed(server.postmaster_pid, lambda p=path: write(p)))
+    finally:
+        server.drop_database(url)
+    result: dict[str, Any] = {"rows": rows, "batch_rows": BATCH_ROWS, "repeats": repeats}
+    for name, results in runs.items():
+        result[name] = {key: round(median([r[key] for r in results]), 3) for key in results[0]}
+        result[name]["client_runs_us"] = [round(r["client_us_per_row"], 3) for r in results]
+    if "encoded" in runs:
+        by_row, encoded = result["write_row"], result["encoded"]
+        result["client_cpu_write_row_over_encoded"] = round(
+            by_row["client_us_per_row"] / encoded["client_us_per_row"], 2
+        )
+        result["rows_per_s_encoded_over_write_row"] = round(
+            encoded["rows_per_s"] / by_row["rows_per_s"], 2
+        )
+    return result
+
+
 def run_offline(server: DbServer, frames: list[Frame], repeats: int) -> dict[str, Any]:
     writers = compare_writers(server, frames, repeats)
     return {
@@ -318,12 +366,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="how long to record")
     parser.add_argument("--stocks", type=int, default=1800, help="F&O stocks in the universe")
     parser.add_argument("--repeats", type=int, default=7, help="timed runs per decoder")
+    parser.add_argument(
+        "--copy-rows",
+        type=int,
+        default=0,
+        help="instead: COPY this many of the recorded ticks by write_row and by the encoder",
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="tickvault-bench-") as scratch:
         instruments = Path(scratch) / "instruments.json"
         write_universe(instruments, args.stocks)
         frames = record_frames(instruments, args.rate, args.seconds)
-    print(json.dumps(compare_decoders(frames, args.repeats), indent=2))
+    if args.copy_rows:
+        with db_server() as server:
+            result = compare_copy_paths(server, decode_all(frames), args.copy_rows, args.repeats)
+    else:
+        result = compare_decoders(frames, args.repeats)
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

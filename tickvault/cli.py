@@ -207,8 +207,11 @@ def _start_logging(settings: Settings) -> None:
     configure_logging(settings.log_level, [settings.upstox_access_token, settings.api_key], log_dir)
     check_dotenv()
     from ingest.upstox.decoder import DECODER_IMPLEMENTATION
+    from store.ticks import COPY_IMPLEMENTATION
 
-    logging.getLogger(__name__).info("frame decoder in use: %s", DECODER_IMPLEMENTATION)
+    log = logging.getLogger(__name__)
+    log.info("frame decoder in use: %s", DECODER_IMPLEMENTATION)
+    log.info("COPY encoder in use: %s (on UTF-8 connections)", COPY_IMPLEMENTATION)
 
 
 def _favour_the_writer() -> None:
