@@ -26,6 +26,9 @@ from store.editions import Edition, server_edition
 Interval = Literal["1m", "5m"]
 # The relation each interval is read from, the same name on both editions; 1-minute first.
 BAR_VIEWS: dict[Interval, str] = {"1m": "ohlc_1m", "5m": "ohlc_5m"}
+# What each relation shows of the ticks alone (sql/012_bars_source.sql): on Community the
+# continuous aggregates refresh_bars refreshes; the views above add the backfilled minutes.
+LIVE_VIEWS: dict[Interval, str] = {"1m": "ohlc_1m_live", "5m": "ohlc_5m_live"}
 # Every interval bars can be read in: 1m and 5m are the relations above, the others are built
 # on read from ohlc_1m by the SQL function bars(), aligned to the NSE session (origin 09:15
 # IST; 1d by IST trading date). sql/009's bar_intervals() lists the same names.
@@ -84,7 +87,7 @@ def refresh_bars(
     """
     edition = server_edition(conn)
     if edition is Edition.COMMUNITY:
-        for view in BAR_VIEWS.values():  # 1-minute first: the 5-minute layer reads it
+        for view in LIVE_VIEWS.values():  # 1-minute first: the 5-minute layer reads it
             conn.execute(
                 "CALL refresh_continuous_aggregate(%s::regclass, %s::timestamptz, %s::timestamptz)",
                 [view, start, end],
