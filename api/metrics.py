@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ingest.status import IngestStatus
+from ingest.status import FeedStatus, IngestStatus
 
 
 class StatusCollector(Collector):
@@ -68,3 +68,27 @@ class StatusCollector(Collector):
             "Age of the oldest tick not yet committed (0 when none waits)",
             writer.oldest_unwritten_tick_age_s if writer is not None else 0.0,
         )
+        yield from _watchdog_metrics(feed)
+
+
+def _watchdog_metrics(feed: FeedStatus) -> Iterator[Metric]:
+    """Per feed connection (label `connection`, its index): the stall watchdog's view.
+
+    A connection whose socket has had no data frame yet has no age sample."""
+    stalls = CounterMetricFamily(
+        "tickvault_feed_stalls",
+        "Times the stall watchdog reconnected a silent feed connection during market hours",
+        labels=["connection"],
+    )
+    for index, count in enumerate(feed.stalls or []):
+        stalls.add_metric([str(index)], count)
+    yield stalls
+    ages = GaugeMetricFamily(
+        "tickvault_feed_last_data_age_seconds",
+        "Seconds since a feed connection's last data frame",
+        labels=["connection"],
+    )
+    for index, age in enumerate(feed.last_data_age_s or []):
+        if age is not None:
+            ages.add_metric([str(index)], age)
+    yield ages

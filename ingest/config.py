@@ -108,6 +108,9 @@ class Settings:
     journal_max_bytes: int = 2 * 1024**3
     journal_segment_bytes: int = 64 * 1024**2
     rollup_interval_s: float = 5.0
+    # Seconds without a data frame, while a carried segment is NORMAL_OPEN, that make a feed
+    # connection stalled: it reconnects (ingest/client/watchdog.py).
+    stall_s: float = 30.0
     simulator_rate: int = 2000
     simulator_seed: int = 1
     api_host: str = "127.0.0.1"

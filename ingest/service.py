@@ -23,6 +23,7 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from ingest.cache import AggregatedTickHandler
+from ingest.calendar import CalendarKeeper
 from ingest.client import FeedClient
 from ingest.config import Secret, Settings
 from ingest.control import ControlServer, control_path
@@ -136,6 +137,13 @@ class WebSocketService:
             )
         self._client = FeedClient(client_settings, self._pipeline, source=self.feed_source)
         self._pipeline.wanted = self._client.subscribed_keys
+        calendar = CalendarKeeper(
+            client_settings.upstox_api_base,
+            client_settings.upstox_access_token,
+            self._connection,
+            self._pipeline.market_status,
+        )
+        self._tasks["calendar"] = asyncio.create_task(calendar.run_forever(), name="calendar")
         self._subscriptions = SubscriptionManager(
             self._client, self._pool, settings, symbols=self.symbols
         )
@@ -169,7 +177,7 @@ class WebSocketService:
             self._control = None
         if self._client is not None:
             await self._client.stop()
-        for name in ("feed", "rollup", "journal-sync", "publish"):
+        for name in ("feed", "calendar", "rollup", "journal-sync", "publish"):
             task = self._tasks.pop(name, None)
             if task is None:
                 continue

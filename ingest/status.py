@@ -31,6 +31,10 @@ class FeedStatus:
     requests: dict[str, int] | None = None  # sub / unsub / change_mode sent
     subscribed: dict[str, int] | None = None  # keys per mode
     failed: int | None = None  # keys the server refused
+    # Per connection, by index: stalls the watchdog reconnected (ingest/client/watchdog.py),
+    # and seconds since its socket's last data frame (None before the first).
+    stalls: list[int] | None = None
+    last_data_age_s: list[float | None] | None = None
 
 
 @dataclass(frozen=True, slots=True)

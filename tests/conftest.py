@@ -26,7 +26,20 @@ from store.migrations import migrate
 
 REPO = Path(__file__).resolve().parents[1]
 # Every schema version in sql/, in order: a new migration must be added here on purpose.
-ALL_MIGRATIONS = ["001", "002", "003", "004", "005", "006", "007", "008", "009", "011", "012"]
+ALL_MIGRATIONS = [
+    "001",
+    "002",
+    "003",
+    "004",
+    "005",
+    "006",
+    "007",
+    "008",
+    "009",
+    "010",
+    "011",
+    "012",
+]
 
 
 def free_port() -> int:

@@ -1,8 +1,9 @@
 """One websocket kept open: authorize, connect, restore its keys, read; again after a drop.
 
 Each connection of a client runs this loop in its own task, so one that drops or waits for a
-token never holds up the others. Out of market hours a connection can stay silent for hours;
-websocket pings are the only liveness check, so silence alone never closes one.
+token never holds up the others. Out of market hours a connection can stay silent for hours and
+websocket pings are the liveness check; while a segment it carries is open, the stall
+watchdog (watchdog.py) closes and reopens one that has had no data frame for `stall_s`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from ingest.client.authorize import (
     TokenRejected,
 )
 from ingest.client.ledger import Ledger
+from ingest.client.watchdog import StallWatch, market_statuses, segments_of
 from ingest.upstox.decoder import MalformedFrame
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,7 @@ class Feed:
     token_retry_s: float
     on_text: Callable[[str], None]
     on_crash: Callable[[BaseException], None]
+    stall_s: float = 30.0
 
 
 class Connection:
@@ -83,6 +86,8 @@ class Connection:
         self._ws: ClientConnection | None = None
         self._send_lock = asyncio.Lock()  # keeps a restore and a new request from interleaving
         self._stopping = False
+        self.watch = StallWatch(feed.stall_s)
+        self._stalled = False  # the watchdog closed the socket now open
 
     def start(self) -> None:
         """Run the loop in a task of its own."""
@@ -130,13 +135,14 @@ class Connection:
                 async with ws_connect(uri, **options) as ws:
                     opened_at = time.monotonic()
                     await self._opened(ws)
-                    await self._read(ws)
+                    stalled = await self._read_watched(ws)
                 if self._stopping:
                     return
-                ledger.error(
-                    f"feed connection {self.index} closed by the server "
-                    f"(code {ws.close_code}, {ws.close_reason or 'no reason'})"
-                )
+                if not stalled:
+                    ledger.error(
+                        f"feed connection {self.index} closed by the server "
+                        f"(code {ws.close_code}, {ws.close_reason or 'no reason'})"
+                    )
             except (TokenRejected, InvalidStatus) as exc:
                 if isinstance(exc, InvalidStatus) and (
                     exc.response.status_code not in REJECTED_STATUSES
@@ -169,6 +175,7 @@ class Connection:
         async with self._send_lock:
             self._ws = ws
             self.state = "connected"
+            self.watch.opened(time.monotonic())
             ledger.connects += 1
             if self.opened:
                 ledger.reconnects += 1
@@ -186,13 +193,46 @@ class Connection:
             " after a reconnect" if self.opened > 1 else "",
         )
 
+    async def _read_watched(self, ws: ClientConnection) -> bool:
+        """Read until the socket closes; True when the watchdog closed it as stalled."""
+        self._stalled = False
+        watchdog = asyncio.create_task(self._watch(ws), name=f"upstox-watchdog-{self.index}")
+        try:
+            await self._read(ws)
+        finally:
+            watchdog.cancel()
+        return self._stalled
+
+    async def _watch(self, ws: ClientConnection) -> None:
+        """Close the socket once the feed stalls (see watchdog.py), with one warning."""
+        watch = self.watch
+        while True:  # a clock to poll, not an event to wait for
+            await asyncio.sleep(min(watch.stall_s / 4, 1.0))
+            if watch.stalled(time.monotonic(), segments_of(self.keys)):
+                break
+        log.warning(
+            "feed connection %d stalled: no data frame for %.0f s while its market is open "
+            "(stall %d); reconnecting",
+            self.index,
+            watch.stall_s,
+            watch.stalls,
+        )
+        self._stalled = True
+        await ws.close(reason="stalled: no data")
+
     async def _read(self, ws: ClientConnection) -> None:
         """Hand every binary frame to the sink with its arrival time; text frames are errors."""
         ledger, on_frame, on_text = self._feed.ledger, self._feed.sink.on_frame, self._feed.on_text
+        watch = self.watch
         async for message in ws:
             received_at_us = time.time_ns() // 1000
             if isinstance(message, bytes):
                 ledger.frames += 1
+                statuses = market_statuses(message)
+                if statuses is None:
+                    watch.data(time.monotonic())
+                else:
+                    watch.market_info(statuses)
                 try:
                     on_frame(message, received_at_us)
                 except MalformedFrame as exc:

@@ -14,6 +14,7 @@ This class only keeps that state and delegates: `Capacity` decides where keys go
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, KeysView, Mapping
 
@@ -71,6 +72,7 @@ class FeedClient:
             token_retry_s=token_retry_s,
             on_text=self._on_text,
             on_crash=self._on_crash,
+            stall_s=settings.stall_s,
         )
         self._connections = [Connection(0, self._feed)]
         self._modes: dict[str, str] = {}  # every subscribed key -> its mode
@@ -236,7 +238,7 @@ class FeedClient:
 
     def status(self) -> FeedStatus:
         """What an operator checks: state, counters, the last error, keys per mode."""
-        ledger = self._ledger
+        ledger, now = self._ledger, time.monotonic()
         return FeedStatus(
             source=self._source,
             state=self._state(),
@@ -251,4 +253,6 @@ class FeedClient:
             requests=dict(ledger.requests_sent),
             subscribed=dict(Counter(self._modes.values())),
             failed=len(self._failed),
+            stalls=[conn.watch.stalls for conn in self._connections],
+            last_data_age_s=[conn.watch.data_age(now) for conn in self._connections],
         )

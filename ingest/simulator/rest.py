@@ -5,12 +5,14 @@ the /_sim/ test hooks for a simulator in another process (loopback only, like th
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 from typing import Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
+from ingest.simulator.calendar import MARKET_PATH, SimulatedMarket
 from ingest.simulator.protocol import (
     INVALID_TOKEN,
     Gate,
@@ -37,6 +39,11 @@ class Controls(Protocol):
     def stall(self, seconds: float) -> None: ...
 
     def reject_token(self, rejecting: bool = True) -> None: ...
+
+    @property
+    def market(self) -> SimulatedMarket: ...
+
+    async def send_market_info(self) -> int: ...
 
     async def drop_connections(self) -> int: ...
 
@@ -69,13 +76,16 @@ class Rest:
             if not self._gate.token_accepted(request):
                 return error_response(401, INVALID_TOKEN)
             return redirect_response(self._gate.authorized_url(self._simulator.feed_url))
+        if url.path.startswith(MARKET_PATH):
+            return self._simulator.market.answer(url.path)
         if url.path.startswith(CONTROL_PATH):
             return self._control(url.path[len(CONTROL_PATH) :], query)
         return error_response(404, {"message": "not found"})
 
     def _control(self, action: str, query: dict[str, list[str]]) -> Response:
         """GET /_sim/stats, /_sim/sent_ticks, /_sim/drop, /_sim/garbage,
-        /_sim/stall?seconds=N and /_sim/reject_token?on=1|0."""
+        /_sim/stall?seconds=N, /_sim/reject_token?on=1|0 and
+        /_sim/market_status?SEGMENT=STATUS (sent to the clients in a market_info frame)."""
         simulator = self._simulator
         if action == "stats":
             return json_response(200, simulator.stats())
@@ -85,11 +95,21 @@ class Rest:
             simulator.stall(float(query.get("seconds", ["5"])[0]))
         elif action == "reject_token":
             simulator.reject_token(query.get("on", ["1"])[0] not in ("0", "false"))
+        elif action == "market_status":
+            try:
+                simulator.market.set_statuses({seg: vals[0] for seg, vals in query.items()})
+            except ValueError as error:
+                return error_response(400, {"message": str(error)})
+            self._in_background(simulator.send_market_info())
         elif action in ("drop", "garbage"):
             fault = simulator.drop_connections() if action == "drop" else simulator.send_garbage()
-            task = asyncio.get_running_loop().create_task(fault)
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._in_background(fault)
         else:
             return error_response(404, {"message": f"no hook {action!r}"})
         return json_response(200, {"status": "success", "action": action})
+
+    def _in_background(self, work: Coroutine[object, object, int]) -> None:
+        """Run a hook's socket work after the answer: it must not hold up this request."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)

@@ -10,7 +10,9 @@ reject the token, go quiet.
 
 Run it alone with `python -m ingest.simulator --port 8765 --rate 20000 --seed 1`; it then
 answers test hooks on the same port: GET /_sim/stats, /_sim/sent_ticks (with --record),
-/_sim/drop, /_sim/garbage, /_sim/stall?seconds=N and /_sim/reject_token?on=1|0.
+/_sim/drop, /_sim/garbage, /_sim/stall?seconds=N, /_sim/reject_token?on=1|0 and
+/_sim/market_status?NSE_EQ=NORMAL_CLOSE; and Upstox's market timings, holidays and status
+(ingest/simulator/calendar.py).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
+from ingest.simulator.calendar import SimulatedMarket
 from ingest.simulator.following import Following
 from ingest.simulator.frames import (
     ENCODERS,
@@ -47,7 +50,6 @@ from ingest.simulator.protocol import (
 )
 from ingest.simulator.rest import Rest
 from ingest.simulator.tape import SentTick, Tape
-from ingest.upstox.proto import upstox_feed_v3_pb2 as pb
 from ingest.upstox.redact import RedactBearer
 from ingest.upstox.wire import DEFAULT_MODE_LIMITS, FEED_PATH
 
@@ -57,7 +59,6 @@ logger.addFilter(RedactBearer())
 # A FeedResponse cannot start with 0x0f: field 1 with wire type 7, which does not exist.
 GARBAGE_FRAME = b"\x0fgarbage: not a FeedResponse"
 MIN_FRAME_INTERVAL = 0.002
-SEGMENT_STATUS = {"NSE_EQ": pb.NORMAL_OPEN, "NSE_FO": pb.NORMAL_OPEN, "NSE_INDEX": pb.NORMAL_OPEN}
 
 _Frame = tuple[bytes | str, list[Instrument]]  # a frame to send (str: an error) and its instruments
 
@@ -104,6 +105,7 @@ class FeedSimulator:
         self.mode_limits = dict(mode_limits)
         self.max_frame_bytes = max_frame_bytes
         self._gate = Gate(token)
+        self.market = SimulatedMarket()
         self._rest = Rest(self, self._gate)
         self._tape = Tape(record)
         self._counts = self._tape.counts
@@ -219,6 +221,16 @@ class FeedSimulator:
         """Answer 401 UDAPI100050 to every token (authorize and redirect) until reset."""
         self._gate.rejecting = rejecting
 
+    async def send_market_info(self) -> int:
+        """Tell every open feed connection the segment statuses of `market` (a test changed
+        them) in a fresh market_info frame, as Upstox does when the market moves."""
+        frame = market_info_frame(_now_ms(), self.market.statuses)
+        sessions = [s for s in self._sessions if s.open and s.connection.state is State.OPEN]
+        for session in sessions:
+            with contextlib.suppress(ConnectionClosed):
+                await session.connection.send(frame)
+        return len(sessions)
+
     def stall(self, seconds: float) -> None:
         """Send no live frames for `seconds`; sockets stay open and keep answering pings."""
         self._stall_until = time.monotonic() + seconds
@@ -228,7 +240,7 @@ class FeedSimulator:
     async def _serve(self, connection: ServerConnection) -> None:
         session = _Session(connection)
         try:
-            await connection.send(market_info_frame(_now_ms(), SEGMENT_STATUS))
+            await connection.send(market_info_frame(_now_ms(), self.market.statuses))
             self._sessions.append(session)
             async for message in connection:
                 for frame, instruments in self._on_request(session, message):
