@@ -122,6 +122,8 @@ class Settings:
     # loopback and api_host.
     api_allowed_hosts: Names = ()
     log_level: LogLevel = "INFO"
+    # Audit the day's bars against Upstox's candles after the close (ingest/audit.py).
+    audit_after_close: bool = True
     # Where trading.log and errors.log go; None writes none, and `tickvault run` and
     # `tickvault ingest` then use data_dir / "logs" (tickvault/cli.py).
     log_dir: Path | None = None

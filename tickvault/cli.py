@@ -37,6 +37,7 @@ from store.local.install import install_timescaledb
 from store.local.postgres import PgInstall, find_bindir
 from store.local.url import database_url, local_cluster
 from store.migrations import migrate
+from tickvault.audit import register as register_audit
 from tickvault.logs import configure_logging
 
 if TYPE_CHECKING:
@@ -377,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "api", help="the API alone, beside a `tickvault ingest` on the same data directory"
     ).set_defaults(handler=_api)
+    register_audit(commands)
     simulator = commands.add_parser(
         "simulator",
         help="the Upstox-compatible feed simulator (tickvault simulator --help: its options)",

@@ -13,6 +13,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
 from ingest.simulator.calendar import MARKET_PATH, SimulatedMarket
+from ingest.simulator.candles import CandleEndpoints
 from ingest.simulator.protocol import (
     INVALID_TOKEN,
     Gate,
@@ -58,6 +59,9 @@ class Rest:
         self._simulator = simulator
         self._gate = gate
         self._background: set[asyncio.Task[int]] = set()
+        self._candles = CandleEndpoints(
+            simulator.sent_ticks, lambda: bool(simulator.stats()["recording"]), gate
+        )
 
     def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         url = urlsplit(request.path)
@@ -78,14 +82,17 @@ class Rest:
             return redirect_response(self._gate.authorized_url(self._simulator.feed_url))
         if url.path.startswith(MARKET_PATH):
             return self._simulator.market.answer(url.path)
+        if self._candles.serves(url.path):
+            return self._candles.answer(url.path, request)
         if url.path.startswith(CONTROL_PATH):
             return self._control(url.path[len(CONTROL_PATH) :], query)
         return error_response(404, {"message": "not found"})
 
     def _control(self, action: str, query: dict[str, list[str]]) -> Response:
         """GET /_sim/stats, /_sim/sent_ticks, /_sim/drop, /_sim/garbage,
-        /_sim/stall?seconds=N, /_sim/reject_token?on=1|0 and
-        /_sim/market_status?SEGMENT=STATUS (sent to the clients in a market_info frame)."""
+        /_sim/stall?seconds=N, /_sim/reject_token?on=1|0,
+        /_sim/market_status?SEGMENT=STATUS (sent to the clients in a market_info frame) and
+        /_sim/throttle?n=N (the next N candle calls answer 429)."""
         simulator = self._simulator
         if action == "stats":
             return json_response(200, simulator.stats())
@@ -101,6 +108,8 @@ class Rest:
             except ValueError as error:
                 return error_response(400, {"message": str(error)})
             self._in_background(simulator.send_market_info())
+        elif action == "throttle":
+            self._candles.throttle(int(query.get("n", ["1"])[0]))
         elif action in ("drop", "garbage"):
             fault = simulator.drop_connections() if action == "drop" else simulator.send_garbage()
             self._in_background(fault)

@@ -1,0 +1,252 @@
+"""The parity audit: bars tickvault stored from a live ingest against the simulator's candles
+of the same ticks (clean), then a bar altered in the database (reported with the field and
+the size of the difference), through run_audit, `tickvault audit` and GET /api/v1/audit.
+Real TimescaleDB (both editions), a real simulator and real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from api.app import create_app
+from ingest.audit import run_audit
+from ingest.config import Settings
+from ingest.parity import compare_day
+from ingest.service import WebSocketService
+from ingest.simulator import FeedSimulator
+from ingest.upstox.candles import IST, Candle
+from store.audit import Bar, DayVolume, day_bounds
+from store.bars import refresh_bars
+from store.instruments import default_sample_path, instrument_records, load_instruments
+from tests.conftest import REPO, DbServer
+from tests.test_api import client, serve
+
+RELIANCE = "NSE_EQ|INE002A01018"  # tick size 10 paise in the sample master
+TICK = 0.10
+
+
+def test_compare_day_sizes_prices_in_ticks_and_volume_in_percent() -> None:
+    start = datetime(2026, 1, 5, 9, 15, tzinfo=IST)
+    minute = timedelta(minutes=1)
+    bars = [
+        Bar(start, 100.0, 100.5, 99.9, 100.2, 1000),
+        Bar(start + minute, 100.2, 100.3, 100.0, 100.1, 500),
+        Bar(start + 3 * minute, 100.1, 100.1, 100.1, 100.1, 10),
+    ]
+    candles = [
+        Candle(start, 100.0, 100.5, 99.9, 100.2, 1000, 0),
+        Candle(start + minute, 100.2, 100.6, 100.0, 100.1, 400, 0),  # high 3 ticks apart
+        Candle(start + 2 * minute, 100.1, 100.2, 100.1, 100.2, 50, 0),
+    ]
+    audit = compare_day(RELIANCE, start.date(), TICK, bars, candles, DayVolume(1510, 9000, 40))
+    assert audit.bars_verdict == "differs"
+    assert audit.buckets_equal == 1
+    assert audit.buckets_differing == 1
+    [high, volume] = audit.differences
+    assert (high.field, high.size, high.unit) == ("high", -3.0, "ticks")
+    assert (volume.field, volume.size, volume.unit) == ("volume", 25.0, "percent")
+    assert audit.missing_ours == (start + 2 * minute,)
+    assert audit.missing_theirs == (start + 3 * minute,)
+    assert audit.volume.verdict == "differs"  # 1510 in our ticks, 1450 in the candles
+    assert audit.details()["volume"]["unheard_volume"] == 9000 - 1510
+    # Less than half a tick apart is the same printed price.
+    near = [Bar(start, 100.0 + TICK * 0.4, 100.5, 99.9, 100.2, 1000)]
+    same = compare_day(RELIANCE, start.date(), TICK, near, candles[:1], DayVolume(1000, 1000, 1))
+    assert (same.bars_verdict, same.volume.verdict) == ("clean", "conserved")
+
+
+@pytest.fixture(params=["apache", "community"])
+def server(request: pytest.FixtureRequest) -> DbServer:
+    return request.getfixturevalue(f"{request.param}_server")
+
+
+@pytest.fixture
+def instruments_db(server: DbServer) -> Iterator[str]:
+    url = server.create_database()
+    with psycopg.connect(url) as conn:
+        load_instruments(conn, default_sample_path())
+    yield url
+    server.drop_database(url)
+
+
+async def ingest_from(simulator: FeedSimulator, url: str, data_dir: Path) -> Settings:
+    """Run tickvault's ingest against the simulator for a few seconds, stop it cleanly, and
+    return settings whose candle source is that simulator."""
+    settings = Settings(
+        data_dir=data_dir,
+        upstox_access_token="audit-test-token",
+        upstox_api_base=simulator.url,
+        rollup_interval_s=1,
+    )
+    service = WebSocketService(settings, url)
+    await service.start()
+    await asyncio.sleep(3)
+    simulator.stall(3)  # every frame on the wire is read before the stop
+    await asyncio.sleep(0.5)
+    await service.stop()
+    return settings
+
+
+def cli_audit(settings: Settings, url: str, *args: str) -> tuple[int, str, str]:
+    env = {
+        **os.environ,
+        "TICKVAULT_DATABASE_URL": url,
+        "UPSTOX_ACCESS_TOKEN": settings.upstox_access_token,
+        "UPSTOX_API_BASE": settings.upstox_api_base,
+        "TICKVAULT_LOG_LEVEL": "WARNING",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "tickvault", "audit", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return done.returncode, done.stdout, done.stderr
+
+
+def alter_reliance(url: str, day: date) -> tuple[datetime, float, datetime]:
+    """Raise the last trade of RELIANCE's busiest minute to 3 ticks above that minute's high,
+    add 40 to the traded volume of its first minute, and rebuild the day's bars. Returns the
+    two buckets and the new high."""
+    start, end = day_bounds(day)
+    with psycopg.connect(url, autocommit=True) as conn:
+        bucket, high = conn.execute(
+            "SELECT bucket, high FROM ohlc_1m WHERE instrument_key = %s AND bucket >= %s"
+            " ORDER BY tick_count DESC, bucket LIMIT 1",
+            [RELIANCE, start],
+        ).fetchone()
+        new_high = round(high + 3 * TICK, 2)
+        conn.execute(
+            "UPDATE ticks SET ltp = %s WHERE instrument_key = %s AND ts = (SELECT max(ts)"
+            " FROM ticks WHERE instrument_key = %s AND ts >= %s AND ts < %s)",
+            [new_high, RELIANCE, RELIANCE, bucket, bucket + timedelta(minutes=1)],
+        )
+        (first_bucket,) = conn.execute(
+            "SELECT min(bucket) FROM ohlc_1m WHERE instrument_key = %s AND bucket >= %s",
+            [RELIANCE, start],
+        ).fetchone()
+        conn.execute(
+            "UPDATE ticks SET volume_delta = volume_delta + 40 WHERE instrument_key = %s"
+            " AND ts = (SELECT max(ts) FROM ticks WHERE instrument_key = %s AND ts >= %s"
+            " AND ts < %s)",
+            [RELIANCE, RELIANCE, first_bucket, first_bucket + timedelta(minutes=1)],
+        )
+        refresh_bars(conn, start, end)  # a materialized bucket takes the change too
+    return bucket, new_high, first_bucket
+
+
+def test_bars_from_the_simulator_audit_clean_then_an_altered_bar_is_reported(
+    instruments_db: str, tmp_path: Path
+) -> None:
+    url = instruments_db
+    today = datetime.now(IST).date()
+
+    async def scenario() -> None:
+        with psycopg.connect(url) as conn:
+            records = instrument_records(conn)
+        async with FeedSimulator(records, rate=2000, frame_interval=0.05) as simulator:
+            settings = await ingest_from(simulator, url, tmp_path / "data")
+            sent = simulator.sent_ticks()
+            minutes = {(key, ltt // 60_000) for key, ltt, *_ in sent}
+
+            report = await run_audit(url, settings, today)
+            audited = {audit.instrument_key: audit for audit in report.instruments}
+            assert set(audited) == {key for key, _ in minutes}
+            bad = {k: a.details() for k, a in audited.items() if a.bars_verdict != "clean"}
+            assert not bad
+            assert all(a.volume.verdict == "conserved" for a in audited.values())
+            assert sum(a.buckets_equal for a in audited.values()) == len(minutes)
+            assert audited[RELIANCE].volume.volume_delta_sum > 0
+            assert report.clean
+
+            status, out, err = await asyncio.to_thread(
+                cli_audit, settings, url, "--date", today.isoformat(), "--symbols", "RELIANCE"
+            )
+            assert (status, err) == (0, "")
+            assert f"parity audit of {today}: clean" in out
+            assert RELIANCE in out
+
+            bucket, new_high, first_bucket = alter_reliance(url, today)
+            status, out, err = await asyncio.to_thread(
+                cli_audit, settings, url, "--date", today.isoformat(), "--symbols", "RELIANCE",
+                "--json",
+            )  # fmt: skip
+            assert status == 2, err
+            result = json.loads(out)
+            assert result["clean"] is False
+            [reliance] = result["instruments"]
+            assert reliance["bars_verdict"] == "differs"
+            assert reliance["volume_verdict"] == "differs"
+            differences = {(d["bucket"], d["field"]): d for d in reliance["details"]["differences"]}
+            high = differences[(bucket.astimezone(IST).isoformat(), "high")]
+            assert (high["ours"], high["size"], high["unit"]) == (new_high, 3.0, "ticks")
+            volume = differences[(first_bucket.astimezone(IST).isoformat(), "volume")]
+            assert volume["ours"] - volume["theirs"] == 40
+            assert volume["unit"] == "percent"
+            assert volume["size"] == round(40 / volume["theirs"] * 100, 3)
+            totals = reliance["details"]["volume"]
+            assert totals["volume_delta_sum"] - totals["candles_volume"] == 40
+
+            # The API answers each instrument's latest verdict of the day.
+            api_settings = replace(settings, data_dir=tmp_path / "api")
+            with (
+                serve(create_app(api_settings, url, run_ingest=False)) as base,
+                client(base) as http,
+            ):
+                answer = await asyncio.to_thread(http.get, f"/api/v1/audit?date={today}")
+                missing = await asyncio.to_thread(http.get, "/api/v1/audit?date=2020-01-06")
+            assert answer.status_code == 200
+            body = answer.json()
+            assert body["clean"] is False
+            verdicts = {
+                item["instrument_key"]: item["bars_verdict"] for item in body["instruments"]
+            }
+            assert verdicts == {key: "clean" for key in audited} | {RELIANCE: "differs"}
+            assert missing.status_code == 404
+            assert "tickvault audit --date 2020-01-06" in missing.json()["detail"]
+
+    asyncio.run(scenario())
+
+
+def test_audit_without_a_token_or_with_a_refused_one_is_a_clear_error(
+    db_url: str, tmp_path: Path
+) -> None:
+    today = datetime.now(IST).date().isoformat()
+    no_token = Settings(data_dir=tmp_path, upstox_api_base="http://127.0.0.1:9")
+    status, out, err = cli_audit(no_token, db_url, "--date", today)
+    assert status == 1
+    assert "UPSTOX_ACCESS_TOKEN" in err
+
+    async def refused() -> tuple[int, str, str]:
+        async with FeedSimulator() as simulator:
+            simulator.reject_token()
+            with psycopg.connect(db_url) as conn:
+                conn.execute(
+                    "INSERT INTO ticks (instrument_key, ts, ltp, volume_delta)"
+                    " VALUES (%s, now(), 100.0, 1)",
+                    [RELIANCE],
+                )
+            settings = Settings(
+                data_dir=tmp_path,
+                upstox_access_token="refused-token-not-in-output",
+                upstox_api_base=simulator.url,
+            )
+            return await asyncio.to_thread(cli_audit, settings, db_url, "--date", today)
+
+    status, out, err = asyncio.run(refused())
+    assert status == 1
+    assert "refused" in err
+    assert "401" in err
+    assert "refused-token-not-in-output" not in err + out
