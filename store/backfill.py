@@ -7,7 +7,7 @@ of their instrument lies in their minute: a live bucket always wins.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from datetime import datetime
 from typing import NamedTuple
 
@@ -40,16 +40,21 @@ WHERE NOT EXISTS (
 ON CONFLICT (instrument_key, bucket) DO UPDATE SET
     open = EXCLUDED.open, high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close,
     volume = EXCLUDED.volume, oi = EXCLUDED.oi, fetched_at = now()
+WHERE (b.open, b.high, b.low, b.close, b.volume, b.oi)
+      IS DISTINCT FROM (EXCLUDED.open, EXCLUDED.high, EXCLUDED.low, EXCLUDED.close,
+                        EXCLUDED.volume, EXCLUDED.oi)
 """
 
 
 def store_minute_bars(
     conn: psycopg.Connection, instrument_key: str, bars: Iterable[MinuteBar]
 ) -> int:
-    """Store the candles of minutes in which `instrument_key` has no tick; how many were.
+    """Store the candles of minutes in which `instrument_key` has no tick; how many were
+    new or changed.
 
-    A candle for a minute that has ticks is left out (the live bucket is what counts), and
-    one stored again replaces the earlier copy, so a backfill can be run twice.
+    A candle for a minute that has ticks is left out (the live bucket is what counts); one
+    stored already is replaced only when Upstox now says otherwise, so a backfill can run
+    any number of times.
     """
     bars = list(bars)
     if not bars:
@@ -60,17 +65,3 @@ def store_minute_bars(
     }
     cursor = conn.execute(_STORE, {"key": instrument_key, **columns})
     return cursor.rowcount
-
-
-def backfilled_minutes(
-    conn: psycopg.Connection, instrument_key: str, start: datetime, end: datetime
-) -> Sequence[datetime]:
-    """The minutes in [start, end) that `ohlc_1m` shows from backfill for `instrument_key`."""
-    return [
-        row[0]
-        for row in conn.execute(
-            "SELECT bucket FROM ohlc_1m_filled WHERE instrument_key = %s"
-            " AND bucket >= %s AND bucket < %s ORDER BY bucket",
-            [instrument_key, start, end],
-        )
-    ]

@@ -8,14 +8,32 @@ any minute is; a late tick takes its minute back from the candle.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import os
 import random
+import subprocess
+import sys
 from collections import defaultdict
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
+import httpx
 import psycopg
+import pytest
 
+from api.app import create_app
+from ingest.client import FeedClient
+from ingest.config import Settings
+from ingest.service import WebSocketService
+from ingest.simulator import FeedSimulator
+from ingest.upstox.candles import IST, CandleClient
 from store.backfill import MinuteBar, store_minute_bars
 from store.bars import refresh_bars
+from store.instruments import default_sample_path, instrument_records, load_instruments
+from tests.conftest import REPO
+from tests.test_api import client, serve
 from tests.test_bars import (
     INSTRUMENTS,
     MINUTE,
@@ -31,6 +49,7 @@ from tests.test_bars import (
 )
 
 FIVE = 5 * MINUTE
+RELIANCE = "NSE_EQ|INE002A01018"
 
 
 def candles_for(key: str, minutes: list[datetime], seed: int) -> list[MinuteBar]:
@@ -96,8 +115,11 @@ def test_backfill_fills_holes_and_never_a_live_bucket(edition_db_url: str) -> No
         assert bars_of_day(conn, day) == expected_with_backfill(ticks, {key: candles})
         refresh_bars(conn)
         assert bars_of_day(conn, day) == expected_with_backfill(ticks, {key: candles})
-        # Stored again (a second backfill): nothing counts twice.
-        assert store_minute_bars(conn, key, candles) == len(hole)
+        # Stored again (a second backfill): nothing new, nothing counts twice.
+        assert store_minute_bars(conn, key, candles) == 0
+        # Upstox corrects a candle: the correction replaces it.
+        candles[2] = candles[2]._replace(close=candles[2].low, volume=5)
+        assert store_minute_bars(conn, key, candles) == 1
         assert bars_of_day(conn, day) == expected_with_backfill(ticks, {key: candles})
 
         # A late tick in a backfilled minute: the minute is the tick's from the next refresh
@@ -114,3 +136,183 @@ def test_backfill_fills_holes_and_never_a_live_bucket(edition_db_url: str) -> No
         minute = {row[1]: row for row in bars["ohlc_1m"] if row[0] == key}
         assert minute[hole[1]][-2:] == (1, "live")
         assert minute[with_ticks][-1] == "live"
+
+
+# --- a real gap: the ingest stopped for a whole minute, against the simulator ----------------
+
+
+class Witness:
+    """A second feed client that stays connected through the ingest's stop, so the simulator
+    goes on streaming (its candles are what it streamed) while the store hears nothing."""
+
+    def on_frame(self, frame: bytes, received_at_us: int) -> None:
+        pass
+
+
+def ingest_settings(simulator: FeedSimulator, data_dir: Path) -> Settings:
+    return Settings(
+        data_dir=data_dir,
+        upstox_access_token="backfill-test-token",
+        upstox_api_base=simulator.url,
+        rollup_interval_s=1,
+    )
+
+
+async def start_ingests(simulator: FeedSimulator, urls: dict[str, str], root: Path) -> list:
+    services = [
+        WebSocketService(ingest_settings(simulator, root / edition), url)
+        for edition, url in urls.items()
+    ]
+    await asyncio.gather(*(service.start() for service in services))
+    return services
+
+
+def cli_backfill(url: str, api_base: str, day: date) -> tuple[int, dict]:
+    done = subprocess.run(
+        [sys.executable, "-m", "tickvault", "backfill", "--date", str(day), "--json"],
+        cwd=REPO,
+        env={
+            **os.environ,
+            "TICKVAULT_DATABASE_URL": url,
+            "UPSTOX_ACCESS_TOKEN": "backfill-test-token",
+            "UPSTOX_API_BASE": api_base,
+            "TICKVAULT_LOG_LEVEL": "WARNING",
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return done.returncode, json.loads(done.stdout) if done.returncode == 0 else done.stderr
+
+
+def sleep_until(moment: datetime) -> float:
+    return max(0.0, (moment - datetime.now(UTC)).total_seconds())
+
+
+def minute_rows(url: str, key: str, start: datetime, end: datetime) -> dict[datetime, tuple]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT bucket, open, high, low, close, volume, tick_count, source FROM ohlc_1m"
+            " WHERE instrument_key = %s AND bucket >= %s AND bucket < %s",
+            [key, start, end],
+        ).fetchall()
+    return {row[0]: row[1:] for row in rows}
+
+
+async def wait_backfilled(http: httpx.Client, day: date, minute: datetime) -> list[dict]:
+    """The coverage answer once every gap holding `minute` reports it backfilled."""
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:
+        answer = await asyncio.to_thread(http.get, "/api/v1/coverage", params={"date": day})
+        assert answer.status_code == 200, answer.text
+        holding = [
+            gap
+            for gap in answer.json()["gaps"]
+            if datetime.fromisoformat(gap["start"]) <= minute < datetime.fromisoformat(gap["end"])
+        ]
+        if holding and all(gap["backfilled"] >= 1 for gap in holding):
+            return holding
+        assert asyncio.get_running_loop().time() < deadline, answer.json()
+        await asyncio.sleep(0.5)
+
+
+def test_a_stopped_ingest_leaves_a_gap_that_is_listed_and_backfilled_from_the_candles(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Both editions at once, each with its own ingest on one simulator: ~65-125 s."""
+    servers = {"apache": request.getfixturevalue("apache_server")}
+    with contextlib.suppress(pytest.skip.Exception):  # no Community here: Apache alone
+        servers["community"] = request.getfixturevalue("community_server")
+    urls = {edition: server.create_database() for edition, server in servers.items()}
+    try:
+        for url in urls.values():
+            with psycopg.connect(url) as conn:
+                load_instruments(conn, default_sample_path())
+        asyncio.run(gap_scenario(urls, tmp_path))
+    finally:
+        for edition, url in urls.items():
+            servers[edition].drop_database(url)
+
+
+async def gap_scenario(urls: dict[str, str], root: Path) -> None:
+    today = datetime.now(IST).date()
+    apache = urls["apache"]
+    with psycopg.connect(apache) as conn:
+        records = instrument_records(conn)
+    async with FeedSimulator(records, rate=2000, frame_interval=0.05) as simulator:
+        services = await start_ingests(simulator, urls, root)
+        keys = sorted(services[0].ws_client.subscribed_keys)
+        witness = FeedClient(ingest_settings(simulator, root / "witness"), Witness())
+        await witness.connect()
+        listening = asyncio.create_task(witness.listen())
+        await witness.subscribe(keys, "full")
+
+        # Stop two seconds before a minute starts; start again a second after it ends.
+        now = datetime.now(UTC)
+        gap_minute = (now + timedelta(seconds=6)).replace(second=0, microsecond=0) + MINUTE
+        await asyncio.sleep(sleep_until(gap_minute - timedelta(seconds=2)))
+        await asyncio.gather(*(service.stop() for service in services))
+        stopped_in = gap_minute - MINUTE
+        await asyncio.sleep(sleep_until(gap_minute + MINUTE + timedelta(seconds=1)))
+        services = await start_ingests(simulator, urls, root)
+        try:
+            settings = ingest_settings(simulator, root / "api")
+            with (
+                serve(create_app(settings, apache, run_ingest=False)) as base,
+                client(base) as http,
+            ):
+                holding = await wait_backfilled(http, today, gap_minute)
+                one = await asyncio.to_thread(
+                    http.get, "/api/v1/coverage", params={"date": today, "symbol": "RELIANCE"}
+                )
+            # Every subscribed instrument has the gap, RELIANCE's alone when asked for it.
+            assert {gap["instrument_key"] for gap in holding} == set(keys)
+            [reliance] = [gap for gap in one.json()["gaps"] if gap in holding]
+            assert {gap["instrument_key"] for gap in one.json()["gaps"]} == {RELIANCE}
+            assert reliance["symbol"] == "RELIANCE"
+            # The minute it stopped in was heard in part: a gap minute, whose live bar stays.
+            # (So is the one it started again in, once that minute is over.)
+            assert datetime.fromisoformat(reliance["start"]) <= stopped_in
+            assert datetime.fromisoformat(reliance["end"]) == gap_minute + MINUTE
+            assert reliance["backfilled"] == 1
+
+            # Run again by hand: the gap minutes left have ticks, so nothing more is stored.
+            status, report = await asyncio.to_thread(cli_backfill, apache, simulator.url, today)
+            assert status == 0, report
+            assert report["filled"] == 0
+            assert {item["instrument_key"] for item in report["instruments"]} == set(keys)
+            assert all(item["error"] is None for item in report["instruments"])
+            assert all(item["candles"] >= 1 for item in report["instruments"])
+        finally:
+            await asyncio.gather(*(service.stop() for service in services))
+            await witness.stop()
+            listening.cancel()
+        async with CandleClient(simulator.url, "backfill-test-token") as candles:
+            streamed = {key: await candles.minute_candles(key, today) for key in keys}
+
+    for edition, url in urls.items():
+        for key in keys:
+            rows = minute_rows(url, key, stopped_in, gap_minute + 2 * MINUTE)
+            candle = next(c for c in streamed[key] if c.start == gap_minute)
+            # The whole missing minute: the simulator's candle of what it streamed then.
+            assert rows[gap_minute] == (
+                candle.open,
+                candle.high,
+                candle.low,
+                candle.close,
+                candle.volume,
+                0,
+                "backfill",
+            ), (edition, key)
+            # The partly heard minutes around it keep their live bars: never replaced.
+            assert rows[stopped_in][-1] == "live", (edition, key)
+            assert rows[gap_minute + MINUTE][-1] == "live", (edition, key)
+        with psycopg.connect(url) as conn:
+            assert conn.execute(
+                "SELECT count(*) FROM ohlc_1m_backfill WHERE bucket <> %s", [gap_minute]
+            ).fetchone() == (0,)
+            five = conn.execute(
+                "SELECT DISTINCT source FROM ohlc_5m WHERE bucket = time_bucket('5 minutes', %s)",
+                [gap_minute],
+            ).fetchall()
+        assert five == [("backfill",)], edition

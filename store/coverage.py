@@ -1,0 +1,123 @@
+"""When the store was receiving, and the gaps that leaves.
+
+The ingest records spans in `coverage_spans` (sql/011_coverage.sql): per feed connection, from
+the first to the last frame it delivered while connected. A gap is a session minute that no
+span covers whole, for an instrument that was subscribed then (`subscriptions`: from its
+`subscribed_at`, until it was unsubscribed, when `updated_at` records the change). A minute
+with no trade inside a span is not a gap: illiquid instruments have empty minutes.
+
+A minute a span covers only in part (the ingest stopped or started inside it) is a gap too:
+its bar, if any, holds only the ticks of the covered part.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+
+import psycopg
+
+from store.calendar import trading_sessions
+
+
+@dataclass(frozen=True)
+class Gap:
+    """Consecutive gap minutes of one instrument: [start, end)."""
+
+    instrument_key: str
+    symbol: str  # the trading symbol, or the key when the instrument master lacks it
+    start: datetime
+    end: datetime
+    minutes: int
+    backfilled: int  # of those minutes, how many ohlc_1m now shows from backfill
+
+
+def open_span(conn: psycopg.Connection, connection: int, first: datetime, last: datetime) -> int:
+    """Record a new span of feed connection `connection`; its id, to extend it by."""
+    row = conn.execute(
+        "INSERT INTO coverage_spans (connection, started_at, ended_at) VALUES (%s, %s, %s)"
+        " RETURNING id",
+        [connection, first, last],
+    ).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def extend_span(conn: psycopg.Connection, span_id: int, last: datetime) -> None:
+    """Move the end of a span to its latest frame."""
+    conn.execute(
+        "UPDATE coverage_spans SET ended_at = greatest(ended_at, %s) WHERE id = %s",
+        [last, span_id],
+    )
+
+
+_GAPS = """
+WITH minutes AS (
+    SELECT m
+    FROM unnest(%(opens)s::timestamptz[], %(closes)s::timestamptz[]) AS s(opens, closes),
+         generate_series(s.opens, s.closes - INTERVAL '1 minute', INTERVAL '1 minute') AS m
+    WHERE m + INTERVAL '1 minute' <= %(until)s
+),
+uncovered AS (
+    SELECT m FROM minutes
+    WHERE NOT EXISTS (
+        SELECT FROM coverage_spans AS c
+        WHERE c.ended_at >= m + INTERVAL '1 minute' AND c.started_at <= m
+    )
+),
+missing AS (
+    SELECT s.instrument_key, u.m,
+           u.m - INTERVAL '1 minute'
+               * row_number() OVER (PARTITION BY s.instrument_key ORDER BY u.m) AS run
+    FROM uncovered AS u
+    JOIN subscriptions AS s
+      ON s.subscribed_at < u.m + INTERVAL '1 minute'
+     AND (s.status <> 'unsubscribed' OR s.updated_at > u.m)
+    WHERE %(keys)s::text[] IS NULL OR s.instrument_key = ANY(%(keys)s::text[])
+)
+SELECT g.instrument_key, coalesce(i.trading_symbol, g.instrument_key), g.start, g.end_,
+       g.minutes, g.backfilled
+FROM (
+    SELECT x.instrument_key, min(x.m) AS start, max(x.m) + INTERVAL '1 minute' AS end_,
+           count(*) AS minutes, count(f.bucket) AS backfilled
+    FROM missing AS x
+    LEFT JOIN ohlc_1m_filled AS f ON f.instrument_key = x.instrument_key AND f.bucket = x.m
+    GROUP BY x.instrument_key, x.run
+) AS g
+LEFT JOIN instruments AS i ON i.instrument_key = g.instrument_key
+ORDER BY g.instrument_key, g.start
+"""
+
+
+def gaps(
+    conn: psycopg.Connection,
+    sessions: Sequence[tuple[datetime, datetime]],
+    keys: Sequence[str] | None = None,
+    until: datetime | None = None,
+) -> list[Gap]:
+    """The gaps in `sessions` ([open, close) pairs) of `keys` (default: every subscription),
+    among the minutes that ended by `until` (default: now), by instrument then time."""
+    rows = conn.execute(
+        _GAPS,
+        {
+            "opens": [opens for opens, _ in sessions],
+            "closes": [closes for _, closes in sessions],
+            "keys": None if keys is None else list(keys),
+            "until": until or _now(conn),
+        },
+    ).fetchall()
+    return [Gap(*row) for row in rows]
+
+
+def gaps_of_day(
+    conn: psycopg.Connection, day: date, keys: Sequence[str] | None = None
+) -> list[Gap]:
+    """The gaps of the trading day `day` (its NSE sessions), up to now."""
+    return gaps(conn, trading_sessions(conn, day), keys)
+
+
+def _now(conn: psycopg.Connection) -> datetime:
+    row = conn.execute("SELECT now()").fetchone()
+    assert row is not None
+    return row[0]

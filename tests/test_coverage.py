@@ -1,0 +1,69 @@
+"""Coverage spans and the gaps they leave, against a real database (Apache edition: the rules
+are plain SQL, the same file on both editions)."""
+
+from __future__ import annotations
+
+from datetime import datetime, time, timedelta
+
+import psycopg
+
+from store.calendar import IST
+from store.coverage import extend_span, gaps, open_span
+
+MINUTE = timedelta(minutes=1)
+DAY = datetime(2026, 11, 23).date()  # a Monday
+SESSIONS = [(datetime.combine(DAY, time(9, 15), IST), datetime.combine(DAY, time(15, 30), IST))]
+INFY = "NSE_EQ|INE009A01021"
+TCS = "NSE_EQ|INE467B01029"
+
+
+def at(hour: int, minute: int, second: int = 0) -> datetime:
+    return datetime.combine(DAY, time(hour, minute, second), IST)
+
+
+def subscribe(conn: psycopg.Connection, key: str, since: datetime, until: datetime | None) -> None:
+    conn.execute(
+        "INSERT INTO subscriptions (instrument_key, status, subscribed_at, updated_at)"
+        " VALUES (%s, %s, %s, %s)",
+        [key, "subscribed" if until is None else "unsubscribed", since, until or since],
+    )
+
+
+def runs(found: list) -> list[tuple[str, datetime, datetime, int]]:
+    return [(gap.instrument_key, gap.start, gap.end, gap.minutes) for gap in found]
+
+
+def test_gaps_are_session_minutes_outside_every_span_of_subscribed_instruments(
+    db_url: str,
+) -> None:
+    with psycopg.connect(db_url) as conn:
+        subscribe(conn, INFY, at(8, 0), None)
+        subscribe(conn, TCS, at(8, 0), at(12, 0, 30))  # unsubscribed at 12:00:30
+        # Connection 0 from the open to 10:02:40, again from 10:05:10 to the close; connection
+        # 1 heard nothing in between: a minute outside every span is a gap.
+        first = open_span(conn, 0, at(9, 14, 58), at(9, 30))
+        extend_span(conn, first, at(10, 2, 40))
+        extend_span(conn, first, at(10, 1))  # an older end never moves it back
+        open_span(conn, 0, at(10, 5, 10), at(15, 30, 1))
+        open_span(conn, 1, at(11, 0), at(11, 30))
+        found = gaps(conn, SESSIONS, until=at(16, 0))
+        partial = gaps(conn, SESSIONS, [INFY], until=at(10, 4, 30))
+
+    # 10:02 and 10:05 were heard in part: gap minutes. No ticks were stored at all, and yet
+    # every other minute is covered: a minute without trades inside a span is no gap.
+    assert runs(found) == [
+        (INFY, at(10, 2), at(10, 6), 4),
+        (TCS, at(10, 2), at(10, 6), 4),
+    ]
+    assert found[0].symbol == INFY  # no instrument master loaded: the key
+    assert found[0].backfilled == 0
+    # Only minutes that have ended count, and only the instruments asked for.
+    assert runs(partial) == [(INFY, at(10, 2), at(10, 4), 2)]
+
+
+def test_no_span_at_all_is_one_gap_from_the_subscription_on(db_url: str) -> None:
+    with psycopg.connect(db_url) as conn:
+        subscribe(conn, INFY, at(11, 59, 30), None)
+        subscribe(conn, TCS, at(8, 0), at(9, 20, 5))
+        found = gaps(conn, SESSIONS, until=at(12, 3))
+    assert runs(found) == [(INFY, at(11, 59), at(12, 3), 4), (TCS, at(9, 15), at(9, 21), 6)]
