@@ -22,11 +22,13 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
+from ingest.backfill import AutoBackfill
 from ingest.cache import AggregatedTickHandler
 from ingest.calendar import CalendarKeeper
 from ingest.client import FeedClient
 from ingest.config import Secret, Settings
 from ingest.control import ControlServer, control_path
+from ingest.coverage import CoverageRecorder
 from ingest.handlers import TickCallback
 from ingest.journal import Journal, sync_forever
 from ingest.metrics import IngestMetrics
@@ -65,6 +67,8 @@ class WebSocketService:
         self._client: FeedClient | None = None
         self._subscriptions: SubscriptionManager | None = None
         self._control: ControlServer | None = None
+        self._coverage: CoverageRecorder | None = None
+        self._backfill: AutoBackfill | None = None
         self._tasks: dict[str, asyncio.Task[Any]] = {}
         self._custom_handlers: list[TickCallback] = []
         self._last_rollup_error: str | None = None
@@ -144,6 +148,13 @@ class WebSocketService:
             self._pipeline.market_status,
         )
         self._tasks["calendar"] = asyncio.create_task(calendar.run_forever(), name="calendar")
+        # When the store was receiving, and today's gaps backfilled whenever a socket opens.
+        api, token = client_settings.upstox_api_base, client_settings.upstox_access_token
+        self._backfill = AutoBackfill(self.database_url, api, token)
+        self._coverage = CoverageRecorder(
+            self._client.frame_spans, self._connection, on_new_span=self._backfill.request
+        )
+        self._tasks["coverage"] = asyncio.create_task(self._coverage.run_forever(), name="coverage")
         self._subscriptions = SubscriptionManager(
             self._client, self._pool, settings, symbols=self.symbols
         )
@@ -177,7 +188,7 @@ class WebSocketService:
             self._control = None
         if self._client is not None:
             await self._client.stop()
-        for name in ("feed", "calendar", "rollup", "journal-sync", "publish"):
+        for name in ("feed", "calendar", "coverage", "rollup", "journal-sync", "publish"):
             task = self._tasks.pop(name, None)
             if task is None:
                 continue
@@ -188,6 +199,9 @@ class WebSocketService:
                 pass
             except Exception:
                 log.exception("the %s task had failed before the stop", name)
+        if self._coverage is not None and self._backfill is not None:
+            await self._backfill.stop()
+            await self._coverage.flush()  # the end of the spans, up to the last frame
         if self._writer is not None:
             await self._writer.stop()
             writer = self._tasks.pop("writer", None)

@@ -38,6 +38,7 @@ from store.local.postgres import PgInstall, find_bindir
 from store.local.url import database_url, local_cluster
 from store.migrations import migrate
 from tickvault.audit import register as register_audit
+from tickvault.backfill import register as register_backfill
 from tickvault.logs import configure_logging
 
 if TYPE_CHECKING:
@@ -379,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
         "api", help="the API alone, beside a `tickvault ingest` on the same data directory"
     ).set_defaults(handler=_api)
     register_audit(commands)
+    register_backfill(commands)
     simulator = commands.add_parser(
         "simulator",
         help="the Upstox-compatible feed simulator (tickvault simulator --help: its options)",
