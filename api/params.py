@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Annotated
 
 from pydantic import AfterValidator, BeforeValidator, StringConstraints
@@ -52,6 +52,18 @@ def _date_time_text(value: object) -> object:
 
 
 DateTime = Annotated[datetime, BeforeValidator(_date_time_text)]
+
+# A calendar date as YYYY-MM-DD only: pydantic alone would take `0` as 1970-01-01.
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}\Z")
+
+
+def _date_text(value: object) -> object:
+    if isinstance(value, str) and not _DATE.match(value):
+        raise ValueError("must be a date YYYY-MM-DD, e.g. 2026-01-05")
+    return value
+
+
+IsoDate = Annotated[date, BeforeValidator(_date_text)]
 
 
 def symbol_list(raw: str) -> list[str]:

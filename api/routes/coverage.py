@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from api.context import Context
 from api.errors import responses
-from api.params import Symbol
+from api.params import IsoDate, Symbol
 from store.calendar import IST, trading_sessions
 from store.coverage import gaps
 
@@ -36,7 +36,7 @@ class CoverageOut(BaseModel):
 def coverage(
     context: Context,
     day: Annotated[
-        date | None,
+        IsoDate | None,
         Query(alias="date", description="IST trading date, YYYY-MM-DD; default: today"),
     ] = None,
     symbol: Annotated[
