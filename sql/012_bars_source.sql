@@ -41,17 +41,26 @@ CREATE TABLE ohlc_1m_backfill (
     PRIMARY KEY (instrument_key, bucket)
 );
 
+-- Whether a tick of `key` lies in the minute starting at `minute`. A function, not a join in
+-- the views below: the planner would otherwise plan a probe of every tick chunk into every
+-- read of ohlc_1m and ohlc_5m (about 10 ms more per read at 90 daily chunks), where this is
+-- planned once per session and asked only of backfilled minutes.
+CREATE FUNCTION minute_has_ticks(key text, minute timestamptz) RETURNS boolean
+LANGUAGE plpgsql STABLE PARALLEL SAFE AS
+$$
+BEGIN
+    RETURN EXISTS (
+        SELECT FROM ticks
+        WHERE instrument_key = key AND ts >= minute AND ts < minute + INTERVAL '1 minute'
+    );
+END
+$$;
+
 -- The backfilled minutes that count: those in which no tick of the instrument was stored.
--- Asked of the ticks themselves (an index probe per backfilled minute), not of ohlc_1m_live,
--- whose real-time part cannot be probed per row.
 CREATE VIEW ohlc_1m_filled AS
 SELECT b.instrument_key, b.bucket, b.open, b.high, b.low, b.close, b.volume
 FROM ohlc_1m_backfill AS b
-WHERE NOT EXISTS (
-    SELECT FROM ticks AS t
-    WHERE t.instrument_key = b.instrument_key
-      AND t.ts >= b.bucket AND t.ts < b.bucket + INTERVAL '1 minute'
-);
+WHERE NOT minute_has_ticks(b.instrument_key, b.bucket);
 
 CREATE VIEW ohlc_1m AS
 SELECT instrument_key, bucket, open, high, low, close, volume, tick_count,

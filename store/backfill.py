@@ -32,11 +32,7 @@ SELECT %(key)s, c.bucket, c.open, c.high, c.low, c.close, c.volume, c.oi
 FROM unnest(%(buckets)s::timestamptz[], %(opens)s::float8[], %(highs)s::float8[],
             %(lows)s::float8[], %(closes)s::float8[], %(volumes)s::bigint[], %(ois)s::float8[])
      AS c(bucket, open, high, low, close, volume, oi)
-WHERE NOT EXISTS (
-    SELECT FROM ticks AS t
-    WHERE t.instrument_key = %(key)s
-      AND t.ts >= c.bucket AND t.ts < c.bucket + INTERVAL '1 minute'
-)
+WHERE NOT minute_has_ticks(%(key)s, c.bucket)
 ON CONFLICT (instrument_key, bucket) DO UPDATE SET
     open = EXCLUDED.open, high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close,
     volume = EXCLUDED.volume, oi = EXCLUDED.oi, fetched_at = now()
