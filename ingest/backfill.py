@@ -45,7 +45,7 @@ class InstrumentFill:
 
     instrument_key: str
     symbol: str
-    gap_minutes: int  # minutes of the day's gaps not yet backfilled before this run
+    gap_minutes: int  # gap minutes without ticks and not yet backfilled before this run
     candles: int  # candles Upstox had for those minutes (a minute without trades has none)
     filled: int  # minutes stored as backfill (those without ticks)
     error: str | None = None
@@ -75,12 +75,15 @@ async def backfill_day(
     day: date,
     symbols: Sequence[str] = (),
     *,
+    ending_after: datetime | None = None,
     limits: RateLimits = UPSTOX_LIMITS,
 ) -> BackfillReport:
     """Fill the gaps of `day` (IST) for `symbols` (default: every subscription) from the
-    candles at `api_base`. A refused token stops it all (CandleAuthError); another failure of
-    one instrument's candles is reported on that instrument and the others go on."""
-    open_gaps = await asyncio.to_thread(_open_gaps, database_url, day, symbols)
+    candles at `api_base`; with `ending_after`, only the gaps that end after it. Only
+    instruments with minutes to fill are asked for candles. A refused token stops it all
+    (CandleAuthError); another failure of one instrument's candles is reported on that
+    instrument and the others go on."""
+    open_gaps = await asyncio.to_thread(_open_gaps, database_url, day, symbols, ending_after)
     if not open_gaps:
         return BackfillReport(day, ())
     async with CandleClient(api_base, token, limits=limits) as client:
@@ -95,8 +98,10 @@ async def backfill_day(
     return BackfillReport(day, tuple(task.result() for task in tasks))
 
 
-def _open_gaps(database_url: str, day: date, symbols: Sequence[str]) -> dict[str, list[Gap]]:
-    """The day's gaps that still have minutes without a bar from backfill, by instrument."""
+def _open_gaps(
+    database_url: str, day: date, symbols: Sequence[str], ending_after: datetime | None
+) -> dict[str, list[Gap]]:
+    """The day's gaps that still have minutes to fill, by instrument."""
     with psycopg.connect(database_url) as conn:
         keys = None
         if symbols:
@@ -107,7 +112,7 @@ def _open_gaps(database_url: str, day: date, symbols: Sequence[str]) -> dict[str
             keys = list(found.values())
         by_key: dict[str, list[Gap]] = {}
         for gap in gaps_of_day(conn, day, keys):
-            if gap.backfilled < gap.minutes:
+            if gap.fillable and (ending_after is None or gap.end > ending_after):
                 by_key.setdefault(gap.instrument_key, []).append(gap)
         return by_key
 
@@ -115,7 +120,7 @@ def _open_gaps(database_url: str, day: date, symbols: Sequence[str]) -> dict[str
 async def _fill(
     database_url: str, client: CandleClient, day: date, key: str, gaps: list[Gap]
 ) -> InstrumentFill:
-    missing = sum(gap.minutes - gap.backfilled for gap in gaps)
+    missing = sum(gap.fillable for gap in gaps)
     symbol = gaps[0].symbol
     try:
         candles = await client.minute_candles(key, day)
@@ -139,7 +144,11 @@ def _store(database_url: str, key: str, bars: list[MinuteBar]) -> int:
 
 class AutoBackfill:
     """Today's gaps backfilled after the ingest connects again (a reconnect or a restart)
-    while a session is open; one run at a time, a request during a run runs once more."""
+    while a session is open; one run at a time, a request during a run runs once more.
+
+    After its first run it asks only for the gaps that ended since the last one began, so a
+    minute no candle can fill (no trade in it) costs no requests on every reconnect.
+    """
 
     def __init__(self, database_url: str, api_base: str, token: str) -> None:
         self._database_url = database_url
@@ -147,6 +156,7 @@ class AutoBackfill:
         self._token = token
         self._task: asyncio.Task[None] | None = None
         self._again = False
+        self._last_run: datetime | None = None
         self.last_report: BackfillReport | None = None
 
     def request(self) -> None:
@@ -167,14 +177,17 @@ class AutoBackfill:
             now = datetime.now(IST)
             if not await asyncio.to_thread(self._in_session, now):
                 return
+            since = (
+                self._last_run if self._last_run and self._last_run.date() == now.date() else None
+            )
             try:
                 report = await backfill_day(
-                    self._database_url, self._api_base, self._token, now.date()
+                    self._database_url, self._api_base, self._token, now.date(), ending_after=since
                 )
             except (CandleError, psycopg.Error) as error:
                 log.warning("backfill of today's gaps failed: %s", error)
                 return
-            self.last_report = report
+            self._last_run, self.last_report = now, report
             if report.instruments:
                 log.info(
                     "backfill of %s: %d minutes filled for %d instruments with gaps",

@@ -31,6 +31,12 @@ class Gap:
     end: datetime
     minutes: int
     backfilled: int  # of those minutes, how many ohlc_1m now shows from backfill
+    heard: int  # of those minutes, how many have ticks (heard in part: their bars stay live)
+
+    @property
+    def fillable(self) -> int:
+        """Minutes backfill may still fill: neither heard in part nor backfilled."""
+        return self.minutes - self.backfilled - self.heard
 
 
 def open_span(conn: psycopg.Connection, connection: int, first: datetime, last: datetime) -> int:
@@ -77,10 +83,12 @@ missing AS (
     WHERE %(keys)s::text[] IS NULL OR s.instrument_key = ANY(%(keys)s::text[])
 )
 SELECT g.instrument_key, coalesce(i.trading_symbol, g.instrument_key), g.start, g.end_,
-       g.minutes, g.backfilled
+       g.minutes, g.backfilled, g.heard
 FROM (
     SELECT x.instrument_key, min(x.m) AS start, max(x.m) + INTERVAL '1 minute' AS end_,
-           count(*) AS minutes, count(f.bucket) AS backfilled
+           count(*) AS minutes, count(f.bucket) AS backfilled,
+           count(*) FILTER (WHERE f.bucket IS NULL AND minute_has_ticks(x.instrument_key, x.m))
+               AS heard
     FROM missing AS x
     LEFT JOIN ohlc_1m_filled AS f ON f.instrument_key = x.instrument_key AND f.bucket = x.m
     GROUP BY x.instrument_key, x.run

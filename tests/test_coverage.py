@@ -4,11 +4,16 @@ are plain SQL, the same file on both editions)."""
 from __future__ import annotations
 
 from datetime import datetime, time, timedelta
+from pathlib import Path
 
 import psycopg
 
+from api.app import create_app
+from ingest.config import Settings
 from store.calendar import IST
 from store.coverage import extend_span, gaps, open_span
+from store.instruments import default_sample_path, load_instruments
+from tests.test_api import client, serve
 
 MINUTE = timedelta(minutes=1)
 DAY = datetime(2026, 11, 23).date()  # a Monday
@@ -67,3 +72,40 @@ def test_no_span_at_all_is_one_gap_from_the_subscription_on(db_url: str) -> None
         subscribe(conn, TCS, at(8, 0), at(9, 20, 5))
         found = gaps(conn, SESSIONS, until=at(12, 3))
     assert runs(found) == [(INFY, at(11, 59), at(12, 3), 4), (TCS, at(9, 15), at(9, 21), 6)]
+
+
+def test_the_api_lists_a_days_gaps_by_symbol(db_url: str, tmp_path: Path) -> None:
+    with psycopg.connect(db_url) as conn:
+        load_instruments(conn, default_sample_path())
+        subscribe(conn, INFY, at(8, 0), None)
+        subscribe(conn, TCS, at(8, 0), None)
+        # The calendar says 2026-11-23 had its regular session; the ingest heard all but
+        # 10:02-10:05 of it.
+        open_span(conn, 0, at(9, 0), at(10, 2, 40))
+        open_span(conn, 0, at(10, 5, 10), at(15, 40))
+    settings = Settings(data_dir=tmp_path)
+    with serve(create_app(settings, db_url, run_ingest=False)) as base, client(base) as http:
+        infy = http.get("/api/v1/coverage", params={"date": DAY, "symbol": "infy"})
+        every = http.get("/api/v1/coverage", params={"date": DAY})
+        unknown = http.get("/api/v1/coverage", params={"date": DAY, "symbol": "NOSUCH"})
+        not_a_date = http.get("/api/v1/coverage", params={"date": "0"})
+    assert infy.status_code == 200, infy.text
+    assert infy.json() == {
+        "date": "2026-11-23",
+        "sessions": [["2026-11-23T09:15:00+05:30", "2026-11-23T15:30:00+05:30"]],
+        "gaps": [
+            {
+                "symbol": "INFY",
+                "instrument_key": INFY,
+                "start": "2026-11-23T04:32:00Z",
+                "end": "2026-11-23T04:36:00Z",
+                "minutes": 4,
+                "backfilled": 0,
+                "heard": 0,
+            }
+        ],
+    }
+    assert [gap["symbol"] for gap in every.json()["gaps"]] == ["INFY", "TCS"]
+    assert unknown.status_code == 404
+    assert "NOSUCH" in unknown.text
+    assert not_a_date.status_code == 422

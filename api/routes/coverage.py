@@ -24,6 +24,7 @@ class GapOut(BaseModel):
     end: datetime
     minutes: int
     backfilled: int
+    heard: int
 
 
 class CoverageOut(BaseModel):
@@ -48,7 +49,8 @@ def coverage(
     now) that no span of the feed's connections covers whole, for each instrument that was
     subscribed then; `end` is exclusive. A minute without trades while the feed was receiving
     is no gap. `backfilled` counts the gap minutes whose 1-minute bar now comes from Upstox's
-    candles (`tickvault backfill`)."""
+    candles (`tickvault backfill`), `heard` those the feed was heard in for part of the
+    minute (the ingest stopped or started in it): their bars hold those ticks only."""
     day = day or datetime.now(IST).date()
     keys = None if symbol is None else context.resolver.resolve([symbol])
     with context.pool.connection() as conn:
@@ -65,6 +67,7 @@ def coverage(
                 end=gap.end,
                 minutes=gap.minutes,
                 backfilled=gap.backfilled,
+                heard=gap.heard,
             )
             for gap in found
         ],
