@@ -40,6 +40,8 @@ CREATE TABLE ohlc_1m_backfill (
     fetched_at     timestamptz      NOT NULL DEFAULT now(),
     PRIMARY KEY (instrument_key, bucket)
 );
+-- The backfilled minutes of a time range, of every instrument (store/coverage.py).
+CREATE INDEX ohlc_1m_backfill_bucket ON ohlc_1m_backfill (bucket);
 
 -- Whether a tick of `key` lies in the minute starting at `minute`. A function, not a join in
 -- the views below: the planner would otherwise plan a probe of every tick chunk into every

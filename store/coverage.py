@@ -72,6 +72,22 @@ uncovered AS (
         WHERE c.ended_at >= m + INTERVAL '1 minute' AND c.started_at <= m
     )
 ),
+-- Runs of uncovered minutes, the same for every instrument: the ticks and backfilled minutes
+-- inside them are read by time range, never probed minute by minute.
+stretches AS (
+    SELECT min(m) AS opens, max(m) + INTERVAL '1 minute' AS closes
+    FROM (SELECT m, m - INTERVAL '1 minute' * row_number() OVER (ORDER BY m) AS run
+          FROM uncovered) AS u
+    GROUP BY run
+),
+heard AS (
+    SELECT DISTINCT t.instrument_key, time_bucket(INTERVAL '1 minute', t.ts) AS m
+    FROM stretches AS r JOIN ticks AS t ON t.ts >= r.opens AND t.ts < r.closes
+),
+backfilled AS (
+    SELECT b.instrument_key, b.bucket AS m
+    FROM stretches AS r JOIN ohlc_1m_backfill AS b ON b.bucket >= r.opens AND b.bucket < r.closes
+),
 missing AS (
     SELECT s.instrument_key, u.m,
            u.m - INTERVAL '1 minute'
@@ -86,11 +102,13 @@ SELECT g.instrument_key, coalesce(i.trading_symbol, g.instrument_key), g.start, 
        g.minutes, g.backfilled, g.heard
 FROM (
     SELECT x.instrument_key, min(x.m) AS start, max(x.m) + INTERVAL '1 minute' AS end_,
-           count(*) AS minutes, count(f.bucket) AS backfilled,
-           count(*) FILTER (WHERE f.bucket IS NULL AND minute_has_ticks(x.instrument_key, x.m))
-               AS heard
+           count(*) AS minutes,
+           -- A backfilled minute with ticks shows its ticks (sql/012_bars_source.sql).
+           count(b.m) FILTER (WHERE h.m IS NULL) AS backfilled,
+           count(h.m) AS heard
     FROM missing AS x
-    LEFT JOIN ohlc_1m_filled AS f ON f.instrument_key = x.instrument_key AND f.bucket = x.m
+    LEFT JOIN heard AS h ON h.instrument_key = x.instrument_key AND h.m = x.m
+    LEFT JOIN backfilled AS b ON b.instrument_key = x.instrument_key AND b.m = x.m
     GROUP BY x.instrument_key, x.run
 ) AS g
 LEFT JOIN instruments AS i ON i.instrument_key = g.instrument_key

@@ -10,6 +10,7 @@ import psycopg
 
 from api.app import create_app
 from ingest.config import Settings
+from store.backfill import MinuteBar, store_minute_bars
 from store.calendar import IST
 from store.coverage import extend_span, gaps, open_span
 from store.instruments import default_sample_path, load_instruments
@@ -51,6 +52,16 @@ def test_gaps_are_session_minutes_outside_every_span_of_subscribed_instruments(
         extend_span(conn, first, at(10, 1))  # an older end never moves it back
         open_span(conn, 0, at(10, 5, 10), at(15, 30, 1))
         open_span(conn, 1, at(11, 0), at(11, 30))
+        # INFY's 10:03 and 10:05 backfilled; then ticks of 10:02 (before the stop) and 10:05
+        # (a late one, which takes the minute back from the candle).
+        candle = (100.0, 101.0, 99.5, 100.5, 700, None)
+        store_minute_bars(
+            conn, INFY, [MinuteBar(at(10, 3), *candle), MinuteBar(at(10, 5), *candle)]
+        )
+        conn.execute(
+            "INSERT INTO ticks (instrument_key, ts, ltp) VALUES (%s, %s, 1), (%s, %s, 2)",
+            [INFY, at(10, 2, 39), INFY, at(10, 5, 20)],
+        )
         found = gaps(conn, SESSIONS, until=at(16, 0))
         partial = gaps(conn, SESSIONS, [INFY], until=at(10, 4, 30))
 
@@ -61,7 +72,8 @@ def test_gaps_are_session_minutes_outside_every_span_of_subscribed_instruments(
         (TCS, at(10, 2), at(10, 6), 4),
     ]
     assert found[0].symbol == INFY  # no instrument master loaded: the key
-    assert found[0].backfilled == 0
+    assert (found[0].backfilled, found[0].heard, found[0].fillable) == (1, 2, 1)
+    assert (found[1].backfilled, found[1].heard, found[1].fillable) == (0, 0, 4)
     # Only minutes that have ended count, and only the instruments asked for.
     assert runs(partial) == [(INFY, at(10, 2), at(10, 4), 2)]
 

@@ -96,7 +96,7 @@ class Connection:
         self._send_lock = asyncio.Lock()  # keeps a restore and a new request from interleaving
         self._stopping = False
         self.watch = StallWatch(feed.stall_s)
-        self.span: FrameSpan | None = None  # of the socket now open, a new one per socket
+        self.span: FrameSpan | None = None  # of the latest socket, new at its first frame
         self._stalled = False  # the watchdog closed the socket now open
 
     def start(self) -> None:
