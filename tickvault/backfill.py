@@ -10,41 +10,26 @@ import argparse
 import asyncio
 import json
 import sys
-from datetime import date, datetime
 
 import pandas as pd
 
 from ingest.backfill import BackfillReport, UnknownSymbols, backfill_day
 from ingest.config import Settings
-from ingest.upstox.candles import IST, CandleError
+from ingest.upstox.candles import CandleError
 from store.local.url import database_url
+from tickvault.day_args import add_day_arguments, day_of, symbols_of
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser(
         "backfill", help="fill a day's gaps in the bars with Upstox's 1-minute candles"
     )
-    parser.add_argument(
-        "--date",
-        type=date.fromisoformat,
-        default=None,
-        help="IST trading date YYYY-MM-DD (default: today in IST)",
-    )
-    parser.add_argument(
-        "--symbols",
-        nargs="+",
-        default=[],
-        metavar="SYMBOL",
-        help="trading symbols, index names or instrument keys (default: every subscription);"
-        " commas separate too",
-    )
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_day_arguments(parser, every="every subscription")
     parser.set_defaults(handler=backfill_command)
 
 
 def backfill_command(settings: Settings, args: argparse.Namespace) -> int:
-    day = args.date or datetime.now(IST).date()
-    symbols = [name.strip() for item in args.symbols for name in item.split(",") if name.strip()]
+    day, symbols = day_of(args), symbols_of(args)
     token = settings.upstox_access_token
     if not token:
         print(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import date, datetime
 from typing import Annotated
 
@@ -56,19 +57,4 @@ def coverage(
     with context.pool.connection() as conn:
         sessions = trading_sessions(conn, day)
         found = gaps(conn, sessions, keys)
-    return CoverageOut(
-        date=day,
-        sessions=sessions,
-        gaps=[
-            GapOut(
-                symbol=gap.symbol,
-                instrument_key=gap.instrument_key,
-                start=gap.start,
-                end=gap.end,
-                minutes=gap.minutes,
-                backfilled=gap.backfilled,
-                heard=gap.heard,
-            )
-            for gap in found
-        ],
-    )
+    return CoverageOut(date=day, sessions=sessions, gaps=[GapOut(**asdict(gap)) for gap in found])
