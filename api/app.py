@@ -18,7 +18,7 @@ from api.limits import BodyLimit
 from api.liveness import DatabaseProbe
 from api.operations import Operations
 from api.published import PublishedIngest
-from api.routes import audit, feed, history, instruments, market, ops, token
+from api.routes import audit, coverage, feed, history, instruments, market, ops, token
 from api.symbols import SymbolResolver
 from ingest.config import Settings
 from ingest.service import WebSocketService
@@ -74,7 +74,7 @@ def create_app(settings: Settings, database_url: str, run_ingest: bool = True) -
         summary="Upstox market ticks and OHLC bars from TimescaleDB",
         lifespan=lifespan,
     )
-    for module in (ops, feed, history, instruments, token, market, audit):
+    for module in (ops, feed, history, instruments, token, market, audit, coverage):
         app.include_router(module.router)
     operations = Operations(app.openapi())
     install_error_handlers(app, operations)

@@ -64,6 +64,18 @@ DateTime = Annotated[
 ]
 Date = Annotated[date, _shaped(r"\d{4}-\d{2}-\d{2}$", "a date, YYYY-MM-DD")]
 
+# A calendar date as YYYY-MM-DD only: pydantic alone would take `0` as 1970-01-01.
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}\Z")
+
+
+def _date_text(value: object) -> object:
+    if isinstance(value, str) and not _DATE.match(value):
+        raise ValueError("must be a date YYYY-MM-DD, e.g. 2026-01-05")
+    return value
+
+
+IsoDate = Annotated[date, BeforeValidator(_date_text)]
+
 
 def symbol_list(raw: str) -> list[str]:
     """`INFY, TCS,NIFTY` as distinct names in order; empty items are skipped."""

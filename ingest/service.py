@@ -22,11 +22,13 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
+from ingest.backfill import AutoBackfill
 from ingest.cache import AggregatedTickHandler
 from ingest.calendar import CalendarKeeper
 from ingest.client import FeedClient
 from ingest.config import Settings
 from ingest.control import ControlServer, control_path
+from ingest.coverage import CoverageRecorder
 from ingest.disk import DiskGuard
 from ingest.handlers import TickCallback
 from ingest.instruments import RefreshReport, control_refresh, refresh_instruments
@@ -73,6 +75,8 @@ class WebSocketService:
         self._client: FeedClient | None = None
         self._subscriptions: SubscriptionManager | None = None
         self._control: ControlServer | None = None
+        self._coverage: CoverageRecorder | None = None
+        self._backfill: AutoBackfill | None = None
         self._tasks: dict[str, asyncio.Task[Any]] = {}
         self._custom_handlers: list[TickCallback] = []
         self.rollup = BarRollup(database_url, settings.rollup_interval_s)
@@ -140,6 +144,8 @@ class WebSocketService:
         if self.tokens.source == "file":  # a new token there is taken without a restart
             self._tasks["token-watch"] = asyncio.create_task(self.tokens.watch(), name="token")
         self._pipeline.wanted = self._client.subscribed_keys
+        self._coverage, self._backfill = _coverage_and_backfill(self, client_settings)
+        self._tasks["coverage"] = asyncio.create_task(self._coverage.run_forever(), name="coverage")
         self._subscriptions = SubscriptionManager(
             self._client, self._pool, settings, symbols=self.symbols
         )
@@ -190,6 +196,9 @@ class WebSocketService:
                 pass
             except Exception:
                 log.exception("the %s task had failed before the stop", name)
+        if self._coverage is not None and self._backfill is not None:
+            await self._backfill.stop()
+            await self._coverage.flush()  # the end of the spans, up to the last frame
         if self._writer is not None:
             await self._writer.stop()
             writer = self._tasks.pop("writer", None)
@@ -364,6 +373,22 @@ async def _feed_settings(
         settings, upstox_api_base=simulator.url, upstox_access_token=tokens.use_simulator()
     )
     return feed_settings, simulator
+
+
+def _coverage_and_backfill(
+    service: WebSocketService, feed_settings: Settings
+) -> tuple[CoverageRecorder, AutoBackfill]:
+    """When the store was receiving, and today's gaps backfilled whenever a socket opens,
+    with the token the feed has then."""
+    tokens = service.tokens
+    assert tokens is not None
+    backfill = AutoBackfill(
+        service.database_url, feed_settings.upstox_api_base, lambda: tokens.token
+    )
+    coverage = CoverageRecorder(
+        service.ws_client.frame_spans, service._connection, on_new_span=backfill.request
+    )
+    return coverage, backfill
 
 
 def _calendar_keeper(

@@ -14,6 +14,7 @@ API calls too: the rule that builds them is written there only.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, get_args
@@ -26,6 +27,9 @@ from store.editions import Edition, server_edition
 Interval = Literal["1m", "5m"]
 # The relation each interval is read from, the same name on both editions; 1-minute first.
 BAR_VIEWS: dict[Interval, str] = {"1m": "ohlc_1m", "5m": "ohlc_5m"}
+# What each relation shows of the ticks alone (sql/012_bars_source.sql): on Community the
+# continuous aggregates refresh_bars refreshes; the views above add the backfilled minutes.
+LIVE_VIEWS: dict[Interval, str] = {"1m": "ohlc_1m_live", "5m": "ohlc_5m_live"}
 # Every interval bars can be read in: 1m and 5m are the relations above, the others are built
 # on read from ohlc_1m by the SQL function bars(), aligned to the NSE session (origin 09:15
 # IST; 1d by IST trading date). sql/009's bar_intervals() lists the same names.
@@ -36,6 +40,8 @@ BAR_COLUMNS = ("bucket", "open", "high", "low", "close", "volume", "tick_count")
 
 # Only one rollup at a time, whoever runs it (the ingest scheduler or `tickvault db refresh-bars`).
 _ROLLUP_LOCK = 0x7469636B
+# How long a Community refresh waits for a concurrent one on the same aggregate.
+_REFRESH_WAIT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -84,11 +90,8 @@ def refresh_bars(
     """
     edition = server_edition(conn)
     if edition is Edition.COMMUNITY:
-        for view in BAR_VIEWS.values():  # 1-minute first: the 5-minute layer reads it
-            conn.execute(
-                "CALL refresh_continuous_aggregate(%s::regclass, %s::timestamptz, %s::timestamptz)",
-                [view, start, end],
-            )
+        for view in LIVE_VIEWS.values():  # 1-minute first: the 5-minute layer reads it
+            _refresh_aggregate(conn, view, start, end)
         return RefreshResult(edition, {})
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", [_ROLLUP_LOCK])
@@ -100,6 +103,29 @@ def refresh_bars(
         )
         written = {layer.view: _rollup(conn, layer, start, end) for layer in _LAYERS}
     return RefreshResult(edition, written)
+
+
+def _refresh_aggregate(
+    conn: psycopg.Connection, view: str, start: datetime | None, end: datetime | None
+) -> None:
+    """Refresh one continuous aggregate, after any refresh already running on it.
+
+    TimescaleDB 2.2x refuses a refresh while another one (a policy job: they start as soon as
+    a database is created) holds an overlapping window, instead of waiting for it; ours must
+    still run after it, so it is tried again until that one is done.
+    """
+    deadline = time.monotonic() + _REFRESH_WAIT_S
+    while True:
+        try:
+            conn.execute(
+                "CALL refresh_continuous_aggregate(%s::regclass, %s::timestamptz, %s::timestamptz)",
+                [view, start, end],
+            )
+            return
+        except psycopg.errors.LockNotAvailable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def _rollup(

@@ -28,7 +28,11 @@ ON CONFLICT (instrument_key) DO UPDATE SET
     status = EXCLUDED.status,
     error = EXCLUDED.error,
     updated_at = now(),
-    subscribed_at = coalesce(EXCLUDED.subscribed_at, s.subscribed_at)
+    -- Since when the key has been wanted without a break: a restart's resubscription keeps
+    -- it (coverage counts the minutes the ingest was away as gaps of the key), a key
+    -- subscribed again after an unsubscribe starts anew.
+    subscribed_at = CASE WHEN s.status = 'unsubscribed' OR s.subscribed_at IS NULL
+                         THEN EXCLUDED.subscribed_at ELSE s.subscribed_at END
 """
 
 _SET_STATUS = """
@@ -46,7 +50,8 @@ def upsert(
 ) -> None:
     """Record `keys` in `mode` with `status`, adding the ones not there yet.
 
-    `subscribed_at` is set when a key becomes subscribed and kept through later changes.
+    `subscribed_at` is set when a key becomes subscribed and kept through later changes,
+    resubscriptions included, until it is unsubscribed.
     """
     conn.execute(_UPSERT, {"keys": list(keys), "mode": mode, "status": status, "error": error})
 

@@ -98,7 +98,17 @@ def expected_bars(ticks: Iterable[Tick]) -> Bars:
             prices = [tick.ltp for tick in group]
             volume = sum(tick.volume_delta for tick in group)
             rows.append(
-                (key, bucket, prices[0], max(prices), min(prices), prices[-1], volume, len(group))
+                (
+                    key,
+                    bucket,
+                    prices[0],
+                    max(prices),
+                    min(prices),
+                    prices[-1],
+                    volume,
+                    len(group),
+                    "live",  # every bucket here has ticks (sql/012_bars_source.sql)
+                )
             )
         bars[view] = rows
     return bars

@@ -171,7 +171,7 @@ def test_the_running_ingest_follows_a_changed_universe(
 
         in_a_month = int(time.time() * 1000) + 30 * DAY_MS
         changed = without_stock(sample(), TCS) + new_stock(NEWCO, "NEWCO", "990001", in_a_month)
-        simulator.serve_instruments(gz(changed))
+        simulator.instrument_file.replace(gz(changed))
         gone = len(sample()) - len(without_stock(sample(), TCS))
 
         # The CLI finds the ingest's control socket: the ingest downloads from its simulator.

@@ -107,8 +107,8 @@ def test_community_bars_are_real_time_continuous_aggregates(
                 " FROM timescaledb_information.continuous_aggregates ORDER BY view_name"
             ).fetchall()
             assert [(name, only) for name, only, _ in aggregates] == [
-                ("ohlc_1m", False),
-                ("ohlc_5m", False),
+                ("ohlc_1m_live", False),
+                ("ohlc_5m_live", False),
             ]
 
             jobs = dict(

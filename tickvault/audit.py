@@ -11,15 +11,15 @@ import argparse
 import asyncio
 import json
 import sys
-from datetime import date, datetime
 from typing import Any
 
 import pandas as pd
 
 from ingest.audit import run_audit
 from ingest.config import Settings
-from ingest.upstox.candles import IST, CandleError
+from ingest.upstox.candles import CandleError
 from store.local.url import database_url
+from tickvault.day_args import add_day_arguments, day_of, symbols_of
 
 DIFFERENCES_FOUND = 2
 
@@ -28,27 +28,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser = commands.add_parser(
         "audit", help="compare a day's 1-minute bars with Upstox's candles (parity audit)"
     )
-    parser.add_argument(
-        "--date",
-        type=date.fromisoformat,
-        default=None,
-        help="IST trading date YYYY-MM-DD (default: today in IST)",
-    )
-    parser.add_argument(
-        "--symbols",
-        nargs="+",
-        default=[],
-        metavar="SYMBOL",
-        help="trading symbols, index names or instrument keys (default: every instrument with"
-        " bars that day); commas separate too",
-    )
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    add_day_arguments(parser, every="every instrument with bars that day")
     parser.set_defaults(handler=audit_command)
 
 
 def audit_command(settings: Settings, args: argparse.Namespace) -> int:
-    day = args.date or datetime.now(IST).date()
-    symbols = [name.strip() for item in args.symbols for name in item.split(",") if name.strip()]
+    day, symbols = day_of(args), symbols_of(args)
     try:
         report = asyncio.run(run_audit(database_url(settings), settings, day, symbols))
     except CandleError as error:

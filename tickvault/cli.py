@@ -41,6 +41,7 @@ from store.migrations import migrate
 from tickvault import instruments_refresh, login, token
 from tickvault.archive import add_archive_parser
 from tickvault.audit import register as register_audit
+from tickvault.backfill import register as register_backfill
 from tickvault.logs import configure_logging
 
 if TYPE_CHECKING:
@@ -428,6 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
         "health", help="exit 0 when the ingest on this data directory is healthy, else say why"
     ).set_defaults(handler=_health)
     register_audit(commands)
+    register_backfill(commands)
     simulator = commands.add_parser(
         "simulator",
         help="the Upstox-compatible feed simulator (tickvault simulator --help: its options)",

@@ -13,7 +13,7 @@ The package, each module one job:
 """
 
 from ingest.client.authorize import is_loopback
-from ingest.client.connection import FrameSink, SinkError
+from ingest.client.connection import FrameSink, FrameSpan, SinkError
 from ingest.client.facade import FeedClient
 from ingest.client.planner import SubscriptionLimitError
 
@@ -23,6 +23,7 @@ UpstoxWebSocketClient = FeedClient
 __all__ = [
     "FeedClient",
     "FrameSink",
+    "FrameSpan",
     "SinkError",
     "SubscriptionLimitError",
     "UpstoxWebSocketClient",

@@ -69,6 +69,15 @@ class Feed:
     stall_s: float = 30.0
 
 
+@dataclass
+class FrameSpan:
+    """The first and last frame of one open socket, wall-clock microseconds: when the store
+    was receiving through it (ingest/coverage.py records it)."""
+
+    first_us: int
+    last_us: int
+
+
 class Connection:
     """One websocket and the keys it carries (key -> mode), which it restores on every open.
 
@@ -87,6 +96,7 @@ class Connection:
         self._send_lock = asyncio.Lock()  # keeps a restore and a new request from interleaving
         self._stopping = False
         self.watch = StallWatch(feed.stall_s)
+        self.span: FrameSpan | None = None  # of the latest socket, new at its first frame
         self._stalled = False  # the watchdog closed the socket now open
 
     def start(self) -> None:
@@ -232,9 +242,14 @@ class Connection:
         """Hand every binary frame to the sink with its arrival time; text frames are errors."""
         ledger, on_frame, on_text = self._feed.ledger, self._feed.sink.on_frame, self._feed.on_text
         watch = self.watch
+        span: FrameSpan | None = None
         async for message in ws:
             received_at_us = time.time_ns() // 1000
             if isinstance(message, bytes):
+                if span is None:
+                    span = self.span = FrameSpan(received_at_us, received_at_us)
+                else:
+                    span.last_us = received_at_us
                 ledger.frames += 1
                 statuses = market_statuses(message)
                 if statuses is None:

@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, KeysView, Mapping
 
 from ingest.client.authorize import Authorizer, Token
-from ingest.client.connection import Connection, Feed, FrameSink
+from ingest.client.connection import Connection, Feed, FrameSink, FrameSpan
 from ingest.client.ledger import Ledger
 from ingest.client.planner import Capacity, unique
 from ingest.config import Settings
@@ -240,6 +240,11 @@ class FeedClient:
             return "stopped"
         states = {conn.state for conn in self._connections if conn.task is not None}
         return next((state for state in _WORST_FIRST if state in states), "idle")
+
+    def frame_spans(self) -> list[tuple[int, FrameSpan]]:
+        """(connection index, span of its open socket) of every connection that has
+        received a frame."""
+        return [(conn.index, conn.span) for conn in self._connections if conn.span is not None]
 
     def status(self) -> FeedStatus:
         """What an operator checks: state, counters, the last error, keys per mode."""

@@ -2,7 +2,7 @@
 `GET /market-quote/instruments/exchange/complete.json.gz`, gzipped JSON.
 
 By default it is the simulator's own universe. A test puts another file in its place, to see
-tickvault follow a changed master: `FeedSimulator.serve_instruments(data)` in the same
+tickvault follow a changed master: `FeedSimulator.instrument_file.replace(data)` in the same
 process, or a file given at start (`--instruments-file`), read again at every request so that
 rewriting it changes what is served. The bytes are served as they are: a truncated or
 malformed file reaches the client the way a broken download would.

@@ -15,6 +15,7 @@ from websockets.http11 import Request, Response
 
 from ingest.simulator.calendar import MARKET_PATH, SimulatedMarket
 from ingest.simulator.candles import CandleEndpoints
+from ingest.simulator.instruments import InstrumentFile
 from ingest.simulator.protocol import (
     INVALID_TOKEN,
     Gate,
@@ -52,7 +53,8 @@ class Controls(Protocol):
 
     async def send_garbage(self) -> int: ...
 
-    def instruments_response(self) -> Response: ...
+    @property
+    def instrument_file(self) -> InstrumentFile: ...
 
 
 class Rest:
@@ -85,7 +87,7 @@ class Rest:
                 return error_response(401, INVALID_TOKEN)
             return redirect_response(self._gate.authorized_url(self._simulator.feed_url))
         if url.path == INSTRUMENTS_PATH:  # public, like Upstox's asset host
-            return self._simulator.instruments_response()
+            return self._simulator.instrument_file.response()
         if url.path.startswith(MARKET_PATH):
             return self._simulator.market.answer(url.path)
         if self._candles.serves(url.path):

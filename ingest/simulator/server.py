@@ -30,7 +30,6 @@ from pathlib import Path
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
-from websockets.http11 import Response
 from websockets.protocol import State
 
 from ingest.simulator.calendar import SimulatedMarket
@@ -113,7 +112,8 @@ class FeedSimulator:
         self.mode_limits = dict(mode_limits)
         self.max_frame_bytes = max_frame_bytes
         instruments = list(instruments)
-        self._instrument_file = InstrumentFile(instruments, instruments_file)
+        # The instrument master it publishes: `instrument_file.replace(data)` serves another.
+        self.instrument_file = InstrumentFile(instruments, instruments_file)
         self._gate = Gate(token)
         self.market = SimulatedMarket()
         self._rest = Rest(self, self._gate)
@@ -183,15 +183,6 @@ class FeedSimulator:
     def feed_url(self) -> str:
         return f"ws://{self._host}:{self.port}{FEED_PATH}"
 
-    # The instrument master it publishes (ingest/simulator/instruments.py)
-
-    def serve_instruments(self, data: bytes | None) -> None:
-        """Publish `data` as the instrument master from now on; None: the universe again."""
-        self._instrument_file.replace(data)
-
-    def instruments_response(self) -> Response:
-        return self._instrument_file.response()
-
     def followed_keys(self) -> list[str]:
         """The instrument keys some session follows now."""
         return self._following.keys()
@@ -239,14 +230,9 @@ class FeedSimulator:
 
     async def send_garbage(self) -> int:
         """One binary frame that is not a FeedResponse to every feed connection."""
-        sessions = [s for s in self._sessions if s.open and s.connection.state is State.OPEN]
-        for session in sessions:
-            try:
-                await session.connection.send(GARBAGE_FRAME)
-            except ConnectionClosed:
-                continue
-        self._counts["garbage"] += len(sessions)
-        return len(sessions)
+        sent = await self._broadcast(GARBAGE_FRAME)
+        self._counts["garbage"] += sent
+        return sent
 
     def reject_token(self, rejecting: bool = True) -> None:
         """Answer 401 UDAPI100050 to every token (authorize and redirect) until reset."""
@@ -259,7 +245,10 @@ class FeedSimulator:
     async def send_market_info(self) -> int:
         """Tell every open feed connection the segment statuses of `market` (a test changed
         them) in a fresh market_info frame, as Upstox does when the market moves."""
-        frame = market_info_frame(_now_ms(), self.market.statuses)
+        return await self._broadcast(market_info_frame(_now_ms(), self.market.statuses))
+
+    async def _broadcast(self, frame: bytes) -> int:
+        """`frame` to every open feed connection; how many there were."""
         sessions = [s for s in self._sessions if s.open and s.connection.state is State.OPEN]
         for session in sessions:
             with contextlib.suppress(ConnectionClosed):

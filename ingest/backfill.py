@@ -1,0 +1,207 @@
+"""Gap backfill: Upstox's 1-minute candles for the minutes the store was not receiving.
+
+`backfill_day` takes the gaps of a trading day (store/coverage.py), fetches each instrument's
+candles once (the intraday endpoint for today, the historical one for past days, within the
+rate limits: ingest/upstox/candles.py) and stores those of gap minutes as bars marked
+`source = 'backfill'` (store/backfill.py): never over a minute that has ticks. `tickvault
+backfill` runs it for any day; `AutoBackfill` runs it for today after the ingest connects
+again during a session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import date, datetime
+from typing import Any
+
+import psycopg
+
+from ingest.upstox.candles import (
+    IST,
+    UPSTOX_LIMITS,
+    CandleAuthError,
+    CandleClient,
+    CandleError,
+    RateLimits,
+)
+from store.backfill import MinuteBar, store_minute_bars
+from store.calendar import trading_sessions
+from store.coverage import Gap, gaps_of_day
+from store.instruments import resolve_symbols
+
+log = logging.getLogger(__name__)
+
+
+class UnknownSymbols(ValueError):
+    """Symbols that name no instrument; nothing was backfilled."""
+
+
+@dataclass(frozen=True)
+class InstrumentFill:
+    """What backfill did for one instrument's gaps of the day."""
+
+    instrument_key: str
+    symbol: str
+    gap_minutes: int  # gap minutes without ticks and not yet backfilled before this run
+    candles: int  # candles Upstox had for those minutes (a minute without trades has none)
+    filled: int  # minutes stored as backfill (those without ticks)
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class BackfillReport:
+    day: date
+    instruments: tuple[InstrumentFill, ...]
+
+    @property
+    def filled(self) -> int:
+        return sum(item.filled for item in self.instruments)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "date": self.day.isoformat(),
+            "filled": self.filled,
+            "instruments": [asdict(item) for item in self.instruments],
+        }
+
+
+async def backfill_day(
+    database_url: str,
+    api_base: str,
+    token: str,
+    day: date,
+    symbols: Sequence[str] = (),
+    *,
+    ending_after: datetime | None = None,
+    limits: RateLimits = UPSTOX_LIMITS,
+) -> BackfillReport:
+    """Fill the gaps of `day` (IST) for `symbols` (default: every subscription) from the
+    candles at `api_base`; with `ending_after`, only the gaps that end after it. Only
+    instruments with minutes to fill are asked for candles. A refused token stops it all
+    (CandleAuthError); another failure of one instrument's candles is reported on that
+    instrument and the others go on."""
+    open_gaps = await asyncio.to_thread(_open_gaps, database_url, day, symbols, ending_after)
+    if not open_gaps:
+        return BackfillReport(day, ())
+    async with CandleClient(api_base, token, limits=limits) as client:
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [
+                    group.create_task(_fill(database_url, client, day, key, gaps))
+                    for key, gaps in open_gaps.items()
+                ]
+        except* CandleAuthError as refused:
+            raise refused.exceptions[0] from None
+    return BackfillReport(day, tuple(task.result() for task in tasks))
+
+
+def _open_gaps(
+    database_url: str, day: date, symbols: Sequence[str], ending_after: datetime | None
+) -> dict[str, list[Gap]]:
+    """The day's gaps that still have minutes to fill, by instrument."""
+    with psycopg.connect(database_url) as conn:
+        keys = None
+        if symbols:
+            found = resolve_symbols(conn, list(symbols))
+            unknown = [symbol for symbol in symbols if symbol not in found]
+            if unknown:
+                raise UnknownSymbols(f"unknown symbol(s): {', '.join(unknown)}")
+            keys = list(found.values())
+        by_key: dict[str, list[Gap]] = {}
+        for gap in gaps_of_day(conn, day, keys):
+            if gap.fillable and (ending_after is None or gap.end > ending_after):
+                by_key.setdefault(gap.instrument_key, []).append(gap)
+        return by_key
+
+
+async def _fill(
+    database_url: str, client: CandleClient, day: date, key: str, gaps: list[Gap]
+) -> InstrumentFill:
+    missing = sum(gap.fillable for gap in gaps)
+    symbol = gaps[0].symbol
+    try:
+        candles = await client.minute_candles(key, day)
+    except CandleAuthError:
+        raise
+    except CandleError as error:
+        return InstrumentFill(key, symbol, missing, 0, 0, str(error))
+    bars = [
+        MinuteBar(c.start, c.open, c.high, c.low, c.close, c.volume, c.oi)
+        for c in candles
+        if any(gap.start <= c.start < gap.end for gap in gaps)
+    ]
+    filled = await asyncio.to_thread(_store, database_url, key, bars)
+    return InstrumentFill(key, symbol, missing, len(bars), filled)
+
+
+def _store(database_url: str, key: str, bars: list[MinuteBar]) -> int:
+    with psycopg.connect(database_url) as conn:
+        return store_minute_bars(conn, key, bars)
+
+
+class AutoBackfill:
+    """Today's gaps backfilled after the ingest connects again (a reconnect or a restart)
+    while a session is open; one run at a time, a request during a run runs once more.
+
+    After its first run it asks only for the gaps that ended since the last one began, so a
+    minute no candle can fill (no trade in it) costs no requests on every reconnect.
+    """
+
+    def __init__(self, database_url: str, api_base: str, token: Callable[[], str]) -> None:
+        """`token` is asked at each run: a token swapped while the ingest runs is used."""
+        self._database_url = database_url
+        self._api_base = api_base
+        self._token = token
+        self._task: asyncio.Task[None] | None = None
+        self._again = False
+        self._last_run: datetime | None = None
+        self.last_report: BackfillReport | None = None
+
+    def request(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._again = True
+            return
+        self._task = asyncio.create_task(self._run(), name="backfill")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        self._again = True
+        while self._again:
+            self._again = False
+            now = datetime.now(IST)
+            if not await asyncio.to_thread(self._in_session, now):
+                return
+            since = (
+                self._last_run if self._last_run and self._last_run.date() == now.date() else None
+            )
+            try:
+                report = await backfill_day(
+                    self._database_url,
+                    self._api_base,
+                    self._token(),
+                    now.date(),
+                    ending_after=since,
+                )
+            except (CandleError, psycopg.Error) as error:
+                log.warning("backfill of today's gaps failed: %s", error)
+                return
+            self._last_run, self.last_report = now, report
+            if report.instruments:
+                log.info(
+                    "backfill of %s: %d minutes filled for %d instruments with gaps",
+                    report.day,
+                    report.filled,
+                    len(report.instruments),
+                )
+
+    def _in_session(self, now: datetime) -> bool:
+        with psycopg.connect(self._database_url) as conn:
+            sessions = trading_sessions(conn, now.date())
+        return any(opens <= now < closes for opens, closes in sessions)
