@@ -14,6 +14,7 @@ from api.context import ApiContext
 from api.control import IngestControl
 from api.db import read_pool
 from api.errors import install_error_handlers
+from api.latest_fast import LatestTicksShortcut
 from api.limits import BodyLimit
 from api.liveness import DatabaseProbe
 from api.operations import Operations
@@ -78,7 +79,9 @@ def create_app(settings: Settings, database_url: str, run_ingest: bool = True) -
         app.include_router(module.router)
     operations = Operations(app.openapi())
     install_error_handlers(app, operations)
-    # Outermost last: the Host is checked first, then the key, then the body is let in.
+    # Outermost last: the Host is checked first, then the key, then the body is let in, then
+    # the hot latest-ticks request is answered below FastAPI's routing.
+    app.add_middleware(LatestTicksShortcut)
     app.add_middleware(BodyLimit)
     app.add_middleware(ApiKeyGate, settings=settings, operations=operations)
     app.add_middleware(

@@ -79,6 +79,14 @@ IsoDate = Annotated[date, BeforeValidator(_date_text)]
 
 def symbol_list(raw: str) -> list[str]:
     """`INFY, TCS,NIFTY` as distinct names in order; empty items are skipped."""
+    names, problem = checked_symbol_list(raw)
+    if problem:
+        raise invalid("query", "symbols", problem, raw[:200])
+    return names
+
+
+def checked_symbol_list(raw: str) -> tuple[list[str], str | None]:
+    """The names of `symbol_list`, and why they are refused (None when they are not)."""
     names = list(dict.fromkeys(filter(None, (part.strip() for part in raw.split(",")))))
     problem = None
     if not names:
@@ -87,9 +95,7 @@ def symbol_list(raw: str) -> list[str]:
         problem = f"at most {MAX_SYMBOLS} symbols per request, got {len(names)}"
     elif any(len(name) > MAX_SYMBOL_CHARS or "\x00" in name for name in names):
         problem = f"a symbol is longer than {MAX_SYMBOL_CHARS} characters or contains NUL"
-    if problem:
-        raise invalid("query", "symbols", problem, raw[:200])
-    return names
+    return names, problem
 
 
 def _utc(moment: datetime, name: str) -> datetime:

@@ -350,6 +350,25 @@ def test_latest_ticks_from_the_cache(live: httpx.Client) -> None:
         assert abs(datetime.now(UTC) - moment) < timedelta(hours=1)
 
 
+def test_latest_ticks_again_from_the_shortcut(live: httpx.Client) -> None:
+    """Asked again, the symbols are remembered and api/latest_fast.py answers (from the
+    ingest in this process): the same keys in the same order, the same value types."""
+    params = {"symbols": "INFY, Nifty 50,NOTICKYET"}
+    shapes = []
+    for _ in range(2):
+        response = live.get("/api/v1/websocket/latest-ticks", params=params)
+        assert response.status_code == 404  # NOTICKYET names nothing, both times
+    params = {"symbols": "INFY, Nifty 50"}
+    for _ in range(3):
+        body = live.get("/api/v1/websocket/latest-ticks", params=params).json()
+        assert [tick["symbol"] for tick in body["ticks"]] == ["INFY", "Nifty 50"]
+        for tick in body["ticks"]:
+            assert isinstance(tick["ltp"], float)
+            assert tick["ts"].endswith("Z")
+        shapes.append([list(tick) for tick in body["ticks"]])
+    assert shapes[0] == shapes[1] == shapes[2]
+
+
 def test_latest_ticks_of_every_instrument(live: httpx.Client) -> None:
     body = live.get("/api/v1/websocket/latest-ticks").json()
     symbols = [tick["symbol"] for tick in body["ticks"]]

@@ -1,0 +1,122 @@
+"""The hot case of `GET /api/v1/websocket/latest-ticks`, answered below FastAPI.
+
+At 1,000 requests/s the API workers have about 1 ms of CPU a request, and a profile of the
+FastAPI route (BENCHMARKS.md) put ~20% of it in routing and dependency solving and ~14% in
+building a dict and a pydantic model per tick, for an answer that changes only when a tick
+does. `LatestTicksShortcut` sits innermost among the middlewares (the trusted-host check,
+the API-key gate and the body limit still run first) and answers the hot case itself:
+
+- GET of that exact path, with `symbols` given, valid, and every symbol already remembered
+  by the resolver (api/symbols.py), read from the ingest without a busy slot;
+- each tick's JSON is rendered once by the route's own model (`LatestTickOut`) and kept
+  while the tick stays the same, so a request joins ten byte strings.
+
+Everything else (no `symbols`, a list to check or resolve, an unknown symbol, no ingest, a
+busy slot, another method) falls through to the FastAPI route, which gives the errors and
+the documented schema as before: the shortcut never answers anything but a 200.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import TypeAdapter
+from starlette.datastructures import QueryParams
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from api.context import ApiContext
+from api.models import LatestTickOut
+from api.params import MAX_SYMBOL_LIST_CHARS, checked_symbol_list
+from ingest.published import IngestNotRunning, SlotBusy
+from store.instruments import UnknownSymbol
+from store.tick import Tick, as_dict
+
+PATH = "/api/v1/websocket/latest-ticks"
+# Rendered ticks kept per (key, requested name); names differ in case ("infy", "INFY"), so
+# the memory is bounded, and simply emptied when full: refilling costs one render per tick.
+MAX_RENDERED = 10_000
+
+_NAMES = TypeAdapter(list[str])
+_HEAD = b'{"source":"cache","ticks":['
+
+
+class LatestTicksShortcut:
+    """ASGI middleware: answers the hot latest-ticks request, passes every other one on."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._rendered: dict[tuple[str, str], tuple[Tick, bytes]] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == PATH and scope["method"] == "GET":
+            body = self._answer(scope)
+            if body is not None:
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 200,
+                        "headers": [
+                            (b"content-length", str(len(body)).encode()),
+                            (b"content-type", b"application/json"),
+                        ],
+                    }
+                )
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+    def _answer(self, scope: Scope) -> bytes | None:
+        """The body of the answer, or None for the FastAPI route to answer."""
+        context: ApiContext | None = getattr(scope["app"].state, "context", None)
+        raw = QueryParams(scope["query_string"]).get("symbols")
+        if context is None or raw is None or len(raw) > MAX_SYMBOL_LIST_CHARS:
+            return None
+        names, problem = checked_symbol_list(raw)
+        if problem is not None:
+            return None
+        try:
+            keys = context.resolver.remembered(names)
+        except UnknownSymbol:
+            return None
+        if keys is None:
+            return None
+        latest = _latest(context, keys)
+        if latest is None:
+            return None
+        return self._render(keys, names, latest)
+
+    def _render(self, keys: list[str], names: list[str], latest: dict[str, Tick]) -> bytes:
+        rendered = self._rendered
+        parts = []
+        missing = []
+        for key, name in zip(keys, names, strict=True):
+            tick = latest.get(key)
+            if tick is None:
+                missing.append(name)
+                continue
+            kept = rendered.get((key, name))
+            if kept is None or kept[0] != tick:
+                if len(rendered) >= MAX_RENDERED:
+                    rendered.clear()
+                kept = rendered[key, name] = (tick, _render_tick(tick, name))
+            parts.append(kept[1])
+        return b"".join((_HEAD, b",".join(parts), b'],"missing":', _NAMES.dump_json(missing), b"}"))
+
+
+def _latest(context: ApiContext, keys: list[str]) -> dict[str, Tick] | None:
+    """The ticks from the ingest in this process or from what it publishes; None when the
+    route must answer instead (no ingest, a slot busy past the event loop's budget)."""
+    if context.service is not None:
+        return context.service.cache.latest_many(keys)
+    if context.published is None:
+        return None
+    try:
+        return context.published.latest(keys, on_loop=True)
+    except (IngestNotRunning, SlotBusy):
+        return None
+
+
+def _render_tick(tick: Tick, name: str) -> bytes:
+    """A tick's JSON exactly as the route's response model writes it inside its list."""
+    fields: dict[str, Any] = {**as_dict(tick), "symbol": name}
+    return LatestTickOut.model_validate(fields).model_dump_json().encode()
