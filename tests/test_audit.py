@@ -24,6 +24,7 @@ from ingest.config import Secret, Settings
 from ingest.parity import compare_day
 from ingest.service import WebSocketService
 from ingest.simulator import FeedSimulator
+from ingest.tokens import save_token
 from ingest.upstox.candles import IST, Candle
 from store.audit import Bar, DayVolume, day_bounds, latest_results
 from store.bars import refresh_bars
@@ -105,6 +106,7 @@ def cli_audit(settings: Settings, url: str, *args: str) -> tuple[int, str, str]:
     env = {
         **os.environ,
         "TICKVAULT_DATABASE_URL": url,
+        "TICKVAULT_DATA_DIR": str(settings.data_dir),
         "UPSTOX_ACCESS_TOKEN": settings.upstox_access_token,
         "UPSTOX_API_BASE": settings.upstox_api_base,
         "TICKVAULT_LOG_LEVEL": "WARNING",
@@ -272,6 +274,26 @@ def test_audit_without_a_token_or_with_a_refused_one_is_a_clear_error(
     assert "refused" in err
     assert "401" in err
     assert "refused-token-not-in-output" not in err + out
+
+
+def test_the_audit_takes_the_token_tickvault_token_set_stored(db_url: str, tmp_path: Path) -> None:
+    """No UPSTOX_ACCESS_TOKEN, a token in the data directory's file: the candles are asked
+    for with it (the simulator takes that token alone), and a wrong one stored is refused."""
+    today = datetime.now(IST).date().isoformat()
+
+    async def audit_with_stored(stored: str) -> tuple[int, str, str]:
+        async with FeedSimulator(token="the-stored-token") as simulator:
+            insert_tick(db_url)
+            save_token(tmp_path, stored)
+            settings = Settings(data_dir=tmp_path, upstox_api_base=simulator.url)
+            return await asyncio.to_thread(cli_audit, settings, db_url, "--date", today)
+
+    status, out, err = asyncio.run(audit_with_stored("the-stored-token"))
+    assert status in (0, 2), err  # it ran: clean, or differences found
+    assert "refused" not in err
+    status, out, err = asyncio.run(audit_with_stored("another-stored-token"))
+    assert (status, "refused" in err) == (1, True), err
+    assert "another-stored-token" not in err + out
 
 
 def test_candles_that_cannot_be_fetched_are_that_instrument_s_error(

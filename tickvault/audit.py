@@ -11,12 +11,14 @@ import argparse
 import asyncio
 import json
 import sys
+from dataclasses import replace
 from typing import Any
 
 import pandas as pd
 
 from ingest.audit import run_audit
 from ingest.config import Settings
+from ingest.tokens import choose_token
 from ingest.upstox.candles import CandleError
 from store.local.url import database_url
 from tickvault.day_args import add_day_arguments, day_of, symbols_of
@@ -35,7 +37,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 def audit_command(settings: Settings, args: argparse.Namespace) -> int:
     day, symbols = day_of(args), symbols_of(args)
     try:
-        report = asyncio.run(run_audit(database_url(settings), settings, day, symbols))
+        # The environment's token, else the one `tickvault token set` stored.
+        with_token = replace(settings, upstox_access_token=choose_token(settings).token)
+        report = asyncio.run(run_audit(database_url(settings), with_token, day, symbols))
     except CandleError as error:
         print(f"tickvault: audit of {day}: {error}", file=sys.stderr)
         return 1

@@ -15,6 +15,7 @@ import pandas as pd
 
 from ingest.backfill import BackfillReport, UnknownSymbols, backfill_day
 from ingest.config import Settings
+from ingest.tokens import choose_token
 from ingest.upstox.candles import CandleError
 from store.local.url import database_url
 from tickvault.day_args import add_day_arguments, day_of, symbols_of
@@ -30,11 +31,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 def backfill_command(settings: Settings, args: argparse.Namespace) -> int:
     day, symbols = day_of(args), symbols_of(args)
-    token = settings.upstox_access_token
+    token = choose_token(settings).token  # the environment's, else `tickvault token set`'s
     if not token:
         print(
-            f"tickvault: backfill of {day}: Upstox's candles need UPSTOX_ACCESS_TOKEN"
-            " (an Analytics Token will do)",
+            f"tickvault: backfill of {day}: Upstox's candles need a token: UPSTOX_ACCESS_TOKEN"
+            " or `tickvault token set` (an Analytics Token will do)",
             file=sys.stderr,
         )
         return 1

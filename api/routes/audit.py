@@ -19,6 +19,7 @@ from api.errors import responses
 from api.params import MAX_SYMBOL_LIST_CHARS, SYMBOL_LIST_RULES, symbol_list
 from ingest.audit import run_audit
 from ingest.config import Secret, Settings
+from ingest.tokens import choose_token
 from ingest.upstox.candles import CandleError
 from store.audit import StoredResult, latest_results, report_json
 from store.errors import StoreError
@@ -87,7 +88,8 @@ async def run(
     if settings is None or context.database_url is None:
         raise HTTPException(
             status_code=503,
-            detail="the audit compares with Upstox's candles: set UPSTOX_ACCESS_TOKEN",
+            detail="the audit compares with Upstox's candles: set UPSTOX_ACCESS_TOKEN"
+            " or store a token (tickvault token set)",
         )
     names = symbol_list(symbols) if symbols is not None else []
     try:
@@ -100,10 +102,12 @@ async def run(
 
 
 def _candle_source(context: ApiContext) -> Settings | None:
-    """The settings to fetch candles with: Upstox's with a token; without one, the simulator
-    an ingest in this process feeds on, as the ingest itself does; else none."""
-    if context.settings.upstox_access_token:
-        return context.settings
+    """The settings to fetch candles with: Upstox's with a token (the environment's, else
+    the stored one); without one, the simulator an ingest in this process feeds on, as the
+    ingest itself does; else none."""
+    token = choose_token(context.settings).token
+    if token:
+        return replace(context.settings, upstox_access_token=token)
     simulator = context.service.simulator if context.service is not None else None
     if simulator is None:
         return None
