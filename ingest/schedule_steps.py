@@ -201,7 +201,8 @@ async def apply_retention_now(settings: Settings, upkeep: Upkeep, day: date) -> 
         held = f", held back by {result.held_back_by} (not archived)" if result.held_back_by else ""
         return (
             f"{result.tick_chunks_dropped} tick chunks dropped{held},"
-            f" {result.bar_chunks_dropped} bar chunks dropped; scheduled by {result.scheduled_by}"
+            f" {result.bar_chunks_dropped} bar chunks and {result.backfilled_minutes_deleted}"
+            f" backfilled minutes dropped; scheduled by {result.scheduled_by}"
         )
 
     return await asyncio.to_thread(apply)

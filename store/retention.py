@@ -23,14 +23,18 @@ from datetime import date, datetime
 
 import psycopg
 
+from store.bars import LIVE_VIEWS
 from store.editions import Edition
 
 # The bars' refresh (continuous aggregate policies on Community) reaches 3 days back: ticks
 # must outlive it, or minutes would be refreshed from ticks that are gone.
 MIN_RETENTION_DAYS = 4
 _JOB_SCHEDULE = "1 hour"
+# What holds the bars built from ticks: the `_live` continuous aggregates on Community (the
+# `ohlc_1m`/`ohlc_5m` views over them add the backfilled minutes), the materialized stores on
+# Apache. Backfilled minutes are rows of a plain table, deleted by age alongside.
 _BAR_RELATIONS = {
-    Edition.COMMUNITY: ("ohlc_1m", "ohlc_5m"),
+    Edition.COMMUNITY: tuple(LIVE_VIEWS.values()),
     Edition.APACHE: ("ohlc_1m_store", "ohlc_5m_store"),
 }
 
@@ -46,6 +50,7 @@ class RetentionResult:
     held_back_by: date | None  # the oldest day not archived, where retention stopped
     bars_retention_days: int
     bar_chunks_dropped: int
+    backfilled_minutes_deleted: int
     scheduled_by: str  # who runs it between calls
 
 
@@ -81,7 +86,7 @@ def apply_retention(
         ).fetchone()
         assert row is not None
         dropped, cutoff, held = row
-    bar_chunks = 0
+    bar_chunks = backfilled = 0
     if bars_days:
         for relation in _BAR_RELATIONS[edition]:
             bar_chunks += len(
@@ -90,6 +95,10 @@ def apply_retention(
                     [relation, bars_days],
                 ).fetchall()
             )
+        backfilled = conn.execute(
+            "DELETE FROM ohlc_1m_backfill WHERE bucket < now() - make_interval(days => %s)",
+            [bars_days],
+        ).rowcount
     return RetentionResult(
         edition=edition.value,
         ticks_retention_days=ticks_days,
@@ -98,6 +107,7 @@ def apply_retention(
         held_back_by=held,
         bars_retention_days=bars_days,
         bar_chunks_dropped=bar_chunks,
+        backfilled_minutes_deleted=backfilled,
         scheduled_by=scheduled_by,
     )
 

@@ -71,12 +71,25 @@ def test_without_archiving_retention_drops_by_age_and_bars_go_after_their_own_pe
     for day in (old, recent):
         insert_day(db_url, day, per_key=30)
     roll_up_bars(db_url, day_bounds(old)[0])
+    # A backfilled minute on each day (a minute with no tick: 15:29 IST), kept like the bars.
+    backfilled = {
+        day: day_bounds(day)[0] + timedelta(hours=15, minutes=29) for day in (old, recent)
+    }
+    with psycopg.connect(db_url) as conn:
+        for bucket in backfilled.values():
+            conn.execute(
+                "INSERT INTO ohlc_1m_backfill (instrument_key, bucket, open, high, low, close)"
+                " VALUES ('NSE_EQ|INE002A01018', %s, 1, 1, 1, 1)",
+                [bucket],
+            )
     with psycopg.connect(db_url, autocommit=True) as conn:
         result = apply_retention(conn, Edition.APACHE, 7, bars_days=20, require_archived=False)
+        left = [row[0] for row in conn.execute("SELECT bucket FROM ohlc_1m_backfill")]
     assert result.tick_chunks_dropped >= 2
     assert ticks_of_day(db_url, old) == ticks_of_day(db_url, recent) == []
     assert bars_of_day(db_url, old) == []  # past the bars' 20 days
     assert bars_of_day(db_url, recent) != []  # within them, though its ticks are gone
+    assert (result.backfilled_minutes_deleted, left) == (1, [backfilled[recent]])
 
 
 def test_retention_shorter_than_the_bars_refresh_window_is_refused(db_url: str) -> None:
@@ -115,7 +128,7 @@ def test_community_runs_retention_as_a_job_with_the_configured_period(
     assert job[1] == {"drop_after": "9 days", "require_archived": True}
     assert first.scheduled_by == f"TimescaleDB job {job[0]}"
     # The native policy on ticks (age alone) is gone; the bars have theirs.
-    assert policies == [("ohlc_1m", "400 days"), ("ohlc_5m", "400 days")]
+    assert policies == [("ohlc_1m_live", "400 days"), ("ohlc_5m_live", "400 days")]
     assert changed == (job[0], {"drop_after": "12 days", "require_archived": True})
     assert no_bar_policies == (0,)
     assert gone is None

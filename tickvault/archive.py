@@ -76,7 +76,8 @@ def describe_retention(result: RetentionResult) -> str:
         if result.held_back_by is not None:
             ticks += f"; held back by {result.held_back_by}, not archived (or changed since)"
     bars = (
-        f"{result.bar_chunks_dropped} bar chunks dropped"
+        f"{result.bar_chunks_dropped} bar chunks dropped,"
+        f" {result.backfilled_minutes_deleted} backfilled minutes deleted"
         if result.bars_retention_days
         else "bars are kept forever"
     )
