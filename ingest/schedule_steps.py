@@ -25,6 +25,7 @@ from ingest.instruments import RefreshReport
 from ingest.rollup import BarRollup
 from ingest.schedule import Clock, Connect, DailySchedule, Step, StepFunction
 from ingest.schedule_plan import Phase
+from ingest.status import TokenStatus
 from ingest.subscriptions import SubscriptionManager
 from ingest.tokens import TokenKeeper
 from store.archive import archive_finished_days
@@ -138,21 +139,25 @@ class TokenProblem(RuntimeError):
     """The feed has no usable token: the step fails, and the status says so before the open."""
 
 
-async def check_token(upkeep: Upkeep, day: date) -> str:
-    """Before the open: is there a token, has Upstox not refused it, and does it outlive the
-    session? A problem found here leaves time to store a new token."""
-    status = upkeep.tokens.status(upkeep.token_state())
+def token_problem(status: TokenStatus, now: datetime) -> str | None:
+    """Why the token in `status` will not carry the day's session, or None."""
     if status.state in ("missing", "rejected"):
-        raise TokenProblem(
+        return (
             f"the Upstox token ({status.source}) is {status.state}: store a new one with"
             " `tickvault token set` or `tickvault login`"
         )
-    if status.expires_at is not None and datetime.fromisoformat(status.expires_at) <= datetime.now(
-        UTC
-    ):
-        raise TokenProblem(
-            f"the daily token expired at {status.expires_at}: `tickvault login` for today's"
-        )
+    if status.expires_at is not None and datetime.fromisoformat(status.expires_at) <= now:
+        return f"the daily token expired at {status.expires_at}: `tickvault login` for today's"
+    return None
+
+
+async def check_token(upkeep: Upkeep, day: date) -> str:
+    """Before the open: is there a token, has Upstox not refused it, and does it outlive the
+    session? A problem found here leaves time to store a new one."""
+    status = upkeep.tokens.status(upkeep.token_state())
+    problem = token_problem(status, datetime.now(UTC))
+    if problem is not None:
+        raise TokenProblem(problem)
     expiry = f", expires {status.expires_at}" if status.expires_at else ""
     return f"{status.source} token {status.state}{expiry}"
 

@@ -13,8 +13,9 @@ import psycopg
 
 from ingest.config import Settings
 from ingest.schedule_plan import Phase
-from ingest.schedule_steps import PHASE_STEPS, calendar_trading_day
+from ingest.schedule_steps import PHASE_STEPS, calendar_trading_day, token_problem
 from ingest.service import WebSocketService
+from ingest.status import TokenStatus
 from store.archive import ist_today
 from store.calendar import save_day
 from tests.conftest import DbServer
@@ -124,3 +125,14 @@ def test_trading_days_come_from_the_stored_calendar(apache_server: DbServer) -> 
         assert not calendar_trading_day(connect, date(2026, 1, 24)), "a Saturday"
     finally:
         apache_server.drop_database(url)
+
+
+def test_the_token_step_fails_before_the_open_on_a_token_that_will_not_carry_the_day() -> None:
+    now = datetime(2026, 11, 30, 3, 0, tzinfo=UTC)  # 08:30 IST, the pre-open
+    expired = (now - timedelta(hours=1)).isoformat()  # yesterday's daily token, ended 03:30 IST
+    tomorrow = (now + timedelta(hours=23)).isoformat()
+    assert "missing" in token_problem(TokenStatus("missing", "missing"), now)
+    assert "rejected" in token_problem(TokenStatus("file", "rejected", "analytics"), now)
+    assert "expired" in token_problem(TokenStatus("file", "valid", "daily", expired), now)
+    assert token_problem(TokenStatus("file", "valid", "daily", tomorrow), now) is None
+    assert token_problem(TokenStatus("env", "unchecked"), now) is None
