@@ -73,7 +73,7 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
-from store.tick import TICK_COLUMNS, TICK_PG_TYPES, Tick
+from store.tick import TICK_COLUMN_TYPES, TICK_COLUMNS, Tick
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ _KEY_HEAD = struct.Struct("=HHI")
 
 def _column_codes() -> str:
     codes = []
-    for name, pg_type in zip(TICK_COLUMNS[1:], TICK_PG_TYPES[1:], strict=True):
+    for name, pg_type in list(TICK_COLUMN_TYPES.items())[1:]:
         if pg_type == "float8":
             codes.append("d")
         elif pg_type in ("int8", "timestamptz"):
@@ -148,9 +148,7 @@ _CODES = _column_codes()
 _COLUMNS = len(_CODES)  # the columns after the key
 _BODY = struct.Struct("=I" + _CODES)  # mask, columns
 _PAYLOAD = 4 + _BODY.size  # crc, mask, columns: what follows a slot's seq
-_COLUMNS_CRC = zlib.crc32(
-    ",".join(f"{n}:{t}" for n, t in zip(TICK_COLUMNS, TICK_PG_TYPES, strict=True)).encode()
-)
+_COLUMNS_CRC = zlib.crc32(",".join(f"{n}:{t}" for n, t in TICK_COLUMN_TYPES.items()).encode())
 assert 8 + _PAYLOAD == SLOT, "the slot layout changed: bump LAYOUT_VERSION"
 
 # struct flock of Linux on x86-64 and aarch64: l_type, l_whence, l_start, l_len, l_pid.

@@ -15,58 +15,35 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-TICK_COLUMNS: tuple[str, ...] = (
-    "instrument_key",
-    "ts",
-    "ltp",
-    "ltq",
-    "vtt",
-    "volume_delta",
-    "cp",
-    "atp",
-    "oi",
-    "iv",
-    "tbq",
-    "tsq",
-    "bid_price",
-    "bid_qty",
-    "ask_price",
-    "ask_qty",
-    "delta",
-    "theta",
-    "gamma",
-    "vega",
-    "rho",
-    "feed_ts",
-    "received_at",
-)
-
-# PostgreSQL type of each column, in TICK_COLUMNS order (binary COPY applies no casts).
-TICK_PG_TYPES: tuple[str, ...] = (
-    "text",
-    "timestamptz",
-    "float8",
-    "int8",
-    "int8",
-    "int8",
-    "float8",
-    "float8",
-    "float8",
-    "float8",
-    "float8",
-    "float8",
-    "float8",
-    "int8",
-    "float8",
-    "int8",
-    "float8",
-    "float8",
-    "float8",
-    "float8",
-    "float8",
-    "timestamptz",
-    "timestamptz",
-)
+# Each column, in the `ticks` table's COPY order, with its PostgreSQL type (binary COPY
+# applies no casts, so the type is what is sent).
+TICK_COLUMN_TYPES: dict[str, str] = {
+    "instrument_key": "text",
+    "ts": "timestamptz",
+    "ltp": "float8",
+    "ltq": "int8",
+    "vtt": "int8",
+    "volume_delta": "int8",
+    "cp": "float8",
+    "atp": "float8",
+    "oi": "float8",
+    "iv": "float8",
+    "tbq": "float8",
+    "tsq": "float8",
+    "bid_price": "float8",
+    "bid_qty": "int8",
+    "ask_price": "float8",
+    "ask_qty": "int8",
+    "delta": "float8",
+    "theta": "float8",
+    "gamma": "float8",
+    "vega": "float8",
+    "rho": "float8",
+    "feed_ts": "timestamptz",
+    "received_at": "timestamptz",
+}
+TICK_COLUMNS: tuple[str, ...] = tuple(TICK_COLUMN_TYPES)
+TICK_PG_TYPES: tuple[str, ...] = tuple(TICK_COLUMN_TYPES.values())
 
 Tick = tuple  # a row in TICK_COLUMNS order
 

@@ -23,7 +23,7 @@ from api.latest_fast import LatestTicksShortcut
 from ingest.config import Settings
 from ingest.published import LatestTickPublisher, published_path
 from store.instruments import resolve_symbols
-from store.tick import TICK_COLUMNS, TICK_PG_TYPES, TIME_COLUMNS
+from store.tick import TICK_COLUMN_TYPES, TICK_COLUMNS, TIME_COLUMNS
 from tests.conftest import DbServer
 from tests.test_api import client, sample_database, serve
 
@@ -35,8 +35,7 @@ DAY_US = 86_400 * US
 def _tick(key: str, **values: Any) -> tuple[Any, ...]:
     """A tick of `key` with every column set, `values` overriding (None included)."""
     row: dict[str, Any] = {
-        name: 0.5 if pg_type == "float8" else 0
-        for name, pg_type in zip(TICK_COLUMNS, TICK_PG_TYPES, strict=True)
+        name: 0.5 if pg_type == "float8" else 0 for name, pg_type in TICK_COLUMN_TYPES.items()
     }
     row.update(
         instrument_key=key,
