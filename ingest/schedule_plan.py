@@ -17,10 +17,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import date, datetime, time, timedelta
 from enum import StrEnum
 
-IST = timezone(timedelta(hours=5, minutes=30), "IST")  # no daylight saving: a fixed offset
+from store.ist import IST
+
 LOOKAHEAD_DAYS = 15  # the longest run of market holidays and weekends, with room to spare
 
 

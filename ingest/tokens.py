@@ -22,17 +22,17 @@ import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, time, timedelta, timezone
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 
 from ingest.config import Secret, Settings
 from ingest.status import TokenStatus
+from store.ist import IST
 
 log = logging.getLogger(__name__)
 
 TOKEN_FILE = "upstox_token.json"  # noqa: S105 (a file name)
 KINDS = ("analytics", "daily")
-IST = timezone(timedelta(hours=5, minutes=30), "IST")
 DAILY_EXPIRY_IST = time(3, 30)  # a daily OAuth token ends at 03:30 IST the next day
 POLL_INTERVAL_S = 1.0
 MAX_TOKEN_CHARS = 4096

@@ -30,7 +30,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
 import numpy as np
 import psycopg
@@ -39,9 +38,9 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from store.ist import IST
 from store.tick import TICK_COLUMNS, TICK_PG_TYPES
 
-IST = ZoneInfo("Asia/Kolkata")
 MANIFEST = "_manifest.json"
 PART = "part-0.parquet"
 _BATCH_ROWS = 100_000

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import date, datetime, time, timedelta
 from typing import Any
 
 import psycopg
@@ -17,8 +17,8 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from store.errors import StoreError
+from store.ist import IST
 
-IST = timezone(timedelta(hours=5, minutes=30), "IST")
 DEFAULT_TICK_PAISE = 5.0  # NSE's common tick, for an instrument the master does not price
 
 

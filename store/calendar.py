@@ -15,13 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import date, datetime, time
 from typing import Literal
 
 import psycopg
 
+from store.ist import IST
+
 # India has no daylight saving: a fixed offset is IST on every date.
-IST = timezone(timedelta(hours=5, minutes=30), "IST")
 
 # The regular session of each exchange Upstox names, IST; used only where the calendar is
 # silent. MCX closes at 23:30 (23:55 while the US is on standard time; the fallback cannot

@@ -16,15 +16,15 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timedelta
 
 from websockets.http11 import Response
 
 from ingest.simulator.protocol import error_response, json_response
 from ingest.upstox.proto import upstox_feed_v3_pb2 as pb
+from ingest.upstox.wire import IST
 
 MARKET_PATH = "/v2/market/"
-IST = timezone(timedelta(hours=5, minutes=30))
 BAD_DATE = {"errorCode": "UDAPI1088", "message": "Invalid date"}
 BAD_EXCHANGE = {"errorCode": "UDAPI1089", "message": "Invalid exchange"}
 # MarketStatus name -> its enum value (NORMAL_OPEN -> 2, ...).

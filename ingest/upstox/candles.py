@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote
@@ -29,7 +29,8 @@ from tenacity import (
     wait_exponential,
 )
 
-IST = timezone(timedelta(hours=5, minutes=30), "IST")
+from ingest.upstox.wire import IST
+
 CANDLE_PATH = "/v3/historical-candle"
 THROTTLED = "UDAPI10005"
 
