@@ -1,6 +1,7 @@
 """The ingest's side of the market calendar: fetch it from Upstox daily, log segment changes.
 
-At start and then after every IST midnight, `CalendarKeeper` reads `/v2/market/holidays`
+At start, and then after every IST midnight unless the daily schedule's `calendar` step
+refreshes it instead, `CalendarKeeper` reads `/v2/market/holidays`
 (the year's list) and `/v2/market/timings/{date}` for today and tomorrow, and stores every
 exchange's day through store.calendar: holidays first, then the timings, which are the day's
 own answer and win where both speak. A holiday that lists an exchange in `open_exchanges`
@@ -189,15 +190,19 @@ class CalendarKeeper:
                     conn, r.day, r.exchange, r.sessions, r.source, r.holiday_type, r.description
                 )
 
-    async def run_forever(self) -> None:
-        """Refresh now and after each IST midnight; log segment changes every second."""
-        next_refresh = datetime.now(IST)
+    async def run_forever(self, daily: bool = True) -> None:
+        """Refresh now (again until it succeeds) and, `daily`, after each IST midnight; log
+        segment changes every second. Without `daily` the daily schedule's `calendar` step
+        refreshes it (ingest/schedule_steps.py): once a day is enough."""
+        next_refresh: datetime | None = datetime.now(IST)
         try:
             while True:
                 now = datetime.now(IST)
-                if now >= next_refresh:
-                    next_refresh = await self._refresh_once(now)
-                await asyncio.to_thread(self.record_status_changes)
+                if next_refresh is not None and now >= next_refresh:
+                    next_refresh = await self._refresh_once(now, daily)
+                changed = self._changed_statuses()
+                if changed:  # a database write only when a segment moved
+                    await asyncio.to_thread(self._record, changed)
                 await asyncio.sleep(1.0)
         finally:
             await self.aclose()
@@ -206,8 +211,8 @@ class CalendarKeeper:
         """Close the HTTP client (run_forever does, when it is cancelled)."""
         await self._http.aclose()
 
-    async def _refresh_once(self, now: datetime) -> datetime:
-        """One refresh; when the next one is due."""
+    async def _refresh_once(self, now: datetime, daily: bool) -> datetime | None:
+        """One refresh; when the next one is due (None: none is, without `daily`)."""
         try:
             stored = await self.refresh(now.date())
         except (CalendarError, httpx.HTTPError, psycopg.Error) as error:
@@ -220,19 +225,21 @@ class CalendarKeeper:
             return now + timedelta(seconds=self._retry_s)
         self.last_error = None
         log.info("market calendar refreshed: %d exchange days", stored)
+        if not daily:
+            return None
         tomorrow = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), IST)
         return tomorrow + timedelta(minutes=5)
 
-    def record_status_changes(self) -> None:
-        """Log each segment whose status differs from the one last logged by this keeper
-        (a status this code does not know, a number, is left out)."""
-        changed = {
+    def _changed_statuses(self) -> dict[str, str]:
+        """The segments whose status differs from the one last logged by this keeper (a
+        status this code does not know, a number, is left out)."""
+        return {
             segment: status
             for segment, status in dict(self._market_status).items()
             if self._recorded.get(segment) != status and status in SEGMENT_STATUSES
         }
-        if not changed:
-            return
+
+    def _record(self, changed: dict[str, str]) -> None:
         at = datetime.now(IST)
         try:
             with self._connect() as conn:

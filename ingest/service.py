@@ -168,7 +168,8 @@ class WebSocketService:
         )
         await self._start_control()
         calendar = _calendar_keeper(client_settings, self._connection, self._pipeline)
-        self._tasks["calendar"] = asyncio.create_task(calendar.run_forever(), name="calendar")
+        daily = not settings.schedule_enabled  # else the schedule's `calendar` step does
+        self._tasks["calendar"] = asyncio.create_task(calendar.run_forever(daily), name="calendar")
         if settings.schedule_enabled:
             self.schedule = _daily_schedule(self, calendar, client_settings)
             self._tasks["schedule"] = asyncio.create_task(self.schedule.run_forever())
