@@ -33,19 +33,18 @@ import psycopg
 from ingest.backoff import Backoff
 from ingest.config import Settings
 from ingest.schedule_plan import (
-    IST,
     LOOKAHEAD_DAYS,
     Phase,
     PhaseRun,
     PhaseTimes,
     TradingDay,
     due_runs,
-    ist_day,
     next_run,
     weekday_trading_day,
 )
 from ingest.status import ScheduleStatus, StepStatus
 from store import schedule as runs
+from store.ist import IST, ist_day
 from store.schedule import Outcome, StepRun
 
 log = logging.getLogger(__name__)

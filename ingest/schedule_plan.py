@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from enum import StrEnum
 
-from store.ist import IST
+from store.ist import IST, ist_day
 
 LOOKAHEAD_DAYS = 15  # the longest run of market holidays and weekends, with room to spare
 
@@ -59,17 +59,6 @@ class PhaseRun:
     at: datetime
     day: date
     phase: Phase
-
-
-def ist_day(moment: datetime) -> date:
-    """The IST calendar date of an aware instant."""
-    return moment.astimezone(IST).date()
-
-
-def day_bounds(day: date) -> tuple[datetime, datetime]:
-    """[midnight IST of `day`, midnight IST of the next day)."""
-    start = datetime.combine(day, time(0), IST)
-    return start, start + timedelta(days=1)
 
 
 def due_runs(

@@ -28,7 +28,7 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, datetime
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +38,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from store.ist import IST
+from store.ist import day_bounds, ist_today
 from store.tick import TICK_COLUMNS, TICK_PG_TYPES
 
 MANIFEST = "_manifest.json"
@@ -100,16 +100,6 @@ class ArchivedDay:
     row_count: int
     checksum: str | None
     directory: Path | None
-
-
-def day_bounds(day: date) -> tuple[datetime, datetime]:
-    """The IST calendar day as an aware [start, end)."""
-    start = datetime.combine(day, time(), IST)
-    return start, datetime.combine(day + timedelta(days=1), time(), IST)
-
-
-def ist_today(now: datetime | None = None) -> date:
-    return (now or datetime.now(UTC)).astimezone(IST).date()
 
 
 def day_directory(root: Path, day: date) -> Path:

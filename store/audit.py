@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime
 from typing import Any
 
 import psycopg
@@ -17,7 +17,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from store.errors import StoreError
-from store.ist import IST
+from store.ist import day_bounds
 
 DEFAULT_TICK_PAISE = 5.0  # NSE's common tick, for an instrument the master does not price
 
@@ -84,11 +84,6 @@ def report_json(day: date, results: Sequence[StoredResult]) -> dict[str, Any]:
         and all(r.bars_verdict == "clean" and r.volume_verdict == "conserved" for r in results),
         "instruments": [result.as_json() for result in results],
     }
-
-
-def day_bounds(day: date) -> tuple[datetime, datetime]:
-    start = datetime.combine(day, time(), IST)
-    return start, start + timedelta(days=1)
 
 
 def audited_instruments(

@@ -1,4 +1,5 @@
-"""India Standard Time, the zone of every trading day, session and bar boundary here.
+"""India Standard Time, the zone of every trading day, session and bar boundary here, and the
+IST calendar day as the rest of the store counts it.
 
 A fixed offset, not a tz database zone: India keeps no daylight saving, and a fixed offset
 costs nothing to convert with in a hot loop.
@@ -6,6 +7,21 @@ costs nothing to convert with in a hot loop.
 
 from __future__ import annotations
 
-from datetime import timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta, timezone
 
 IST = timezone(timedelta(hours=5, minutes=30), "IST")
+
+
+def ist_day(moment: datetime) -> date:
+    """The IST calendar date of an aware instant."""
+    return moment.astimezone(IST).date()
+
+
+def ist_today(now: datetime | None = None) -> date:
+    return ist_day(now or datetime.now(UTC))
+
+
+def day_bounds(day: date) -> tuple[datetime, datetime]:
+    """The IST calendar day as an aware [start, end): midnight IST to the next midnight."""
+    start = datetime.combine(day, time(), IST)
+    return start, start + timedelta(days=1)

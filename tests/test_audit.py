@@ -26,9 +26,10 @@ from ingest.service import WebSocketService
 from ingest.simulator import FeedSimulator
 from ingest.tokens import save_token
 from ingest.upstox.candles import IST, Candle
-from store.audit import Bar, DayVolume, day_bounds, latest_results
+from store.audit import Bar, DayVolume, latest_results
 from store.bars import refresh_bars
 from store.instruments import default_sample_path, instrument_records, load_instruments
+from store.ist import day_bounds
 from tests.conftest import REPO, DbServer
 from tests.test_api import client, serve
 from tests.test_candles import FAST

@@ -20,7 +20,6 @@ from ingest.config import Settings
 from ingest.rollup import BarRollup
 from ingest.schedule import DailySchedule
 from ingest.schedule_plan import (
-    IST,
     Phase,
     PhaseTimes,
     due_runs,
@@ -30,6 +29,7 @@ from ingest.schedule_plan import (
 from ingest.schedule_steps import PHASE_STEPS, ordered_steps, service_steps
 from store.bars import BAR_VIEWS, LIVE_VIEWS, Interval, refresh_bars
 from store.instruments import default_sample_path
+from store.ist import IST
 from tests.test_bars import copy_ticks, expected_bars, generate_day, trading_day
 from tests.test_client import INFY, NIFTY, TCS
 from tests.test_subscriptions import load, simulator, stack

@@ -4,9 +4,9 @@ audit`, `tickvault backfill`): `--date`, `--symbols` and `--json`, read the same
 from __future__ import annotations
 
 import argparse
-from datetime import date, datetime
+from datetime import date
 
-from store.calendar import IST
+from store.ist import ist_today
 
 
 def add_day_arguments(parser: argparse.ArgumentParser, every: str) -> None:
@@ -29,7 +29,7 @@ def add_day_arguments(parser: argparse.ArgumentParser, every: str) -> None:
 
 
 def day_of(args: argparse.Namespace) -> date:
-    return args.date or datetime.now(IST).date()
+    return args.date or ist_today()
 
 
 def symbols_of(args: argparse.Namespace) -> list[str]:

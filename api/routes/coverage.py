@@ -12,8 +12,9 @@ from pydantic import BaseModel
 from api.context import Context
 from api.errors import responses
 from api.params import IsoDate, Symbol
-from store.calendar import IST, trading_sessions
+from store.calendar import trading_sessions
 from store.coverage import gaps
+from store.ist import ist_today
 
 router = APIRouter(prefix="/api/v1", tags=["coverage"])
 
@@ -52,7 +53,7 @@ def coverage(
     is no gap. `backfilled` counts the gap minutes whose 1-minute bar now comes from Upstox's
     candles (`tickvault backfill`), `heard` those the feed was heard in for part of the
     minute (the ingest stopped or started in it): their bars hold those ticks only."""
-    day = day or datetime.now(IST).date()
+    day = day or ist_today()
     keys = None if symbol is None else context.resolver.resolve([symbol])
     with context.pool.connection() as conn:
         sessions = trading_sessions(conn, day)
