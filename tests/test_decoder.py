@@ -346,6 +346,8 @@ def test_unwanted_keys_are_skipped_and_counted(decoder_cls):
 
 
 def varint(value: int) -> bytes:
+    """Protobuf's varint; a negative value as its 64-bit two's complement, as protobuf does."""
+    value &= (1 << 64) - 1
     out = bytearray()
     while True:
         low, value = value & 0x7F, value >> 7

@@ -37,6 +37,7 @@ from ingest.upstox.decoder import (
 )
 from ingest.upstox.proto import upstox_feed_v3_pb2 as pb
 from store.tick import PG_EPOCH_UNIX_US, TICK_COLUMNS
+from tests.test_decoder import field, varint
 
 UPSTOX = Path(decoder_module.__file__).parent
 IST = timezone(timedelta(hours=5, minutes=30))
@@ -282,22 +283,6 @@ def test_random_frame_sequences_give_the_same_ticks(
 # --- damaged frames -------------------------------------------------------------------------
 
 
-def _varint(value: int) -> bytes:
-    value &= (1 << 64) - 1
-    out = bytearray()
-    while True:
-        low, value = value & 0x7F, value >> 7
-        out.append(low | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-def _field(number: int, wire_type: int, payload: bytes) -> bytes:
-    if wire_type == 2:
-        payload = _varint(len(payload)) + payload
-    return _varint(number << 3 | wire_type) + payload
-
-
 def _damage(frame: bytes, rng: random.Random) -> bytes:
     data = bytearray(frame)
     how = rng.randrange(7)
@@ -318,8 +303,8 @@ def _damage(frame: bytes, rng: random.Random) -> bytes:
         return bytes(data[:at]) + b"\xff" * rng.choice([9, 10, 11]) + bytes(data[at:])
     if how == 5:  # an unknown field of any wire type spliced in
         wire_type = rng.randrange(8)
-        payload = {0: _varint(rng.getrandbits(64)), 1: rng.randbytes(8), 5: rng.randbytes(4)}
-        extra = _field(rng.randrange(0, 40), wire_type, payload.get(wire_type, b"x"))
+        payload = {0: varint(rng.getrandbits(64)), 1: rng.randbytes(8), 5: rng.randbytes(4)}
+        extra = field(rng.randrange(0, 40), wire_type, payload.get(wire_type, b"x"))
         at = rng.randrange(len(data) + 1)
         return bytes(data[:at]) + extra + bytes(data[at:])
     start = rng.randrange(len(data))  # a stretch duplicated
@@ -380,72 +365,70 @@ def _corpus(rng: random.Random) -> list[bytes]:
 # --- the wire format's edges, by hand -------------------------------------------------------
 
 LTPC_WIRE = (
-    _field(1, 1, struct.pack("<d", 101.5))
-    + _field(2, 0, _varint(MIDNIGHT))
-    + _field(3, 0, _varint(3))
-    + _field(4, 1, struct.pack("<d", 100.0))
+    field(1, 1, struct.pack("<d", 101.5))
+    + field(2, 0, varint(MIDNIGHT))
+    + field(3, 0, varint(3))
+    + field(4, 1, struct.pack("<d", 100.0))
 )
 
 
 def _entry(key: bytes, feed: bytes, extra: bytes = b"") -> bytes:
-    return _field(2, 2, _field(1, 2, key) + _field(2, 2, feed) + extra)
+    return field(2, 2, field(1, 2, key) + field(2, 2, feed) + extra)
 
 
 def _groups(depth: int, number: int = 9) -> bytes:
-    return _varint(number << 3 | 3) * depth + _varint(number << 3 | 4) * depth
+    return varint(number << 3 | 3) * depth + varint(number << 3 | 4) * depth
 
 
 def _deep_in_quote(depth: int) -> bytes:
     """Unknown groups nested inside FeedResponse > entry > Feed > FullFeed > marketFF >
     MarketLevel > Quote, the deepest message of the .proto (six levels down)."""
     quote = _groups(depth)
-    market = _field(2, 2, _field(1, 2, quote)) + _field(1, 2, LTPC_WIRE)
-    return _entry(b"K", _field(2, 2, _field(1, 2, market)))
+    market = field(2, 2, field(1, 2, quote)) + field(1, 2, LTPC_WIRE)
+    return _entry(b"K", field(2, 2, field(1, 2, market)))
 
 
 EDGE_FRAMES = {
     "empty": b"",
-    "ltpc": _entry(b"K", _field(1, 2, LTPC_WIRE)),
-    "a key twice: the last wins": _entry(b"K", _field(1, 2, LTPC_WIRE))
-    + _entry(b"K", _field(1, 2, _field(2, 0, _varint(MIDNIGHT + 5)))),
-    "an entry with an unknown field is left out": _entry(b"K", _field(1, 2, LTPC_WIRE))
-    + _entry(b"K", _field(1, 2, LTPC_WIRE), extra=_field(3, 0, b"\x01")),
-    "an entry whose key has the wrong wire type": _field(
-        2, 2, _field(1, 0, b"\x01") + _field(2, 2, _field(1, 2, LTPC_WIRE))
+    "ltpc": _entry(b"K", field(1, 2, LTPC_WIRE)),
+    "a key twice: the last wins": _entry(b"K", field(1, 2, LTPC_WIRE))
+    + _entry(b"K", field(1, 2, field(2, 0, varint(MIDNIGHT + 5)))),
+    "an entry with an unknown field is left out": _entry(b"K", field(1, 2, LTPC_WIRE))
+    + _entry(b"K", field(1, 2, LTPC_WIRE), extra=field(3, 0, b"\x01")),
+    "an entry whose key has the wrong wire type": field(
+        2, 2, field(1, 0, b"\x01") + field(2, 2, field(1, 2, LTPC_WIRE))
     ),
-    "no key": _field(2, 2, _field(2, 2, _field(1, 2, LTPC_WIRE))),
-    "no value": _field(2, 2, _field(1, 2, b"K")),
-    "value twice, merged": _field(
+    "no key": field(2, 2, field(2, 2, field(1, 2, LTPC_WIRE))),
+    "no value": field(2, 2, field(1, 2, b"K")),
+    "value twice, merged": field(
         2,
         2,
-        _field(1, 2, b"K")
-        + _field(2, 2, _field(1, 2, LTPC_WIRE))
-        + _field(2, 2, _field(1, 2, _field(3, 0, _varint(77)))),
+        field(1, 2, b"K")
+        + field(2, 2, field(1, 2, LTPC_WIRE))
+        + field(2, 2, field(1, 2, field(3, 0, varint(77)))),
     ),
     "oneof ltpc, fullFeed, ltpc: the second ltpc starts empty": _entry(
         b"K",
-        _field(1, 2, LTPC_WIRE)
-        + _field(2, 2, b"")
-        + _field(1, 2, _field(2, 0, _varint(MIDNIGHT + 9))),
+        field(1, 2, LTPC_WIRE) + field(2, 2, b"") + field(1, 2, field(2, 0, varint(MIDNIGHT + 9))),
     ),
     "oneof marketFF then indexFF": _entry(
         b"K",
-        _field(2, 2, _field(1, 2, _field(1, 2, LTPC_WIRE) + _field(6, 0, _varint(500))))
-        + _field(2, 2, _field(2, 2, _field(1, 2, _field(2, 0, _varint(MIDNIGHT))))),
+        field(2, 2, field(1, 2, field(1, 2, LTPC_WIRE) + field(6, 0, varint(500))))
+        + field(2, 2, field(2, 2, field(1, 2, field(2, 0, varint(MIDNIGHT))))),
     ),
-    "ltpc with the wrong wire type": _entry(b"K", _field(1, 0, _varint(5))),
-    "a double sent as a varint": _entry(b"K", _field(1, 2, LTPC_WIRE + _field(1, 0, b"\x05"))),
+    "ltpc with the wrong wire type": _entry(b"K", field(1, 0, varint(5))),
+    "a double sent as a varint": _entry(b"K", field(1, 2, LTPC_WIRE + field(1, 0, b"\x05"))),
     "unknown fields of every wire type": _entry(
         b"K",
-        _field(1, 2, LTPC_WIRE + _field(9, 5, b"abcd") + _field(10, 1, b"abcdefgh"))
-        + _field(12, 0, b"\x01")
-        + _field(13, 2, b"xyz")
+        field(1, 2, LTPC_WIRE + field(9, 5, b"abcd") + field(10, 1, b"abcdefgh"))
+        + field(12, 0, b"\x01")
+        + field(13, 2, b"xyz")
         + _groups(3, 14),
     )
-    + _field(99, 1, b"12345678"),
-    "ten-byte varint": _field(3, 0, b"\xff" * 9 + b"\x7f"),
-    "ten-byte varint, high bits": _field(3, 0, b"\xff" * 9 + b"\x01"),
-    "eleven-byte varint": _varint(3 << 3) + b"\xff" * 10 + b"\x01",
+    + field(99, 1, b"12345678"),
+    "ten-byte varint": field(3, 0, b"\xff" * 9 + b"\x7f"),
+    "ten-byte varint, high bits": field(3, 0, b"\xff" * 9 + b"\x01"),
+    "eleven-byte varint": varint(3 << 3) + b"\xff" * 10 + b"\x01",
     "five-byte tag": b"\x88\x80\x80\x80\x00\x01",
     "six-byte tag": b"\x88\x80\x80\x80\x80\x00\x01",
     "tag past 32 bits": b"\xf8\xff\xff\xff\x1f\x00",
@@ -453,47 +436,45 @@ EDGE_FRAMES = {
     "field number 0": b"\x00\x00",
     "wire type 6": b"\x0e",
     "wire type 7": b"\x0f",
-    "end group alone": _varint(5 << 3 | 4),
-    "group never ended": _varint(9 << 3 | 3),
-    "group ended by another number": _varint(9 << 3 | 3) + _varint(8 << 3 | 4),
+    "end group alone": varint(5 << 3 | 4),
+    "group never ended": varint(9 << 3 | 3),
+    "group ended by another number": varint(9 << 3 | 3) + varint(8 << 3 | 4),
     "100 nested groups": _groups(100),
     "101 nested groups": _groups(101),
     "groups nested to the limit in a quote": _deep_in_quote(94),
     "groups nested past the limit in a quote": _deep_in_quote(95),
-    "length past the frame": _varint(2 << 3 | 2) + _varint(50) + b"x",
-    "length of 2**31": _varint(2 << 3 | 2) + _varint(2**31) + b"x",
-    "fixed64 cut short": _entry(b"K", _field(1, 2, b"\x09\x00\x00")),
-    "sub-message longer than its parent": _entry(b"K", _field(1, 2, LTPC_WIRE)[:-3]),
-    "bad UTF-8 in a key": _entry(b"\xed\xa0\x80", _field(1, 2, LTPC_WIRE)),
-    "overlong UTF-8 in a key": _entry(b"\xc0\xaf", _field(1, 2, LTPC_WIRE)),
-    "four-byte UTF-8 key": _entry("K\U0001f600".encode(), _field(1, 2, LTPC_WIRE)),
-    "past U+10FFFF": _entry(b"\xf4\x90\x80\x80", _field(1, 2, LTPC_WIRE)),
+    "length past the frame": varint(2 << 3 | 2) + varint(50) + b"x",
+    "length of 2**31": varint(2 << 3 | 2) + varint(2**31) + b"x",
+    "fixed64 cut short": _entry(b"K", field(1, 2, b"\x09\x00\x00")),
+    "sub-message longer than its parent": _entry(b"K", field(1, 2, LTPC_WIRE)[:-3]),
+    "bad UTF-8 in a key": _entry(b"\xed\xa0\x80", field(1, 2, LTPC_WIRE)),
+    "overlong UTF-8 in a key": _entry(b"\xc0\xaf", field(1, 2, LTPC_WIRE)),
+    "four-byte UTF-8 key": _entry("K\U0001f600".encode(), field(1, 2, LTPC_WIRE)),
+    "past U+10FFFF": _entry(b"\xf4\x90\x80\x80", field(1, 2, LTPC_WIRE)),
     "bad UTF-8 in a candle's interval": _entry(
-        b"K", _field(2, 2, _field(2, 2, _field(2, 2, _field(1, 2, _field(1, 2, b"\xff")))))
+        b"K", field(2, 2, field(2, 2, field(2, 2, field(1, 2, field(1, 2, b"\xff")))))
     ),
-    "bad UTF-8 in a status": _field(4, 2, _field(2, 2, _field(2, 2, _field(1, 2, b"\x80")))),
-    "type past int32": _field(1, 0, _varint(2**32 + 2)),
-    "negative type": _field(1, 0, _varint(-1)),
-    "unknown market status": _field(
-        4, 2, _field(1, 2, _field(1, 2, b"NSE") + _field(2, 0, b"\x09"))
+    "bad UTF-8 in a status": field(4, 2, field(2, 2, field(2, 2, field(1, 2, b"\x80")))),
+    "type past int32": field(1, 0, varint(2**32 + 2)),
+    "negative type": field(1, 0, varint(-1)),
+    "unknown market status": field(4, 2, field(1, 2, field(1, 2, b"NSE") + field(2, 0, b"\x09"))),
+    "negative market status": field(
+        4, 2, field(1, 2, field(1, 2, b"NSE") + field(2, 0, varint(-5)))
     ),
-    "negative market status": _field(
-        4, 2, _field(1, 2, _field(1, 2, b"NSE") + _field(2, 0, _varint(-5)))
+    "segment entry with an unknown field": field(
+        4, 2, field(1, 2, field(1, 2, b"NSE") + field(2, 0, b"\x02") + field(3, 0, b"\x01"))
     ),
-    "segment entry with an unknown field": _field(
-        4, 2, _field(1, 2, _field(1, 2, b"NSE") + _field(2, 0, b"\x02") + _field(3, 0, b"\x01"))
-    ),
-    "ltt past int64 milliseconds": _entry(b"K", _field(1, 2, _field(2, 0, _varint(2**63 - 1)))),
-    "ltt most negative": _entry(b"K", _field(1, 2, _field(2, 0, _varint(-(2**63))))),
-    "currentTs most negative": _field(3, 0, _varint(-(2**63))),
+    "ltt past int64 milliseconds": _entry(b"K", field(1, 2, field(2, 0, varint(2**63 - 1)))),
+    "ltt most negative": _entry(b"K", field(1, 2, field(2, 0, varint(-(2**63))))),
+    "currentTs most negative": field(3, 0, varint(-(2**63))),
     "NaN everywhere": _entry(
         b"K",
-        _field(
+        field(
             3,
             2,
-            _field(1, 2, LTPC_WIRE + _field(1, 1, struct.pack("<d", math.nan)))
-            + _field(3, 2, _field(1, 1, struct.pack("<d", math.nan)))
-            + _field(5, 1, struct.pack("<d", math.nan)),
+            field(1, 2, LTPC_WIRE + field(1, 1, struct.pack("<d", math.nan)))
+            + field(3, 2, field(1, 1, struct.pack("<d", math.nan)))
+            + field(5, 1, struct.pack("<d", math.nan)),
         ),
     ),
 }
@@ -523,14 +504,14 @@ def test_ticks_leave_the_cyclic_gc_only_when_they_hold_no_container() -> None:
     """The compiled decoder untracks flat ticks (CPython would at their first collection);
     a tick that took a container from odd seeded state stays tracked."""
     decoder = CompiledFeedDecoder()
-    trade = _entry(b"K", _field(2, 2, _field(1, 2, _field(1, 2, LTPC_WIRE))))
+    trade = _entry(b"K", field(2, 2, field(1, 2, field(1, 2, LTPC_WIRE))))
     [flat] = decoder.decode(trade, 1).ticks
     assert not gc.is_tracked(flat)
 
     odd = [None] * len(TICK_COLUMNS)
     odd[0], odd[1], odd[12] = "K", MIDNIGHT * 1000 - PG_EPOCH_UNIX_US, ["not", "a", "price"]
     decoder.seed([tuple(odd)])
-    depth_only = _entry(b"K", _field(2, 2, _field(1, 2, _field(6, 0, _varint(5)))))
+    depth_only = _entry(b"K", field(2, 2, field(1, 2, field(6, 0, varint(5)))))
     [holding] = decoder.decode(depth_only, 2).ticks
     assert holding[12] == ["not", "a", "price"]
     assert gc.is_tracked(holding)
@@ -541,7 +522,7 @@ def test_a_decode_inside_a_decode_is_refused_not_a_crash() -> None:
     """The compiled decoder keeps the frame's structs between calls; `wanted` calling back
     into the same decoder must not see them overwritten."""
     decoder = CompiledFeedDecoder()
-    frame = _entry(b"K", _field(1, 2, LTPC_WIRE)) + _entry(b"L", _field(1, 2, LTPC_WIRE))
+    frame = _entry(b"K", field(1, 2, LTPC_WIRE)) + _entry(b"L", field(1, 2, LTPC_WIRE))
 
     class Reentrant:
         def __contains__(self, key: object) -> bool:
