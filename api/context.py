@@ -13,7 +13,9 @@ from api.liveness import DatabaseProbe
 from api.published import PublishedIngest
 from api.symbols import SymbolResolver
 from ingest.config import Settings
+from ingest.published import IngestNotRunning
 from ingest.service import WebSocketService
+from store.tick import Tick
 
 # What a subscription change answers in an app with neither the ingest nor a way to it.
 NO_INGEST = "no ingest runs in this API process and none is reachable from it"
@@ -32,6 +34,16 @@ class ApiContext:
     control: IngestControl | None = None
     # For the few writes the API makes itself (POST /api/v1/audit); reads go through `pool`.
     database_url: str | None = None
+
+    def latest(self, keys: list[str] | None, *, on_loop: bool) -> dict[str, Tick]:
+        """The latest tick of each key that has one (every instrument's for None): from the
+        ingest's memory in this process, else from what it publishes. IngestNotRunning without
+        either; SlotBusy passes through (`on_loop`: the event loop's short busy budget)."""
+        if self.service is not None:
+            return self.service.cache.latest_many(keys)
+        if self.published is None:
+            raise IngestNotRunning("no ingest state in this API process")
+        return self.published.latest(keys, on_loop=on_loop)
 
 
 async def get_context(request: Request) -> ApiContext:

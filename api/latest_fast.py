@@ -106,12 +106,8 @@ class LatestTicksShortcut:
 def _latest(context: ApiContext, keys: list[str]) -> dict[str, Tick] | None:
     """The ticks from the ingest in this process or from what it publishes; None when the
     route must answer instead (no ingest, a slot busy past the event loop's budget)."""
-    if context.service is not None:
-        return context.service.cache.latest_many(keys)
-    if context.published is None:
-        return None
     try:
-        return context.published.latest(keys, on_loop=True)
+        return context.latest(keys, on_loop=True)
     except (IngestNotRunning, SlotBusy):
         return None
 

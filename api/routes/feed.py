@@ -136,12 +136,9 @@ def _latest_ticks_slow(context: ApiContext, names: list[str] | None) -> Response
 
 
 def _latest(context: ApiContext, keys: list[str] | None, *, on_loop: bool) -> dict[str, Tick]:
-    """The latest tick of each key (every instrument's for None), from the ingest's memory
-    here or from what it publishes; SlotBusy passes through."""
-    if context.service is not None:
-        return context.service.cache.latest_many(keys)
+    """ApiContext.latest, with 503 when no ingest runs; SlotBusy passes through."""
     try:
-        return _published(context).latest(keys, on_loop=on_loop)
+        return context.latest(keys, on_loop=on_loop)
     except IngestNotRunning as error:
         raise HTTPException(status_code=503, detail=str(error)) from None
 
