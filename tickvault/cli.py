@@ -419,7 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
     refresh_master.set_defaults(handler=instruments_refresh.run)
 
     commands.add_parser(
-        "run", help="the main job: store, ingest (simulator unless UPSTOX_ACCESS_TOKEN) and API"
+        "run",
+        help="the main job: store, ingest (simulator unless a token is set or stored) and API",
     ).set_defaults(handler=_run)
     commands.add_parser("ingest", help="the ingest service alone").set_defaults(handler=_ingest)
     commands.add_parser(
