@@ -13,7 +13,9 @@ and hands back frames. Nothing here is HTTP.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import date, datetime
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -36,9 +38,33 @@ _NUMERIC_TYPES = frozenset(
 _TIMESTAMPTZ = psycopg.postgres.types["timestamptz"].oid
 
 
+def checkout_settings(start: Path | None = None) -> Settings:
+    """The settings `make run` uses, from whatever folder the kernel was started in.
+
+    Jupyter starts a kernel in the notebook's folder (`notebooks/`), while `make run` reads
+    `.env` and keeps its store (`.tickvault`) in the checkout's root: so the nearest folder,
+    from `start` (the working directory) up, that holds a `.env` or a data directory is where
+    `.env` is read and a relative TICKVAULT_DATA_DIR is resolved.
+    """
+    here = (start or Path.cwd()).absolute()
+    default_dir = Settings.data_dir
+    root = next(
+        (
+            folder
+            for folder in (here, *here.parents)
+            if (folder / ".env").is_file() or (folder / default_dir).is_dir()
+        ),
+        here,
+    )
+    settings = Settings.from_env(env_file=root / ".env")
+    if settings.data_dir.is_absolute():
+        return settings
+    return replace(settings, data_dir=root / settings.data_dir)
+
+
 def connect() -> psycopg.Connection:
     """A connection to the store in IST, so timestamps come back as the exchange's clock."""
-    conn = psycopg.connect(database_url(Settings.from_env()), autocommit=True)
+    conn = psycopg.connect(database_url(checkout_settings()), autocommit=True)
     conn.execute(f"SET TIME ZONE '{IST}'")
     return conn
 
@@ -150,7 +176,7 @@ def _archived_ticks(
     if dropped_before is None or (start is not None and start >= dropped_before):
         return pd.DataFrame()
     end = dropped_before if end is None else min(end, dropped_before)
-    table = read_archived_ticks(Settings.from_env().archive_dir, key, start, end)
+    table = read_archived_ticks(checkout_settings().archive_dir, key, start, end)
     frame = table.drop_columns(["instrument_key"]).to_pandas()
     for column in ("ts", "feed_ts", "received_at"):
         frame[column] = frame[column].dt.tz_convert(IST)
