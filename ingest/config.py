@@ -91,7 +91,7 @@ def _naive(moment: time) -> time:
     return moment
 
 
-# A time of day in IST ("08:30"), the zone the schedule keeps (ingest/schedule_plan.py).
+# A time of day in IST ("08:30"), the zone the schedule keeps (ingest/jobs/schedule/plan.py).
 IstTime = Annotated[time, AfterValidator(_naive)]
 
 
@@ -152,12 +152,12 @@ class Settings:
     # loopback and api_host.
     api_allowed_hosts: Names = ()
     log_level: LogLevel = "INFO"
-    # Audit the day's bars against Upstox's candles after the close (ingest/audit.py).
+    # Audit the day's bars against Upstox's candles after the close (ingest/jobs/audit.py).
     audit_after_close: bool = True
     # Where trading.log and errors.log go; None writes none, and `tickvault run` and
     # `tickvault ingest` then use data_dir / "logs" (tickvault/cli.py).
     log_dir: Path | None = None
-    # The daily schedule inside the ingest (ingest/schedule.py): its phases' IST times, and
+    # The daily schedule inside the ingest (ingest/jobs/schedule/): its phases' IST times, and
     # how a failing step is retried (doubling delays from initial to max, then given up for
     # the day, recorded and reported).
     schedule_enabled: bool = True

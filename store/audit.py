@@ -1,5 +1,5 @@
 """The parity audit's reads and writes: a day's 1-minute bars and tick volumes per instrument,
-and the results table of sql/013_audit.sql. The comparison itself is ingest/parity.py.
+and the results table of sql/013_audit.sql. The comparison itself is ingest/jobs/parity.py.
 
 A trading date is an IST calendar date: [00:00 IST, next 00:00 IST).
 """

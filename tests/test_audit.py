@@ -19,9 +19,9 @@ import psycopg
 import pytest
 
 from api.app import create_app
-from ingest.audit import AuditReport, run_audit
 from ingest.config import Secret, Settings
-from ingest.parity import compare_day
+from ingest.jobs.audit import AuditReport, run_audit
+from ingest.jobs.parity import compare_day
 from ingest.service import WebSocketService
 from ingest.simulator import FeedSimulator
 from ingest.tokens import save_token

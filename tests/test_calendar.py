@@ -12,7 +12,7 @@ import httpx
 import psycopg
 import pytest
 
-from ingest.calendar import CalendarError, CalendarKeeper, parse_holidays
+from ingest.jobs.calendar import CalendarError, CalendarKeeper, parse_holidays
 from ingest.simulator import FeedSimulator
 from ingest.simulator.calendar import default_holidays
 from store import calendar

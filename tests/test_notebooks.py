@@ -25,8 +25,8 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 
-from ingest.audit import run_audit
 from ingest.config import Secret, Settings
+from ingest.jobs.audit import run_audit
 from ingest.service import WebSocketService
 from ingest.simulator import FeedSimulator
 from ingest.upstox.candles import IST

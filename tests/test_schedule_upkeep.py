@@ -12,8 +12,8 @@ from pathlib import Path
 import psycopg
 
 from ingest.config import Settings
-from ingest.schedule_plan import Phase
-from ingest.schedule_steps import PHASE_STEPS, calendar_trading_day, token_problem
+from ingest.jobs.schedule.plan import Phase
+from ingest.jobs.schedule.steps import PHASE_STEPS, calendar_trading_day, token_problem
 from ingest.service import WebSocketService
 from ingest.status import TokenStatus
 from store.calendar import save_day
