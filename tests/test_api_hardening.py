@@ -25,7 +25,7 @@ from psycopg_pool import ConnectionPool
 
 from api import create_app
 from api.limits import MAX_BODY_BYTES, MAX_HEAD_BYTES
-from api.symbols import SymbolResolver
+from api.symbol_resolver import SymbolResolver
 from ingest.config import Secret, Settings
 from store.instruments import UnknownSymbol, instrument_search, search_instruments
 from tests.conftest import DbServer

@@ -23,7 +23,7 @@ import pytest
 from psycopg_pool import ConnectionPool
 
 from api import create_app
-from api.symbols import SymbolResolver
+from api.symbol_resolver import SymbolResolver
 from ingest.config import Secret, Settings
 from ingest.control import (
     Answer,

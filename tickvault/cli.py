@@ -339,7 +339,7 @@ def _ingest(settings: Settings, args: argparse.Namespace) -> int:
 def _health(settings: Settings, args: argparse.Namespace) -> int:
     """Exit 0 while the ingest on this data directory publishes and is healthy, else say why
     and exit 1: what /health answers, without an API (docker compose's ingest healthcheck)."""
-    from api.published import PublishedIngest
+    from api.ingest_state import PublishedIngest
     from ingest.published import SlotBusy
 
     published = PublishedIngest(settings.data_dir)

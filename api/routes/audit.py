@@ -15,7 +15,7 @@ from pydantic import BaseModel, BeforeValidator
 
 from api.auth import API_KEY
 from api.context import ApiContext, Context
-from api.errors import responses
+from api.error_responses import responses
 from api.params import MAX_SYMBOL_LIST_CHARS, SYMBOL_LIST_RULES, symbol_list
 from ingest.config import Secret, Settings
 from ingest.jobs.audit import run_audit

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
 from api.context import Context
-from api.errors import responses
+from api.error_responses import responses
 from api.params import IsoDate, Symbol
 from store.calendar import trading_sessions
 from store.coverage import gaps

@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.auth import API_KEY
 from api.context import Context
-from api.errors import responses
+from api.error_responses import responses
 from ingest.tokens import ENV_WINS, IST, KINDS, save_token
 
 router = APIRouter(prefix="/api/v1", tags=["token"])
