@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 
+from core.ist import IST
 from ingest.config import Secret, Settings
 from ingest.status import TokenStatus
-from store.ist import IST
 
 log = logging.getLogger(__name__)
 

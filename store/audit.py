@@ -16,8 +16,8 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from core.ist import day_bounds
 from store.errors import StoreError
-from store.ist import day_bounds
 
 DEFAULT_TICK_PAISE = 5.0  # NSE's common tick, for an instrument the master does not price
 

@@ -139,6 +139,18 @@ def test_images_are_pinned(compose: dict[str, Any]) -> None:
         assert image in named, f"{image}: a later stage builds on an earlier one, not a new image"
 
 
+def test_the_image_holds_every_package_the_project_installs() -> None:
+    """A package that pyproject.toml lists but the Dockerfile does not copy installs as a
+    missing import in the image, found only when the container starts."""
+    listed = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    package_dirs = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-dir"
+    ]
+    copied = set(re.findall(r"^COPY (\S+) \1$", DOCKERFILE.read_text(), re.MULTILINE))
+    tops = {package_dirs.get(name, name.replace(".", "/")).split("/")[0] for name in listed}
+    assert tops <= copied, f"the Dockerfile does not copy {sorted(tops - copied)}"
+
+
 def test_dockerfile_installs_the_lock_with_hashes_then_the_project_alone() -> None:
     text = DOCKERFILE.read_text()
     assert re.search(r"^COPY requirements\.lock ", text, re.MULTILINE)

@@ -25,11 +25,11 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 
+from core.ist import IST
 from ingest.config import Secret, Settings
 from ingest.jobs.audit import run_audit
 from ingest.service import WebSocketService
 from ingest.simulator import FeedSimulator
-from ingest.upstox.candles import IST
 from store.instruments import default_sample_path, instrument_records, load_instruments
 from tests import conftest
 from tickvault import notebook

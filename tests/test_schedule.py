@@ -16,6 +16,7 @@ from datetime import date, datetime, time, timedelta
 import psycopg
 import pytest
 
+from core.ist import IST
 from ingest.config import Settings
 from ingest.jobs.rollup import BarRollup
 from ingest.jobs.schedule.plan import (
@@ -29,7 +30,6 @@ from ingest.jobs.schedule.runner import DailySchedule
 from ingest.jobs.schedule.steps import PHASE_STEPS, ordered_steps, service_steps
 from store.bars import BAR_VIEWS, LIVE_VIEWS, Interval, refresh_bars
 from store.instruments import default_sample_path
-from store.ist import IST
 from tests.test_bars import copy_ticks, expected_bars, generate_day, trading_day
 from tests.test_client import INFY, NIFTY, TCS
 from tests.test_subscriptions import load, simulator, stack

@@ -11,7 +11,8 @@ from pydantic import BaseModel
 from api.context import Context
 from api.error_responses import responses
 from api.params import Date
-from store.calendar import IST, DaySource, day_calendar, segment_statuses
+from core.ist import IST
+from store.calendar import DaySource, day_calendar, segment_statuses
 
 router = APIRouter(prefix="/api/v1/market", tags=["market"])
 

@@ -19,7 +19,8 @@ from starlette.concurrency import run_in_threadpool
 from api.auth import API_KEY
 from api.context import Context
 from api.error_responses import responses
-from ingest.tokens import ENV_WINS, IST, KINDS, save_token
+from core.ist import IST
+from ingest.tokens import ENV_WINS, KINDS, save_token
 
 router = APIRouter(prefix="/api/v1", tags=["token"])
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Literal
 
-from ingest.upstox.candles import IST, Candle
+from core.ist import IST
+from ingest.upstox.candles import Candle
 from store.audit import Bar, DayVolume
 
 PRICE_FIELDS = ("open", "high", "low", "close")

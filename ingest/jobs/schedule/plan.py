@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from enum import StrEnum
 
-from store.ist import IST, ist_day
+from core.ist import IST, ist_day
 
 LOOKAHEAD_DAYS = 15  # the longest run of market holidays and weekends, with room to spare
 

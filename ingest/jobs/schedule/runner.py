@@ -30,6 +30,7 @@ from typing import Protocol, TypeVar
 
 import psycopg
 
+from core.ist import IST, ist_day
 from ingest.backoff import Backoff
 from ingest.config import Settings
 from ingest.jobs.schedule.plan import (
@@ -44,7 +45,6 @@ from ingest.jobs.schedule.plan import (
 )
 from ingest.status import ScheduleStatus, StepStatus
 from store import schedule as runs
-from store.ist import IST, ist_day
 from store.schedule import Outcome, StepRun
 
 log = logging.getLogger(__name__)
