@@ -209,7 +209,7 @@ def test_bars_from_the_simulator_audit_clean_then_an_altered_bar_is_reported(
             # The API answers each instrument's latest verdict of the day, and runs an audit.
             api_settings = replace(settings, data_dir=tmp_path / "api", api_key=Secret(API_KEY))
             with (
-                serve(create_app(api_settings, url, run_ingest=False)) as base,
+                serve(create_app(api_settings, url)) as base,
                 client(base) as http,
             ):
                 stored = await asyncio.to_thread(http.get, f"/api/v1/audit?date={today}")

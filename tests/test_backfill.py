@@ -274,7 +274,7 @@ async def gap_scenario(urls: dict[str, str], root: Path) -> None:
         try:
             settings = ingest_settings(simulator, root / "api")
             with (
-                serve(create_app(settings, apache, run_ingest=False)) as base,
+                serve(create_app(settings, apache)) as base,
                 client(base) as http,
             ):
                 holding = await wait_backfilled(http, today, gap_minute)

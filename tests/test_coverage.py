@@ -96,7 +96,7 @@ def test_the_api_lists_a_days_gaps_by_symbol(db_url: str, tmp_path: Path) -> Non
         open_span(conn, 0, at(9, 0), at(10, 2, 40))
         open_span(conn, 0, at(10, 5, 10), at(15, 40))
     settings = Settings(data_dir=tmp_path)
-    with serve(create_app(settings, db_url, run_ingest=False)) as base, client(base) as http:
+    with serve(create_app(settings, db_url)) as base, client(base) as http:
         infy = http.get("/api/v1/coverage", params={"date": DAY, "symbol": "infy"})
         every = http.get("/api/v1/coverage", params={"date": DAY})
         unknown = http.get("/api/v1/coverage", params={"date": DAY, "symbol": "NOSUCH"})

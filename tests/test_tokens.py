@@ -169,7 +169,7 @@ def test_post_token_while_the_feed_waits_resumes_with_no_tick_lost(
     api_settings = Settings(data_dir=data_dir, api_key=Secret(API_KEY))
     answers: list[httpx.Response] = []
 
-    with serve(create_app(api_settings, instruments_db, run_ingest=False)) as base:
+    with serve(create_app(api_settings, instruments_db)) as base:
         http = client(base)
 
         def post(body: object, key: str | None = API_KEY) -> httpx.Response:
