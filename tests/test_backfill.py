@@ -16,6 +16,7 @@ import random
 import subprocess
 import sys
 from collections import defaultdict
+from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from ingest.simulator import FeedSimulator
 from ingest.upstox.candles import IST, CandleClient
 from store.backfill import MinuteBar, store_minute_bars
 from store.bars import refresh_bars
+from store.coverage import open_span
 from store.instruments import default_sample_path, instrument_records, load_instruments
 from tests.conftest import REPO
 from tests.test_api import client, serve
@@ -63,18 +65,26 @@ def candles_for(key: str, minutes: list[datetime], seed: int) -> list[MinuteBar]
     return candles
 
 
-def expected_with_backfill(ticks: list[Tick], backfill: dict[str, list[MinuteBar]]) -> Bars:
-    """ohlc_1m: the ticks' bars, then each candle whose minute has no tick of its key;
-    ohlc_5m: those rows rolled up by definition, `backfill` when any of its minutes is."""
+def expected_with_backfill(
+    ticks: list[Tick], backfill: dict[str, list[MinuteBar]], uncovered: Iterable[datetime] = ()
+) -> Bars:
+    """ohlc_1m: the ticks' bars, where a candle counts the candle instead (a minute no span
+    covers whole, or one without a tick of its key); ohlc_5m: those rows rolled up by
+    definition, `backfill` when any of its minutes is."""
+    uncovered = set(uncovered)
     live = expected_bars(ticks)["ohlc_1m"]
     with_ticks = {(row[0], row[1]) for row in live}
-    minutes = list(live)
-    for key, candles in backfill.items():
-        for c in candles:
-            if (key, c.bucket) not in with_ticks:
-                minutes.append(
-                    (key, c.bucket, c.open, c.high, c.low, c.close, c.volume, 0, "backfill")
-                )
+    counting = {
+        (key, c.bucket): c
+        for key, candles in backfill.items()
+        for c in candles
+        if (key, c.bucket) not in with_ticks or c.bucket in uncovered
+    }
+    minutes = [row for row in live if (row[0], row[1]) not in counting]
+    minutes += [
+        (key, c.bucket, c.open, c.high, c.low, c.close, c.volume, 0, "backfill")
+        for (key, _), c in counting.items()
+    ]
     minutes.sort()
     groups: dict[tuple[str, datetime], list[tuple]] = defaultdict(list)
     for row in minutes:
@@ -97,6 +107,12 @@ def expected_with_backfill(ticks: list[Tick], backfill: dict[str, list[MinuteBar
     return {"ohlc_1m": minutes, "ohlc_5m": fives}
 
 
+def record_spans(conn: psycopg.Connection, *spans: tuple[datetime, datetime]) -> None:
+    """What the ingest's coverage recorder would have written: when it was receiving."""
+    for started, ended in spans:
+        open_span(conn, 0, started, ended)
+
+
 def test_backfill_fills_holes_and_never_a_live_bucket(edition_db_url: str) -> None:
     day = trading_day()
     key = INSTRUMENTS[1]
@@ -110,6 +126,8 @@ def test_backfill_fills_holes_and_never_a_live_bucket(edition_db_url: str) -> No
     candles = candles_for(key, [with_ticks, *hole], seed=3)
 
     with psycopg.connect(edition_db_url, autocommit=True) as conn:
+        # The store heard the whole day: the holes are minutes in which the key did not trade.
+        record_spans(conn, (ist(day, 9, 0), ist(day, 16, 0)))
         copy_ticks(conn, ticks)
         assert store_minute_bars(conn, key, candles) == len(hole)
         # Real time (nothing materialized yet on Community), then materialized.
@@ -137,6 +155,39 @@ def test_backfill_fills_holes_and_never_a_live_bucket(edition_db_url: str) -> No
         minute = {row[1]: row for row in bars["ohlc_1m"] if row[0] == key}
         assert minute[hole[1]][-2:] == (1, "live")
         assert minute[with_ticks][-1] == "live"
+
+
+def test_a_minute_heard_in_part_shows_its_candle_and_counts_its_volume_once(
+    edition_db_url: str,
+) -> None:
+    """The ingest stopped at 10:02:30 and started again at 10:05:20: 10:02 and 10:05 were
+    heard in part. Their candles replace the partial bars, in ohlc_1m and in ohlc_5m (on both
+    editions), and the volume of 10:00-10:10 is the candles' plus the whole minutes'."""
+    day = trading_day()
+    stopped, started = ist(day, 10, 2, 30), ist(day, 10, 5, 20)
+    gap = [ist(day, 10, 2), ist(day, 10, 3), ist(day, 10, 4), ist(day, 10, 5)]
+    ticks = [t for t in generate_day(day, seed=20261206) if not stopped <= t.ts < started]
+    key = INSTRUMENTS[0]
+    candles = candles_for(key, gap, seed=5)
+
+    with psycopg.connect(edition_db_url, autocommit=True) as conn:
+        record_spans(conn, (ist(day, 9, 0), stopped), (started, ist(day, 16, 0)))
+        copy_ticks(conn, ticks)
+        assert store_minute_bars(conn, key, candles) == len(gap)
+        expected = expected_with_backfill(ticks, {key: candles}, uncovered=gap)
+        assert bars_of_day(conn, day) == expected
+        refresh_bars(conn)
+        bars = bars_of_day(conn, day)
+        assert bars == expected
+        ours = {row[1]: row for row in bars["ohlc_1m"] if row[0] == key}
+        for candle in candles:
+            assert ours[candle.bucket][2:] == (*candle[1:6], 0, "backfill")
+        five = {row[1]: row for row in bars["ohlc_5m"] if row[0] == key}
+        whole = [row for row in ours.values() if ist(day, 10, 0) <= row[1] < ist(day, 10, 10)]
+        assert five[ist(day, 10, 0)][6] + five[ist(day, 10, 5)][6] == sum(r[6] for r in whole)
+        # Another instrument, no candle: its partial bars still show, as live.
+        other = {row[1]: row[-1] for row in bars["ohlc_1m"] if row[0] == INSTRUMENTS[1]}
+        assert other[gap[0]] == other[gap[-1]] == "live"
 
 
 # --- a real gap: the ingest stopped for a whole minute, against the simulator ----------------
