@@ -15,10 +15,9 @@ import os
 import random
 import subprocess
 import sys
-import time
 from collections import defaultdict
 from collections.abc import Iterable
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ from store.backfill import MinuteBar, store_minute_bars
 from store.bars import refresh_bars
 from store.coverage import open_span
 from store.instruments import default_sample_path, instrument_records, load_instruments
+from tests.clock import FeedClock
 from tests.conftest import REPO
 from tests.test_bars import (
     INSTRUMENTS,
@@ -250,28 +250,6 @@ def test_backfill_without_a_token_or_of_an_unknown_symbol_is_a_clear_error(db_ur
     assert "secret-x" not in err
 
 
-class FastClock:
-    """The wall clock of the feed (the simulator's trade times, the ingest's arrival times and
-    so its coverage spans) running `speed` times as fast from now on, so that a scenario of
-    minutes takes seconds. Installed as `time.time_ns`, which both read; asyncio, the
-    database and the candle client keep real time. It only runs ahead of the real clock, so
-    the database's now() (which the gaps of `until`-less calls stop at) never passes it."""
-
-    def __init__(self, speed: int) -> None:
-        self._real = time.time_ns
-        self._start = self._real()
-        self.speed = speed
-
-    def __call__(self) -> int:
-        return self._start + (self._real() - self._start) * self.speed
-
-    def now(self) -> datetime:
-        return datetime.fromtimestamp(self() / 1e9, UTC)
-
-    async def sleep_until(self, moment: datetime) -> None:
-        await asyncio.sleep(max(0.0, (moment - self.now()).total_seconds() / self.speed))
-
-
 def minute_of(moment: datetime) -> datetime:
     return moment.replace(second=0, microsecond=0)
 
@@ -315,7 +293,7 @@ def test_bars_across_a_stop_of_the_ingest_are_what_the_exchange_printed(
     to the last stop, the partly heard ones included, equals the simulator's candle, and so
     does every 5-minute bucket's volume. On both editions at once (Apache alone where there is
     no Community), on a clock fifteen times as fast: about 40 s."""
-    clock = FastClock(speed=15)
+    clock = FeedClock(speed=15)
     if (
         clock.now().astimezone(IST).date()
         != (clock.now() + timedelta(minutes=15)).astimezone(IST).date()
@@ -330,14 +308,14 @@ def test_bars_across_a_stop_of_the_ingest_are_what_the_exchange_printed(
         for url in urls.values():
             with psycopg.connect(url) as conn:
                 load_instruments(conn, default_sample_path())
-        monkeypatch.setattr(time, "time_ns", clock)
+        clock.install(monkeypatch)
         asyncio.run(stop_and_restart(clock, urls, tmp_path))
     finally:
         for edition, url in urls.items():
             servers[edition].drop_database(url)
 
 
-async def stop_and_restart(clock: FastClock, urls: dict[str, str], root: Path) -> None:
+async def stop_and_restart(clock: FeedClock, urls: dict[str, str], root: Path) -> None:
     with psycopg.connect(urls["apache"]) as conn:
         records = instrument_records(conn)
     async with FeedSimulator(records, rate=2000, frame_interval=0.05) as simulator:
