@@ -29,7 +29,7 @@ from ingest.upstox.candles import (
     CandleError,
     RateLimits,
 )
-from store.backfill import MinuteBar, store_minute_bars
+from store.backfill import MinuteBar, backfilled_minutes, store_minute_bars
 from store.calendar import trading_sessions
 from store.coverage import Gap, gaps_of_day
 from store.instruments import resolve_symbols
@@ -48,8 +48,8 @@ class InstrumentFill:
     instrument_key: str
     symbol: str
     gap_minutes: int  # gap minutes not yet backfilled before this run (heard in part or not)
-    candles: int  # candles Upstox had for the gap minutes (a minute without trades has none)
-    filled: int  # of those, the minutes stored new or changed
+    candles: int  # candles Upstox had for those minutes (a minute without trades has none)
+    filled: int  # minutes stored new or changed (those, and corrections of earlier candles)
     error: str | None = None
 
 
@@ -140,13 +140,15 @@ async def _fill(
         for c in candles
         if any(gap.start <= c.start < gap.end for gap in gaps)
     ]
-    filled = await asyncio.to_thread(_store, database_url, key, bars)
-    return InstrumentFill(key, symbol, missing, len(bars), filled)
+    candles, filled = await asyncio.to_thread(_store, database_url, key, bars)
+    return InstrumentFill(key, symbol, missing, candles, filled)
 
 
-def _store(database_url: str, key: str, bars: list[MinuteBar]) -> int:
+def _store(database_url: str, key: str, bars: list[MinuteBar]) -> tuple[int, int]:
+    """(candles of minutes not shown from backfill before, minutes stored new or changed)."""
     with psycopg.connect(database_url) as conn:
-        return store_minute_bars(conn, key, bars)
+        shown = backfilled_minutes(conn, key, [bar.bucket for bar in bars])
+        return sum(bar.bucket not in shown for bar in bars), store_minute_bars(conn, key, bars)
 
 
 class AutoBackfill:

@@ -9,7 +9,7 @@ while the minute has none.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import NamedTuple
 
@@ -63,3 +63,14 @@ def store_minute_bars(
     }
     cursor = conn.execute(_STORE, {"key": instrument_key, **columns})
     return cursor.rowcount
+
+
+def backfilled_minutes(
+    conn: psycopg.Connection, instrument_key: str, buckets: Sequence[datetime]
+) -> set[datetime]:
+    """Those of `buckets` that ohlc_1m shows from backfill now."""
+    rows = conn.execute(
+        "SELECT bucket FROM ohlc_1m_filled WHERE instrument_key = %s AND bucket = ANY(%s)",
+        [instrument_key, list(buckets)],
+    )
+    return {row[0] for row in rows}

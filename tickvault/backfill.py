@@ -59,7 +59,7 @@ def render(report: BackfillReport) -> str:
             "instrument": item.instrument_key,
             "symbol": item.symbol,
             "gap minutes": item.gap_minutes,
-            "gap candles": item.candles,
+            "candles": item.candles,
             "filled": item.filled,
             "error": item.error or "-",
         }
