@@ -28,6 +28,7 @@ from tickvault.day_args import add_day_arguments, day_of, symbols_of
 
 DIFFERENCES_FOUND = 2
 COULD_NOT_RUN = 1
+_AGREE = ("clean", "conserved")  # an instrument's bars and volume verdicts when it agrees
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -46,7 +47,7 @@ def audit_command(settings: Settings, args: argparse.Namespace) -> int:
         report = asyncio.run(run_audit(database_url(settings), with_token, day, symbols))
     except CandleError as error:
         print(f"tickvault: audit of {day}: {error}", file=sys.stderr)
-        return 1
+        return COULD_NOT_RUN
     result = report.as_json()
     print(json.dumps(result, indent=2) if args.json else render(result))
     status, why = exit_status(result)
@@ -70,9 +71,6 @@ def exit_status(result: dict[str, Any]) -> tuple[int, str]:
             " Upstox's candles"
         )
     return 0, ""
-
-
-_AGREE = ("clean", "conserved")
 
 
 def render(result: dict[str, Any]) -> str:
