@@ -113,7 +113,11 @@ async def _run_ingest(settings: Settings, url: str, seconds: float) -> None:
             await asyncio.sleep(0.5)
         finally:
             await service.stop()
-        await run_audit(url, settings, datetime.now(IST).date())
+        # The audit leaves the minute in progress out: wait for the last minute heard to end,
+        # as an audit after the close would.
+        now = datetime.now(IST)
+        await asyncio.sleep(60 - now.second - now.microsecond / 1e6 + 0.5)
+        await run_audit(url, settings, now.date())
 
 
 @pytest.fixture(scope="module")

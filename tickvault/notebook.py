@@ -216,7 +216,8 @@ def busiest_symbol(day: date | str | None = None) -> str:
 # What read_audit shows of each instrument, in order.
 _AUDIT_COLUMNS = [
     "instrument_key", "trading_symbol", "bars_verdict", "volume_verdict", "buckets_equal",
-    "buckets_differing", "missing_ours", "missing_theirs", "ticks_volume", "candles_volume",
+    "buckets_differing", "missing_ours", "missing_theirs", "bars_volume", "ticks_volume",
+    "candles_volume",
     "last_vtt", "largest_price_ticks",
 ]  # fmt: skip
 
@@ -242,6 +243,8 @@ def read_audit(day: date | str) -> pd.DataFrame:
                 "buckets_differing": result.buckets_differing,
                 "missing_ours": result.missing_ours,
                 "missing_theirs": result.missing_theirs,
+                # Older stored audits have no bars_volume: the ticks' sum was what they compared.
+                "bars_volume": volume.get("bars_volume", volume["volume_delta_sum"]),
                 "ticks_volume": volume["volume_delta_sum"],
                 "candles_volume": volume["candles_volume"],
                 "last_vtt": volume["last_vtt"],
