@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from api.auth import ApiKeyGate
+from api.budget import POOL_SIZE, DatabaseBudget, document_budget
 from api.context import ApiContext
 from api.db import read_pool
 from api.error_responses import install_error_handlers
@@ -38,7 +39,7 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        pool = read_pool(database_url)
+        pool = read_pool(database_url, max_size=POOL_SIZE)
         pool.open(wait=False)
         probe = DatabaseProbe(database_url)
         published = PublishedIngest(settings.data_dir)
@@ -68,10 +69,14 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
     )
     for module in (ops, feed, history, instruments, token, market_calendar, audit, coverage):
         app.include_router(module.router)
-    operations = Operations(app.openapi())
+    openapi = app.openapi()
+    document_budget(openapi)
+    operations = Operations(openapi)
     install_error_handlers(app, operations)
     # Outermost last: the Host is checked first, then the key, then the body is let in, then
-    # the hot latest-ticks request is answered below FastAPI's routing.
+    # the hot latest-ticks request is answered below FastAPI's routing, then a request that
+    # reads the database waits for a place in its class's budget.
+    app.add_middleware(DatabaseBudget)
     app.add_middleware(LatestTicksShortcut)
     app.add_middleware(BodyLimit)
     app.add_middleware(ApiKeyGate, settings=settings, operations=operations)

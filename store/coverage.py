@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
+from typing import Any
 
 import psycopg
 
@@ -59,35 +60,27 @@ def extend_span(conn: psycopg.Connection, span_id: int, last: datetime) -> None:
     )
 
 
-_GAPS = """
+# Every read below is bounded by the sessions asked for, never by the tables' length: the spans
+# touching them come from their range index (sql/019); ticks and backfilled minutes are read
+# per gap, through each instrument's (instrument_key, ts) index, inside the sessions' chunks
+# (the constant bounds let the planner exclude every other chunk); the instrument master is
+# probed per gap. Reading ticks by time alone once scanned the whole index of every chunk.
+GAPS_SQL = """
 WITH minutes AS (
     SELECT m
     FROM unnest(%(opens)s::timestamptz[], %(closes)s::timestamptz[]) AS s(opens, closes),
          generate_series(s.opens, s.closes - INTERVAL '1 minute', INTERVAL '1 minute') AS m
-    WHERE m + INTERVAL '1 minute' <= %(until)s
+    WHERE m + INTERVAL '1 minute' <= coalesce(%(until)s::timestamptz, now())
+),
+spans AS MATERIALIZED (
+    SELECT started_at, ended_at FROM coverage_spans
+    WHERE tstzrange(started_at, ended_at, '[]') && tstzrange(%(first)s, %(last)s, '[]')
 ),
 uncovered AS (
     SELECT m FROM minutes
     WHERE NOT EXISTS (
-        SELECT FROM coverage_spans AS c
-        WHERE c.ended_at >= m + INTERVAL '1 minute' AND c.started_at <= m
+        SELECT FROM spans AS c WHERE c.ended_at >= m + INTERVAL '1 minute' AND c.started_at <= m
     )
-),
--- Runs of uncovered minutes, the same for every instrument: the ticks and backfilled minutes
--- inside them are read by time range, never probed minute by minute.
-stretches AS (
-    SELECT min(m) AS opens, max(m) + INTERVAL '1 minute' AS closes
-    FROM (SELECT m, m - INTERVAL '1 minute' * row_number() OVER (ORDER BY m) AS run
-          FROM uncovered) AS u
-    GROUP BY run
-),
-heard AS (
-    SELECT DISTINCT t.instrument_key, time_bucket(INTERVAL '1 minute', t.ts) AS m
-    FROM stretches AS r JOIN ticks AS t ON t.ts >= r.opens AND t.ts < r.closes
-),
-backfilled AS (
-    SELECT b.instrument_key, b.bucket AS m
-    FROM stretches AS r JOIN ohlc_1m_backfill AS b ON b.bucket >= r.opens AND b.bucket < r.closes
 ),
 missing AS (
     SELECT s.instrument_key, u.m,
@@ -98,21 +91,25 @@ missing AS (
       ON s.subscribed_at < u.m + INTERVAL '1 minute'
      AND (s.status <> 'unsubscribed' OR s.updated_at > u.m)
     WHERE %(keys)s::text[] IS NULL OR s.instrument_key = ANY(%(keys)s::text[])
+),
+-- A run of consecutive gap minutes of one instrument, [start, end_): every minute in it is a
+-- gap, so whatever lies in that range lies in gap minutes.
+runs AS (
+    SELECT instrument_key, min(m) AS start, max(m) + INTERVAL '1 minute' AS end_,
+           count(*) AS minutes
+    FROM missing GROUP BY instrument_key, run
 )
-SELECT g.instrument_key, coalesce(i.trading_symbol, g.instrument_key), g.start, g.end_,
-       g.minutes, g.backfilled, g.heard
-FROM (
-    SELECT x.instrument_key, min(x.m) AS start, max(x.m) + INTERVAL '1 minute' AS end_,
-           count(*) AS minutes,
-           -- A gap minute's candle shows, ticks or not (sql/018_bars_repair_partial_minutes.sql).
-           count(b.m) AS backfilled,
-           count(h.m) AS heard
-    FROM missing AS x
-    LEFT JOIN heard AS h ON h.instrument_key = x.instrument_key AND h.m = x.m
-    LEFT JOIN backfilled AS b ON b.instrument_key = x.instrument_key AND b.m = x.m
-    GROUP BY x.instrument_key, x.run
-) AS g
-LEFT JOIN instruments AS i ON i.instrument_key = g.instrument_key
+SELECT g.instrument_key,
+       coalesce((SELECT i.trading_symbol FROM instruments AS i
+                 WHERE i.instrument_key = g.instrument_key), g.instrument_key),
+       g.start, g.end_, g.minutes,
+       -- A gap minute's candle shows, ticks or not (sql/018_bars_repair_partial_minutes.sql).
+       (SELECT count(*) FROM ohlc_1m_backfill AS b
+        WHERE b.instrument_key = g.instrument_key AND b.bucket >= g.start AND b.bucket < g.end_),
+       (SELECT count(DISTINCT time_bucket(INTERVAL '1 minute', t.ts)) FROM ticks AS t
+        WHERE t.instrument_key = g.instrument_key AND t.ts >= g.start AND t.ts < g.end_
+          AND t.ts >= %(first)s AND t.ts < %(last)s)
+FROM runs AS g
 ORDER BY g.instrument_key, g.start
 """
 
@@ -125,16 +122,24 @@ def gaps(
 ) -> list[Gap]:
     """The gaps in `sessions` ([open, close) pairs) of `keys` (default: every subscription),
     among the minutes that ended by `until` (default: now), by instrument then time."""
-    rows = conn.execute(
-        _GAPS,
-        {
-            "opens": [opens for opens, _ in sessions],
-            "closes": [closes for _, closes in sessions],
-            "keys": None if keys is None else list(keys),
-            "until": until or _now(conn),
-        },
-    ).fetchall()
+    rows = conn.execute(GAPS_SQL, gaps_params(sessions, keys, until)).fetchall()
     return [Gap(*row) for row in rows]
+
+
+def gaps_params(
+    sessions: Sequence[tuple[datetime, datetime]],
+    keys: Sequence[str] | None = None,
+    until: datetime | None = None,
+) -> dict[str, Any]:
+    """The parameters of the gaps query, for `gaps` and for reading its plan."""
+    return {
+        "opens": [opens for opens, _ in sessions],
+        "closes": [closes for _, closes in sessions],
+        "first": min((opens for opens, _ in sessions), default=None),
+        "last": max((closes for _, closes in sessions), default=None),
+        "keys": None if keys is None else list(keys),
+        "until": until,
+    }
 
 
 def gaps_of_day(
@@ -145,9 +150,3 @@ def gaps_of_day(
 ) -> list[Gap]:
     """The gaps of the trading day `day` (its NSE sessions), up to `until` (default: now)."""
     return gaps(conn, trading_sessions(conn, day), keys, until)
-
-
-def _now(conn: psycopg.Connection) -> datetime:
-    row = conn.execute("SELECT now()").fetchone()
-    assert row is not None
-    return row[0]
