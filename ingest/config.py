@@ -129,6 +129,10 @@ class Settings:
     # Where `tickvault instruments refresh` downloads the master; None: Upstox's
     # (INSTRUMENTS_HOST + INSTRUMENTS_PATH), or the simulator's while the ingest runs on it.
     instruments_url: str | None = None
+    # A refresh that would take more than this share of the live instruments (those that
+    # left the file) or of the F&O universe out is refused as a bad file, nothing changed;
+    # `tickvault instruments refresh --force` takes it anyway.
+    instruments_max_removed_share: Annotated[float, Field(gt=0, le=1)] = 0.2
     max_connections: int = 1
     mode_limits: ModeLimits = field(default_factory=lambda: dict(DEFAULT_MODE_LIMITS))
     index_keys: Names = ("NSE_INDEX|Nifty 50", "NSE_INDEX|Nifty Bank")

@@ -7,7 +7,9 @@ the master in one transaction (store/instrument_refresh.py) and reports what cha
 the running WebSocketService, it also subscribes the stocks that joined the universe and
 unsubscribes the ones that left; given a database URL (no ingest runs), the subscriptions
 table alone records the change, and the next ingest resumes it. A download that fails, is
-truncated or does not parse changes nothing, and the error says why.
+truncated or does not parse changes nothing, and the error says why; so does a valid file that
+would take out more of the live master or of the F&O universe than
+TICKVAULT_INSTRUMENTS_MAX_REMOVED_SHARE allows (an empty `[]` one bad morning), unless forced.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from ingest.client.authorize import is_loopback, require_tls
 from ingest.config import Settings, variable
 from ingest.control import Refresh
 from ingest.upstox.wire import INSTRUMENTS_HOST, INSTRUMENTS_PATH
-from store.instrument_refresh import LEFT_UNIVERSE, MasterChange, refresh_master
+from store.instrument_refresh import LEFT_UNIVERSE, MasterChange, RefreshRefused, refresh_master
 from store.instruments import InstrumentFileError, max_bytes_setting, read_instruments
 from store.instruments import trading_symbols as symbols_of
 
@@ -164,20 +166,23 @@ async def refresh_instruments(
     *,
     url: str | None = None,
     max_bytes: int | None = None,
+    force: bool = False,
 ) -> RefreshReport:
     """Refresh the master from `url` (default: `instruments_url`); see the module docstring.
 
     `target` is the running ingest service, whose feed then follows the universe, or a
     database URL. `max_bytes` bounds the download and its unpacked JSON (default:
-    TICKVAULT_INSTRUMENTS_MAX_BYTES). InstrumentFileError when nothing could be changed.
+    TICKVAULT_INSTRUMENTS_MAX_BYTES); `force` takes a file however much it removes.
+    InstrumentFileError when nothing could be changed.
     """
     service = None if isinstance(target, str) else target
     database_url = target if isinstance(target, str) else target.database_url
     simulator = service.simulator if service is not None else None
     source = url or instruments_url(settings, simulator.url if simulator is not None else None)
     limit = max_bytes_setting() if max_bytes is None else max_bytes
+    share = None if force else settings.instruments_max_removed_share
     change, symbols = await asyncio.to_thread(
-        _download_and_refresh, source, database_url, limit, settings.feed_mode
+        _download_and_refresh, source, database_url, limit, settings.feed_mode, share
     )
     if service is None:
         return RefreshReport(
@@ -205,15 +210,17 @@ async def refresh_instruments(
 def control_refresh(service: WebSocketService) -> Refresh:
     """The refresh the ingest's control socket runs for `tickvault instruments refresh`."""
 
-    async def refresh(url: str | None, max_bytes: int | None) -> dict[str, Any]:
-        report = await refresh_instruments(service, service.settings, url=url, max_bytes=max_bytes)
+    async def refresh(url: str | None, max_bytes: int | None, force: bool) -> dict[str, Any]:
+        report = await refresh_instruments(
+            service, service.settings, url=url, max_bytes=max_bytes, force=force
+        )
         return report.as_dict()
 
     return refresh
 
 
 def _download_and_refresh(
-    url: str, database_url: str, max_bytes: int, feed_mode: str
+    url: str, database_url: str, max_bytes: int, feed_mode: str, max_removed_share: float | None
 ) -> tuple[MasterChange, dict[str, str]]:
     with tempfile.TemporaryDirectory(prefix="tickvault-instruments-") as directory:
         path = Path(directory) / "complete.json.gz"
@@ -226,6 +233,13 @@ def _download_and_refresh(
                 f"{str(error).replace(str(path), url)}; nothing was changed"
             ) from None
     with psycopg.connect(database_url, connect_timeout=10) as conn:
-        change = refresh_master(conn, records, url, feed_mode)
+        try:
+            change = refresh_master(conn, records, url, feed_mode, max_removed_share)
+        except RefreshRefused as error:
+            raise RefreshRefused(
+                f"{url}: {error} ({variable('instruments_max_removed_share')}); nothing was"
+                " changed. If the file is right, `tickvault instruments refresh --force`"
+                " takes it"
+            ) from None
         symbols = symbols_of(conn, [*change.universe_added, *change.universe_removed])
     return change, symbols

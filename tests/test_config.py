@@ -55,6 +55,7 @@ def test_every_variable_is_read(workdir: Path) -> None:
         "UPSTOX_LOGIN_BASE": "http://127.0.0.1:10",
         "TICKVAULT_FEED_MODE": "ltpc",
         "TICKVAULT_INSTRUMENTS_URL": "https://mirror.example/complete.json.gz",
+        "TICKVAULT_INSTRUMENTS_MAX_REMOVED_SHARE": "0.5",
         "TICKVAULT_MAX_CONNECTIONS": "3",
         "TICKVAULT_MODE_LIMITS": "full:10/5",
         "TICKVAULT_INDEX_KEYS": "NSE_INDEX|Nifty 50",
@@ -101,6 +102,7 @@ def test_every_variable_is_read(workdir: Path) -> None:
         upstox_login_base="http://127.0.0.1:10",
         feed_mode="ltpc",
         instruments_url="https://mirror.example/complete.json.gz",
+        instruments_max_removed_share=0.5,
         max_connections=3,
         mode_limits={**DEFAULT_MODE_LIMITS, "full": (10, 5)},
         index_keys=("NSE_INDEX|Nifty 50",),
@@ -150,6 +152,13 @@ def test_a_schedule_time_is_an_ist_time_of_day(value: str, message: str) -> None
 def test_a_retention_shorter_than_the_bars_refresh_window_is_refused(workdir: Path) -> None:
     with pytest.raises(ValueError, match="TICKVAULT_TICKS_RETENTION_DAYS: retention must be 0"):
         Settings.from_env({"TICKVAULT_TICKS_RETENTION_DAYS": "3"})
+
+
+@pytest.mark.parametrize("value", ["0", "1.5", "-0.1", "most"])
+def test_the_share_a_refresh_may_remove_is_above_0_and_at_most_1(value: str) -> None:
+    with pytest.raises(ValueError, match="TICKVAULT_INSTRUMENTS_MAX_REMOVED_SHARE"):
+        Settings.from_env({"TICKVAULT_INSTRUMENTS_MAX_REMOVED_SHARE": value})
+    assert Settings.from_env({}).instruments_max_removed_share == 0.2
 
 
 def test_the_readme_lists_every_variable() -> None:
