@@ -228,22 +228,26 @@ class Settings:
 
 def check_dotenv(path: Path = Path(".env")) -> str | None:
     """One warning when the `.env` that from_env reads (the working directory's) is open to
-    other users: it holds the access token and the passwords. Return the warning, or None
-    for a file only its owner may read and write (0600), or no file. Any group or other bit
-    counts, write included (the security checklist asks for 0600)."""
+    other users: it holds the access token and the passwords (see `private_warning`)."""
     try:
-        mode = stat.S_IMODE(path.stat().st_mode)
+        mode = path.stat().st_mode
     except OSError:
         return None
+    return private_warning(path, mode, "secrets such as UPSTOX_ACCESS_TOKEN")
+
+
+def private_warning(path: Path, mode: int, holds: str) -> str | None:
+    """Log and return one warning when `path` (of `mode`, from its stat), which holds
+    `holds`, is open to other users; None for a file only its owner may read and write
+    (0600). Any group or other bit counts, write included (the security checklist asks for
+    0600)."""
+    mode = stat.S_IMODE(mode)
     if not mode & 0o077:
         return None
     who = " and ".join(
         name for name, bits in (("its group", 0o070), ("other users", 0o007)) if mode & bits
     )
-    warning = (
-        f"{path} is open to {who} (mode {mode:04o}) but holds secrets such as "
-        f"UPSTOX_ACCESS_TOKEN: run chmod 600 {path}"
-    )
+    warning = f"{path} is open to {who} (mode {mode:04o}) but holds {holds}: run chmod 600 {path}"
     log.warning("%s", warning)
     return warning
 

@@ -29,7 +29,7 @@ from ingest.config import Secret, Settings
 from ingest.service import WebSocketService
 from ingest.simulator import FeedSimulator
 from ingest.status import IngestStatus
-from ingest.tokens import choose_token, load_token, save_token, token_path
+from ingest.tokens import MAX_FILE_BYTES, choose_token, load_token, save_token, token_path
 from store.instruments import default_sample_path, instrument_records, load_instruments
 from tests.conftest import REPO
 from tests.test_api import API_KEY, client, serve
@@ -267,3 +267,84 @@ def test_token_status_names_the_source_and_never_the_token(tmp_path: Path) -> No
     code, text = status()
     assert code == 1
     assert "is not one tickvault wrote" in text
+
+
+def _token_status(data_dir: Path) -> subprocess.CompletedProcess[str]:
+    """`tickvault token status` as a user runs it; a hang fails the test at the timeout."""
+    return subprocess.run(
+        [sys.executable, "-m", "tickvault", "token", "status"],
+        cwd=REPO,
+        env=_environment(data_dir),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize("kind", ["link to /dev/zero", "link to a token file", "fifo", "huge"])
+def test_a_token_path_that_is_not_a_small_regular_file_is_refused_in_one_line(
+    tmp_path: Path, kind: str
+) -> None:
+    """A link to /dev/zero took gigabytes and a FIFO hung the command: each is refused
+    without being read, in one line naming the file and the fix."""
+    data_dir = tmp_path / "data"
+    elsewhere = tmp_path / "elsewhere"
+    save_token(elsewhere, "linked-token-31")
+    data_dir.mkdir()
+    path = token_path(data_dir)
+    if kind == "link to /dev/zero":
+        path.symlink_to("/dev/zero")
+    elif kind == "link to a token file":
+        path.symlink_to(token_path(elsewhere))
+    elif kind == "fifo":
+        os.mkfifo(path, 0o600)
+    else:
+        path.write_text(" " * (MAX_FILE_BYTES + 1))
+        path.chmod(0o600)
+    done = _token_status(data_dir)
+    assert done.returncode == 1
+    expected = {
+        "link to /dev/zero": "is a symbolic link, not a file tickvault wrote",
+        "link to a token file": "is a symbolic link, not a file tickvault wrote",
+        "fifo": "is not a regular file",
+        "huge": f"is over {MAX_FILE_BYTES} bytes, more than a token",
+    }[kind]
+    assert done.stderr.splitlines() == [
+        f"tickvault: the token file {path} {expected}: store a token again with"
+        " `tickvault token set` or `tickvault login`"
+    ]
+    assert "linked-token-31" not in done.stdout + done.stderr
+
+
+def test_a_token_file_others_may_read_is_read_with_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data_dir = tmp_path / "data"
+    save_token(data_dir, "shared-token-52", kind="daily")
+    path = token_path(data_dir)
+    path.chmod(0o644)
+    done = _token_status(data_dir)
+    assert done.returncode == 0, done.stderr
+    assert "source: file" in done.stdout
+    assert done.stderr.splitlines() == [
+        f"{path} is open to its group and other users (mode 0644) but holds the Upstox access"
+        f" token: run chmod 600 {path}"
+    ]
+    assert "shared-token-52" not in done.stdout + done.stderr
+
+    # Read again and again (the API reads it per request): warned once.
+    path.chmod(0o640)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            stored = load_token(data_dir)
+            assert stored is not None
+            assert stored.token == "shared-token-52"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{path} is open to its group (mode 0640) but holds the Upstox access token:"
+        f" run chmod 600 {path}"
+    ]
+    path.chmod(0o600)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        load_token(data_dir)
+    assert not caplog.records
