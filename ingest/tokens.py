@@ -216,6 +216,28 @@ def choose_token(settings: Settings) -> TokenChoice:
     return TokenChoice("missing", Secret(""))
 
 
+def what_the_ingest_does(source: str | None) -> str:
+    """What the ingest does with a token just stored, told to whoever stored it: `source` is
+    where its token comes from, as its status says (None: no ingest runs). Only an ingest
+    that started on the stored token follows the file; one on the simulator or on
+    UPSTOX_ACCESS_TOKEN keeps what it has until it is restarted."""
+    if source is None:
+        return "no ingest runs on this data directory: the next one starts with this token"
+    if source == "file":
+        return "the running ingest takes it within a second, re-authorizes and resumes"
+    if source == "simulator":
+        return (
+            "the running ingest feeds from the simulator and takes no token while it runs:"
+            " restart it to feed from Upstox with this one"
+        )
+    if source == "env":
+        return (
+            "the running ingest uses UPSTOX_ACCESS_TOKEN from its own environment, which wins"
+            " over the file: it keeps that token"
+        )
+    return f"the running ingest's token came from {source}: restart it to use this one"
+
+
 def describe(
     source: str, stored: StoredToken | None, state: str, since: datetime | None = None
 ) -> TokenStatus:

@@ -196,6 +196,7 @@ def test_post_token_while_the_feed_waits_resumes_with_no_tick_lost(
         assert NEW not in answer.text
     stored = answers[-1].json()
     assert stored["kind"] == "daily"
+    assert stored["note"].startswith("the running ingest takes it within a second")
     assert stored["expires_at"].endswith("T03:30:00+05:30")
     assert NEW not in status.text
     assert stat.S_IMODE(token_path(data_dir).stat().st_mode) == 0o600
@@ -348,3 +349,65 @@ def test_a_token_file_others_may_read_is_read_with_one_warning(
     with caplog.at_level(logging.WARNING):
         load_token(data_dir)
     assert not caplog.records
+
+
+SIMULATOR_NOTE = (
+    "the running ingest feeds from the simulator and takes no token while it runs:"
+    " restart it to feed from Upstox with this one"
+)
+
+
+def test_a_stored_token_is_answered_with_what_the_ingest_will_do(
+    instruments_db: str, tmp_path: Path
+) -> None:
+    """An ingest on the simulator never takes a stored token while it runs: POST
+    /api/v1/token and `tickvault token set` must say so, not promise a second."""
+    alone, beside, inside = (tmp_path / name for name in ("alone", "beside", "inside"))
+
+    def post(base: str) -> dict[str, object]:
+        with client(base) as http:
+            answer = http.post(
+                TOKEN_ROUTE, json={"access_token": NEW}, headers={"X-API-Key": API_KEY}
+            )
+        assert answer.status_code == 200, answer.text
+        assert NEW not in answer.text
+        return answer.json()
+
+    api_alone = Settings(data_dir=alone, api_key=Secret(API_KEY))
+    with serve(create_app(api_alone, instruments_db, run_ingest=False)) as base:
+        note = post(base)["note"]
+    assert note.startswith("no ingest runs on this data directory: the next one starts with")
+
+    async def beside_an_ingest_on_the_simulator() -> tuple[str, str]:
+        service = WebSocketService(Settings(data_dir=beside, simulator_rate=100), instruments_db)
+        await service.start()
+        try:
+            assert service.status().token.source == "simulator"
+            api_beside = Settings(data_dir=beside, api_key=Secret(API_KEY))
+            app = create_app(api_beside, instruments_db, run_ingest=False)
+            with serve(app) as base:
+                with client(base) as http:  # the status is published
+                    await _wait_for(lambda: http.get("/api/v1/websocket/status").status_code == 200)
+                note = await asyncio.to_thread(post, base)
+            command = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "tickvault", "token", "set",
+                cwd=REPO, env=_environment(beside), stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            stdout, stderr = await command.communicate(f"{NEW}\n".encode())
+            assert command.returncode == 0, stderr.decode()
+            await asyncio.sleep(1.5)  # what the ingest does with it meanwhile
+            assert service.status().token.source == "simulator"
+            return str(note["note"]), stdout.decode()
+        finally:
+            await service.stop()
+
+    note, printed = asyncio.run(beside_an_ingest_on_the_simulator())
+    assert note == f"{SIMULATOR_NOTE}; see GET /api/v1/websocket/status"
+    assert SIMULATOR_NOTE in printed
+    assert "within a second" not in printed
+
+    # The ingest inside the API's process, on the simulator: the same answer.
+    settings = Settings(data_dir=inside, api_key=Secret(API_KEY), simulator_rate=100)
+    with serve(create_app(settings, instruments_db)) as base:
+        assert post(base)["note"] == f"{SIMULATOR_NOTE}; see GET /api/v1/websocket/status"
