@@ -36,6 +36,7 @@ from pydantic import (
 from pydantic_core import core_schema
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ingest.upstox.redact import MIN_SECRET_CHARS
 from ingest.upstox.wire import DEFAULT_MODE_LIMITS
 from store.retention import check_retention_days
 
@@ -103,6 +104,21 @@ def _retention_days(days: int) -> int:
 RetentionDays = Annotated[int, AfterValidator(_retention_days)]
 
 
+def _long_enough(secret: Secret) -> Secret:
+    """A secret that short is a mistake, not a token or a key, and masking it in the logs
+    would mask ordinary text (ingest/upstox/redact.py). Never quotes it."""
+    if secret and len(secret) < MIN_SECRET_CHARS:
+        raise ValueError(
+            f"too short to be a real one ({len(secret)} characters, at least"
+            f" {MIN_SECRET_CHARS}); check the value"
+        )
+    return secret
+
+
+# The access token and the API key: masked in every log line (tickvault/logs.py).
+LoggedSecret = Annotated[Secret, AfterValidator(_long_enough)]
+
+
 def _as_host(address: str) -> str:
     """A Host header carries an IPv6 address in brackets."""
     return f"[{address}]" if ":" in address and not address.startswith("[") else address
@@ -117,7 +133,7 @@ class Settings:
     database_url: str | None = None
     pg_bindir: Path | None = None
     pg_port: int = 55432
-    upstox_access_token: Secret = field(default=Secret(""), repr=False)
+    upstox_access_token: LoggedSecret = field(default=Secret(""), repr=False)
     upstox_api_base: str = "https://api.upstox.com"
     # `tickvault login`: the Upstox app's OAuth client, and where its dialog and token
     # exchange are (empty: upstox_api_base).
@@ -151,7 +167,7 @@ class Settings:
     api_port: int = 8000
     # Processes `tickvault api` serves with (uvicorn workers, each with its own app).
     api_workers: int = 2
-    api_key: Secret = field(default=Secret(""), repr=False)
+    api_key: LoggedSecret = field(default=Secret(""), repr=False)
     # Host headers the API answers (`*` any, `*.example.com` any name under it); left empty,
     # loopback and api_host.
     api_allowed_hosts: Names = ()

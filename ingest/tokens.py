@@ -34,6 +34,7 @@ from pathlib import Path
 
 from ingest.config import Secret, Settings, private_warning
 from ingest.status import TokenStatus
+from ingest.upstox.redact import MIN_SECRET_CHARS
 from store.ist import IST
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,10 @@ def check_token(token: str) -> str:
     token = token.strip()
     if not token:
         raise ValueError("the access token is empty")
+    if len(token) < MIN_SECRET_CHARS:
+        raise ValueError(
+            f"the access token is shorter than {MIN_SECRET_CHARS} characters: not an Upstox token"
+        )
     if len(token) > MAX_TOKEN_CHARS:
         raise ValueError(f"the access token is longer than {MAX_TOKEN_CHARS} characters")
     if not token.isascii() or not token.isprintable() or any(c.isspace() for c in token):

@@ -411,3 +411,21 @@ def test_a_stored_token_is_answered_with_what_the_ingest_will_do(
     settings = Settings(data_dir=inside, api_key=Secret(API_KEY), simulator_rate=100)
     with serve(create_app(settings, instruments_db)) as base:
         assert post(base)["note"] == f"{SIMULATOR_NOTE}; see GET /api/v1/websocket/status"
+
+
+def test_a_token_too_short_to_be_real_is_not_stored(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    done = subprocess.run(
+        [sys.executable, "-m", "tickvault", "token", "set"],
+        cwd=REPO,
+        env=_environment(data_dir),
+        input="t\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        "tickvault: the access token is shorter than 8 characters: not an Upstox token"
+    ]
+    assert not token_path(data_dir).exists()
