@@ -33,6 +33,7 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/*
 COPY pyproject.toml setup.py README.md ./
+COPY core core
 COPY ingest ingest
 COPY store store
 COPY api api

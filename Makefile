@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: setup run test lint proto lock bench clean-data
+.PHONY: setup run notebook test lint proto lock bench clean-data
 
 # setup.py builds the compiled decoder and COPY encoder: a change to it or their sources
 # rebuilds the install.
@@ -20,6 +20,11 @@ setup: $(BIN)/tickvault
 
 run: setup
 	$(BIN)/tickvault run
+
+# JupyterLab on notebooks/ (installed on first use); the kernel finds the store `make run` runs.
+notebook: setup
+	$(BIN)/pip install --quiet -e ".[dev,notebook]"
+	$(BIN)/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
 test: setup lint
 	$(BIN)/pytest

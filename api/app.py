@@ -11,16 +11,16 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from api.auth import ApiKeyGate
 from api.context import ApiContext
-from api.control import IngestControl
 from api.db import read_pool
-from api.errors import install_error_handlers
+from api.error_responses import install_error_handlers
+from api.ingest_control import IngestControl
+from api.ingest_state import PublishedIngest
 from api.latest_fast import LatestTicksShortcut
 from api.limits import BodyLimit
 from api.liveness import DatabaseProbe
 from api.operations import Operations
-from api.published import PublishedIngest
-from api.routes import audit, coverage, feed, history, instruments, market, ops, token
-from api.symbols import SymbolResolver
+from api.routes import audit, coverage, feed, history, instruments, market_calendar, ops, token
+from api.symbol_resolver import SymbolResolver
 from ingest.config import Settings
 from ingest.service import WebSocketService
 
@@ -75,7 +75,7 @@ def create_app(settings: Settings, database_url: str, run_ingest: bool = True) -
         summary="Upstox market ticks and OHLC bars from TimescaleDB",
         lifespan=lifespan,
     )
-    for module in (ops, feed, history, instruments, token, market, audit, coverage):
+    for module in (ops, feed, history, instruments, token, market_calendar, audit, coverage):
         app.include_router(module.router)
     operations = Operations(app.openapi())
     install_error_handlers(app, operations)

@@ -8,10 +8,10 @@ from typing import Annotated, Protocol
 from fastapi import Depends, HTTPException, Request
 from psycopg_pool import ConnectionPool
 
-from api.control import IngestControl
+from api.ingest_control import IngestControl
+from api.ingest_state import PublishedIngest
 from api.liveness import DatabaseProbe
-from api.published import PublishedIngest
-from api.symbols import SymbolResolver
+from api.symbol_resolver import SymbolResolver
 from ingest.config import Settings
 from ingest.published import IngestNotRunning
 from ingest.service import WebSocketService

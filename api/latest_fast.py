@@ -7,7 +7,7 @@ does. `LatestTicksShortcut` sits innermost among the middlewares (the trusted-ho
 the API-key gate and the body limit still run first) and answers the hot case itself:
 
 - GET of that exact path, with `symbols` given, valid, and every symbol already remembered
-  by the resolver (api/symbols.py), read from the ingest without a busy slot;
+  by the resolver (api/symbol_resolver.py), read from the ingest without a busy slot;
 - each tick's JSON is rendered once by the route's own model (`LatestTickOut`) and kept
   while the tick stays the same, so a request joins ten byte strings.
 

@@ -10,7 +10,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BeforeValidator, StringConstraints
 
-from api.errors import invalid
+from api.error_responses import invalid
 from store.tick import from_datetime, to_datetime
 
 

@@ -2,8 +2,8 @@
 
 Every knob is an environment variable, so the same code runs from a shell, from docker
 compose and from the tests. `Settings.from_env()` reads them, and a `.env` file in the
-working directory too; a variable set in the environment wins over the file. README.md's
-configuration table lists them all; keep the two in step.
+working directory too; a variable set in the environment wins over the file. The table in
+docs/configuration.md lists them all; keep the two in step.
 
 Each default is written once, as a field default of `Settings`, and each field is a variable
 by its name: `TICKVAULT_<FIELD>`, or `UPSTOX_<...>` for the fields named upstox_* (see
@@ -92,7 +92,7 @@ def _naive(moment: time) -> time:
     return moment
 
 
-# A time of day in IST ("08:30"), the zone the schedule keeps (ingest/schedule_plan.py).
+# A time of day in IST ("08:30"), the zone the schedule keeps (ingest/jobs/schedule/plan.py).
 IstTime = Annotated[time, AfterValidator(_naive)]
 
 
@@ -172,12 +172,12 @@ class Settings:
     # loopback and api_host.
     api_allowed_hosts: Names = ()
     log_level: LogLevel = "INFO"
-    # Audit the day's bars against Upstox's candles after the close (ingest/audit.py).
+    # Audit the day's bars against Upstox's candles after the close (ingest/jobs/audit.py).
     audit_after_close: bool = True
     # Where trading.log and errors.log go; None writes none, and `tickvault run` and
     # `tickvault ingest` then use data_dir / "logs" (tickvault/cli.py).
     log_dir: Path | None = None
-    # The daily schedule inside the ingest (ingest/schedule.py): its phases' IST times, and
+    # The daily schedule inside the ingest (ingest/jobs/schedule/): its phases' IST times, and
     # how a failing step is retried (doubling delays from initial to max, then given up for
     # the day, recorded and reported).
     schedule_enabled: bool = True
@@ -189,7 +189,7 @@ class Settings:
     # How many days back a post-close missed while the ingest was down is still run.
     schedule_catch_up_days: Annotated[int, Field(ge=0)] = 3
 
-    # The data lifecycle (README "Retention, archive and the disk floor"): tick chunks older
+    # The data lifecycle (docs/store.md, "Retention, archive and the disk floor"): tick chunks older
     # than this many days are dropped once their days are archived (0: kept forever); bars
     # have their own period, forever by default.
     ticks_retention_days: RetentionDays = 30
@@ -220,14 +220,19 @@ class Settings:
         return self.data_dir / "archive"
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """The settings the environment and `.env` give (the environment wins over the file),
-        or `environ`'s alone when it is given. `overrides` are fields set in code; they win
-        over both. An empty variable means the default (`UPSTOX_ACCESS_TOKEN=` is the
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        env_file: Path = Path(".env"),
+        **overrides: Any,
+    ) -> Settings:
+        """The settings the environment and `env_file` give (the environment wins over the
+        file), or `environ`'s alone when it is given. `overrides` are fields set in code; they
+        win over both. An empty variable means the default (`UPSTOX_ACCESS_TOKEN=` is the
         simulator, whatever `.env` says). A bad value raises ValueError with one line naming
         the variable."""
         if environ is None:
-            read = _environment_model()()
+            read = _environment_model()(_env_file=env_file)
             texts = {name: getattr(read, name) for name in read.model_fields_set}
             texts = {name: text for name, text in texts.items() if text}
         else:

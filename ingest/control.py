@@ -9,7 +9,7 @@ An API worker asks it for a change over a unix socket in the data directory
     {"op": "refresh_instruments", "url": null, "max_bytes": null, "force": false}
 
     {"ok": true}
-    {"ok": true, "report": {...}}    (refresh_instruments: ingest/instruments.py's report)
+    {"ok": true, "report": {...}}    (refresh_instruments: ingest/jobs/instruments.py's report)
     {"ok": false, "error": "limit" | "invalid" | "failed", "detail": "one line"}
 
 `refresh_instruments` (from `tickvault instruments refresh`) refreshes the instrument master in
@@ -20,7 +20,7 @@ false when absent), answers "failed" with the reason, nothing changed.
 "limit" is the feed's per-mode key limits refusing the change (SubscriptionLimitError),
 "invalid" a request that is not one of the above or names an unknown mode, "failed" anything
 else. The messages and their encoding are here, for both sides; the server too (the API's
-client is api/control.py).
+client is api/ingest_control.py).
 """
 
 from __future__ import annotations
@@ -341,7 +341,7 @@ class ControlServer:
 
 def ask(path: Path, request: Request, timeout_s: float) -> Answer:
     """One request to the ingest listening on `path`, and its answer, blocking (the CLI's
-    client; the API's is api/control.py). OSError when no ingest listens there or it closes
+    client; the API's is api/ingest_control.py). OSError when no ingest listens there or it closes
     without answering; TimeoutError after `timeout_s`."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout_s)

@@ -22,24 +22,24 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from ingest.backfill import AutoBackfill
 from ingest.cache import AggregatedTickHandler
-from ingest.calendar import CalendarKeeper
 from ingest.client import FeedClient
 from ingest.config import Settings
 from ingest.control import ControlServer, control_path
-from ingest.coverage import CoverageRecorder
 from ingest.disk import DiskGuard
 from ingest.handlers import TickCallback
-from ingest.instruments import RefreshReport, control_refresh, refresh_instruments
+from ingest.jobs.backfill import AutoBackfill
+from ingest.jobs.calendar import CalendarKeeper
+from ingest.jobs.coverage import CoverageRecorder
+from ingest.jobs.instruments import RefreshReport, refresh_instruments
+from ingest.jobs.rollup import BarRollup
+from ingest.jobs.schedule.runner import Connect, DailySchedule
+from ingest.jobs.schedule.steps import Upkeep, daily_schedule
 from ingest.journal import Journal, sync_forever
 from ingest.metrics import IngestMetrics
 from ingest.pipeline import Pipeline
 from ingest.published import publish_forever, published_path
 from ingest.recovery import RecoveryState, load_recovery_state
-from ingest.rollup import BarRollup
-from ingest.schedule import Connect, DailySchedule
-from ingest.schedule_steps import Upkeep, daily_schedule
 from ingest.simulator import FeedSimulator
 from ingest.status import BarsStatus, FeedStatus, IngestStatus
 from ingest.subscriptions import SubscriptionManager, summarize
@@ -232,10 +232,19 @@ class WebSocketService:
         self.tokens.take(token, source="code")
 
     async def refresh_instruments(
-        self, url: str | None = None, max_bytes: int | None = None
+        self, url: str | None = None, max_bytes: int | None = None, force: bool = False
     ) -> RefreshReport:
-        """Refresh the instrument master; the feed follows its F&O universe (ingest/instruments)."""
-        return await refresh_instruments(self, self.settings, url=url, max_bytes=max_bytes)
+        """Refresh the instrument master; the feed follows its F&O universe
+        (ingest/jobs/instruments.py)."""
+        return await refresh_instruments(
+            self.database_url,
+            self.settings,
+            subscriptions=self.subscriptions,
+            simulator_url=self.simulator.url if self.simulator is not None else None,
+            url=url,
+            max_bytes=max_bytes,
+            force=force,
+        )
 
     @property
     def subscriptions(self) -> SubscriptionManager:
@@ -321,9 +330,12 @@ class WebSocketService:
         """The control socket the API's processes send subscription changes to
         (ingest/control.py). Without it the ingest runs on, and those changes answer 503."""
         assert self._subscriptions is not None
-        control = ControlServer(
-            control_path(self.settings.data_dir), self._subscriptions, control_refresh(self)
-        )
+
+        async def refresh(url: str | None, max_bytes: int | None, force: bool) -> dict[str, Any]:
+            report = await self.refresh_instruments(url=url, max_bytes=max_bytes, force=force)
+            return report.as_dict()
+
+        control = ControlServer(control_path(self.settings.data_dir), self._subscriptions, refresh)
         try:
             await control.start()
         except OSError as error:

@@ -132,7 +132,7 @@ class StepStatus:
 
 @dataclass(frozen=True, slots=True)
 class ScheduleStatus:
-    """The daily schedule (ingest/schedule.py)."""
+    """The daily schedule (ingest/jobs/schedule/runner.py)."""
 
     preopen_at: str  # "08:30 IST"
     postclose_at: str

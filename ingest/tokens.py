@@ -32,10 +32,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 
+from core.ist import IST
 from ingest.config import Secret, Settings, private_warning
 from ingest.status import TokenStatus
 from ingest.upstox.redact import MIN_SECRET_CHARS
-from store.ist import IST
 
 log = logging.getLogger(__name__)
 

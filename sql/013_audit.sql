@@ -10,7 +10,7 @@
 -- volume_verdict: 'conserved' (the sum of the ticks' volume_delta equals the candles'
 --                 volume), 'differs' otherwise, 'unknown' without candles
 -- details:        the buckets that differ (field, ours, theirs, ticks of tick_size or percent
---                 of volume), the missing buckets and the volume sums (ingest/parity.py)
+--                 of volume), the missing buckets and the volume sums (ingest/jobs/parity.py)
 CREATE TABLE audit_results (
     run_id            uuid        NOT NULL,
     run_at            timestamptz NOT NULL DEFAULT now(),

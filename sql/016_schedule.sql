@@ -1,4 +1,4 @@
--- The daily schedule's record (ingest/schedule.py): one row per attempt of a step of a
+-- The daily schedule's record (ingest/jobs/schedule/runner.py): one row per attempt of a step of a
 -- trading day's phase. A step is done for the day when it has an attempt with outcome 'ok'
 -- or 'failed' (given up after its retries); 'retrying' attempts are followed by another, so
 -- an ingest restarted mid-retry carries on counting, and one restarted after a phase's time

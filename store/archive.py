@@ -38,7 +38,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from store.ist import day_bounds, ist_today
+from core.ist import day_bounds, ist_today
 from store.tick import TICK_COLUMNS, TICK_PG_TYPES
 
 MANIFEST = "_manifest.json"

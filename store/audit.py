@@ -1,5 +1,5 @@
 """The parity audit's reads and writes: a day's 1-minute bars and tick volumes per instrument,
-and the results table of sql/013_audit.sql. The comparison itself is ingest/parity.py.
+and the results table of sql/013_audit.sql. The comparison itself is ingest/jobs/parity.py.
 
 A trading date is an IST calendar date: [00:00 IST, next 00:00 IST).
 """
@@ -16,8 +16,8 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from core.ist import day_bounds
 from store.errors import StoreError
-from store.ist import day_bounds
 
 DEFAULT_TICK_PAISE = 5.0  # NSE's common tick, for an instrument the master does not price
 

@@ -20,7 +20,7 @@ from typing import Literal
 
 import psycopg
 
-from store.ist import IST
+from core.ist import IST
 
 # India has no daylight saving: a fixed offset is IST on every date.
 

@@ -7,8 +7,8 @@ from datetime import date, datetime, timedelta
 
 import psycopg
 
+from core.ist import day_bounds, ist_today
 from store.bars import refresh_bars
-from store.ist import day_bounds, ist_today
 
 KEYS = ("NSE_EQ|INE009A01021", "NSE_FO|49081", "NSE_INDEX|Nifty 50")
 

@@ -26,7 +26,7 @@ from psycopg_pool import ConnectionPool
 from api import create_app
 from api.limits import MAX_BODY_BYTES, MAX_HEAD_BYTES
 from api.params import MAX_SYMBOL_CHARS, MAX_SYMBOL_LIST_CHARS, MAX_SYMBOLS
-from api.symbols import SymbolResolver
+from api.symbol_resolver import SymbolResolver
 from ingest.config import Secret, Settings
 from store.instruments import (
     UnknownSymbol,

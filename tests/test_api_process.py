@@ -26,7 +26,7 @@ import httpx
 import psycopg
 import pytest
 
-import api.published
+import api.ingest_state
 from api import create_app
 from ingest.config import Secret, Settings
 from ingest.published import LatestTickPublisher, LatestTickReader, published_path
@@ -397,7 +397,7 @@ def test_health_and_status_follow_what_the_ingest_publishes(
     db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """/health from the published heartbeat and status; GET status is the published JSON."""
-    monkeypatch.setattr(api.published, "HEARTBEAT_STALE_S", 1.0)
+    monkeypatch.setattr(api.ingest_state, "HEARTBEAT_STALE_S", 1.0)
     publisher = LatestTickPublisher(published_path(tmp_path), capacity=16)
     app = create_app(Settings(data_dir=tmp_path), db_url, run_ingest=False)
 

@@ -12,10 +12,10 @@ import psycopg
 import pyarrow.parquet as pq
 import pytest
 
+from core.ist import day_bounds
 from store.archive import ArchiveError, archive_day, database_manifest, file_manifest
 from store.editions import server_edition
 from store.instruments import default_sample_path, load_instruments
-from store.ist import day_bounds
 from store.retention import apply_retention
 from tests.lifecycle import KEYS, bars_of_day, days_ago, insert_day, roll_up_bars, ticks_of_day
 from tickvault import notebook

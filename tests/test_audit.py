@@ -19,17 +19,17 @@ import psycopg
 import pytest
 
 from api.app import create_app
-from ingest.audit import AuditReport, run_audit
+from core.ist import IST, day_bounds
 from ingest.config import Secret, Settings
-from ingest.parity import compare_day
+from ingest.jobs.audit import AuditReport, run_audit
+from ingest.jobs.parity import compare_day
 from ingest.service import WebSocketService
 from ingest.simulator import FeedSimulator
 from ingest.tokens import save_token
-from ingest.upstox.candles import IST, Candle
+from ingest.upstox.candles import Candle
 from store.audit import Bar, DayVolume, latest_results
 from store.bars import refresh_bars
 from store.instruments import default_sample_path, instrument_records, load_instruments
-from store.ist import day_bounds
 from tests.conftest import REPO, DbServer
 from tests.test_api import client, serve
 from tests.test_candles import FAST

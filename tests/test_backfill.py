@@ -25,11 +25,12 @@ import psycopg
 import pytest
 
 from api.app import create_app
+from core.ist import IST
 from ingest.client import FeedClient
 from ingest.config import Settings
 from ingest.service import WebSocketService
 from ingest.simulator import FeedSimulator
-from ingest.upstox.candles import IST, CandleClient
+from ingest.upstox.candles import CandleClient
 from store.backfill import MinuteBar, store_minute_bars
 from store.bars import refresh_bars
 from store.instruments import default_sample_path, instrument_records, load_instruments

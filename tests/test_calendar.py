@@ -12,11 +12,11 @@ import httpx
 import psycopg
 import pytest
 
-from ingest.calendar import CalendarError, CalendarKeeper, parse_holidays
+from core.ist import IST
+from ingest.jobs.calendar import CalendarError, CalendarKeeper, parse_holidays
 from ingest.simulator import FeedSimulator
 from ingest.simulator.calendar import default_holidays
 from store import calendar
-from store.calendar import IST
 from tests.conftest import DbServer
 from tests.test_api import client, live_api, wait_for
 

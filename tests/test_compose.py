@@ -44,7 +44,7 @@ from tests.conftest import REPO, DbServer
 COMPOSE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"
 ENV_EXAMPLE = REPO / ".env.example"
-README = REPO / "README.md"
+CONFIGURATION_DOC = REPO / "docs" / "configuration.md"
 DEPLOY = REPO / "deploy"
 REFUSE = DEPLOY / "refuse-placeholders.sh"
 APP_ROLE_SCRIPT = DEPLOY / "app_role.py"
@@ -84,9 +84,11 @@ def _env_example() -> dict[str, str]:
     return entries
 
 
-def _readme_configuration() -> set[str]:
-    """The variables in README.md's configuration table (first column, in backticks)."""
-    return set(re.findall(r"^\|\s*`([A-Z][A-Z0-9_]*)`\s*\|", README.read_text(), re.MULTILINE))
+def _documented_configuration() -> set[str]:
+    """The variables in docs/configuration.md's table (first column, in backticks)."""
+    return set(
+        re.findall(r"^\|\s*`([A-Z][A-Z0-9_]*)`\s*\|", CONFIGURATION_DOC.read_text(), re.MULTILINE)
+    )
 
 
 def _compose_variables() -> set[str]:
@@ -135,6 +137,18 @@ def test_images_are_pinned(compose: dict[str, Any]) -> None:
     named = {stage for _, stage in stages}
     for image, _ in stages[1:]:
         assert image in named, f"{image}: a later stage builds on an earlier one, not a new image"
+
+
+def test_the_image_holds_every_package_the_project_installs() -> None:
+    """A package that pyproject.toml lists but the Dockerfile does not copy installs as a
+    missing import in the image, found only when the container starts."""
+    listed = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    package_dirs = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-dir"
+    ]
+    copied = set(re.findall(r"^COPY (\S+) \1$", DOCKERFILE.read_text(), re.MULTILINE))
+    tops = {package_dirs.get(name, name.replace(".", "/")).split("/")[0] for name in listed}
+    assert tops <= copied, f"the Dockerfile does not copy {sorted(tops - copied)}"
 
 
 def test_dockerfile_installs_the_lock_with_hashes_then_the_project_alone() -> None:
@@ -381,10 +395,10 @@ def test_every_compose_variable_is_in_env_example() -> None:
     assert not missing, f".env.example does not set {sorted(missing)}"
 
 
-def test_every_variable_users_set_is_documented_in_readme() -> None:
-    """Whatever compose interpolates or .env.example offers, README's table explains."""
-    missing = (_compose_variables() | set(_env_example())) - _readme_configuration()
-    assert not missing, f"README.md's configuration table lacks {sorted(missing)}"
+def test_every_variable_users_set_is_documented() -> None:
+    """Whatever compose interpolates or .env.example offers, the configuration table explains."""
+    missing = (_compose_variables() | set(_env_example())) - _documented_configuration()
+    assert not missing, f"docs/configuration.md's table lacks {sorted(missing)}"
 
 
 def test_env_example_holds_no_secret() -> None:

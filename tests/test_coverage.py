@@ -9,9 +9,9 @@ from pathlib import Path
 import psycopg
 
 from api.app import create_app
+from core.ist import IST
 from ingest.config import Settings
 from store.backfill import MinuteBar, store_minute_bars
-from store.calendar import IST
 from store.coverage import extend_span, gaps, open_span
 from store.instruments import default_sample_path, load_instruments
 from tests.test_api import client, serve

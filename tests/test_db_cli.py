@@ -341,7 +341,7 @@ def test_an_unreadable_url_is_one_line_that_does_not_repeat_it() -> None:
 @pytest.mark.parametrize("seed", range(5))
 def test_masking_keeps_everything_but_the_password(seed: int) -> None:
     """Any password, in either spelling: gone from the output, every other setting intact."""
-    from tickvault.cli import PASSWORD_MASK, masked_password
+    from store.local.url import PASSWORD_MASK, masked_password
 
     rng = random.Random(seed)
     alphabet = string.ascii_letters + string.digits + " '\\\"=@:/?&%#$!;,"

@@ -24,7 +24,8 @@ import pytest
 from psycopg_pool import ConnectionPool
 
 from api import create_app
-from api.symbols import SymbolResolver
+from api.symbol_resolver import SymbolResolver
+from core.ist import ist_today
 from ingest.config import Secret, Settings
 from ingest.control import (
     Answer,
@@ -40,7 +41,6 @@ from ingest.simulator import FeedSimulator
 from ingest.upstox.wire import INSTRUMENTS_PATH
 from store.instrument_refresh import LEFT_UNIVERSE
 from store.instruments import default_sample_path, search_instruments
-from store.ist import ist_today
 from store.subscriptions import resumable, upsert
 from tests.conftest import REPO, DbServer
 from tests.test_api import API_KEY, client, sample_database, serve, wait_for

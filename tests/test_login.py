@@ -19,8 +19,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from core.ist import IST
 from ingest.simulator import FeedSimulator
-from ingest.tokens import IST, load_token, save_token, token_path
+from ingest.tokens import load_token, save_token, token_path
 from ingest.upstox.wire import AUTHORIZE_PATH, LOGIN_TOKEN_PATH
 from tests.conftest import REPO, free_port
 

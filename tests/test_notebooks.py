@@ -25,11 +25,11 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 
-from ingest.audit import run_audit
+from core.ist import IST
 from ingest.config import Secret, Settings
+from ingest.jobs.audit import run_audit
 from ingest.service import WebSocketService
 from ingest.simulator import FeedSimulator
-from ingest.upstox.candles import IST
 from store.instruments import default_sample_path, instrument_records, load_instruments
 from tests import conftest
 from tickvault import notebook
@@ -225,3 +225,29 @@ def test_the_readers_take_open_ended_windows(
     assert newest.index.is_monotonic_increasing
     assert newest.index.equals(notebook.read_ticks(symbol, start=start, limit=5).index)
     assert newest.attrs["instrument_key"] == symbol
+
+
+def test_the_helper_finds_the_checkouts_store_from_the_notebooks_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Jupyter starts the kernel in `notebooks/`; `make run` keeps `.env` and `.tickvault` in
+    the checkout's root. The helper must read the root's, not look for a store in notebooks/."""
+    for name in ("TICKVAULT_DATA_DIR", "TICKVAULT_PG_PORT", "TICKVAULT_DATABASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / ".tickvault").mkdir()
+    (tmp_path / ".env").write_text("TICKVAULT_PG_PORT=55999\n")
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.chdir(tmp_path / "notebooks")
+
+    settings = notebook.checkout_settings()
+
+    assert settings.data_dir == tmp_path / ".tickvault"
+    assert settings.pg_port == 55999
+
+
+def test_outside_a_checkout_the_helper_reads_the_working_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("TICKVAULT_DATA_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert notebook.checkout_settings().data_dir == tmp_path / ".tickvault"

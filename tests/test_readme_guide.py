@@ -1,5 +1,5 @@
-"""README's "From the Phase 2 guide" runs as written: every Python block, in order, in one
-namespace, against a real database and the simulator (what a user pastes into their script)."""
+"""docs/guide.md, the Phase 2 guide's surface, runs as written: every Python block, in order, in
+one namespace, against a real database and the simulator (what a user pastes into their script)."""
 
 from __future__ import annotations
 
@@ -15,19 +15,16 @@ import pytest
 from store.instruments import default_sample_path, load_instruments
 from tests.conftest import REPO
 
-SECTION = "## From the Phase 2 guide"
+GUIDE = REPO / "docs" / "guide.md"
 
 
 def guide_blocks() -> list[str]:
-    text = (REPO / "README.md").read_text()
-    section = text[text.index(SECTION) :]
-    section = section[: section.index("\n## ", len(SECTION))]
-    return re.findall(r"```python\n(.*?)```", section, re.S)
+    return re.findall(r"```python\n(.*?)```", GUIDE.read_text(), re.S)
 
 
 async def run_blocks(blocks: list[str], namespace: dict[str, object]) -> None:
     for block in blocks:
-        code = compile(block, "README.md", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+        code = compile(block, str(GUIDE), "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
         result = eval(code, namespace)
         if asyncio.iscoroutine(result):
             await result

@@ -9,9 +9,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from core.ist import day_bounds
 from store.archive import archive_day
 from store.editions import Edition, server_edition
-from store.ist import day_bounds
 from store.retention import apply_retention, tick_retention_job
 from tests.conftest import DbServer
 from tests.lifecycle import bars_of_day, days_ago, insert_day, roll_up_bars, ticks_of_day

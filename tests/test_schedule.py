@@ -16,20 +16,20 @@ from datetime import date, datetime, time, timedelta
 import psycopg
 import pytest
 
+from core.ist import IST
 from ingest.config import Settings
-from ingest.rollup import BarRollup
-from ingest.schedule import DailySchedule
-from ingest.schedule_plan import (
+from ingest.jobs.rollup import BarRollup
+from ingest.jobs.schedule.plan import (
     Phase,
     PhaseTimes,
     due_runs,
     next_run,
     weekday_trading_day,
 )
-from ingest.schedule_steps import PHASE_STEPS, ordered_steps, service_steps
+from ingest.jobs.schedule.runner import DailySchedule
+from ingest.jobs.schedule.steps import PHASE_STEPS, ordered_steps, service_steps
 from store.bars import BAR_VIEWS, LIVE_VIEWS, Interval, refresh_bars
 from store.instruments import default_sample_path
-from store.ist import IST
 from tests.test_bars import copy_ticks, expected_bars, generate_day, trading_day
 from tests.test_client import INFY, NIFTY, TCS
 from tests.test_subscriptions import load, simulator, stack
@@ -191,7 +191,7 @@ def test_a_failing_step_is_retried_and_reported_and_the_phase_goes_on(
             await clock.run_until(at(MONDAY, 8))  # given up is given up: not tried again
         return status
 
-    with caplog.at_level(logging.WARNING, logger="ingest.schedule"):
+    with caplog.at_level(logging.WARNING, logger="ingest.jobs.schedule.runner"):
         status = asyncio.run(main())
     assert calls.names() == [
         "instruments",

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import psycopg
 
+from core.ist import ist_today
 from ingest.config import Settings
-from ingest.schedule_plan import Phase
-from ingest.schedule_steps import PHASE_STEPS, calendar_trading_day, token_problem
+from ingest.jobs.schedule.plan import Phase
+from ingest.jobs.schedule.steps import PHASE_STEPS, calendar_trading_day, token_problem
 from ingest.service import WebSocketService
 from ingest.status import TokenStatus
 from store.calendar import save_day
-from store.ist import ist_today
 from tests.conftest import DbServer
 from tests.test_api import sample_database
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import pandas as pd
 
-from ingest.audit import run_audit
 from ingest.config import Settings
+from ingest.jobs.audit import run_audit
 from ingest.tokens import choose_token
 from ingest.upstox.candles import CandleError
 from store.local.url import database_url

@@ -13,8 +13,8 @@ import sys
 
 import pandas as pd
 
-from ingest.backfill import BackfillReport, UnknownSymbols, backfill_day
 from ingest.config import Settings
+from ingest.jobs.backfill import BackfillReport, UnknownSymbols, backfill_day
 from ingest.tokens import choose_token
 from ingest.upstox.candles import CandleError
 from store.local.url import database_url

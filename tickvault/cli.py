@@ -17,10 +17,8 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ingest.config import Settings, check_dotenv
 from ingest.tokens import choose_token
@@ -36,7 +34,7 @@ from store.instruments import (
 )
 from store.local.install import install_timescaledb
 from store.local.postgres import PgInstall, find_bindir
-from store.local.url import database_url, local_cluster
+from store.local.url import database_url, local_cluster, masked_password
 from store.migrations import migrate
 from tickvault import instruments_refresh, login, token
 from tickvault.archive import add_archive_parser
@@ -92,52 +90,6 @@ def _db_url(settings: Settings, args: argparse.Namespace) -> int:
         url = cluster.tcp_url()
     print(url if args.show_password else masked_password(url))
     return 0
-
-
-PASSWORD_MASK = "********"  # noqa: S105 (what is shown instead of a password)
-_SECRET_KEYS = ("password", "sslpassword")
-
-
-def masked_password(url: str) -> str:
-    """`url` with its password shown as ********, the rest as it was.
-
-    A URL without a password (the local store's unix-socket URL) comes back unchanged. The
-    masked text is parsed again and compared: a spelling the URL masking misses is printed
-    in libpq's key=value form instead, so a password is never shown by accident.
-    """
-    try:
-        params = conninfo_to_dict(url)
-    except psycopg.ProgrammingError:
-        # libpq's message quotes pieces of the string, which may be the password.
-        raise ValueError(
-            "the database URL is not a valid libpq connection string (not shown: it may hold "
-            "a password)"
-        ) from None
-    if not any(key in params for key in _SECRET_KEYS):
-        return url
-    expected = {k: PASSWORD_MASK if k in _SECRET_KEYS else v for k, v in params.items()}
-    if url.startswith(("postgresql://", "postgres://")):
-        masked = _masked_uri(url)
-        with contextlib.suppress(psycopg.ProgrammingError):
-            if conninfo_to_dict(masked) == expected:
-                return masked
-    return make_conninfo(**expected)
-
-
-def _masked_uri(url: str) -> str:
-    parts = urlsplit(url)
-    userinfo, at, hosts = parts.netloc.rpartition("@")
-    user, colon, _ = userinfo.partition(":")
-    query = [
-        (key, PASSWORD_MASK if key in _SECRET_KEYS else value)
-        for key, value in parse_qsl(parts.query, keep_blank_values=True)
-    ]
-    return urlunsplit(
-        parts._replace(
-            netloc=f"{user}{colon and ':' + PASSWORD_MASK}{at}{hosts}",
-            query=urlencode(query, safe="*"),
-        )
-    )
 
 
 def _db_migrate(settings: Settings, args: argparse.Namespace) -> int:
@@ -236,18 +188,11 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
     url = _prepare_store(settings)
     print(
         f"tickvault: API on http://{settings.api_host}:{settings.api_port} "
-        f"(docs at /docs), database {_shown_url(settings, url)}, feed from "
+        f"(docs at /docs), database {masked_password(url)}, feed from "
         f"{_feed_description(settings)}. Ctrl-C stops it cleanly.",
         flush=True,
     )
     return Supervisor(settings.data_dir).run()
-
-
-def _shown_url(settings: Settings, url: str) -> str:
-    """The URL for the progress line, without a password an external URL may carry."""
-    params = conninfo_to_dict(url)
-    params.pop("password", None)
-    return make_conninfo(**params)
 
 
 def _api(settings: Settings, args: argparse.Namespace) -> int:
@@ -272,7 +217,7 @@ def _api(settings: Settings, args: argparse.Namespace) -> int:
     print(
         f"tickvault api: API on http://{settings.api_host}:{settings.api_port} "
         f"(docs at /docs), {settings.api_workers} worker(s), database "
-        f"{_shown_url(settings, url)}, latest ticks and status from the ingest publishing at "
+        f"{masked_password(url)}, latest ticks and status from the ingest publishing at "
         f"{published_path(settings.data_dir.absolute())}. Ctrl-C stops it.",
         flush=True,
     )
@@ -315,7 +260,7 @@ def _ingest(settings: Settings, args: argparse.Namespace) -> int:
     url = _prepare_store(settings)
     print(
         f"tickvault ingest: feed from {_feed_description(settings)}, database "
-        f"{_shown_url(settings, url)}. SIGTERM or Ctrl-C stops it cleanly.",
+        f"{masked_password(url)}. SIGTERM or Ctrl-C stops it cleanly.",
         flush=True,
     )
 
@@ -339,7 +284,7 @@ def _ingest(settings: Settings, args: argparse.Namespace) -> int:
 def _health(settings: Settings, args: argparse.Namespace) -> int:
     """Exit 0 while the ingest on this data directory publishes and is healthy, else say why
     and exit 1: what /health answers, without an API (docker compose's ingest healthcheck)."""
-    from api.published import PublishedIngest
+    from api.ingest_state import PublishedIngest
     from ingest.published import SlotBusy
 
     published = PublishedIngest(settings.data_dir)

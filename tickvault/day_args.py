@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from datetime import date
 
-from store.ist import ist_today
+from core.ist import ist_today
 
 
 def add_day_arguments(parser: argparse.ArgumentParser, every: str) -> None:

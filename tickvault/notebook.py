@@ -13,12 +13,15 @@ and hands back frames. Nothing here is HTTP.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import date, datetime
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import psycopg
 
+from core.ist import IST_ZONE
 from ingest.config import Settings
 from store.archive import read_archived_ticks, ticks_dropped_before
 from store.audit import latest_results
@@ -27,8 +30,6 @@ from store.instruments import resolve_symbol, trading_symbols
 from store.local.url import database_url
 from store.ticks import newest_tick_time, recent_ticks_sql
 
-IST = "Asia/Kolkata"
-
 _NUMERIC_TYPES = frozenset(
     psycopg.postgres.types[name].oid
     for name in ("int2", "int4", "int8", "float4", "float8", "numeric")
@@ -36,10 +37,34 @@ _NUMERIC_TYPES = frozenset(
 _TIMESTAMPTZ = psycopg.postgres.types["timestamptz"].oid
 
 
+def checkout_settings(start: Path | None = None) -> Settings:
+    """The settings `make run` uses, from whatever folder the kernel was started in.
+
+    Jupyter starts a kernel in the notebook's folder (`notebooks/`), while `make run` reads
+    `.env` and keeps its store (`.tickvault`) in the checkout's root: so the nearest folder,
+    from `start` (the working directory) up, that holds a `.env` or a data directory is where
+    `.env` is read and a relative TICKVAULT_DATA_DIR is resolved.
+    """
+    here = (start or Path.cwd()).absolute()
+    default_dir = Settings.data_dir
+    root = next(
+        (
+            folder
+            for folder in (here, *here.parents)
+            if (folder / ".env").is_file() or (folder / default_dir).is_dir()
+        ),
+        here,
+    )
+    settings = Settings.from_env(env_file=root / ".env")
+    if settings.data_dir.is_absolute():
+        return settings
+    return replace(settings, data_dir=root / settings.data_dir)
+
+
 def connect() -> psycopg.Connection:
     """A connection to the store in IST, so timestamps come back as the exchange's clock."""
-    conn = psycopg.connect(database_url(Settings.from_env()), autocommit=True)
-    conn.execute(f"SET TIME ZONE '{IST}'")
+    conn = psycopg.connect(database_url(checkout_settings()), autocommit=True)
+    conn.execute(f"SET TIME ZONE '{IST_ZONE}'")
     return conn
 
 
@@ -61,7 +86,9 @@ def _fetch(conn: psycopg.Connection, sql: str, params: Any = None) -> pd.DataFra
         if column.type_code in _NUMERIC_TYPES:
             frame[column.name] = pd.to_numeric(frame[column.name]).astype("float64")
         elif column.type_code == _TIMESTAMPTZ:
-            frame[column.name] = pd.to_datetime(frame[column.name], utc=True).dt.tz_convert(IST)
+            frame[column.name] = pd.to_datetime(frame[column.name], utc=True).dt.tz_convert(
+                IST_ZONE
+            )
     return frame
 
 
@@ -77,14 +104,14 @@ def _moment(value: datetime | date | str | None) -> datetime | None:
         return None
     moment = pd.Timestamp(value)
     if moment.tzinfo is None:
-        moment = moment.tz_localize(IST)
+        moment = moment.tz_localize(IST_ZONE)
     return moment.to_pydatetime()
 
 
 def day_bounds(day: date | str) -> tuple[datetime, datetime]:
     """The IST calendar day as [start, end): the whole day, not only the 09:15-15:30 session,
     so pre-open updates and data recorded outside market hours are not silently dropped."""
-    start = pd.Timestamp(day).normalize().tz_localize(IST)
+    start = pd.Timestamp(day).normalize().tz_localize(IST_ZONE)
     return start.to_pydatetime(), (start + pd.Timedelta(days=1)).to_pydatetime()
 
 
@@ -150,10 +177,10 @@ def _archived_ticks(
     if dropped_before is None or (start is not None and start >= dropped_before):
         return pd.DataFrame()
     end = dropped_before if end is None else min(end, dropped_before)
-    table = read_archived_ticks(Settings.from_env().archive_dir, key, start, end)
+    table = read_archived_ticks(checkout_settings().archive_dir, key, start, end)
     frame = table.drop_columns(["instrument_key"]).to_pandas()
     for column in ("ts", "feed_ts", "received_at"):
-        frame[column] = frame[column].dt.tz_convert(IST)
+        frame[column] = frame[column].dt.tz_convert(IST_ZONE)
     return frame
 
 
@@ -169,7 +196,7 @@ def latest_session_day() -> date:
         raise LookupError(
             "the store holds no ticks yet: run `tickvault run` (the simulator needs no token)"
         )
-    return pd.Timestamp(newest).tz_convert(IST).date()
+    return pd.Timestamp(newest).tz_convert(IST_ZONE).date()
 
 
 def busiest_symbol(day: date | str | None = None) -> str:

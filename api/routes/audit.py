@@ -15,10 +15,10 @@ from pydantic import BaseModel, BeforeValidator
 
 from api.auth import API_KEY
 from api.context import ApiContext, Context
-from api.errors import responses
+from api.error_responses import responses
 from api.params import SYMBOL_LIST_RULES, symbol_list
-from ingest.audit import run_audit
 from ingest.config import Secret, Settings
+from ingest.jobs.audit import run_audit
 from ingest.tokens import choose_token
 from ingest.upstox.candles import CandleError
 from store.audit import StoredResult, latest_results, report_json

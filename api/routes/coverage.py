@@ -10,11 +10,11 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
 from api.context import Context
-from api.errors import responses
+from api.error_responses import responses
 from api.params import IsoDate, Symbol
+from core.ist import ist_today
 from store.calendar import trading_sessions
 from store.coverage import gaps
-from store.ist import ist_today
 
 router = APIRouter(prefix="/api/v1", tags=["coverage"])
 

@@ -10,7 +10,8 @@ from starlette.concurrency import run_in_threadpool
 
 from api.auth import API_KEY
 from api.context import ApiContext, Changes, Context
-from api.errors import ErrorOut, responses
+from api.error_responses import ErrorOut, responses
+from api.ingest_state import PublishedIngest, StatusNotPublished
 from api.limits import MAX_BODY_BYTES
 from api.models import (
     LatestTicksOut,
@@ -21,7 +22,6 @@ from api.models import (
     UnsubscribeOut,
 )
 from api.params import SYMBOL_LIST_RULES, Symbol, symbol_list
-from api.published import PublishedIngest, StatusNotPublished
 from ingest.published import IngestNotRunning, SlotBusy
 from ingest.status import IngestStatus
 from store.subscriptions import listing

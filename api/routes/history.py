@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Response
 
 from api.context import Context
-from api.errors import responses
+from api.error_responses import responses
 from api.models import BarsOut, TicksPage
 from api.params import (
     CURSOR_PATTERN,

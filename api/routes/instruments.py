@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from api.context import Context
-from api.errors import responses
+from api.error_responses import responses
 from api.models import InstrumentOut
 from api.params import SearchText
 from store.instruments import search_instruments

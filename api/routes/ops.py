@@ -11,9 +11,9 @@ from prometheus_client.core import GaugeMetricFamily
 from starlette.concurrency import run_in_threadpool
 
 from api.context import Context
+from api.ingest_state import PublishedIngest, StatusNotPublished
 from api.metrics import StatusCollector
 from api.models import HealthOut, UnavailableOut
-from api.published import PublishedIngest, StatusNotPublished
 from ingest.published import IngestNotRunning, SlotBusy
 
 router = APIRouter(tags=["ops"])
@@ -24,7 +24,7 @@ async def health(context: Context) -> Any:
     """200 when the database answers and the ingest is healthy: the one this process runs,
     or, without one, the `tickvault ingest` publishing on the same data directory.
 
-    Answered from memory on the event loop (see api/liveness.py and api/published.py), so it
+    Answered from memory on the event loop (see api/liveness.py and api/ingest_state.py), so it
     stays fast while data requests hold every thread and pooled connection, and while the
     database hangs.
     """

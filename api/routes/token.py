@@ -20,10 +20,11 @@ from starlette.concurrency import run_in_threadpool
 
 from api.auth import API_KEY
 from api.context import ApiContext, Context
-from api.errors import responses
-from api.published import StatusNotPublished
+from api.error_responses import responses
+from api.ingest_state import StatusNotPublished
+from core.ist import IST
 from ingest.published import IngestNotRunning, SlotBusy
-from ingest.tokens import ENV_WINS, IST, KINDS, save_token, what_the_ingest_does
+from ingest.tokens import ENV_WINS, KINDS, save_token, what_the_ingest_does
 
 router = APIRouter(prefix="/api/v1", tags=["token"])
 

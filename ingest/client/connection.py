@@ -72,7 +72,7 @@ class Feed:
 @dataclass
 class FrameSpan:
     """The first and last frame of one open socket, wall-clock microseconds: when the store
-    was receiving through it (ingest/coverage.py records it)."""
+    was receiving through it (ingest/jobs/coverage.py records it)."""
 
     first_us: int
     last_us: int

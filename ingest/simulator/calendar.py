@@ -20,9 +20,9 @@ from datetime import date, datetime, timedelta
 
 from websockets.http11 import Response
 
+from core.ist import IST
 from ingest.simulator.protocol import error_response, json_response
 from ingest.upstox.proto import upstox_feed_v3_pb2 as pb
-from ingest.upstox.wire import IST
 
 MARKET_PATH = "/v2/market/"
 BAD_DATE = {"errorCode": "UDAPI1088", "message": "Invalid date"}

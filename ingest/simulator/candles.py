@@ -24,9 +24,10 @@ from urllib.parse import unquote
 
 from websockets.http11 import Request, Response
 
+from core.ist import IST
 from ingest.simulator.protocol import INVALID_TOKEN, Gate, error_response, json_response
 from ingest.simulator.tape import SentTick
-from ingest.upstox.candles import CANDLE_PATH, IST, THROTTLED
+from ingest.upstox.candles import CANDLE_PATH, THROTTLED
 
 THROTTLED_ERROR = {"errorCode": THROTTLED, "message": "Too Many Request Sent"}
 MAX_DAYS = 31  # one call spans at most a month of 1-minute candles

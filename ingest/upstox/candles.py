@@ -29,7 +29,7 @@ from tenacity import (
     wait_exponential,
 )
 
-from ingest.upstox.wire import IST
+from core.ist import IST
 
 CANDLE_PATH = "/v3/historical-candle"
 THROTTLED = "UDAPI10005"

@@ -19,6 +19,7 @@ from collections.abc import Callable, Container, Iterable
 
 from google.protobuf.message import DecodeError
 
+from core.ist import IST_OFFSET_US
 from ingest.upstox.decoded import (
     FRAME_KINDS,
     STATUS_NAMES,
@@ -55,8 +56,8 @@ _CP, _ATP, _OI, _IV, _TBQ, _TSQ = (
 _BID_PRICE = TICK_COLUMNS.index("bid_price")
 _DELTA = TICK_COLUMNS.index("delta")
 
-# NSE trades on IST (UTC+05:30, no daylight saving): a trading day is an IST calendar date.
-_IST_OFFSET_US = (5 * 3600 + 30 * 60) * 1_000_000
+# NSE trades on IST (no daylight saving): a trading day is an IST calendar date.
+_IST_OFFSET_US = IST_OFFSET_US
 _DAY_US = 86_400 * 1_000_000
 
 _FRAME_KINDS = FRAME_KINDS

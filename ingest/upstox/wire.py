@@ -6,13 +6,7 @@ sql/003_subscriptions.sql's CHECK to MODES.
 
 from __future__ import annotations
 
-from datetime import timedelta, timezone
 from typing import Literal, get_args
-
-# India Standard Time, the exchanges' clock: candle starts, trading days, sessions. The same
-# zone as store.ist.IST, written again here because the simulator, which takes everything from
-# this package, may import nothing of the store.
-IST = timezone(timedelta(hours=5, minutes=30), "IST")
 
 FEED_PATH = "/v3/feed/market-data-feed"
 AUTHORIZE_PATH = FEED_PATH + "/authorize"

@@ -62,7 +62,7 @@ def find_bindir(configured: Path | None) -> Path:
         return Path(out.stdout.strip())
     raise StoreError(
         "PostgreSQL is not installed: install it (Debian: apt-get install postgresql), "
-        "or point TICKVAULT_DATABASE_URL at a running TimescaleDB (see docker compose in README)"
+        "or point TICKVAULT_DATABASE_URL at a running TimescaleDB (see docs/deployment.md)"
     )
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
@@ -69,3 +71,49 @@ def drop_database(admin_url: str, url: str) -> None:
         conn.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
         )
+
+
+PASSWORD_MASK = "********"  # noqa: S105 (what is shown instead of a password)
+_SECRET_KEYS = ("password", "sslpassword")
+
+
+def masked_password(url: str) -> str:
+    """`url` with its password shown as ********, the rest as it was.
+
+    A URL without a password (the local store's unix-socket URL) comes back unchanged. The
+    masked text is parsed again and compared: a spelling the URL masking misses is printed
+    in libpq's key=value form instead, so a password is never shown by accident.
+    """
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        # libpq's message quotes pieces of the string, which may be the password.
+        raise ValueError(
+            "the database URL is not a valid libpq connection string (not shown: it may hold "
+            "a password)"
+        ) from None
+    if not any(key in params for key in _SECRET_KEYS):
+        return url
+    expected = {k: PASSWORD_MASK if k in _SECRET_KEYS else v for k, v in params.items()}
+    if url.startswith(("postgresql://", "postgres://")):
+        masked = _masked_uri(url)
+        with contextlib.suppress(psycopg.ProgrammingError):
+            if conninfo_to_dict(masked) == expected:
+                return masked
+    return make_conninfo(**expected)
+
+
+def _masked_uri(url: str) -> str:
+    parts = urlsplit(url)
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    query = [
+        (key, PASSWORD_MASK if key in _SECRET_KEYS else value)
+        for key, value in parse_qsl(parts.query, keep_blank_values=True)
+    ]
+    return urlunsplit(
+        parts._replace(
+            netloc=f"{user}{colon and ':' + PASSWORD_MASK}{at}{hosts}",
+            query=urlencode(query, safe="*"),
+        )
+    )

@@ -4,9 +4,9 @@ universe it defines, without a restart.
 `refresh_instruments(target, settings)` downloads the file (httpx, streamed to a temporary
 file, capped), checks it whole with the same reader as `tickvault instruments load`, refreshes
 the master in one transaction (store/instrument_refresh.py) and reports what changed. Given
-the running WebSocketService, it also subscribes the stocks that joined the universe and
-unsubscribes the ones that left; given a database URL (no ingest runs), the subscriptions
-table alone records the change, and the next ingest resumes it. A download that fails, is
+the running feed's subscriptions, it also subscribes the stocks that joined the universe and
+unsubscribes the ones that left; without them (no ingest runs), the subscriptions table alone
+records the change, and the next ingest resumes it. A download that fails, is
 truncated or does not parse changes nothing, and the error says why; so does a valid file that
 would take out more of the live master or of the F&O universe than
 TICKVAULT_INSTRUMENTS_MAX_REMOVED_SHARE allows (an empty `[]` one bad morning), unless forced.
@@ -18,7 +18,7 @@ import asyncio
 import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -27,14 +27,11 @@ import psycopg
 from ingest.client import SubscriptionLimitError
 from ingest.client.authorize import is_loopback, require_tls
 from ingest.config import Settings, variable
-from ingest.control import Refresh
+from ingest.subscriptions import SubscriptionManager
 from ingest.upstox.wire import INSTRUMENTS_HOST, INSTRUMENTS_PATH
 from store.instrument_refresh import LEFT_UNIVERSE, MasterChange, RefreshRefused, refresh_master
 from store.instruments import InstrumentFileError, max_bytes_setting, read_instruments
 from store.instruments import trading_symbols as symbols_of
-
-if TYPE_CHECKING:
-    from ingest.service import WebSocketService
 
 CONNECT_TIMEOUT_S = 30.0
 READ_TIMEOUT_S = 120.0  # between two chunks of the download, not for all of it
@@ -161,30 +158,30 @@ def report_lines(report: dict[str, Any]) -> list[str]:
 
 
 async def refresh_instruments(
-    target: WebSocketService | str,
+    database_url: str,
     settings: Settings,
     *,
+    subscriptions: SubscriptionManager | None = None,
+    simulator_url: str | None = None,
     url: str | None = None,
     max_bytes: int | None = None,
     force: bool = False,
 ) -> RefreshReport:
     """Refresh the master from `url` (default: `instruments_url`); see the module docstring.
 
-    `target` is the running ingest service, whose feed then follows the universe, or a
-    database URL. `max_bytes` bounds the download and its unpacked JSON (default:
-    TICKVAULT_INSTRUMENTS_MAX_BYTES); `force` takes a file however much it removes.
+    `subscriptions` are the running feed's, which then follows the universe; None when no
+    ingest runs. `simulator_url` is the feed's simulator, whose master is the default source
+    while the ingest runs on it. `max_bytes` bounds the download and its unpacked JSON
+    (default: TICKVAULT_INSTRUMENTS_MAX_BYTES); `force` takes a file however much it removes.
     InstrumentFileError when nothing could be changed.
     """
-    service = None if isinstance(target, str) else target
-    database_url = target if isinstance(target, str) else target.database_url
-    simulator = service.simulator if service is not None else None
-    source = url or instruments_url(settings, simulator.url if simulator is not None else None)
+    source = url or instruments_url(settings, simulator_url)
     limit = max_bytes_setting() if max_bytes is None else max_bytes
     share = None if force else settings.instruments_max_removed_share
     change, symbols = await asyncio.to_thread(
         _download_and_refresh, source, database_url, limit, settings.feed_mode, share
     )
-    if service is None:
+    if subscriptions is None:
         return RefreshReport(
             source,
             change,
@@ -194,7 +191,6 @@ async def refresh_instruments(
             unsubscribed=change.to_unsubscribe,
         )
     report = RefreshReport(source, change, symbols, followed_by="ingest")
-    subscriptions = service.subscriptions
     if change.to_unsubscribe:
         await subscriptions.unsubscribe_keys(change.to_unsubscribe, reason=LEFT_UNIVERSE)
         report.unsubscribed.extend(change.to_unsubscribe)
@@ -205,18 +201,6 @@ async def refresh_instruments(
             return replace(report, subscription_error=str(error))
         report.subscribed.extend(change.to_subscribe)
     return report
-
-
-def control_refresh(service: WebSocketService) -> Refresh:
-    """The refresh the ingest's control socket runs for `tickvault instruments refresh`."""
-
-    async def refresh(url: str | None, max_bytes: int | None, force: bool) -> dict[str, Any]:
-        report = await refresh_instruments(
-            service, service.settings, url=url, max_bytes=max_bytes, force=force
-        )
-        return report.as_dict()
-
-    return refresh
 
 
 def _download_and_refresh(

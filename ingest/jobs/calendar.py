@@ -193,7 +193,7 @@ class CalendarKeeper:
     async def run_forever(self, daily: bool = True) -> None:
         """Refresh now (again until it succeeds) and, `daily`, after each IST midnight; log
         segment changes every second. Without `daily` the daily schedule's `calendar` step
-        refreshes it (ingest/schedule_steps.py): once a day is enough."""
+        refreshes it (ingest/jobs/schedule/steps.py): once a day is enough."""
         next_refresh: datetime | None = datetime.now(IST)
         try:
             while True:

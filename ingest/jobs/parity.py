@@ -1,5 +1,5 @@
 """The parity audit's comparison: one instrument's day of our 1-minute bars against Upstox's
-1-minute candles. Pure: the reads are store/audit.py, the fetching ingest/audit.py.
+1-minute candles. Pure: the reads are store/audit.py, the fetching ingest/jobs/audit.py.
 
 Prices are compared in ticks of the instrument's tick size (a bar is equal when every price
 rounds to the same tick), volumes in percent of Upstox's. How Upstox builds candle volume is
@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Literal
 
-from ingest.upstox.candles import IST, Candle
+from core.ist import IST
+from ingest.upstox.candles import Candle
 from store.audit import Bar, DayVolume
 
 PRICE_FIELDS = ("open", "high", "low", "close")

@@ -9,9 +9,10 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
 from api.context import Context
-from api.errors import responses
+from api.error_responses import responses
 from api.params import Date
-from store.calendar import IST, DaySource, day_calendar, segment_statuses
+from core.ist import IST
+from store.calendar import DaySource, day_calendar, segment_statuses
 
 router = APIRouter(prefix="/api/v1/market", tags=["market"])
 

@@ -2,7 +2,7 @@
 order, which function does each, and which days are trading days.
 
 A step is a name and an async function of the trading day that returns a short report
-(ingest/schedule.py records it); a step that cannot do its work raises, and the schedule
+(ingest/jobs/schedule/runner.py records it); a step that cannot do its work raises, and the schedule
 retries and reports it. A slot with no function is not run and the status lists it under
 `not_registered`: a step switched off in the settings (the audit, the archive, retention
 kept forever) is left out that way, never pretended.
@@ -18,13 +18,13 @@ from datetime import UTC, date, datetime
 
 import psycopg
 
-from ingest.audit import run_audit
-from ingest.calendar import CalendarKeeper
 from ingest.config import Settings
-from ingest.instruments import RefreshReport
-from ingest.rollup import BarRollup
-from ingest.schedule import Clock, Connect, DailySchedule, Step, StepFunction
-from ingest.schedule_plan import Phase
+from ingest.jobs.audit import run_audit
+from ingest.jobs.calendar import CalendarKeeper
+from ingest.jobs.instruments import RefreshReport
+from ingest.jobs.rollup import BarRollup
+from ingest.jobs.schedule.plan import Phase
+from ingest.jobs.schedule.runner import Clock, Connect, DailySchedule, Step, StepFunction
 from ingest.status import TokenStatus
 from ingest.subscriptions import SubscriptionManager
 from ingest.tokens import TokenKeeper

@@ -1,8 +1,8 @@
 """The daily schedule: an asyncio task of the ingest that runs each trading day's pre-open and
-post-close steps (ingest/schedule_steps.py lists them), records every attempt in
+post-close steps (ingest/jobs/schedule/steps.py lists them), records every attempt in
 `schedule_runs` and shows each step's last and next run in the status.
 
-When: ingest/schedule_plan.py decides (IST times from settings, missed phases, catch-up). The
+When: ingest/jobs/schedule/plan.py decides (IST times from settings, missed phases, catch-up). The
 record makes a phase run once per day across restarts: a step with an `ok` or `failed`
 attempt for the day is not run again; the others are, in order.
 
@@ -30,9 +30,10 @@ from typing import Protocol, TypeVar
 
 import psycopg
 
+from core.ist import IST, ist_day
 from ingest.backoff import Backoff
 from ingest.config import Settings
-from ingest.schedule_plan import (
+from ingest.jobs.schedule.plan import (
     LOOKAHEAD_DAYS,
     Phase,
     PhaseRun,
@@ -44,7 +45,6 @@ from ingest.schedule_plan import (
 )
 from ingest.status import ScheduleStatus, StepStatus
 from store import schedule as runs
-from store.ist import IST, ist_day
 from store.schedule import Outcome, StepRun
 
 log = logging.getLogger(__name__)

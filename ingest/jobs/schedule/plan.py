@@ -1,6 +1,6 @@
 """The daily schedule's arithmetic: given the time now (IST) and what has run, what is due and
-when the next phase comes. No clock, no database, no I/O: ingest/schedule.py feeds it and
-acts on its answer, and the tests drive it with any instant they like.
+when the next phase comes. No clock, no database, no I/O: the runner (runner.py) feeds it
+and acts on its answer, and the tests drive it with any instant they like.
 
 Rules, written here only:
 - A phase (pre-open, post-close) runs once per trading day, at its IST time or as soon after
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from enum import StrEnum
 
-from store.ist import IST, ist_day
+from core.ist import IST, ist_day
 
 LOOKAHEAD_DAYS = 15  # the longest run of market holidays and weekends, with room to spare
 
@@ -31,7 +31,7 @@ class Phase(StrEnum):
 
 
 # Whether the market trades on a day. One small function so that a calendar read from the
-# database can take its place (ingest/schedule_steps.py chooses).
+# database can take its place (ingest/jobs/schedule/steps.py chooses).
 TradingDay = Callable[[date], bool]
 
 

@@ -2,14 +2,18 @@
 IST calendar day as the rest of the store counts it.
 
 A fixed offset, not a tz database zone: India keeps no daylight saving, and a fixed offset
-costs nothing to convert with in a hot loop.
+costs nothing to convert with in a hot loop. Where a zone must be named (PostgreSQL's
+`SET TIME ZONE`, pandas' `tz_convert`), `IST_ZONE` is the tz database's name of the same clock.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta, timezone
 
-IST = timezone(timedelta(hours=5, minutes=30), "IST")
+IST_OFFSET = timedelta(hours=5, minutes=30)
+IST = timezone(IST_OFFSET, "IST")
+IST_ZONE = "Asia/Kolkata"
+IST_OFFSET_US = IST_OFFSET // timedelta(microseconds=1)
 
 
 def ist_day(moment: datetime) -> date:

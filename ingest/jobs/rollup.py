@@ -14,8 +14,8 @@ from datetime import date, datetime
 
 import psycopg
 
+from core.ist import day_bounds
 from store.bars import RefreshResult, refresh_bars
-from store.ist import day_bounds
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 
 from ingest.config import Settings
-from ingest.parity import InstrumentAudit, compare_day, failed_day
+from ingest.jobs.parity import InstrumentAudit, compare_day, failed_day
 from ingest.upstox.candles import (
     UPSTOX_LIMITS,
     CandleAuthError,
