@@ -126,7 +126,8 @@ def refresh_master(
         left = sorted(before - set(after))
         expired_gone = sum(expired for _, expired in gone)
         if max_removed_share is not None:
-            _check_removal(len(gone) - expired_gone, live, len(left), before, max_removed_share)
+            removed = len(gone) - expired_gone
+            _check_removal(removed, live, len(left), len(before), max_removed_share)
         to_subscribe = _record_joined(conn, joined, feed_mode)
         to_unsubscribe = [key for (key,) in conn.execute(_DROP, [LEFT_UNIVERSE, left])]
     return MasterChange(
@@ -144,17 +145,15 @@ def refresh_master(
     )
 
 
-def _check_removal(
-    removed: int, live: int, left: int, universe: set[str], max_share: float
-) -> None:
+def _check_removal(removed: int, live: int, left: int, universe: int, max_share: float) -> None:
     """RefreshRefused when `removed` of `live` instruments or `left` of the `universe`'s
     stocks is over `max_share`, or is the whole universe."""
     problems = []
     if live and removed / live > max_share:
         problems.append(f"{removed} of the {live} live instruments ({removed / live:.0%})")
-    if universe and (left / len(universe) > max_share or left == len(universe)):
+    if universe and (left / universe > max_share or left == universe):
         problems.append(
-            f"{left} of the {len(universe)} stocks of the F&O universe ({left / len(universe):.0%})"
+            f"{left} of the {universe} stocks of the F&O universe ({left / universe:.0%})"
         )
     if problems:
         raise RefreshRefused(
