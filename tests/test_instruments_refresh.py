@@ -469,7 +469,8 @@ def test_the_schedule_step_refuses_an_empty_master_and_the_feed_keeps_its_univer
     apache_server: DbServer, tmp_path: Path
 ) -> None:
     """The pre-open step runs the refresh by itself: an empty file fails the step with the
-    reason in the schedule's status, and the running feed keeps every stock it carried."""
+    reason in the schedule's status, and the running feed keeps every stock it carried. The
+    command asks the running ingest: refused the same way, and taken with --force."""
     never = datetime_time(23, 59, 59)
     settings = Settings(
         data_dir=tmp_path / "data",
@@ -479,9 +480,10 @@ def test_the_schedule_step_refuses_an_empty_master_and_the_feed_keeps_its_univer
         schedule_step_attempts=1,
     )
 
-    async def run_step() -> tuple[Any, set[str], set[str]]:
+    async def run_step() -> dict[str, Any]:
         service = WebSocketService(settings, url)
         await service.start()
+        seen: dict[str, Any] = {}
         try:
             simulator, schedule = service.simulator, service.schedule
             assert simulator is not None
@@ -490,23 +492,39 @@ def test_the_schedule_step_refuses_an_empty_master_and_the_feed_keeps_its_univer
                 if TCS in simulator.followed_keys():
                     break
                 await asyncio.sleep(0.1)
-            followed = set(simulator.followed_keys())
+            seen["followed"] = set(simulator.followed_keys())
             simulator.instrument_file.replace(gz([]))
             [step] = [step for step in schedule.steps if step.name == "instruments"]
             await schedule._run_step(ist_today(), step)
-            [status] = [s for s in schedule.status().steps if s.step == "instruments"]
+            [seen["status"]] = [s for s in schedule.status().steps if s.step == "instruments"]
+            seen["refused"] = await asyncio.to_thread(cli_refresh, url, settings.data_dir)
             await asyncio.sleep(1)  # an unsubscription, had one been sent, reaches the simulator
-            return status, followed, set(simulator.followed_keys())
+            seen["after"] = set(simulator.followed_keys())
+            seen["master"] = master(url)
+            seen["forced"] = await asyncio.to_thread(cli_refresh, url, settings.data_dir, "--force")
+            await asyncio.sleep(1)
+            seen["after_force"] = set(simulator.followed_keys())
         finally:
             await service.stop()
+        return seen
 
     with sample_database(apache_server) as url:
         before = master(url)
-        status, followed, after = asyncio.run(run_step())
-        assert master(url) == before
-        assert all(active for _, _, active, _, _ in before)
+        seen = asyncio.run(run_step())
+    assert all(active for _, _, active, _, _ in before)
+    status = seen["status"]
     assert status.last_outcome == "failed"
     assert status.last_result.startswith("RefreshRefused: ")
     assert "stocks of the F&O universe (100%)" in status.last_result
-    assert TCS in followed
-    assert after == followed
+    refused = seen["refused"]
+    assert refused.returncode == 1
+    assert "the running ingest could not refresh:" in refused.stderr
+    assert "stocks of the F&O universe (100%)" in refused.stderr
+    assert seen["master"] == before
+    assert TCS in seen["followed"]
+    assert seen["after"] == seen["followed"]
+    forced = seen["forced"]
+    assert forced.returncode == 0, forced.stderr
+    assert "F&O universe: 0 stocks" in forced.stdout
+    assert "the running ingest subscribed 0 and unsubscribed 20" in forced.stdout
+    assert TCS not in seen["after_force"]
