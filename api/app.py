@@ -1,4 +1,5 @@
-"""The FastAPI application: its lifespan owns the read pool and, optionally, the ingest."""
+"""The FastAPI application: its lifespan owns the read pool and the readers of the ingest's
+channels (its published table and its control socket)."""
 
 from __future__ import annotations
 
@@ -22,18 +23,17 @@ from api.operations import Operations
 from api.routes import audit, coverage, feed, history, instruments, market_calendar, ops, token
 from api.symbol_resolver import SymbolResolver
 from ingest.config import Settings
-from ingest.service import WebSocketService
 
 
-def create_app(settings: Settings, database_url: str, run_ingest: bool = True) -> FastAPI:
-    """The API over `database_url`; with `run_ingest`, the ingest service runs inside it.
+def create_app(settings: Settings, database_url: str) -> FastAPI:
+    """The API over `database_url`, beside a `tickvault ingest` on the same machine and
+    `settings.data_dir`: one job per process, the ingest never runs in here.
 
-    Without the ingest (`tickvault api`, beside a `tickvault ingest` on the same machine and
-    `settings.data_dir`), the latest ticks, the status and /health come from what that
-    ingest publishes (ingest/published.py), and answer 503 with the reason while no ingest
-    runs; subscription changes are sent to that ingest through its control socket
-    (ingest/control.py), and answer 503 while none listens; history, bars, instruments and
-    the subscription list come from the database as ever.
+    The latest ticks, the status and /health come from what that ingest publishes
+    (ingest/published.py), and answer 503 with the reason while no ingest runs; subscription
+    changes are sent to that ingest through its control socket (ingest/control.py), and
+    answer 503 while none listens; history, bars, instruments and the subscription list come
+    from the database as ever.
     """
 
     @asynccontextmanager
@@ -41,31 +41,22 @@ def create_app(settings: Settings, database_url: str, run_ingest: bool = True) -
         pool = read_pool(database_url)
         pool.open(wait=False)
         probe = DatabaseProbe(database_url)
-        service = WebSocketService(settings, database_url) if run_ingest else None
-        published = None if run_ingest else PublishedIngest(settings.data_dir)
-        control = None if run_ingest else IngestControl(settings.data_dir)
+        published = PublishedIngest(settings.data_dir)
         try:
             await probe.start()
-            if service is not None:
-                await service.start()
-            if published is not None:
-                await published.start()
+            await published.start()
             app.state.context = ApiContext(
                 settings,
                 pool,
                 SymbolResolver(pool),
                 probe,
-                service,
                 published,
-                control,
+                IngestControl(settings.data_dir),
                 database_url,
             )
             yield
         finally:
-            if service is not None:
-                await service.stop()  # flushes every tick it delivered
-            if published is not None:
-                await published.stop()
+            await published.stop()
             await probe.stop()
             await asyncio.to_thread(pool.close)
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Protocol
+from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, Request
 from psycopg_pool import ConnectionPool
 
 from api.ingest_control import IngestControl
@@ -13,12 +13,7 @@ from api.ingest_state import PublishedIngest
 from api.liveness import DatabaseProbe
 from api.symbol_resolver import SymbolResolver
 from ingest.config import Settings
-from ingest.published import IngestNotRunning
-from ingest.service import WebSocketService
 from store.tick import Tick
-
-# What a subscription change answers in an app with neither the ingest nor a way to it.
-NO_INGEST = "no ingest runs in this API process and none is reachable from it"
 
 
 @dataclass(frozen=True)
@@ -27,22 +22,15 @@ class ApiContext:
     pool: ConnectionPool
     resolver: SymbolResolver
     probe: DatabaseProbe
-    service: WebSocketService | None  # None: the ingest runs elsewhere, if at all
-    # What the ingest on settings.data_dir publishes, read when `service` is None.
-    published: PublishedIngest | None = None
-    # Its control socket, which subscription changes go through when `service` is None.
-    control: IngestControl | None = None
+    published: PublishedIngest  # what the ingest on settings.data_dir publishes
+    control: IngestControl  # its control socket, which subscription changes go through
     # For the few writes the API makes itself (POST /api/v1/audit); reads go through `pool`.
-    database_url: str | None = None
+    database_url: str
 
     def latest(self, keys: list[str] | None, *, on_loop: bool) -> dict[str, Tick]:
-        """The latest tick of each key that has one (every instrument's for None): from the
-        ingest's memory in this process, else from what it publishes. IngestNotRunning without
-        either; SlotBusy passes through (`on_loop`: the event loop's short busy budget)."""
-        if self.service is not None:
-            return self.service.cache.latest_many(keys)
-        if self.published is None:
-            raise IngestNotRunning("no ingest state in this API process")
+        """The latest tick of each key that has one (every instrument's for None), as the
+        ingest publishes it. IngestNotRunning while none runs; SlotBusy passes through
+        (`on_loop`: the event loop's short busy budget)."""
         return self.published.latest(keys, on_loop=on_loop)
 
 
@@ -55,22 +43,9 @@ async def get_context(request: Request) -> ApiContext:
 Context = Annotated[ApiContext, Depends(get_context)]
 
 
-class SubscriptionChanges(Protocol):
-    """What the routes change subscriptions through: the ingest's SubscriptionManager in
-    this process, or the ingest process's control socket (IngestControl)."""
-
-    async def subscribe_keys(self, keys: list[str], mode: str = "full") -> None: ...
-
-    async def unsubscribe_keys(self, keys: list[str]) -> None: ...
-
-
-async def get_changes(context: Context) -> SubscriptionChanges:
-    """The ingest of this process, else the ingest process beside it; 503 without either."""
-    if context.service is not None:
-        return context.service.subscriptions
-    if context.control is None:
-        raise HTTPException(status_code=503, detail=NO_INGEST)
+async def get_changes(context: Context) -> IngestControl:
+    """The control socket of the ingest process beside the API."""
     return context.control
 
 
-Changes = Annotated[SubscriptionChanges, Depends(get_changes)]
+Changes = Annotated[IngestControl, Depends(get_changes)]

@@ -2,9 +2,9 @@
 
 `tickvault api` does not hold the feed's connections: `tickvault ingest` does, and listens
 for changes on `control.sock` in the data directory (ingest/control.py, where the protocol
-is). The answers become what the in-process path raises: a refusal of the feed's limits is
-a SubscriptionLimitError (409, with the same detail), an invalid request 422, and an ingest
-that is not there, does not answer in time or fails 503 with the reason.
+is). The answers become what the ingest's SubscriptionManager raises: a refusal of the feed's
+limits is a SubscriptionLimitError (409, with the same detail), an invalid request 422, and an
+ingest that is not there, does not answer in time or fails 503 with the reason.
 """
 
 from __future__ import annotations

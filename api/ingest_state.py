@@ -171,10 +171,4 @@ class PublishedIngest:
             )
         if status is None:
             return f"the ingest (pid {info['pid']}) has not published its status yet"
-        # What the ingest's own health_problem() can tell from its status.
-        if not status.get("is_running"):
-            return "the ingest service is not running"
-        journal_error = (status.get("pipeline") or {}).get("journal_error")
-        if journal_error:
-            return f"feed frames are being dropped: {journal_error}"
-        return None
+        return status.get("health_problem")

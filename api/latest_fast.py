@@ -104,8 +104,8 @@ class LatestTicksShortcut:
 
 
 def _latest(context: ApiContext, keys: list[str]) -> dict[str, Tick] | None:
-    """The ticks from the ingest in this process or from what it publishes; None when the
-    route must answer instead (no ingest, a slot busy past the event loop's budget)."""
+    """The ticks from what the ingest publishes; None when the route must answer instead
+    (no ingest, a slot busy past the event loop's budget)."""
     try:
         return context.latest(keys, on_loop=True)
     except (IngestNotRunning, SlotBusy):

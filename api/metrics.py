@@ -1,8 +1,7 @@
-"""Prometheus figures read from the ingest's status at scrape time.
+"""Prometheus figures read from the status the ingest publishes, at scrape time.
 
-Counts the service already observes as they happen (ticks, rows written, malformed frames,
-writer queue rows, batch latencies) live in its own registry; this collector adds what only
-its status knows, so nothing is counted twice.
+The ingest runs in another process and serves no HTTP of its own, so everything /metrics
+says comes from that status: the feed, subscriptions, journal, writer, pipeline and disk.
 """
 
 from __future__ import annotations
@@ -64,12 +63,44 @@ class StatusCollector(Collector):
             journal.bytes_on_disk if journal is not None else 0,
         )
         yield from _disk_metrics(status.disk)
+        yield from _flow_metrics(status)
         yield GaugeMetricFamily(
             "tickvault_writer_oldest_unwritten_tick_age_seconds",
             "Age of the oldest tick not yet committed (0 when none waits)",
             writer.oldest_unwritten_tick_age_s if writer is not None else 0.0,
         )
         yield from _watchdog_metrics(feed)
+
+
+def _flow_metrics(status: IngestStatus) -> Iterator[Metric]:
+    """What went through: rows committed, frames dropped or malformed, the writer's errors
+    and the rows it holds."""
+    writer, pipeline = status.writer, status.pipeline
+    for name, help_text, value in (
+        ("tickvault_ticks_received", "Ticks decoded from the feed", status.cache.ticks_processed),
+        (
+            "tickvault_rows_written",
+            "Tick rows committed to the database",
+            writer and writer.rows_written,
+        ),
+        ("tickvault_writer_errors", "Failed database writes (retried)", writer and writer.errors),
+        (
+            "tickvault_malformed_frames",
+            "Feed frames that did not decode",
+            pipeline and pipeline.malformed_frames,
+        ),
+        (
+            "tickvault_frames_refused",
+            "Feed frames dropped before the journal (disk full or failing)",
+            pipeline and pipeline.frames_refused,
+        ),
+    ):
+        yield CounterMetricFamily(name, help_text, value or 0)
+    yield GaugeMetricFamily(
+        "tickvault_writer_queue_rows",
+        "Rows waiting for the database",
+        writer.queue_depth if writer is not None else 0,
+    )
 
 
 def _watchdog_metrics(feed: FeedStatus) -> Iterator[Metric]:

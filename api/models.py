@@ -19,9 +19,8 @@ from store.bars import BarInterval
 class HealthOut(BaseModel):
     status: Literal["ok"]
     database: Literal["ok"]
-    # "running": in this process; "running in another process": a `tickvault ingest` that
-    # publishes on this data directory (`tickvault api`).
-    ingest: Literal["running", "running in another process"]
+    # A `tickvault ingest` that publishes on this data directory: never one in the API.
+    ingest: Literal["running in another process"]
 
 
 class UnavailableOut(BaseModel):

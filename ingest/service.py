@@ -322,6 +322,7 @@ class WebSocketService:
             if self.tokens
             else None,
             disk=self.disk.status(),
+            health_problem=self.health_problem(),
         )
 
     # --- background work ----------------------------------------------------------------

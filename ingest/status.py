@@ -184,3 +184,5 @@ class IngestStatus:
     schedule: ScheduleStatus | None = None  # None when TICKVAULT_SCHEDULE_ENABLED=false
     token: TokenStatus | None = None
     disk: DiskStatus | None = None
+    # Why /health answers 503 (WebSocketService.health_problem), None while healthy.
+    health_problem: str | None = None

@@ -77,13 +77,27 @@ class StoredResult:
 
 def report_json(day: date, results: Sequence[StoredResult]) -> dict[str, Any]:
     """The one JSON shape of an audit, whether just run or read back from the table:
-    `clean` when every instrument's bars and volume agree."""
+    `clean` when every instrument's bars and volume agree; `verdict` the day's in a word
+    (see `day_verdict`)."""
+    clean = bool(results) and all(
+        r.bars_verdict == "clean" and r.volume_verdict == "conserved" for r in results
+    )
     return {
         "trading_date": day.isoformat(),
-        "clean": bool(results)
-        and all(r.bars_verdict == "clean" and r.volume_verdict == "conserved" for r in results),
+        "clean": clean,
+        "verdict": day_verdict(results, clean),
         "instruments": [result.as_json() for result in results],
     }
+
+
+def day_verdict(results: Sequence[StoredResult], clean: bool) -> str:
+    """'nothing to audit' (no bars that day), 'could not run' (no instrument's candles could
+    be fetched: nothing was compared), 'clean', or 'differences found'."""
+    if not results:
+        return "nothing to audit"
+    if all(r.bars_verdict == "error" for r in results):
+        return "could not run"
+    return "clean" if clean else "differences found"
 
 
 def audited_instruments(
@@ -124,9 +138,12 @@ def audited_instruments(
     ]
 
 
-def day_bars(conn: psycopg.Connection, instrument_key: str, day: date) -> list[Bar]:
-    """The instrument's 1-minute bars of the day, oldest first."""
-    start, end = day_bounds(day)
+def day_bars(
+    conn: psycopg.Connection, instrument_key: str, day: date, until: datetime | None = None
+) -> list[Bar]:
+    """The instrument's 1-minute bars of the day that start before `until` (default: the
+    whole day), oldest first."""
+    start, end = _bounds(day, until)
     rows = conn.execute(
         "SELECT bucket, open, high, low, close, volume FROM ohlc_1m"
         " WHERE instrument_key = %s AND bucket >= %s AND bucket < %s ORDER BY bucket",
@@ -135,8 +152,11 @@ def day_bars(conn: psycopg.Connection, instrument_key: str, day: date) -> list[B
     return [Bar(*row) for row in rows]
 
 
-def day_volume(conn: psycopg.Connection, instrument_key: str, day: date) -> DayVolume:
-    start, end = day_bounds(day)
+def day_volume(
+    conn: psycopg.Connection, instrument_key: str, day: date, until: datetime | None = None
+) -> DayVolume:
+    """The day's ticks before `until` (default: the whole day)."""
+    start, end = _bounds(day, until)
     total, ticks = conn.execute(
         "SELECT coalesce(sum(volume_delta), 0)::bigint, count(*) FROM ticks"
         " WHERE instrument_key = %s AND ts >= %s AND ts < %s",
@@ -148,6 +168,11 @@ def day_volume(conn: psycopg.Connection, instrument_key: str, day: date) -> DayV
         [instrument_key, start, end],
     ).fetchone()
     return DayVolume(int(total), None if last is None else int(last[0]), int(ticks))
+
+
+def _bounds(day: date, until: datetime | None) -> tuple[datetime, datetime]:
+    start, end = day_bounds(day)
+    return start, end if until is None else max(start, min(end, until))
 
 
 def save_results(conn: psycopg.Connection, rows: Iterable[StoredResult]) -> None:

@@ -7,7 +7,8 @@ span covers whole, for an instrument that was subscribed then (`subscriptions`: 
 with no trade inside a span is not a gap: illiquid instruments have empty minutes.
 
 A minute a span covers only in part (the ingest stopped or started inside it) is a gap too:
-its bar, if any, holds only the ticks of the covered part.
+its live bar, if any, holds only the ticks of the covered part, so backfill replaces it with
+the exchange's candle (sql/018_bars_repair_partial_minutes.sql).
 """
 
 from __future__ import annotations
@@ -31,12 +32,12 @@ class Gap:
     end: datetime
     minutes: int
     backfilled: int  # of those minutes, how many ohlc_1m now shows from backfill
-    heard: int  # of those minutes, how many have ticks (heard in part: their bars stay live)
+    heard: int  # of those minutes, how many have ticks (heard in part: the candle replaces them)
 
     @property
     def fillable(self) -> int:
-        """Minutes backfill may still fill: neither heard in part nor backfilled."""
-        return self.minutes - self.backfilled - self.heard
+        """Minutes backfill may still fill: those not backfilled yet, heard in part or not."""
+        return self.minutes - self.backfilled
 
 
 def open_span(conn: psycopg.Connection, connection: int, first: datetime, last: datetime) -> int:
@@ -103,8 +104,8 @@ SELECT g.instrument_key, coalesce(i.trading_symbol, g.instrument_key), g.start, 
 FROM (
     SELECT x.instrument_key, min(x.m) AS start, max(x.m) + INTERVAL '1 minute' AS end_,
            count(*) AS minutes,
-           -- A backfilled minute with ticks shows its ticks (sql/012_bars_source.sql).
-           count(b.m) FILTER (WHERE h.m IS NULL) AS backfilled,
+           -- A gap minute's candle shows, ticks or not (sql/018_bars_repair_partial_minutes.sql).
+           count(b.m) AS backfilled,
            count(h.m) AS heard
     FROM missing AS x
     LEFT JOIN heard AS h ON h.instrument_key = x.instrument_key AND h.m = x.m
@@ -137,10 +138,13 @@ def gaps(
 
 
 def gaps_of_day(
-    conn: psycopg.Connection, day: date, keys: Sequence[str] | None = None
+    conn: psycopg.Connection,
+    day: date,
+    keys: Sequence[str] | None = None,
+    until: datetime | None = None,
 ) -> list[Gap]:
-    """The gaps of the trading day `day` (its NSE sessions), up to now."""
-    return gaps(conn, trading_sessions(conn, day), keys)
+    """The gaps of the trading day `day` (its NSE sessions), up to `until` (default: now)."""
+    return gaps(conn, trading_sessions(conn, day), keys, until)
 
 
 def _now(conn: psycopg.Connection) -> datetime:

@@ -1,8 +1,8 @@
 """The HTTP API as a client sees it: a real uvicorn on loopback, a real TimescaleDB.
 
-Two apps: `live` runs the ingest with its built-in simulator, the way `tickvault run` does;
-`stored` runs without ingest over ticks written here by SQL, so history, pagination and bars
-can be checked against known values.
+Two apps: `live` reads an ingest running beside it on its built-in simulator, the way
+`tickvault run` runs them; `stored` has no ingest, over ticks written here by SQL, so history,
+pagination and bars can be checked against known values.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from api import create_app
 from api.db import read_pool
 from api.limits import UVICORN_LIMITS
 from ingest.config import Secret, Settings
+from ingest.service import WebSocketService
 from ingest.simulator import FeedSimulator
 from store.instruments import default_sample_path, instrument_records, load_instruments
 from tests.conftest import DbServer
@@ -61,6 +62,26 @@ def serve(app: FastAPI) -> Iterator[str]:
         server.should_exit = True
         thread.join(60)
         sock.close()
+
+
+@contextmanager
+def ingest_beside(settings: Settings, database_url: str) -> Iterator[WebSocketService]:
+    """The ingest service on its own event loop in a thread, publishing its latest ticks and
+    status and listening on its control socket in `settings.data_dir`, as `tickvault ingest`
+    does: an API on the same data directory reads it as `tickvault api` reads that process.
+    Here rather than in a process so that a test can reach its simulator."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    service = WebSocketService(settings, database_url)
+    try:
+        asyncio.run_coroutine_threadsafe(service.start(), loop).result(120)
+        yield service
+    finally:
+        asyncio.run_coroutine_threadsafe(service.stop(), loop).result(120)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(30)
+        loop.close()
 
 
 def client(base_url: str) -> httpx.Client:
@@ -98,9 +119,18 @@ def live_api(apache_server: DbServer, data_dir: Path, min_free_gb: float = 1.0) 
             api_key=Secret(API_KEY),
             min_free_gb=min_free_gb,
         )
-        with serve(create_app(config, url)) as base, client(base) as http:
-            wait_for(lambda: http.get("/api/v1/websocket/status").json()["writer"]["rows_written"])
+        with (
+            ingest_beside(config, url),
+            serve(create_app(config, url)) as base,
+            client(base) as http,
+        ):
+            wait_for(lambda: _rows_written(http) and http.get("/health").status_code == 200)
             yield base
+
+
+def _rows_written(http: httpx.Client) -> int:
+    status = http.get("/api/v1/websocket/status")
+    return status.status_code == 200 and (status.json()["writer"] or {}).get("rows_written", 0)
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +186,7 @@ def stored_db(apache_server: DbServer) -> Iterator[str]:
 def stored(stored_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     """No ingest and no API key configured."""
     settings = Settings(data_dir=tmp_path_factory.mktemp("stored"))
-    with serve(create_app(settings, stored_db, run_ingest=False)) as base, client(base) as http:
+    with serve(create_app(settings, stored_db)) as base, client(base) as http:
         yield http
 
 
@@ -181,7 +211,11 @@ def test_read_pool_sessions_are_bounded_read_only_and_utc(stored_db: str) -> Non
 def test_health_with_ingest_running(live: httpx.Client) -> None:
     response = live.get("/health")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "database": "ok", "ingest": "running"}
+    assert response.json() == {
+        "status": "ok",
+        "database": "ok",
+        "ingest": "running in another process",
+    }
 
 
 def test_health_without_ingest(stored: httpx.Client) -> None:
@@ -197,7 +231,7 @@ def test_health_is_503_while_the_database_is_unreachable(tmp_path: Path) -> None
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
     url = f"postgresql://tickvault@127.0.0.1:{port}/nothing?connect_timeout=1"
-    app = create_app(Settings(data_dir=tmp_path), url, run_ingest=False)
+    app = create_app(Settings(data_dir=tmp_path), url)
     with serve(app) as base, client(base) as http:
         response = http.get("/health")
         assert response.status_code == 503
@@ -656,7 +690,11 @@ def test_no_response_carries_the_token_or_the_api_key(
                 api_key=Secret(API_KEY),
             )
             try:
-                with serve(create_app(settings, url)) as base, client(base) as http:
+                with (
+                    ingest_beside(settings, url),
+                    serve(create_app(settings, url)) as base,
+                    client(base) as http,
+                ):
                     wait_for(lambda: http.get("/api/v1/websocket/latest-ticks").json()["ticks"])
                     paths = [
                         "/health",

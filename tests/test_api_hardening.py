@@ -35,7 +35,7 @@ from store.instruments import (
     search_instruments,
 )
 from tests.conftest import DbServer
-from tests.test_api import API_KEY, INFY, client, sample_database, serve, wait_for
+from tests.test_api import API_KEY, INFY, client, ingest_beside, sample_database, serve, wait_for
 from tests.test_api_process import stand_in_ingest
 
 SUBSCRIPTIONS = "/api/v1/websocket/subscriptions"
@@ -54,8 +54,11 @@ def live_app(sample_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
         data_dir=tmp_path_factory.mktemp("live"), api_key=Secret(API_KEY), simulator_rate=100
     )
     app = create_app(settings, sample_url)
-    with serve(app) as base:
+    with ingest_beside(settings, sample_url) as service, serve(app) as base:
         app.state.base_url = base
+        app.state.service = service
+        with client(base) as http:
+            wait_for(lambda: http.get("/health").status_code == 200)
         yield app
 
 
@@ -100,7 +103,7 @@ def test_without_the_key_a_body_is_refused_unread(keyed: httpx.Client, framing: 
 
 
 def test_with_no_key_configured_a_body_is_refused_unread(sample_url: str, tmp_path: Path) -> None:
-    app = create_app(Settings(data_dir=tmp_path), sample_url, run_ingest=False)
+    app = create_app(Settings(data_dir=tmp_path), sample_url)
     with serve(app) as base, client(base) as http:
         head = post_head(http, "Content-Length: 105000000", f"X-API-Key: {API_KEY}")
         response = exchange(http, head)
@@ -178,7 +181,11 @@ def longest_symbols(apache_server: DbServer, tmp_path_factory: pytest.TempPathFa
         with psycopg.connect(url) as conn:
             load_instruments(conn, master)
         settings = Settings(data_dir=master.parent / "data", simulator_rate=100)
-        with serve(create_app(settings, url)) as base, client(base) as http:
+        with (
+            ingest_beside(settings, url),
+            serve(create_app(settings, url)) as base,
+            client(base) as http,
+        ):
             yield http, names["&"], names["\U0001d11e"]
 
 
@@ -401,7 +408,7 @@ def test_health_answers_at_once_while_data_requests_hold_every_thread(
     """Sixty searches wait on a lock: eight hold every pooled connection, the rest every
     worker thread. /health needs neither."""
     with sample_database(apache_server) as url, stand_in_ingest(tmp_path):
-        app = create_app(Settings(data_dir=tmp_path), url, run_ingest=False)
+        app = create_app(Settings(data_dir=tmp_path), url)
         with (
             serve(app) as base,
             client(base) as http,
@@ -444,7 +451,7 @@ def test_health_is_503_while_the_database_refuses_and_200_once_it_is_back(
 ) -> None:
     with sample_database(apache_server) as url, stand_in_ingest(tmp_path):
         name = conninfo_to_dict(url)["dbname"]
-        app = create_app(Settings(data_dir=tmp_path), url, run_ingest=False)
+        app = create_app(Settings(data_dir=tmp_path), url)
         with (
             serve(app) as base,
             client(base) as http,
@@ -470,12 +477,15 @@ def test_health_is_503_while_the_database_refuses_and_200_once_it_is_back(
 def test_health_is_503_with_the_ingest_services_reason(
     live_app: FastAPI, keyed: httpx.Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert keyed.get("/health").json()["ingest"] == "running"
-    service = live_app.state.context.service
+    assert keyed.get("/health").json()["ingest"] == "running in another process"
+    service = live_app.state.service
     monkeypatch.setattr(service, "health_problem", lambda: "the feed is down since 09:15")
+    wait_for(lambda: keyed.get("/health").status_code == 503, timeout=10)  # published in 0.5 s
     response = keyed.get("/health")
     assert response.status_code == 503
     assert response.json() == {"status": "unavailable", "reason": "the feed is down since 09:15"}
+    monkeypatch.undo()  # healthy again for the tests after this one, once it is published
+    wait_for(lambda: keyed.get("/health").status_code == 200, timeout=10)
 
 
 # --- the OpenAPI document says what the server does (item 8) ---------------------------------
@@ -551,7 +561,7 @@ def test_allowed_hosts_come_from_the_environment(
         "*.lan",
     )
     monkeypatch.setenv("TICKVAULT_API_ALLOWED_HOSTS", "testserver,api.example")
-    app = create_app(Settings.from_env(data_dir=tmp_path), sample_url, run_ingest=False)
+    app = create_app(Settings.from_env(data_dir=tmp_path), sample_url)
     with stand_in_ingest(tmp_path), serve(app) as base, client(base) as http:
         assert http.get("/health", headers={"Host": "api.example"}).status_code == 200
         assert http.get("/health", headers={"Host": "testserver"}).status_code == 200

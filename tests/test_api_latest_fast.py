@@ -108,7 +108,7 @@ def published_api(
             "TCS": _tick(keys["TCS"], ltq=None, feed_ts=None, delta=None, received_at=0),
             "Nifty 50": _tick(keys["Nifty 50"], ltq=None, vtt=None, volume_delta=None, ltp=1.0),
         }
-        app = create_app(Settings(data_dir=data_dir), url, run_ingest=False)
+        app = create_app(Settings(data_dir=data_dir), url)
         with (
             LatestTickPublisher(published_path(data_dir), capacity=16) as publisher,
             serve(app) as base,

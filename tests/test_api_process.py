@@ -208,7 +208,7 @@ def test_an_api_without_ingest_serves_what_the_ingest_process_publishes(
     with (
         sample_database(apache_server) as url,
         simulator_thread(url) as simulator,
-        serve(create_app(settings, url, run_ingest=False)) as base,
+        serve(create_app(settings, url)) as base,
         client(base) as http,
     ):
         # Before any ingest: the live endpoints say so; the database answers.
@@ -399,7 +399,7 @@ def test_health_and_status_follow_what_the_ingest_publishes(
     """/health from the published heartbeat and status; GET status is the published JSON."""
     monkeypatch.setattr(api.ingest_state, "HEARTBEAT_STALE_S", 1.0)
     publisher = LatestTickPublisher(published_path(tmp_path), capacity=16)
-    app = create_app(Settings(data_dir=tmp_path), db_url, run_ingest=False)
+    app = create_app(Settings(data_dir=tmp_path), db_url)
 
     def health_after_a_beat() -> tuple[int, str | None]:
         publisher.publish([])
@@ -422,13 +422,18 @@ def test_health_and_status_follow_what_the_ingest_publishes(
                 duplicate_ticks_dropped=0, unrequested_ticks_skipped=0, market_status={},
                 custom_handlers=[],
             )  # fmt: skip
-            publisher.publish_status(replace(STAND_IN_STATUS, pipeline=dropping))
             reason = "feed frames are being dropped: the disk is full"
+            publisher.publish_status(
+                replace(STAND_IN_STATUS, pipeline=dropping, health_problem=reason)
+            )
             wait_for(lambda: health_after_a_beat() == (503, reason))
             assert http.get(STATUS).json()["pipeline"]["frames_refused"] == 3
 
-            publisher.publish_status(replace(STAND_IN_STATUS, is_running=False))
-            wait_for(lambda: health_after_a_beat() == (503, "the ingest service is not running"))
+            stopped = "the ingest service is not running"
+            publisher.publish_status(
+                replace(STAND_IN_STATUS, is_running=False, health_problem=stopped)
+            )
+            wait_for(lambda: health_after_a_beat() == (503, stopped))
 
             publisher.publish_status(STAND_IN_STATUS)
             wait_for(lambda: health_after_a_beat() == (200, None))

@@ -16,26 +16,27 @@ import random
 import subprocess
 import sys
 from collections import defaultdict
-from datetime import UTC, date, datetime, timedelta
+from collections.abc import Iterable
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psycopg
 import pytest
 
-from api.app import create_app
 from core.ist import IST
 from ingest.client import FeedClient
 from ingest.config import Settings
+from ingest.jobs.backfill import backfill_day
 from ingest.service import WebSocketService
 from ingest.simulator import FeedSimulator
 from ingest.upstox.candles import CandleClient
 from store.backfill import MinuteBar, store_minute_bars
 from store.bars import refresh_bars
+from store.coverage import open_span
 from store.instruments import default_sample_path, instrument_records, load_instruments
+from tests.clock import FeedClock
 from tests.conftest import REPO
-from tests.test_api import client, serve
 from tests.test_bars import (
     INSTRUMENTS,
     MINUTE,
@@ -64,18 +65,26 @@ def candles_for(key: str, minutes: list[datetime], seed: int) -> list[MinuteBar]
     return candles
 
 
-def expected_with_backfill(ticks: list[Tick], backfill: dict[str, list[MinuteBar]]) -> Bars:
-    """ohlc_1m: the ticks' bars, then each candle whose minute has no tick of its key;
-    ohlc_5m: those rows rolled up by definition, `backfill` when any of its minutes is."""
+def expected_with_backfill(
+    ticks: list[Tick], backfill: dict[str, list[MinuteBar]], uncovered: Iterable[datetime] = ()
+) -> Bars:
+    """ohlc_1m: the ticks' bars, where a candle counts the candle instead (a minute no span
+    covers whole, or one without a tick of its key); ohlc_5m: those rows rolled up by
+    definition, `backfill` when any of its minutes is."""
+    uncovered = set(uncovered)
     live = expected_bars(ticks)["ohlc_1m"]
     with_ticks = {(row[0], row[1]) for row in live}
-    minutes = list(live)
-    for key, candles in backfill.items():
-        for c in candles:
-            if (key, c.bucket) not in with_ticks:
-                minutes.append(
-                    (key, c.bucket, c.open, c.high, c.low, c.close, c.volume, 0, "backfill")
-                )
+    counting = {
+        (key, c.bucket): c
+        for key, candles in backfill.items()
+        for c in candles
+        if (key, c.bucket) not in with_ticks or c.bucket in uncovered
+    }
+    minutes = [row for row in live if (row[0], row[1]) not in counting]
+    minutes += [
+        (key, c.bucket, c.open, c.high, c.low, c.close, c.volume, 0, "backfill")
+        for (key, _), c in counting.items()
+    ]
     minutes.sort()
     groups: dict[tuple[str, datetime], list[tuple]] = defaultdict(list)
     for row in minutes:
@@ -98,6 +107,12 @@ def expected_with_backfill(ticks: list[Tick], backfill: dict[str, list[MinuteBar
     return {"ohlc_1m": minutes, "ohlc_5m": fives}
 
 
+def record_spans(conn: psycopg.Connection, *spans: tuple[datetime, datetime]) -> None:
+    """What the ingest's coverage recorder would have written: when it was receiving."""
+    for started, ended in spans:
+        open_span(conn, 0, started, ended)
+
+
 def test_backfill_fills_holes_and_never_a_live_bucket(edition_db_url: str) -> None:
     day = trading_day()
     key = INSTRUMENTS[1]
@@ -111,6 +126,8 @@ def test_backfill_fills_holes_and_never_a_live_bucket(edition_db_url: str) -> No
     candles = candles_for(key, [with_ticks, *hole], seed=3)
 
     with psycopg.connect(edition_db_url, autocommit=True) as conn:
+        # The store heard the whole day: the holes are minutes in which the key did not trade.
+        record_spans(conn, (ist(day, 9, 0), ist(day, 16, 0)))
         copy_ticks(conn, ticks)
         assert store_minute_bars(conn, key, candles) == len(hole)
         # Real time (nothing materialized yet on Community), then materialized.
@@ -138,6 +155,39 @@ def test_backfill_fills_holes_and_never_a_live_bucket(edition_db_url: str) -> No
         minute = {row[1]: row for row in bars["ohlc_1m"] if row[0] == key}
         assert minute[hole[1]][-2:] == (1, "live")
         assert minute[with_ticks][-1] == "live"
+
+
+def test_a_minute_heard_in_part_shows_its_candle_and_counts_its_volume_once(
+    edition_db_url: str,
+) -> None:
+    """The ingest stopped at 10:02:30 and started again at 10:05:20: 10:02 and 10:05 were
+    heard in part. Their candles replace the partial bars, in ohlc_1m and in ohlc_5m (on both
+    editions), and the volume of 10:00-10:10 is the candles' plus the whole minutes'."""
+    day = trading_day()
+    stopped, started = ist(day, 10, 2, 30), ist(day, 10, 5, 20)
+    gap = [ist(day, 10, 2), ist(day, 10, 3), ist(day, 10, 4), ist(day, 10, 5)]
+    ticks = [t for t in generate_day(day, seed=20261206) if not stopped <= t.ts < started]
+    key = INSTRUMENTS[0]
+    candles = candles_for(key, gap, seed=5)
+
+    with psycopg.connect(edition_db_url, autocommit=True) as conn:
+        record_spans(conn, (ist(day, 9, 0), stopped), (started, ist(day, 16, 0)))
+        copy_ticks(conn, ticks)
+        assert store_minute_bars(conn, key, candles) == len(gap)
+        expected = expected_with_backfill(ticks, {key: candles}, uncovered=gap)
+        assert bars_of_day(conn, day) == expected
+        refresh_bars(conn)
+        bars = bars_of_day(conn, day)
+        assert bars == expected
+        ours = {row[1]: row for row in bars["ohlc_1m"] if row[0] == key}
+        for candle in candles:
+            assert ours[candle.bucket][2:] == (*candle[1:6], 0, "backfill")
+        five = {row[1]: row for row in bars["ohlc_5m"] if row[0] == key}
+        whole = [row for row in ours.values() if ist(day, 10, 0) <= row[1] < ist(day, 10, 10)]
+        assert five[ist(day, 10, 0)][6] + five[ist(day, 10, 5)][6] == sum(r[6] for r in whole)
+        # Another instrument, no candle: its partial bars still show, as live.
+        other = {row[1]: row[-1] for row in bars["ohlc_1m"] if row[0] == INSTRUMENTS[1]}
+        assert other[gap[0]] == other[gap[-1]] == "live"
 
 
 # --- a real gap: the ingest stopped for a whole minute, against the simulator ----------------
@@ -201,41 +251,63 @@ def test_backfill_without_a_token_or_of_an_unknown_symbol_is_a_clear_error(db_ur
     assert "secret-x" not in err
 
 
-def sleep_until(moment: datetime) -> float:
-    return max(0.0, (moment - datetime.now(UTC)).total_seconds())
+def minute_of(moment: datetime) -> datetime:
+    return moment.replace(second=0, microsecond=0)
 
 
 def minute_rows(url: str, key: str, start: datetime, end: datetime) -> dict[datetime, tuple]:
     with psycopg.connect(url) as conn:
         rows = conn.execute(
-            "SELECT bucket, open, high, low, close, volume, tick_count, source FROM ohlc_1m"
+            "SELECT bucket, open, high, low, close, volume, source FROM ohlc_1m"
             " WHERE instrument_key = %s AND bucket >= %s AND bucket < %s",
             [key, start, end],
         ).fetchall()
     return {row[0]: row[1:] for row in rows}
 
 
-async def wait_backfilled(http: httpx.Client, day: date, minute: datetime) -> list[dict]:
-    """The coverage answer once every gap holding `minute` reports it backfilled."""
-    deadline = asyncio.get_running_loop().time() + 30
-    while True:
-        answer = await asyncio.to_thread(http.get, "/api/v1/coverage", params={"date": day})
-        assert answer.status_code == 200, answer.text
-        holding = [
-            gap
-            for gap in answer.json()["gaps"]
-            if datetime.fromisoformat(gap["start"]) <= minute < datetime.fromisoformat(gap["end"])
-        ]
-        if holding and all(gap["backfilled"] >= 1 for gap in holding):
-            return holding
-        assert asyncio.get_running_loop().time() < deadline, answer.json()
-        await asyncio.sleep(0.5)
+def tick_volumes(url: str, key: str, start: datetime, end: datetime) -> dict[datetime, int]:
+    """The volume the stored ticks carry, by minute."""
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT time_bucket('1 minute', ts), coalesce(sum(volume_delta), 0)::bigint"
+            " FROM ticks WHERE instrument_key = %s AND ts >= %s AND ts < %s GROUP BY 1",
+            [key, start, end],
+        ).fetchall()
+    return dict(rows)
 
 
-def test_a_stopped_ingest_leaves_a_gap_that_is_listed_and_backfilled_from_the_candles(
-    request: pytest.FixtureRequest, tmp_path: Path
+def uncovered_minutes(url: str, minutes: Iterable[datetime]) -> set[datetime]:
+    """Those of `minutes` that no coverage span covers whole."""
+    with psycopg.connect(url) as conn:
+        spans = conn.execute("SELECT started_at, ended_at FROM coverage_spans").fetchall()
+    return {m for m in minutes if not any(a <= m and m + MINUTE <= b for a, b in spans)}
+
+
+def five_minute_volumes(url: str, key: str, start: datetime, end: datetime) -> dict[datetime, int]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT bucket, volume FROM ohlc_5m"
+            " WHERE instrument_key = %s AND bucket >= %s AND bucket < %s",
+            [key, start, end],
+        ).fetchall()
+    return dict(rows)
+
+
+def test_bars_across_a_stop_of_the_ingest_are_what_the_exchange_printed(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Both editions at once, each with its own ingest on one simulator: ~65-125 s."""
+    """The ingest stops for over two minutes while a second client keeps the simulated market
+    trading, starts again, stops again; then backfill runs. Every minute from the first start
+    to the last stop, the partly heard ones included, equals the simulator's candle, and so
+    does every 5-minute bucket's volume. On both editions at once (Apache alone where there is
+    no Community), on a clock fifteen times as fast: about 40 s."""
+    clock = FeedClock(speed=15)
+    if (
+        clock.now().astimezone(IST).date()
+        != (clock.now() + timedelta(minutes=15)).astimezone(IST).date()
+        or datetime.now(IST).hour == 23
+    ):
+        pytest.skip("the scenario must stay inside one IST day")
     servers = {"apache": request.getfixturevalue("apache_server")}
     with contextlib.suppress(pytest.skip.Exception):  # no Community here: Apache alone
         servers["community"] = request.getfixturevalue("community_server")
@@ -244,93 +316,94 @@ def test_a_stopped_ingest_leaves_a_gap_that_is_listed_and_backfilled_from_the_ca
         for url in urls.values():
             with psycopg.connect(url) as conn:
                 load_instruments(conn, default_sample_path())
-        asyncio.run(gap_scenario(urls, tmp_path))
+        clock.install(monkeypatch)
+        asyncio.run(stop_and_restart(clock, urls, tmp_path))
     finally:
         for edition, url in urls.items():
             servers[edition].drop_database(url)
 
 
-async def gap_scenario(urls: dict[str, str], root: Path) -> None:
-    today = datetime.now(IST).date()
-    apache = urls["apache"]
-    with psycopg.connect(apache) as conn:
+async def stop_and_restart(clock: FeedClock, urls: dict[str, str], root: Path) -> None:
+    with psycopg.connect(urls["apache"]) as conn:
         records = instrument_records(conn)
     async with FeedSimulator(records, rate=2000, frame_interval=0.05) as simulator:
+        first_start = minute_of(clock.now())
         services = await start_ingests(simulator, urls, root)
         keys = sorted(services[0].ws_client.subscribed_keys)
         witness = FeedClient(ingest_settings(simulator, root / "witness"), Witness())
         await witness.connect()
         listening = asyncio.create_task(witness.listen())
         await witness.subscribe(keys, "full")
-
-        # Stop two seconds before a minute starts; start again a second after it ends.
-        now = datetime.now(UTC)
-        gap_minute = (now + timedelta(seconds=6)).replace(second=0, microsecond=0) + MINUTE
-        await asyncio.sleep(sleep_until(gap_minute - timedelta(seconds=2)))
-        await asyncio.gather(*(service.stop() for service in services))
-        stopped_in = gap_minute - MINUTE
-        await asyncio.sleep(sleep_until(gap_minute + MINUTE + timedelta(seconds=1)))
-        services = await start_ingests(simulator, urls, root)
         try:
-            settings = ingest_settings(simulator, root / "api")
-            with (
-                serve(create_app(settings, apache, run_ingest=False)) as base,
-                client(base) as http,
-            ):
-                holding = await wait_backfilled(http, today, gap_minute)
-                one = await asyncio.to_thread(
-                    http.get, "/api/v1/coverage", params={"date": today, "symbol": "RELIANCE"}
+            # After a whole minute heard, stop 30 s into the next; start again 5 s into the
+            # minute after the next (a whole minute unheard); hear one whole minute more,
+            # stop inside the next one.
+            stop = first_start + 2 * MINUTE + timedelta(seconds=30)
+            restart = minute_of(stop) + 2 * MINUTE + timedelta(seconds=5)
+            last_stop = minute_of(restart) + 2 * MINUTE + timedelta(seconds=30)
+            await clock.sleep_until(stop)
+            await asyncio.gather(*(service.stop() for service in services))
+            await clock.sleep_until(restart)
+            services = await start_ingests(simulator, urls, root)
+            await clock.sleep_until(last_stop)
+            await asyncio.gather(*(service.stop() for service in services))
+            services = []
+            until = minute_of(last_stop) + MINUTE
+            await clock.sleep_until(until + timedelta(seconds=2))
+            today = until.astimezone(IST).date()
+            for url in urls.values():
+                report = await backfill_day(
+                    url, simulator.url, "backfill-test-token", today, until=until
                 )
-            # Every subscribed instrument has the gap, RELIANCE's alone when asked for it.
-            assert {gap["instrument_key"] for gap in holding} == set(keys)
-            [reliance] = [gap for gap in one.json()["gaps"] if gap in holding]
-            assert {gap["instrument_key"] for gap in one.json()["gaps"]} == {RELIANCE}
-            assert reliance["symbol"] == "RELIANCE"
-            # The minute it stopped in was heard in part: a gap minute, whose live bar stays.
-            # (So is the one it started again in, once that minute is over.)
-            assert datetime.fromisoformat(reliance["start"]) <= stopped_in
-            assert datetime.fromisoformat(reliance["end"]) == gap_minute + MINUTE
-            assert reliance["backfilled"] == 1
-
-            assert reliance["heard"] >= 1
-            assert reliance["minutes"] == reliance["backfilled"] + reliance["heard"]
-
-            # Run again by hand: what is left of the gaps was heard in part, nothing to fill.
-            status, report = await asyncio.to_thread(
-                cli_backfill, apache, simulator.url, "--date", str(today)
-            )
-            assert status == 0, report
-            assert report == {"date": str(today), "filled": 0, "instruments": []}
+                # Each candle counted is of a gap minute left to fill, and filled: the stop's,
+                # the unheard one, the restart's, the last stop's (and the first start's,
+                # unless the service's own backfill filled it already). A minute subscribed
+                # in before the simulator traded has no candle.
+                assert {item.instrument_key for item in report.instruments} == set(keys)
+                for item in report.instruments:
+                    assert item.gap_minutes >= item.candles == item.filled >= 4, item
+                again = await backfill_day(
+                    url, simulator.url, "backfill-test-token", today, until=until
+                )
+                # Run again: what is left are minutes without a trade (the first ones
+                # subscribed, before the simulator traded): no candle, nothing new.
+                assert (again.filled, sum(i.candles for i in again.instruments)) == (0, 0)
         finally:
             await asyncio.gather(*(service.stop() for service in services))
             await witness.stop()
             listening.cancel()
-        async with CandleClient(simulator.url, "backfill-test-token") as candles:
-            streamed = {key: await candles.minute_candles(key, today) for key in keys}
+        async with CandleClient(simulator.url, "backfill-test-token") as client:
+            streamed = {key: await client.minute_candles(key, today) for key in keys}
 
     for edition, url in urls.items():
         for key in keys:
-            rows = minute_rows(url, key, stopped_in, gap_minute + 2 * MINUTE)
-            candle = next(c for c in streamed[key] if c.start == gap_minute)
-            # The whole missing minute: the simulator's candle of what it streamed then.
-            assert rows[gap_minute] == (
-                candle.open,
-                candle.high,
-                candle.low,
-                candle.close,
-                candle.volume,
-                0,
-                "backfill",
-            ), (edition, key)
-            # The partly heard minutes around it keep their live bars: never replaced.
-            assert rows[stopped_in][-1] == "live", (edition, key)
-            assert rows[gap_minute + MINUTE][-1] == "live", (edition, key)
-        with psycopg.connect(url) as conn:
-            assert conn.execute(
-                "SELECT count(*) FROM ohlc_1m_backfill WHERE bucket <> %s", [gap_minute]
-            ).fetchone() == (0,)
-            five = conn.execute(
-                "SELECT DISTINCT source FROM ohlc_5m WHERE bucket = time_bucket('5 minutes', %s)",
-                [gap_minute],
-            ).fetchall()
-        assert five == [("backfill",)], edition
+            candles = {c.start: c for c in streamed[key] if c.start < until}
+            rows = minute_rows(url, key, first_start, until)
+            as_printed = {
+                start: (c.open, c.high, c.low, c.close, c.volume) for start, c in candles.items()
+            }
+            ours = {start: (*row[:4], row[4] or 0) for start, row in rows.items()}  # index: None
+            assert ours == as_printed, (edition, key)
+            # The candle replaced exactly the minutes no span covers whole: those of the
+            # stops and the restart, the one unheard, and the first start's (unless the
+            # socket opened before the simulator traded), or the next if a start was slow.
+            repaired = {start for start, row in rows.items() if row[5] == "backfill"}
+            assert repaired == uncovered_minutes(url, candles), (edition, key)
+            stopped_in, started_in = minute_of(stop), minute_of(restart)
+            planned = {stopped_in, stopped_in + MINUTE, started_in, minute_of(last_stop)}
+            assert planned <= repaired, (edition, key)
+            # Beneath the bars, the ticks never credit unheard volume to a minute: what a
+            # minute's ticks carry is at most what traded in it, all of it when heard whole.
+            heard = tick_volumes(url, key, first_start, until)
+            for start, volume in heard.items():
+                assert volume <= candles[start].volume, (edition, key, start)
+                if start not in repaired:
+                    assert volume == candles[start].volume, (edition, key, start)
+            five = five_minute_volumes(url, key, first_start - 5 * MINUTE, until)
+            by_bucket: dict[datetime, int] = defaultdict(int)
+            for start, c in candles.items():
+                by_bucket[start - timedelta(minutes=start.minute % 5)] += c.volume
+            assert {bucket: volume or 0 for bucket, volume in five.items()} == by_bucket, (
+                edition,
+                key,
+            )

@@ -118,7 +118,7 @@ def fill(url: str) -> tuple[datetime, datetime]:
 
 @contextmanager
 def api(url: str, tmp_path: Path) -> Iterator[httpx.Client]:
-    app = create_app(Settings(data_dir=tmp_path), url, run_ingest=False)
+    app = create_app(Settings(data_dir=tmp_path), url)
     with serve(app) as base, client(base) as http:
         yield http
 

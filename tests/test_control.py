@@ -80,7 +80,7 @@ def test_subscription_changes_reach_the_ingest_process(
     limits = {"TICKVAULT_FEED_MODE": "ltpc", "TICKVAULT_MODE_LIMITS": "full:3/2"}
     with (
         sample_database(apache_server) as url,
-        serve(create_app(settings, url, run_ingest=False)) as base,
+        serve(create_app(settings, url)) as base,
         client(base) as http,
     ):
         # No ingest yet: no socket, 503 with the reason.
@@ -176,7 +176,7 @@ def test_a_socket_left_by_a_killed_ingest_answers_503(
     try:
         with (
             sample_database(apache_server) as url,
-            serve(create_app(settings, url, run_ingest=False)) as base,
+            serve(create_app(settings, url)) as base,
             client(base) as http,
         ):
             for response in (

@@ -53,7 +53,7 @@ def test_gaps_are_session_minutes_outside_every_span_of_subscribed_instruments(
         open_span(conn, 0, at(10, 5, 10), at(15, 30, 1))
         open_span(conn, 1, at(11, 0), at(11, 30))
         # INFY's 10:03 and 10:05 backfilled; then ticks of 10:02 (before the stop) and 10:05
-        # (a late one, which takes the minute back from the candle).
+        # (after the start): 10:05 was heard in part, so its candle still shows.
         candle = (100.0, 101.0, 99.5, 100.5, 700, None)
         store_minute_bars(
             conn, INFY, [MinuteBar(at(10, 3), *candle), MinuteBar(at(10, 5), *candle)]
@@ -72,7 +72,8 @@ def test_gaps_are_session_minutes_outside_every_span_of_subscribed_instruments(
         (TCS, at(10, 2), at(10, 6), 4),
     ]
     assert found[0].symbol == INFY  # no instrument master loaded: the key
-    assert (found[0].backfilled, found[0].heard, found[0].fillable) == (1, 2, 1)
+    # Left to fill: 10:02 (heard in part, no candle yet) and 10:04.
+    assert (found[0].backfilled, found[0].heard, found[0].fillable) == (2, 2, 2)
     assert (found[1].backfilled, found[1].heard, found[1].fillable) == (0, 0, 4)
     # Only minutes that have ended count, and only the instruments asked for.
     assert runs(partial) == [(INFY, at(10, 2), at(10, 4), 2)]
@@ -96,7 +97,7 @@ def test_the_api_lists_a_days_gaps_by_symbol(db_url: str, tmp_path: Path) -> Non
         open_span(conn, 0, at(9, 0), at(10, 2, 40))
         open_span(conn, 0, at(10, 5, 10), at(15, 40))
     settings = Settings(data_dir=tmp_path)
-    with serve(create_app(settings, db_url, run_ingest=False)) as base, client(base) as http:
+    with serve(create_app(settings, db_url)) as base, client(base) as http:
         infy = http.get("/api/v1/coverage", params={"date": DAY, "symbol": "infy"})
         every = http.get("/api/v1/coverage", params={"date": DAY})
         unknown = http.get("/api/v1/coverage", params={"date": DAY, "symbol": "NOSUCH"})

@@ -289,6 +289,26 @@ def test_seeded_state_prevents_double_counting_after_a_restart(decoder_cls):
     assert as_dict(live.ticks[0])["volume_delta"] == 750
 
 
+def test_the_first_tick_after_a_gap_carries_none_of_the_gaps_volume(decoder_cls):
+    """A restart (seeded) and a reconnect (same decoder) alike: the snapshot that opens the
+    new subscription says what traded while nobody listened; no minute of ours owns that.
+    The live frames after it count from it."""
+    heard = decoder_cls()
+    stored = heard.decode(frame({RELIANCE: market_ff(vtt=100_000)}), RECEIVED).ticks
+    restarted = decoder_cls()
+    restarted.seed(stored)
+    for decoder in (restarted, heard):
+        snapshot = decoder.decode(
+            frame({RELIANCE: market_ff(ltt=T0 + 150_000, vtt=334_165)}, kind=pb.initial_feed), 1
+        )
+        live = decoder.decode(frame({RELIANCE: market_ff(ltt=T0 + 150_900, vtt=334_200)}), 2)
+
+        assert [(t["vtt"], t["volume_delta"]) for t in map(as_dict, snapshot.ticks)] == [
+            (334_165, 0)
+        ]
+        assert [(t["vtt"], t["volume_delta"]) for t in map(as_dict, live.ticks)] == [(334_200, 35)]
+
+
 def test_seed_refuses_rows_with_datetime_times(decoder_cls):
     as_read = (RELIANCE, datetime(2025, 1, 15, 4, 30, tzinfo=UTC), *[None] * 21)
 

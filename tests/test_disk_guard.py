@@ -4,6 +4,7 @@ itself when space returns. On real (tmpfs) disks."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,7 +20,7 @@ from ingest.disk import GB, DiskGuard
 from ingest.journal import free_bytes
 from tests.conftest import DbServer
 from tests.disks import small_disk
-from tests.test_api import client, sample_database, serve, wait_for
+from tests.test_api import client, ingest_beside, sample_database, serve, wait_for
 from tests.test_journal_faults import STATUS, refused_frames, rows_written
 
 MiB = 2**20
@@ -56,7 +57,11 @@ def test_the_disk_floor_refuses_new_frames_keeps_journaled_ones_and_recovers(
     data = tmp_path / "data"
     with small_disk(data, "64m"), sample_database(apache_server) as url:
         settings = Settings(data_dir=data, simulator_rate=2000, min_free_gb=FLOOR_BYTES / GB)
-        with serve(create_app(settings, url)) as base, client(base) as http:
+        with (
+            ingest_beside(settings, url),
+            serve(create_app(settings, url)) as base,
+            client(base) as http,
+        ):
             wait_for(lambda: rows_written(http) > 0, 60)
             wait_for(lambda: http.get(STATUS).json()["disk"]["database_bytes"], 30)
             disk = http.get(STATUS).json()["disk"]
@@ -65,7 +70,10 @@ def test_the_disk_floor_refuses_new_frames_keeps_journaled_ones_and_recovers(
             assert disk["refusing_frames"] is None
             assert metric(http, "tickvault_database_bytes") == disk["database_bytes"]
             assert metric(http, "tickvault_disk_free_bytes", {"disk": "journal"}) > FLOOR_BYTES
-            assert http.get("/health").status_code == 200
+            # The ingest publishes its health every half second: a start may still show.
+            with contextlib.suppress(AssertionError):
+                wait_for(lambda: http.get("/health").status_code == 200, 10)
+            assert http.get("/health").status_code == 200, http.get("/health").text
             assert refused_frames(http) == 0
 
             with taken(data, leave_bytes=FLOOR_BYTES // 2):

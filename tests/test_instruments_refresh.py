@@ -36,14 +36,14 @@ from ingest.control import (
     encode_answer,
     encode_request,
 )
-from ingest.service import WebSocketService, get_websocket_service
+from ingest.service import WebSocketService
 from ingest.simulator import FeedSimulator
 from ingest.upstox.wire import INSTRUMENTS_PATH
 from store.instrument_refresh import LEFT_UNIVERSE
 from store.instruments import default_sample_path, search_instruments
 from store.subscriptions import resumable, upsert
 from tests.conftest import REPO, DbServer
-from tests.test_api import API_KEY, client, sample_database, serve, wait_for
+from tests.test_api import API_KEY, client, ingest_beside, sample_database, serve, wait_for
 from tests.test_api_process import _environment
 
 TCS = "NSE_EQ|INE467B01029"
@@ -154,10 +154,10 @@ def test_the_running_ingest_follows_a_changed_universe(
     )
     with (
         sample_database(apache_server) as url,
+        ingest_beside(settings, url) as service,
         serve(create_app(settings, url)) as base,
         client(base) as http,
     ):
-        service = get_websocket_service()
         simulator = service.simulator
         assert simulator is not None
 

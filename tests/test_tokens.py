@@ -169,7 +169,7 @@ def test_post_token_while_the_feed_waits_resumes_with_no_tick_lost(
     api_settings = Settings(data_dir=data_dir, api_key=Secret(API_KEY))
     answers: list[httpx.Response] = []
 
-    with serve(create_app(api_settings, instruments_db, run_ingest=False)) as base:
+    with serve(create_app(api_settings, instruments_db)) as base:
         http = client(base)
 
         def post(body: object, key: str | None = API_KEY) -> httpx.Response:
@@ -362,7 +362,7 @@ def test_a_stored_token_is_answered_with_what_the_ingest_will_do(
 ) -> None:
     """An ingest on the simulator never takes a stored token while it runs: POST
     /api/v1/token and `tickvault token set` must say so, not promise a second."""
-    alone, beside, inside = (tmp_path / name for name in ("alone", "beside", "inside"))
+    alone, beside = tmp_path / "alone", tmp_path / "beside"
 
     def post(base: str) -> dict[str, object]:
         with client(base) as http:
@@ -374,7 +374,7 @@ def test_a_stored_token_is_answered_with_what_the_ingest_will_do(
         return answer.json()
 
     api_alone = Settings(data_dir=alone, api_key=Secret(API_KEY))
-    with serve(create_app(api_alone, instruments_db, run_ingest=False)) as base:
+    with serve(create_app(api_alone, instruments_db)) as base:
         note = post(base)["note"]
     assert note.startswith("no ingest runs on this data directory: the next one starts with")
 
@@ -384,7 +384,7 @@ def test_a_stored_token_is_answered_with_what_the_ingest_will_do(
         try:
             assert service.status().token.source == "simulator"
             api_beside = Settings(data_dir=beside, api_key=Secret(API_KEY))
-            app = create_app(api_beside, instruments_db, run_ingest=False)
+            app = create_app(api_beside, instruments_db)
             with serve(app) as base:
                 with client(base) as http:  # the status is published
                     await _wait_for(lambda: http.get("/api/v1/websocket/status").status_code == 200)
@@ -406,11 +406,6 @@ def test_a_stored_token_is_answered_with_what_the_ingest_will_do(
     assert note == f"{SIMULATOR_NOTE}; see GET /api/v1/websocket/status"
     assert SIMULATOR_NOTE in printed
     assert "within a second" not in printed
-
-    # The ingest inside the API's process, on the simulator: the same answer.
-    settings = Settings(data_dir=inside, api_key=Secret(API_KEY), simulator_rate=100)
-    with serve(create_app(settings, instruments_db)) as base:
-        assert post(base)["note"] == f"{SIMULATOR_NOTE}; see GET /api/v1/websocket/status"
 
 
 def test_a_token_too_short_to_be_real_is_not_stored(tmp_path: Path) -> None:

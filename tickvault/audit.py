@@ -1,8 +1,11 @@
 """`tickvault audit`: a day's 1-minute bars against Upstox's candles, as a table or JSON.
 
 Exit status 0 when every instrument is clean (or none had bars), 2 when the audit found
-differences, 1 when it could not run (no token, a refused token, no database). The results
-are kept in audit_results either way (GET /api/v1/audit reads them back).
+differences, 1 when it could not run (no token, a refused token, no database, or no
+instrument's candles could be fetched). Whenever it is not 0, a line on stderr says why, so
+that `--json` output, which has no verdict line, is not left unexplained. The results are
+kept in audit_results either way (GET /api/v1/audit reads them back). An audit of today
+compares the minutes before the one in progress.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from store.local.url import database_url
 from tickvault.day_args import add_day_arguments, day_of, symbols_of
 
 DIFFERENCES_FOUND = 2
+COULD_NOT_RUN = 1
+_AGREE = ("clean", "conserved")  # an instrument's bars and volume verdicts when it agrees
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -42,10 +47,30 @@ def audit_command(settings: Settings, args: argparse.Namespace) -> int:
         report = asyncio.run(run_audit(database_url(settings), with_token, day, symbols))
     except CandleError as error:
         print(f"tickvault: audit of {day}: {error}", file=sys.stderr)
-        return 1
+        return COULD_NOT_RUN
     result = report.as_json()
     print(json.dumps(result, indent=2) if args.json else render(result))
-    return 0 if result["clean"] or not result["instruments"] else DIFFERENCES_FOUND
+    status, why = exit_status(result)
+    if status:
+        print(f"tickvault: audit of {day}: {why}", file=sys.stderr)
+    return status
+
+
+def exit_status(result: dict[str, Any]) -> tuple[int, str]:
+    """The exit status of an audit that ran, and why it is not 0."""
+    items = result["instruments"]
+    if result["verdict"] == "could not run":
+        return COULD_NOT_RUN, (
+            f"could not run: no candles could be fetched for any of {len(items)} instruments"
+            f" ({items[0]['details']['error']})"
+        )
+    if result["verdict"] == "differences found":
+        apart = [i for i in items if (i["bars_verdict"], i["volume_verdict"]) != _AGREE]
+        return DIFFERENCES_FOUND, (
+            f"differences found: {len(apart)} of {len(items)} instruments do not agree with"
+            " Upstox's candles"
+        )
+    return 0, ""
 
 
 def render(result: dict[str, Any]) -> str:
@@ -54,8 +79,12 @@ def render(result: dict[str, Any]) -> str:
     if not rows:
         return f"{result['trading_date']}: no bars stored that day, nothing to audit"
     table = pd.DataFrame(rows).to_string(index=False)
-    verdict = "clean" if result["clean"] else "DIFFERENCES FOUND"
-    return f"parity audit of {result['trading_date']}: {verdict}\n{table}"
+    verdict = result["verdict"]
+    if verdict == "differences found":
+        verdict = verdict.upper()
+    until = result.get("compared_until")
+    scope = f" (the minutes before {until[11:16]} IST)" if until else ""
+    return f"parity audit of {result['trading_date']}: {verdict}{scope}\n{table}"
 
 
 def _row(item: dict[str, Any]) -> dict[str, Any]:
@@ -68,6 +97,7 @@ def _row(item: dict[str, Any]) -> dict[str, Any]:
         "missing ours": item["missing_ours"],
         "missing theirs": item["missing_theirs"],
         "volume": item["volume_verdict"],
+        "bars' volume": volume.get("bars_volume", "-"),
         "ticks' volume": volume["volume_delta_sum"],
         "candles' volume": _blank(volume["candles_volume"]),
         "last vtt": _blank(volume["last_vtt"]),

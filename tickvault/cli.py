@@ -241,7 +241,7 @@ def api_app() -> FastAPI:
 
     settings = Settings.from_env()
     _api_logging(settings)
-    return create_app(settings, database_url(settings), run_ingest=False)
+    return create_app(settings, database_url(settings))
 
 
 def _api_logging(settings: Settings) -> None:

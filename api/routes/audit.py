@@ -17,7 +17,7 @@ from api.auth import API_KEY
 from api.context import ApiContext, Context
 from api.error_responses import responses
 from api.params import SYMBOL_LIST_RULES, symbol_list
-from ingest.config import Secret, Settings
+from ingest.config import Settings
 from ingest.jobs.audit import run_audit
 from ingest.tokens import choose_token
 from ingest.upstox.candles import CandleError
@@ -102,14 +102,6 @@ async def run(
 
 def _candle_source(context: ApiContext) -> Settings | None:
     """The settings to fetch candles with: Upstox's with a token (the environment's, else
-    the stored one); without one, the simulator an ingest in this process feeds on, as the
-    ingest itself does; else none."""
+    the stored one); none without one."""
     token = choose_token(context.settings).token
-    if token:
-        return replace(context.settings, upstox_access_token=token)
-    simulator = context.service.simulator if context.service is not None else None
-    if simulator is None:
-        return None
-    return replace(
-        context.settings, upstox_api_base=simulator.url, upstox_access_token=Secret("simulator")
-    )
+    return replace(context.settings, upstox_access_token=token) if token else None

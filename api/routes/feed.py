@@ -37,11 +37,9 @@ _BODY_ERRORS: dict[int | str, dict[str, Any]] = {
 
 @router.get("/status", response_model=IngestStatus, responses=responses(503))
 async def status(context: Context) -> IngestStatus:
-    """The ingest's status: from memory when it runs in this process, else as it last
-    published it (every half second); 503 while no ingest runs."""
-    if context.service is not None:
-        return context.service.status()
-    return await run_in_threadpool(_published_status, _published(context))
+    """The ingest's status as it last published it (every half second); 503 while no ingest
+    runs."""
+    return await run_in_threadpool(_published_status, context.published)
 
 
 def _published_status(published: PublishedIngest) -> IngestStatus:
@@ -57,8 +55,6 @@ _SUBSCRIPTION_FIELDS = ("symbol", "instrument_key", "mode", "status", "error")
 @router.get("/subscriptions", response_model=list[SubscriptionOut], responses=responses(503))
 def subscriptions(context: Context) -> list[dict[str, Any]]:
     """Every subscription not unsubscribed, as the ingest keeps them in the database."""
-    if context.service is not None:
-        return context.service.subscriptions.get_subscription_status()["subscriptions"]
     with context.pool.connection() as conn:
         rows = listing(conn)
     return [dict(zip(_SUBSCRIPTION_FIELDS, row, strict=True)) for row in rows]
@@ -110,12 +106,12 @@ async def latest_ticks(
         ),
     ] = None,
 ) -> Response:
-    """From the ingest's memory when it runs in this process, else from the table it
-    publishes (`tickvault api` beside `tickvault ingest`); 503 while no ingest runs.
+    """From the table the ingest publishes (`tickvault api` beside `tickvault ingest`); 503
+    while no ingest runs.
 
-    The hot case (every symbol resolved before) stays on the event loop, which is also where
-    the in-process cache is written; a published slot is read there with a short busy
-    budget. Anything that needs the database, or a slot still busy, goes to the threadpool.
+    The hot case (every symbol resolved before) stays on the event loop, where a published
+    slot is read with a short busy budget. Anything that needs the database, or a slot still
+    busy, goes to the threadpool.
     """
     names = symbol_list(symbols) if symbols is not None else None
     keys = context.resolver.remembered(names) if names is not None else None
@@ -140,12 +136,6 @@ def _latest(context: ApiContext, keys: list[str] | None, *, on_loop: bool) -> di
         return context.latest(keys, on_loop=on_loop)
     except IngestNotRunning as error:
         raise HTTPException(status_code=503, detail=str(error)) from None
-
-
-def _published(context: ApiContext) -> PublishedIngest:
-    if context.published is None:  # an app has the ingest in-process or reads what it publishes
-        raise HTTPException(status_code=503, detail="no ingest state in this API process")
-    return context.published
 
 
 def _latest_ticks_out(

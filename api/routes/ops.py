@@ -21,23 +21,17 @@ router = APIRouter(tags=["ops"])
 
 @router.get("/health", response_model=HealthOut, responses={503: {"model": UnavailableOut}})
 async def health(context: Context) -> Any:
-    """200 when the database answers and the ingest is healthy: the one this process runs,
-    or, without one, the `tickvault ingest` publishing on the same data directory.
+    """200 when the database answers and the ingest is healthy: the `tickvault ingest`
+    publishing on the same data directory.
 
     Answered from memory on the event loop (see api/liveness.py and api/ingest_state.py), so it
     stays fast while data requests hold every thread and pooled connection, and while the
     database hangs.
     """
-    service = context.service
-    if service is not None:
-        ingest_problem = service.health_problem()
-    else:
-        ingest_problem = context.published.problem() if context.published else None
-    problem = context.probe.problem() or ingest_problem
+    problem = context.probe.problem() or context.published.problem()
     if problem is not None:
         return _unavailable(problem)
-    ingest = "running" if service is not None else "running in another process"
-    return HealthOut(status="ok", database="ok", ingest=ingest)
+    return HealthOut(status="ok", database="ok", ingest="running in another process")
 
 
 def _unavailable(reason: str) -> JSONResponse:
@@ -51,20 +45,9 @@ def _unavailable(reason: str) -> JSONResponse:
     responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
 )
 async def metrics(context: Context) -> Response:
-    """The ingest's own instruments, then figures read from its status at this scrape.
-
-    Without the ingest in this process: the figures of the status it last published, or
-    `tickvault_ingest_running 0` while none publishes.
-    """
-    service = context.service
-    if service is None:
-        if context.published is None:
-            return Response(b"", media_type=CONTENT_TYPE_LATEST)
-        body = await run_in_threadpool(_published_metrics, context.published)
-        return Response(body, media_type=CONTENT_TYPE_LATEST)
-    scrape = CollectorRegistry()
-    scrape.register(StatusCollector(service.status()))
-    body = generate_latest(service.metrics.registry) + generate_latest(scrape)
+    """The figures of the status the ingest last published, or `tickvault_ingest_running 0`
+    while none publishes."""
+    body = await run_in_threadpool(_published_metrics, context.published)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 

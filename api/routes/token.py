@@ -70,8 +70,7 @@ async def set_token(request: Request, context: Context) -> TokenOut:
         kind=kind,
         saved_at=stored.saved_at.isoformat(),
         expires_at=stored.expires_at.astimezone(IST).isoformat() if stored.expires_at else None,
-        # The in-process ingest's memory is read on the loop; a published status in a thread.
-        note=_note(context) if context.service else await run_in_threadpool(_note, context),
+        note=await run_in_threadpool(_note, context),
     )
 
 
@@ -88,13 +87,6 @@ def _note(context: ApiContext) -> str:
 def _ingest_token_source(context: ApiContext) -> str | None:
     """Where the running ingest's token comes from, None when no ingest runs;
     StatusNotPublished or SlotBusy when that cannot be told now."""
-    if context.service is not None:
-        token = context.service.status().token
-        if token is None:
-            raise StatusNotPublished("the ingest is starting")
-        return token.source
-    if context.published is None:
-        return None
     try:
         token = context.published.status().token
     except IngestNotRunning:

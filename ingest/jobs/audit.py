@@ -2,9 +2,10 @@
 instrument we have bars of (or the ones named), the results kept in audit_results.
 
 `run_audit` is what `tickvault audit`, the API and the post-close schedule call
-(`Settings.audit_after_close` says whether the schedule does). Run after the close: during
-the session the current minute is still forming on both sides, and Upstox's intraday
-candles trail by a minute or so.
+(`Settings.audit_after_close` says whether the schedule does). Best run after the close:
+during the session the minute in progress is still forming on both sides, so an audit of
+today compares the minutes before it only; and Upstox's intraday candles trail by a minute or
+so, so the last minute or two may still be missing on their side.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import psycopg
 from ingest.config import Settings
 from ingest.jobs.parity import InstrumentAudit, compare_day, failed_day
 from ingest.upstox.candles import (
+    IST,
     UPSTOX_LIMITS,
     CandleAuthError,
     CandleClient,
@@ -46,6 +48,7 @@ class AuditReport:
     run_at: datetime
     trading_date: date
     instruments: tuple[InstrumentAudit, ...]
+    until: datetime | None = None  # the minutes compared start before it (None: the whole day)
 
     def rows(self) -> list[StoredResult]:
         return [
@@ -70,7 +73,12 @@ class AuditReport:
         return bool(report_json(self.trading_date, self.rows())["clean"])
 
     def as_json(self) -> dict[str, Any]:
-        return report_json(self.trading_date, self.rows())
+        return {
+            **report_json(self.trading_date, self.rows()),
+            "compared_until": None
+            if self.until is None
+            else self.until.astimezone(IST).isoformat(),
+        }
 
 
 @dataclass(frozen=True)
@@ -99,23 +107,35 @@ async def run_audit(
             "the audit compares with Upstox's candles, which need UPSTOX_ACCESS_TOKEN"
             " (an Analytics Token will do)"
         )
-    stored = await asyncio.to_thread(_read_day, database_url, day, symbols)
+    until = _forming_minute(day)
+    stored = await asyncio.to_thread(_read_day, database_url, day, symbols, until)
     async with CandleClient(
         settings.upstox_api_base, settings.upstox_access_token, limits=limits
     ) as client:
         try:
             async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(_audit_one(client, day, item)) for item in stored]
+                tasks = [group.create_task(_audit_one(client, day, item, until)) for item in stored]
         except* CandleAuthError as refused:
             raise refused.exceptions[0] from None
     report = AuditReport(
-        str(uuid.uuid4()), datetime.now(UTC), day, tuple(task.result() for task in tasks)
+        str(uuid.uuid4()), datetime.now(UTC), day, tuple(task.result() for task in tasks), until
     )
     await asyncio.to_thread(_save, database_url, report)
     return report
 
 
-async def _audit_one(client: CandleClient, day: date, stored: _Stored) -> InstrumentAudit:
+def _forming_minute(day: date) -> datetime | None:
+    """The start of the minute in progress when `day` is today (IST): it and what follows
+    are not compared. None for a day that is over."""
+    now = datetime.now(IST)
+    if day != now.date():
+        return None
+    return now.replace(second=0, microsecond=0)
+
+
+async def _audit_one(
+    client: CandleClient, day: date, stored: _Stored, until: datetime | None
+) -> InstrumentAudit:
     instrument = stored.instrument
     try:
         candles = await client.minute_candles(instrument.instrument_key, day)
@@ -123,20 +143,29 @@ async def _audit_one(client: CandleClient, day: date, stored: _Stored) -> Instru
         raise
     except CandleError as error:
         return failed_day(
-            instrument.instrument_key, day, instrument.tick_size, stored.volume, str(error)
+            instrument.instrument_key,
+            day,
+            instrument.tick_size,
+            stored.bars,
+            stored.volume,
+            str(error),
         )
+    if until is not None:
+        candles = [candle for candle in candles if candle.start < until]
     return compare_day(
         instrument.instrument_key, day, instrument.tick_size, stored.bars, candles, stored.volume
     )
 
 
-def _read_day(database_url: str, day: date, symbols: Sequence[str]) -> list[_Stored]:
+def _read_day(
+    database_url: str, day: date, symbols: Sequence[str], until: datetime | None
+) -> list[_Stored]:
     with psycopg.connect(database_url) as conn:
         return [
             _Stored(
                 instrument,
-                day_bars(conn, instrument.instrument_key, day),
-                day_volume(conn, instrument.instrument_key, day),
+                day_bars(conn, instrument.instrument_key, day, until),
+                day_volume(conn, instrument.instrument_key, day, until),
             )
             for instrument in audited_instruments(conn, day, symbols)
         ]

@@ -3,9 +3,11 @@
 `backfill_day` takes the gaps of a trading day (store/coverage.py), fetches each instrument's
 candles once (the intraday endpoint for today, the historical one for past days, within the
 rate limits: ingest/upstox/candles.py) and stores those of gap minutes as bars marked
-`source = 'backfill'` (store/backfill.py): never over a minute that has ticks. `tickvault
-backfill` runs it for any day; `AutoBackfill` runs it for today after the ingest connects
-again during a session.
+`source = 'backfill'` (store/backfill.py). A gap minute heard in part (the ingest stopped or
+started inside it) is repaired too: its candle replaces the partial live bar, so the volume
+of a window across a gap is the exchange's, counted once. `tickvault backfill` runs it for
+any day; `AutoBackfill` runs it for today after the ingest connects again during a session,
+and once more when the minute it connected in is over.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from ingest.upstox.candles import (
     CandleError,
     RateLimits,
 )
-from store.backfill import MinuteBar, store_minute_bars
+from store.backfill import MinuteBar, backfilled_minutes, store_minute_bars
 from store.calendar import trading_sessions
 from store.coverage import Gap, gaps_of_day
 from store.instruments import resolve_symbols
@@ -45,9 +47,9 @@ class InstrumentFill:
 
     instrument_key: str
     symbol: str
-    gap_minutes: int  # gap minutes without ticks and not yet backfilled before this run
+    gap_minutes: int  # gap minutes not yet backfilled before this run (heard in part or not)
     candles: int  # candles Upstox had for those minutes (a minute without trades has none)
-    filled: int  # minutes stored as backfill (those without ticks)
+    filled: int  # minutes stored new or changed (those, and corrections of earlier candles)
     error: str | None = None
 
 
@@ -76,14 +78,15 @@ async def backfill_day(
     symbols: Sequence[str] = (),
     *,
     ending_after: datetime | None = None,
+    until: datetime | None = None,
     limits: RateLimits = UPSTOX_LIMITS,
 ) -> BackfillReport:
     """Fill the gaps of `day` (IST) for `symbols` (default: every subscription) from the
-    candles at `api_base`; with `ending_after`, only the gaps that end after it. Only
-    instruments with minutes to fill are asked for candles. A refused token stops it all
-    (CandleAuthError); another failure of one instrument's candles is reported on that
-    instrument and the others go on."""
-    open_gaps = await asyncio.to_thread(_open_gaps, database_url, day, symbols, ending_after)
+    candles at `api_base`, among the minutes over by `until` (default: now); with
+    `ending_after`, only the gaps that end after it. Only instruments with minutes to fill are
+    asked for candles. A refused token stops it all (CandleAuthError); another failure of one
+    instrument's candles is reported on that instrument and the others go on."""
+    open_gaps = await asyncio.to_thread(_open_gaps, database_url, day, symbols, ending_after, until)
     if not open_gaps:
         return BackfillReport(day, ())
     async with CandleClient(api_base, token, limits=limits) as client:
@@ -99,7 +102,11 @@ async def backfill_day(
 
 
 def _open_gaps(
-    database_url: str, day: date, symbols: Sequence[str], ending_after: datetime | None
+    database_url: str,
+    day: date,
+    symbols: Sequence[str],
+    ending_after: datetime | None,
+    until: datetime | None,
 ) -> dict[str, list[Gap]]:
     """The day's gaps that still have minutes to fill, by instrument."""
     with psycopg.connect(database_url) as conn:
@@ -111,7 +118,7 @@ def _open_gaps(
                 raise UnknownSymbols(f"unknown symbol(s): {', '.join(unknown)}")
             keys = list(found.values())
         by_key: dict[str, list[Gap]] = {}
-        for gap in gaps_of_day(conn, day, keys):
+        for gap in gaps_of_day(conn, day, keys, until):
             if gap.fillable and (ending_after is None or gap.end > ending_after):
                 by_key.setdefault(gap.instrument_key, []).append(gap)
         return by_key
@@ -133,13 +140,15 @@ async def _fill(
         for c in candles
         if any(gap.start <= c.start < gap.end for gap in gaps)
     ]
-    filled = await asyncio.to_thread(_store, database_url, key, bars)
-    return InstrumentFill(key, symbol, missing, len(bars), filled)
+    candles, filled = await asyncio.to_thread(_store, database_url, key, bars)
+    return InstrumentFill(key, symbol, missing, candles, filled)
 
 
-def _store(database_url: str, key: str, bars: list[MinuteBar]) -> int:
+def _store(database_url: str, key: str, bars: list[MinuteBar]) -> tuple[int, int]:
+    """(candles of minutes not shown from backfill before, minutes stored new or changed)."""
     with psycopg.connect(database_url) as conn:
-        return store_minute_bars(conn, key, bars)
+        shown = backfilled_minutes(conn, key, [bar.bucket for bar in bars])
+        return sum(bar.bucket not in shown for bar in bars), store_minute_bars(conn, key, bars)
 
 
 class AutoBackfill:
@@ -147,20 +156,32 @@ class AutoBackfill:
     while a session is open; one run at a time, a request during a run runs once more.
 
     After its first run it asks only for the gaps that ended since the last one began, so a
-    minute no candle can fill (no trade in it) costs no requests on every reconnect.
+    minute no candle can fill (no trade in it) costs no requests on every reconnect. The
+    minute the ingest connected in was heard only in part; it is over, and Upstox's candle of
+    it published (`settle_s` later: the intraday candles trail by a minute or so), only after
+    the run a connect starts, so each such run is followed by one more then.
     """
 
-    def __init__(self, database_url: str, api_base: str, token: Callable[[], str]) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        api_base: str,
+        token: Callable[[], str],
+        settle_s: float = 60.0,
+    ) -> None:
         """`token` is asked at each run: a token swapped while the ingest runs is used."""
         self._database_url = database_url
         self._api_base = api_base
         self._token = token
+        self._settle_s = settle_s
         self._task: asyncio.Task[None] | None = None
         self._again = False
+        self._follow_up = False
         self._last_run: datetime | None = None
         self.last_report: BackfillReport | None = None
 
     def request(self) -> None:
+        self._follow_up = True
         if self._task is not None and not self._task.done():
             self._again = True
             return
@@ -175,31 +196,37 @@ class AutoBackfill:
         self._again = True
         while self._again:
             self._again = False
-            now = datetime.now(IST)
-            if not await asyncio.to_thread(self._in_session, now):
+            follow_up, self._follow_up = self._follow_up, False
+            started = await self._pass()
+            if started is None:
                 return
-            since = (
-                self._last_run if self._last_run and self._last_run.date() == now.date() else None
+            if follow_up and not self._again:
+                minute_left = 60 - started.second - started.microsecond / 1_000_000
+                await asyncio.sleep(minute_left + self._settle_s)
+                self._again = True
+
+    async def _pass(self) -> datetime | None:
+        """One backfill of today; when it started, or None when it did not run."""
+        now = datetime.now(IST)
+        if not await asyncio.to_thread(self._in_session, now):
+            return None
+        since = self._last_run if self._last_run and self._last_run.date() == now.date() else None
+        try:
+            report = await backfill_day(
+                self._database_url, self._api_base, self._token(), now.date(), ending_after=since
             )
-            try:
-                report = await backfill_day(
-                    self._database_url,
-                    self._api_base,
-                    self._token(),
-                    now.date(),
-                    ending_after=since,
-                )
-            except (CandleError, psycopg.Error) as error:
-                log.warning("backfill of today's gaps failed: %s", error)
-                return
-            self._last_run, self.last_report = now, report
-            if report.instruments:
-                log.info(
-                    "backfill of %s: %d minutes filled for %d instruments with gaps",
-                    report.day,
-                    report.filled,
-                    len(report.instruments),
-                )
+        except (CandleError, psycopg.Error) as error:
+            log.warning("backfill of today's gaps failed: %s", error)
+            return None
+        self._last_run, self.last_report = now, report
+        if report.instruments:
+            log.info(
+                "backfill of %s: %d minutes filled for %d instruments with gaps",
+                report.day,
+                report.filled,
+                len(report.instruments),
+            )
+        return now
 
     def _in_session(self, now: datetime) -> bool:
         with psycopg.connect(self._database_url) as conn:

@@ -46,23 +46,26 @@ class FieldDifference:
 
 @dataclass(frozen=True)
 class VolumeCheck:
-    """Volume conservation over the day: what our bars count (the ticks' volume_delta), the
-    exchange's running total at our last tick (vtt), and what Upstox's candles add up to.
-    vtt above the delta sum is volume traded while we were not listening (before the first
-    tick, or in a gap)."""
+    """Volume conservation over the day: what our bars add up to (live minutes from the
+    ticks, the gaps from backfilled candles) against what Upstox's candles add up to. Beside
+    them, what the ticks alone carry (their volume_delta) and the exchange's running total at
+    our last tick (vtt): vtt above the ticks' sum is volume traded while we were not
+    listening (before the first tick, or in a gap), which only backfill brings into bars."""
 
     volume_delta_sum: int
     last_vtt: int | None
     candles_volume: int | None
+    bars_volume: int
 
     @property
     def verdict(self) -> VolumeVerdict:
         if self.candles_volume is None:
             return "unknown"
-        return "conserved" if self.volume_delta_sum == self.candles_volume else "differs"
+        return "conserved" if self.bars_volume == self.candles_volume else "differs"
 
     def as_json(self) -> dict[str, Any]:
         return {
+            "bars_volume": self.bars_volume,
             "volume_delta_sum": self.volume_delta_sum,
             "last_vtt": self.last_vtt,
             "candles_volume": self.candles_volume,
@@ -132,6 +135,7 @@ def compare_day(
         volume.volume_delta_sum,
         volume.last_vtt,
         sum(candle.volume for candle in candles) if candles else None,
+        sum(bar.volume or 0 for bar in bars),
     )
     return InstrumentAudit(
         instrument_key,
@@ -146,7 +150,12 @@ def compare_day(
 
 
 def failed_day(
-    instrument_key: str, day: date, tick_size: float, volume: DayVolume, error: str
+    instrument_key: str,
+    day: date,
+    tick_size: float,
+    bars: list[Bar],
+    volume: DayVolume,
+    error: str,
 ) -> InstrumentAudit:
     """An instrument whose candles could not be fetched: nothing compared, the reason kept."""
     return InstrumentAudit(
@@ -157,7 +166,9 @@ def failed_day(
         (),
         (),
         (),
-        VolumeCheck(volume.volume_delta_sum, volume.last_vtt, None),
+        VolumeCheck(
+            volume.volume_delta_sum, volume.last_vtt, None, sum(bar.volume or 0 for bar in bars)
+        ),
         error,
     )
 

@@ -14,7 +14,7 @@ tests/test_decoder_equivalence.py holds it to that. It works in two steps per fr
    Anything malformed is found here, before any state changes, and raises MalformedFrame.
 2. Build each tick tuple from the structs with the reference's merge rules, written out
    below in the same order: last state per instrument, volume_delta from vtt with IST day
-   resets, a re-sent snapshot dropped as a duplicate.
+   resets, none for a snapshot's tick, a re-sent snapshot dropped as a duplicate.
 
 Ticks come in wire order (the reference's come in its map's hash order; within a frame the
 order carries no meaning, as each instrument appears once).
@@ -1014,7 +1014,7 @@ cdef class CompiledFeedDecoder:
         """Install last known ticks (say the newest row per instrument in the database).
 
         After a restart the server re-sends its snapshot; with the stored state in place
-        that snapshot is recognised as a duplicate and its `vtt` is not counted twice.
+        that snapshot is recognised as a duplicate, and one that is not carries no volume.
         """
         seed_last(self._last, ticks)
 
@@ -1034,6 +1034,7 @@ cdef class CompiledFeedDecoder:
         cdef set seen = None
         cdef object key, tick, feed_ts, received_at, name
         cdef tuple prev
+        cdef bint snapshot
         f.n_entries = 0
         f.n_segments = 0
         f.type = 0
@@ -1045,6 +1046,7 @@ cdef class CompiledFeedDecoder:
                 raise MemoryError()
             raise _MalformedFrame(frame)
 
+        snapshot = f.type == 0  # initial_feed: see the reference's class docstring
         feed_ts = tick_time(f.current_ts) if f.current_ts else None
         received_at = received_at_us - PG_EPOCH_UNIX_US
         if f.n_entries > 1:
@@ -1085,6 +1087,9 @@ cdef class CompiledFeedDecoder:
                 continue
             if tick is None:
                 continue
+            if snapshot and (<tuple>tick)[C_VOLUME_DELTA]:
+                # A snapshot opens a subscription: its vtt rose while nobody listened.
+                tick = (<tuple>tick)[:C_VOLUME_DELTA] + (0,) + (<tuple>tick)[C_VOLUME_DELTA + 1:]
             if prev is not None and same_as(<tuple>tick, prev):
                 duplicates += 1
                 continue

@@ -73,6 +73,11 @@ class PythonFeedDecoder:
 
     One decoder per feed connection (it is not thread-safe): its state is what makes
     `volume_delta` and the merge of omitted sub-messages right across frames.
+
+    A tick of a snapshot frame (`initial_feed`, what the server sends after each `sub`: on a
+    connect, a reconnect, a restart, a new key) carries no volume: its `vtt` holds whatever
+    traded since the last tick heard, while the store was not listening, and no minute of
+    ours owns that. Backfill brings the candles of those minutes (ingest/jobs/backfill.py).
     """
 
     __slots__ = ("_last",)
@@ -99,6 +104,7 @@ class PythonFeedDecoder:
         last = self._last
         ticks: list[Tick] = []
         unwanted = duplicates = 0
+        snapshot = response.type == pb.initial_feed
         feeds = response.feeds
         # Keys, then a lookup: the map's items() view is a Python-level generator.
         for key in feeds:
@@ -113,6 +119,10 @@ class PythonFeedDecoder:
             tick = _FEED_KINDS[union](key, feed, prev, feed_ts, received_at)
             if tick is None:
                 continue
+            if snapshot and tick[VOLUME_DELTA]:
+                # A snapshot opens a subscription (a connect, a restart, a new key): what its
+                # vtt rose by since the last tick heard traded while nobody listened.
+                tick = (*tick[:VOLUME_DELTA], 0, *tick[VOLUME_DELTA + 1 :])
             # A re-sent snapshot equals the last tick in every column but volume_delta,
             # feed_ts and received_at; ts first, as it differs for nearly every live tick.
             if (
@@ -144,7 +154,9 @@ class PythonFeedDecoder:
         """Install last known ticks (say the newest row per instrument in the database).
 
         After a restart the server re-sends its snapshot; with the stored state in place
-        that snapshot is recognised as a duplicate and its `vtt` is not counted twice.
+        that snapshot is recognised as a duplicate, and one that is not carries no volume
+        (see the class), so the gap's volume is never credited to the first minute heard. A
+        journal replayed after a crash continues from these ticks frame by frame.
         """
         seed_last(self._last, ticks)
 
