@@ -14,13 +14,16 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.params import MAX_SYMBOL_LIST_CHARS
+
 # The largest body the API takes: 1,000 symbols (SubscribeIn's limit) of 100 characters,
 # each character JSON-escaped as \uXXXX, would be about 600 kB; real symbols are under 40
 # plain characters, so 1,000 of them fit in 50 kB, and 256 kB leaves room for any real use.
 MAX_BODY_BYTES = 256 * 1024
 # The largest request head: request line and headers. The longest legitimate one is a
-# latest-ticks query of MAX_SYMBOL_LIST_CHARS characters, percent-encoded.
-MAX_HEAD_BYTES = 16 * 1024
+# latest-ticks query of MAX_SYMBOL_LIST_CHARS characters, each percent-encoded at worst (4
+# bytes of UTF-8, 3 characters each: 12), beside the rest of the head (16 KiB).
+MAX_HEAD_BYTES = MAX_SYMBOL_LIST_CHARS * 12 + 16 * 1024
 # What `uvicorn.run` needs for MAX_HEAD_BYTES: httptools, the default when installed, buffers
 # a head of any size, while h11 refuses one that grows past its limit.
 UVICORN_LIMITS: dict[str, Any] = {"http": "h11", "h11_max_incomplete_event_size": MAX_HEAD_BYTES}

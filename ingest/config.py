@@ -36,6 +36,7 @@ from pydantic import (
 from pydantic_core import core_schema
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ingest.upstox.redact import MIN_SECRET_CHARS
 from ingest.upstox.wire import DEFAULT_MODE_LIMITS
 from store.retention import check_retention_days
 
@@ -103,6 +104,21 @@ def _retention_days(days: int) -> int:
 RetentionDays = Annotated[int, AfterValidator(_retention_days)]
 
 
+def _long_enough(secret: Secret) -> Secret:
+    """A secret that short is a mistake, not a token or a key, and masking it in the logs
+    would mask ordinary text (ingest/upstox/redact.py). Never quotes it."""
+    if secret and len(secret) < MIN_SECRET_CHARS:
+        raise ValueError(
+            f"too short to be a real one ({len(secret)} characters, at least"
+            f" {MIN_SECRET_CHARS}); check the value"
+        )
+    return secret
+
+
+# The access token and the API key: masked in every log line (tickvault/logs.py).
+LoggedSecret = Annotated[Secret, AfterValidator(_long_enough)]
+
+
 def _as_host(address: str) -> str:
     """A Host header carries an IPv6 address in brackets."""
     return f"[{address}]" if ":" in address and not address.startswith("[") else address
@@ -117,7 +133,7 @@ class Settings:
     database_url: str | None = None
     pg_bindir: Path | None = None
     pg_port: int = 55432
-    upstox_access_token: Secret = field(default=Secret(""), repr=False)
+    upstox_access_token: LoggedSecret = field(default=Secret(""), repr=False)
     upstox_api_base: str = "https://api.upstox.com"
     # `tickvault login`: the Upstox app's OAuth client, and where its dialog and token
     # exchange are (empty: upstox_api_base).
@@ -129,6 +145,10 @@ class Settings:
     # Where `tickvault instruments refresh` downloads the master; None: Upstox's
     # (INSTRUMENTS_HOST + INSTRUMENTS_PATH), or the simulator's while the ingest runs on it.
     instruments_url: str | None = None
+    # A refresh that would take more than this share of the live instruments (those that
+    # left the file) or of the F&O universe out is refused as a bad file, nothing changed;
+    # `tickvault instruments refresh --force` takes it anyway.
+    instruments_max_removed_share: Annotated[float, Field(gt=0, le=1)] = 0.2
     max_connections: int = 1
     mode_limits: ModeLimits = field(default_factory=lambda: dict(DEFAULT_MODE_LIMITS))
     index_keys: Names = ("NSE_INDEX|Nifty 50", "NSE_INDEX|Nifty Bank")
@@ -147,7 +167,7 @@ class Settings:
     api_port: int = 8000
     # Processes `tickvault api` serves with (uvicorn workers, each with its own app).
     api_workers: int = 2
-    api_key: Secret = field(default=Secret(""), repr=False)
+    api_key: LoggedSecret = field(default=Secret(""), repr=False)
     # Host headers the API answers (`*` any, `*.example.com` any name under it); left empty,
     # loopback and api_host.
     api_allowed_hosts: Names = ()
@@ -229,22 +249,26 @@ class Settings:
 
 def check_dotenv(path: Path = Path(".env")) -> str | None:
     """One warning when the `.env` that from_env reads (the working directory's) is open to
-    other users: it holds the access token and the passwords. Return the warning, or None
-    for a file only its owner may read and write (0600), or no file. Any group or other bit
-    counts, write included (the security checklist asks for 0600)."""
+    other users: it holds the access token and the passwords (see `private_warning`)."""
     try:
-        mode = stat.S_IMODE(path.stat().st_mode)
+        mode = path.stat().st_mode
     except OSError:
         return None
+    return private_warning(path, mode, "secrets such as UPSTOX_ACCESS_TOKEN")
+
+
+def private_warning(path: Path, mode: int, holds: str) -> str | None:
+    """Log and return one warning when `path` (of `mode`, from its stat), which holds
+    `holds`, is open to other users; None for a file only its owner may read and write
+    (0600). Any group or other bit counts, write included (the security checklist asks for
+    0600)."""
+    mode = stat.S_IMODE(mode)
     if not mode & 0o077:
         return None
     who = " and ".join(
         name for name, bits in (("its group", 0o070), ("other users", 0o007)) if mode & bits
     )
-    warning = (
-        f"{path} is open to {who} (mode {mode:04o}) but holds secrets such as "
-        f"UPSTOX_ACCESS_TOKEN: run chmod 600 {path}"
-    )
+    warning = f"{path} is open to {who} (mode {mode:04o}) but holds {holds}: run chmod 600 {path}"
     log.warning("%s", warning)
     return warning
 

@@ -6,7 +6,7 @@ An API worker asks it for a change over a unix socket in the data directory
 
     {"op": "subscribe", "keys": ["NSE_EQ|INE009A01021"], "mode": "full"}
     {"op": "unsubscribe", "keys": ["NSE_EQ|INE009A01021"]}
-    {"op": "refresh_instruments", "url": null, "max_bytes": null}
+    {"op": "refresh_instruments", "url": null, "max_bytes": null, "force": false}
 
     {"ok": true}
     {"ok": true, "report": {...}}    (refresh_instruments: ingest/jobs/instruments.py's report)
@@ -14,7 +14,8 @@ An API worker asks it for a change over a unix socket in the data directory
 
 `refresh_instruments` (from `tickvault instruments refresh`) refreshes the instrument master in
 the ingest, which then subscribes the F&O stocks that joined and unsubscribes those that left;
-a download that cannot be used answers "failed" with the reason, nothing changed.
+a download that cannot be used, or that would remove too much without "force" (optional,
+false when absent), answers "failed" with the reason, nothing changed.
 
 "limit" is the feed's per-mode key limits refusing the change (SubscriptionLimitError),
 "invalid" a request that is not one of the above or names an unknown mode, "failed" anything
@@ -76,11 +77,12 @@ class Unsubscribe:
 class RefreshInstruments:
     url: str | None = None  # None: the ingest's instruments_url
     max_bytes: int | None = None
+    force: bool = False  # take the file however much of the master it removes
 
 
 Request = Subscribe | Unsubscribe | RefreshInstruments
-# The ingest's refresh: (url, max_bytes) -> the report as JSON.
-Refresh = Callable[[str | None, int | None], Awaitable[dict[str, Any]]]
+# The ingest's refresh: (url, max_bytes, force) -> the report as JSON.
+Refresh = Callable[[str | None, int | None, bool], Awaitable[dict[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -134,7 +136,12 @@ def _keys(value: object) -> list[str]:
 
 def encode_request(request: Request) -> bytes:
     if isinstance(request, RefreshInstruments):
-        message = {"op": "refresh_instruments", "url": request.url, "max_bytes": request.max_bytes}
+        message = {
+            "op": "refresh_instruments",
+            "url": request.url,
+            "max_bytes": request.max_bytes,
+            "force": request.force,
+        }
         return _line(message)
     if isinstance(request, Subscribe):
         return _line({"op": "subscribe", "keys": request.keys, "mode": request.mode})
@@ -154,13 +161,16 @@ def decode_request(line: bytes) -> Request:
         _fields(message, {"op", "keys"})
         return Unsubscribe(_keys(message["keys"]))
     if op == "refresh_instruments":
-        _fields(message, {"op"}, frozenset({"url", "max_bytes"}))
+        _fields(message, {"op"}, frozenset({"url", "max_bytes", "force"}))
         url, max_bytes = message.get("url"), message.get("max_bytes")
+        force = message.get("force", False)
+        if not isinstance(force, bool):
+            raise InvalidMessage("force must be true or false")
         if url is not None and not isinstance(url, str):
             raise InvalidMessage("url must be a string or null")
         if max_bytes is not None and (type(max_bytes) is not int or max_bytes < 1):
             raise InvalidMessage("max_bytes must be a whole number above 0 or null")
-        return RefreshInstruments(url, max_bytes)
+        return RefreshInstruments(url, max_bytes, force)
     raise InvalidMessage("op must be 'subscribe', 'unsubscribe' or 'refresh_instruments'")
 
 
@@ -232,7 +242,8 @@ async def _refresh(refresh: Refresh | None, request: RefreshInstruments) -> Answ
     if refresh is None:
         return refusal("invalid", "this ingest does not refresh instruments")
     try:
-        return Answer(ok=True, report=await refresh(request.url, request.max_bytes))
+        report = await refresh(request.url, request.max_bytes, request.force)
+        return Answer(ok=True, report=report)
     except (InstrumentFileError, psycopg.Error) as error:  # a bad download, the database
         return refusal("failed", error)
     except Exception as error:

@@ -232,7 +232,7 @@ class WebSocketService:
         self.tokens.take(token, source="code")
 
     async def refresh_instruments(
-        self, url: str | None = None, max_bytes: int | None = None
+        self, url: str | None = None, max_bytes: int | None = None, force: bool = False
     ) -> RefreshReport:
         """Refresh the instrument master; the feed follows its F&O universe
         (ingest/jobs/instruments.py)."""
@@ -243,6 +243,7 @@ class WebSocketService:
             simulator_url=self.simulator.url if self.simulator is not None else None,
             url=url,
             max_bytes=max_bytes,
+            force=force,
         )
 
     @property
@@ -331,8 +332,8 @@ class WebSocketService:
         (ingest/control.py). Without it the ingest runs on, and those changes answer 503."""
         assert self._subscriptions is not None
 
-        async def refresh(url: str | None, max_bytes: int | None) -> dict[str, Any]:
-            report = await self.refresh_instruments(url=url, max_bytes=max_bytes)
+        async def refresh(url: str | None, max_bytes: int | None, force: bool) -> dict[str, Any]:
+            report = await self.refresh_instruments(url=url, max_bytes=max_bytes, force=force)
             return report.as_dict()
 
         control = ControlServer(control_path(self.settings.data_dir), self._subscriptions, refresh)

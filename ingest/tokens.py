@@ -10,15 +10,22 @@ and renamed over the old one: no reader ever sees half a token, and no other use
 it, not even for an instant (mkstemp creates it 0600). The ingest polls the file's identity
 once a second (a stat call: cheaper than any watcher, and a rename is seen the same way on
 every filesystem) and hands a new token to the feed client, which re-authorizes with it.
+
+Reading it trusts nothing about what sits at its path: it is opened without following a
+symbolic link and without blocking (a FIFO would hang `tickvault token status`), and only a
+regular file of at most MAX_FILE_BYTES is read (a link to /dev/zero would take gigabytes).
+A file open to other users is read, with one warning naming the fix, as `.env` gets.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,8 +33,9 @@ from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 
 from core.ist import IST
-from ingest.config import Secret, Settings
+from ingest.config import Secret, Settings, private_warning
 from ingest.status import TokenStatus
+from ingest.upstox.redact import MIN_SECRET_CHARS
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +44,9 @@ KINDS = ("analytics", "daily")
 DAILY_EXPIRY_IST = time(3, 30)  # a daily OAuth token ends at 03:30 IST the next day
 POLL_INTERVAL_S = 1.0
 MAX_TOKEN_CHARS = 4096
+# The JSON save_token writes around a token of MAX_TOKEN_CHARS, with room to spare.
+MAX_FILE_BYTES = 2 * MAX_TOKEN_CHARS
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 ENV_WINS = (
     "UPSTOX_ACCESS_TOKEN is set (in the environment or .env) and wins over the stored token: "
     "unset it for the stored one to be used"
@@ -81,6 +92,10 @@ def check_token(token: str) -> str:
     token = token.strip()
     if not token:
         raise ValueError("the access token is empty")
+    if len(token) < MIN_SECRET_CHARS:
+        raise ValueError(
+            f"the access token is shorter than {MIN_SECRET_CHARS} characters: not an Upstox token"
+        )
     if len(token) > MAX_TOKEN_CHARS:
         raise ValueError(f"the access token is longer than {MAX_TOKEN_CHARS} characters")
     if not token.isascii() or not token.isprintable() or any(c.isspace() for c in token):
@@ -131,14 +146,11 @@ def save_token(
 def load_token(data_dir: Path) -> StoredToken | None:
     """The stored token, None without a file; TokenFileError for a file that is not one."""
     path = token_path(data_dir)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    data = _read_token_file(path)
+    if data is None:
         return None
-    except (OSError, UnicodeDecodeError) as error:
-        raise TokenFileError(f"cannot read the token file {path}: {type(error).__name__}") from None
     try:
-        body = json.loads(text)
+        body = json.loads(data.decode("utf-8"))
         kind = body["kind"]
         if kind not in KINDS:
             raise ValueError
@@ -149,11 +161,54 @@ def load_token(data_dir: Path) -> StoredToken | None:
             datetime.fromisoformat(body["saved_at"]),
             datetime.fromisoformat(expires) if expires else None,
         )
-    except (ValueError, KeyError, TypeError, AttributeError):
-        raise TokenFileError(
-            f"the token file {path} is not one tickvault wrote: store a token again with "
-            "`tickvault token set` or `tickvault login`"
-        ) from None
+    except (ValueError, KeyError, TypeError, AttributeError):  # UnicodeDecodeError included
+        raise _not_ours(path, "is not one tickvault wrote") from None
+
+
+def _not_ours(path: Path, what: str) -> TokenFileError:
+    return TokenFileError(
+        f"the token file {path} {what}: store a token again with `tickvault token set` or"
+        " `tickvault login`"
+    )
+
+
+# (path, inode, mode) of the files already warned about: the API reads the file per request.
+_warned: set[tuple[str, int, int]] = set()
+
+
+def _read_token_file(path: Path) -> bytes | None:
+    """The bytes of the regular file at `path` (None if there is none), or TokenFileError
+    for a link, a FIFO, a device or a file over MAX_FILE_BYTES, without reading it."""
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise _not_ours(path, "is a symbolic link, not a file tickvault wrote") from None
+        raise TokenFileError(f"cannot read the token file {path}: {type(error).__name__}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise _not_ours(path, "is not a regular file")
+        if info.st_size > MAX_FILE_BYTES:
+            raise _not_ours(path, f"is over {MAX_FILE_BYTES} bytes, more than a token")
+        seen = (str(path), info.st_ino, info.st_mode)
+        if seen not in _warned:
+            _warned.add(seen)
+            private_warning(path, info.st_mode, "the Upstox access token")
+        chunks, left = [], MAX_FILE_BYTES + 1
+        while left and (chunk := os.read(fd, left)):
+            chunks.append(chunk)
+            left -= len(chunk)
+    except OSError as error:
+        raise TokenFileError(f"cannot read the token file {path}: {type(error).__name__}") from None
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > MAX_FILE_BYTES:  # it grew while read
+        raise _not_ours(path, f"is over {MAX_FILE_BYTES} bytes, more than a token")
+    return data
 
 
 def choose_token(settings: Settings) -> TokenChoice:
@@ -164,6 +219,28 @@ def choose_token(settings: Settings) -> TokenChoice:
     if stored is not None:
         return TokenChoice("file", stored.token, stored)
     return TokenChoice("missing", Secret(""))
+
+
+def what_the_ingest_does(source: str | None) -> str:
+    """What the ingest does with a token just stored, told to whoever stored it: `source` is
+    where its token comes from, as its status says (None: no ingest runs). Only an ingest
+    that started on the stored token follows the file; one on the simulator or on
+    UPSTOX_ACCESS_TOKEN keeps what it has until it is restarted."""
+    if source is None:
+        return "no ingest runs on this data directory: the next one starts with this token"
+    if source == "file":
+        return "the running ingest takes it within a second, re-authorizes and resumes"
+    if source == "simulator":
+        return (
+            "the running ingest feeds from the simulator and takes no token while it runs:"
+            " restart it to feed from Upstox with this one"
+        )
+    if source == "env":
+        return (
+            "the running ingest uses UPSTOX_ACCESS_TOKEN from its own environment, which wins"
+            " over the file: it keeps that token"
+        )
+    return f"the running ingest's token came from {source}: restart it to use this one"
 
 
 def describe(

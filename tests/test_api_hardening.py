@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import httpx
 import psycopg
@@ -26,9 +26,15 @@ from psycopg_pool import ConnectionPool
 from api import create_app
 from api.budget import POOL_SIZE
 from api.limits import MAX_BODY_BYTES, MAX_HEAD_BYTES
+from api.params import MAX_SYMBOL_CHARS, MAX_SYMBOL_LIST_CHARS, MAX_SYMBOLS
 from api.symbol_resolver import SymbolResolver
 from ingest.config import Secret, Settings
-from store.instruments import UnknownSymbol, instrument_search, search_instruments
+from store.instruments import (
+    UnknownSymbol,
+    instrument_search,
+    load_instruments,
+    search_instruments,
+)
 from tests.conftest import DbServer
 from tests.test_api import API_KEY, INFY, client, ingest_beside, sample_database, serve, wait_for
 from tests.test_api_process import stand_in_ingest
@@ -143,6 +149,77 @@ def test_a_request_head_over_the_limit_is_refused(keyed: httpx.Client) -> None:
         status = None
     assert status in (None, 400)
     assert keyed.get("/health").status_code == 200
+
+
+LATEST = "/api/v1/websocket/latest-ticks"
+
+
+@pytest.fixture(scope="module")
+def longest_symbols(apache_server: DbServer, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A live API over a master with 201 stocks whose symbols have MAX_SYMBOL_CHARS
+    characters, each one percent-encoded at its longest ("&" as %26, a 4-byte character as
+    12 bytes); yields (client, names of "&" symbols, names of 4-byte symbols)."""
+    names: dict[str, list[str]] = {"&": [], "\U0001d11e": []}
+    records = []
+    for filler, listed in names.items():
+        for n in range(MAX_SYMBOLS + 1):
+            name = f"L{ord(filler)}{n:03d}".ljust(MAX_SYMBOL_CHARS, filler)
+            listed.append(name)
+            records.append(
+                {
+                    "instrument_key": f"NSE_EQ|LONG{ord(filler)}{n:03d}",
+                    "segment": "NSE_EQ",
+                    "exchange": "NSE",
+                    "instrument_type": "EQ",
+                    "trading_symbol": name,
+                    "lot_size": 1,
+                    "tick_size": 5.0,
+                }
+            )
+    master = tmp_path_factory.mktemp("longest") / "master.json"
+    master.write_text(json.dumps(records))
+    with sample_database(apache_server) as url:
+        with psycopg.connect(url) as conn:
+            load_instruments(conn, master)
+        settings = Settings(data_dir=master.parent / "data", simulator_rate=100)
+        with (
+            ingest_beside(settings, url),
+            serve(create_app(settings, url)) as base,
+            client(base) as http,
+        ):
+            yield http, names["&"], names["\U0001d11e"]
+
+
+@pytest.mark.parametrize("filler", ["&", "4-byte"])
+def test_the_symbol_cap_of_latest_ticks_can_be_reached(longest_symbols: Any, filler: str) -> None:
+    """The documented cap, 200 symbols of the longest kind, fits in a request (the query's
+    and the head's limits agree with it); one more is refused naming the cap."""
+    http, ampersands, four_bytes = longest_symbols
+    names = ampersands if filler == "&" else four_bytes
+    assert {len(name) for name in names} == {MAX_SYMBOL_CHARS}
+    for _ in range(2):  # resolved, then remembered (answered below FastAPI)
+        status, body = latest_ticks(http, ", ".join(names[:MAX_SYMBOLS]))
+        assert status == 200, body[:300]
+        assert json.loads(body)["missing"] == names[:MAX_SYMBOLS]  # known, no tick yet
+    status, body = latest_ticks(http, ", ".join(names))
+    assert status == 422
+    assert f"at most {MAX_SYMBOLS} symbols per request, got {MAX_SYMBOLS + 1}" in body
+    status, body = latest_ticks(http, " " * MAX_SYMBOL_LIST_CHARS + names[0])
+    assert status == 422
+    assert f"{MAX_SYMBOLS} symbols of at most {MAX_SYMBOL_CHARS} characters" in body
+
+
+def latest_ticks(api: httpx.Client, symbols: str) -> tuple[int, str]:
+    """GET latest-ticks with `symbols` percent-encoded, over http.client: httpx refuses a
+    query over 64 KiB, which the longest lists of 4-byte characters are."""
+    address = urlsplit(str(api.base_url))
+    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=30)
+    try:
+        connection.request("GET", f"{LATEST}?{urlencode({'symbols': symbols})}")
+        response = connection.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        connection.close()
 
 
 # --- malformed bodies (item 5) -----------------------------------------------------------

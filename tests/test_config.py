@@ -47,7 +47,7 @@ def test_every_variable_is_read(workdir: Path) -> None:
         "TICKVAULT_DATABASE_URL": "postgresql://db/tv",
         "TICKVAULT_PG_BINDIR": "/usr/lib/postgresql/17/bin",
         "TICKVAULT_PG_PORT": "6543",
-        "UPSTOX_ACCESS_TOKEN": "token",
+        "UPSTOX_ACCESS_TOKEN": "token-1234",
         "UPSTOX_API_BASE": "http://127.0.0.1:9",
         "UPSTOX_CLIENT_ID": "app",
         "UPSTOX_CLIENT_SECRET": "app-secret",
@@ -55,6 +55,7 @@ def test_every_variable_is_read(workdir: Path) -> None:
         "UPSTOX_LOGIN_BASE": "http://127.0.0.1:10",
         "TICKVAULT_FEED_MODE": "ltpc",
         "TICKVAULT_INSTRUMENTS_URL": "https://mirror.example/complete.json.gz",
+        "TICKVAULT_INSTRUMENTS_MAX_REMOVED_SHARE": "0.5",
         "TICKVAULT_MAX_CONNECTIONS": "3",
         "TICKVAULT_MODE_LIMITS": "full:10/5",
         "TICKVAULT_INDEX_KEYS": "NSE_INDEX|Nifty 50",
@@ -70,7 +71,7 @@ def test_every_variable_is_read(workdir: Path) -> None:
         "TICKVAULT_API_HOST": "::1",
         "TICKVAULT_API_PORT": "14",
         "TICKVAULT_API_WORKERS": "15",
-        "TICKVAULT_API_KEY": "key",
+        "TICKVAULT_API_KEY": "key-5678",
         "TICKVAULT_API_ALLOWED_HOSTS": "api.example",
         "TICKVAULT_LOG_LEVEL": "debug",
         "TICKVAULT_LOG_DIR": "/var/log/tickvault",
@@ -93,7 +94,7 @@ def test_every_variable_is_read(workdir: Path) -> None:
         database_url="postgresql://db/tv",
         pg_bindir=Path("/usr/lib/postgresql/17/bin"),
         pg_port=6543,
-        upstox_access_token=Secret("token"),
+        upstox_access_token=Secret("token-1234"),
         upstox_api_base="http://127.0.0.1:9",
         upstox_client_id="app",
         upstox_client_secret=Secret("app-secret"),
@@ -101,6 +102,7 @@ def test_every_variable_is_read(workdir: Path) -> None:
         upstox_login_base="http://127.0.0.1:10",
         feed_mode="ltpc",
         instruments_url="https://mirror.example/complete.json.gz",
+        instruments_max_removed_share=0.5,
         max_connections=3,
         mode_limits={**DEFAULT_MODE_LIMITS, "full": (10, 5)},
         index_keys=("NSE_INDEX|Nifty 50",),
@@ -116,7 +118,7 @@ def test_every_variable_is_read(workdir: Path) -> None:
         api_host="::1",
         api_port=14,
         api_workers=15,
-        api_key=Secret("key"),
+        api_key=Secret("key-5678"),
         api_allowed_hosts=("api.example",),
         log_level="DEBUG",
         log_dir=Path("/var/log/tickvault"),
@@ -150,6 +152,31 @@ def test_a_schedule_time_is_an_ist_time_of_day(value: str, message: str) -> None
 def test_a_retention_shorter_than_the_bars_refresh_window_is_refused(workdir: Path) -> None:
     with pytest.raises(ValueError, match="TICKVAULT_TICKS_RETENTION_DAYS: retention must be 0"):
         Settings.from_env({"TICKVAULT_TICKS_RETENTION_DAYS": "3"})
+
+
+@pytest.mark.parametrize("value", ["0", "1.5", "-0.1", "most"])
+def test_the_share_a_refresh_may_remove_is_above_0_and_at_most_1(value: str) -> None:
+    with pytest.raises(ValueError, match="TICKVAULT_INSTRUMENTS_MAX_REMOVED_SHARE"):
+        Settings.from_env({"TICKVAULT_INSTRUMENTS_MAX_REMOVED_SHARE": value})
+    assert Settings.from_env({}).instruments_max_removed_share == 0.2
+
+
+@pytest.mark.parametrize("variable_name", ["UPSTOX_ACCESS_TOKEN", "TICKVAULT_API_KEY"])
+@pytest.mark.parametrize("value", ["t", "abc1234"])
+def test_a_token_or_key_too_short_to_be_real_is_refused_unquoted(
+    variable_name: str, value: str
+) -> None:
+    """Masked in every log line, a one-letter secret would mask every such letter: no real
+    token or key is that short, so the setting is refused, its value never repeated."""
+    with pytest.raises(ValueError, match="too short") as refused:
+        Settings.from_env({variable_name: value})
+    message = str(refused.value)
+    assert message == (
+        f"{variable_name}: too short to be a real one ({len(value)} characters, at least 8);"
+        " check the value"
+    )
+    assert "abc1234" not in message
+    assert Settings.from_env({variable_name: "abcd1234"})
 
 
 def test_the_configuration_doc_lists_every_variable() -> None:

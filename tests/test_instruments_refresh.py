@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import time as datetime_time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from psycopg_pool import ConnectionPool
 
 from api import create_app
 from api.symbol_resolver import SymbolResolver
+from core.ist import ist_today
 from ingest.config import Secret, Settings
 from ingest.control import (
     Answer,
@@ -34,6 +36,7 @@ from ingest.control import (
     encode_answer,
     encode_request,
 )
+from ingest.service import WebSocketService
 from ingest.simulator import FeedSimulator
 from ingest.upstox.wire import INSTRUMENTS_PATH
 from store.instrument_refresh import LEFT_UNIVERSE
@@ -368,7 +371,11 @@ def test_a_live_instrument_wins_a_symbol_over_one_kept_for_history(
 
 
 def test_the_refresh_request_and_its_report_round_trip() -> None:
-    for request in (RefreshInstruments(), RefreshInstruments("https://mirror.example/m.gz", 10)):
+    for request in (
+        RefreshInstruments(),
+        RefreshInstruments("https://mirror.example/m.gz", 10),
+        RefreshInstruments(force=True),
+    ):
         assert decode_request(encode_request(request)) == request
     answer = Answer(ok=True, report={"added": 2, "universe": {"added": []}})
     assert decode_answer(encode_answer(answer)) == answer
@@ -377,8 +384,147 @@ def test_the_refresh_request_and_its_report_round_trip() -> None:
         b'{"op": "refresh_instruments", "max_bytes": 0}',
         b'{"op": "refresh_instruments", "max_bytes": true}',
         b'{"op": "refresh_instruments", "path": "/etc/passwd"}',
+        b'{"op": "refresh_instruments", "force": "yes"}',
     ):
         with pytest.raises(InvalidMessage):
             decode_request(line)
     with pytest.raises(InvalidMessage):
         decode_answer(b'{"ok": true, "report": [1]}')
+
+
+def subscriptions_of(url: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(
+            "SELECT instrument_key, status, error FROM subscriptions ORDER BY 1"
+        ).fetchall()
+
+
+def test_a_master_that_would_empty_the_store_is_refused_unless_forced(
+    db_url: str, tmp_path: Path
+) -> None:
+    """One bad morning at Upstox (a valid but empty or cut-down file) must not mark the
+    master inactive and drop the F&O universe from the feed: refused, nothing changed, the
+    reason said; `--force` takes it."""
+    served = tmp_path / "complete.json.gz"
+    records = sample()
+    served.write_bytes(gz(records))
+    with serving(served) as url:
+        first = cli_report(db_url, tmp_path, "--url", url)
+        universe = [entry["instrument_key"] for entry in first["universe"]["added"]]
+        with psycopg.connect(db_url) as conn:
+            upsert(conn, universe, "full", "subscribed")
+        before, following = master(db_url), subscriptions_of(db_url)
+
+        # Half the universe gone (each stock with every contract on it): over the 20% limit.
+        half = records
+        for key in universe[: len(universe) // 2]:
+            half = without_stock(half, key)
+        for body, share in ((gz([]), "100%"), (gz(half), "50%")):
+            served.write_bytes(body)
+            refused = cli_refresh(db_url, tmp_path, "--url", url)
+            assert refused.returncode == 1, refused.stdout
+            assert f"of the {len(universe)} stocks of the F&O universe ({share})" in refused.stderr
+            assert "over the 20% a refresh may remove" in refused.stderr
+            assert "TICKVAULT_INSTRUMENTS_MAX_REMOVED_SHARE" in refused.stderr
+            assert "nothing was changed" in refused.stderr
+            assert "--force" in refused.stderr
+            assert master(db_url) == before
+            assert subscriptions_of(db_url) == following
+
+        # The share is a setting: at 0.6 half the universe may go.
+        env = {**_environment(db_url, tmp_path), "TICKVAULT_INSTRUMENTS_MAX_REMOVED_SHARE": "0.6"}
+        allowed = subprocess.run(
+            [sys.executable, "-m", "tickvault", "instruments", "refresh", "--url", url],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert allowed.returncode == 0, allowed.stderr
+        assert f"F&O universe: {len(universe) - len(universe) // 2} stocks" in allowed.stdout
+
+        # Even at a share of 1, the whole universe never goes without --force.
+        served.write_bytes(gz([]))
+        env["TICKVAULT_INSTRUMENTS_MAX_REMOVED_SHARE"] = "1"
+        whole = subprocess.run(
+            [sys.executable, "-m", "tickvault", "instruments", "refresh", "--url", url],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert whole.returncode == 1
+        assert "stocks of the F&O universe (100%)" in whole.stderr
+
+        forced = cli_report(db_url, tmp_path, "--url", url, "--force")
+        assert forced["instruments"] == 0
+        assert forced["universe"]["size"] == 0
+        with psycopg.connect(db_url) as conn:
+            assert conn.execute("SELECT count(*) FROM instruments WHERE active").fetchone() == (0,)
+
+
+def test_the_schedule_step_refuses_an_empty_master_and_the_feed_keeps_its_universe(
+    apache_server: DbServer, tmp_path: Path
+) -> None:
+    """The pre-open step runs the refresh by itself: an empty file fails the step with the
+    reason in the schedule's status, and the running feed keeps every stock it carried. The
+    command asks the running ingest: refused the same way, and taken with --force."""
+    never = datetime_time(23, 59, 59)
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        simulator_rate=2000,
+        preopen_at=never,
+        postclose_at=never,
+        schedule_step_attempts=1,
+    )
+
+    async def run_step() -> dict[str, Any]:
+        service = WebSocketService(settings, url)
+        await service.start()
+        seen: dict[str, Any] = {}
+        try:
+            simulator, schedule = service.simulator, service.schedule
+            assert simulator is not None
+            assert schedule is not None
+            for _ in range(300):
+                if TCS in simulator.followed_keys():
+                    break
+                await asyncio.sleep(0.1)
+            seen["followed"] = set(simulator.followed_keys())
+            simulator.instrument_file.replace(gz([]))
+            [step] = [step for step in schedule.steps if step.name == "instruments"]
+            await schedule._run_step(ist_today(), step)
+            [seen["status"]] = [s for s in schedule.status().steps if s.step == "instruments"]
+            seen["refused"] = await asyncio.to_thread(cli_refresh, url, settings.data_dir)
+            await asyncio.sleep(1)  # an unsubscription, had one been sent, reaches the simulator
+            seen["after"] = set(simulator.followed_keys())
+            seen["master"] = master(url)
+            seen["forced"] = await asyncio.to_thread(cli_refresh, url, settings.data_dir, "--force")
+            await asyncio.sleep(1)
+            seen["after_force"] = set(simulator.followed_keys())
+        finally:
+            await service.stop()
+        return seen
+
+    with sample_database(apache_server) as url:
+        before = master(url)
+        seen = asyncio.run(run_step())
+    assert all(active for _, _, active, _, _ in before)
+    status = seen["status"]
+    assert status.last_outcome == "failed"
+    assert status.last_result.startswith("RefreshRefused: ")
+    assert "stocks of the F&O universe (100%)" in status.last_result
+    refused = seen["refused"]
+    assert refused.returncode == 1
+    assert "the running ingest could not refresh:" in refused.stderr
+    assert "stocks of the F&O universe (100%)" in refused.stderr
+    assert seen["master"] == before
+    assert TCS in seen["followed"]
+    assert seen["after"] == seen["followed"]
+    forced = seen["forced"]
+    assert forced.returncode == 0, forced.stderr
+    assert "F&O universe: 0 stocks" in forced.stdout
+    assert "the running ingest subscribed 0 and unsubscribed 20" in forced.stdout
+    assert TCS not in seen["after_force"]

@@ -22,7 +22,7 @@ import pytest
 from core.ist import IST
 from ingest.simulator import FeedSimulator
 from ingest.tokens import load_token, save_token, token_path
-from ingest.upstox.wire import AUTHORIZE_PATH
+from ingest.upstox.wire import AUTHORIZE_PATH, LOGIN_TOKEN_PATH
 from tests.conftest import REPO, free_port
 
 CLIENT_ID = "app-4e1b"
@@ -41,10 +41,10 @@ def _environment(data_dir: Path, simulator: FeedSimulator, redirect: str) -> dic
     }
 
 
-async def _login(
+async def _start(
     data_dir: Path, simulator: FeedSimulator, redirect: str, *args: str, secret: str = SECRET
-) -> tuple[int, str, str]:
-    """Run `tickvault login`, play the browser, return (exit status, stdout, stderr)."""
+) -> tuple[asyncio.subprocess.Process, str, str]:
+    """Start `tickvault login`; return the process, what it printed and the dialog URL."""
     environment = {**_environment(data_dir, simulator, redirect), "UPSTOX_CLIENT_SECRET": secret}
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -59,13 +59,22 @@ async def _login(
         stderr=asyncio.subprocess.PIPE,
     )
     assert process.stdout is not None
-    assert process.stdin is not None
     printed = ""
     while "    http" not in printed or not printed.endswith("\n\n"):
         line = await asyncio.wait_for(process.stdout.readline(), 30)
         assert line, f"the command ended early: {printed}"
         printed += line.decode()
     dialog = re.search(r"^    (http\S+)$", printed, re.MULTILINE).group(1)
+    return process, printed, dialog
+
+
+async def _login(
+    data_dir: Path, simulator: FeedSimulator, redirect: str, *args: str, secret: str = SECRET
+) -> tuple[int, str, str]:
+    """Run `tickvault login`, play the browser, return (exit status, stdout, stderr)."""
+    process, printed, dialog = await _start(data_dir, simulator, redirect, *args, secret=secret)
+    assert process.stdout is not None
+    assert process.stdin is not None
     async with httpx.AsyncClient(trust_env=False, timeout=10) as browser:
         answer = await browser.get(dialog)
         assert answer.status_code == 302
@@ -186,3 +195,82 @@ def test_login_needs_the_app_settings(tmp_path: Path) -> None:
     )
     assert done.returncode == 1
     assert "needs UPSTOX_CLIENT_SECRET, UPSTOX_REDIRECT_URI" in done.stderr
+
+
+def test_the_listener_takes_only_a_redirect_with_this_logins_state(tmp_path: Path) -> None:
+    """Anyone can send a request to the loopback redirect URI: a code without the state, a
+    wrong state, a stray request are refused (400, saying why) and the login waits on; only
+    the real redirect ends it, and only its code is exchanged."""
+    data_dir = tmp_path / "data"
+    redirect = f"http://127.0.0.1:{free_port()}/upstox/callback"
+
+    async def scenario() -> None:
+        async with FeedSimulator(client_secret=SECRET) as simulator:
+            process, _, dialog = await _start(data_dir, simulator, redirect)
+            assert process.stdout is not None
+            await process.stdout.readline()  # "waiting for the redirect": it listens
+            async with httpx.AsyncClient(trust_env=False, timeout=10) as browser:
+                # Someone else's real code, from a dialog opened without a state.
+                theirs = await browser.get(dialog.split("&state=")[0])
+                their_code = httpx.URL(theirs.headers["location"]).params["code"]
+                ours = httpx.URL((await browser.get(dialog)).headers["location"])
+                state = ours.params["state"]
+                assert len(state) >= 16
+                for params, why in (
+                    ({"code": their_code}, "carried no state"),
+                    ({"code": their_code, "state": state[:-1] + "x"}, "is not this login's"),
+                    ({"code": their_code, "state": "é" * 22}, "is not this login's"),
+                    ({"state": state}, "carried no code"),
+                ):
+                    refused = await browser.get(redirect, params=params)
+                    assert refused.status_code == 400, params
+                    assert why in refused.text
+                    assert "still waiting" in refused.text
+                    assert process.returncode is None
+                stray = await browser.get(redirect.replace("/upstox/callback", "/favicon.ico"))
+                assert stray.status_code == 404
+                await asyncio.sleep(0.5)
+                assert process.returncode is None, "a refused request ended the login"
+                landed = await browser.get(str(ours))
+                assert landed.status_code == 200
+                assert "logged in" in landed.text
+            stdout, stderr = await asyncio.wait_for(process.communicate(), 30)
+            assert process.returncode == 0, stderr.decode()
+            assert stderr.decode().count("refused a request to the redirect URI") == 4
+            assert their_code not in stdout.decode() + stderr.decode()
+            assert await _accepted(simulator, _check_stored(data_dir, "", ""))
+            # Their code was never exchanged: it still buys a token (theirs, not stored).
+            async with httpx.AsyncClient(trust_env=False) as http:
+                unused = await http.post(
+                    simulator.login_url + LOGIN_TOKEN_PATH,
+                    data={
+                        "code": their_code,
+                        "client_id": CLIENT_ID,
+                        "client_secret": SECRET,
+                        "redirect_uri": redirect,
+                        "grant_type": "authorization_code",
+                    },
+                )
+            assert unused.status_code == 200, unused.text
+            assert load_token(data_dir).token != unused.json()["access_token"]
+
+    asyncio.run(scenario())
+
+
+def test_a_pasted_redirect_without_the_state_is_refused(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+
+    async def scenario() -> tuple[int, str]:
+        async with FeedSimulator(client_secret=SECRET) as simulator:
+            redirect = "https://app.example/callback"
+            process, _, dialog = await _start(data_dir, simulator, redirect)
+            async with httpx.AsyncClient(trust_env=False) as browser:
+                answer = await browser.get(dialog.split("&state=")[0])
+            location = answer.headers["location"]
+            _, stderr = await process.communicate(f"{location}\n".encode())
+            return process.returncode, stderr.decode()
+
+    code, stderr = asyncio.run(scenario())
+    assert code == 1
+    assert "the redirect carried no state, so its code may be anyone's: start again" in stderr
+    assert not token_path(data_dir).exists()

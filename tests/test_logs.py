@@ -8,6 +8,7 @@ configure_logging rotates the files at their size bound and masks secrets in eve
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import logging.handlers
 import os
@@ -135,6 +136,29 @@ def test_secrets_are_masked_in_the_files_and_on_stdout(
     errors = (tmp_path / ERRORS_LOG).read_text()
     assert "RuntimeError: upstream said ********" in errors
     assert "a frame holding ********" in errors
+
+
+def test_a_short_secret_masks_itself_standing_alone_and_no_other_text(
+    tmp_path: Path, restored_logging: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A token `t` (a Settings built in code: the environment refuses one that short) used
+    to turn every t of every line into asterisks; a long one is masked wherever it sits,
+    even run together with other text."""
+    configure_logging("INFO", ["t", TOKEN], tmp_path)
+    log = logging.getLogger("ingest.test")
+    log.info("the feed started at 09:15")
+    log.info("authorize with t, then retry")
+    log.info("GET /v2/feed?token=%s&x=1 and Bearer%%20%sxyz", TOKEN, TOKEN)
+
+    stdout = capsys.readouterr().out
+    messages = [json.loads(line)["message"] for line in stdout.splitlines()]
+    assert messages == [
+        "the feed started at 09:15",
+        "authorize with ********, then retry",
+        "GET /v2/feed?token=********&x=1 and Bearer%20********xyz",
+    ]
+    written = [line.split(" ", 3)[3] for line in _records(tmp_path / TRADING_LOG)]
+    assert written == messages
 
 
 def test_the_files_rotate_at_their_size_bound(tmp_path: Path, restored_logging: None) -> None:

@@ -29,7 +29,7 @@ from ingest.config import Secret, Settings
 from ingest.service import WebSocketService
 from ingest.simulator import FeedSimulator
 from ingest.status import IngestStatus
-from ingest.tokens import choose_token, load_token, save_token, token_path
+from ingest.tokens import MAX_FILE_BYTES, choose_token, load_token, save_token, token_path
 from store.instruments import default_sample_path, instrument_records, load_instruments
 from tests.conftest import REPO
 from tests.test_api import API_KEY, client, serve
@@ -196,6 +196,7 @@ def test_post_token_while_the_feed_waits_resumes_with_no_tick_lost(
         assert NEW not in answer.text
     stored = answers[-1].json()
     assert stored["kind"] == "daily"
+    assert stored["note"].startswith("the running ingest takes it within a second")
     assert stored["expires_at"].endswith("T03:30:00+05:30")
     assert NEW not in status.text
     assert stat.S_IMODE(token_path(data_dir).stat().st_mode) == 0o600
@@ -267,3 +268,159 @@ def test_token_status_names_the_source_and_never_the_token(tmp_path: Path) -> No
     code, text = status()
     assert code == 1
     assert "is not one tickvault wrote" in text
+
+
+def _token_status(data_dir: Path) -> subprocess.CompletedProcess[str]:
+    """`tickvault token status` as a user runs it; a hang fails the test at the timeout."""
+    return subprocess.run(
+        [sys.executable, "-m", "tickvault", "token", "status"],
+        cwd=REPO,
+        env=_environment(data_dir),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize("kind", ["link to /dev/zero", "link to a token file", "fifo", "huge"])
+def test_a_token_path_that_is_not_a_small_regular_file_is_refused_in_one_line(
+    tmp_path: Path, kind: str
+) -> None:
+    """A link to /dev/zero took gigabytes and a FIFO hung the command: each is refused
+    without being read, in one line naming the file and the fix."""
+    data_dir = tmp_path / "data"
+    elsewhere = tmp_path / "elsewhere"
+    save_token(elsewhere, "linked-token-31")
+    data_dir.mkdir()
+    path = token_path(data_dir)
+    if kind == "link to /dev/zero":
+        path.symlink_to("/dev/zero")
+    elif kind == "link to a token file":
+        path.symlink_to(token_path(elsewhere))
+    elif kind == "fifo":
+        os.mkfifo(path, 0o600)
+    else:
+        path.write_text(" " * (MAX_FILE_BYTES + 1))
+        path.chmod(0o600)
+    done = _token_status(data_dir)
+    assert done.returncode == 1
+    expected = {
+        "link to /dev/zero": "is a symbolic link, not a file tickvault wrote",
+        "link to a token file": "is a symbolic link, not a file tickvault wrote",
+        "fifo": "is not a regular file",
+        "huge": f"is over {MAX_FILE_BYTES} bytes, more than a token",
+    }[kind]
+    assert done.stderr.splitlines() == [
+        f"tickvault: the token file {path} {expected}: store a token again with"
+        " `tickvault token set` or `tickvault login`"
+    ]
+    assert "linked-token-31" not in done.stdout + done.stderr
+
+
+def test_a_token_file_others_may_read_is_read_with_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data_dir = tmp_path / "data"
+    save_token(data_dir, "shared-token-52", kind="daily")
+    path = token_path(data_dir)
+    path.chmod(0o644)
+    done = _token_status(data_dir)
+    assert done.returncode == 0, done.stderr
+    assert "source: file" in done.stdout
+    assert done.stderr.splitlines() == [
+        f"{path} is open to its group and other users (mode 0644) but holds the Upstox access"
+        f" token: run chmod 600 {path}"
+    ]
+    assert "shared-token-52" not in done.stdout + done.stderr
+
+    # Read again and again (the API reads it per request): warned once.
+    path.chmod(0o640)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            stored = load_token(data_dir)
+            assert stored is not None
+            assert stored.token == "shared-token-52"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{path} is open to its group (mode 0640) but holds the Upstox access token:"
+        f" run chmod 600 {path}"
+    ]
+    path.chmod(0o600)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        load_token(data_dir)
+    assert not caplog.records
+
+
+SIMULATOR_NOTE = (
+    "the running ingest feeds from the simulator and takes no token while it runs:"
+    " restart it to feed from Upstox with this one"
+)
+
+
+def test_a_stored_token_is_answered_with_what_the_ingest_will_do(
+    instruments_db: str, tmp_path: Path
+) -> None:
+    """An ingest on the simulator never takes a stored token while it runs: POST
+    /api/v1/token and `tickvault token set` must say so, not promise a second."""
+    alone, beside = tmp_path / "alone", tmp_path / "beside"
+
+    def post(base: str) -> dict[str, object]:
+        with client(base) as http:
+            answer = http.post(
+                TOKEN_ROUTE, json={"access_token": NEW}, headers={"X-API-Key": API_KEY}
+            )
+        assert answer.status_code == 200, answer.text
+        assert NEW not in answer.text
+        return answer.json()
+
+    api_alone = Settings(data_dir=alone, api_key=Secret(API_KEY))
+    with serve(create_app(api_alone, instruments_db)) as base:
+        note = post(base)["note"]
+    assert note.startswith("no ingest runs on this data directory: the next one starts with")
+
+    async def beside_an_ingest_on_the_simulator() -> tuple[str, str]:
+        service = WebSocketService(Settings(data_dir=beside, simulator_rate=100), instruments_db)
+        await service.start()
+        try:
+            assert service.status().token.source == "simulator"
+            api_beside = Settings(data_dir=beside, api_key=Secret(API_KEY))
+            app = create_app(api_beside, instruments_db)
+            with serve(app) as base:
+                with client(base) as http:  # the status is published
+                    await _wait_for(lambda: http.get("/api/v1/websocket/status").status_code == 200)
+                note = await asyncio.to_thread(post, base)
+            command = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "tickvault", "token", "set",
+                cwd=REPO, env=_environment(beside), stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            stdout, stderr = await command.communicate(f"{NEW}\n".encode())
+            assert command.returncode == 0, stderr.decode()
+            await asyncio.sleep(1.5)  # what the ingest does with it meanwhile
+            assert service.status().token.source == "simulator"
+            return str(note["note"]), stdout.decode()
+        finally:
+            await service.stop()
+
+    note, printed = asyncio.run(beside_an_ingest_on_the_simulator())
+    assert note == f"{SIMULATOR_NOTE}; see GET /api/v1/websocket/status"
+    assert SIMULATOR_NOTE in printed
+    assert "within a second" not in printed
+
+
+def test_a_token_too_short_to_be_real_is_not_stored(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    done = subprocess.run(
+        [sys.executable, "-m", "tickvault", "token", "set"],
+        cwd=REPO,
+        env=_environment(data_dir),
+        input="t\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        "tickvault: the access token is shorter than 8 characters: not an Upstox token"
+    ]
+    assert not token_path(data_dir).exists()

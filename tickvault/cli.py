@@ -360,6 +360,12 @@ def build_parser() -> argparse.ArgumentParser:
     refresh_master.add_argument(
         "--max-bytes", type=int, metavar="N", help="refuse a file of more than N bytes of JSON"
     )
+    refresh_master.add_argument(
+        "--force",
+        action="store_true",
+        help="take the file even when it removes more than $TICKVAULT_INSTRUMENTS_MAX_REMOVED_SHARE"
+        " of the live instruments or of the F&O universe (default 0.2)",
+    )
     refresh_master.add_argument("--json", action="store_true", help="the report as JSON")
     refresh_master.set_defaults(handler=instruments_refresh.run)
 

@@ -4,7 +4,9 @@ the F&O universe's subscriptions following it.
 When an ingest runs on this data directory, the refresh is its work (over its control socket,
 ingest/control.py): it owns the feed, so it subscribes the stocks that joined and unsubscribes
 those that left at once, and it knows its simulator's URL. Otherwise the refresh runs here
-and leaves the change in the subscriptions table for the next ingest.
+and leaves the change in the subscriptions table for the next ingest. Either way a file that
+would remove more than TICKVAULT_INSTRUMENTS_MAX_REMOVED_SHARE of the master or of the F&O
+universe is refused (exit 1, nothing changed) unless `--force` is given.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     path = control_path(settings.data_dir)
     if listening(path):
         try:
-            answer = ask(path, RefreshInstruments(args.url, args.max_bytes), INGEST_TIMEOUT_S)
+            request = RefreshInstruments(args.url, args.max_bytes, args.force)
+            answer = ask(path, request, INGEST_TIMEOUT_S)
         except OSError as error:  # TimeoutError included: the refresh may still complete
             raise InstrumentFileError(
                 f"the running ingest did not answer on {path}: {type(error).__name__}: {error}"
@@ -41,7 +44,11 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     else:
         result = asyncio.run(
             refresh_instruments(
-                database_url(settings), settings, url=args.url, max_bytes=args.max_bytes
+                database_url(settings),
+                settings,
+                url=args.url,
+                max_bytes=args.max_bytes,
+                force=args.force,
             )
         )
         report, lines = result.as_dict(), result.lines()

@@ -3,7 +3,14 @@
 It prints the dialog URL; the user logs in in a browser, and Upstox redirects to the app's
 redirect URI with a code. When that URI is a loopback http:// address, a listener here
 receives the redirect itself; otherwise the user pastes the URL the browser landed on (or the
-code alone). The code is exchanged with a form POST for the token, which is stored as
+code alone).
+
+A redirect counts only with this run's `state` (random, compared in constant time): the
+listener is a port anyone on the machine, or any page the browser visits, can send a request
+to, and a code without the state may be someone else's, whose token would then be stored as
+ours. The listener answers such a request 400 and keeps waiting for the real redirect.
+
+The code is exchanged with a form POST for the token, which is stored as
 `tickvault token set` stores it. The client secret is a Secret: it goes into the form body
 and nowhere else.
 """
@@ -11,6 +18,8 @@ and nowhere else.
 from __future__ import annotations
 
 import argparse
+import hmac
+import html
 import http.server
 import secrets
 import sys
@@ -26,7 +35,7 @@ from ingest.upstox.wire import LOGIN_DIALOG_PATH, LOGIN_TOKEN_PATH
 from tickvault.token import store
 
 _HTTP_TIMEOUT_S = 15.0
-_PAGE = b"<!doctype html><title>tickvault</title><p>%s You can close this tab.</p>"
+_PAGE = b"<!doctype html><title>tickvault</title><p>%s</p>"
 
 
 class LoginError(ValueError):
@@ -34,7 +43,8 @@ class LoginError(ValueError):
 
 
 class _Callback(http.server.BaseHTTPRequestHandler):
-    """The redirect from Upstox: keeps the query of a GET on the expected path."""
+    """The redirect from Upstox: keeps the code of a GET on the expected path with this
+    login's state; any other request is refused and the login waits on."""
 
     server: _CallbackServer
 
@@ -43,41 +53,51 @@ class _Callback(http.server.BaseHTTPRequestHandler):
         if url.path != self.server.path:
             self.send_error(404)
             return
-        self.server.query = {name: values[0] for name, values in parse_qs(url.query).items()}
-        ok = "code" in self.server.query
-        self.send_response(200 if ok else 400)
+        try:
+            self.server.code = code_from(_query(url.query), self.server.state)
+        except LoginError as error:
+            print(f"refused a request to the redirect URI: {error}", file=sys.stderr, flush=True)
+            self._page(400, f"Not this login's redirect: {error}. tickvault is still waiting.")
+            return
+        self._page(200, "tickvault is logged in. You can close this tab.")
+
+    def _page(self, status: int, text: str) -> None:
+        self.send_response(status)
         self.send_header("Content-Type", "text/html; charset=utf-8")
         self.end_headers()
-        self.wfile.write(_PAGE % (b"tickvault is logged in." if ok else b"No code came back."))
+        self.wfile.write(_PAGE % html.escape(text, quote=False).encode())
 
     def log_message(self, format: str, *args: Any) -> None:
         """Silent: the request line carries the code."""
 
 
 class _CallbackServer(http.server.HTTPServer):
-    def __init__(self, host: str, port: int, path: str) -> None:
+    def __init__(self, host: str, port: int, path: str, state: str) -> None:
         super().__init__((host, port), _Callback)
         self.path = path
-        self.query: dict[str, str] | None = None
+        self.state = state
+        self.code: str | None = None
         self.timeout = 0.5
 
-    def wait(self, timeout_s: float) -> dict[str, str]:
+    def wait(self, timeout_s: float) -> str:
+        """The code of the first redirect with this login's state."""
         deadline = time.monotonic() + timeout_s
-        while self.query is None:
+        while self.code is None:
             if time.monotonic() > deadline:
                 raise LoginError(f"no redirect from Upstox within {timeout_s:.0f} s")
             self.handle_request()
-        return self.query
+        return self.code
 
 
-def loopback_listener(redirect_uri: str) -> _CallbackServer | None:
-    """A listener on the redirect URI when it is a loopback http:// URL, else None."""
+def loopback_listener(redirect_uri: str, state: str) -> _CallbackServer | None:
+    """A listener on the redirect URI when it is a loopback http:// URL, else None; it takes
+    only a redirect that carries `state`."""
     parts = urlsplit(redirect_uri)
     if parts.scheme != "http" or not is_loopback(parts.hostname):
         return None
     host = "127.0.0.1" if parts.hostname == "localhost" else (parts.hostname or "")
     try:
-        return _CallbackServer(host, parts.port or 80, parts.path or "/")
+        return _CallbackServer(host, parts.port or 80, parts.path or "/", state)
     except OSError as error:
         raise LoginError(f"cannot listen on {redirect_uri} for the redirect: {error}") from None
 
@@ -92,10 +112,18 @@ def dialog_url(base: str, client_id: str, redirect_uri: str, state: str) -> str:
     return f"{base}{LOGIN_DIALOG_PATH}?{urlencode(query)}"
 
 
+def _query(query: str) -> dict[str, str]:
+    return {name: values[0] for name, values in parse_qs(query).items()}
+
+
 def code_from(answer: dict[str, str], state: str) -> str:
-    """The code of a redirect's query, checked against the state this login sent."""
-    if "state" in answer and not secrets.compare_digest(answer["state"], state):
-        raise LoginError("the redirect's state is not this login's: start again")
+    """The code of a redirect's query, which must carry the state this login sent."""
+    given = answer.get("state")
+    if given is None:
+        raise LoginError("the redirect carried no state, so its code may be anyone's")
+    # As bytes: compare_digest refuses a str with characters beyond ASCII.
+    if not hmac.compare_digest(given.encode(), state.encode()):
+        raise LoginError("the redirect's state is not this login's")
     code = answer.get("code")
     if not code:
         raise LoginError(f"the redirect carried no code ({', '.join(sorted(answer)) or 'empty'})")
@@ -108,8 +136,10 @@ def pasted_code(text: str, state: str) -> str:
     if not text:
         raise LoginError("nothing was pasted")
     if "code=" in text:
-        query = parse_qs(urlsplit(text).query if "?" in text else text)
-        return code_from({name: values[0] for name, values in query.items()}, state)
+        try:
+            return code_from(_query(urlsplit(text).query if "?" in text else text), state)
+        except LoginError as error:
+            raise LoginError(f"{error}: start again") from None
     return text
 
 
@@ -167,13 +197,13 @@ def login(settings: Settings, args: argparse.Namespace) -> int:
     base = (settings.upstox_login_base or settings.upstox_api_base).rstrip("/")
     require_tls(base, "https", "http", "UPSTOX_LOGIN_BASE")
     state = secrets.token_urlsafe(16)
-    listener = None if args.paste else loopback_listener(settings.upstox_redirect_uri)
+    listener = None if args.paste else loopback_listener(settings.upstox_redirect_uri, state)
     url = dialog_url(base, settings.upstox_client_id, settings.upstox_redirect_uri, state)
     print(f"Open this URL in a browser and log in to Upstox:\n\n    {url}\n", flush=True)
     if listener is not None:
         print(f"waiting for the redirect to {settings.upstox_redirect_uri} ...", flush=True)
         with listener:
-            code = code_from(listener.wait(args.timeout), state)
+            code = listener.wait(args.timeout)
     else:
         print("Then paste the URL the browser was sent to (or its code):", flush=True)
         code = pasted_code(sys.stdin.readline(), state)

@@ -33,6 +33,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from ingest.upstox.redact import secret_pattern
+
 TRADING_LOG = "trading.log"
 ERRORS_LOG = "errors.log"
 LOG_FILE_MAX_BYTES = 10 * 1024**2  # a file is rotated past this size...
@@ -82,33 +84,27 @@ def _exception_text(formatter: logging.Formatter, record: logging.LogRecord) -> 
 
 class RedactFilter(logging.Filter):
     """Masks each secret in a record's message, traceback and stack, before any handler
-    formats it."""
+    formats it: wherever it occurs, or only standing alone when it is too short to be a real
+    one (ingest/upstox/redact.py), so that no other text is masked with it."""
 
     def __init__(self, secrets: list[str]) -> None:
         super().__init__()
-        self._secrets = [s for s in secrets if s]
+        self._pattern = secret_pattern(secrets)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not self._secrets:
+        pattern = self._pattern
+        if pattern is None:
             return True
         message = record.getMessage()
-        if self._holds_secret(message):
-            record.msg, record.args = self._mask(message), None
+        if pattern.search(message):
+            record.msg, record.args = pattern.sub(MASK, message), None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
-        if record.exc_text and self._holds_secret(record.exc_text):
-            record.exc_text = self._mask(record.exc_text)
-        if record.stack_info and self._holds_secret(record.stack_info):
-            record.stack_info = self._mask(record.stack_info)
+        if record.exc_text and pattern.search(record.exc_text):
+            record.exc_text = pattern.sub(MASK, record.exc_text)
+        if record.stack_info and pattern.search(record.stack_info):
+            record.stack_info = pattern.sub(MASK, record.stack_info)
         return True
-
-    def _holds_secret(self, text: str) -> bool:
-        return any(secret in text for secret in self._secrets)
-
-    def _mask(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, MASK)
-        return text
 
 
 def configure_logging(

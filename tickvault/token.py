@@ -15,7 +15,14 @@ from typing import Any, TextIO
 
 from ingest.config import Settings
 from ingest.published import IngestNotRunning, LatestTickReader, SlotBusy, published_path
-from ingest.tokens import ENV_WINS, StoredToken, choose_token, save_token, token_path
+from ingest.tokens import (
+    ENV_WINS,
+    StoredToken,
+    choose_token,
+    save_token,
+    token_path,
+    what_the_ingest_does,
+)
 
 
 def read_secret(prompt: str, stream: TextIO | None = None) -> str:
@@ -33,7 +40,8 @@ def store(settings: Settings, token: str, kind: str) -> StoredToken:
     if settings.upstox_access_token:
         print(f"warning: {ENV_WINS}", file=sys.stderr)
     else:
-        print("an ingest started on a stored token takes the new one within a second")
+        ingest = _running_ingest_token(settings)
+        print(what_the_ingest_does(ingest["source"] if ingest else None))
     return stored
 
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel, BeforeValidator
 from api.auth import API_KEY
 from api.context import ApiContext, Context
 from api.error_responses import responses
-from api.params import MAX_SYMBOL_LIST_CHARS, SYMBOL_LIST_RULES, symbol_list
+from api.params import SYMBOL_LIST_RULES, symbol_list
 from ingest.config import Settings
 from ingest.jobs.audit import run_audit
 from ingest.tokens import choose_token
@@ -74,7 +74,6 @@ async def run(
     symbols: Annotated[
         str | None,
         Query(
-            max_length=MAX_SYMBOL_LIST_CHARS,
             description=f"Comma-separated, {SYMBOL_LIST_RULES}; default: every instrument"
             " with bars that day",
         ),

@@ -21,7 +21,7 @@ from api.models import (
     SubscriptionOut,
     UnsubscribeOut,
 )
-from api.params import MAX_SYMBOL_LIST_CHARS, SYMBOL_LIST_RULES, Symbol, symbol_list
+from api.params import SYMBOL_LIST_RULES, Symbol, symbol_list
 from ingest.published import IngestNotRunning, SlotBusy
 from ingest.status import IngestStatus
 from store.subscriptions import listing
@@ -100,7 +100,6 @@ async def latest_ticks(
     symbols: Annotated[
         str | None,
         Query(
-            max_length=MAX_SYMBOL_LIST_CHARS,
             description="Comma-separated trading symbols, index names or instrument keys"
             f" ({SYMBOL_LIST_RULES}); leave out for every instrument with a tick",
             examples=["INFY,TCS"],

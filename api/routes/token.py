@@ -1,7 +1,9 @@
 """A new Upstox access token for the ingest, without a restart and without a shell.
 
 The API and the ingest may be two processes; the token goes where `tickvault token set`
-puts it, the data directory's token file, which the ingest follows (ingest/tokens.py).
+puts it, the data directory's token file, which the ingest follows when it started on it
+(ingest/tokens.py). The answer's note says what the ingest will do, from its status: an
+ingest on the simulator or on UPSTOX_ACCESS_TOKEN does not take it until restarted.
 
 The body is read here rather than by a pydantic model: FastAPI's 422 quotes the input it
 refused, and a body of the wrong shape would come back with the token in it.
@@ -17,10 +19,12 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import API_KEY
-from api.context import Context
+from api.context import ApiContext, Context
 from api.error_responses import responses
+from api.ingest_state import StatusNotPublished
 from core.ist import IST
-from ingest.tokens import ENV_WINS, KINDS, save_token
+from ingest.published import IngestNotRunning, SlotBusy
+from ingest.tokens import ENV_WINS, KINDS, save_token, what_the_ingest_does
 
 router = APIRouter(prefix="/api/v1", tags=["token"])
 
@@ -51,8 +55,9 @@ class TokenOut(BaseModel):
     },
 )
 async def set_token(request: Request, context: Context) -> TokenOut:
-    """Store a new access token (a daily one ends at 03:30 IST); the ingest takes it within a
-    second, re-authorizes and resumes. 409 while UPSTOX_ACCESS_TOKEN is set: it would win."""
+    """Store a new access token (a daily one ends at 03:30 IST). An ingest that started on
+    the stored token takes it within a second, re-authorizes and resumes; the note says
+    whether the running one will. 409 while UPSTOX_ACCESS_TOKEN is set here: it would win."""
     if context.settings.upstox_access_token:
         raise HTTPException(status_code=409, detail=ENV_WINS)
     token, kind = _token_and_kind(await request.body())
@@ -65,8 +70,30 @@ async def set_token(request: Request, context: Context) -> TokenOut:
         kind=kind,
         saved_at=stored.saved_at.isoformat(),
         expires_at=stored.expires_at.astimezone(IST).isoformat() if stored.expires_at else None,
-        note="the ingest takes it within a second; see GET /api/v1/websocket/status",
+        note=await run_in_threadpool(_note, context),
     )
+
+
+def _note(context: ApiContext) -> str:
+    """What the ingest will do with the token, from its status."""
+    see = "see GET /api/v1/websocket/status"
+    try:
+        source = _ingest_token_source(context)
+    except (StatusNotPublished, SlotBusy):
+        return f"the ingest's status cannot be read now (it may be starting): {see}"
+    return f"{what_the_ingest_does(source)}; {see}"
+
+
+def _ingest_token_source(context: ApiContext) -> str | None:
+    """Where the running ingest's token comes from, None when no ingest runs;
+    StatusNotPublished or SlotBusy when that cannot be told now."""
+    try:
+        token = context.published.status().token
+    except IngestNotRunning:
+        return None
+    if token is None:
+        raise StatusNotPublished("the ingest is starting")
+    return token.source
 
 
 def _token_and_kind(body: bytes) -> tuple[str, Any]:

@@ -7,7 +7,9 @@ the master in one transaction (store/instrument_refresh.py) and reports what cha
 the running feed's subscriptions, it also subscribes the stocks that joined the universe and
 unsubscribes the ones that left; without them (no ingest runs), the subscriptions table alone
 records the change, and the next ingest resumes it. A download that fails, is
-truncated or does not parse changes nothing, and the error says why.
+truncated or does not parse changes nothing, and the error says why; so does a valid file that
+would take out more of the live master or of the F&O universe than
+TICKVAULT_INSTRUMENTS_MAX_REMOVED_SHARE allows (an empty `[]` one bad morning), unless forced.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from ingest.client.authorize import is_loopback, require_tls
 from ingest.config import Settings, variable
 from ingest.subscriptions import SubscriptionManager
 from ingest.upstox.wire import INSTRUMENTS_HOST, INSTRUMENTS_PATH
-from store.instrument_refresh import LEFT_UNIVERSE, MasterChange, refresh_master
+from store.instrument_refresh import LEFT_UNIVERSE, MasterChange, RefreshRefused, refresh_master
 from store.instruments import InstrumentFileError, max_bytes_setting, read_instruments
 from store.instruments import trading_symbols as symbols_of
 
@@ -163,19 +165,21 @@ async def refresh_instruments(
     simulator_url: str | None = None,
     url: str | None = None,
     max_bytes: int | None = None,
+    force: bool = False,
 ) -> RefreshReport:
     """Refresh the master from `url` (default: `instruments_url`); see the module docstring.
 
     `subscriptions` are the running feed's, which then follows the universe; None when no
     ingest runs. `simulator_url` is the feed's simulator, whose master is the default source
     while the ingest runs on it. `max_bytes` bounds the download and its unpacked JSON
-    (default: TICKVAULT_INSTRUMENTS_MAX_BYTES). InstrumentFileError when nothing could be
-    changed.
+    (default: TICKVAULT_INSTRUMENTS_MAX_BYTES); `force` takes a file however much it removes.
+    InstrumentFileError when nothing could be changed.
     """
     source = url or instruments_url(settings, simulator_url)
     limit = max_bytes_setting() if max_bytes is None else max_bytes
+    share = None if force else settings.instruments_max_removed_share
     change, symbols = await asyncio.to_thread(
-        _download_and_refresh, source, database_url, limit, settings.feed_mode
+        _download_and_refresh, source, database_url, limit, settings.feed_mode, share
     )
     if subscriptions is None:
         return RefreshReport(
@@ -200,7 +204,7 @@ async def refresh_instruments(
 
 
 def _download_and_refresh(
-    url: str, database_url: str, max_bytes: int, feed_mode: str
+    url: str, database_url: str, max_bytes: int, feed_mode: str, max_removed_share: float | None
 ) -> tuple[MasterChange, dict[str, str]]:
     with tempfile.TemporaryDirectory(prefix="tickvault-instruments-") as directory:
         path = Path(directory) / "complete.json.gz"
@@ -213,6 +217,13 @@ def _download_and_refresh(
                 f"{str(error).replace(str(path), url)}; nothing was changed"
             ) from None
     with psycopg.connect(database_url, connect_timeout=10) as conn:
-        change = refresh_master(conn, records, url, feed_mode)
+        try:
+            change = refresh_master(conn, records, url, feed_mode, max_removed_share)
+        except RefreshRefused as error:
+            raise RefreshRefused(
+                f"{url}: {error} ({variable('instruments_max_removed_share')}); nothing was"
+                " changed. If the file is right, `tickvault instruments refresh --force`"
+                " takes it"
+            ) from None
         symbols = symbols_of(conn, [*change.universe_added, *change.universe_removed])
     return change, symbols
