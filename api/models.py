@@ -9,11 +9,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
 
 from api.params import Symbol
 from ingest.upstox.wire import Mode
 from store.bars import BarInterval
+from store.tick import TICK_FIELDS
 
 
 class HealthOut(BaseModel):
@@ -57,32 +58,12 @@ class UnsubscribeOut(BaseModel):
     status: Literal["unsubscribed"]
 
 
-class TickOut(BaseModel):
-    """One row of `ticks`; times are ISO 8601 UTC."""
-
-    instrument_key: str
-    ts: datetime
-    ltp: float
-    ltq: int | None
-    vtt: int | None
-    volume_delta: int | None
-    cp: float | None
-    atp: float | None
-    oi: float | None
-    iv: float | None
-    tbq: float | None
-    tsq: float | None
-    bid_price: float | None
-    bid_qty: int | None
-    ask_price: float | None
-    ask_qty: int | None
-    delta: float | None
-    theta: float | None
-    gamma: float | None
-    vega: float | None
-    rho: float | None
-    feed_ts: datetime | None
-    received_at: datetime
+# One row of `ticks`, its fields from store.tick.TICK_FIELDS; times are ISO 8601 UTC.
+TickOut = create_model(
+    "TickOut",
+    __doc__="One row of `ticks`; times are ISO 8601 UTC.",
+    **{column.name: (column.python_type, ...) for column in TICK_FIELDS},
+)
 
 
 class LatestTickOut(TickOut):

@@ -7,66 +7,48 @@ one when a handler or a caller asks.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import make_dataclass
 from typing import Any
 
-from store.tick import Tick, as_dict
+from store.tick import TICK_FIELDS, Tick, as_dict
 
-# Our column names under the names the Phase 2 guide uses.
-_GUIDE_NAMES = {"ltp": "last_price", "ltq": "last_quantity", "vtt": "volume", "ts": "timestamp"}
+# Our column names under the names the Phase 2 guide uses, where they differ.
+_GUIDE_NAMES = {column.name: column.guide_name or column.name for column in TICK_FIELDS}
 
 
-@dataclass(frozen=True, slots=True)
-class TickData:
-    """What the feed said of one instrument at one moment.
+def _from_tick(cls: type, tick: Tick, symbol: str) -> Any:
+    return cls(
+        symbol=symbol, **{_GUIDE_NAMES[name]: value for name, value in as_dict(tick).items()}
+    )
 
-    `volume` is the day's traded volume so far (Upstox's `vtt`); `volume_delta` the part of
-    it this tick added. Prices are rupees; times are aware UTC datetimes.
-    """
 
-    symbol: str
-    instrument_key: str
-    last_price: float
-    last_quantity: int | None
-    volume: int | None
-    timestamp: datetime
-    volume_delta: int | None
-    close_price: float | None
-    average_price: float | None
-    oi: float | None
-    iv: float | None
-    total_buy_quantity: float | None
-    total_sell_quantity: float | None
-    bid_price: float | None
-    bid_qty: int | None
-    ask_price: float | None
-    ask_qty: int | None
-    delta: float | None
-    theta: float | None
-    gamma: float | None
-    vega: float | None
-    rho: float | None
-    feed_ts: datetime | None
-    received_at: datetime
+def _price(self: Any) -> float:
+    """The guide's other name for `last_price`."""
+    return self.last_price
 
-    @classmethod
-    def from_tick(cls, tick: Tick, symbol: str) -> TickData:
-        row = as_dict(tick)
-        renamed = {_GUIDE_NAMES.get(name, name): value for name, value in row.items()}
-        renamed["close_price"] = renamed.pop("cp")
-        renamed["average_price"] = renamed.pop("atp")
-        renamed["total_buy_quantity"] = renamed.pop("tbq")
-        renamed["total_sell_quantity"] = renamed.pop("tsq")
-        return cls(symbol=symbol, **renamed)
 
-    @property
-    def price(self) -> float:
-        """The guide's other name for `last_price`."""
-        return self.last_price
+def _as_dict(self: Any) -> dict[str, Any]:
+    """Every field, and `price` beside `last_price`: the keys the guide's users read from
+    `get_latest_tick()`."""
+    fields = {name: getattr(self, name) for name in self.__dataclass_fields__}
+    return {"price": self.last_price, **fields}
 
-    def as_dict(self) -> dict[str, Any]:
-        """Every field, and `price` beside `last_price`: the keys the guide's users read from
-        `get_latest_tick()`."""
-        fields = {name: getattr(self, name) for name in self.__dataclass_fields__}
-        return {"price": self.last_price, **fields}
+
+# A frozen dataclass of the symbol and every field of store.tick.TICK_FIELDS, under the guide's
+# names: `last_price`, `last_quantity`, `volume` (the day's traded volume so far, Upstox's
+# vtt), `timestamp`, `close_price`, `average_price`, `total_buy_quantity`,
+# `total_sell_quantity`, and the table's own for the rest (`volume_delta` the part of volume
+# this tick added). Prices are rupees; times are aware UTC datetimes.
+TickData = make_dataclass(
+    "TickData",
+    [("symbol", str)] + [(_GUIDE_NAMES[column.name], column.python_type) for column in TICK_FIELDS],
+    frozen=True,
+    slots=True,
+    namespace={
+        "__doc__": "What the feed said of one instrument at one moment.",
+        "from_tick": classmethod(_from_tick),
+        "price": property(_price),
+        "as_dict": _as_dict,
+    },
+)
+TickData.__module__ = __name__  # where `TickData` is imported from, not dataclasses

@@ -13,35 +13,64 @@ that want one call `to_datetime`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-# Each column, in the `ticks` table's COPY order, with its PostgreSQL type (binary COPY
-# applies no casts, so the type is what is sent).
-TICK_COLUMN_TYPES: dict[str, str] = {
-    "instrument_key": "text",
-    "ts": "timestamptz",
-    "ltp": "float8",
-    "ltq": "int8",
-    "vtt": "int8",
-    "volume_delta": "int8",
-    "cp": "float8",
-    "atp": "float8",
-    "oi": "float8",
-    "iv": "float8",
-    "tbq": "float8",
-    "tsq": "float8",
-    "bid_price": "float8",
-    "bid_qty": "int8",
-    "ask_price": "float8",
-    "ask_qty": "int8",
-    "delta": "float8",
-    "theta": "float8",
-    "gamma": "float8",
-    "vega": "float8",
-    "rho": "float8",
-    "feed_ts": "timestamptz",
-    "received_at": "timestamptz",
+
+@dataclass(frozen=True, slots=True)
+class TickColumn:
+    """One field of a tick, the one place it is written: the `ticks` table's column and COPY
+    type (binary COPY applies no casts, so the type is what is sent), whether it is ever
+    NULL, and its name in the Phase 2 guide's `TickData` where that differs. The writer's COPY
+    columns, the archive's Parquet schema, `TickData` and the API's tick model derive from it.
+    """
+
+    name: str
+    pg_type: str  # text, timestamptz, float8 or int8
+    required: bool = False  # never NULL
+    guide_name: str | None = None
+
+    @property
+    def python_type(self) -> type | object:
+        """What a reader gets for it: a datetime for a time, None where it may be NULL."""
+        base = _PYTHON_TYPES[self.pg_type]
+        return base if self.required else base | None
+
+
+_PYTHON_TYPES: dict[str, type] = {
+    "text": str,
+    "timestamptz": datetime,
+    "float8": float,
+    "int8": int,
 }
+
+# In the `ticks` table's COPY order.
+TICK_FIELDS: tuple[TickColumn, ...] = (
+    TickColumn("instrument_key", "text", required=True),
+    TickColumn("ts", "timestamptz", required=True, guide_name="timestamp"),
+    TickColumn("ltp", "float8", required=True, guide_name="last_price"),
+    TickColumn("ltq", "int8", guide_name="last_quantity"),
+    TickColumn("vtt", "int8", guide_name="volume"),  # the day's volume so far
+    TickColumn("volume_delta", "int8"),  # the part of vtt this tick added
+    TickColumn("cp", "float8", guide_name="close_price"),
+    TickColumn("atp", "float8", guide_name="average_price"),
+    TickColumn("oi", "float8"),
+    TickColumn("iv", "float8"),
+    TickColumn("tbq", "float8", guide_name="total_buy_quantity"),
+    TickColumn("tsq", "float8", guide_name="total_sell_quantity"),
+    TickColumn("bid_price", "float8"),
+    TickColumn("bid_qty", "int8"),
+    TickColumn("ask_price", "float8"),
+    TickColumn("ask_qty", "int8"),
+    TickColumn("delta", "float8"),
+    TickColumn("theta", "float8"),
+    TickColumn("gamma", "float8"),
+    TickColumn("vega", "float8"),
+    TickColumn("rho", "float8"),
+    TickColumn("feed_ts", "timestamptz"),
+    TickColumn("received_at", "timestamptz", required=True),
+)
+TICK_COLUMN_TYPES: dict[str, str] = {column.name: column.pg_type for column in TICK_FIELDS}
 TICK_COLUMNS: tuple[str, ...] = tuple(TICK_COLUMN_TYPES)
 TICK_PG_TYPES: tuple[str, ...] = tuple(TICK_COLUMN_TYPES.values())
 
