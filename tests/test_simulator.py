@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -26,9 +27,10 @@ from google.protobuf.message import DecodeError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidStatus
 
-from ingest.simulator import FeedSimulator
+from ingest.simulator import FeedSimulator, NotRecorded
 from ingest.simulator.frames import ENCODERS, snapshot_frame
-from ingest.simulator.market import DEFAULT_UNIVERSE, Instrument, Universe
+from ingest.simulator.market import DAY_MS, DEFAULT_UNIVERSE, Instrument, Universe
+from ingest.simulator.minutes import MINUTE_MS, MinuteBook
 from ingest.upstox.proto import upstox_feed_v3_pb2 as pb
 from ingest.upstox.wire import MODES
 
@@ -723,6 +725,52 @@ def test_hand_written_bytes_decode_to_the_instruments_values() -> None:
     assert any(bid_p == 0.0 for _, bid_p, _, _ in cheap.depth(30)), "bids should run out"
 
 
+# Memory: bounded by configuration, whatever the feed
+
+
+async def _read_until(ws: ClientConnection, simulator: FeedSimulator, ticks: int) -> None:
+    while simulator.stats()["ticks_sent"] < ticks:
+        await asyncio.wait_for(ws.recv(), 15)
+
+
+def test_the_tick_record_stops_at_its_limit_and_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def scenario() -> FeedSimulator:
+        simulator = FeedSimulator(rate=5000, frame_interval=0.01, record_limit=2_000)
+        async with simulator, feed(simulator) as ws:
+            await request(ws, "sub", ALL_KEYS, "full")
+            await _read_until(ws, simulator, 6_000)
+        return simulator
+
+    with caplog.at_level(logging.WARNING, logger="ingest.simulator.tape"):
+        simulator = asyncio.run(scenario())
+    stats = simulator.stats()
+    assert stats["ticks_sent"] >= 6_000
+    assert (stats["recorded_ticks"], stats["record_full"]) == (2_000, True)
+    with pytest.raises(NotRecorded, match="limit of 2000 ticks"):
+        simulator.sent_ticks()
+    full = [r.getMessage() for r in caplog.records if "record is full" in r.getMessage()]
+    assert len(full) == 1, full
+
+
+def test_the_minute_book_keeps_its_days_and_no_more() -> None:
+    """Three days of a trade a minute: the book holds today's and yesterday's minutes (its
+    default two IST dates), one aggregate per minute, whatever the trades."""
+    universe = Universe(DEFAULT_UNIVERSE, seed=1)
+    start = 1_767_205_800_000  # 2026-01-01 00:00 IST
+    instrument = Instrument(universe.profile(RELIANCE, start), universe, start)
+    book = MinuteBook()
+    for minute in range(3 * 1440):
+        for second in (0, 20, 40):  # three trades a minute, one aggregate
+            instrument.trade(start + minute * MINUTE_MS + second * 1000)
+            book.traded(instrument)
+    assert book.size() == 2 * 1440
+    kept = book.minutes(RELIANCE, 0, 2**62)
+    assert kept[0][0] == (start + DAY_MS) // MINUTE_MS, "the first day is gone"
+    assert kept[-1][0] == (start + 3 * DAY_MS) // MINUTE_MS - 1
+
+
 # Standalone
 
 
@@ -759,6 +807,37 @@ def test_command_line_serves_until_sigterm() -> None:
         assert status == 200
         assert {tick[0] for tick in sent} <= {RELIANCE, NIFTY}
         assert len(sent) == stats["ticks_sent"]
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_command_line_without_record_serves_candles_and_names_the_flag() -> None:
+    """Candles need no --record (they come from the minute book); the tick list does, and
+    its hook says so."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ingest.simulator", "--port", "0", "--rate", "500"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        base = process.stdout.readline().split()[-1]
+        status, stats = http_get(f"{base}/_sim/stats")
+        assert (stats["recording"], stats["whole_market"]) == (False, True)
+        candles = f"{base}/v3/historical-candle/intraday/NSE_EQ%7CINE062A01020/minutes/1"
+        deadline = time.monotonic() + 20
+        while not (answer := http_get(candles))[1].get("data", {}).get("candles"):
+            assert answer[0] == 200, answer  # nobody subscribed: its market trades anyway
+            assert time.monotonic() < deadline, answer
+            time.sleep(0.2)
+        status, body = http_get(f"{base}/_sim/sent_ticks")
+        assert status == 409
+        assert body["errors"][0]["errorCode"] == "SIM_NOT_RECORDED"
+        assert "--record" in body["errors"][0]["message"]
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=20) == 0
     finally:

@@ -4,9 +4,10 @@ the load generator of the benchmarks and the reference of the "no tick lost" tes
 It speaks the real protocol (see shared/specs/upstox-feed-v3.md): the REST authorize call
 and the redirect, single-use codes, a `market_info` frame first, JSON requests in binary
 frames, a snapshot after each `sub`, then conflated live frames at a configured rate. It
-records every distinct tick it wrote to a socket, so a test can compare the database with
-exactly what was sent, and it can misbehave on request: drop connections, send garbage,
-reject the token, go quiet.
+keeps each minute's OHLCV of what it traded (its candle endpoints' history, bounded in
+days), can record every distinct tick it wrote to a socket (bounded too), so a test can
+compare the database with exactly what was sent, and it can misbehave on request: drop
+connections, send garbage, reject the token, go quiet.
 
 Run it alone with `python -m ingest.simulator --port 8765 --rate 20000 --seed 1`; it then
 answers test hooks on the same port: GET /_sim/stats, /_sim/sent_ticks (with --record),
@@ -24,7 +25,7 @@ import ipaddress
 import logging
 import random
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +46,7 @@ from ingest.simulator.frames import (
 from ingest.simulator.instruments import InstrumentFile
 from ingest.simulator.login import LoginServer
 from ingest.simulator.market import DEFAULT_UNIVERSE, Instrument, Universe
+from ingest.simulator.minutes import DEFAULT_DAYS, MinuteBook
 from ingest.simulator.protocol import (
     ClientRequest,
     Gate,
@@ -53,7 +55,7 @@ from ingest.simulator.protocol import (
     parse_request,
 )
 from ingest.simulator.rest import Rest
-from ingest.simulator.tape import SentTick, Tape
+from ingest.simulator.tape import DEFAULT_RECORD_LIMIT, SentTick, Tape
 from ingest.upstox.redact import RedactBearer
 from ingest.upstox.wire import DEFAULT_MODE_LIMITS, FEED_PATH
 
@@ -63,6 +65,13 @@ logger.addFilter(RedactBearer())
 # A FeedResponse cannot start with 0x0f: field 1 with wire type 7, which does not exist.
 GARBAGE_FRAME = b"\x0fgarbage: not a FeedResponse"
 MIN_FRAME_INTERVAL = 0.002
+IDLE_TRADE_INTERVAL_S = 1.0  # a whole market's instruments nobody follows trade this often
+
+
+def wall_clock_ms() -> int:
+    """Epoch milliseconds: the market's clock unless a test gives another."""
+    return time.time_ns() // 1_000_000
+
 
 _Frame = tuple[bytes | str, list[Instrument]]  # a frame to send (str: an error) and its instruments
 
@@ -82,9 +91,15 @@ class FeedSimulator:
     `rate` is the market's ticks per second over every subscribed instrument, spread over
     frames `frame_interval` seconds apart (shorter when there are too few instruments to
     carry the rate at one appearance each per frame). `token` is the one access token
-    accepted; None accepts any non-empty token. With `record` off only counts are kept,
-    for long runs. `client_secret` is the one the OAuth login (`login_url`) accepts, None any;
-    a login's new token replaces the accepted one.
+    accepted; None accepts any non-empty token. `record` keeps every distinct sent tick for
+    `sent_ticks`, up to `record_limit` ticks (tape.py); off, only counts and the minute book
+    are kept, for long runs. The minute book (the candles' history) keeps `candle_days` IST
+    dates. With `whole_market`, every instrument of the universe (and any key followed once)
+    trades, unheard, once every IDLE_TRADE_INTERVAL_S while no session follows it, so the
+    candles cover minutes nobody was subscribed in (minutes.py: a minute a client heard is
+    still made of what it was sent); off, only followed instruments trade. `client_secret`
+    is the one the OAuth login (`login_url`) accepts, None any; a login's new token replaces
+    the accepted one. `clock` gives the market's time in epoch ms (a test may run it fast).
 
     A client that does not keep up holds the whole market back (the simulator waits for its
     socket to drain) rather than losing frames: the rate then measures what the slowest
@@ -101,13 +116,18 @@ class FeedSimulator:
         seed: int = 1,
         mode_limits: Mapping[str, tuple[int, int]] = DEFAULT_MODE_LIMITS,
         record: bool = True,
+        record_limit: int = DEFAULT_RECORD_LIMIT,
+        candle_days: int = DEFAULT_DAYS,
+        whole_market: bool = False,
         max_frame_bytes: int = 512 * 1024,
         client_secret: str | None = None,
         instruments_file: Path | None = None,
+        clock: Callable[[], int] = wall_clock_ms,
     ) -> None:
         if rate <= 0 or frame_interval <= 0:
             raise ValueError("rate and frame_interval must be positive")
         self.rate = rate
+        self._clock = clock
         self.frame_interval = frame_interval
         self.mode_limits = dict(mode_limits)
         self.max_frame_bytes = max_frame_bytes
@@ -116,9 +136,11 @@ class FeedSimulator:
         self.instrument_file = InstrumentFile(instruments, instruments_file)
         self._gate = Gate(token)
         self.market = SimulatedMarket()
+        self.minutes = MinuteBook(candle_days)
+        self.whole_market = whole_market
         self._rest = Rest(self, self._gate)
         self._login = LoginServer(self._gate, client_secret)
-        self._tape = Tape(record)
+        self._tape = Tape(self.minutes, record, record_limit)
         self._counts = self._tape.counts
         self._following = Following(Universe(instruments, seed))
         self._random = random.Random(seed).random
@@ -126,6 +148,7 @@ class FeedSimulator:
         self._stall_until = 0.0
         self._server: Server | None = None
         self._generator: asyncio.Task[None] | None = None
+        self._idle_trader: asyncio.Task[None] | None = None
         self._host = "127.0.0.1"
 
     # Life cycle
@@ -143,14 +166,20 @@ class FeedSimulator:
             logger=logger,
         )
         self._generator = asyncio.create_task(self._generate(), name="feed simulator")
+        if self.whole_market:
+            now_ms = self._clock()
+            for key in self._following.universe_keys():
+                self._following.know(key, now_ms)
+            self._idle_trader = asyncio.create_task(self._trade_idle(), name="idle market")
         await self._login.start(self._host)
 
     async def stop(self) -> None:
         await self._login.stop()
-        if self._generator is not None:
-            self._generator.cancel()
-            await asyncio.gather(self._generator, return_exceptions=True)
-            self._generator = None
+        for task in (self._generator, self._idle_trader):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._generator = self._idle_trader = None
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -190,7 +219,8 @@ class FeedSimulator:
     # What was sent
 
     def sent_ticks(self) -> list[SentTick]:
-        """Every distinct tick written to a client, in order; see `Tape.sent_ticks`."""
+        """Every distinct tick written to a client, in order; see `Tape.sent_ticks` (it
+        raises NotRecorded without `record`, or past `record_limit`)."""
         return self._tape.sent_ticks()
 
     def stats(self) -> dict[str, object]:
@@ -204,6 +234,10 @@ class FeedSimulator:
             "rate": self.rate,
             "frame_interval": self.frame_interval,
             "recording": self._tape.recording,
+            "recorded_ticks": 0 if self._tape.ticks is None else len(self._tape.ticks),
+            "record_full": self._tape.ticks is not None and self._tape.ticks.full,
+            "candle_minutes": self.minutes.size(),
+            "whole_market": self.whole_market,
             "stalled": self._stall_until > time.monotonic(),
             "rejecting_token": self._gate.rejecting,
             "drops": self._counts["drops"],
@@ -245,7 +279,7 @@ class FeedSimulator:
     async def send_market_info(self) -> int:
         """Tell every open feed connection the segment statuses of `market` (a test changed
         them) in a fresh market_info frame, as Upstox does when the market moves."""
-        return await self._broadcast(market_info_frame(_now_ms(), self.market.statuses))
+        return await self._broadcast(market_info_frame(self._clock(), self.market.statuses))
 
     async def _broadcast(self, frame: bytes) -> int:
         """`frame` to every open feed connection; how many there were."""
@@ -264,7 +298,7 @@ class FeedSimulator:
     async def _serve(self, connection: ServerConnection) -> None:
         session = _Session(connection)
         try:
-            await connection.send(market_info_frame(_now_ms(), self.market.statuses))
+            await connection.send(market_info_frame(self._clock(), self.market.statuses))
             self._sessions.append(session)
             async for message in connection:
                 for frame, instruments in self._on_request(session, message):
@@ -296,7 +330,7 @@ class FeedSimulator:
         assert request.mode is not None
         modes = {**session.modes, **dict.fromkeys(request.keys, request.mode)}
         check_limits(modes, self.mode_limits, request.method)
-        now_ms = _now_ms()
+        now_ms = self._clock()
         for key in request.keys:
             if key not in session.modes:
                 self._following.follow(key, now_ms)
@@ -357,13 +391,26 @@ class FeedSimulator:
             next_frame = max(next_frame + interval, time.monotonic())
             await asyncio.sleep(next_frame - time.monotonic())
 
+    async def _trade_idle(self) -> None:
+        """The whole market: each instrument nobody follows trades once an interval, to
+        nobody; the minute book keeps its minutes."""
+        traded = self.minutes.traded
+        next_round = time.monotonic()
+        while True:
+            now_ms = self._clock()
+            for instrument in self._following.idle():
+                if instrument.trade(now_ms):
+                    traded(instrument)
+            next_round = max(next_round + IDLE_TRADE_INTERVAL_S, time.monotonic())
+            await asyncio.sleep(next_round - time.monotonic())
+
     async def _emit(self, active: list[Instrument], count: int) -> None:
         """One live frame per session: `count` instruments trade, each at most once."""
         start = int(self._random() * len(active))
         chosen = active[start : start + count]
         if len(chosen) < count:
             chosen += active[: count - len(chosen)]
-        now_ms = _now_ms()
+        now_ms = self._clock()
         traded = [instrument for instrument in chosen if instrument.trade(now_ms)]
         if not traded:
             return
@@ -375,7 +422,3 @@ class FeedSimulator:
                 frames = split_frames(live_frame, now_ms, entries, included, self.max_frame_bytes)
                 for frame, instruments in frames:
                     await self._send(session, frame, instruments)
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
