@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Iterable
 
 from ingest.simulator.market import Instrument, Universe
 
@@ -59,6 +60,13 @@ class Following:
         if self._subscribers[key] <= 0:
             del self._subscribers[key]
         self._active = self._idle = None
+
+    def leave(self, modes: dict[str, str], keys: Iterable[str] | None = None) -> None:
+        """A session whose followed keys are `modes` (key -> mode) stops following `keys`
+        (all of them by default): they leave `modes`, and are followed one session fewer."""
+        for key in list(modes) if keys is None else keys:
+            if modes.pop(key, None) is not None:
+                self.unfollow(key)
 
     def active(self) -> list[Instrument]:
         """The followed instruments, in the order they were first followed."""

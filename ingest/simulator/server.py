@@ -43,6 +43,7 @@ from ingest.simulator.frames import (
     snapshot_frame,
     split_frames,
 )
+from ingest.simulator.idle import IdleMarket
 from ingest.simulator.instruments import InstrumentFile
 from ingest.simulator.login import LoginServer
 from ingest.simulator.market import DEFAULT_UNIVERSE, Instrument, Universe
@@ -65,7 +66,6 @@ logger.addFilter(RedactBearer())
 # A FeedResponse cannot start with 0x0f: field 1 with wire type 7, which does not exist.
 GARBAGE_FRAME = b"\x0fgarbage: not a FeedResponse"
 MIN_FRAME_INTERVAL = 0.002
-IDLE_TRADE_INTERVAL_S = 1.0  # a whole market's instruments nobody follows trade this often
 
 
 def wall_clock_ms() -> int:
@@ -88,18 +88,14 @@ class _Session:
 class FeedSimulator:
     """A feed server with a simulated market behind it; see the module docstring.
 
-    `rate` is the market's ticks per second over every subscribed instrument, spread over
-    frames `frame_interval` seconds apart (shorter when there are too few instruments to
-    carry the rate at one appearance each per frame). `token` is the one access token
-    accepted; None accepts any non-empty token. `record` keeps every distinct sent tick for
-    `sent_ticks`, up to `record_limit` ticks (tape.py); off, only counts and the minute book
-    are kept, for long runs. The minute book (the candles' history) keeps `candle_days` IST
-    dates. With `whole_market`, every instrument of the universe (and any key followed once)
-    trades, unheard, once every IDLE_TRADE_INTERVAL_S while no session follows it, so the
-    candles cover minutes nobody was subscribed in (minutes.py: a minute a client heard is
-    still made of what it was sent); off, only followed instruments trade. `client_secret`
-    is the one the OAuth login (`login_url`) accepts, None any; a login's new token replaces
-    the accepted one. `clock` gives the market's time in epoch ms (a test may run it fast).
+    `rate`: the market's ticks per second over the subscribed instruments, in frames
+    `frame_interval` s apart (closer when too few instruments carry the rate at one
+    appearance each a frame). `token`: the one access token accepted, None any non-empty.
+    `record`: keep every distinct sent tick, at most `record_limit` (tape.py); off, for long
+    runs, counts and the minute book of `candle_days` IST dates (minutes.py) are all it
+    keeps. `whole_market`: instruments nobody follows trade too (idle.py). `client_secret`:
+    the one the OAuth login (`login_url`) accepts, None any; a login's token replaces the
+    accepted one. `clock`: the market's time in epoch ms (a test may run it fast).
 
     A client that does not keep up holds the whole market back (the simulator waits for its
     socket to drain) rather than losing frames: the rate then measures what the slowest
@@ -137,18 +133,16 @@ class FeedSimulator:
         self._gate = Gate(token)
         self.market = SimulatedMarket()
         self.minutes = MinuteBook(candle_days)
-        self.whole_market = whole_market
         self._rest = Rest(self, self._gate)
         self._login = LoginServer(self._gate, client_secret)
         self._tape = Tape(self.minutes, record, record_limit)
-        self._counts = self._tape.counts
         self._following = Following(Universe(instruments, seed))
+        self._idle = IdleMarket(self._following, self.minutes, clock) if whole_market else None
         self._random = random.Random(seed).random
         self._sessions: list[_Session] = []
         self._stall_until = 0.0
         self._server: Server | None = None
-        self._generator: asyncio.Task[None] | None = None
-        self._idle_trader: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []  # the market's pace, the idle market
         self._host = "127.0.0.1"
 
     # Life cycle
@@ -165,21 +159,18 @@ class FeedSimulator:
             compression=None,  # Upstox's frames are small protobufs; deflate would cost the rate
             logger=logger,
         )
-        self._generator = asyncio.create_task(self._generate(), name="feed simulator")
-        if self.whole_market:
-            now_ms = self._clock()
-            for key in self._following.universe_keys():
-                self._following.know(key, now_ms)
-            self._idle_trader = asyncio.create_task(self._trade_idle(), name="idle market")
+        self._tasks = [asyncio.create_task(self._generate(), name="feed simulator")]
+        if self._idle is not None:
+            idle = self._idle.run(self._following.universe_keys())
+            self._tasks.append(asyncio.create_task(idle, name="idle market"))
         await self._login.start(self._host)
 
     async def stop(self) -> None:
         await self._login.stop()
-        for task in (self._generator, self._idle_trader):
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-        self._generator = self._idle_trader = None
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -227,21 +218,12 @@ class FeedSimulator:
         return {
             "connections": len(self._sessions),
             "subscribed_keys": len(self._following),
-            "ticks_sent": self._counts["ticks"],
-            "feeds_sent": self._counts["feeds"],
-            "frames_sent": self._counts["frames"],
-            "bytes_sent": self._counts["bytes"],
+            **self._tape.stats(),
             "rate": self.rate,
             "frame_interval": self.frame_interval,
-            "recording": self._tape.recording,
-            "recorded_ticks": 0 if self._tape.ticks is None else len(self._tape.ticks),
-            "record_full": self._tape.ticks is not None and self._tape.ticks.full,
-            "candle_minutes": self.minutes.size(),
-            "whole_market": self.whole_market,
+            "whole_market": self._idle is not None,
             "stalled": self._stall_until > time.monotonic(),
             "rejecting_token": self._gate.rejecting,
-            "drops": self._counts["drops"],
-            "garbage_frames": self._counts["garbage"],
         }
 
     # Faults
@@ -253,19 +235,19 @@ class FeedSimulator:
         for session in sessions:
             session.open = False
             session.connection.transport.close()
-            self._release(session)
+            self._following.leave(session.modes)
         for session in sessions:
             try:  # a client that reads nothing never takes the last bytes: cut it off
                 await asyncio.wait_for(session.connection.wait_closed(), 5)
             except TimeoutError:
                 session.connection.transport.abort()
-        self._counts["drops"] += len(sessions)
+        self._tape.counts["drops"] += len(sessions)
         return len(sessions)
 
     async def send_garbage(self) -> int:
         """One binary frame that is not a FeedResponse to every feed connection."""
         sent = await self._broadcast(GARBAGE_FRAME)
-        self._counts["garbage"] += sent
+        self._tape.counts["garbage"] += sent
         return sent
 
     def reject_token(self, rejecting: bool = True) -> None:
@@ -308,7 +290,7 @@ class FeedSimulator:
         finally:
             if session in self._sessions:
                 self._sessions.remove(session)
-                self._release(session)
+                self._following.leave(session.modes)
 
     def _on_request(self, session: _Session, message: str | bytes) -> list[_Frame]:
         """Apply one client request; the frames to answer with, each with its instruments.
@@ -319,7 +301,7 @@ class FeedSimulator:
         try:
             request = parse_request(message)
             if request.mode is None:
-                self._unsubscribe(session, request.keys)
+                self._following.leave(session.modes, request.keys)
                 return []
             return self._subscribe(session, request)
         except RequestError as error:
@@ -341,14 +323,6 @@ class FeedSimulator:
         return list(
             split_frames(snapshot_frame, now_ms, entries, instruments, self.max_frame_bytes)
         )
-
-    def _unsubscribe(self, session: _Session, keys: list[str]) -> None:
-        for key in keys:
-            if session.modes.pop(key, None) is not None:
-                self._following.unfollow(key)
-
-    def _release(self, session: _Session) -> None:
-        self._unsubscribe(session, list(session.modes))
 
     async def _send(
         self, session: _Session, frame: bytes | str, instruments: Sequence[Instrument]
@@ -390,19 +364,6 @@ class FeedSimulator:
             interval = min(self.frame_interval, max(interval, MIN_FRAME_INTERVAL))
             next_frame = max(next_frame + interval, time.monotonic())
             await asyncio.sleep(next_frame - time.monotonic())
-
-    async def _trade_idle(self) -> None:
-        """The whole market: each instrument nobody follows trades once an interval, to
-        nobody; the minute book keeps its minutes."""
-        traded = self.minutes.traded
-        next_round = time.monotonic()
-        while True:
-            now_ms = self._clock()
-            for instrument in self._following.idle():
-                if instrument.trade(now_ms):
-                    traded(instrument)
-            next_round = max(next_round + IDLE_TRADE_INTERVAL_S, time.monotonic())
-            await asyncio.sleep(next_round - time.monotonic())
 
     async def _emit(self, active: list[Instrument], count: int) -> None:
         """One live frame per session: `count` instruments trade, each at most once."""

@@ -104,10 +104,6 @@ class Tape:
         self.minutes = minutes
         self.ticks = TickRecord(record_limit) if recording else None
 
-    @property
-    def recording(self) -> bool:
-        return self.ticks is not None
-
     def sent_ticks(self) -> list[SentTick]:
         """Every distinct tick written to a client, in order: (instrument_key, ltt in epoch ms,
         ltp, ltq, vtt), ltq and vtt None for an index. A snapshot repeats an instrument's
@@ -120,6 +116,21 @@ class Tape:
                 " starts, WebSocketService(record_simulator=True)"
             )
         return self.ticks.ticks()
+
+    def stats(self) -> dict[str, object]:
+        counts, ticks = self.counts, self.ticks
+        return {
+            "ticks_sent": counts["ticks"],
+            "feeds_sent": counts["feeds"],
+            "frames_sent": counts["frames"],
+            "bytes_sent": counts["bytes"],
+            "drops": counts["drops"],
+            "garbage_frames": counts["garbage"],
+            "recording": ticks is not None,
+            "recorded_ticks": 0 if ticks is None else len(ticks),
+            "record_full": ticks is not None and ticks.full,
+            "candle_minutes": self.minutes.size(),
+        }
 
     def record(self, frame: bytes, instruments: Sequence[Instrument]) -> None:
         """A binary frame went out with these instruments' entries in it."""
