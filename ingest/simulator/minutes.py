@@ -152,13 +152,27 @@ class MinuteBook:
         self._kept_from = 0  # epoch minute: the first minute of the oldest day kept
 
     def sent(self, instrument: Instrument) -> None:
-        """`instrument`'s last trade went to a client."""
-        series = self._series_of(instrument)
-        vtt = None if instrument.index else instrument.vtt
-        traded = _rise(series.sent_vtt, vtt)
-        if vtt is not None:
+        """`instrument`'s last trade went to a client: on every tick sent, so the common
+        case (one more tick of a minute already heard) is written out here."""
+        series = self._series.get(instrument.key)
+        if series is None:
+            series = self._series_of(instrument)
+        traded = 0
+        if not instrument.index:
+            vtt, previous = instrument.vtt, series.sent_vtt
+            if previous is not None:
+                traded = vtt - previous if vtt >= previous else vtt  # see _rise
             series.sent_vtt = series.last_vtt = vtt
-        self._add(series, instrument, traded, True)
+        if instrument.ltt // MINUTE_MS == series.minute and series.streamed:
+            price = instrument.ltp
+            if price > series.high:
+                series.high = price
+            elif price < series.low:
+                series.low = price
+            series.close = price
+            series.volume += traded
+        else:
+            self._add(series, instrument, traded, True)
 
     def traded(self, instrument: Instrument) -> None:
         """`instrument` traded and nobody heard it."""
