@@ -58,8 +58,15 @@ class WebSocketService:
     """Feed client, pipeline, writer, cache, subscriptions, (Apache) bar rollup and the
     daily schedule."""
 
-    def __init__(self, settings: Settings, database_url: str) -> None:
+    def __init__(
+        self, settings: Settings, database_url: str, *, record_simulator: bool = False
+    ) -> None:
+        """`record_simulator`: the built-in simulator (the feed when no token is set) keeps
+        every tick it sends (`simulator.sent_ticks()`, at most a million), for a test that
+        compares the store with exactly what was sent; off, its memory does not grow with
+        the ticks, as a long run needs."""
         self.settings = settings
+        self._record_simulator = record_simulator
         self.database_url = database_url
         self.metrics = IngestMetrics()
         self.symbols = SymbolDirectory(self._connection)
@@ -137,7 +144,7 @@ class WebSocketService:
 
         self.tokens = TokenKeeper(settings)  # the environment's, else the file's
         client_settings, self.simulator = await _feed_settings(
-            settings, self.tokens, self._instrument_records
+            settings, self.tokens, self._instrument_records, self._record_simulator
         )
         self._client = FeedClient(client_settings, self._pipeline, source=self.feed_source)
         self.tokens.attach(self._client.update_token)
@@ -373,14 +380,18 @@ async def _feed_settings(
     settings: Settings,
     tokens: TokenKeeper,
     instrument_records: Callable[[], list[dict[str, Any]]],
+    record: bool = False,
 ) -> tuple[Settings, FeedSimulator | None]:
     """The feed client's settings, with the token found; with no token anywhere, the feed is
-    the simulator (started here, on the instrument master)."""
+    the simulator (started here, on the instrument master; `record`: see WebSocketService)."""
     if tokens.source != "missing":
         return replace(settings, upstox_access_token=tokens.token), None
     records = await asyncio.to_thread(instrument_records)
     simulator = FeedSimulator(
-        instruments=records, rate=settings.simulator_rate, seed=settings.simulator_seed
+        instruments=records,
+        rate=settings.simulator_rate,
+        seed=settings.simulator_seed,
+        record=record,
     )
     await simulator.start()
     feed_settings = replace(

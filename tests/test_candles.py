@@ -16,7 +16,7 @@ import httpx
 import pandas as pd
 import pytest
 
-from ingest.simulator import FeedSimulator
+from ingest.simulator import FeedSimulator, SentTick
 from ingest.upstox.candles import (
     IST,
     Candle,
@@ -25,11 +25,13 @@ from ingest.upstox.candles import (
     CandleError,
     RateLimits,
 )
-from tests.test_simulator import feed, http_get, request
+from ingest.upstox.proto import upstox_feed_v3_pb2 as pb
+from tests.test_simulator import feed, http_get, request, sent_tick
 
 RELIANCE = "NSE_EQ|INE002A01018"
 NIFTY = "NSE_INDEX|Nifty 50"
 NIFTY_FUT = "NSE_FO|900001"
+SBIN = "NSE_EQ|INE062A01020"  # in the simulator's universe; subscribed by nobody below
 KEYS = [RELIANCE, NIFTY, NIFTY_FUT]
 TOKEN = "candle-test-token-0123456789"
 # Quick retries for the tests; the windows are Upstox's own.
@@ -55,9 +57,14 @@ async def streamed(seconds: float = 1.5) -> AsyncIterator[FeedSimulator]:
 
 
 def expected_candles(simulator: FeedSimulator, key: str) -> list[Candle]:
-    """The minutes of what the simulator sent, built with pandas: LTP open/high/low/close
-    and the rise of vtt since the instrument's previous sent tick."""
-    ticks = pd.DataFrame(simulator.sent_ticks(), columns=["key", "ltt", "ltp", "ltq", "vtt"])
+    """The minutes of what the simulator sent."""
+    return minutes_of(simulator.sent_ticks(), key)
+
+
+def minutes_of(sent: list[SentTick], key: str) -> list[Candle]:
+    """`key`'s minutes of these ticks (in the order sent), built with pandas: LTP
+    open/high/low/close and the rise of vtt since the instrument's previous tick."""
+    ticks = pd.DataFrame(sent, columns=["key", "ltt", "ltp", "ltq", "vtt"])
     ticks = ticks[ticks.key == key].copy()
     ticks["traded"] = ticks.vtt.astype("Float64").diff().fillna(0).astype(int)
     ticks["start"] = pd.to_datetime(ticks.ltt, unit="ms", utc=True).dt.floor("min")
@@ -183,5 +190,71 @@ def test_requests_stay_within_the_per_second_window() -> None:
             started = time.monotonic()
             await asyncio.gather(*(client.minute_candles(NIFTY, today()) for _ in range(10)))
             assert time.monotonic() - started >= 1.0
+
+    asyncio.run(main())
+
+
+class FastClock:
+    """Market time from 10:00 IST today, running `speed` times as fast as the wall clock:
+    a test then sees minutes pass in seconds."""
+
+    def __init__(self, speed: float) -> None:
+        self.speed = speed
+        self.wall_start = time.time()
+        self.start = datetime.combine(today(), datetime.min.time(), IST) + timedelta(hours=10)
+
+    def __call__(self) -> int:
+        elapsed = (time.time() - self.wall_start) * self.speed
+        return int((self.start.timestamp() + elapsed) * 1000)
+
+
+async def hear(simulator: FeedSimulator, seconds: float, into: list[SentTick]) -> None:
+    """Follow KEYS for `seconds`, then stall the market and read what was on its way, so
+    that the client heard every tick sent to it before it leaves."""
+    async with feed(simulator) as ws:
+        await request(ws, "sub", KEYS, "full")
+        frames: list[bytes] = []
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                while True:
+                    frames.append(await ws.recv())
+        simulator.stall(3)
+        with contextlib.suppress(TimeoutError):
+            while True:
+                frames.append(await asyncio.wait_for(ws.recv(), 0.5))
+    for raw in frames:
+        response = pb.FeedResponse.FromString(raw)
+        if response.type != pb.market_info:
+            ticks = [sent_tick(key, feed_) for key, feed_ in response.feeds.items()]
+            into.extend(tick for tick in ticks if tick not in into)
+
+
+def test_the_whole_market_has_candles_for_minutes_nobody_heard() -> None:
+    """Minutes nobody was subscribed in have candles (an outage of the whole store can be
+    backfilled), of a key followed before and of a universe key nobody followed; a minute a
+    client heard is still exactly what it heard."""
+
+    async def main() -> None:
+        clock = FastClock(speed=60)  # a market minute a second
+        async with FeedSimulator(
+            rate=400, frame_interval=0.02, whole_market=True, clock=clock
+        ) as simulator:
+            heard: list[SentTick] = []
+            await hear(simulator, 1.5, heard)
+            await asyncio.sleep(5)  # nobody subscribed for about five market minutes
+            await hear(simulator, 1.5, heard)
+            async with CandleClient(simulator.url, TOKEN) as client:
+                candles = {key: await client.minute_candles(key, today()) for key in KEYS}
+                nobody_s = await client.minute_candles(SBIN, today())
+            assert simulator.stats()["whole_market"] is True
+        for key in KEYS:
+            expected = minutes_of(sorted(heard, key=lambda tick: tick[1]), key)
+            heard_minutes = {candle.start for candle in expected}
+            assert [c for c in candles[key] if c.start in heard_minutes] == expected, key
+            unheard = [c for c in candles[key] if c.start not in heard_minutes]
+            first, last = min(heard_minutes), max(heard_minutes)
+            assert [c for c in unheard if first < c.start < last], f"{key}: the outage"
+        assert len(nobody_s) >= 5
+        assert sum(candle.volume for candle in nobody_s) > 0
 
     asyncio.run(main())

@@ -69,7 +69,7 @@ async def _wait_for(condition: Callable[[], bool], seconds: float = 20.0) -> Non
 
 def test_clean_stop_writes_every_tick_once(instruments_db: str, tmp_path: Path) -> None:
     async def scenario() -> FeedSimulator:
-        service = WebSocketService(_settings(tmp_path), instruments_db)
+        service = WebSocketService(_settings(tmp_path), instruments_db, record_simulator=True)
         await service.start()
         await asyncio.sleep(3)
         await service.stop()
@@ -90,7 +90,9 @@ def test_database_outage_loses_nothing(
     async def scenario() -> tuple[FeedSimulator, IngestStatus, IngestStatus]:
         # A memory bound far below what the outage accumulates: the writer must fall back
         # to the journal and catch up from it.
-        service = WebSocketService(_settings(tmp_path, queue_max_rows=1500), instruments_db)
+        service = WebSocketService(
+            _settings(tmp_path, queue_max_rows=1500), instruments_db, record_simulator=True
+        )
         await service.start()
         await asyncio.sleep(1.5)
         await asyncio.to_thread(cluster.stop)
@@ -231,7 +233,7 @@ def test_slow_and_failing_custom_handlers_stall_nothing(
             raise ValueError("a bug in user code")
 
     async def scenario() -> tuple[FeedSimulator, IngestStatus]:
-        service = WebSocketService(_settings(tmp_path), instruments_db)
+        service = WebSocketService(_settings(tmp_path), instruments_db, record_simulator=True)
         await service.register_handler(SlowHandler().handle_tick)
         await service.start()
         await service.register_handler(FailingHandler().handle_tick)

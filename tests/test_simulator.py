@@ -765,3 +765,34 @@ def test_command_line_serves_until_sigterm() -> None:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_command_line_without_record_serves_candles_and_names_the_flag() -> None:
+    """Candles need no --record (they come from the minute book); the tick list does, and
+    its hook says so."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ingest.simulator", "--port", "0", "--rate", "500"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        base = process.stdout.readline().split()[-1]
+        status, stats = http_get(f"{base}/_sim/stats")
+        assert (stats["recording"], stats["whole_market"]) == (False, True)
+        candles = f"{base}/v3/historical-candle/intraday/NSE_EQ%7CINE062A01020/minutes/1"
+        deadline = time.monotonic() + 20
+        while not (answer := http_get(candles))[1].get("data", {}).get("candles"):
+            assert answer[0] == 200, answer  # nobody subscribed: its market trades anyway
+            assert time.monotonic() < deadline, answer
+            time.sleep(0.2)
+        status, body = http_get(f"{base}/_sim/sent_ticks")
+        assert status == 409
+        assert body["errors"][0]["errorCode"] == "SIM_NOT_RECORDED"
+        assert "--record" in body["errors"][0]["message"]
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

@@ -122,7 +122,7 @@ async def _sim(service: WebSocketService, hook: str) -> None:
 
 def _service(tmp_path: Path, url: str) -> WebSocketService:
     settings = Settings(data_dir=tmp_path / "data", simulator_rate=2000, stall_s=2.0)
-    return WebSocketService(settings, url)
+    return WebSocketService(settings, url, record_simulator=True)
 
 
 def test_a_stall_in_session_reconnects_once_and_loses_nothing(

@@ -2,11 +2,13 @@
 
 server (FeedSimulator: sockets, sessions, the market's pace), rest (authorize, redirect, test
 hooks), protocol (the rules of entry and of requests), following (the followed instruments),
-market (their prices), frames (protobuf bytes), tape (what was sent), command (the CLI).
+market (their prices), frames (protobuf bytes), tape (what was sent), minutes (each
+minute's OHLCV, the candles' history), candles (their endpoints), idle (the instruments
+nobody follows, trading on), command (the CLI).
 Imports nothing of the project but ingest.upstox (an import contract in pyproject.toml says so).
 """
 
 from ingest.simulator.server import FeedSimulator
-from ingest.simulator.tape import SentTick
+from ingest.simulator.tape import NotRecorded, SentTick
 
-__all__ = ["FeedSimulator", "SentTick"]
+__all__ = ["FeedSimulator", "NotRecorded", "SentTick"]

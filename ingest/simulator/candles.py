@@ -1,13 +1,11 @@
-"""Upstox's 1-minute candle endpoints, answered from the simulator's own tape.
+"""Upstox's 1-minute candle endpoints, answered from the simulator's minute book.
 
-The simulator's history is exactly what it streamed: the candles of a minute are built from
-the ticks it wrote to clients (`Tape.sent_ticks`), so they agree with what an ingest that
-heard every tick stores. Per instrument and IST minute (the candle's start): open, high,
-low and close of the LTP, and volume the rise of the day's traded quantity (`vtt`) from the
-instrument's previously sent tick; the first tick sent of an instrument adds nothing (what
-traded before it was never streamed), the rule tickvault's decoder follows for the first
-tick it hears. A minute the simulator did not stream has no candle; `oi` is 0 (the tape
-does not keep it); an index has volume 0, as on Upstox.
+The candles are the minutes the simulator keeps as its market trades (minutes.py): a
+minute it streamed is made of the ticks it wrote to clients, so its candle agrees with what
+an ingest that heard every tick stores; a minute nobody was sent (its whole market trades
+on, FeedSimulator's `whole_market`) is made of the trades nobody heard. A minute in which
+an instrument did not trade has no candle; `oi` is 0 (the book does not keep it); an index
+has volume 0, as on Upstox; days older than the book keeps have none.
 
 Served: `GET /v3/historical-candle/intraday/{key}/minutes/1` (today, IST) and
 `GET /v3/historical-candle/{key}/minutes/1/{to_date}[/{from_date}]`, with the token checked
@@ -17,74 +15,43 @@ answer 429 `UDAPI10005` as Upstox does over its rate limits.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, time, timedelta
 from urllib.parse import unquote
 
 from websockets.http11 import Request, Response
 
 from core.ist import IST
+from ingest.simulator.minutes import MINUTE_MS, MinuteBook
 from ingest.simulator.protocol import INVALID_TOKEN, Gate, error_response, json_response
-from ingest.simulator.tape import SentTick
 from ingest.upstox.candles import CANDLE_PATH, THROTTLED
 
 THROTTLED_ERROR = {"errorCode": THROTTLED, "message": "Too Many Request Sent"}
 MAX_DAYS = 31  # one call spans at most a month of 1-minute candles
-_MINUTE_MS = 60_000
 
 CandleRow = list[object]  # [ts with +05:30, open, high, low, close, volume, oi]
 
 
-@dataclass
-class _Bucket:
-    open: float
-    high: float
-    low: float
-    close: float
-    volume: int
-
-
-def tape_candles(ticks: Iterable[SentTick], key: str, first: date, last: date) -> list[CandleRow]:
-    """The 1-minute candles of `key` on IST dates `first`..`last` from sent ticks, newest
-    first as Upstox answers; see the module docstring for the rules."""
-    buckets: dict[int, _Bucket] = {}
-    previous_vtt: int | None = None
-    for tick_key, ltt, ltp, _ltq, vtt in ticks:
-        if tick_key != key:
-            continue
-        traded = 0
-        if vtt is not None and previous_vtt is not None:
-            traded = vtt - previous_vtt if vtt >= previous_vtt else vtt  # a restarted counter
-        if vtt is not None:
-            previous_vtt = vtt
-        minute = ltt // _MINUTE_MS
-        bucket = buckets.get(minute)
-        if bucket is None:
-            buckets[minute] = _Bucket(ltp, ltp, ltp, ltp, traded)
-        else:
-            bucket.high = max(bucket.high, ltp)
-            bucket.low = min(bucket.low, ltp)
-            bucket.close = ltp
-            bucket.volume += traded
+def book_candles(book: MinuteBook, key: str, first: date, last: date) -> list[CandleRow]:
+    """The 1-minute candles of `key` on IST dates `first`..`last`, newest first as Upstox
+    answers."""
+    start = datetime.combine(first, time(), IST)
+    end = datetime.combine(last + timedelta(days=1), time(), IST)
+    first_minute = int(start.timestamp() * 1000) // MINUTE_MS
+    last_minute = int(end.timestamp() * 1000) // MINUTE_MS - 1
     rows: list[CandleRow] = []
-    for minute in sorted(buckets, reverse=True):
-        start = datetime.fromtimestamp(minute * 60, IST)
-        if first <= start.date() <= last:
-            b = buckets[minute]
-            rows.append([start.isoformat(), b.open, b.high, b.low, b.close, b.volume, 0])
+    for minute, open_, high, low, close, volume in reversed(
+        book.minutes(key, first_minute, last_minute)
+    ):
+        moment = datetime.fromtimestamp(minute * 60, IST).isoformat()
+        rows.append([moment, open_, high, low, close, volume, 0])
     return rows
 
 
 class CandleEndpoints:
-    """The candle paths of the simulator's REST side; `sent_ticks` reads the tape and
-    `recording` says whether it keeps one."""
+    """The candle paths of the simulator's REST side, answered from `book`."""
 
-    def __init__(
-        self, sent_ticks: Callable[[], list[SentTick]], recording: Callable[[], bool], gate: Gate
-    ) -> None:
-        self._sent_ticks = sent_ticks
-        self._recording = recording
+    def __init__(self, book: MinuteBook, gate: Gate) -> None:
+        self._book = book
         self._gate = gate
         self._throttled = 0
 
@@ -122,11 +89,7 @@ class CandleEndpoints:
             return _invalid("to_date must not be before from_date")
         if last - first > timedelta(days=MAX_DAYS):
             return _invalid(f"a call spans at most {MAX_DAYS} days of 1-minute candles")
-        if not self._recording():
-            return error_response(
-                503, {"errorCode": "SIM_NO_TAPE", "message": "the simulator keeps no tape"}
-            )
-        rows = tape_candles(self._sent_ticks(), key, first, last)
+        rows = book_candles(self._book, key, first, last)
         return json_response(200, {"status": "success", "data": {"candles": rows}})
 
 

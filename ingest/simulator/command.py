@@ -5,6 +5,10 @@ It answers test hooks on its port: GET /_sim/stats, /_sim/sent_ticks (with --rec
 /_sim/accept_token?token=T and /_sim/throttle?n=N (the next N candle calls answer 429);
 Upstox's OAuth login on a port of its own (printed at start); and it publishes the instrument
 master, as Upstox does (--instruments-file serves another one).
+
+Standing in for Upstox, its whole market trades whether or not anyone is subscribed (each
+instrument nobody follows once a second), so its 1-minute candles cover an outage of the
+whole store; --followed-only trades only what a client follows.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from ingest.simulator.market import DEFAULT_UNIVERSE
+from ingest.simulator.minutes import DEFAULT_DAYS
 from ingest.simulator.server import FeedSimulator
+from ingest.simulator.tape import DEFAULT_RECORD_LIMIT
 from ingest.upstox.wire import INSTRUMENTS_PATH
 
 InstrumentReader = Callable[[Path], list[dict[str, Any]]]
@@ -33,6 +39,9 @@ async def _run(args: argparse.Namespace, instruments: list[dict[str, Any]]) -> N
         frame_interval=args.interval_ms / 1000,
         seed=args.seed,
         record=args.record,
+        record_limit=args.record_limit,
+        candle_days=args.candle_days,
+        whole_market=not args.followed_only,
         client_secret=args.client_secret,
         instruments_file=args.instruments_file,
     )
@@ -85,7 +94,26 @@ def main(
         " universe, at " + INSTRUMENTS_PATH,
     )
     parser.add_argument(
-        "--record", action="store_true", help="keep every sent tick for GET /_sim/sent_ticks"
+        "--record",
+        action="store_true",
+        help="keep every sent tick (up to --record-limit) for GET /_sim/sent_ticks",
+    )
+    parser.add_argument(
+        "--record-limit",
+        type=int,
+        default=DEFAULT_RECORD_LIMIT,
+        help="ticks --record keeps (36 bytes each); past it /_sim/sent_ticks answers 409",
+    )
+    parser.add_argument(
+        "--candle-days",
+        type=int,
+        default=DEFAULT_DAYS,
+        help="IST dates of 1-minute candles kept (today and the days before it)",
+    )
+    parser.add_argument(
+        "--followed-only",
+        action="store_true",
+        help="trade only the instruments a client follows (no candles for other minutes)",
     )
     parser.add_argument("--drop-every", type=float, default=0.0, help="drop connections every N s")
     parser.add_argument("--reject-token", action="store_true", help="start rejecting tokens")

@@ -1,10 +1,12 @@
-"""The instruments the simulator's sessions follow: made from the universe when first
-followed, trading while any session follows them."""
+"""The instruments the simulator knows: made from the universe when first followed (or, for
+a whole market, at start), trading at the feed's rate while any session follows them, and
+in the background otherwise (server.py)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Iterable
 
 from ingest.simulator.market import Instrument, Universe
 
@@ -18,6 +20,7 @@ class Following:
         self._instruments: dict[str, Instrument] = {}
         self._subscribers: Counter[str] = Counter()  # key -> sessions following it
         self._active: list[Instrument] | None = []  # None: rebuild from _subscribers
+        self._idle: list[Instrument] | None = []  # None: rebuild from both
         self._wake = asyncio.Event()
 
     def __len__(self) -> int:
@@ -31,13 +34,24 @@ class Following:
     def __getitem__(self, key: str) -> Instrument:
         return self._instruments[key]
 
+    def universe_keys(self) -> list[str]:
+        """The keys of the universe's records."""
+        return list(self._universe.records)
+
+    def know(self, key: str, now_ms: int) -> Instrument:
+        """`key`'s instrument, made (its day so far) if it is new."""
+        instrument = self._instruments.get(key)
+        if instrument is None:
+            profile = self._universe.profile(key, now_ms)
+            instrument = self._instruments[key] = Instrument(profile, self._universe, now_ms)
+            self._idle = None
+        return instrument
+
     def follow(self, key: str, now_ms: int) -> None:
         """One more session follows `key`."""
-        if key not in self._instruments:
-            profile = self._universe.profile(key, now_ms)
-            self._instruments[key] = Instrument(profile, self._universe, now_ms)
+        self.know(key, now_ms)
         self._subscribers[key] += 1
-        self._active = None
+        self._active = self._idle = None
         self._wake.set()
 
     def unfollow(self, key: str) -> None:
@@ -45,13 +59,27 @@ class Following:
         self._subscribers[key] -= 1
         if self._subscribers[key] <= 0:
             del self._subscribers[key]
-        self._active = None
+        self._active = self._idle = None
+
+    def leave(self, modes: dict[str, str], keys: Iterable[str] | None = None) -> None:
+        """A session whose followed keys are `modes` (key -> mode) stops following `keys`
+        (all of them by default): they leave `modes`, and are followed one session fewer."""
+        for key in list(modes) if keys is None else keys:
+            if modes.pop(key, None) is not None:
+                self.unfollow(key)
 
     def active(self) -> list[Instrument]:
         """The followed instruments, in the order they were first followed."""
         if self._active is None:
             self._active = [self._instruments[key] for key in self._subscribers]
         return self._active
+
+    def idle(self) -> list[Instrument]:
+        """The instruments known and followed by no session."""
+        if self._idle is None:
+            followed = self._subscribers
+            self._idle = [i for key, i in self._instruments.items() if key not in followed]
+        return self._idle
 
     async def wait(self) -> None:
         """Until a session follows an instrument (again), for a market with nothing to trade."""

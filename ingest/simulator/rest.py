@@ -16,6 +16,7 @@ from websockets.http11 import Request, Response
 from ingest.simulator.calendar import MARKET_PATH, SimulatedMarket
 from ingest.simulator.candles import CandleEndpoints
 from ingest.simulator.instruments import InstrumentFile
+from ingest.simulator.minutes import MinuteBook
 from ingest.simulator.protocol import (
     INVALID_TOKEN,
     Gate,
@@ -23,7 +24,7 @@ from ingest.simulator.protocol import (
     json_response,
     redirect_response,
 )
-from ingest.simulator.tape import SentTick
+from ingest.simulator.tape import NotRecorded, SentTick
 from ingest.upstox.wire import AUTHORIZE_PATH, FEED_PATH, INSTRUMENTS_PATH
 
 CONTROL_PATH = "/_sim/"
@@ -34,6 +35,9 @@ class Controls(Protocol):
 
     @property
     def feed_url(self) -> str: ...
+
+    @property
+    def minutes(self) -> MinuteBook: ...
 
     def stats(self) -> dict[str, object]: ...
 
@@ -65,9 +69,7 @@ class Rest:
         self._simulator = simulator
         self._gate = gate
         self._background: set[asyncio.Task[int]] = set()
-        self._candles = CandleEndpoints(
-            simulator.sent_ticks, lambda: bool(simulator.stats()["recording"]), gate
-        )
+        self._candles = CandleEndpoints(simulator.minutes, gate)
 
     def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         url = urlsplit(request.path)
@@ -106,7 +108,10 @@ class Rest:
         if action == "stats":
             return json_response(200, simulator.stats())
         if action == "sent_ticks":
-            return json_response(200, simulator.sent_ticks())
+            try:
+                return json_response(200, simulator.sent_ticks())
+            except NotRecorded as error:  # started without --record, or its record is full
+                return error_response(409, {"errorCode": "SIM_NOT_RECORDED", "message": str(error)})
         if action == "stall":
             simulator.stall(float(query.get("seconds", ["5"])[0]))
         elif action == "reject_token":

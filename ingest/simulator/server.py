@@ -4,9 +4,10 @@ the load generator of the benchmarks and the reference of the "no tick lost" tes
 It speaks the real protocol (see shared/specs/upstox-feed-v3.md): the REST authorize call
 and the redirect, single-use codes, a `market_info` frame first, JSON requests in binary
 frames, a snapshot after each `sub`, then conflated live frames at a configured rate. It
-records every distinct tick it wrote to a socket, so a test can compare the database with
-exactly what was sent, and it can misbehave on request: drop connections, send garbage,
-reject the token, go quiet.
+keeps each minute's OHLCV of what it traded (its candle endpoints' history, bounded in
+days), can record every distinct tick it wrote to a socket (bounded too), so a test can
+compare the database with exactly what was sent, and it can misbehave on request: drop
+connections, send garbage, reject the token, go quiet.
 
 Run it alone with `python -m ingest.simulator --port 8765 --rate 20000 --seed 1`; it then
 answers test hooks on the same port: GET /_sim/stats, /_sim/sent_ticks (with --record),
@@ -24,7 +25,7 @@ import ipaddress
 import logging
 import random
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,9 +43,11 @@ from ingest.simulator.frames import (
     snapshot_frame,
     split_frames,
 )
+from ingest.simulator.idle import IdleMarket
 from ingest.simulator.instruments import InstrumentFile
 from ingest.simulator.login import LoginServer
 from ingest.simulator.market import DEFAULT_UNIVERSE, Instrument, Universe
+from ingest.simulator.minutes import DEFAULT_DAYS, MinuteBook
 from ingest.simulator.protocol import (
     ClientRequest,
     Gate,
@@ -53,7 +56,7 @@ from ingest.simulator.protocol import (
     parse_request,
 )
 from ingest.simulator.rest import Rest
-from ingest.simulator.tape import SentTick, Tape
+from ingest.simulator.tape import DEFAULT_RECORD_LIMIT, SentTick, Tape
 from ingest.upstox.redact import RedactBearer
 from ingest.upstox.wire import DEFAULT_MODE_LIMITS, FEED_PATH
 
@@ -63,6 +66,12 @@ logger.addFilter(RedactBearer())
 # A FeedResponse cannot start with 0x0f: field 1 with wire type 7, which does not exist.
 GARBAGE_FRAME = b"\x0fgarbage: not a FeedResponse"
 MIN_FRAME_INTERVAL = 0.002
+
+
+def wall_clock_ms() -> int:
+    """Epoch milliseconds: the market's clock unless a test gives another."""
+    return time.time_ns() // 1_000_000
+
 
 _Frame = tuple[bytes | str, list[Instrument]]  # a frame to send (str: an error) and its instruments
 
@@ -79,12 +88,14 @@ class _Session:
 class FeedSimulator:
     """A feed server with a simulated market behind it; see the module docstring.
 
-    `rate` is the market's ticks per second over every subscribed instrument, spread over
-    frames `frame_interval` seconds apart (shorter when there are too few instruments to
-    carry the rate at one appearance each per frame). `token` is the one access token
-    accepted; None accepts any non-empty token. With `record` off only counts are kept,
-    for long runs. `client_secret` is the one the OAuth login (`login_url`) accepts, None any;
-    a login's new token replaces the accepted one.
+    `rate`: the market's ticks per second over the subscribed instruments, in frames
+    `frame_interval` s apart (closer when too few instruments carry the rate at one
+    appearance each a frame). `token`: the one access token accepted, None any non-empty.
+    `record`: keep every distinct sent tick, at most `record_limit` (tape.py); off, for long
+    runs, counts and the minute book of `candle_days` IST dates (minutes.py) are all it
+    keeps. `whole_market`: instruments nobody follows trade too (idle.py). `client_secret`:
+    the one the OAuth login (`login_url`) accepts, None any; a login's token replaces the
+    accepted one. `clock`: the market's time in epoch ms (a test may run it fast).
 
     A client that does not keep up holds the whole market back (the simulator waits for its
     socket to drain) rather than losing frames: the rate then measures what the slowest
@@ -101,13 +112,18 @@ class FeedSimulator:
         seed: int = 1,
         mode_limits: Mapping[str, tuple[int, int]] = DEFAULT_MODE_LIMITS,
         record: bool = True,
+        record_limit: int = DEFAULT_RECORD_LIMIT,
+        candle_days: int = DEFAULT_DAYS,
+        whole_market: bool = False,
         max_frame_bytes: int = 512 * 1024,
         client_secret: str | None = None,
         instruments_file: Path | None = None,
+        clock: Callable[[], int] = wall_clock_ms,
     ) -> None:
         if rate <= 0 or frame_interval <= 0:
             raise ValueError("rate and frame_interval must be positive")
         self.rate = rate
+        self._clock = clock
         self.frame_interval = frame_interval
         self.mode_limits = dict(mode_limits)
         self.max_frame_bytes = max_frame_bytes
@@ -116,16 +132,17 @@ class FeedSimulator:
         self.instrument_file = InstrumentFile(instruments, instruments_file)
         self._gate = Gate(token)
         self.market = SimulatedMarket()
+        self.minutes = MinuteBook(candle_days)
         self._rest = Rest(self, self._gate)
         self._login = LoginServer(self._gate, client_secret)
-        self._tape = Tape(record)
-        self._counts = self._tape.counts
+        self._tape = Tape(self.minutes, record, record_limit)
         self._following = Following(Universe(instruments, seed))
+        self._idle = IdleMarket(self._following, self.minutes, clock) if whole_market else None
         self._random = random.Random(seed).random
         self._sessions: list[_Session] = []
         self._stall_until = 0.0
         self._server: Server | None = None
-        self._generator: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []  # the market's pace, the idle market
         self._host = "127.0.0.1"
 
     # Life cycle
@@ -142,15 +159,18 @@ class FeedSimulator:
             compression=None,  # Upstox's frames are small protobufs; deflate would cost the rate
             logger=logger,
         )
-        self._generator = asyncio.create_task(self._generate(), name="feed simulator")
+        self._tasks = [asyncio.create_task(self._generate(), name="feed simulator")]
+        if self._idle is not None:
+            idle = self._idle.run(self._following.universe_keys())
+            self._tasks.append(asyncio.create_task(idle, name="idle market"))
         await self._login.start(self._host)
 
     async def stop(self) -> None:
         await self._login.stop()
-        if self._generator is not None:
-            self._generator.cancel()
-            await asyncio.gather(self._generator, return_exceptions=True)
-            self._generator = None
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -190,24 +210,20 @@ class FeedSimulator:
     # What was sent
 
     def sent_ticks(self) -> list[SentTick]:
-        """Every distinct tick written to a client, in order; see `Tape.sent_ticks`."""
+        """Every distinct tick written to a client, in order; see `Tape.sent_ticks` (it
+        raises NotRecorded without `record`, or past `record_limit`)."""
         return self._tape.sent_ticks()
 
     def stats(self) -> dict[str, object]:
         return {
             "connections": len(self._sessions),
             "subscribed_keys": len(self._following),
-            "ticks_sent": self._counts["ticks"],
-            "feeds_sent": self._counts["feeds"],
-            "frames_sent": self._counts["frames"],
-            "bytes_sent": self._counts["bytes"],
+            **self._tape.stats(),
             "rate": self.rate,
             "frame_interval": self.frame_interval,
-            "recording": self._tape.recording,
+            "whole_market": self._idle is not None,
             "stalled": self._stall_until > time.monotonic(),
             "rejecting_token": self._gate.rejecting,
-            "drops": self._counts["drops"],
-            "garbage_frames": self._counts["garbage"],
         }
 
     # Faults
@@ -219,19 +235,19 @@ class FeedSimulator:
         for session in sessions:
             session.open = False
             session.connection.transport.close()
-            self._release(session)
+            self._following.leave(session.modes)
         for session in sessions:
             try:  # a client that reads nothing never takes the last bytes: cut it off
                 await asyncio.wait_for(session.connection.wait_closed(), 5)
             except TimeoutError:
                 session.connection.transport.abort()
-        self._counts["drops"] += len(sessions)
+        self._tape.counts["drops"] += len(sessions)
         return len(sessions)
 
     async def send_garbage(self) -> int:
         """One binary frame that is not a FeedResponse to every feed connection."""
         sent = await self._broadcast(GARBAGE_FRAME)
-        self._counts["garbage"] += sent
+        self._tape.counts["garbage"] += sent
         return sent
 
     def reject_token(self, rejecting: bool = True) -> None:
@@ -245,7 +261,7 @@ class FeedSimulator:
     async def send_market_info(self) -> int:
         """Tell every open feed connection the segment statuses of `market` (a test changed
         them) in a fresh market_info frame, as Upstox does when the market moves."""
-        return await self._broadcast(market_info_frame(_now_ms(), self.market.statuses))
+        return await self._broadcast(market_info_frame(self._clock(), self.market.statuses))
 
     async def _broadcast(self, frame: bytes) -> int:
         """`frame` to every open feed connection; how many there were."""
@@ -264,7 +280,7 @@ class FeedSimulator:
     async def _serve(self, connection: ServerConnection) -> None:
         session = _Session(connection)
         try:
-            await connection.send(market_info_frame(_now_ms(), self.market.statuses))
+            await connection.send(market_info_frame(self._clock(), self.market.statuses))
             self._sessions.append(session)
             async for message in connection:
                 for frame, instruments in self._on_request(session, message):
@@ -274,7 +290,7 @@ class FeedSimulator:
         finally:
             if session in self._sessions:
                 self._sessions.remove(session)
-                self._release(session)
+                self._following.leave(session.modes)
 
     def _on_request(self, session: _Session, message: str | bytes) -> list[_Frame]:
         """Apply one client request; the frames to answer with, each with its instruments.
@@ -285,7 +301,7 @@ class FeedSimulator:
         try:
             request = parse_request(message)
             if request.mode is None:
-                self._unsubscribe(session, request.keys)
+                self._following.leave(session.modes, request.keys)
                 return []
             return self._subscribe(session, request)
         except RequestError as error:
@@ -296,7 +312,7 @@ class FeedSimulator:
         assert request.mode is not None
         modes = {**session.modes, **dict.fromkeys(request.keys, request.mode)}
         check_limits(modes, self.mode_limits, request.method)
-        now_ms = _now_ms()
+        now_ms = self._clock()
         for key in request.keys:
             if key not in session.modes:
                 self._following.follow(key, now_ms)
@@ -307,14 +323,6 @@ class FeedSimulator:
         return list(
             split_frames(snapshot_frame, now_ms, entries, instruments, self.max_frame_bytes)
         )
-
-    def _unsubscribe(self, session: _Session, keys: list[str]) -> None:
-        for key in keys:
-            if session.modes.pop(key, None) is not None:
-                self._following.unfollow(key)
-
-    def _release(self, session: _Session) -> None:
-        self._unsubscribe(session, list(session.modes))
 
     async def _send(
         self, session: _Session, frame: bytes | str, instruments: Sequence[Instrument]
@@ -363,7 +371,7 @@ class FeedSimulator:
         chosen = active[start : start + count]
         if len(chosen) < count:
             chosen += active[: count - len(chosen)]
-        now_ms = _now_ms()
+        now_ms = self._clock()
         traded = [instrument for instrument in chosen if instrument.trade(now_ms)]
         if not traded:
             return
@@ -375,7 +383,3 @@ class FeedSimulator:
                 frames = split_frames(live_frame, now_ms, entries, included, self.max_frame_bytes)
                 for frame, instruments in frames:
                     await self._send(session, frame, instruments)
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
