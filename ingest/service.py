@@ -95,9 +95,12 @@ class WebSocketService:
             max_size=4,
             open=False,
             # A request for a connection during an outage fails fast (the writer retries with
-            # its own backoff) and the pool never gives up re-creating connections.
+            # its own backoff). The pool's reconnects back off without a cap, so each round
+            # of them ends after db_retry_max_s; the next request for a connection starts a
+            # new one at once: through an outage of any length the database is tried again
+            # at most seconds apart.
             timeout=5,
-            reconnect_timeout=24 * 3600,
+            reconnect_timeout=settings.db_retry_max_s,
             check=ConnectionPool.check_connection,
             name="tickvault-ingest",
         )
@@ -121,6 +124,7 @@ class WebSocketService:
             catch_up_source=self._catch_up_source,
             next_batch_id=state.next_batch_id,
             committed_seq=state.committed_seq,
+            retry_max_s=settings.db_retry_max_s,
         )
         self._journal.mark_committed(state.committed_seq)
         self._pipeline.add_handler(self._writer)
@@ -197,14 +201,10 @@ class WebSocketService:
                 pass
             except Exception:
                 log.exception("the %s task had failed before the stop", name)
-        if self._coverage is not None and self._backfill is not None:
+        if self._backfill is not None:
             await self._backfill.stop()
-            await self._coverage.flush()  # the end of the spans, up to the last frame
-        if self._writer is not None:
-            await self._writer.stop()
-            writer = self._tasks.pop("writer", None)
-            if writer is not None:
-                await writer
+        # Side by side: through a database outage each gives up after one attempt.
+        await asyncio.gather(self._flush_coverage(), self._stop_writer())
         if self._pipeline is not None:
             await self._pipeline.close()
         if self._journal is not None:
@@ -214,6 +214,20 @@ class WebSocketService:
         if self._pool is not None:
             await asyncio.to_thread(self._pool.close)
         log.info("ingest stopped")
+
+    async def _flush_coverage(self) -> None:
+        """The end of the spans, up to the last frame."""
+        if self._coverage is not None:
+            await self._coverage.flush()
+
+    async def _stop_writer(self) -> None:
+        """Every tick delivered written, or, with the database unavailable, left in the
+        journal for the next start (the writer says how many frames)."""
+        if self._writer is not None:
+            await self._writer.stop()
+            writer = self._tasks.pop("writer", None)
+            if writer is not None:
+                await writer
 
     async def register_handler(self, callback: TickCallback) -> None:
         """Follow every tick with an async callback, in its own task behind a bounded buffer.

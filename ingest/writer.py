@@ -55,6 +55,11 @@ class TickDataHandler:
     the journal after the highest committed `last_seq`; after an ambiguous failure (the
     connection died around COMMIT) the writer checks that table before writing again.
 
+    Through an outage of any length the writer tries the database again at most
+    `retry_max_s` apart, so it writes again within seconds of the database's return. A stop
+    during an outage does not wait for the database: what is not committed is left in the
+    journal, which the next start replays after the last committed frame.
+
     Memory stays bounded through a database outage: past `queue_max_rows` the writer drops
     what it holds in memory and stops taking live ticks, because every one of them is in the
     journal. Once the database is back it re-decodes the journal from the last committed
@@ -74,6 +79,7 @@ class TickDataHandler:
         catch_up_source: CatchUpSource,
         next_batch_id: int = 1,
         committed_seq: int = 0,
+        retry_max_s: float = 5.0,
     ) -> None:
         self._pool = pool
         self._journal = journal
@@ -89,12 +95,14 @@ class TickDataHandler:
         self._pending_rows = 0
         self._wake = asyncio.Event()
         self._stopping = False
+        self._stop_requested = asyncio.Event()  # cuts a retry delay short
+        self._left_to_journal = False
         self._spilled = False
         self._journal_only_since: int | None = None
         self._db_available = True
         self._last_error: str | None = None
         # Between database retries, in _drain and _catch_up alike; reset by each commit.
-        self._retry = Backoff(initial=0.2, maximum=10.0, jitter=(0.5, 1.5))
+        self._retry = Backoff(initial=0.2, maximum=retry_max_s)
         self._started = time.monotonic()
         self.committed_seq = committed_seq
         self._instruments: set[str] = set()  # with committed rows: bounded by the master
@@ -171,7 +179,7 @@ class TickDataHandler:
 
     async def run(self) -> None:
         """Write batches until stop() is called and everything is flushed."""
-        while True:
+        while not self._left_to_journal:
             if self._pending:
                 await self._drain()
                 continue
@@ -201,7 +209,8 @@ class TickDataHandler:
             except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as error:
                 batch.attempts += 1
                 self._note_failure(error)
-                await self._retry.sleep()
+                if not await self._wait_to_retry():
+                    return
                 continue
             self._retry.reset()
             self._committed(batch)
@@ -212,7 +221,7 @@ class TickDataHandler:
             ticks_after = await asyncio.to_thread(self._catch_up_source)
         except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as error:
             self._note_failure(error)
-            await self._retry.sleep()
+            await self._wait_to_retry()
             return
         after = self.committed_seq
         while True:
@@ -228,6 +237,8 @@ class TickDataHandler:
                     self._enqueue(batch)
                     batch = None
                     await self._drain()
+                    if self._left_to_journal:
+                        return
             if batch is None and after == self._journal.last_seq:
                 # Nothing new since this pass began, and no await since it checked: the next
                 # live frame is exactly the next one to write.
@@ -238,6 +249,35 @@ class TickDataHandler:
             if batch is not None:
                 self._enqueue(batch)
             await self._drain()
+            if self._left_to_journal:
+                return
+
+    async def _wait_to_retry(self) -> bool:
+        """Wait the next retry delay, or until a stop; False once stopping: then what is not
+        written is left to the journal rather than waiting for the database."""
+        if not self._stopping:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop_requested.wait(), self._retry.delay())
+        if not self._stopping:
+            return True
+        self._leave_to_journal()
+        return False
+
+    def _leave_to_journal(self) -> None:
+        """Give up writing for this run: every frame not committed is durable in the journal."""
+        self._left_to_journal = True
+        self._pending.clear()
+        self._pending_rows = 0
+        self._current = None
+        self._metrics.queue_depth.set(0)
+        log.warning(
+            "stopping while the database is unavailable: %d journaled frames after seq %d are "
+            "not in the database; they stay in the journal at %s and the next start writes "
+            "them, each once",
+            self._journal.last_seq - self.committed_seq,
+            self.committed_seq,
+            self._journal.directory,
+        )
 
     def _write(self, batch: _Batch) -> None:
         """One transaction: COPY the rows and record the batch (runs in a worker thread)."""
@@ -281,8 +321,11 @@ class TickDataHandler:
         self._db_available = False
 
     async def stop(self) -> None:
-        """Ask run() to flush the open batch and everything pending, then return."""
+        """Ask run() to flush the open batch and everything pending, then return; through a
+        database outage it returns after the attempt in flight, leaving the rest to the
+        journal."""
         self._stopping = True
+        self._stop_requested.set()
         self._wake.set()
 
     # --- status -------------------------------------------------------------------------
