@@ -32,11 +32,11 @@ from ingest.coverage import CoverageRecorder
 from ingest.disk import DiskGuard
 from ingest.handlers import TickCallback
 from ingest.instruments import RefreshReport, control_refresh, refresh_instruments
-from ingest.journal import Journal, sync_forever
+from ingest.journal import Journal, JournalInUse, sync_forever
 from ingest.metrics import IngestMetrics
 from ingest.pipeline import Pipeline
-from ingest.published import publish_forever, published_path
-from ingest.recovery import RecoveryState, load_recovery_state
+from ingest.published import publish_forever, publish_stopped, published_path
+from ingest.recovery import JournalMismatch, RecoveryState, check_journal, load_recovery_state
 from ingest.rollup import BarRollup
 from ingest.schedule import Connect, DailySchedule
 from ingest.schedule_steps import Upkeep, daily_schedule
@@ -105,12 +105,11 @@ class WebSocketService:
             name="tickvault-ingest",
         )
         await asyncio.to_thread(self._pool.open, wait=True, timeout=30)
-        self._journal = Journal(
-            settings.journal_dir,
-            segment_bytes=settings.journal_segment_bytes,
-            max_bytes=settings.journal_max_bytes,
-        )
-        state, self.edition = await asyncio.to_thread(self._read_state, self._journal.journal_id)
+        try:
+            state = await self._open_journal()
+        except (JournalInUse, JournalMismatch):  # nothing a restart can fix
+            await asyncio.to_thread(self._pool.close)
+            raise
         self._pipeline = Pipeline(
             self._journal, _decoder_at(state), self.metrics, self.symbols.symbol_of, self.disk
         )
@@ -330,6 +329,29 @@ class WebSocketService:
         )
 
     # --- background work ----------------------------------------------------------------
+
+    async def _open_journal(self) -> RecoveryState:
+        """The journal, checked to belong to this database; a journal of another database is
+        closed again, and the reason left where /health and status read it."""
+        settings = self.settings
+        journal = Journal(
+            settings.journal_dir,
+            segment_bytes=settings.journal_segment_bytes,
+            max_bytes=settings.journal_max_bytes,
+        )
+        try:
+            state, self.edition = await asyncio.to_thread(self._read_state, journal.journal_id)
+            check_journal(journal, state)
+        except JournalMismatch as mismatch:
+            log.error("%s", mismatch)
+            publish_stopped(published_path(settings.data_dir), str(mismatch))
+            journal.close()
+            raise
+        except BaseException:
+            journal.close()
+            raise
+        self._journal = journal
+        return state
 
     async def _start_control(self) -> None:
         """The control socket the API's processes send subscription changes to
