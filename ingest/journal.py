@@ -15,15 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import fcntl
-import json
 import logging
 import os
-import socket
 import struct
-import sys
 import threading
-import time
 import uuid
 import zlib
 from collections.abc import Iterator
@@ -31,6 +26,7 @@ from itertools import pairwise
 from pathlib import Path
 from types import TracebackType
 
+from ingest.journal_dir import HOLDER_FILE, holder_note, lock, write_atomically
 from ingest.status import JournalStatus
 
 log = logging.getLogger(__name__)
@@ -50,9 +46,7 @@ _CRC_FROM = 12  # the CRC covers seq, received_at_us and the frame
 _META = struct.Struct("<Qq")
 _SUFFIX = ".journal"
 _ID_FILE = "journal_id"
-_HOLDER_FILE = "holder"  # who holds the lock: named when a second process is refused
 _DATABASE_FILE = "database"  # the database the frames were last written to
-SET_ASIDE_INFIX = ".set-aside-"
 
 
 class JournalFull(RuntimeError):
@@ -66,71 +60,6 @@ def free_bytes(directory: Path) -> int:
     """Bytes an unprivileged writer may still use on the file system holding directory."""
     stats = os.statvfs(directory)
     return stats.f_bavail * stats.f_frsize
-
-
-class JournalInUse(RuntimeError):
-    """Another process holds the journal: `holder` says which, as far as it is known."""
-
-    def __init__(self, directory: Path, holder: str) -> None:
-        super().__init__(f"journal {directory} is in use by {holder}")
-        self.directory = directory
-        self.holder = holder
-
-
-def _write_atomically(path: Path, text: str, dir_fd: int) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    temporary.rename(path)
-    os.fsync(dir_fd)
-
-
-def _lock(directory: Path) -> int:
-    """The directory's descriptor, locked; JournalInUse naming the holder otherwise."""
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fcntl.flock(dir_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(dir_fd)
-        raise JournalInUse(directory, _holder(directory)) from None
-    return dir_fd
-
-
-def _holder(directory: Path) -> str:
-    try:
-        held = json.loads((directory / _HOLDER_FILE).read_text())
-        return f"pid {held['pid']} on {held['host']} ({held['command']}, since {held['since']})"
-    except (OSError, ValueError, KeyError, TypeError):
-        return "another process (it did not say which)"
-
-
-def journal_holder(directory: Path) -> str | None:
-    """Who holds the journal at directory now, or None when nobody does (or it is absent)."""
-    try:
-        os.close(_lock(Path(directory)))
-    except JournalInUse as refused:
-        return refused.holder
-    except FileNotFoundError:
-        return None
-    return None
-
-
-def set_aside(directory: Path) -> Path:
-    """Rename the journal at directory to a dated name beside it, and return that path: the
-    next ingest starts a new journal (a new id) there. JournalInUse while a process holds it."""
-    directory = Path(directory)
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    target = directory.with_name(directory.name + SET_ASIDE_INFIX + stamp)
-    dir_fd = _lock(directory)
-    try:
-        directory.rename(target)  # under the lock: no ingest opens it meanwhile
-    finally:
-        os.close(dir_fd)
-    return target
 
 
 class JournalCorrupt(Exception):
@@ -195,7 +124,7 @@ class Journal:
         self.segment_bytes = segment_bytes
         self.max_bytes = max_bytes
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._dir_fd = _lock(self.directory)
+        self._dir_fd = lock(self.directory)
         self.committed_seq = 0
         self.torn_tail_bytes = 0
         self.bytes_appended = 0  # since this process opened it: shows segments being reused
@@ -204,7 +133,7 @@ class Journal:
         self._torn_write_at: int | None = None  # a failed write's offset, if not cut yet
         self._fd_swap = threading.Lock()  # sync() may run in the writer's thread
         try:
-            self._say_who_holds_it()
+            self._note(HOLDER_FILE, holder_note())
             self.journal_id = self._load_id()
             self._sizes = {
                 int(path.name.removesuffix(_SUFFIX)): path.stat().st_size
@@ -220,21 +149,11 @@ class Journal:
             os.close(self._dir_fd)
             raise
 
-    def _say_who_holds_it(self) -> None:
-        """So that a second process refused the lock can name this one (on a full disk, the
-        note of an earlier holder is removed instead: no note is better than a wrong one)."""
-        holder = {
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "command": " ".join(["tickvault", *sys.argv[1:2]]),
-            "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-        self._note(_HOLDER_FILE, json.dumps(holder))
-
     def _note(self, name: str, text: str) -> None:
-        """Write a small file of what the journal knows about itself, if the disk lets it."""
+        """Write a small file of what the journal knows about itself, if the disk lets it (on a
+        full disk an older note is removed instead: no note is better than a wrong one)."""
         try:
-            _write_atomically(self.directory / name, text, self._dir_fd)
+            write_atomically(self.directory / name, text, self._dir_fd)
         except OSError as error:
             log.warning("journal %s: %s not recorded: %s", self.directory, name, error)
             with contextlib.suppress(OSError):
@@ -243,7 +162,7 @@ class Journal:
     def _load_id(self) -> str:
         path = self.directory / _ID_FILE
         if not path.exists():
-            _write_atomically(path, uuid.uuid4().hex + "\n", self._dir_fd)
+            write_atomically(path, uuid.uuid4().hex + "\n", self._dir_fd)
         return path.read_text().strip()
 
     @property

@@ -14,14 +14,19 @@ JournalMismatch, which a restart cannot fix: the old journal must be set aside.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import psycopg
 
 from ingest.journal import Journal
+from ingest.published import publish_stopped
 from store.subscriptions import resumable_keys
 from store.tick import Tick
 from store.ticks import committed_position, newest_tick_rows
+
+log = logging.getLogger(__name__)
 
 SET_ASIDE_COMMAND = "tickvault journal set-aside"
 
@@ -66,8 +71,9 @@ def database_identity(conn: psycopg.Connection) -> str:
     return f"database {name!r} (oid {oid}{cluster}) at {conn.info.host}:{conn.info.port}"
 
 
-def check_journal(journal: Journal, state: RecoveryState) -> None:
-    """Refuse a journal whose frames the database asking cannot be given exactly once;
+def check_journal(journal: Journal, state: RecoveryState, published: Path) -> None:
+    """Refuse a journal whose frames the database asking cannot be given exactly once,
+    leaving the reason in the published table at `published` for /health and status;
     otherwise record that database as the journal's."""
     committed, first, last = state.committed_seq, journal.first_seq, journal.last_seq
     if first <= committed + 1 and committed <= last:
@@ -85,7 +91,7 @@ def check_journal(journal: Journal, state: RecoveryState) -> None:
             f"the database asking now, {state.database}, has "
             + (f"committed only up to seq {committed}" if committed else "none of them")
         )
-    raise JournalMismatch(
+    mismatch = JournalMismatch(
         f"the frame journal {journal.directory} (id {journal.journal_id}, frames up to seq "
         f"{last}) belongs to another database: {why}. Replaying it here would lose or repeat "
         f"ticks, so the ingest does not start. If this database is meant to go on without "
@@ -93,3 +99,6 @@ def check_journal(journal: Journal, state: RecoveryState) -> None:
         "a dated name, with any frames not yet written) and start again; otherwise point "
         "tickvault at the journal's database (TICKVAULT_DATABASE_URL)."
     )
+    log.error("%s", mismatch)
+    publish_stopped(published, str(mismatch))
+    raise mismatch

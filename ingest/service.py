@@ -32,10 +32,11 @@ from ingest.coverage import CoverageRecorder
 from ingest.disk import DiskGuard
 from ingest.handlers import TickCallback
 from ingest.instruments import RefreshReport, control_refresh, refresh_instruments
-from ingest.journal import Journal, JournalInUse, sync_forever
+from ingest.journal import Journal, sync_forever
+from ingest.journal_dir import JournalInUse
 from ingest.metrics import IngestMetrics
 from ingest.pipeline import Pipeline
-from ingest.published import publish_forever, publish_stopped, published_path
+from ingest.published import publish_forever, published_path
 from ingest.recovery import JournalMismatch, RecoveryState, check_journal, load_recovery_state
 from ingest.rollup import BarRollup
 from ingest.schedule import Connect, DailySchedule
@@ -94,11 +95,9 @@ class WebSocketService:
             min_size=1,
             max_size=4,
             open=False,
-            # A request for a connection during an outage fails fast (the writer retries with
-            # its own backoff). The pool's reconnects back off without a cap, so each round
-            # of them ends after db_retry_max_s; the next request for a connection starts a
-            # new one at once: through an outage of any length the database is tried again
-            # at most seconds apart.
+            # A request for a connection in an outage fails fast (the writer retries). Each
+            # round of the pool's uncapped reconnects ends after db_retry_max_s and the next
+            # request starts another: an outage of any length is retried seconds apart.
             timeout=5,
             reconnect_timeout=settings.db_retry_max_s,
             check=ConnectionPool.check_connection,
@@ -106,9 +105,16 @@ class WebSocketService:
         )
         await asyncio.to_thread(self._pool.open, wait=True, timeout=30)
         try:
-            state = await self._open_journal()
-        except (JournalInUse, JournalMismatch):  # nothing a restart can fix
-            await asyncio.to_thread(self._pool.close)
+            self._journal = Journal(
+                settings.journal_dir,
+                segment_bytes=settings.journal_segment_bytes,
+                max_bytes=settings.journal_max_bytes,
+            )
+            journal_id = self._journal.journal_id
+            state, self.edition = await asyncio.to_thread(self._read_state, journal_id)
+            check_journal(self._journal, state, published_path(settings.data_dir))
+        except (JournalInUse, JournalMismatch):  # nothing a restart can fix: let go of both
+            await self.stop()
             raise
         self._pipeline = Pipeline(
             self._journal, _decoder_at(state), self.metrics, self.symbols.symbol_of, self.disk
@@ -202,8 +208,10 @@ class WebSocketService:
                 log.exception("the %s task had failed before the stop", name)
         if self._backfill is not None:
             await self._backfill.stop()
-        # Side by side: through a database outage each gives up after one attempt.
-        await asyncio.gather(self._flush_coverage(), self._stop_writer())
+        ending = [self._stop_writer()]
+        if self._coverage is not None:
+            ending.append(self._coverage.flush())  # the end of the spans, up to the last frame
+        await asyncio.gather(*ending)  # through a database outage, each after one attempt
         if self._pipeline is not None:
             await self._pipeline.close()
         if self._journal is not None:
@@ -214,14 +222,8 @@ class WebSocketService:
             await asyncio.to_thread(self._pool.close)
         log.info("ingest stopped")
 
-    async def _flush_coverage(self) -> None:
-        """The end of the spans, up to the last frame."""
-        if self._coverage is not None:
-            await self._coverage.flush()
-
     async def _stop_writer(self) -> None:
-        """Every tick delivered written, or, with the database unavailable, left in the
-        journal for the next start (the writer says how many frames)."""
+        """Every tick written, or left in the journal while the database is unavailable."""
         if self._writer is not None:
             await self._writer.stop()
             writer = self._tasks.pop("writer", None)
@@ -329,29 +331,6 @@ class WebSocketService:
         )
 
     # --- background work ----------------------------------------------------------------
-
-    async def _open_journal(self) -> RecoveryState:
-        """The journal, checked to belong to this database; a journal of another database is
-        closed again, and the reason left where /health and status read it."""
-        settings = self.settings
-        journal = Journal(
-            settings.journal_dir,
-            segment_bytes=settings.journal_segment_bytes,
-            max_bytes=settings.journal_max_bytes,
-        )
-        try:
-            state, self.edition = await asyncio.to_thread(self._read_state, journal.journal_id)
-            check_journal(journal, state)
-        except JournalMismatch as mismatch:
-            log.error("%s", mismatch)
-            publish_stopped(published_path(settings.data_dir), str(mismatch))
-            journal.close()
-            raise
-        except BaseException:
-            journal.close()
-            raise
-        self._journal = journal
-        return state
 
     async def _start_control(self) -> None:
         """The control socket the API's processes send subscription changes to

@@ -3,6 +3,10 @@
 Both receive every decoded frame synchronously from the pipeline as `(seq, ticks)`, where
 `seq` is the frame's journal sequence number. They must stay cheap there: the writer only
 appends to its current batch, and the database work happens in its own task.
+
+Through a database outage of any length the writer tries again at most `retry_max_s` apart,
+and a stop during one does not wait for the database: what is not committed stays in the
+journal, which the next start replays.
 """
 
 from __future__ import annotations
@@ -42,6 +46,37 @@ class _Batch:
     attempts: int = 0
 
 
+class _Retries:
+    """The writer's waits between database attempts: at most `maximum` apart however long
+    the outage, so it writes within seconds of the database's return; cut short by a stop."""
+
+    def __init__(self, maximum: float) -> None:
+        self._backoff = Backoff(initial=0.2, maximum=maximum)
+        self._stopped = asyncio.Event()
+
+    async def wait(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopped.wait(), self._backoff.delay())
+
+    def reset(self) -> None:
+        self._backoff.reset()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+
+def _say_left_in_journal(journal: Journal, committed_seq: int) -> None:
+    """The one line of a stop that could not wait for the database."""
+    log.warning(
+        "stopping while the database is unavailable: %d journaled frames after seq %d are not "
+        "in the database; they stay in the journal at %s and the next start writes them, "
+        "each once",
+        journal.last_seq - committed_seq,
+        committed_seq,
+        journal.directory,
+    )
+
+
 # Builds, from the database, the reader of journaled ticks after a seq that the catch-up
 # writes: blocking, so it runs in a thread (Pipeline.journal_ticks with a seeded decoder).
 CatchUpSource = Callable[[], Callable[[int], Iterator[tuple[int, list[Tick]]]]]
@@ -54,11 +89,6 @@ class TickDataHandler:
     in `ingest_batches` in the same transaction as its COPY. After a crash the service replays
     the journal after the highest committed `last_seq`; after an ambiguous failure (the
     connection died around COMMIT) the writer checks that table before writing again.
-
-    Through an outage of any length the writer tries the database again at most
-    `retry_max_s` apart, so it writes again within seconds of the database's return. A stop
-    during an outage does not wait for the database: what is not committed is left in the
-    journal, which the next start replays after the last committed frame.
 
     Memory stays bounded through a database outage: past `queue_max_rows` the writer drops
     what it holds in memory and stops taking live ticks, because every one of them is in the
@@ -95,14 +125,13 @@ class TickDataHandler:
         self._pending_rows = 0
         self._wake = asyncio.Event()
         self._stopping = False
-        self._stop_requested = asyncio.Event()  # cuts a retry delay short
         self._left_to_journal = False
         self._spilled = False
         self._journal_only_since: int | None = None
         self._db_available = True
         self._last_error: str | None = None
         # Between database retries, in _drain and _catch_up alike; reset by each commit.
-        self._retry = Backoff(initial=0.2, maximum=retry_max_s)
+        self._retry = _Retries(retry_max_s)
         self._started = time.monotonic()
         self.committed_seq = committed_seq
         self._instruments: set[str] = set()  # with committed rows: bounded by the master
@@ -200,8 +229,9 @@ class TickDataHandler:
             ):
                 self._cut()
 
-    async def _drain(self) -> None:
-        """Write pending batches in order, retrying each with backoff until it commits."""
+    async def _drain(self) -> bool:
+        """Write pending batches in order, retrying each with backoff until it commits;
+        False when a stop during an outage left them to the journal."""
         while self._pending:
             batch = self._pending[0]
             try:
@@ -210,10 +240,11 @@ class TickDataHandler:
                 batch.attempts += 1
                 self._note_failure(error)
                 if not await self._wait_to_retry():
-                    return
+                    return False
                 continue
             self._retry.reset()
             self._committed(batch)
+        return True
 
     async def _catch_up(self) -> None:
         """Write journaled frames after the last commit, then go back to live ticks."""
@@ -236,8 +267,7 @@ class TickDataHandler:
                 if len(batch.rows) >= self._batch_rows:
                     self._enqueue(batch)
                     batch = None
-                    await self._drain()
-                    if self._left_to_journal:
+                    if not await self._drain():
                         return
             if batch is None and after == self._journal.last_seq:
                 # Nothing new since this pass began, and no await since it checked: the next
@@ -248,36 +278,23 @@ class TickDataHandler:
                 return
             if batch is not None:
                 self._enqueue(batch)
-            await self._drain()
-            if self._left_to_journal:
+            if not await self._drain():
                 return
 
     async def _wait_to_retry(self) -> bool:
-        """Wait the next retry delay, or until a stop; False once stopping: then what is not
-        written is left to the journal rather than waiting for the database."""
+        """Wait the next retry delay; False once stopping: then what is not written is left
+        to the journal (every frame is there) rather than waiting for the database."""
         if not self._stopping:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop_requested.wait(), self._retry.delay())
+            await self._retry.wait()
         if not self._stopping:
             return True
-        self._leave_to_journal()
-        return False
-
-    def _leave_to_journal(self) -> None:
-        """Give up writing for this run: every frame not committed is durable in the journal."""
         self._left_to_journal = True
         self._pending.clear()
         self._pending_rows = 0
         self._current = None
         self._metrics.queue_depth.set(0)
-        log.warning(
-            "stopping while the database is unavailable: %d journaled frames after seq %d are "
-            "not in the database; they stay in the journal at %s and the next start writes "
-            "them, each once",
-            self._journal.last_seq - self.committed_seq,
-            self.committed_seq,
-            self._journal.directory,
-        )
+        _say_left_in_journal(self._journal, self.committed_seq)
+        return False
 
     def _write(self, batch: _Batch) -> None:
         """One transaction: COPY the rows and record the batch (runs in a worker thread)."""
@@ -321,11 +338,10 @@ class TickDataHandler:
         self._db_available = False
 
     async def stop(self) -> None:
-        """Ask run() to flush the open batch and everything pending, then return; through a
-        database outage it returns after the attempt in flight, leaving the rest to the
-        journal."""
+        """Ask run() to flush the open batch and everything pending, then return (through an
+        outage, after the attempt in flight, leaving the rest to the journal)."""
         self._stopping = True
-        self._stop_requested.set()
+        self._retry.stop()
         self._wake.set()
 
     # --- status -------------------------------------------------------------------------

@@ -307,7 +307,7 @@ def _api_logging(settings: Settings) -> None:
 
 
 def _ingest(settings: Settings, args: argparse.Namespace) -> int:
-    from ingest.journal import JournalInUse, journal_holder
+    from ingest.journal_dir import JournalInUse, journal_holder
     from ingest.recovery import JournalMismatch
     from ingest.service import WebSocketService
     from tickvault.supervisor import EXIT_CANNOT_RUN, die_with_supervisor

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 from ingest.config import Settings
-from ingest.journal import JournalInUse, journal_holder, set_aside
+from ingest.journal_dir import JournalInUse, journal_holder, set_aside
 
 
 def in_use_line(settings: Settings, holder: str) -> str:

@@ -39,7 +39,7 @@ from pathlib import Path
 from types import FrameType
 
 from ingest.backoff import Backoff
-from ingest.journal import journal_holder
+from ingest.journal_dir import journal_holder
 from ingest.published import IngestNotRunning, LatestTickReader, published_path
 
 log = logging.getLogger(__name__)
