@@ -850,8 +850,8 @@ _BUSY = object()
 
 def _stopped_because(status: tuple[int, bytes] | None) -> str | None:
     """The reason a stopped ingest left as its last status, if it left one."""
-    if status is None:
-        return None
+    if status is None or not status[1].startswith(b'{"' + STOPPED_BECAUSE.encode()):
+        return None  # a running ingest's last status: not parsed (megabytes, for a universe)
     because = json.loads(status[1]).get(STOPPED_BECAUSE)
     return str(because) if because else None
 
