@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import time
 from pathlib import Path
 
@@ -17,11 +18,17 @@ import psycopg
 import pytest
 
 from ingest.config import Settings
+from ingest.published import IngestNotRunning, LatestTickReader, published_path
 from ingest.service import WebSocketService
 from ingest.simulator import FeedSimulator
 from store.instruments import instrument_records
 from tests.conftest import DbServer
-from tests.test_ingest_e2e import _assert_exactly_once, _wait_for, instruments_db  # noqa: F401
+from tests.test_ingest_e2e import (  # noqa: F401 (instruments_db is a fixture)
+    _assert_exactly_once,
+    _ingest_process,
+    _wait_for,
+    instruments_db,
+)
 
 # The pool's own reconnects back off 1, 2, 4 ... 32 s without a cap: an outage of this long
 # leaves its next attempt tens of seconds after the database is back.
@@ -136,3 +143,66 @@ def test_a_stop_during_an_outage_ends_at_once_and_the_next_start_writes_every_ti
     assert len(said) == 1, said
     assert "journaled frames after seq" in said[0]
     _assert_exactly_once(instruments_db, simulator)
+
+
+def test_sigterm_to_tickvault_ingest_during_an_outage_ends_it_in_seconds(
+    apache_server: DbServer,
+    instruments_db: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The process as `tickvault run` supervises it: SIGTERM mid-outage, then a restart once
+    the database is back writes every tick once."""
+    cluster = _cluster(apache_server)
+    data_dir = tmp_path / "data"
+    retry = {"TICKVAULT_DB_RETRY_MAX_S": str(RETRY_MAX_S)}
+
+    async def scenario() -> tuple[FeedSimulator, float, int | None]:
+        simulator = await _simulator(instruments_db)
+        try:
+            first = await _ingest_process(instruments_db, data_dir, simulator, **retry)
+            await _wait_for(lambda: _rows(instruments_db) > 0, 60)
+            await asyncio.to_thread(cluster.stop)
+            try:
+                await asyncio.sleep(8)
+                simulator.stall(3.0)
+                await asyncio.sleep(1.0)
+                started = time.monotonic()
+                first.send_signal(signal.SIGTERM)
+                await asyncio.wait_for(first.wait(), 60)
+                took = time.monotonic() - started
+            finally:
+                await asyncio.to_thread(cluster.start)
+            second = await _ingest_process(instruments_db, data_dir, simulator, **retry)
+            # Started (the journal replayed, the feed read) before it is stopped.
+            await _wait_for(lambda: _publishing(data_dir), 60)
+            await asyncio.sleep(2)
+            simulator.stall(3.0)
+            await asyncio.sleep(1.0)
+            second.send_signal(signal.SIGTERM)
+            _, stderr = await second.communicate()
+            assert second.returncode == 0, stderr.decode()[-3000:]
+        finally:
+            await simulator.stop()
+        return simulator, took, first.returncode
+
+    simulator, took, code = asyncio.run(scenario())
+    assert code == 0
+    assert took < 20, f"SIGTERM took {took:.0f} s to stop the ingest"
+    log = (data_dir / "logs" / "trading.log").read_text()
+    assert log.count("stay in the journal") == 1, log[-3000:]
+    _assert_exactly_once(instruments_db, simulator)
+
+
+def _rows(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        (count,) = conn.execute("SELECT count(*) FROM ticks").fetchone()
+    return count
+
+
+def _publishing(data_dir: Path) -> bool:
+    with LatestTickReader(published_path(data_dir)) as reader:
+        try:
+            reader.info()
+        except IngestNotRunning:
+            return False
+    return True
