@@ -155,6 +155,9 @@ class Settings:
     batch_rows: int = 20_000
     batch_ms: int = 100
     queue_max_rows: int = 500_000
+    # The longest wait between two attempts to reach the database through an outage (the
+    # writer's retries and the connection pool's reconnects), however long the outage.
+    db_retry_max_s: Annotated[float, Field(gt=0)] = 5.0
     journal_max_bytes: int = 2 * 1024**3
     journal_segment_bytes: int = 64 * 1024**2
     rollup_interval_s: float = 5.0

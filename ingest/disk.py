@@ -111,9 +111,11 @@ class DiskGuard:
             if short
             else None
         )
-        if refusal != self._refusal:
+        # On crossing the floor only: the figures in the reason change with every check. The
+        # pipeline logs the ERROR line when it refuses frames for it.
+        if (refusal is None) != (self._refusal is None):
             if refusal is not None:
-                log.error("disk floor reached: %s", refusal)
+                log.warning("disk floor reached: %s", refusal)
             else:
                 log.warning("free space is above the disk floor again: frames are accepted")
         self._refusal = refusal

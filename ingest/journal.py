@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import fcntl
 import logging
 import os
 import struct
@@ -27,6 +26,7 @@ from itertools import pairwise
 from pathlib import Path
 from types import TracebackType
 
+from ingest.journal_dir import HOLDER_FILE, holder_note, lock, write_atomically
 from ingest.status import JournalStatus
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ _CRC_FROM = 12  # the CRC covers seq, received_at_us and the frame
 _META = struct.Struct("<Qq")
 _SUFFIX = ".journal"
 _ID_FILE = "journal_id"
+_DATABASE_FILE = "database"  # the database the frames were last written to
 
 
 class JournalFull(RuntimeError):
@@ -123,12 +124,7 @@ class Journal:
         self.segment_bytes = segment_bytes
         self.max_bytes = max_bytes
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._dir_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            fcntl.flock(self._dir_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._dir_fd)
-            raise RuntimeError(f"journal {self.directory} is in use by another process") from None
+        self._dir_fd = lock(self.directory)
         self.committed_seq = 0
         self.torn_tail_bytes = 0
         self.bytes_appended = 0  # since this process opened it: shows segments being reused
@@ -137,6 +133,7 @@ class Journal:
         self._torn_write_at: int | None = None  # a failed write's offset, if not cut yet
         self._fd_swap = threading.Lock()  # sync() may run in the writer's thread
         try:
+            self._note(HOLDER_FILE, holder_note())
             self.journal_id = self._load_id()
             self._sizes = {
                 int(path.name.removesuffix(_SUFFIX)): path.stat().st_size
@@ -152,19 +149,36 @@ class Journal:
             os.close(self._dir_fd)
             raise
 
+    def _note(self, name: str, text: str) -> None:
+        """Write a small file of what the journal knows about itself, if the disk lets it (on a
+        full disk an older note is removed instead: no note is better than a wrong one)."""
+        try:
+            write_atomically(self.directory / name, text, self._dir_fd)
+        except OSError as error:
+            log.warning("journal %s: %s not recorded: %s", self.directory, name, error)
+            with contextlib.suppress(OSError):
+                (self.directory / name).unlink()
+
     def _load_id(self) -> str:
         path = self.directory / _ID_FILE
         if not path.exists():
-            temporary = path.with_suffix(".tmp")
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                os.write(fd, uuid.uuid4().hex.encode() + b"\n")
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            temporary.rename(path)
-            os.fsync(self._dir_fd)
+            write_atomically(path, uuid.uuid4().hex + "\n", self._dir_fd)
         return path.read_text().strip()
+
+    @property
+    def database(self) -> str | None:
+        """The database this journal's frames were last written to, as `bind_database` was
+        told (None before the first, or in a journal older than this record)."""
+        try:
+            return (self.directory / _DATABASE_FILE).read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def bind_database(self, description: str) -> None:
+        """Record the database the frames are written to, for the error that names it when
+        the journal is later opened against another."""
+        if description != self.database:
+            self._note(_DATABASE_FILE, description + "\n")
 
     def _path(self, first_seq: int) -> Path:
         return self.directory / f"{first_seq:020d}{_SUFFIX}"
@@ -308,6 +322,12 @@ class Journal:
     def last_seq(self) -> int:
         """The seq of the newest appended frame (0 before the first)."""
         return self._last_seq
+
+    @property
+    def first_seq(self) -> int:
+        """The seq of the oldest frame still held (last_seq + 1 when none is): the ones
+        before it were deleted as committed."""
+        return min(self._sizes)
 
     def sync(self) -> None:
         """Make every appended frame survive a power loss, not just a process crash.

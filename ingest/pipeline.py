@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Container, Iterator
 
 from ingest.disk import BelowDiskFloor, DiskGuard
@@ -22,6 +23,11 @@ from ingest.upstox.decoder import FeedDecoder, MalformedFrame
 from store.tick import Tick
 
 log = logging.getLogger(__name__)
+
+# Refusals end once frames have been taken this long without one: a full disk that the
+# writer's commits free and new frames fill again in turns is one spell of refusals, logged
+# once when it starts and once when it ends, not once per turn.
+REFUSALS_END_AFTER_S = 5.0
 
 
 class Pipeline:
@@ -50,7 +56,10 @@ class Pipeline:
         self.frames = 0
         self.malformed_frames = 0
         self.refused_frames = 0
-        self.journal_error: str | None = None  # why frames are refused now; None once one is not
+        self.journal_error: str | None = None  # why frames are refused now; None once they are not
+        self._refusing_since = 0.0  # monotonic, of the spell of refusals under way
+        self._refused_at = 0.0  # monotonic, of the last refusal
+        self._refused_before = 0  # refused_frames when the spell began
         self.duplicates = 0
         self.unwanted = 0
 
@@ -80,7 +89,8 @@ class Pipeline:
         it, so nothing downstream holds a tick that is not durable and the decoder's state
         stays that of the journaled frames. It is
         counted and makes the service unhealthy; the next frame tries the journal again, so
-        the feed resumes by itself once the cause goes.
+        the feed resumes by itself once the cause goes. One ERROR line says when refusals
+        start, one line when frames have been taken for REFUSALS_END_AFTER_S again.
         """
         try:
             if self.disk_guard is not None and (refusal := self.disk_guard.refusal()):
@@ -90,14 +100,29 @@ class Pipeline:
             self._refuse(error)
             return
         if self.journal_error is not None:
-            log.warning("the journal takes frames again (%d refused in all)", self.refused_frames)
-            self.journal_error = None
+            self._maybe_end_refusals()
         self._process(seq, frame, received_at_us)
+
+    def _maybe_end_refusals(self) -> None:
+        now = time.monotonic()
+        if now - self._refused_at < REFUSALS_END_AFTER_S:
+            return
+        log.warning(
+            "the journal takes frames again: %d refused over %.0f s (%d in all)",
+            self.refused_frames - self._refused_before,
+            self._refused_at - self._refusing_since,
+            self.refused_frames,
+        )
+        self.journal_error = None
 
     def _refuse(self, error: JournalFull | BelowDiskFloor | OSError) -> None:
         self.refused_frames += 1
         self.metrics.frames_refused.inc()
+        self._refused_at = time.monotonic()
         first_of_outage = self.journal_error is None
+        if first_of_outage:
+            self._refusing_since = self._refused_at
+            self._refused_before = self.refused_frames - 1
         if isinstance(error, JournalFull | BelowDiskFloor):
             self.journal_error = str(error)
         else:
@@ -105,12 +130,8 @@ class Pipeline:
                 f"frame journal {self.journal.directory} cannot be written: "
                 f"{error.strerror or repr(error)}"
             )
-        if first_of_outage or self.refused_frames % 1000 == 0:
-            log.error(
-                "%s; frames are dropped until it can (%d so far)",
-                self.journal_error,
-                self.refused_frames,
-            )
+        if first_of_outage:
+            log.error("%s; frames are dropped until it can", self.journal_error)
 
     def journal_ticks(
         self, after_seq: int, decoder: FeedDecoder

@@ -91,6 +91,7 @@ SLOT = 192
 STATUS_HEAD = 32
 _BOM = 0x01020304
 _RUNNING, _STOPPED = 1, 2
+STOPPED_BECAUSE = "stopped_because"  # the last status of an ingest that cannot run
 
 # The static header, written once before the file is visible.
 _HEADER = struct.Struct("=8sIIIIIIIIIIQQ16sQQQQQQQ")
@@ -512,11 +513,14 @@ class LatestTickPublisher:
             "status_too_large": self.status_too_large,
         }
 
-    def close(self) -> None:
-        """Mark the table stopped (readers say so) and let go of the file and its lock."""
+    def close(self, because: str | None = None) -> None:
+        """Mark the table stopped (readers say so, and `because`, the reason of a stop that a
+        restart cannot undo, when given) and let go of the file and its lock."""
         if self.closed:
             return
         self.closed = True
+        if because is not None:
+            self.publish_status({STOPPED_BECAUSE: because})
         self._words[_W_STATE] = _STOPPED
         self._release()
         os.close(self._lock_fd)  # releases the lock
@@ -535,6 +539,13 @@ class LatestTickPublisher:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def publish_stopped(path: Path, because: str) -> None:
+    """Leave, for readers, a stopped table that says why the ingest cannot run (nothing
+    when another ingest publishes there: its table stands)."""
+    with contextlib.suppress(PublisherBusy):
+        LatestTickPublisher(path, capacity=1).close(because)
 
 
 async def publish_forever(
@@ -743,7 +754,10 @@ class LatestTickReader:
                 ) from None
             self._table = table
         if table.words[_W_STATE] == _STOPPED:
-            raise IngestNotRunning(f"the ingest (pid {table.pid}) has stopped")
+            because = _stopped_because(self._read_status(table))
+            raise IngestNotRunning(
+                f"the ingest (pid {table.pid}) has stopped" + (f": {because}" if because else "")
+            )
         if not self._writer_alive(table):
             raise IngestNotRunning(
                 f"the ingest (pid {table.pid}) is gone: it ended without stopping (killed?)"
@@ -832,6 +846,14 @@ class LatestTickReader:
 
 
 _BUSY = object()
+
+
+def _stopped_because(status: tuple[int, bytes] | None) -> str | None:
+    """The reason a stopped ingest left as its last status, if it left one."""
+    if status is None or not status[1].startswith(b'{"' + STOPPED_BECAUSE.encode()):
+        return None  # a running ingest's last status: not parsed (megabytes, for a universe)
+    because = json.loads(status[1]).get(STOPPED_BECAUSE)
+    return str(because) if because else None
 
 
 def _decode(key: str, raw: bytes) -> Tick:

@@ -36,10 +36,11 @@ from ingest.jobs.rollup import BarRollup
 from ingest.jobs.schedule.runner import Connect, DailySchedule
 from ingest.jobs.schedule.steps import Upkeep, daily_schedule
 from ingest.journal import Journal, sync_forever
+from ingest.journal_dir import JournalInUse
 from ingest.metrics import IngestMetrics
 from ingest.pipeline import Pipeline
-from ingest.published import publish_forever, published_path
-from ingest.recovery import RecoveryState, load_recovery_state
+from ingest.published import publish_forever, publish_stopped, published_path
+from ingest.recovery import JournalMismatch, RecoveryState, check_journal, load_recovery_state
 from ingest.simulator import FeedSimulator
 from ingest.status import BarsStatus, FeedStatus, IngestStatus
 from ingest.subscriptions import SubscriptionManager, summarize
@@ -101,20 +102,29 @@ class WebSocketService:
             min_size=1,
             max_size=4,
             open=False,
-            # A request for a connection during an outage fails fast (the writer retries with
-            # its own backoff) and the pool never gives up re-creating connections.
+            # A request for a connection in an outage fails fast (the writer retries). Each
+            # round of the pool's uncapped reconnects ends after db_retry_max_s and the next
+            # request starts another: an outage of any length is retried seconds apart.
             timeout=5,
-            reconnect_timeout=24 * 3600,
+            reconnect_timeout=settings.db_retry_max_s,
             check=ConnectionPool.check_connection,
             name="tickvault-ingest",
         )
         await asyncio.to_thread(self._pool.open, wait=True, timeout=30)
-        self._journal = Journal(
-            settings.journal_dir,
-            segment_bytes=settings.journal_segment_bytes,
-            max_bytes=settings.journal_max_bytes,
-        )
-        state, self.edition = await asyncio.to_thread(self._read_state, self._journal.journal_id)
+        try:
+            self._journal = Journal(
+                settings.journal_dir,
+                segment_bytes=settings.journal_segment_bytes,
+                max_bytes=settings.journal_max_bytes,
+            )
+            journal_id = self._journal.journal_id
+            state, self.edition = await asyncio.to_thread(self._read_state, journal_id)
+            check_journal(self._journal, state)
+        except (JournalInUse, JournalMismatch) as error:  # nothing a restart can fix
+            if isinstance(error, JournalMismatch):  # the reason, for /health and status
+                publish_stopped(published_path(settings.data_dir), str(error))
+            await self.stop()
+            raise
         self._pipeline = Pipeline(
             self._journal, _decoder_at(state), self.metrics, self.symbols.symbol_of, self.disk
         )
@@ -128,6 +138,7 @@ class WebSocketService:
             catch_up_source=self._catch_up_source,
             next_batch_id=state.next_batch_id,
             committed_seq=state.committed_seq,
+            retry_max_s=settings.db_retry_max_s,
         )
         self._journal.mark_committed(state.committed_seq)
         self._pipeline.add_handler(self._writer)
@@ -204,14 +215,12 @@ class WebSocketService:
                 pass
             except Exception:
                 log.exception("the %s task had failed before the stop", name)
-        if self._coverage is not None and self._backfill is not None:
+        if self._backfill is not None:
             await self._backfill.stop()
-            await self._coverage.flush()  # the end of the spans, up to the last frame
-        if self._writer is not None:
-            await self._writer.stop()
-            writer = self._tasks.pop("writer", None)
-            if writer is not None:
-                await writer
+        ending = [self._stop_writer()]
+        if self._coverage is not None:
+            ending.append(self._coverage.flush())  # the end of the spans, up to the last frame
+        await asyncio.gather(*ending)  # through a database outage, each after one attempt
         if self._pipeline is not None:
             await self._pipeline.close()
         if self._journal is not None:
@@ -221,6 +230,14 @@ class WebSocketService:
         if self._pool is not None:
             await asyncio.to_thread(self._pool.close)
         log.info("ingest stopped")
+
+    async def _stop_writer(self) -> None:
+        """Every tick written, or left in the journal while the database is unavailable."""
+        if self._writer is not None:
+            await self._writer.stop()
+            writer = self._tasks.pop("writer", None)
+            if writer is not None:
+                await writer
 
     async def register_handler(self, callback: TickCallback) -> None:
         """Follow every tick with an async callback, in its own task behind a bounded buffer.

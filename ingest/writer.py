@@ -3,6 +3,10 @@
 Both receive every decoded frame synchronously from the pipeline as `(seq, ticks)`, where
 `seq` is the frame's journal sequence number. They must stay cheap there: the writer only
 appends to its current batch, and the database work happens in its own task.
+
+Through a database outage of any length the writer tries again at most `retry_max_s` apart,
+and a stop during one does not wait for the database: what is not committed stays in the
+journal, which the next start replays.
 """
 
 from __future__ import annotations
@@ -42,6 +46,37 @@ class _Batch:
     attempts: int = 0
 
 
+class _Retries:
+    """The writer's waits between database attempts: at most `maximum` apart however long
+    the outage, so it writes within seconds of the database's return; cut short by a stop."""
+
+    def __init__(self, maximum: float) -> None:
+        self._backoff = Backoff(initial=0.2, maximum=maximum)
+        self._stopped = asyncio.Event()
+
+    async def wait(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopped.wait(), self._backoff.delay())
+
+    def reset(self) -> None:
+        self._backoff.reset()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+
+def _say_left_in_journal(journal: Journal, committed_seq: int) -> None:
+    """The one line of a stop that could not wait for the database."""
+    log.warning(
+        "stopping while the database is unavailable: %d journaled frames after seq %d are not "
+        "in the database; they stay in the journal at %s and the next start writes them, "
+        "each once",
+        journal.last_seq - committed_seq,
+        committed_seq,
+        journal.directory,
+    )
+
+
 # Builds, from the database, the reader of journaled ticks after a seq that the catch-up
 # writes: blocking, so it runs in a thread (Pipeline.journal_ticks with a seeded decoder).
 CatchUpSource = Callable[[], Callable[[int], Iterator[tuple[int, list[Tick]]]]]
@@ -74,6 +109,7 @@ class TickDataHandler:
         catch_up_source: CatchUpSource,
         next_batch_id: int = 1,
         committed_seq: int = 0,
+        retry_max_s: float = 5.0,
     ) -> None:
         self._pool = pool
         self._journal = journal
@@ -89,12 +125,13 @@ class TickDataHandler:
         self._pending_rows = 0
         self._wake = asyncio.Event()
         self._stopping = False
+        self._left_to_journal = False
         self._spilled = False
         self._journal_only_since: int | None = None
         self._db_available = True
         self._last_error: str | None = None
         # Between database retries, in _drain and _catch_up alike; reset by each commit.
-        self._retry = Backoff(initial=0.2, maximum=10.0, jitter=(0.5, 1.5))
+        self._retry = _Retries(retry_max_s)
         self._started = time.monotonic()
         self.committed_seq = committed_seq
         self._instruments: set[str] = set()  # with committed rows: bounded by the master
@@ -171,7 +208,7 @@ class TickDataHandler:
 
     async def run(self) -> None:
         """Write batches until stop() is called and everything is flushed."""
-        while True:
+        while not self._left_to_journal:
             if self._pending:
                 await self._drain()
                 continue
@@ -192,8 +229,9 @@ class TickDataHandler:
             ):
                 self._cut()
 
-    async def _drain(self) -> None:
-        """Write pending batches in order, retrying each with backoff until it commits."""
+    async def _drain(self) -> bool:
+        """Write pending batches in order, retrying each with backoff until it commits;
+        False when a stop during an outage left them to the journal."""
         while self._pending:
             batch = self._pending[0]
             try:
@@ -201,10 +239,12 @@ class TickDataHandler:
             except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as error:
                 batch.attempts += 1
                 self._note_failure(error)
-                await self._retry.sleep()
+                if not await self._wait_to_retry():
+                    return False
                 continue
             self._retry.reset()
             self._committed(batch)
+        return True
 
     async def _catch_up(self) -> None:
         """Write journaled frames after the last commit, then go back to live ticks."""
@@ -212,7 +252,7 @@ class TickDataHandler:
             ticks_after = await asyncio.to_thread(self._catch_up_source)
         except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as error:
             self._note_failure(error)
-            await self._retry.sleep()
+            await self._wait_to_retry()
             return
         after = self.committed_seq
         while True:
@@ -227,7 +267,8 @@ class TickDataHandler:
                 if len(batch.rows) >= self._batch_rows:
                     self._enqueue(batch)
                     batch = None
-                    await self._drain()
+                    if not await self._drain():
+                        return
             if batch is None and after == self._journal.last_seq:
                 # Nothing new since this pass began, and no await since it checked: the next
                 # live frame is exactly the next one to write.
@@ -237,7 +278,23 @@ class TickDataHandler:
                 return
             if batch is not None:
                 self._enqueue(batch)
-            await self._drain()
+            if not await self._drain():
+                return
+
+    async def _wait_to_retry(self) -> bool:
+        """Wait the next retry delay; False once stopping: then what is not written is left
+        to the journal (every frame is there) rather than waiting for the database."""
+        if not self._stopping:
+            await self._retry.wait()
+        if not self._stopping:
+            return True
+        self._left_to_journal = True
+        self._pending.clear()
+        self._pending_rows = 0
+        self._current = None
+        self._metrics.queue_depth.set(0)
+        _say_left_in_journal(self._journal, self.committed_seq)
+        return False
 
     def _write(self, batch: _Batch) -> None:
         """One transaction: COPY the rows and record the batch (runs in a worker thread)."""
@@ -281,8 +338,10 @@ class TickDataHandler:
         self._db_available = False
 
     async def stop(self) -> None:
-        """Ask run() to flush the open batch and everything pending, then return."""
+        """Ask run() to flush the open batch and everything pending, then return (through an
+        outage, after the attempt in flight, leaving the rest to the journal)."""
         self._stopping = True
+        self._retry.stop()
         self._wake.set()
 
     # --- status -------------------------------------------------------------------------

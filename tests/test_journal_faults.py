@@ -5,8 +5,10 @@ why, and ingest resumes by itself once the cause goes. Real app, real database, 
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -103,7 +105,7 @@ def kept_full(directory: Path) -> Iterator[None]:
 
 
 def test_a_small_journal_disk_keeps_ingesting_and_a_full_one_recovers(
-    apache_server: DbServer, tmp_path: Path
+    apache_server: DbServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     data = tmp_path / "data"
     with (
@@ -118,6 +120,16 @@ def test_a_small_journal_disk_keeps_ingesting_and_a_full_one_recovers(
         assert http.get("/health").status_code == 200
         assert refused_frames(http) == 0
 
+        caplog.set_level(logging.WARNING, logger="ingest.pipeline")
         with kept_full(data / "journal"):
             assert_unhealthy_but_reading(http, "the disk is full")
+            # The writer's commits free segments that new frames fill again, in turns: one
+            # spell of refusals all the same.
+            time.sleep(8)
         assert_resumed(http)
+        said = [r for r in caplog.records if r.name == "ingest.pipeline"]
+        assert [r.levelno for r in said] == [logging.ERROR, logging.WARNING], [
+            r.getMessage()[:120] for r in said
+        ]
+        assert "the disk is full" in said[0].getMessage()
+        assert "takes frames again" in said[1].getMessage()

@@ -21,6 +21,7 @@ from pathlib import Path
 import psutil
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from tests.conftest import REPO, free_port
 
@@ -81,10 +82,13 @@ def test_tickvault_run_serves_ticks_and_stops_cleanly(data_dir: Path) -> None:
     assert unwritten == 0
 
 
-def _start_run(data_dir: Path) -> tuple[subprocess.Popen[str], dict[str, str], str]:
-    """`tickvault run` as a newcomer starts it: its process, environment and API base URL."""
+def _start_run(
+    data_dir: Path, **settings: str
+) -> tuple[subprocess.Popen[str], dict[str, str], str]:
+    """`tickvault run` as a newcomer starts it (with `settings` as variables): its process,
+    environment and API base URL."""
     api_port = free_port()
-    env = _run_env(data_dir, api_port)
+    env = {**_run_env(data_dir, api_port), **settings}
     process = subprocess.Popen(
         [sys.executable, "-m", "tickvault", "run"],
         cwd=REPO,
@@ -260,3 +264,91 @@ def test_a_killed_supervisor_takes_its_children_down_cleanly(data_dir: Path) -> 
     written, unwritten = _ticks(url)
     assert written > 0
     assert unwritten == 0, "the ingest's open batch was written before it exited"
+
+
+def _recreate_the_database(env: dict[str, str]) -> None:
+    """Drop the embedded store's database and create it again, empty (a new oid)."""
+    url = _db_url(env)
+    name = conninfo_to_dict(url)["dbname"]
+    admin = make_conninfo(url, dbname="postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def _health_answer(process: subprocess.Popen[str], base: str, seconds: float) -> dict:
+    deadline = time.monotonic() + seconds
+    while True:
+        assert process.poll() is None, process.stdout.read() if process.stdout else ""
+        try:
+            status, body = _get(f"{base}/health")
+            if status == 503 and "belongs to another database" in body.get("reason", ""):
+                return body
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, "the API did not say why the ingest cannot run"
+        time.sleep(0.5)
+
+
+def test_a_second_instance_stops_and_a_journal_of_another_database_is_not_restarted(
+    data_dir: Path,
+) -> None:
+    """A second `tickvault run` on the same data directory stops with one line naming the
+    running instance; an ingest whose journal belongs to a database dropped and created again
+    stops once, is not started again, and /health says why and what to do."""
+    process, env, base = _start_run(data_dir, TICKVAULT_JOURNAL_SEGMENT_BYTES="65536")
+    try:
+        _wait_healthy(process, base, 90)
+        ingest = _child(process, "ingest")
+        time.sleep(3)  # committed segments are deleted
+        second = subprocess.run(
+            [sys.executable, "-m", "tickvault", "run"],
+            cwd=REPO,
+            env={**env, "TICKVAULT_API_PORT": str(free_port())},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        alone = subprocess.run(
+            [sys.executable, "-m", "tickvault", "ingest"],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=90)
+    assert process.returncode == 0, output[-3000:]
+    assert second.returncode == 1, second.stdout[-2000:] + second.stderr[-2000:]
+    said = second.stderr.strip().splitlines()
+    assert len(said) == 1, said
+    assert f"pid {ingest.pid}" in said[0]
+    assert str(data_dir) in said[0]
+    for setting in ("TICKVAULT_DATA_DIR", "TICKVAULT_API_PORT", "TICKVAULT_PG_PORT"):
+        assert setting in said[0]
+    assert alone.returncode == 78, alone.stderr[-2000:]
+    assert "Traceback" not in alone.stderr
+    assert f"pid {ingest.pid}" in alone.stderr
+
+    _recreate_the_database(env)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tickvault", "run"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        reason = _health_answer(process, base, 120)["reason"]
+        time.sleep(5)  # long past a restart's delay
+    finally:
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=90)
+    assert "tickvault journal set-aside" in reason
+    assert str(data_dir / "journal") in reason
+    assert output.count("started tickvault ingest") == 1, output[-3000:]
+    assert "Traceback" not in output
+    assert process.returncode == 1, output[-3000:]

@@ -36,7 +36,7 @@ from store.local.install import install_timescaledb
 from store.local.postgres import PgInstall, find_bindir
 from store.local.url import database_url, local_cluster, masked_password
 from store.migrations import migrate
-from tickvault import instruments_refresh, login, token
+from tickvault import instruments_refresh, journal_cmd, login, token
 from tickvault.archive import add_archive_parser
 from tickvault.audit import register as register_audit
 from tickvault.backfill import register as register_backfill
@@ -183,6 +183,7 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
     (tickvault/supervisor.py), on this environment, data directory and database."""
     from tickvault.supervisor import Supervisor
 
+    journal_cmd.check_single_instance(settings)
     # stdout only: trading.log and errors.log are the ingest child's (one writer per file).
     configure_logging(settings.log_level, [settings.upstox_access_token, settings.api_key])
     url = _prepare_store(settings)
@@ -192,7 +193,7 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
         f"{_feed_description(settings)}. Ctrl-C stops it cleanly.",
         flush=True,
     )
-    return Supervisor(settings.data_dir).run()
+    return Supervisor(settings.data_dir, settings.journal_dir).run()
 
 
 def _api(settings: Settings, args: argparse.Namespace) -> int:
@@ -251,10 +252,16 @@ def _api_logging(settings: Settings) -> None:
 
 
 def _ingest(settings: Settings, args: argparse.Namespace) -> int:
+    from ingest.journal_dir import JournalInUse, journal_holder
+    from ingest.recovery import JournalMismatch
     from ingest.service import WebSocketService
-    from tickvault.supervisor import die_with_supervisor
+    from tickvault.supervisor import EXIT_CANNOT_RUN, die_with_supervisor
 
     die_with_supervisor()
+    holder = journal_holder(settings.journal_dir)
+    if holder is not None:  # before logging: its files are the running instance's
+        print(f"tickvault: {journal_cmd.in_use_line(settings, holder)}", file=sys.stderr)
+        return EXIT_CANNOT_RUN
     _start_logging(settings)
     _favour_the_writer()
     url = _prepare_store(settings)
@@ -276,8 +283,17 @@ def _ingest(settings: Settings, args: argparse.Namespace) -> int:
         finally:
             await service.stop()
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve())
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serve())
+    except (JournalInUse, JournalMismatch) as error:  # no restart fixes either
+        why = (
+            journal_cmd.in_use_line(settings, error.holder)
+            if isinstance(error, JournalInUse)
+            else str(error)
+        )
+        print(f"tickvault: {why}", file=sys.stderr)
+        return EXIT_CANNOT_RUN
     return 0
 
 
@@ -390,6 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulator.set_defaults(handler=_simulator)
     token.register(commands)
     login.register(commands)
+    journal_cmd.register(commands)
     add_archive_parser(commands)
     return parser
 

@@ -41,7 +41,10 @@ LOG_FILE_MAX_BYTES = 10 * 1024**2  # a file is rotated past this size...
 LOG_FILE_BACKUPS = 5  # ...and this many rotated ones are kept
 MASK = "********"
 
-_NOISY = ("websockets", "psycopg.pool", "uvicorn.access")
+_NOISY = ("websockets", "uvicorn.access")
+# psycopg_pool warns of every failed reconnect, about one a second through a database outage;
+# the ingest's writer says once when an outage starts and once when it ends.
+_RECONNECTS = "psycopg.pool"
 
 
 class JsonFormatter(logging.Formatter):
@@ -137,6 +140,7 @@ def configure_logging(
     root.setLevel(level)
     for noisy in _NOISY:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    logging.getLogger(_RECONNECTS).setLevel(max(logging.ERROR, root.level))
 
 
 def _file_handlers(log_dir: Path, max_bytes: int, backups: int) -> list[logging.Handler]:

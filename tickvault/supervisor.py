@@ -7,6 +7,11 @@ that no feed is lost for longer than needed. One Ctrl-C or SIGTERM stops the api
 ingest (SIGTERM to each; the ingest exits once its open batch is flushed), and the parent
 exits 0.
 
+An ingest that exits with EXIT_CANNOT_RUN failed for a reason a restart cannot fix (its
+journal belongs to another database): it is not started again, and the api is started or kept
+so that /health and status say why (the ingest left the reason in its published table). When
+the reason is another ingest holding the data directory, the whole run stops.
+
 Each child leads a process group of its own: a Ctrl-C at the terminal reaches the parent
 alone, which stops the children in order, and what a dead child leaves behind (the api's
 uvicorn workers) is killed with its group before it is started again.
@@ -34,6 +39,7 @@ from pathlib import Path
 from types import FrameType
 
 from ingest.backoff import Backoff
+from ingest.journal_dir import journal_holder
 from ingest.published import IngestNotRunning, LatestTickReader, published_path
 
 log = logging.getLogger(__name__)
@@ -46,6 +52,8 @@ POLL_S = 0.2
 HEALTHY_AFTER_S = 30.0  # a child up this long had worked: its next restart is quick again
 API_STOP_TIMEOUT_S = 30.0
 INGEST_STOP_TIMEOUT_S = 120.0  # the open batch, and a database retry or two, before a kill
+# A child's exit status for "a restart cannot fix this" (sysexits.h's EX_CONFIG).
+EXIT_CANNOT_RUN = 78
 
 
 @dataclass
@@ -128,11 +136,15 @@ class Child:
 
 
 class Supervisor:
-    def __init__(self, data_dir: Path, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, journal_dir: Path, env: Mapping[str, str] | None = None
+    ) -> None:
         environment = dict(os.environ if env is None else env)
         self.ingest = Child("ingest", environment)
         self.api = Child("api", environment)
         self.published = published_path(data_dir.absolute())
+        self.journal_dir = journal_dir
+        self.ingest_cannot_run = False
         self._stop = threading.Event()
 
     def request_stop(self, signum: int = 0, frame: FrameType | None = None) -> None:
@@ -149,20 +161,45 @@ class Supervisor:
             self._stop_children()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
-        return 0
+        return 1 if self.ingest_cannot_run else 0
 
     def _supervise(self) -> None:
         self.ingest.start()
         while not self._stop.is_set():
             for child in (self.ingest, self.api):
                 code = child.exited()
-                if code is not None:
+                if code == EXIT_CANNOT_RUN and child is self.ingest:
+                    if not self._ingest_gives_up():
+                        return
+                elif code is not None:
                     child.schedule_restart(code)
                 if child.due():
                     child.start()
-            if self.api.process is None and self.api.restart_at is None and self._published():
+            if (
+                self.api.process is None
+                and self.api.restart_at is None
+                and (self.ingest_cannot_run or self._published())
+            ):
                 self.api.start()
             self._stop.wait(POLL_S)
+
+    def _ingest_gives_up(self) -> bool:
+        """The ingest cannot run: whether the api goes on (to say why) or the run stops."""
+        self.ingest_cannot_run = True
+        holder = journal_holder(self.journal_dir)
+        if holder is not None:
+            log.error(
+                "tickvault ingest cannot run: another process holds its journal %s (%s); stopping",
+                self.journal_dir,
+                holder,
+            )
+            return False
+        log.error(
+            "tickvault ingest cannot run (its message above says why and what to do); it is "
+            "not started again. The API answers on, and /health says why; start tickvault "
+            "run again once the cause is fixed"
+        )
+        return True
 
     def _published(self) -> bool:
         """Is the ingest publishing (so that the api, started now, has something to serve)?"""
