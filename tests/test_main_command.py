@@ -71,6 +71,9 @@ def test_tickvault_run_serves_ticks_and_stops_cleanly(data_dir: Path) -> None:
     first_line = output.splitlines()[0] if output else ""
     assert base.removeprefix("http://") in output, "the progress line names where the API is"
     assert "simulator" in output, first_line
+    # What it started, it stopped: no PostgreSQL of this data directory is left running.
+    assert f"stopped the local TimescaleDB in {data_dir / 'pg'}" in output
+    assert _store_status(env) == 3, "the store run started is stopped with it"
 
     url = _db_url(env)
     with psycopg.connect(url) as conn:
@@ -142,10 +145,22 @@ def _ticks(url: str) -> tuple[int, int]:
     return written, unwritten
 
 
+def _store_status(env: dict[str, str]) -> int:
+    """`tickvault db status`'s exit status: 0 running, 3 stopped."""
+    return subprocess.run(
+        [sys.executable, "-m", "tickvault", "db", "status"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        check=False,
+    ).returncode
+
+
 def _db_url(env: dict[str, str]) -> str:
+    """The store's URL, started again if need be: `tickvault run` stops the one it started."""
     return (
         subprocess.run(
-            [sys.executable, "-m", "tickvault", "db", "url"],
+            [sys.executable, "-m", "tickvault", "db", "start"],
             cwd=REPO,
             text=True,
             env=env,
@@ -188,7 +203,7 @@ def test_tickvault_run_brings_a_killed_api_back_and_the_ingest_loses_nothing(
     assert process.returncode == 0, output[-3000:]
     assert "tickvault api exited with code -9" in output, output[-3000:]
     assert "stopped (api exit code 0, ingest exit code 0)" in output, output[-3000:]
-    written, unwritten = _ticks(url)
+    written, unwritten = _ticks(_db_url(env))
     assert written > during
     assert unwritten == 0
     assert not ingest.is_running(), "the ingest child stopped with the supervisor"
@@ -352,3 +367,49 @@ def test_a_second_instance_stops_and_a_journal_of_another_database_is_not_restar
     assert output.count("started tickvault ingest") == 1, output[-3000:]
     assert "Traceback" not in output
     assert process.returncode == 1, output[-3000:]
+
+
+def test_a_store_running_before_is_left_running_and_a_taken_port_is_named(
+    data_dir: Path,
+) -> None:
+    """`tickvault run` stops only the PostgreSQL it started; a second checkout whose store
+    would take the same port gets one line naming the port, whose it is and the setting."""
+    api_port = free_port()
+    env, base = _run_env(data_dir, api_port), f"http://127.0.0.1:{api_port}"
+    started = subprocess.run(
+        [sys.executable, "-m", "tickvault", "db", "start"], cwd=REPO, env=env, check=False
+    )
+    assert started.returncode == 0
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tickvault", "run"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        _wait_healthy(process, base, 90)
+    finally:
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, output[-3000:]
+    assert "was running before this run and is left running" in output
+    assert _store_status(env) == 0
+
+    other = data_dir.parent / "other"  # the server's OS user must reach it, as data_dir
+    second = subprocess.run(
+        [sys.executable, "-m", "tickvault", "run"],
+        cwd=REPO,
+        env={**env, "TICKVAULT_DATA_DIR": str(other), "TICKVAULT_API_PORT": str(free_port())},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert second.returncode == 1
+    lines = second.stderr.strip().splitlines()
+    assert len(lines) == 1, second.stderr
+    port = env["TICKVAULT_PG_PORT"]
+    assert f"port {port} is taken by the PostgreSQL of {data_dir / 'pg'}" in lines[0]
+    assert "TICKVAULT_PG_PORT" in lines[0]

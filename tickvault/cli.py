@@ -32,6 +32,7 @@ from store.instruments import (
     load_instruments,
     read_instruments,
 )
+from store.local.cluster import LocalCluster
 from store.local.install import install_timescaledb
 from store.local.postgres import PgInstall, find_bindir
 from store.local.url import database_url, local_cluster, masked_password
@@ -186,6 +187,8 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
     journal_cmd.check_single_instance(settings)
     # stdout only: trading.log and errors.log are the ingest child's (one writer per file).
     configure_logging(settings.log_level, [settings.upstox_access_token, settings.api_key])
+    cluster = None if settings.database_url else local_cluster(settings)
+    already_running = cluster is not None and cluster.is_running()
     url = _prepare_store(settings)
     print(
         f"tickvault: API on http://{settings.api_host}:{settings.api_port} "
@@ -193,7 +196,25 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
         f"{_feed_description(settings)}. Ctrl-C stops it cleanly.",
         flush=True,
     )
-    return Supervisor(settings.data_dir, settings.journal_dir).run()
+    try:
+        return Supervisor(settings.data_dir, settings.journal_dir).run()
+    finally:
+        if cluster is not None:
+            _leave_the_store(cluster, already_running)
+
+
+def _leave_the_store(cluster: LocalCluster, already_running: bool) -> None:
+    """Stop the embedded PostgreSQL this run started; one that was running before is left
+    as it was, and the line says so."""
+    if already_running:
+        print(
+            f"tickvault: the local TimescaleDB in {cluster.data_dir} was running before this "
+            "run and is left running (`tickvault db stop` stops it)",
+            flush=True,
+        )
+        return
+    cluster.stop()
+    print(f"tickvault: stopped the local TimescaleDB in {cluster.data_dir}", flush=True)
 
 
 def _api(settings: Settings, args: argparse.Namespace) -> int:

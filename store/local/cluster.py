@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -149,6 +150,7 @@ class LocalCluster:
         if self.is_running():
             return self.status("already running")
         self._check_reachable_by_service_user()
+        self._check_port_free()
         self._write_settings()
         result = self.install.run(
             "pg_ctl",
@@ -167,6 +169,29 @@ class LocalCluster:
             raise StoreError(f"PostgreSQL did not start:\n{result.stderr.strip()}\n{tail}")
         self._ensure_database()
         return self.status("started")
+
+    def _check_port_free(self) -> None:
+        """One line naming the port, who holds it and the setting that moves ours, rather
+        than PostgreSQL's "could not create any TCP/IP sockets" deep in its log."""
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("127.0.0.1", self.port))
+                return
+            except OSError:
+                pass
+        holder = postgres_on_port(self.port)
+        held_by = (
+            f"the PostgreSQL of {holder}"
+            + (" (another tickvault store)" if holder.name == "pg" else "")
+            if holder is not None
+            else "another program"
+        )
+        raise StoreError(
+            f"port {self.port} is taken by {held_by}: set TICKVAULT_PG_PORT to a free port for "
+            f"the store in {self.data_dir}"
+            + (", or stop that one (`tickvault db stop` where it runs)" if holder else "")
+        )
 
     def stop(self) -> ClusterStatus:
         if not self.is_running():
@@ -241,3 +266,28 @@ class LocalCluster:
                 "a parent directory is closed to other users (as /root is). Set "
                 "TICKVAULT_DATA_DIR to a directory under /var/lib, /srv or /tmp"
             )
+
+
+def postgres_on_port(port: int) -> Path | None:
+    """The data directory of the running PostgreSQL that listens on `port`, if one does and
+    this user may read its `postmaster.pid` (whose fourth line is the port)."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"-D" not in args[:-1] or not args[0].endswith(b"postgres"):
+            continue
+        data_dir = Path(os.fsdecode(args[args.index(b"-D") + 1]))
+        if not data_dir.is_absolute():  # the postmaster runs in its data directory
+            try:
+                data_dir = Path(os.readlink(cmdline.parent / "cwd"))
+            except OSError:
+                continue
+        try:
+            lines = (data_dir / "postmaster.pid").read_text().splitlines()
+        except OSError:
+            continue
+        if len(lines) > 3 and lines[3].strip() == str(port):
+            return data_dir
+    return None
