@@ -9,7 +9,7 @@ An API worker asks it for a change over a unix socket in the data directory
     {"op": "refresh_instruments", "url": null, "max_bytes": null, "force": false}
 
     {"ok": true}
-    {"ok": true, "report": {...}}    (refresh_instruments: ingest/jobs/instruments.py's report)
+    {"ok": true, "report": {...}}    (ingest/jobs/instrument_refresh.py: its report)
     {"ok": false, "error": "limit" | "invalid" | "failed", "detail": "one line"}
 
 `refresh_instruments` (from `tickvault instruments refresh`) refreshes the instrument master in

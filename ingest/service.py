@@ -31,7 +31,7 @@ from ingest.handlers import TickCallback
 from ingest.jobs.backfill import AutoBackfill
 from ingest.jobs.calendar import CalendarKeeper
 from ingest.jobs.coverage import CoverageRecorder
-from ingest.jobs.instruments import RefreshReport, refresh_instruments
+from ingest.jobs.instrument_refresh import RefreshReport, refresh_instruments
 from ingest.jobs.rollup import BarRollup
 from ingest.jobs.schedule.runner import Connect, DailySchedule
 from ingest.jobs.schedule.steps import Upkeep, daily_schedule
@@ -259,7 +259,7 @@ class WebSocketService:
         self, url: str | None = None, max_bytes: int | None = None, force: bool = False
     ) -> RefreshReport:
         """Refresh the instrument master; the feed follows its F&O universe
-        (ingest/jobs/instruments.py)."""
+        (ingest/jobs/instrument_refresh.py)."""
         return await refresh_instruments(
             self.database_url,
             self.settings,

@@ -35,7 +35,7 @@ from store.subscriptions import RESUMABLE, upsert
 
 # One refresh at a time per database, whichever process runs it (the ingest's daily
 # schedule, `tickvault instruments refresh` with no ingest running).
-_LOCK = "SELECT pg_advisory_xact_lock(hashtext('tickvault.instruments_refresh'))"
+_LOCK = "SELECT pg_advisory_xact_lock(hashtext('tickvault.instrument_refresh'))"
 
 # A staged record's key, and the instrument row that has it (none for a new key).
 _STAGED = (

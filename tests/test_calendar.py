@@ -15,7 +15,7 @@ import pytest
 from core.ist import IST
 from ingest.jobs.calendar import CalendarError, CalendarKeeper, parse_holidays
 from ingest.simulator import FeedSimulator
-from ingest.simulator.calendar import default_holidays
+from ingest.simulator.calendar_api import default_holidays
 from store import calendar
 from tests.conftest import DbServer
 from tests.test_api import client, live_api, wait_for

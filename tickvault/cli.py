@@ -37,7 +37,7 @@ from store.local.install import install_timescaledb
 from store.local.postgres import PgInstall, find_bindir
 from store.local.url import database_url, local_cluster, masked_password
 from store.migrations import migrate
-from tickvault import instruments_refresh, journal_cmd, login, token
+from tickvault import instrument_refresh, journal_cmd, login, token
 from tickvault.archive import add_archive_parser
 from tickvault.audit import register as register_audit
 from tickvault.backfill import register as register_backfill
@@ -404,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
         " of the live instruments or of the F&O universe (default 0.2)",
     )
     refresh_master.add_argument("--json", action="store_true", help="the report as JSON")
-    refresh_master.set_defaults(handler=instruments_refresh.run)
+    refresh_master.set_defaults(handler=instrument_refresh.run)
 
     commands.add_parser(
         "run",

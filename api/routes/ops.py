@@ -12,8 +12,8 @@ from starlette.concurrency import run_in_threadpool
 
 from api.context import Context
 from api.ingest_state import PublishedIngest, StatusNotPublished
-from api.metrics import StatusCollector
 from api.models import HealthOut, UnavailableOut
+from api.status_metrics import StatusCollector
 from ingest.published import IngestNotRunning, SlotBusy
 
 router = APIRouter(tags=["ops"])

@@ -1,6 +1,6 @@
 """The simulator's HTTP side, answered before any websocket handshake: the REST authorize
 call, the bare feed URL's redirect, the single-use codes that let a handshake through, and
-the instrument master (ingest/simulator/instruments.py), and the /_sim/ test hooks for a
+the instrument master (ingest/simulator/master_file.py), and the /_sim/ test hooks for a
 simulator in another process (loopback only, like the rest)."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from urllib.parse import parse_qs, urlsplit
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
-from ingest.simulator.calendar import MARKET_PATH, SimulatedMarket
-from ingest.simulator.candles import CandleEndpoints
-from ingest.simulator.instruments import InstrumentFile
+from ingest.simulator.calendar_api import MARKET_PATH, SimulatedMarket
+from ingest.simulator.candle_api import CandleEndpoints
+from ingest.simulator.master_file import InstrumentFile
 from ingest.simulator.minutes import MinuteBook
 from ingest.simulator.protocol import (
     INVALID_TOKEN,

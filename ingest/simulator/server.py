@@ -13,8 +13,8 @@ Run it alone with `python -m ingest.simulator --port 8765 --rate 20000 --seed 1`
 answers test hooks on the same port: GET /_sim/stats, /_sim/sent_ticks (with --record),
 /_sim/drop, /_sim/garbage, /_sim/stall?seconds=N, /_sim/reject_token?on=1|0 and
 /_sim/market_status?NSE_EQ=NORMAL_CLOSE; and Upstox's market timings, holidays and status
-(ingest/simulator/calendar.py);
-/_sim/throttle?n=N (the next N candle calls answer 429; ingest/simulator/candles.py).
+(ingest/simulator/calendar_api.py);
+/_sim/throttle?n=N (the next N candle calls answer 429; ingest/simulator/candle_api.py).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
-from ingest.simulator.calendar import SimulatedMarket
+from ingest.simulator.calendar_api import SimulatedMarket
 from ingest.simulator.following import Following
 from ingest.simulator.frames import (
     ENCODERS,
@@ -44,10 +44,10 @@ from ingest.simulator.frames import (
     split_frames,
 )
 from ingest.simulator.idle import IdleMarket
-from ingest.simulator.instruments import InstrumentFile
-from ingest.simulator.login import LoginServer
 from ingest.simulator.market import DEFAULT_UNIVERSE, Instrument, Universe
+from ingest.simulator.master_file import InstrumentFile
 from ingest.simulator.minutes import DEFAULT_DAYS, MinuteBook
+from ingest.simulator.oauth import LoginServer
 from ingest.simulator.protocol import (
     ClientRequest,
     Gate,

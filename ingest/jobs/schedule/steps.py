@@ -21,7 +21,7 @@ import psycopg
 from ingest.config import Settings
 from ingest.jobs.audit import run_audit
 from ingest.jobs.calendar import CalendarKeeper
-from ingest.jobs.instruments import RefreshReport
+from ingest.jobs.instrument_refresh import RefreshReport
 from ingest.jobs.rollup import BarRollup
 from ingest.jobs.schedule.plan import Phase
 from ingest.jobs.schedule.runner import Clock, Connect, DailySchedule, Step, StepFunction

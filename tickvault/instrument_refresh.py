@@ -19,7 +19,7 @@ from typing import Any
 
 from ingest.config import Settings
 from ingest.control import RefreshInstruments, ask, control_path, listening
-from ingest.jobs.instruments import refresh_instruments, report_lines
+from ingest.jobs.instrument_refresh import refresh_instruments, report_lines
 from store.instruments import InstrumentFileError
 from store.local.url import database_url
 
