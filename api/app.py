@@ -31,8 +31,8 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
     `settings.data_dir`: one job per process, the ingest never runs in here.
 
     The latest ticks, the status and /health come from what that ingest publishes
-    (ingest/published.py), and answer 503 with the reason while no ingest runs; subscription
-    changes are sent to that ingest through its control socket (ingest/control.py), and
+    (ingest/channels/), and answer 503 with the reason while no ingest runs; subscription
+    changes are sent to that ingest through its control socket (ingest/channels/control.py), and
     answer 503 while none listens; history, bars, instruments and the subscription list come
     from the database as ever.
     """

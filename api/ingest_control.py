@@ -1,7 +1,7 @@
 """Subscription changes sent to the ingest process over its control socket.
 
 `tickvault api` does not hold the feed's connections: `tickvault ingest` does, and listens
-for changes on `control.sock` in the data directory (ingest/control.py, where the protocol
+for changes on `control.sock` in the data directory (ingest/channels/control.py, where the protocol
 is). The answers become what the ingest's SubscriptionManager raises: a refusal of the feed's
 limits is a SubscriptionLimitError (409, with the same detail), an invalid request 422, and an
 ingest that is not there, does not answer in time or fails 503 with the reason.
@@ -15,8 +15,7 @@ from pathlib import Path
 
 from fastapi import HTTPException
 
-from ingest.client import SubscriptionLimitError
-from ingest.control import (
+from ingest.channels.control import (
     MAX_LINE_BYTES,
     InvalidMessage,
     Request,
@@ -26,6 +25,7 @@ from ingest.control import (
     decode_answer,
     encode_request,
 )
+from ingest.client import SubscriptionLimitError
 
 TIMEOUT_S = 5.0
 

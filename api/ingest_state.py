@@ -2,7 +2,7 @@
 
 `tickvault api` serves beside a `tickvault ingest` on the same machine and data directory.
 That ingest publishes the latest tick per instrument and its status in
-`published/latest.bin` (ingest/published.py); this module reads them for the routes:
+`published/latest.bin` (ingest/channels/); this module reads them for the routes:
 
 - latest ticks and the status are read when asked, through a `LatestTickReader` per thread
   (a reader is not thread-safe). A read of a few keys takes tens of microseconds, so the hot
@@ -25,13 +25,8 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from ingest.published import (
-    BUSY_TIMEOUT_S,
-    IngestNotRunning,
-    LatestTickReader,
-    SlotBusy,
-    published_path,
-)
+from ingest.channels.latest_reader import LatestTickReader
+from ingest.channels.latest_table import BUSY_TIMEOUT_S, IngestNotRunning, SlotBusy, published_path
 from ingest.status import IngestStatus
 from store.tick import Tick
 

@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from api.context import ApiContext
 from api.models import LatestTickOut
 from api.params import checked_symbol_list
-from ingest.published import IngestNotRunning, SlotBusy
+from ingest.channels.latest_table import IngestNotRunning, SlotBusy
 from store.instruments import UnknownSymbol
 from store.tick import Tick, as_dict
 

@@ -29,7 +29,8 @@ from typing import Any
 import psycopg
 
 from bench.common import REPO, cpu_seconds, db_server, free_port, median
-from ingest.published import LatestTickPublisher, published_path
+from ingest.channels.latest_publisher import LatestTickPublisher
+from ingest.channels.latest_table import published_path
 from store.instruments import default_sample_path, load_instruments, resolve_symbols
 from store.tick import TICK_PG_TYPES
 

@@ -23,9 +23,11 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from ingest.cache import AggregatedTickHandler
+from ingest.channels.control import ControlServer, control_path
+from ingest.channels.latest_publisher import publish_forever, publish_stopped
+from ingest.channels.latest_table import published_path
 from ingest.client import FeedClient
 from ingest.config import Settings
-from ingest.control import ControlServer, control_path
 from ingest.disk import DiskGuard
 from ingest.handlers import TickCallback
 from ingest.jobs.backfill import AutoBackfill
@@ -39,7 +41,6 @@ from ingest.journal import Journal, sync_forever
 from ingest.journal_dir import JournalInUse
 from ingest.metrics import IngestMetrics
 from ingest.pipeline import Pipeline
-from ingest.published import publish_forever, publish_stopped, published_path
 from ingest.recovery import JournalMismatch, RecoveryState, check_journal, load_recovery_state
 from ingest.simulator import FeedSimulator
 from ingest.status import BarsStatus, FeedStatus, IngestStatus
@@ -177,7 +178,7 @@ class WebSocketService:
         self._tasks["journal-sync"] = asyncio.create_task(sync_forever(self._journal), name="sync")
         disk_sizes = self.disk.measure_forever(self._pool, self._journal)
         self._tasks["disk"] = asyncio.create_task(disk_sizes, name="disk")
-        # The latest ticks and the status, for the API's processes (ingest/published.py).
+        # The latest ticks and the status, for the API's processes (ingest/channels/).
         self._tasks["publish"] = asyncio.create_task(
             publish_forever(
                 published_path(settings.data_dir), self.cache.take_changed, self.status
@@ -353,7 +354,8 @@ class WebSocketService:
 
     async def _start_control(self) -> None:
         """The control socket the API's processes send subscription changes to
-        (ingest/control.py). Without it the ingest runs on, and those changes answer 503."""
+        (ingest/channels/control.py). Without it the ingest runs on, and those changes answer
+        503."""
         assert self._subscriptions is not None
 
         async def refresh(url: str | None, max_bytes: int | None, force: bool) -> dict[str, Any]:

@@ -20,8 +20,9 @@ from fastapi import FastAPI
 
 from api import create_app
 from api.latest_fast import LatestTicksShortcut
+from ingest.channels.latest_publisher import LatestTickPublisher
+from ingest.channels.latest_table import published_path
 from ingest.config import Settings
-from ingest.published import LatestTickPublisher, published_path
 from store.instruments import resolve_symbols
 from store.tick import TICK_COLUMN_TYPES, TICK_COLUMNS, TIME_COLUMNS
 from tests.conftest import DbServer

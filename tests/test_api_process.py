@@ -1,7 +1,7 @@
 """The API as a process of its own: `tickvault api` beside `tickvault ingest`.
 
 The ingest runs as a real `tickvault ingest` process against a test database; the API reads
-what it publishes (ingest/published.py) for the latest ticks, the status and /health, and
+what it publishes (ingest/channels/) for the latest ticks, the status and /health, and
 the database for everything else. Once the ingest stops, the live endpoints say so with 503
 while history and bars still answer.
 """
@@ -28,8 +28,10 @@ import pytest
 
 import api.ingest_state
 from api import create_app
+from ingest.channels.latest_publisher import LatestTickPublisher
+from ingest.channels.latest_reader import LatestTickReader
+from ingest.channels.latest_table import published_path
 from ingest.config import Secret, Settings
-from ingest.published import LatestTickPublisher, LatestTickReader, published_path
 from ingest.simulator import FeedSimulator
 from ingest.status import BarsStatus, CacheStatus, FeedStatus, IngestStatus, PipelineStatus
 from store.instruments import instrument_records

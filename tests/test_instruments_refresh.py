@@ -26,8 +26,7 @@ from psycopg_pool import ConnectionPool
 from api import create_app
 from api.symbol_resolver import SymbolResolver
 from core.ist import ist_today
-from ingest.config import Secret, Settings
-from ingest.control import (
+from ingest.channels.control import (
     Answer,
     InvalidMessage,
     RefreshInstruments,
@@ -36,6 +35,7 @@ from ingest.control import (
     encode_answer,
     encode_request,
 )
+from ingest.config import Secret, Settings
 from ingest.service import WebSocketService
 from ingest.simulator import FeedSimulator
 from ingest.upstox.wire import INSTRUMENTS_PATH

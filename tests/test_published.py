@@ -17,17 +17,17 @@ import psycopg
 import pytest
 
 from ingest.cache import AggregatedTickHandler
-from ingest.config import Settings
-from ingest.published import (
+from ingest.channels.latest_publisher import LatestTickPublisher
+from ingest.channels.latest_reader import LatestTickReader
+from ingest.channels.latest_table import (
     SLOT,
     IngestNotRunning,
-    LatestTickPublisher,
-    LatestTickReader,
     PublisherBusy,
     SlotBusy,
     file_size,
     published_path,
 )
+from ingest.config import Settings
 from ingest.service import WebSocketService
 from ingest.status import BarsStatus, CacheStatus, FeedStatus, IngestStatus
 from store.instruments import default_sample_path, load_instruments
@@ -111,7 +111,7 @@ def test_a_tick_that_does_not_fit_is_refused_and_counted(
     path = tmp_path / "latest.bin"
     bad = (*full_tick("BAD", 1)[:3], "ten", *full_tick("BAD", 1)[4:])  # text in ltq (int8)
     with LatestTickPublisher(path) as publisher, LatestTickReader(path) as reader:
-        with caplog.at_level(logging.ERROR, "ingest.published"):
+        with caplog.at_level(logging.ERROR, "ingest.channels.latest_publisher"):
             assert publisher.publish([full_tick("GOOD", 1), bad]) == 1
         assert "does not fit" in caplog.text
         assert reader.latest(["GOOD", "BAD"]) == {"GOOD": full_tick("GOOD", 1)}
@@ -171,7 +171,7 @@ def test_a_status_too_large_keeps_the_last_one(
     with LatestTickPublisher(path, 10, status_bytes=4096) as publisher:
         small = _status(1, ["A"])
         assert publisher.publish_status(small)
-        with caplog.at_level(logging.ERROR, "ingest.published"):
+        with caplog.at_level(logging.ERROR, "ingest.channels.latest_publisher"):
             assert not publisher.publish_status(_status(2, ["X" * 10] * 1000))
         assert "exceeds" in caplog.text
         with LatestTickReader(path) as reader:
@@ -183,7 +183,7 @@ def test_a_status_too_large_keeps_the_last_one(
 # keys, as fast as it can, None columns changing with the counter, and a status each round.
 WRITER = """
 import sys, time
-from ingest.published import LatestTickPublisher
+from ingest.channels.latest_publisher import LatestTickPublisher
 from tests.test_published import GREEKS, full_tick, with_nones
 
 path, seconds = sys.argv[1], float(sys.argv[2])
@@ -374,7 +374,7 @@ def test_capacity_bounds_the_file(tmp_path: Path, caplog: pytest.LogCaptureFixtu
     with LatestTickPublisher(path, capacity=3) as publisher, LatestTickReader(path) as reader:
         size = path.stat().st_size
         assert size == publisher.file_size == file_size(3) == reader.info()["file_size"]
-        with caplog.at_level(logging.WARNING, "ingest.published"):
+        with caplog.at_level(logging.WARNING, "ingest.channels.latest_publisher"):
             publisher.publish([full_tick(key, 1) for key in ("A", long_key, "B", "C", "D", "E")])
             publisher.publish([full_tick(key, 2) for key in ("A", "D", "E", long_key)])
         assert reader.latest(["A", "B", "C", "D", "E", long_key]) == {

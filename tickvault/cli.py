@@ -223,7 +223,7 @@ def _api(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     from api.limits import UVICORN_LIMITS
-    from ingest.published import published_path
+    from ingest.channels.latest_table import published_path
     from tickvault.supervisor import die_with_supervisor
 
     die_with_supervisor()
@@ -322,7 +322,7 @@ def _health(settings: Settings, args: argparse.Namespace) -> int:
     """Exit 0 while the ingest on this data directory publishes and is healthy, else say why
     and exit 1: what /health answers, without an API (docker compose's ingest healthcheck)."""
     from api.ingest_state import PublishedIngest
-    from ingest.published import SlotBusy
+    from ingest.channels.latest_table import SlotBusy
 
     published = PublishedIngest(settings.data_dir)
     problem: str | None = "the ingest kept its status busy through three reads"

@@ -2,11 +2,11 @@
 the F&O universe's subscriptions following it.
 
 When an ingest runs on this data directory, the refresh is its work (over its control socket,
-ingest/control.py): it owns the feed, so it subscribes the stocks that joined and unsubscribes
-those that left at once, and it knows its simulator's URL. Otherwise the refresh runs here
-and leaves the change in the subscriptions table for the next ingest. Either way a file that
-would remove more than TICKVAULT_INSTRUMENTS_MAX_REMOVED_SHARE of the master or of the F&O
-universe is refused (exit 1, nothing changed) unless `--force` is given.
+ingest/channels/control.py): it owns the feed, so it subscribes the stocks that joined and
+unsubscribes those that left at once, and it knows its simulator's URL. Otherwise the refresh
+runs here and leaves the change in the subscriptions table for the next ingest. Either way a
+file that would remove more than TICKVAULT_INSTRUMENTS_MAX_REMOVED_SHARE of the master or of
+the F&O universe is refused (exit 1, nothing changed) unless `--force` is given.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import json
 import sys
 from typing import Any
 
+from ingest.channels.control import RefreshInstruments, ask, control_path, listening
 from ingest.config import Settings
-from ingest.control import RefreshInstruments, ask, control_path, listening
 from ingest.jobs.instrument_refresh import refresh_instruments, report_lines
 from store.instruments import InstrumentFileError
 from store.local.url import database_url

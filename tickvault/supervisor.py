@@ -1,7 +1,7 @@
 """`tickvault run`'s supervisor: a `tickvault ingest` child and a `tickvault api` child.
 
 The parent has prepared the store (install check, start, migrate, sample instruments). It
-starts the ingest, waits until it publishes (ingest/published.py), then starts the api; a
+starts the ingest, waits until it publishes (ingest/channels/), then starts the api; a
 child that dies is started again after a delay (ingest/backoff.py), the ingest first so
 that no feed is lost for longer than needed. One Ctrl-C or SIGTERM stops the api, then the
 ingest (SIGTERM to each; the ingest exits once its open batch is flushed), and the parent
@@ -39,8 +39,9 @@ from pathlib import Path
 from types import FrameType
 
 from ingest.backoff import Backoff
+from ingest.channels.latest_reader import LatestTickReader
+from ingest.channels.latest_table import IngestNotRunning, published_path
 from ingest.journal_dir import journal_holder
-from ingest.published import IngestNotRunning, LatestTickReader, published_path
 
 log = logging.getLogger(__name__)
 

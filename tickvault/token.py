@@ -13,8 +13,9 @@ import sys
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from ingest.channels.latest_reader import LatestTickReader
+from ingest.channels.latest_table import IngestNotRunning, SlotBusy, published_path
 from ingest.config import Settings
-from ingest.published import IngestNotRunning, LatestTickReader, SlotBusy, published_path
 from ingest.tokens import (
     ENV_WINS,
     StoredToken,

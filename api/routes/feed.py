@@ -22,7 +22,7 @@ from api.models import (
     UnsubscribeOut,
 )
 from api.params import SYMBOL_LIST_RULES, Symbol, symbol_list
-from ingest.published import IngestNotRunning, SlotBusy
+from ingest.channels.latest_table import IngestNotRunning, SlotBusy
 from ingest.status import IngestStatus
 from store.subscriptions import listing
 from store.tick import Tick, as_dict

@@ -14,7 +14,7 @@ from api.context import Context
 from api.ingest_state import PublishedIngest, StatusNotPublished
 from api.models import HealthOut, UnavailableOut
 from api.status_metrics import StatusCollector
-from ingest.published import IngestNotRunning, SlotBusy
+from ingest.channels.latest_table import IngestNotRunning, SlotBusy
 
 router = APIRouter(tags=["ops"])
 

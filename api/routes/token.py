@@ -23,7 +23,7 @@ from api.context import ApiContext, Context
 from api.error_responses import responses
 from api.ingest_state import StatusNotPublished
 from core.ist import IST
-from ingest.published import IngestNotRunning, SlotBusy
+from ingest.channels.latest_table import IngestNotRunning, SlotBusy
 from ingest.tokens import ENV_WINS, KINDS, save_token, what_the_ingest_does
 
 router = APIRouter(prefix="/api/v1", tags=["token"])

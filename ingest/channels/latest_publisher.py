@@ -1,0 +1,411 @@
+"""The writer of the latest-tick table (latest_table.py has its layout and rules): the ingest
+publishes each changed instrument's slot and its status, never blocking on a reader."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import json
+import logging
+import mmap
+import os
+import struct
+import time
+import uuid
+import zlib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, is_dataclass
+from operator import itemgetter
+from pathlib import Path
+from typing import Any
+
+from ingest.channels.latest_table import (
+    BODY,
+    BOM,
+    CODES,
+    COLUMNS,
+    COLUMNS_CRC,
+    DEFAULT_CAPACITY,
+    HEADER,
+    HEADER_SIZE,
+    KEY_ENTRY,
+    KEY_HEAD,
+    LAYOUT_VERSION,
+    MAGIC,
+    MAX_KEY_BYTES,
+    PUBLISH_INTERVAL_S,
+    RUNNING,
+    SLOT,
+    STATUS_HEAD,
+    STATUS_INTERVAL_S,
+    STOPPED,
+    STOPPED_BECAUSE,
+    W_HEARTBEAT_NS,
+    W_KEY_COUNT,
+    W_KEYS_OVER_CAPACITY,
+    W_KEYS_TOO_LONG,
+    W_PUBLISHES,
+    W_STATE,
+    W_STATUS_GENERATION,
+    W_STATUS_TOO_LARGE,
+    W_TICKS_PUBLISHED,
+    W_TICKS_REFUSED,
+    PublisherBusy,
+    lock,
+    pid_namespace,
+    sizes,
+)
+from store.tick import TICK_COLUMNS, Tick
+
+log = logging.getLogger(__name__)
+
+
+class _Layout:
+    """How the ticks with None in the same columns are packed: a struct whose None columns
+    are pad bytes (written as zeros), the mask of those columns, and getters for the values
+    and for the columns that must be None."""
+
+    __slots__ = ("mask", "nulls", "nulls_of", "pack", "values_of")
+
+    def __init__(self, null_columns: tuple[int, ...]) -> None:
+        fmt = ["=I"]
+        mask = 0
+        values = []
+        for column, code in enumerate(CODES, start=1):
+            if column in null_columns:
+                fmt.append("8x")
+                mask |= 1 << (column - 1)
+            else:
+                fmt.append(code)
+                values.append(column)
+        self.pack = struct.Struct("".join(fmt)).pack
+        self.mask = mask
+        self.values_of = _getter(values)
+        self.nulls_of = _getter(list(null_columns))
+        self.nulls = (None,) * len(null_columns)
+
+
+def _getter(columns: list[int]) -> Callable[[Tick], tuple[Any, ...]]:
+    """A tuple of the tick's values in `columns`, in C where it can (itemgetter of one index
+    gives the value alone, of none is refused)."""
+    if len(columns) >= 2:
+        return itemgetter(*columns)
+    if len(columns) == 1:
+        (column,) = columns
+        return lambda tick: (tick[column],)
+    return itemgetter(slice(0, 0))
+
+
+class LatestTickPublisher:
+    """The writer: `publish(ticks)` stores each instrument's tick in its slot, `publish_status`
+    the IngestStatus. One per data directory (a second one raises PublisherBusy); not
+    thread-safe: call it from one thread, the ingest's event loop.
+
+    A key longer than MAX_KEY_BYTES in UTF-8, a key past `capacity` and a tick whose values
+    do not fit its columns are counted (in the header, `counters()`), logged once per key,
+    and skipped: the file never grows.
+    """
+
+    def __init__(
+        self,
+        path: Path | str,
+        capacity: int = DEFAULT_CAPACITY,
+        *,
+        status_bytes: int | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.capacity = capacity
+        keys_at, slots_at, status_at, buffer, size = sizes(capacity, status_bytes)
+        self.file_size = size
+        self.start_token = uuid.uuid4().bytes
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock_path = self.path.with_suffix(".lock")
+        temporary = self.path.with_name(
+            f".{self.path.name}.{os.getpid()}.{self.start_token.hex()[:8]}.tmp"
+        )
+        fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        lock_fd = -1
+        try:
+            # The blocks now: a full disk fails here, not later as SIGBUS on a page write.
+            os.posix_fallocate(fd, 0, size)
+            self._mm = mmap.mmap(fd, size)
+            HEADER.pack_into(
+                self._mm,
+                0,
+                MAGIC,
+                LAYOUT_VERSION,
+                BOM,
+                HEADER_SIZE,
+                capacity,
+                SLOT,
+                KEY_ENTRY,
+                MAX_KEY_BYTES,
+                COLUMNS,
+                COLUMNS_CRC,
+                0,
+                os.getpid(),
+                pid_namespace(),
+                self.start_token,
+                time.time_ns(),
+                keys_at,
+                slots_at,
+                status_at,
+                buffer,
+                size,
+                0,
+            )
+            self._words = memoryview(self._mm).cast("Q")
+            self._halves = memoryview(self._mm).cast("I")
+            self._words[W_STATE] = RUNNING
+            self._words[W_HEARTBEAT_NS] = time.time_ns()
+            lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                lock(lock_fd)
+            except OSError as error:
+                if error.errno not in (errno.EACCES, errno.EAGAIN):
+                    raise
+                raise PublisherBusy(
+                    f"another ingest publishes at {self.path} (it holds {self._lock_path})"
+                ) from None
+            os.replace(temporary, self.path)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self._release()
+            if lock_fd >= 0:
+                os.close(lock_fd)
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+            raise
+        os.close(fd)  # the mapping keeps the file
+        self._lock_fd = lock_fd
+        self._keys_at = keys_at
+        self._slots_at = slots_at
+        self._status_at = status_at
+        self._status_buffer = buffer
+        # key -> [layout, seq, seq word, payload offset]; the seq is ours to keep (one writer).
+        self._slots: dict[str, list[Any]] = {}
+        self._layouts: dict[tuple[int, ...], _Layout] = {}
+        self._refused: dict[str, str] = {}  # key -> why, bounded (see _refuse)
+        self._status_seqs = [0, 0]
+        self._status_generation = 0
+        self.keys_over_capacity = 0
+        self.keys_too_long = 0
+        self.ticks_refused = 0
+        self.ticks_published = 0
+        self.status_too_large = 0
+        self.closed = False
+        log.info(
+            "publishing the latest ticks at %s: %d instruments, %.1f MiB",
+            self.path,
+            capacity,
+            size / 2**20,
+        )
+
+    # --- ticks -----------------------------------------------------------------------------
+
+    def publish(self, ticks: Iterable[Tick]) -> int:
+        """Store each tick in its instrument's slot (a later tick of the same key wins);
+        returns how many were stored. Also beats the heartbeat."""
+        words = self._words
+        halves = self._halves
+        mm = self._mm
+        slots = self._slots
+        crc32 = zlib.crc32
+        added = False
+        stored = 0
+        for tick in ticks:
+            entry = slots.get(tick[0])
+            if entry is None:
+                entry = self._add(tick)
+                if entry is None:
+                    continue
+                added = True
+            layout = entry[0]
+            try:
+                if layout.nulls_of(tick) != layout.nulls:
+                    raise struct.error  # a column the layout writes as None has a value now
+                payload = layout.pack(layout.mask, *layout.values_of(tick))
+            except struct.error:  # ... or a value became None: the tick's own layout
+                payload = self._repack(entry, tick)
+                if payload is None:
+                    continue
+            crc = crc32(payload)
+            seq = entry[1] + 1
+            word = entry[2]
+            start = entry[3]
+            # From the odd store to the even one: no call, so no thread switch in between.
+            words[word] = seq
+            halves[word * 2 + 2] = crc
+            mm[start : start + BODY.size] = payload
+            words[word] = seq + 1
+            entry[1] = seq + 1
+            stored += 1
+        if added:
+            words[W_KEY_COUNT] = len(slots)  # after the new keys' first ticks
+        self.ticks_published += stored
+        words[W_TICKS_PUBLISHED] = self.ticks_published
+        words[W_PUBLISHES] += 1
+        words[W_HEARTBEAT_NS] = time.time_ns()
+        return stored
+
+    def _add(self, tick: Tick) -> list[Any] | None:
+        key = tick[0]
+        if key in self._refused:
+            self.ticks_refused += 1
+            self._words[W_TICKS_REFUSED] = self.ticks_refused
+            return None
+        try:
+            encoded = key.encode()
+        except (AttributeError, UnicodeEncodeError):
+            return self._refuse(key, "the key is not a string of Unicode characters")
+        if len(tick) != len(TICK_COLUMNS):
+            return self._refuse(key, f"a tick of {len(tick)} columns, not {len(TICK_COLUMNS)}")
+        if len(encoded) > MAX_KEY_BYTES:
+            self.keys_too_long += 1
+            self._words[W_KEYS_TOO_LONG] = self.keys_too_long
+            return self._refuse(key, f"the key is longer than {MAX_KEY_BYTES} bytes")
+        index = len(self._slots)
+        if index >= self.capacity:
+            self.keys_over_capacity += 1
+            self._words[W_KEYS_OVER_CAPACITY] = self.keys_over_capacity
+            return self._refuse(key, f"the table is full ({self.capacity} instruments)")
+        at = self._keys_at + index * KEY_ENTRY
+        KEY_HEAD.pack_into(self._mm, at, len(encoded), 0, zlib.crc32(encoded))
+        self._mm[at + KEY_HEAD.size : at + KEY_HEAD.size + len(encoded)] = encoded
+        slot_at = self._slots_at + index * SLOT
+        entry = [self._layout_of(tick), 0, slot_at // 8, slot_at + 12]
+        self._slots[key] = entry
+        return entry
+
+    def _refuse(self, key: Any, why: str) -> None:
+        self.ticks_refused += 1
+        self._words[W_TICKS_REFUSED] = self.ticks_refused
+        if len(self._refused) < 100_000:  # remembered, so each key is logged once
+            self._refused[key] = why
+            log.warning("not published: %r: %s", key, why)
+        return None
+
+    def _layout_of(self, tick: Tick) -> _Layout:
+        nulls = tuple(column for column in range(1, len(TICK_COLUMNS)) if tick[column] is None)
+        layout = self._layouts.get(nulls)
+        if layout is None:
+            layout = self._layouts[nulls] = _Layout(nulls)
+        return layout
+
+    def _repack(self, entry: list[Any], tick: Tick) -> bytes | None:
+        layout = entry[0] = self._layout_of(tick)
+        try:
+            return layout.pack(layout.mask, *layout.values_of(tick))
+        except struct.error as error:
+            self.ticks_refused += 1
+            self._words[W_TICKS_REFUSED] = self.ticks_refused
+            if self.ticks_refused == 1 or self.ticks_refused % 10_000 == 0:
+                log.error("a tick does not fit its columns (%s), not published: %r", error, tick)
+            return None
+
+    # --- status ----------------------------------------------------------------------------
+
+    def publish_status(self, status: Any) -> bool:
+        """Publish the IngestStatus (a dataclass, or a mapping) as JSON; False, counted and
+        logged, when it does not fit its buffer (the previous one stays)."""
+        data = asdict(status) if is_dataclass(status) else dict(status)
+        body = json.dumps(data, separators=(",", ":"), default=str).encode()
+        room = self._status_buffer - STATUS_HEAD
+        if len(body) > room:
+            self.status_too_large += 1
+            self._words[W_STATUS_TOO_LARGE] = self.status_too_large
+            if self.status_too_large == 1:
+                log.error(
+                    "the status (%d bytes) exceeds its %d bytes: kept the last", len(body), room
+                )
+            return False
+        generation = self._status_generation + 1
+        buffer = generation % 2
+        at = self._status_at + buffer * self._status_buffer
+        word = at // 8
+        seq = self._status_seqs[buffer] + 1
+        words = self._words
+        words[word] = seq
+        words[word + 1] = time.time_ns()
+        self._halves[word * 2 + 4] = len(body)
+        self._halves[word * 2 + 5] = zlib.crc32(body)
+        self._mm[at + STATUS_HEAD : at + STATUS_HEAD + len(body)] = body
+        words[word] = seq + 1
+        self._status_seqs[buffer] = seq + 1
+        self._status_generation = generation
+        words[W_STATUS_GENERATION] = generation
+        return True
+
+    # --- the rest --------------------------------------------------------------------------
+
+    def counters(self) -> dict[str, int]:
+        return {
+            "instruments": len(self._slots),
+            "ticks_published": self.ticks_published,
+            "keys_over_capacity": self.keys_over_capacity,
+            "keys_too_long": self.keys_too_long,
+            "ticks_refused": self.ticks_refused,
+            "status_too_large": self.status_too_large,
+        }
+
+    def close(self, because: str | None = None) -> None:
+        """Mark the table stopped (readers say so, and `because`, the reason of a stop that a
+        restart cannot undo, when given) and let go of the file and its lock."""
+        if self.closed:
+            return
+        self.closed = True
+        if because is not None:
+            self.publish_status({STOPPED_BECAUSE: because})
+        self._words[W_STATE] = STOPPED
+        self._release()
+        os.close(self._lock_fd)  # releases the lock
+
+    def _release(self) -> None:
+        for name in ("_words", "_halves"):
+            view = getattr(self, name, None)
+            if view is not None:
+                view.release()
+        mm = getattr(self, "_mm", None)
+        if mm is not None:
+            mm.close()
+
+    def __enter__(self) -> LatestTickPublisher:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def publish_stopped(path: Path, because: str) -> None:
+    """Leave, for readers, a stopped table that says why the ingest cannot run (nothing
+    when another ingest publishes there: its table stands)."""
+    with contextlib.suppress(PublisherBusy):
+        LatestTickPublisher(path, capacity=1).close(because)
+
+
+async def publish_forever(
+    path: Path,
+    take_changed: Callable[[], Mapping[str, Tick]],
+    status: Callable[[], Any],
+    *,
+    capacity: int = DEFAULT_CAPACITY,
+    interval_s: float = PUBLISH_INTERVAL_S,
+    status_interval_s: float = STATUS_INTERVAL_S,
+) -> None:
+    """The ingest's publishing task: the instruments changed since the last round every
+    `interval_s`, the status every `status_interval_s`; cancel it to stop (the table is
+    then marked stopped). Runs on the event loop that feeds the cache."""
+    publisher = LatestTickPublisher(path, capacity)
+    try:
+        next_status = 0.0
+        while True:
+            publisher.publish(take_changed().values())
+            now = time.monotonic()
+            if now >= next_status:
+                publisher.publish_status(status())
+                next_status = now + status_interval_s
+            await asyncio.sleep(interval_s)
+    finally:
+        publisher.close()
