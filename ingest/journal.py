@@ -19,14 +19,21 @@ import logging
 import os
 import struct
 import threading
-import uuid
 import zlib
 from collections.abc import Iterator
 from itertools import pairwise
 from pathlib import Path
 from types import TracebackType
 
-from ingest.journal_dir import HOLDER_FILE, holder_note, lock, write_atomically
+from ingest.journal_dir import (
+    DATABASE_FILE,
+    HOLDER_FILE,
+    holder_note,
+    load_journal_id,
+    lock,
+    read_note,
+    write_note,
+)
 from ingest.status import JournalStatus
 
 log = logging.getLogger(__name__)
@@ -45,8 +52,6 @@ _HEADER = struct.Struct("<4sIIQq")  # magic, frame length, crc32, seq, received_
 _CRC_FROM = 12  # the CRC covers seq, received_at_us and the frame
 _META = struct.Struct("<Qq")
 _SUFFIX = ".journal"
-_ID_FILE = "journal_id"
-_DATABASE_FILE = "database"  # the database the frames were last written to
 
 
 class JournalFull(RuntimeError):
@@ -133,8 +138,8 @@ class Journal:
         self._torn_write_at: int | None = None  # a failed write's offset, if not cut yet
         self._fd_swap = threading.Lock()  # sync() may run in the writer's thread
         try:
-            self._note(HOLDER_FILE, holder_note())
-            self.journal_id = self._load_id()
+            write_note(self.directory, HOLDER_FILE, holder_note(), self._dir_fd)
+            self.journal_id = load_journal_id(self.directory, self._dir_fd)
             self._sizes = {
                 int(path.name.removesuffix(_SUFFIX)): path.stat().st_size
                 for path in self.directory.glob("*" + _SUFFIX)
@@ -149,36 +154,17 @@ class Journal:
             os.close(self._dir_fd)
             raise
 
-    def _note(self, name: str, text: str) -> None:
-        """Write a small file of what the journal knows about itself, if the disk lets it (on a
-        full disk an older note is removed instead: no note is better than a wrong one)."""
-        try:
-            write_atomically(self.directory / name, text, self._dir_fd)
-        except OSError as error:
-            log.warning("journal %s: %s not recorded: %s", self.directory, name, error)
-            with contextlib.suppress(OSError):
-                (self.directory / name).unlink()
-
-    def _load_id(self) -> str:
-        path = self.directory / _ID_FILE
-        if not path.exists():
-            write_atomically(path, uuid.uuid4().hex + "\n", self._dir_fd)
-        return path.read_text().strip()
-
     @property
     def database(self) -> str | None:
         """The database this journal's frames were last written to, as `bind_database` was
         told (None before the first, or in a journal older than this record)."""
-        try:
-            return (self.directory / _DATABASE_FILE).read_text().strip() or None
-        except FileNotFoundError:
-            return None
+        return read_note(self.directory, DATABASE_FILE)
 
     def bind_database(self, description: str) -> None:
         """Record the database the frames are written to, for the error that names it when
         the journal is later opened against another."""
         if description != self.database:
-            self._note(_DATABASE_FILE, description + "\n")
+            write_note(self.directory, DATABASE_FILE, description + "\n", self._dir_fd)
 
     def _path(self, first_seq: int) -> Path:
         return self.directory / f"{first_seq:020d}{_SUFFIX}"

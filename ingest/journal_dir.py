@@ -8,15 +8,22 @@ name beside it, so that the next ingest starts a new one.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
+import logging
 import os
 import socket
 import sys
 import time
+import uuid
 from pathlib import Path
 
+log = logging.getLogger(__name__)
+
 HOLDER_FILE = "holder"
+ID_FILE = "journal_id"
+DATABASE_FILE = "database"  # the database the frames were last written to
 
 
 class JournalInUse(RuntimeError):
@@ -38,6 +45,32 @@ def write_atomically(path: Path, text: str, dir_fd: int) -> None:
         os.close(fd)
     temporary.rename(path)
     os.fsync(dir_fd)
+
+
+def write_note(directory: Path, name: str, text: str, dir_fd: int) -> None:
+    """Write a small file of what the journal knows about itself, if the disk lets it (on a
+    full disk an older note is removed instead: no note is better than a wrong one)."""
+    try:
+        write_atomically(directory / name, text, dir_fd)
+    except OSError as error:
+        log.warning("journal %s: %s not recorded: %s", directory, name, error)
+        with contextlib.suppress(OSError):
+            (directory / name).unlink()
+
+
+def read_note(directory: Path, name: str) -> str | None:
+    try:
+        return (directory / name).read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def load_journal_id(directory: Path, dir_fd: int) -> str:
+    """The journal's identity, made once: batches record it, so recovery knows its frames."""
+    path = directory / ID_FILE
+    if not path.exists():
+        write_atomically(path, uuid.uuid4().hex + "\n", dir_fd)
+    return path.read_text().strip()
 
 
 def lock(directory: Path) -> int:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import psycopg
 
 from ingest.journal import Journal
+from ingest.upstox.decoder import FeedDecoder
 from store.subscriptions import resumable_keys
 from store.tick import Tick
 from store.ticks import committed_position, newest_tick_rows
@@ -40,6 +41,13 @@ class RecoveryState:
     last_ticks: list[Tick]
     subscribed_keys: frozenset[str]
     database: str  # which database this is, in words (no password)
+
+    def decoder(self) -> FeedDecoder:
+        """A decoder in the state of the last committed frame, so that a snapshot re-sent
+        after a restart is known as a duplicate and `vtt` is never counted twice."""
+        decoder = FeedDecoder()
+        decoder.seed(self.last_ticks)
+        return decoder
 
 
 def load_recovery_state(conn: psycopg.Connection, journal_id: str) -> RecoveryState:

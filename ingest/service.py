@@ -14,9 +14,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import asdict, replace
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -30,13 +31,9 @@ from ingest.client import FeedClient
 from ingest.config import Settings
 from ingest.disk import DiskGuard
 from ingest.handlers import TickCallback
-from ingest.jobs.backfill import AutoBackfill
-from ingest.jobs.calendar import CalendarKeeper
-from ingest.jobs.coverage import CoverageRecorder
 from ingest.jobs.instrument_refresh import RefreshReport, refresh_instruments
-from ingest.jobs.rollup import BarRollup
-from ingest.jobs.schedule.runner import Connect, DailySchedule
-from ingest.jobs.schedule.steps import Upkeep, daily_schedule
+from ingest.jobs.lifecycle import FeedParts, IngestJobs
+from ingest.jobs.schedule.runner import DailySchedule
 from ingest.journal import Journal, sync_forever
 from ingest.journal_dir import JournalInUse
 from ingest.metrics import IngestMetrics
@@ -47,7 +44,6 @@ from ingest.status import BarsStatus, FeedStatus, IngestStatus
 from ingest.subscriptions import SubscriptionManager, summarize
 from ingest.symbols import SymbolDirectory
 from ingest.tokens import TokenKeeper
-from ingest.upstox.decoder import FeedDecoder
 from ingest.writer import TickDataHandler
 from store.editions import Edition, server_edition
 from store.instruments import instrument_records
@@ -84,12 +80,9 @@ class WebSocketService:
         self._client: FeedClient | None = None
         self._subscriptions: SubscriptionManager | None = None
         self._control: ControlServer | None = None
-        self._coverage: CoverageRecorder | None = None
-        self._backfill: AutoBackfill | None = None
         self._tasks: dict[str, asyncio.Task[Any]] = {}
         self._custom_handlers: list[TickCallback] = []
-        self.rollup = BarRollup(database_url, settings.rollup_interval_s)
-        self.schedule: DailySchedule | None = None
+        self.jobs = IngestJobs(database_url, settings)
         self.is_running = False
 
     @property
@@ -98,19 +91,7 @@ class WebSocketService:
 
     async def start(self, subscribe_universe: bool = True) -> None:
         settings = self.settings
-        self._pool = ConnectionPool(
-            self.database_url,
-            min_size=1,
-            max_size=4,
-            open=False,
-            # A request for a connection in an outage fails fast (the writer retries). Each
-            # round of the pool's uncapped reconnects ends after db_retry_max_s and the next
-            # request starts another: an outage of any length is retried seconds apart.
-            timeout=5,
-            reconnect_timeout=settings.db_retry_max_s,
-            check=ConnectionPool.check_connection,
-            name="tickvault-ingest",
-        )
+        self._pool = _ingest_pool(self.database_url, settings.db_retry_max_s)
         await asyncio.to_thread(self._pool.open, wait=True, timeout=30)
         try:
             self._journal = Journal(
@@ -119,7 +100,7 @@ class WebSocketService:
                 max_bytes=settings.journal_max_bytes,
             )
             journal_id = self._journal.journal_id
-            state, self.edition = await asyncio.to_thread(self._read_state, journal_id)
+            state, self.edition = await asyncio.to_thread(_read_state, self._pool, journal_id)
             check_journal(self._journal, state)
         except (JournalInUse, JournalMismatch) as error:  # nothing a restart can fix
             if isinstance(error, JournalMismatch):  # the reason, for /health and status
@@ -127,7 +108,7 @@ class WebSocketService:
             await self.stop()
             raise
         self._pipeline = Pipeline(
-            self._journal, _decoder_at(state), self.metrics, self.symbols.symbol_of, self.disk
+            self._journal, state.decoder(), self.metrics, self.symbols.symbol_of, self.disk
         )
         self._writer = TickDataHandler(
             self._pool,
@@ -156,25 +137,37 @@ class WebSocketService:
 
         self.tokens = TokenKeeper(settings)  # the environment's, else the file's
         client_settings, self.simulator = await _feed_settings(
-            settings, self.tokens, self._instrument_records, self._record_simulator
+            settings,
+            self.tokens,
+            functools.partial(_instrument_records, self._pool),
+            self._record_simulator,
         )
         self._client = FeedClient(client_settings, self._pipeline, source=self.feed_source)
         self.tokens.attach(self._client.update_token)
         if self.tokens.source == "file":  # a new token there is taken without a restart
             self._tasks["token-watch"] = asyncio.create_task(self.tokens.watch(), name="token")
         self._pipeline.wanted = self._client.subscribed_keys
-        self._coverage, self._backfill = _coverage_and_backfill(self, client_settings)
-        self._tasks["coverage"] = asyncio.create_task(self._coverage.run_forever(), name="coverage")
         self._subscriptions = SubscriptionManager(
             self._client, self._pool, settings, symbols=self.symbols
         )
+        parts = FeedParts(
+            self.database_url,
+            settings,
+            client_settings,
+            self.edition,
+            self._connection,
+            self.tokens,
+            self._client,
+            self._pipeline.market_status,
+            self._subscriptions,
+            self.refresh_instruments,
+        )
+        self.jobs.record_coverage(parts, self._tasks)
         await self._client.connect()
         self._tasks["feed"] = asyncio.create_task(self._client.listen(), name="feed")
         resumed = await self._subscriptions.resume()
         if not resumed and subscribe_universe:
             await self._subscriptions.subscribe_to_universe(mode=settings.feed_mode)
-        if self.edition is Edition.APACHE:
-            self._tasks["rollup"] = asyncio.create_task(self.rollup.run_forever(), name="rollup")
         self._tasks["journal-sync"] = asyncio.create_task(sync_forever(self._journal), name="sync")
         disk_sizes = self.disk.measure_forever(self._pool, self._journal)
         self._tasks["disk"] = asyncio.create_task(disk_sizes, name="disk")
@@ -185,13 +178,10 @@ class WebSocketService:
             ),
             name="publish",
         )
-        await self._start_control()
-        calendar = _calendar_keeper(client_settings, self._connection, self._pipeline)
-        daily = not settings.schedule_enabled  # else the schedule's `calendar` step does
-        self._tasks["calendar"] = asyncio.create_task(calendar.run_forever(daily), name="calendar")
-        if settings.schedule_enabled:
-            self.schedule = _daily_schedule(self, calendar, client_settings)
-            self._tasks["schedule"] = asyncio.create_task(self.schedule.run_forever())
+        self._control = await _start_control(
+            control_path(settings.data_dir), self._subscriptions, self.refresh_instruments
+        )
+        self.jobs.start(parts, self._tasks)
         self.is_running = True
         _running.append(self)
         log.info("ingest started: feed %s, %s edition bars", self.feed_source, self.edition.value)
@@ -208,20 +198,10 @@ class WebSocketService:
             await self._client.stop()
         # The newest first; the writer last, below, once the feed has stopped.
         for name in reversed([name for name in self._tasks if name != "writer"]):
-            task = self._tasks.pop(name)
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
-            except Exception:
-                log.exception("the %s task had failed before the stop", name)
-        if self._backfill is not None:
-            await self._backfill.stop()
-        ending = [self._stop_writer()]
-        if self._coverage is not None:
-            ending.append(self._coverage.flush())  # the end of the spans, up to the last frame
-        await asyncio.gather(*ending)  # through a database outage, each after one attempt
+            await _cancel(name, self._tasks.pop(name))
+        await self.jobs.stop_backfill()
+        # Through a database outage, each after one attempt.
+        await asyncio.gather(self._stop_writer(), self.jobs.flush_coverage())
         if self._pipeline is not None:
             await self._pipeline.close()
         if self._journal is not None:
@@ -270,6 +250,10 @@ class WebSocketService:
             max_bytes=max_bytes,
             force=force,
         )
+
+    @property
+    def schedule(self) -> DailySchedule | None:
+        return self.jobs.schedule
 
     @property
     def subscriptions(self) -> SubscriptionManager:
@@ -340,9 +324,9 @@ class WebSocketService:
             journal=self._journal.status() if self._journal else None,
             bars=BarsStatus(
                 edition=self.edition.value if self.edition else None,
-                last_rollup_error=self.rollup.last_error,
+                last_rollup_error=self.jobs.rollup.last_error,
             ),
-            schedule=self.schedule.status() if self.schedule is not None else None,
+            schedule=self.jobs.schedule.status() if self.jobs.schedule else None,
             token=self.tokens.status(client.token_state if client else None)
             if self.tokens
             else None,
@@ -352,38 +336,10 @@ class WebSocketService:
 
     # --- background work ----------------------------------------------------------------
 
-    async def _start_control(self) -> None:
-        """The control socket the API's processes send subscription changes to
-        (ingest/channels/control.py). Without it the ingest runs on, and those changes answer
-        503."""
-        assert self._subscriptions is not None
-
-        async def refresh(url: str | None, max_bytes: int | None, force: bool) -> dict[str, Any]:
-            report = await self.refresh_instruments(url=url, max_bytes=max_bytes, force=force)
-            return report.as_dict()
-
-        control = ControlServer(control_path(self.settings.data_dir), self._subscriptions, refresh)
-        try:
-            await control.start()
-        except OSError as error:
-            log.error("no control socket, subscription changes from the API fail: %s", error)
-            return
-        self._control = control
-
     def _connection(self) -> AbstractContextManager[psycopg.Connection]:
         if self._pool is None:
             raise RuntimeError("the ingest service is not started")
         return self._pool.connection()
-
-    def _read_state(self, journal_id: str) -> tuple[RecoveryState, Edition]:
-        assert self._pool is not None
-        with self._pool.connection() as conn:
-            return load_recovery_state(conn, journal_id), server_edition(conn)
-
-    def _instrument_records(self) -> list[dict[str, Any]]:
-        assert self._pool is not None
-        with self._pool.connection() as conn:
-            return instrument_records(conn)
 
     def _catch_up_source(self) -> Callable[[int], Iterator[tuple[int, list[Tick]]]]:
         """The journal's ticks as the database left off, for the writer's catch-up."""
@@ -392,7 +348,65 @@ class WebSocketService:
         assert self._pipeline is not None
         with self._pool.connection() as conn:
             state = load_recovery_state(conn, self._journal.journal_id)
-        return functools.partial(self._pipeline.journal_ticks, decoder=_decoder_at(state))
+        return functools.partial(self._pipeline.journal_ticks, decoder=state.decoder())
+
+
+def _read_state(pool: ConnectionPool, journal_id: str) -> tuple[RecoveryState, Edition]:
+    with pool.connection() as conn:
+        return load_recovery_state(conn, journal_id), server_edition(conn)
+
+
+def _instrument_records(pool: ConnectionPool) -> list[dict[str, Any]]:
+    with pool.connection() as conn:
+        return instrument_records(conn)
+
+
+async def _start_control(
+    path: Path,
+    subscriptions: SubscriptionManager,
+    refresh_instruments: Callable[..., Awaitable[RefreshReport]],
+) -> ControlServer | None:
+    """The control socket the API's processes send subscription changes to
+    (ingest/channels/control.py). Without it the ingest runs on, and those changes answer
+    503."""
+
+    async def refresh(url: str | None, max_bytes: int | None, force: bool) -> dict[str, Any]:
+        report = await refresh_instruments(url=url, max_bytes=max_bytes, force=force)
+        return report.as_dict()
+
+    control = ControlServer(path, subscriptions, refresh)
+    try:
+        await control.start()
+    except OSError as error:
+        log.error("no control socket, subscription changes from the API fail: %s", error)
+        return None
+    return control
+
+
+def _ingest_pool(database_url: str, retry_max_s: float) -> ConnectionPool:
+    """The ingest's connections. A request for one in an outage fails fast (the writer
+    retries); each round of the pool's uncapped reconnects ends after `retry_max_s` and the
+    next request starts another, so an outage of any length is retried seconds apart."""
+    return ConnectionPool(
+        database_url,
+        min_size=1,
+        max_size=4,
+        open=False,
+        timeout=5,
+        reconnect_timeout=retry_max_s,
+        check=ConnectionPool.check_connection,
+        name="tickvault-ingest",
+    )
+
+
+async def _cancel(name: str, task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    except Exception:
+        log.exception("the %s task had failed before the stop", name)
 
 
 async def _feed_settings(
@@ -417,67 +431,6 @@ async def _feed_settings(
         settings, upstox_api_base=simulator.url, upstox_access_token=tokens.use_simulator()
     )
     return feed_settings, simulator
-
-
-def _coverage_and_backfill(
-    service: WebSocketService, feed_settings: Settings
-) -> tuple[CoverageRecorder, AutoBackfill]:
-    """When the store was receiving, and today's gaps backfilled whenever a socket opens,
-    with the token the feed has then."""
-    tokens = service.tokens
-    assert tokens is not None
-    backfill = AutoBackfill(
-        service.database_url, feed_settings.upstox_api_base, lambda: tokens.token
-    )
-    coverage = CoverageRecorder(
-        service.ws_client.frame_spans, service._connection, on_new_span=backfill.request
-    )
-    return coverage, backfill
-
-
-def _calendar_keeper(
-    feed_settings: Settings, connect: Connect, pipeline: Pipeline
-) -> CalendarKeeper:
-    """The market calendar from the feed's REST side (the simulator's when it is the feed)."""
-    return CalendarKeeper(
-        feed_settings.upstox_api_base,
-        feed_settings.upstox_access_token,
-        connect,
-        pipeline.market_status,
-    )
-
-
-def _daily_schedule(
-    service: WebSocketService, calendar: CalendarKeeper, feed_settings: Settings
-) -> DailySchedule:
-    """The schedule of a started service: its steps work on the service's own parts."""
-    assert service.edition is not None
-    assert service.tokens is not None
-    client = service.ws_client
-    upkeep = Upkeep(
-        service.database_url,
-        service.edition,
-        service.tokens,
-        lambda: client.token_state,
-        calendar,
-        service.refresh_instruments,
-        feed_settings,
-    )
-    return daily_schedule(
-        service.settings,
-        service._connection,
-        subscriptions=service.subscriptions,
-        rollup=service.rollup,
-        upkeep=upkeep,
-    )
-
-
-def _decoder_at(state: RecoveryState) -> FeedDecoder:
-    """A decoder in the state of the last committed frame, so that a snapshot re-sent after a
-    restart is known as a duplicate and `vtt` is never counted twice."""
-    decoder = FeedDecoder()
-    decoder.seed(state.last_ticks)
-    return decoder
 
 
 def _outcome(task: asyncio.Task[Any]) -> str:
