@@ -178,9 +178,12 @@ class AutoBackfill:
         self._again = False
         self._follow_up = False
         self._last_run: datetime | None = None
+        self._stopped = False
         self.last_report: BackfillReport | None = None
 
     def request(self) -> None:
+        if self._stopped:  # the coverage's last flush at a stop may still find a span
+            return
         self._follow_up = True
         if self._task is not None and not self._task.done():
             self._again = True
@@ -188,6 +191,7 @@ class AutoBackfill:
         self._task = asyncio.create_task(self._run(), name="backfill")
 
     async def stop(self) -> None:
+        self._stopped = True
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
