@@ -36,7 +36,7 @@ native retention policy on `ticks` drops by age alone, so one found is removed.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -277,7 +277,8 @@ class _TickRetention:
         return expected, problems
 
     def _lock_days(self, chunk: _Chunk, days: list[date]) -> None:
-        """No writes to the chunks holding `chunk` and what is left of `days` until commit."""
+        """No writes to the chunks holding `chunk` and what is left of `days` until commit
+        (readers go on: SHARE conflicts with writers and vacuum only)."""
         until = max([chunk.end, *(day_bounds(day)[1] for day in days)])
         relations = [
             sql.SQL(row[0])  # a regclass's text: qualified and quoted by the server
@@ -292,6 +293,20 @@ class _TickRetention:
         self.conn.execute(
             sql.SQL("LOCK TABLE {} IN SHARE MODE").format(sql.SQL(", ").join(relations))
         )
+
+    def _retrying(self, locked: Callable[[], None]) -> bool:
+        """Run `locked` (which takes a lock first) in a savepoint until it gets its locks
+        within lock_timeout; when it does not, roll back to the savepoint, so that whoever
+        queued behind its request goes on, and try again a little later. False when the
+        locks stayed taken for every attempt."""
+        for attempt in range(DROP_ATTEMPTS):
+            try:
+                with self.conn.transaction():
+                    locked()
+                return True
+            except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected):
+                time.sleep(DROP_RETRY_S * (attempt + 1))
+        return False
 
     def _differences(
         self, chunk: _Chunk, expected: dict[date, Manifest], present_from: datetime
@@ -318,49 +333,35 @@ class _TickRetention:
     ) -> dict[date, str]:
         """Drop the chunk if the database's rows of its days are the archive's; else the days
         that keep it, and why."""
-        try:
-            with self.conn.transaction():
-                self.conn.execute(
-                    "SELECT set_config('lock_timeout', %s, true)", [f"{self.lock_timeout_ms}ms"]
-                )
-                days = list(expected) if self.archive is not None else []
-                self._lock_days(chunk, days)
-                if self.archive is not None:
-                    problems = self._differences(chunk, expected, present_from)
-                    if problems:
-                        return problems
-                if not self._drop_locked(chunk):
-                    return self._busy(chunk)
-                self.conn.execute(
-                    "UPDATE tick_archive_days SET verified_at = now() WHERE day = ANY(%s)",
-                    [days],
-                )
-                self.conn.execute(
-                    "UPDATE tick_retention_runs SET cutoff = %s,"
-                    " chunks_dropped = chunks_dropped + 1 WHERE ran_at = %s",
-                    [chunk.end, self.ran_at],
-                )
-        except psycopg.errors.LockNotAvailable:  # a writer held the chunk past lock_timeout
-            return self._busy(chunk)
+        days = list(expected) if self.archive is not None else []
+        with self.conn.transaction():
+            self.conn.execute(
+                "SELECT set_config('lock_timeout', %s, true)", [f"{self.lock_timeout_ms}ms"]
+            )
+            if not self._retrying(lambda: self._lock_days(chunk, days)):
+                return self._busy(chunk)
+            if self.archive is not None:
+                problems = self._differences(chunk, expected, present_from)
+                if problems:
+                    return problems
+            if not self._retrying(lambda: self._drop_locked(chunk)):
+                return self._busy(chunk)
+            self.conn.execute(
+                "UPDATE tick_archive_days SET verified_at = now() WHERE day = ANY(%s)", [days]
+            )
+            self.conn.execute(
+                "UPDATE tick_retention_runs SET cutoff = %s,"
+                " chunks_dropped = chunks_dropped + 1 WHERE ran_at = %s",
+                [chunk.end, self.ran_at],
+            )
         return {}
 
-    def _drop_locked(self, chunk: _Chunk) -> bool:
-        """Lock the chunk against readers and drop it; on a lock not granted within
-        lock_timeout, roll back to before the lock, so waiting readers go on, and try again
-        later. False when it stayed busy."""
-        for attempt in range(DROP_ATTEMPTS):
-            try:
-                with self.conn.transaction():
-                    self.conn.execute(
-                        sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
-                            sql.SQL(chunk.relation)
-                        )
-                    )
-                    self.conn.execute("SELECT drop_tick_chunk(%s::regclass)", [chunk.relation])
-                return True
-            except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected):
-                time.sleep(DROP_RETRY_S * (attempt + 1))
-        return False
+    def _drop_locked(self, chunk: _Chunk) -> None:
+        """Lock the chunk against readers too, then drop it: nothing slow in between."""
+        self.conn.execute(
+            sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.SQL(chunk.relation))
+        )
+        self.conn.execute("SELECT drop_tick_chunk(%s::regclass)", [chunk.relation])
 
     def _busy(self, chunk: _Chunk) -> dict[date, str]:
         reason = "its chunk stayed locked by other sessions; the next run tries again"

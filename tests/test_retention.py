@@ -6,6 +6,7 @@ archive run; readers beside it see no error; bars stay."""
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
@@ -15,13 +16,16 @@ import psycopg
 import pytest
 
 from api.db import session_conninfo
+from store import retention
 from store.archive import MANIFEST, PART, archive_day, archive_finished_days, day_directory
 from store.bars import interval_bar_rows
 from store.editions import Edition, server_edition
 from store.instruments import default_sample_path, load_instruments
 from store.ist import day_bounds
+from store.migrations import migrate
 from store.retention import RetentionResult, apply_retention
 from store.ticks import recent_ticks_sql, tick_page
+from tests import conftest
 from tests.conftest import DbServer
 from tests.lifecycle import KEYS, bars_of_day, days_ago, insert_day, roll_up_bars, ticks_of_day
 from tests.test_compose import AppRole, app_role  # noqa: F401 (a fixture)
@@ -360,3 +364,78 @@ def test_community_has_no_tick_retention_job_and_policies_only_for_bars(
     assert policies == [("ohlc_1m_live", "400 days"), ("ohlc_5m_live", "400 days")]
     assert no_bar_policies == (0,)
     assert tick_jobs == (0,)
+
+
+@pytest.mark.parametrize("edition", ["apache", "community"])
+def test_migration_017_removes_the_community_job_from_an_existing_database(
+    request: pytest.FixtureRequest, tmp_path: Path, edition: str
+) -> None:
+    """A database at 016 holding ticks, with 015's job configured (as `tickvault archive
+    --retention` did on Community), comes out of 017 with no job, and retention goes on."""
+    server: DbServer = request.getfixturevalue(f"{edition}_server")
+    old_sql = tmp_path / "sql"
+    old_sql.mkdir()
+    for path in sorted((conftest.REPO / "sql").glob("0*.sql")):
+        if path.name < "017":
+            shutil.copy(path, old_sql / path.name)
+    url = server.create_database(migrated=False)
+    try:
+        migrate(url, old_sql)
+        day = days_ago(12)
+        insert_day(url, day, per_key=10)
+        if edition == "community":
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute(
+                    "SELECT add_job('tick_retention_job', '1 hour',"
+                    ' config => \'{"drop_after": "7 days", "require_archived": true}\')'
+                )
+        applied = migrate(url)
+        roll_up_bars(url, day_bounds(day)[0])
+        with psycopg.connect(url, autocommit=True) as conn:
+            archive_day(conn, tmp_path / "archive", day)
+            jobs = conn.execute(
+                "SELECT count(*) FROM timescaledb_information.jobs"
+                " WHERE proc_name = 'tick_retention_job'"
+            ).fetchone()
+            result = apply_retention(conn, server_edition(conn), 7, 0, tmp_path / "archive")
+    finally:
+        server.drop_database(url)
+    assert applied == ["017"]
+    assert jobs == (0,)
+    assert (result.tick_chunks_dropped, result.kept) == (1, {})
+
+
+def test_a_chunk_in_use_is_left_for_the_next_run_and_its_user_never_fails(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader in a long transaction, then a writer with a late tick not yet committed: the
+    one holds the chunk against the drop, the other against retention's SHARE lock. Retention
+    gives up each time (kept, "locked by other sessions"), they go on; then it drops."""
+    monkeypatch.setattr(retention, "DROP_RETRY_S", 0.01)
+    day = days_ago(12)
+    insert_day(db_url, day, per_key=20)
+    roll_up_bars(db_url, day_bounds(day)[0])
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        archive_day(conn, tmp_path, day)
+    with psycopg.connect(session_conninfo(db_url)) as reader:
+        before = reader.execute("SELECT count(*) FROM ticks").fetchone()
+        read_busy = _retain(db_url, tmp_path)
+        after = reader.execute("SELECT count(*) FROM ticks").fetchone()
+    with psycopg.connect(db_url) as writer:
+        late = day_bounds(day)[0] + timedelta(hours=14)
+        writer.execute(
+            "INSERT INTO ticks (instrument_key, ts, ltp) VALUES (%s, %s, 4.0)", [KEYS[2], late]
+        )
+        write_busy = _retain(db_url, tmp_path)
+    changed = _retain(db_url, tmp_path)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        rearchived = archive_finished_days(conn, tmp_path)
+    dropped = _retain(db_url, tmp_path)
+
+    assert before == after
+    for busy in (read_busy, write_busy):
+        assert busy.tick_chunks_dropped == 0
+        assert "locked by other sessions" in busy.kept[day]
+    assert "rows changed since it was archived" in changed.kept[day]
+    assert [(a.day, a.action) for a in rearchived] == [(day, "rewritten")]
+    assert (dropped.tick_chunks_dropped, dropped.kept) == (1, {})
