@@ -220,19 +220,28 @@ def _fsync_tree(directory: Path) -> None:
             os.close(fd)
 
 
-def _record(conn: psycopg.Connection, root: Path, manifest: Manifest) -> None:
+def _record(
+    conn: psycopg.Connection, root: Path, manifest: Manifest, partly_dropped: bool = False
+) -> None:
+    """Record the day as archived and sound. `partly_dropped` keeps it marked as a day
+    retention has begun to drop (verified_at), so it is never written again from the rest
+    the database holds."""
     conn.execute(
-        "INSERT INTO tick_archive_days (day, row_count, checksum, directory)"
-        " VALUES (%s, %s, %s, %s) ON CONFLICT (day) DO UPDATE SET"
+        "INSERT INTO tick_archive_days (day, row_count, checksum, directory, verified_at)"
+        " VALUES (%(day)s, %(rows)s, %(checksum)s, %(directory)s,"
+        "  CASE WHEN %(partly)s THEN now() END)"
+        " ON CONFLICT (day) DO UPDATE SET"
         " row_count = EXCLUDED.row_count, checksum = EXCLUDED.checksum,"
-        " directory = EXCLUDED.directory, archived_at = now(), verified_at = NULL,"
-        " problem = NULL",
-        [
-            manifest.day,
-            manifest.row_count,
-            manifest.checksum,
-            str(day_directory(root, manifest.day).relative_to(root)),
-        ],
+        " directory = EXCLUDED.directory, archived_at = now(), problem = NULL,"
+        " verified_at = CASE WHEN %(partly)s"
+        "  THEN coalesce(tick_archive_days.verified_at, now()) END",
+        {
+            "day": manifest.day,
+            "rows": manifest.row_count,
+            "checksum": manifest.checksum,
+            "directory": str(day_directory(root, manifest.day).relative_to(root)),
+            "partly": partly_dropped,
+        },
     )
 
 
@@ -332,8 +341,8 @@ def archive_day(conn: psycopg.Connection, root: Path, day: date) -> ArchivedDay:
     if existing is not None and _partly_dropped(conn, day):
         if archive_problem(root, day, existing) is not None:
             return ArchivedDay(day, "damaged", existing.row_count, existing.checksum, final)
-        if recorded_manifest(conn, day) != existing:
-            _record(conn, root, existing)
+        if recorded_manifest(conn, day) != existing or _problem(conn, day) is not None:
+            _record(conn, root, existing, partly_dropped=True)
         return ArchivedDay(day, "unchanged", existing.row_count, existing.checksum, final)
     wanted = database_manifest(conn, day)
     if existing == wanted and archive_problem(root, day, wanted) is None:

@@ -21,11 +21,12 @@ from store.archive import (
     day_directory,
     file_manifest,
 )
-from store.editions import server_edition
+from store.editions import Edition, server_edition
 from store.instruments import default_sample_path, load_instruments
 from store.ist import day_bounds
 from store.retention import apply_retention
 from tests.lifecycle import KEYS, bars_of_day, days_ago, insert_day, roll_up_bars, ticks_of_day
+from tests.test_retention import archived_day_with_a_night_tick
 from tickvault import notebook
 from tickvault.cli import main
 
@@ -211,3 +212,29 @@ def test_the_archive_command_reports_a_kept_day_and_fixes_it_on_the_next_run(
     assert f"{day}: rewritten, {rows} ticks" in fixed
     assert "1 tick chunks dropped" in fixed
     assert ticks_of_day(db_url, day) == []
+
+
+def test_a_day_retention_began_to_drop_is_never_rewritten_from_what_is_left(
+    db_url: str, tmp_path: Path
+) -> None:
+    """A tick at 02:00 IST lies in the UTC chunk before the day's session; once retention has
+    dropped that chunk, the archive is the day's only whole copy: archiving the day again
+    keeps it (even with its record lost), and reports it damaged when its file breaks."""
+    day = days_ago(12)
+    rows, night_only = archived_day_with_a_night_tick(db_url, tmp_path, day)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        first = apply_retention(conn, Edition.APACHE, night_only, 0, tmp_path)
+        conn.execute("DELETE FROM tick_archive_days WHERE day = %s", [day])
+        kept = archive_day(conn, tmp_path, day)
+        again = archive_day(conn, tmp_path, day)
+        part = day_directory(tmp_path, day) / PART
+        part.write_bytes(part.read_bytes()[: part.stat().st_size // 2])
+        damaged = archive_day(conn, tmp_path, day)
+        held = apply_retention(conn, Edition.APACHE, 7, 0, tmp_path)
+    assert first.tick_chunks_dropped == 1
+    assert (kept.action, kept.row_count) == ("unchanged", rows + 1)
+    assert (again.action, again.row_count) == ("unchanged", rows + 1)
+    assert damaged.action == "damaged"
+    assert held.tick_chunks_dropped == 0
+    assert "cannot be read" in held.kept[day]
+    assert len(ticks_of_day(db_url, day)) == rows

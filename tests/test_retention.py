@@ -198,28 +198,33 @@ def test_retention_refuses_to_drop_a_day_not_archived(edition_db_url: str, tmp_p
     assert [run[:2] for run in _runs(edition_db_url)] == [(1, old), (1, None)]
 
 
-def test_a_day_split_across_chunks_is_compared_by_what_is_left_of_it(
-    db_url: str, tmp_path: Path
-) -> None:
-    """A tick at 02:00 IST lies in the UTC chunk before the day's session: that chunk goes
-    first, and when the next one goes the rest of the day is compared, not the whole day."""
-    day = days_ago(12)
-    rows = insert_day(db_url, day, per_key=20)
+def archived_day_with_a_night_tick(url: str, root: Path, day: date) -> tuple[int, int]:
+    """`day`'s session and one tick at 02:00 IST, which lies in the UTC chunk before the
+    session's, archived and with bars; (ticks of the day in the session, a tick retention
+    in days that reaches the night's chunk only)."""
+    rows = insert_day(url, day, per_key=20)
     night = day_bounds(day)[0] + timedelta(hours=2)
-    with psycopg.connect(db_url, autocommit=True) as conn:
+    with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(
             "INSERT INTO ticks (instrument_key, ts, ltp) VALUES (%s, %s, 3.0)", [KEYS[1], night]
         )
-        archive_day(conn, tmp_path, day)
-    roll_up_bars(db_url, night)
+        archive_day(conn, root, day)
+    roll_up_bars(url, night)
+    night_chunk_end = datetime.combine(
+        night.astimezone(UTC).date() + timedelta(days=1), datetime.min.time(), UTC
+    )
+    return rows, (datetime.now(UTC) - night_chunk_end).days
+
+
+def test_a_day_split_across_chunks_is_compared_by_what_is_left_of_it(
+    db_url: str, tmp_path: Path
+) -> None:
+    """The night's chunk goes first; when the session's goes, the rest of the day is
+    compared with the archive's rows from there on, not the whole day."""
+    day = days_ago(12)
+    rows, night_only = archived_day_with_a_night_tick(db_url, tmp_path, day)
     with psycopg.connect(db_url, autocommit=True) as conn:
-        # Retention reaches the night's chunk only: the session's chunk ends within 7 days.
-        first_chunk_end = datetime.combine(
-            night.astimezone(UTC).date() + timedelta(days=1), datetime.min.time(), UTC
-        )
-        first = apply_retention(
-            conn, Edition.APACHE, (datetime.now(UTC) - first_chunk_end).days, 0, tmp_path
-        )
+        first = apply_retention(conn, Edition.APACHE, night_only, 0, tmp_path)
         after_first = len(ticks_of_day(db_url, day))
         second = _retain(db_url, tmp_path)
         verified = conn.execute(
