@@ -98,7 +98,9 @@ class Manifest:
 @dataclass(frozen=True)
 class ArchivedDay:
     """The outcome of `archive_day`: `action` is "written", "rewritten" (the database's rows
-    had changed), "unchanged" (already archived with these rows) or "empty" (no ticks)."""
+    had changed, or the files no longer held them), "unchanged" (already archived with these
+    rows), "empty" (no ticks) or "damaged" (files broken after retention began to drop the
+    day: nothing left to rebuild them from)."""
 
     day: date
     action: str
