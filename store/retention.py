@@ -268,7 +268,10 @@ class _TickRetention:
             problem = archive_problem(self.archive, day, recorded)
             if problem is None and day_bounds(day)[0] < present_from:
                 part = archived_part(self.archive, day, present_from)
-                problem, recorded = (part, recorded) if isinstance(part, str) else (None, part)
+                if isinstance(part, str):
+                    problem = part
+                else:
+                    recorded = part  # compared with what is left of the day
             if problem is not None:
                 problems[day] = f"its archive is unfit: {problem}"
                 mark_unfit(self.conn, day, problems[day])
