@@ -1,6 +1,10 @@
 -- The data lifecycle, on both editions: days of ticks archived to Parquet, and retention that
 -- drops old tick chunks only once every day they hold is archived.
 --
+-- The retention functions and the Community job below are dropped again by
+-- 017_retention_reads_archive.sql: their check compared a count with this table and never
+-- read the files. Retention now reads each day's archive back in tickvault (store/retention.py).
+--
 -- A day is the IST trading date. A row here is written by store/archive.py only after the
 -- Parquet files were written, read back and found to hold exactly the database's rows (the
 -- same count and checksum computed on both sides), so it is the proof retention asks for.
@@ -11,12 +15,14 @@ CREATE TABLE tick_archive_days (
     directory   text        NOT NULL,     -- the day's directory, relative to the archive root
     archived_at timestamptz NOT NULL DEFAULT now(),
     -- When retention last found the database still holding exactly row_count ticks of the
-    -- day; from then on, part of the day may be gone (a day spans two UTC chunks).
+    -- day; from then on, part of the day may be gone (a day spans two UTC chunks). From 017
+    -- on: when retention dropped a chunk holding ticks of the day, after reading it back.
     verified_at timestamptz
 );
 
 -- One row per retention run, whoever ran it (tickvault's own job on Apache, the TimescaleDB
--- job on Community, `tickvault archive`'s caller): what was dropped and what held it back.
+-- job on Community, `tickvault archive`'s caller; from 017 on always tickvault): what was
+-- dropped and what held it back.
 CREATE TABLE tick_retention_runs (
     ran_at           timestamptz PRIMARY KEY DEFAULT clock_timestamp(),
     keep             interval    NOT NULL,

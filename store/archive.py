@@ -10,8 +10,11 @@ int64):
 (readers skip files starting with `_`). A day is written into a temporary directory beside
 its final place, read back, compared with the database (row count and checksum), and only
 then renamed into place and recorded in `tick_archive_days`: a crash leaves either nothing
-or a whole, verified day. Archiving a day again is a no-op while the database holds the
-same rows, and replaces the day when it does not.
+or a whole, verified day. Archiving a day again is a no-op while the files hold the database's
+rows (read back each time, not taken from the manifest), and replaces the day when they do
+not: rows changed in the database, or files damaged, deleted or edited. Retention
+(store/retention.py) reads a day back the same way before it drops the day's ticks, and marks
+a day it finds unfit (`tick_archive_days.problem`) for the next archive run to write again.
 
 The checksum is computed the same way on both sides without ordering rows: for every column,
 the number of non-null values and the exact sum of one 64-bit integer per value (a float's
@@ -38,7 +41,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from core.ist import day_bounds, ist_today
+from core.ist import IST_ZONE, day_bounds, ist_today
 from store.tick import TICK_COLUMNS, TICK_PG_TYPES
 
 MANIFEST = "_manifest.json"
@@ -75,6 +78,8 @@ _SELECT_COLUMNS = ", ".join(
     for name, pg_type in zip(TICK_COLUMNS, TICK_PG_TYPES, strict=True)
 )
 _DAY_WHERE = " FROM ticks WHERE ts >= %(start)s AND ts < %(end)s"
+# What reading a damaged or missing Parquet file raises.
+_READ_ERRORS = (OSError, pa.ArrowException)
 
 
 class ArchiveError(RuntimeError):
@@ -93,7 +98,9 @@ class Manifest:
 @dataclass(frozen=True)
 class ArchivedDay:
     """The outcome of `archive_day`: `action` is "written", "rewritten" (the database's rows
-    had changed), "unchanged" (already archived with these rows) or "empty" (no ticks)."""
+    had changed, or the files no longer held them), "unchanged" (already archived with these
+    rows), "empty" (no ticks) or "damaged" (files broken after retention began to drop the
+    day: nothing left to rebuild them from)."""
 
     day: date
     action: str
@@ -113,9 +120,17 @@ def _checksum(row_count: int, figures: list[tuple[int, int]]) -> str:
     return hashlib.sha256(json.dumps([row_count, named]).encode()).hexdigest()
 
 
-def database_manifest(conn: psycopg.Connection, day: date) -> Manifest:
-    """The day's figures as the database holds them now."""
+def _day_range(day: date, since: datetime | None) -> tuple[datetime, datetime]:
     start, end = day_bounds(day)
+    return (max(start, since) if since is not None else start), end
+
+
+def database_manifest(
+    conn: psycopg.Connection, day: date, since: datetime | None = None
+) -> Manifest:
+    """The day's figures as the database holds them now (its ticks from `since` on, if given:
+    retention compares what is left of a day whose first part is already dropped)."""
+    start, end = _day_range(day, since)
     row = conn.execute(_FIGURES_SQL + _DAY_WHERE, {"start": start, "end": end}).fetchone()
     assert row is not None
     figures = [(int(row[i]), int(row[i + 1])) for i in range(1, len(row), 2)]
@@ -151,12 +166,16 @@ def _column_figures(column: pa.Array) -> tuple[int, int]:
     return count, _exact_sum(values.astype(np.int64, copy=False))
 
 
-def file_manifest(directory: Path, day: date) -> Manifest:
-    """The day's figures as its Parquet files hold them, read batch by batch."""
+def file_manifest(directory: Path, day: date, since: datetime | None = None) -> Manifest:
+    """The day's figures as its Parquet files hold them, read batch by batch (its ticks from
+    `since` on, if given). Raises what pyarrow raises for a file it cannot read."""
     row_count = 0
     figures = [(0, 0)] * len(TICK_COLUMNS)
+    start = pa.scalar(since, type=SCHEMA.field("ts").type) if since is not None else None
     for path in sorted(directory.glob("*.parquet")):
         for batch in pq.ParquetFile(path).iter_batches(batch_size=_BATCH_ROWS):
+            if start is not None:
+                batch = batch.filter(pc.greater_equal(batch.column("ts"), start))
             row_count += batch.num_rows
             figures = [
                 (count + more_count, total + more_total)
@@ -203,19 +222,34 @@ def _fsync_tree(directory: Path) -> None:
             os.close(fd)
 
 
-def _record(conn: psycopg.Connection, root: Path, manifest: Manifest) -> None:
+def _record(
+    conn: psycopg.Connection, root: Path, manifest: Manifest, partly_dropped: bool = False
+) -> None:
+    """Record the day as archived and sound. `partly_dropped` keeps it marked as a day
+    retention has begun to drop (verified_at), so it is never written again from the rest
+    the database holds."""
     conn.execute(
-        "INSERT INTO tick_archive_days (day, row_count, checksum, directory)"
-        " VALUES (%s, %s, %s, %s) ON CONFLICT (day) DO UPDATE SET"
+        "INSERT INTO tick_archive_days (day, row_count, checksum, directory, verified_at)"
+        " VALUES (%(day)s, %(rows)s, %(checksum)s, %(directory)s,"
+        "  CASE WHEN %(partly)s THEN now() END)"
+        " ON CONFLICT (day) DO UPDATE SET"
         " row_count = EXCLUDED.row_count, checksum = EXCLUDED.checksum,"
-        " directory = EXCLUDED.directory, archived_at = now(), verified_at = NULL",
-        [
-            manifest.day,
-            manifest.row_count,
-            manifest.checksum,
-            str(day_directory(root, manifest.day).relative_to(root)),
-        ],
+        " directory = EXCLUDED.directory, archived_at = now(), problem = NULL,"
+        " verified_at = CASE WHEN %(partly)s"
+        "  THEN coalesce(tick_archive_days.verified_at, now()) END",
+        {
+            "day": manifest.day,
+            "rows": manifest.row_count,
+            "checksum": manifest.checksum,
+            "directory": str(day_directory(root, manifest.day).relative_to(root)),
+            "partly": partly_dropped,
+        },
     )
+
+
+def _problem(conn: psycopg.Connection, day: date) -> str | None:
+    row = conn.execute("SELECT problem FROM tick_archive_days WHERE day = %s", [day]).fetchone()
+    return row[0] if row else None
 
 
 def recorded_manifest(conn: psycopg.Connection, day: date) -> Manifest | None:
@@ -228,9 +262,64 @@ def recorded_manifest(conn: psycopg.Connection, day: date) -> Manifest | None:
 def _read_manifest(directory: Path) -> Manifest | None:
     try:
         data = json.loads((directory / MANIFEST).read_text())
-    except (OSError, ValueError):
+        return Manifest(date.fromisoformat(data["day"]), data["row_count"], data["checksum"])
+    except (OSError, ValueError, KeyError, TypeError):
         return None
-    return Manifest(date.fromisoformat(data["day"]), data["row_count"], data["checksum"])
+
+
+def archive_problem(root: Path, day: date, expected: Manifest) -> str | None:
+    """Why the archive of `day` under `root` does not hold exactly `expected`'s rows, read
+    back from its files (None: its manifest and its files both match `expected`)."""
+    directory = day_directory(root, day)
+    if not directory.is_dir():
+        return f"its directory {directory} is missing"
+    manifest = _read_manifest(directory)
+    if manifest is None:
+        return f"its manifest {directory / MANIFEST} is missing or unreadable"
+    if manifest != expected:
+        return (
+            f"its manifest says {manifest.row_count} rows (checksum {manifest.checksum[:12]}),"
+            f" not {expected.row_count} (checksum {expected.checksum[:12]})"
+        )
+    if not any(directory.glob("*.parquet")):
+        return f"its Parquet file is missing from {directory}"
+    try:
+        files = file_manifest(directory, day)
+    except _READ_ERRORS as error:
+        return f"its Parquet file cannot be read ({error})"
+    if files != expected:
+        return (
+            f"its Parquet file holds {files.row_count} rows, not the {expected.row_count} of its"
+            " manifest (or another checksum)"
+        )
+    return None
+
+
+def archived_part(root: Path, day: date, since: datetime) -> Manifest | str:
+    """The figures of the day's archived ticks from `since` on, or why they cannot be read."""
+    try:
+        return file_manifest(day_directory(root, day), day, since)
+    except _READ_ERRORS as error:
+        return f"its Parquet file cannot be read ({error})"
+
+
+def mark_unfit(conn: psycopg.Connection, day: date, problem: str) -> None:
+    """Record why `day`'s archive cannot stand for the database: the next archive run writes
+    the day again (unarchived_days lists it)."""
+    conn.execute("UPDATE tick_archive_days SET problem = %s WHERE day = %s", [problem, day])
+
+
+def _partly_dropped(conn: psycopg.Connection, day: date) -> bool:
+    """Retention may have dropped ticks of `day`: the database no longer holds all of it.
+
+    Retention sets verified_at when it drops a chunk holding ticks of a day; a day with no
+    record was dropped by age alone (archiving off) if the cutoff is past its start.
+    """
+    dropped_before = ticks_dropped_before(conn)
+    if dropped_before is None or dropped_before <= day_bounds(day)[0]:
+        return False
+    row = conn.execute("SELECT verified_at FROM tick_archive_days WHERE day = %s", [day]).fetchone()
+    return row is None or row[0] is not None
 
 
 def ticks_dropped_before(conn: psycopg.Connection) -> datetime | None:
@@ -243,21 +332,23 @@ def archive_day(conn: psycopg.Connection, root: Path, day: date) -> ArchivedDay:
     """Write `day`'s ticks under `root` (see the module's docstring) and record them.
 
     `conn` is an autocommit connection. Refuses a day that is not over in IST (its ticks are
-    still arriving). A day retention has already begun to drop is left as archived: the
-    database no longer holds all of it to compare with.
+    still arriving). A day retention has already begun to drop is left as archived (the
+    database no longer holds all of it to compare with), or "damaged" when its files no
+    longer match their manifest: nothing can rebuild it, so it is reported, not recorded.
     """
     if day >= ist_today():
         raise ArchiveError(f"{day} is not over yet in IST: only finished days are archived")
     final = day_directory(root, day)
     existing = _read_manifest(final) if final.exists() else None
-    dropped_before = ticks_dropped_before(conn)
-    if existing is not None and dropped_before is not None and dropped_before > day_bounds(day)[0]:
-        if recorded_manifest(conn, day) != existing:
-            _record(conn, root, existing)
+    if existing is not None and _partly_dropped(conn, day):
+        if archive_problem(root, day, existing) is not None:
+            return ArchivedDay(day, "damaged", existing.row_count, existing.checksum, final)
+        if recorded_manifest(conn, day) != existing or _problem(conn, day) is not None:
+            _record(conn, root, existing, partly_dropped=True)
         return ArchivedDay(day, "unchanged", existing.row_count, existing.checksum, final)
     wanted = database_manifest(conn, day)
-    if existing == wanted:
-        if recorded_manifest(conn, day) != wanted:
+    if existing == wanted and archive_problem(root, day, wanted) is None:
+        if recorded_manifest(conn, day) != wanted or _problem(conn, day) is not None:
             _record(conn, root, wanted)  # renamed into place, then a crash before this
         return ArchivedDay(day, "unchanged", wanted.row_count, wanted.checksum, final)
     if wanted.row_count == 0:
@@ -310,18 +401,20 @@ def _replace(staging: Path, final: Path) -> None:
 
 
 def unarchived_days(conn: psycopg.Connection, before: date) -> list[date]:
-    """IST days before `before` the database holds ticks of and the archive does not, oldest
-    first, found one chunk at a time (no scan of the whole table)."""
+    """IST days before `before` the database holds ticks of and the archive does not (or
+    retention found unfit), oldest first, found one chunk at a time (no scan of the whole
+    table)."""
     rows = conn.execute(
         "SELECT DISTINCT d::date FROM timescaledb_information.chunks c,"
-        " generate_series((c.range_start AT TIME ZONE 'Asia/Kolkata')::date,"
-        "  ((c.range_end - INTERVAL '1 microsecond') AT TIME ZONE 'Asia/Kolkata')::date,"
+        " generate_series((c.range_start AT TIME ZONE %(zone)s)::date,"
+        "  ((c.range_end - INTERVAL '1 microsecond') AT TIME ZONE %(zone)s)::date,"
         "  INTERVAL '1 day') AS d"
         " WHERE c.hypertable_schema = current_schema() AND c.hypertable_name = 'ticks'"
         "  AND d::date < %(before)s"
-        "  AND NOT EXISTS (SELECT 1 FROM tick_archive_days a WHERE a.day = d::date)"
+        "  AND NOT EXISTS (SELECT 1 FROM tick_archive_days a"
+        "   WHERE a.day = d::date AND a.problem IS NULL)"
         " ORDER BY 1",
-        {"before": before},
+        {"before": before, "zone": IST_ZONE},
     ).fetchall()
     days = []
     for (day,) in rows:
@@ -352,6 +445,7 @@ def read_archived_ticks(
 def archive_finished_days(
     conn: psycopg.Connection, root: Path, today: date | None = None
 ) -> list[ArchivedDay]:
-    """Archive every finished day the database holds and the archive lacks, oldest first:
+    """Archive every finished day the database holds and the archive lacks (or retention found
+    unfit), oldest first:
     what the daily schedule runs after the close, and `tickvault archive` without --date."""
     return [archive_day(conn, root, day) for day in unarchived_days(conn, today or ist_today())]

@@ -9,15 +9,24 @@ from pathlib import Path
 
 import duckdb
 import psycopg
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from core.ist import day_bounds
-from store.archive import ArchiveError, archive_day, database_manifest, file_manifest
-from store.editions import server_edition
+from store.archive import (
+    PART,
+    ArchiveError,
+    archive_day,
+    database_manifest,
+    day_directory,
+    file_manifest,
+)
+from store.editions import Edition, server_edition
 from store.instruments import default_sample_path, load_instruments
 from store.retention import apply_retention
 from tests.lifecycle import KEYS, bars_of_day, days_ago, insert_day, roll_up_bars, ticks_of_day
+from tests.test_retention import archived_day_with_a_night_tick
 from tickvault import notebook
 from tickvault.cli import main
 
@@ -47,7 +56,7 @@ def test_an_archived_day_survives_retention_and_reads_back(
         in_database = database_manifest(conn, old)
         archived = [archive_day(conn, lifecycle_env, day) for day in (older, old)]
         edition = server_edition(conn)
-        retention = apply_retention(conn, edition, ticks_days=10, bars_days=0)
+        retention = apply_retention(conn, edition, 10, 0, lifecycle_env)
 
     assert [a.action for a in archived] == ["written", "written"]
     assert archived[1].row_count == in_database.row_count == rows[old]
@@ -157,3 +166,75 @@ def test_the_archive_command_archives_finished_days_then_applies_retention(
     assert f"{old}: unchanged, {rows[old]} ticks" in capsys.readouterr().out
     assert main(["archive", "--date", days_ago(0).isoformat()]) == 1
     assert "not over yet" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("broken", ["corrupt bytes", "empty file"])
+def test_archiving_again_rewrites_a_day_whose_parquet_is_broken_though_recorded(
+    db_url: str, tmp_path: Path, broken: str
+) -> None:
+    """The manifest and tick_archive_days still say archived: the files are read back."""
+    day = days_ago(6)
+    rows = insert_day(db_url, day, per_key=20)
+    part = day_directory(tmp_path, day) / PART
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        archive_day(conn, tmp_path, day)
+        size = part.stat().st_size
+        part.write_bytes(
+            b"PAR1" + b"\x00" * (size - 8) + b"PAR1" if broken == "corrupt bytes" else b""
+        )
+        with pytest.raises((OSError, pa.ArrowException), match="Parquet"):
+            pq.read_table(part)
+        again = archive_day(conn, tmp_path, day)
+        in_database = database_manifest(conn, day)
+    assert (again.action, again.row_count) == ("rewritten", rows)
+    assert file_manifest(part.parent, day) == in_database
+
+
+def test_the_archive_command_reports_a_kept_day_and_fixes_it_on_the_next_run(
+    db_url: str, lifecycle_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setenv("TICKVAULT_DATABASE_URL", db_url)
+    monkeypatch.setenv("TICKVAULT_TICKS_RETENTION_DAYS", "7")
+    day = days_ago(9)
+    rows = insert_day(db_url, day, per_key=10)
+    roll_up_bars(db_url, day_bounds(day)[0])
+    assert main(["archive"]) == 0
+    (day_directory(lifecycle_env, day) / PART).unlink()
+    capsys.readouterr()
+
+    assert main(["archive", "--retention"]) == 0
+    kept = capsys.readouterr().out
+    assert main(["archive", "--retention"]) == 0
+    fixed = capsys.readouterr().out
+
+    assert "every finished day is archived already" in kept
+    assert f"0 tick chunks dropped; held back by {day}; kept {day}: its archive is unfit" in kept
+    assert f"{day}: rewritten, {rows} ticks" in fixed
+    assert "1 tick chunks dropped" in fixed
+    assert ticks_of_day(db_url, day) == []
+
+
+def test_a_day_retention_began_to_drop_is_never_rewritten_from_what_is_left(
+    db_url: str, tmp_path: Path
+) -> None:
+    """A tick at 02:00 IST lies in the UTC chunk before the day's session; once retention has
+    dropped that chunk, the archive is the day's only whole copy: archiving the day again
+    keeps it (even with its record lost), and reports it damaged when its file breaks."""
+    day = days_ago(12)
+    rows, night_only = archived_day_with_a_night_tick(db_url, tmp_path, day)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        first = apply_retention(conn, Edition.APACHE, night_only, 0, tmp_path)
+        conn.execute("DELETE FROM tick_archive_days WHERE day = %s", [day])
+        kept = archive_day(conn, tmp_path, day)
+        again = archive_day(conn, tmp_path, day)
+        part = day_directory(tmp_path, day) / PART
+        part.write_bytes(part.read_bytes()[: part.stat().st_size // 2])
+        damaged = archive_day(conn, tmp_path, day)
+        held = apply_retention(conn, Edition.APACHE, 7, 0, tmp_path)
+    assert first.tick_chunks_dropped == 1
+    assert (kept.action, kept.row_count) == ("unchanged", rows + 1)
+    assert (again.action, again.row_count) == ("unchanged", rows + 1)
+    assert damaged.action == "damaged"
+    assert held.tick_chunks_dropped == 0
+    assert "cannot be read" in held.kept[day]
+    assert len(ticks_of_day(db_url, day)) == rows

@@ -29,7 +29,8 @@ def add_archive_parser(commands: argparse._SubParsersAction) -> None:
     archive.add_argument(
         "--retention",
         action="store_true",
-        help="then drop tick chunks past TICKVAULT_TICKS_RETENTION_DAYS whose days are archived",
+        help="then drop tick chunks past TICKVAULT_TICKS_RETENTION_DAYS whose days read back"
+        " from the archive match the database",
     )
     archive.set_defaults(handler=run_archive)
 
@@ -54,7 +55,7 @@ def run_archive(settings: Settings, args: argparse.Namespace) -> int:
                 server_edition(conn),
                 settings.ticks_retention_days,
                 settings.bars_retention_days,
-                require_archived=settings.archive_ticks,
+                settings.archive_dir if settings.archive_ticks else None,
             )
             print(describe_retention(result))
     return 0
@@ -63,6 +64,11 @@ def run_archive(settings: Settings, args: argparse.Namespace) -> int:
 def describe_day(day: ArchivedDay) -> str:
     if day.action == "empty":
         return f"{day.day}: no ticks in the database, nothing written"
+    if day.action == "damaged":
+        return (
+            f"{day.day}: damaged: its files in {day.directory} no longer match their manifest,"
+            " and retention has dropped part of the day from the database; left as it is"
+        )
     return f"{day.day}: {day.action}, {day.row_count} ticks in {day.directory}"
 
 
@@ -74,13 +80,17 @@ def describe_retention(result: RetentionResult) -> str:
         if result.ticks_dropped_before is not None:
             ticks += f" (nothing before {result.ticks_dropped_before.isoformat()} is left)"
         if result.held_back_by is not None:
-            ticks += f"; held back by {result.held_back_by}, not archived (or changed since)"
+            ticks += f"; held back by {result.held_back_by}"
+        for day, why in sorted(result.kept.items()):
+            ticks += f"; kept {day}: {why}"
     bars = (
         f"{result.bar_chunks_dropped} bar chunks dropped,"
         f" {result.backfilled_minutes_deleted} backfilled minutes deleted"
         if result.bars_retention_days
         else "bars are kept forever"
     )
+    if result.bars_skipped is not None:
+        bars = result.bars_skipped
     return (
         f"retention ({result.edition} edition, then run by {result.scheduled_by}): {ticks}; {bars}"
     )

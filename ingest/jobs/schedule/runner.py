@@ -11,7 +11,7 @@ delay (ingest/backoff.py), up to `schedule_step_attempts` attempts; then it is r
 `failed`, logged as an error, shown in the status, and not run again that day. A failure does
 not stop its phase: the following steps still run. Steps are independent on purpose (a
 failed instrument refresh still lets the resubscribe run on yesterday's master); a step that
-needs another's work checks it itself (retention checks the archive's manifest before
+needs another's work checks it itself (retention reads each day's archive back before
 dropping anything).
 
 Time: read only through a `Clock` (now() and sleep_until()), the system's by default, so a

@@ -189,25 +189,26 @@ async def archive_days(settings: Settings, upkeep: Upkeep, day: date) -> str:
 
 
 async def apply_retention_now(settings: Settings, upkeep: Upkeep, day: date) -> str:
+    """Tick chunks past their period whose days read back from the archive match the
+    database (store/retention.py; under the app's role too), then bars as the role may."""
+
     def apply() -> str:
         with psycopg.connect(upkeep.database_url, autocommit=True) as conn:
-            try:
-                result = apply_retention(
-                    conn,
-                    upkeep.edition,
-                    settings.ticks_retention_days,
-                    settings.bars_retention_days,
-                    require_archived=settings.archive_ticks,
-                )
-            except psycopg.errors.InsufficientPrivilege:
-                # Community under the app's role: the job and policies the owner configured
-                # (`tickvault archive --retention`) run inside TimescaleDB instead.
-                return "left to the retention job and policies TimescaleDB runs as the owner"
-        held = f", held back by {result.held_back_by} (not archived)" if result.held_back_by else ""
+            result = apply_retention(
+                conn,
+                upkeep.edition,
+                settings.ticks_retention_days,
+                settings.bars_retention_days,
+                settings.archive_dir if settings.archive_ticks else None,
+            )
+        kept = "".join(f", kept {day}: {why}" for day, why in sorted(result.kept.items()))
+        bars = result.bars_skipped or (
+            f"{result.bar_chunks_dropped} bar chunks and {result.backfilled_minutes_deleted}"
+            " backfilled minutes dropped"
+        )
         return (
-            f"{result.tick_chunks_dropped} tick chunks dropped{held},"
-            f" {result.bar_chunks_dropped} bar chunks and {result.backfilled_minutes_deleted}"
-            f" backfilled minutes dropped; scheduled by {result.scheduled_by}"
+            f"{result.tick_chunks_dropped} tick chunks dropped{kept}; {bars};"
+            f" scheduled by {result.scheduled_by}"
         )
 
     return await asyncio.to_thread(apply)
