@@ -405,7 +405,7 @@ def test_migration_017_removes_the_community_job_from_an_existing_database(
             result = apply_retention(conn, server_edition(conn), 7, 0, tmp_path / "archive")
     finally:
         server.drop_database(url)
-    assert applied == ["017"]
+    assert applied == [version for version in conftest.ALL_MIGRATIONS if version >= "017"]
     assert jobs == (0,)
     assert (result.tick_chunks_dropped, result.kept) == (1, {})
 
