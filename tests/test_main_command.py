@@ -92,7 +92,13 @@ def _start_run(
     environment and API base URL."""
     api_port = free_port()
     env = {**_run_env(data_dir, api_port), **settings}
-    process = subprocess.Popen(
+    process = _spawn_run(env)
+    return process, env, f"http://127.0.0.1:{api_port}"
+
+
+def _spawn_run(env: dict[str, str]) -> subprocess.Popen[str]:
+    """`tickvault run` in `env`, its output (stdout and stderr) read as text."""
+    return subprocess.Popen(
         [sys.executable, "-m", "tickvault", "run"],
         cwd=REPO,
         env=env,
@@ -100,7 +106,6 @@ def _start_run(
         stderr=subprocess.STDOUT,
         text=True,
     )
-    return process, env, f"http://127.0.0.1:{api_port}"
 
 
 def _run_env(data_dir: Path, api_port: int) -> dict[str, str]:
@@ -348,14 +353,7 @@ def test_a_second_instance_stops_and_a_journal_of_another_database_is_not_restar
     assert f"pid {ingest.pid}" in alone.stderr
 
     _recreate_the_database(env)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tickvault", "run"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    process = _spawn_run(env)
     try:
         reason = _health_answer(process, base, 120)["reason"]
         time.sleep(5)  # long past a restart's delay
@@ -380,14 +378,7 @@ def test_a_store_running_before_is_left_running_and_a_taken_port_is_named(
         [sys.executable, "-m", "tickvault", "db", "start"], cwd=REPO, env=env, check=False
     )
     assert started.returncode == 0
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tickvault", "run"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    process = _spawn_run(env)
     try:
         _wait_healthy(process, base, 90)
     finally:
