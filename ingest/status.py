@@ -20,6 +20,9 @@ class FeedStatus:
     """The feed client: where it reads from and, once the client exists, how it fares."""
 
     source: str  # "simulator" or the Upstox API base
+    # Where the feed's REST side answers: Upstox's base, or the built-in simulator's loopback
+    # URL, whose candles the API's audit then compares with.
+    api_base: str | None = None
     state: str | None = None  # the connection most in need of attention
     connections: int | None = None  # connected now
     connection_states: list[str] | None = None

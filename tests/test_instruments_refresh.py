@@ -198,8 +198,12 @@ def test_the_running_ingest_follows_a_changed_universe(
         wait_for(lambda: NEWCO in simulator.followed_keys(), timeout=10)
         assert TCS not in simulator.followed_keys()
         wait_for(lambda: ticks_of(NEWCO) > 0, timeout=20)
+
+        def followed() -> list[str]:  # as the ingest publishes its status, every half second
+            return http.get("/api/v1/websocket/status").json()["subscribed_symbols"]
+
+        wait_for(lambda: "NEWCO" in followed(), timeout=10)
         status = http.get("/api/v1/websocket/status").json()
-        assert "NEWCO" in status["subscribed_symbols"]
         assert "TCS" not in status["subscribed_symbols"]
         listed = {row["symbol"]: row for row in http.get("/api/v1/websocket/subscriptions").json()}
         assert listed["NEWCO"]["status"] == "subscribed"

@@ -11,13 +11,16 @@ from datetime import date
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query
+from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, BeforeValidator
 
 from api.auth import API_KEY
 from api.context import ApiContext, Context
 from api.error_responses import responses
+from api.ingest_state import StatusNotPublished
 from api.params import SYMBOL_LIST_RULES, symbol_list
-from ingest.config import Settings
+from ingest.channels.latest_table import IngestNotRunning, SlotBusy
+from ingest.config import Secret, Settings
 from ingest.jobs.audit import run_audit
 from ingest.tokens import choose_token
 from ingest.upstox.candles import CandleError
@@ -80,10 +83,10 @@ async def run(
     ] = None,
 ) -> dict[str, Any]:
     """Audit `date` now against Upstox's candles, store the results and answer them: 503
-    without UPSTOX_ACCESS_TOKEN (on the simulator that this process's ingest runs, its
-    candles stand in), 502 when Upstox refuses the token or keeps failing, 404 for an
-    unknown symbol."""
-    settings = _candle_source(context)
+    without UPSTOX_ACCESS_TOKEN (while the ingest beside the API feeds on its built-in
+    simulator, the simulator's candles stand in), 502 when Upstox refuses the token or keeps
+    failing, 404 for an unknown symbol."""
+    settings = await run_in_threadpool(_candle_source, context)
     if settings is None or context.database_url is None:
         raise HTTPException(
             status_code=503,
@@ -102,6 +105,17 @@ async def run(
 
 def _candle_source(context: ApiContext) -> Settings | None:
     """The settings to fetch candles with: Upstox's with a token (the environment's, else
-    the stored one); none without one."""
+    the stored one); without one, the simulator the ingest feeds on, as the ingest itself
+    does (its status says where); else none."""
     token = choose_token(context.settings).token
-    return replace(context.settings, upstox_access_token=token) if token else None
+    if token:
+        return replace(context.settings, upstox_access_token=token)
+    try:
+        feed = context.published.status().feed
+    except (IngestNotRunning, StatusNotPublished, SlotBusy):
+        return None
+    if feed.source != "simulator" or feed.api_base is None:
+        return None
+    return replace(
+        context.settings, upstox_api_base=feed.api_base, upstox_access_token=Secret("simulator")
+    )

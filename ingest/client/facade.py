@@ -59,6 +59,7 @@ class FeedClient:
             raise ValueError(f"max_connections must be at least 1, got {settings.max_connections}")
         self._sink = sink
         self._source = source or settings.upstox_api_base
+        self._api_base = settings.upstox_api_base
         self._token = Token(settings.upstox_access_token)
         self._ledger = Ledger(self._token.scrub)
         self._capacity = Capacity(settings.mode_limits, settings.max_connections)
@@ -251,6 +252,7 @@ class FeedClient:
         ledger, now = self._ledger, time.monotonic()
         return FeedStatus(
             source=self._source,
+            api_base=self._api_base,
             state=self._state(),
             connections=sum(conn.state == "connected" for conn in self._connections),
             connection_states=[conn.state for conn in self._connections],
