@@ -13,7 +13,7 @@ from api.ingest_state import PublishedIngest
 from api.liveness import DatabaseProbe
 from api.symbol_resolver import SymbolResolver
 from ingest.config import Settings
-from store.tick import Tick
+from store.tick_row import Tick
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from pydantic import TypeAdapter
 from ingest.channels.latest_reader import LatestTickReader
 from ingest.channels.latest_table import BUSY_TIMEOUT_S, IngestNotRunning, SlotBusy, published_path
 from ingest.status import IngestStatus
-from store.tick import Tick
+from store.tick_row import Tick
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from api.models import LatestTickOut
 from api.params import checked_symbol_list
 from ingest.channels.latest_table import IngestNotRunning, SlotBusy
 from store.instruments import UnknownSymbol
-from store.tick import Tick, as_dict
+from store.tick_row import Tick, as_dict
 
 PATH = "/api/v1/websocket/latest-ticks"
 # Rendered ticks kept per (key, requested name); names differ in case ("infy", "INFY"), so

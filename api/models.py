@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field, create_model
 from api.params import Symbol
 from ingest.upstox.wire import Mode
 from store.bars import BarInterval
-from store.tick import TICK_FIELDS
+from store.tick_row import TICK_FIELDS
 
 
 class HealthOut(BaseModel):
@@ -58,7 +58,7 @@ class UnsubscribeOut(BaseModel):
     status: Literal["unsubscribed"]
 
 
-# One row of `ticks`, its fields from store.tick.TICK_FIELDS; times are ISO 8601 UTC.
+# One row of `ticks`, its fields from store.tick_row.TICK_FIELDS; times are ISO 8601 UTC.
 TickOut = create_model(
     "TickOut",
     __doc__="One row of `ticks`; times are ISO 8601 UTC.",

@@ -11,7 +11,7 @@ from typing import Annotated
 from pydantic import AfterValidator, BeforeValidator, StringConstraints
 
 from api.error_responses import invalid
-from store.tick import from_datetime, to_datetime
+from store.tick_row import from_datetime, to_datetime
 
 
 def _storable(value: str) -> str:

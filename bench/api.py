@@ -28,7 +28,7 @@ import psycopg
 
 from bench.common import REPO, CpuMeter, DbServer, free_port, load_universe, simulator
 from store.bars import refresh_bars
-from store.tick import TICK_COLUMNS, from_datetime
+from store.tick_row import TICK_COLUMNS, from_datetime
 from store.ticks import copy_ticks
 
 IST = timedelta(hours=5, minutes=30)

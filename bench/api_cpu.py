@@ -32,7 +32,7 @@ from bench.common import REPO, cpu_seconds, db_server, free_port, median
 from ingest.channels.latest_publisher import LatestTickPublisher
 from ingest.channels.latest_table import published_path
 from store.instruments import default_sample_path, load_instruments, resolve_symbols
-from store.tick import TICK_PG_TYPES
+from store.tick_row import TICK_PG_TYPES
 
 SYMBOLS = 10
 PUBLISH_INTERVAL_S = 0.025

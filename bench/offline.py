@@ -47,7 +47,7 @@ from ingest.upstox.decoder import (
     PythonFeedDecoder,
 )
 from ingest.upstox.proto import upstox_feed_v3_pb2 as pb
-from store.tick import TICK_COLUMNS, Tick
+from store.tick_row import TICK_COLUMNS, Tick
 from store.ticks import COPY_IMPLEMENTATION, copy_ticks, copy_ticks_by_row, copy_ticks_encoded
 
 Frame = tuple[bytes, int]  # (frame, received_at_us)

@@ -10,7 +10,7 @@ from typing import Any
 from ingest.status import CacheStatus
 from ingest.symbols import SymbolDirectory
 from ingest.tick_data import TickData
-from store.tick import KEY, Tick
+from store.tick_row import KEY, Tick
 
 
 class AggregatedTickHandler:

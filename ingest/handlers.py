@@ -15,7 +15,7 @@ from typing import Protocol
 
 from ingest.status import HandlerStatus
 from ingest.tick_data import TickData
-from store.tick import KEY, Tick
+from store.tick_row import KEY, Tick
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from ingest.journal import Journal, JournalFull
 from ingest.metrics import IngestMetrics
 from ingest.status import PipelineStatus
 from ingest.upstox.decoder import FeedDecoder, MalformedFrame
-from store.tick import Tick
+from store.tick_row import Tick
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import psycopg
 from ingest.journal import Journal
 from ingest.upstox.decoder import FeedDecoder
 from store.subscriptions import resumable_keys
-from store.tick import Tick
+from store.tick_row import Tick
 from store.ticks import committed_position, newest_tick_rows
 
 log = logging.getLogger(__name__)

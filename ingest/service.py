@@ -47,7 +47,7 @@ from ingest.tokens import TokenKeeper
 from ingest.writer import TickDataHandler
 from store.editions import Edition, server_edition
 from store.instruments import instrument_records
-from store.tick import Tick
+from store.tick_row import Tick
 
 log = logging.getLogger(__name__)
 

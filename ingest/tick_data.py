@@ -1,7 +1,7 @@
 """TickData: one tick as your own handler sees it, typed and immutable.
 
 Built only for custom handlers and the latest-tick accessors, never on the hot path: the
-pipeline, the writer and the cache pass plain tuples (store.tick), and a TickData is made from
+pipeline, the writer and the cache pass plain tuples (store.tick_row), and a TickData is made from
 one when a handler or a caller asks.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import make_dataclass
 from typing import Any
 
-from store.tick import TICK_FIELDS, Tick, as_dict
+from store.tick_row import TICK_FIELDS, Tick, as_dict
 
 # Our column names under the names the Phase 2 guide uses, where they differ.
 _GUIDE_NAMES = {column.name: column.guide_name or column.name for column in TICK_FIELDS}
@@ -34,7 +34,7 @@ def _as_dict(self: Any) -> dict[str, Any]:
     return {"price": self.last_price, **fields}
 
 
-# A frozen dataclass of the symbol and every field of store.tick.TICK_FIELDS, under the guide's
+# A frozen dataclass of the symbol and every field of store.tick_row.TICK_FIELDS, under the guide's
 # names: `last_price`, `last_quantity`, `volume` (the day's traded volume so far, Upstox's
 # vtt), `timestamp`, `close_price`, `average_price`, `total_buy_quantity`,
 # `total_sell_quantity`, and the table's own for the rest (`volume_delta` the part of volume

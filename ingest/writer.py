@@ -28,7 +28,7 @@ from ingest.backoff import Backoff
 from ingest.journal import Journal
 from ingest.metrics import IngestMetrics
 from ingest.status import WriterStatus
-from store.tick import KEY, RECEIVED_AT, Tick, to_unix_seconds
+from store.tick_row import KEY, RECEIVED_AT, Tick, to_unix_seconds
 from store.ticks import batch_committed, write_batch
 
 log = logging.getLogger(__name__)

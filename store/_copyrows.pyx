@@ -31,7 +31,7 @@ from libc.stdint cimport int64_t, uint8_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy
 
-from store.tick import TICK_COLUMNS, TICK_PG_TYPES
+from store.tick_row import TICK_COLUMNS, TICK_PG_TYPES
 
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object text, Py_ssize_t* size) except NULL
@@ -42,10 +42,10 @@ cdef enum:
     K_FLOAT8 = 2
     MAX_COLUMNS = 64
 
-# The wire kind of each column, from store.tick (timestamptz travels as int8 tick times).
+# The wire kind of each column, from store.tick_row (timestamptz travels as int8 tick times).
 _KIND_OF = {"text": K_TEXT, "int8": K_INT8, "timestamptz": K_INT8, "float8": K_FLOAT8}
 if len(TICK_PG_TYPES) > MAX_COLUMNS or not set(TICK_PG_TYPES) <= set(_KIND_OF):
-    raise ImportError("store.tick.TICK_PG_TYPES has a type _copyrows.pyx cannot encode")
+    raise ImportError("store.tick_row.TICK_PG_TYPES has a type _copyrows.pyx cannot encode")
 
 cdef int KINDS[MAX_COLUMNS]
 cdef Py_ssize_t N_COLUMNS = len(TICK_PG_TYPES)

@@ -42,7 +42,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from core.ist import IST_ZONE, day_bounds, ist_today
-from store.tick import TICK_COLUMNS, TICK_PG_TYPES
+from store.tick_row import TICK_COLUMNS, TICK_PG_TYPES
 
 MANIFEST = "_manifest.json"
 PART = "part-0.parquet"

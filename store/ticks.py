@@ -10,7 +10,7 @@ encoder writes text as UTF-8); `COPY_IMPLEMENTATION` says which is built, and
 tests/test_copy_rows.py holds the two to the same stored rows.
 
 Both send the time columns as int8: a tick time is already the integer a binary timestamptz
-is on the wire (microseconds since 2000-01-01 UTC; see store.tick), and binary COPY carries
+is on the wire (microseconds since 2000-01-01 UTC; see store.tick_row), and binary COPY carries
 no type tags, so the server reads those 8 bytes as the timestamptz its column is.
 
 Each COPY batch is recorded in `ingest_batches` in the same transaction, under the journal
@@ -29,7 +29,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from store.tick import PG_EPOCH_UNIX_US, TICK_COLUMNS, TICK_PG_TYPES, TIME_COLUMNS, Tick
+from store.tick_row import PG_EPOCH_UNIX_US, TICK_COLUMNS, TICK_PG_TYPES, TIME_COLUMNS, Tick
 
 try:
     from store._copyrows import COPY_HEADER, COPY_TRAILER, encode_rows
@@ -43,7 +43,7 @@ COPY_TICKS = f"COPY ticks ({', '.join(TICK_COLUMNS)}) FROM STDIN (FORMAT BINARY)
 _WIRE_TYPES = ["int8" if pg_type == "timestamptz" else pg_type for pg_type in TICK_PG_TYPES]
 
 _TICK_COLUMNS = ", ".join(f"t.{name}" for name in TICK_COLUMNS)
-# The same columns with the times as tick times (integers; see store.tick), for the decoder.
+# The same columns with the times as tick times (integers; see store.tick_row), for the decoder.
 _TICK_TIMES_COLUMNS = ", ".join(
     f"(extract(epoch FROM t.{name}) * 1000000)::bigint - {PG_EPOCH_UNIX_US}"
     if index in TIME_COLUMNS

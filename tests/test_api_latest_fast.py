@@ -24,7 +24,7 @@ from ingest.channels.latest_publisher import LatestTickPublisher
 from ingest.channels.latest_table import published_path
 from ingest.config import Settings
 from store.instruments import resolve_symbols
-from store.tick import TICK_COLUMN_TYPES, TICK_COLUMNS, TIME_COLUMNS
+from store.tick_row import TICK_COLUMN_TYPES, TICK_COLUMNS, TIME_COLUMNS
 from tests.conftest import DbServer
 from tests.test_api import client, sample_database, serve
 

@@ -35,7 +35,7 @@ from ingest.config import Secret, Settings
 from ingest.simulator import FeedSimulator
 from ingest.status import BarsStatus, CacheStatus, FeedStatus, IngestStatus, PipelineStatus
 from store.instruments import instrument_records
-from store.tick import as_dict
+from store.tick_row import as_dict
 from tests.conftest import REPO, DbServer, free_port
 from tests.test_api import API_KEY, INFY, client, sample_database, serve, wait_for
 

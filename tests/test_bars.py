@@ -17,7 +17,7 @@ from typing import NamedTuple
 import psycopg
 
 from store.bars import BAR_VIEWS, refresh_bars
-from store.tick import TICK_COLUMNS, from_datetime
+from store.tick_row import TICK_COLUMNS, from_datetime
 from store.ticks import batch_committed, committed_position, write_batch
 from tests import conftest
 
@@ -137,7 +137,7 @@ def copy_ticks(conn: psycopg.Connection, ticks: Iterable[Tick]) -> None:
 
 
 def as_ingested(tick: Tick) -> tuple:
-    """`tick` as the ingest writes it (store.tick): every column, the times as tick times."""
+    """`tick` as the ingest writes it (store.tick_row): every column, the times as tick times."""
     values = {
         "instrument_key": tick.instrument_key,
         "ts": from_datetime(tick.ts),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ingest.cache import AggregatedTickHandler
-from store.tick import TICK_COLUMNS
+from store.tick_row import TICK_COLUMNS
 
 
 def tick(key: str, time: int, ltp: float, volume_delta: int | None) -> tuple:

@@ -24,7 +24,7 @@ from psycopg.adapt import Loader
 from psycopg.pq import Format
 
 from store import ticks as ticks_module
-from store.tick import TICK_COLUMNS, TICK_PG_TYPES
+from store.tick_row import TICK_COLUMNS, TICK_PG_TYPES
 from store.ticks import (
     COPY_IMPLEMENTATION,
     copy_path,

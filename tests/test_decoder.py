@@ -18,7 +18,7 @@ from ingest.upstox.decoder import (
     PythonFeedDecoder,
 )
 from ingest.upstox.proto import upstox_feed_v3_pb2 as pb
-from store.tick import Tick, as_dict, to_datetime
+from store.tick_row import Tick, as_dict, to_datetime
 
 IST = timezone(timedelta(hours=5, minutes=30))
 RELIANCE = "NSE_EQ|INE002A01018"

@@ -36,7 +36,7 @@ from ingest.upstox.decoder import (
     PythonFeedDecoder,
 )
 from ingest.upstox.proto import upstox_feed_v3_pb2 as pb
-from store.tick import PG_EPOCH_UNIX_US, TICK_COLUMNS
+from store.tick_row import PG_EPOCH_UNIX_US, TICK_COLUMNS
 from tests.test_decoder import field, varint
 
 UPSTOX = Path(decoder_module.__file__).parent

@@ -31,7 +31,7 @@ from ingest.config import Settings
 from ingest.service import WebSocketService
 from ingest.status import BarsStatus, CacheStatus, FeedStatus, IngestStatus
 from store.instruments import default_sample_path, load_instruments
-from store.tick import TICK_COLUMNS, TICK_PG_TYPES
+from store.tick_row import TICK_COLUMNS, TICK_PG_TYPES
 from tests.conftest import REPO
 
 COLUMN = {name: index for index, name in enumerate(TICK_COLUMNS)}

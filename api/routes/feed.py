@@ -25,7 +25,7 @@ from api.params import SYMBOL_LIST_RULES, Symbol, symbol_list
 from ingest.channels.latest_table import IngestNotRunning, SlotBusy
 from ingest.status import IngestStatus
 from store.subscriptions import listing
-from store.tick import Tick, as_dict
+from store.tick_row import Tick, as_dict
 
 router = APIRouter(prefix="/api/v1/websocket", tags=["feed"])
 _GUARDED = responses(401, 403, 404, 409, 503)

@@ -56,7 +56,7 @@ from ingest.channels.latest_table import (
     pid_namespace,
     sizes,
 )
-from store.tick import TICK_COLUMNS, Tick
+from store.tick_row import TICK_COLUMNS, Tick
 
 log = logging.getLogger(__name__)
 

@@ -52,7 +52,7 @@ from ingest.channels.latest_table import (
     SlotBusy,
     pid_namespace,
 )
-from store.tick import Tick
+from store.tick_row import Tick
 
 log = logging.getLogger(__name__)
 

@@ -61,7 +61,7 @@ import sys
 import zlib
 from pathlib import Path
 
-from store.tick import TICK_COLUMN_TYPES, Tick
+from store.tick_row import TICK_COLUMN_TYPES, Tick
 
 log = logging.getLogger(__name__)
 

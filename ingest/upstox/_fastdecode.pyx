@@ -33,7 +33,7 @@ from libc.stdlib cimport free, realloc
 from libc.string cimport memcmp, memcpy, memset
 
 from ingest.upstox.decoded import FRAME_KINDS, STATUS_NAMES, DecodedFrame, MalformedFrame, seed_last
-from store.tick import PG_EPOCH_UNIX_US, TICK_COLUMNS
+from store.tick_row import PG_EPOCH_UNIX_US, TICK_COLUMNS
 
 cdef extern from "Python.h":
     long long PyLong_AsLongLongAndOverflow(object obj, int* overflow) except? -1
@@ -41,7 +41,7 @@ cdef extern from "Python.h":
     PyTypeObject* Py_TYPE(PyObject* obj)
     void PyObject_GC_UnTrack(void* obj)
 
-# Tick columns, in store.tick.TICK_COLUMNS order (checked at import below).
+# Tick columns, in store.tick_row.TICK_COLUMNS order (checked at import below).
 cdef enum:
     C_TS = 1
     C_LTP = 2
@@ -67,7 +67,7 @@ _COLUMNS = {
 if len(TICK_COLUMNS) != C_COLUMNS or any(
     TICK_COLUMNS.index(name) != index for name, index in _COLUMNS.items()
 ):
-    raise ImportError("store.tick.TICK_COLUMNS moved: _fastdecode.pyx must follow it")
+    raise ImportError("store.tick_row.TICK_COLUMNS moved: _fastdecode.pyx must follow it")
 
 cdef int64_t PG_EPOCH = PG_EPOCH_UNIX_US
 cdef int64_t IST_OFFSET_US = (5 * 3600 + 30 * 60) * 1000000
@@ -990,7 +990,7 @@ cdef class CompiledFeedDecoder:
         """Decode one binary frame; `wanted`, when given, is the set of keys to keep.
 
         `received_at_us` is the clock's Unix-epoch microseconds at receipt. The ticks carry
-        tick times (see store.tick), converted from it and from the feed's Unix-epoch ms.
+        tick times (see store.tick_row), converted from it and from the feed's Unix-epoch ms.
         """
         cdef Py_buffer view
         if self.busy:  # from another thread, or from `wanted` itself: the structs are in use

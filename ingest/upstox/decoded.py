@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from typing import NamedTuple
 
 from ingest.upstox.proto import upstox_feed_v3_pb2 as pb
-from store.tick import KEY, TICK_COLUMNS, TS, Tick
+from store.tick_row import KEY, TICK_COLUMNS, TS, Tick
 
 FRAME_KINDS = {pb.initial_feed: "snapshot", pb.live_feed: "live", pb.market_info: "market_info"}
 STATUS_NAMES = {value.number: value.name for value in pb.MarketStatus.DESCRIPTOR.values}

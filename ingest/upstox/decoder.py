@@ -28,7 +28,7 @@ from ingest.upstox.decoded import (
     seed_last,
 )
 from ingest.upstox.proto import upstox_feed_v3_pb2 as pb
-from store.tick import (
+from store.tick_row import (
     FEED_TS,
     LTP,
     LTQ,
@@ -91,7 +91,7 @@ class PythonFeedDecoder:
         """Decode one binary frame; `wanted`, when given, is the set of keys to keep.
 
         `received_at_us` is the clock's Unix-epoch microseconds at receipt. The ticks carry
-        tick times (see store.tick), converted from it and from the feed's Unix-epoch ms.
+        tick times (see store.tick_row), converted from it and from the feed's Unix-epoch ms.
         """
         try:
             # A fresh message per frame: measured faster than clearing and reusing one.
