@@ -153,7 +153,6 @@ class WebSocketService:
         parts = FeedParts(
             self.database_url,
             settings,
-            client_settings,
             self.edition,
             self._connection,
             self.tokens,
@@ -427,8 +426,9 @@ async def _feed_settings(
         record=record,
     )
     await simulator.start()
+    access = tokens.use_simulator(simulator.url)
     feed_settings = replace(
-        settings, upstox_api_base=simulator.url, upstox_access_token=tokens.use_simulator()
+        settings, upstox_api_base=access.api_base, upstox_access_token=access.token
     )
     return feed_settings, simulator
 

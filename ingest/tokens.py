@@ -76,6 +76,20 @@ class TokenChoice:
     stored: StoredToken | None = None
 
 
+@dataclass(frozen=True)
+class UpstoxAccess:
+    """Where Upstox's REST side answers and the token to ask it with, at one moment: what a
+    job takes of the credentials, rather than a copy of Settings carrying them."""
+
+    api_base: str
+    token: Secret = field(repr=False)
+
+    @classmethod
+    def chosen(cls, settings: Settings) -> UpstoxAccess:
+        """Upstox's base with the environment's token, else the stored one (may be empty)."""
+        return cls(settings.upstox_api_base, choose_token(settings).token)
+
+
 def token_path(data_dir: Path) -> Path:
     return Path(data_dir) / TOKEN_FILE
 
@@ -271,14 +285,21 @@ class TokenKeeper:
         self.source = choice.source
         self.token = choice.token
         self.stored = choice.stored
+        self.api_base = settings.upstox_api_base
         self.since = datetime.now(UTC)
         self._apply: Callable[[str], None] | None = None
         self._seen = self._identity()
 
-    def use_simulator(self) -> Secret:
-        """No token anywhere: the in-process simulator is the feed, and takes this one."""
-        self.source, self.token = "simulator", Secret("simulator")
-        return self.token
+    def use_simulator(self, url: str) -> UpstoxAccess:
+        """No token anywhere: the in-process simulator at `url` is the feed, and takes this
+        token."""
+        self.source, self.token, self.api_base = "simulator", Secret("simulator"), url
+        return self.access()
+
+    def access(self) -> UpstoxAccess:
+        """The feed's REST base and the token of the moment: a job asks each time it runs, so
+        a token taken while the ingest runs is the one it uses."""
+        return UpstoxAccess(self.api_base, self.token)
 
     def attach(self, apply: Callable[[str], None]) -> None:
         self._apply = apply

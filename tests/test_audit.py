@@ -25,7 +25,7 @@ from ingest.jobs.audit import AuditReport, run_audit
 from ingest.jobs.parity import compare_day
 from ingest.service import WebSocketService
 from ingest.simulator import FeedSimulator
-from ingest.tokens import save_token
+from ingest.tokens import UpstoxAccess, save_token
 from ingest.upstox.candles import Candle
 from store.audit import Bar, DayVolume, latest_results
 from store.bars import refresh_bars
@@ -176,7 +176,7 @@ def test_bars_from_the_simulator_audit_clean_then_an_altered_bar_is_reported(
             sent = simulator.sent_ticks()
             minutes = {(key, ltt // 60_000) for key, ltt, *_ in sent}
 
-            report = await run_audit(url, settings, today)
+            report = await run_audit(url, UpstoxAccess.chosen(settings), today)
             audited = {audit.instrument_key: audit for audit in report.instruments}
             assert set(audited) == {key for key, _ in minutes}
             bad = {k: a.details() for k, a in audited.items() if a.bars_verdict != "clean"}
@@ -324,7 +324,7 @@ def test_candles_that_cannot_be_fetched_are_that_instrument_s_error(
             settings = Settings(
                 data_dir=tmp_path, upstox_access_token="t", upstox_api_base=simulator.url
             )
-            return await run_audit(db_url, settings, day, limits=FAST)
+            return await run_audit(db_url, UpstoxAccess.chosen(settings), day, limits=FAST)
 
     report = asyncio.run(throttled())
     [audit] = report.instruments
@@ -357,7 +357,7 @@ def test_the_minute_still_forming_is_not_compared(db_url: str, tmp_path: Path) -
             settings = Settings(
                 data_dir=tmp_path, upstox_access_token="t", upstox_api_base=simulator.url
             )
-            return await run_audit(db_url, settings, datetime.now(IST).date())
+            return await run_audit(db_url, UpstoxAccess.chosen(settings), datetime.now(IST).date())
 
     for _ in range(3):  # a minute that turns between the tick and the audit: once more
         insert_tick(db_url)

@@ -30,6 +30,7 @@ from ingest.config import Secret, Settings
 from ingest.jobs.audit import run_audit
 from ingest.service import WebSocketService
 from ingest.simulator import FeedSimulator
+from ingest.tokens import UpstoxAccess
 from store.instruments import default_sample_path, instrument_records, load_instruments
 from tests import conftest
 from tickvault import notebook
@@ -117,7 +118,7 @@ async def _run_ingest(settings: Settings, url: str, seconds: float) -> None:
         # as an audit after the close would.
         now = datetime.now(IST)
         await asyncio.sleep(60 - now.second - now.microsecond / 1e6 + 0.5)
-        await run_audit(url, settings, now.date())
+        await run_audit(url, UpstoxAccess.chosen(settings), now.date())
 
 
 @pytest.fixture(scope="module")

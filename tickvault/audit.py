@@ -14,14 +14,13 @@ import argparse
 import asyncio
 import json
 import sys
-from dataclasses import replace
 from typing import Any
 
 import pandas as pd
 
 from ingest.config import Settings
 from ingest.jobs.audit import run_audit
-from ingest.tokens import choose_token
+from ingest.tokens import UpstoxAccess
 from ingest.upstox.candles import CandleError
 from store.local.url import database_url
 from tickvault.day_args import add_day_arguments, day_of, symbols_of
@@ -43,8 +42,8 @@ def audit_command(settings: Settings, args: argparse.Namespace) -> int:
     day, symbols = day_of(args), symbols_of(args)
     try:
         # The environment's token, else the one `tickvault token set` stored.
-        with_token = replace(settings, upstox_access_token=choose_token(settings).token)
-        report = asyncio.run(run_audit(database_url(settings), with_token, day, symbols))
+        access = UpstoxAccess.chosen(settings)  # the environment's token, else the stored one
+        report = asyncio.run(run_audit(database_url(settings), access, day, symbols))
     except CandleError as error:
         print(f"tickvault: audit of {day}: {error}", file=sys.stderr)
         return COULD_NOT_RUN

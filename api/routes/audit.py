@@ -6,7 +6,6 @@ account's rate limits, so POST needs the API key."""
 from __future__ import annotations
 
 import re
-from dataclasses import replace
 from datetime import date
 from typing import Annotated, Any
 
@@ -20,9 +19,9 @@ from api.error_responses import responses
 from api.ingest_state import StatusNotPublished
 from api.params import SYMBOL_LIST_RULES, symbol_list
 from ingest.channels.latest_table import IngestNotRunning, SlotBusy
-from ingest.config import Secret, Settings
+from ingest.config import Secret
 from ingest.jobs.audit import run_audit
-from ingest.tokens import choose_token
+from ingest.tokens import UpstoxAccess
 from ingest.upstox.candles import CandleError
 from store.audit import StoredResult, latest_results, report_json
 from store.errors import StoreError
@@ -86,8 +85,8 @@ async def run(
     without UPSTOX_ACCESS_TOKEN (while the ingest beside the API feeds on its built-in
     simulator, the simulator's candles stand in), 502 when Upstox refuses the token or keeps
     failing, 404 for an unknown symbol."""
-    settings = await run_in_threadpool(_candle_source, context)
-    if settings is None or context.database_url is None:
+    access = await run_in_threadpool(_candle_source, context)
+    if access is None:
         raise HTTPException(
             status_code=503,
             detail="the audit compares with Upstox's candles: set UPSTOX_ACCESS_TOKEN"
@@ -95,7 +94,7 @@ async def run(
         )
     names = symbol_list(symbols) if symbols is not None else []
     try:
-        report = await run_audit(context.database_url, settings, day, names)
+        report = await run_audit(context.database_url, access, day, names)
     except StoreError as error:
         raise HTTPException(status_code=404, detail=str(error)) from None
     except CandleError as error:
@@ -103,19 +102,17 @@ async def run(
     return report.as_json()
 
 
-def _candle_source(context: ApiContext) -> Settings | None:
-    """The settings to fetch candles with: Upstox's with a token (the environment's, else
-    the stored one); without one, the simulator the ingest feeds on, as the ingest itself
-    does (its status says where); else none."""
-    token = choose_token(context.settings).token
-    if token:
-        return replace(context.settings, upstox_access_token=token)
+def _candle_source(context: ApiContext) -> UpstoxAccess | None:
+    """Where to fetch candles: Upstox with a token (the environment's, else the stored one);
+    without one, the simulator the ingest feeds on, as the ingest itself does (its status
+    says where); else none."""
+    access = UpstoxAccess.chosen(context.settings)
+    if access.token:
+        return access
     try:
         feed = context.published.status().feed
     except (IngestNotRunning, StatusNotPublished, SlotBusy):
         return None
     if feed.source != "simulator" or feed.api_base is None:
         return None
-    return replace(
-        context.settings, upstox_api_base=feed.api_base, upstox_access_token=Secret("simulator")
-    )
+    return UpstoxAccess(feed.api_base, Secret("simulator"))

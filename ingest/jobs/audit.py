@@ -19,8 +19,8 @@ from typing import Any
 
 import psycopg
 
-from ingest.config import Settings
 from ingest.jobs.parity import InstrumentAudit, compare_day, failed_day
+from ingest.tokens import UpstoxAccess
 from ingest.upstox.candles import (
     IST,
     UPSTOX_LIMITS,
@@ -92,26 +92,24 @@ class _Stored:
 
 async def run_audit(
     database_url: str,
-    settings: Settings,
+    access: UpstoxAccess,
     day: date,
     symbols: Sequence[str] = (),
     *,
     limits: RateLimits = UPSTOX_LIMITS,
 ) -> AuditReport:
     """Audit `day` (IST) for `symbols` (default: every instrument with bars that day), store
-    the results and return them. Candles come from `settings.upstox_api_base` with
-    `settings.upstox_access_token`; a refused token stops the whole audit (CandleAuthError),
-    any other failure of one instrument's candles is that instrument's 'error' verdict."""
-    if not settings.upstox_access_token:
+    the results and return them. Candles come from `access` (Upstox's base and token, or the
+    simulator's); a refused token stops the whole audit (CandleAuthError), any other failure
+    of one instrument's candles is that instrument's 'error' verdict."""
+    if not access.token:
         raise CandleError(
             "the audit compares with Upstox's candles, which need UPSTOX_ACCESS_TOKEN"
             " (an Analytics Token will do)"
         )
     until = _forming_minute(day)
     stored = await asyncio.to_thread(_read_day, database_url, day, symbols, until)
-    async with CandleClient(
-        settings.upstox_api_base, settings.upstox_access_token, limits=limits
-    ) as client:
+    async with CandleClient(access.api_base, access.token, limits=limits) as client:
         try:
             async with asyncio.TaskGroup() as group:
                 tasks = [group.create_task(_audit_one(client, day, item, until)) for item in stored]

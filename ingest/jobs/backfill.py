@@ -21,6 +21,7 @@ from typing import Any
 
 import psycopg
 
+from ingest.tokens import UpstoxAccess
 from ingest.upstox.candles import (
     IST,
     UPSTOX_LIMITS,
@@ -165,14 +166,12 @@ class AutoBackfill:
     def __init__(
         self,
         database_url: str,
-        api_base: str,
-        token: Callable[[], str],
+        access: Callable[[], UpstoxAccess],
         settle_s: float = 60.0,
     ) -> None:
-        """`token` is asked at each run: a token swapped while the ingest runs is used."""
+        """`access` is asked at each run: a token swapped while the ingest runs is used."""
         self._database_url = database_url
-        self._api_base = api_base
-        self._token = token
+        self._access = access
         self._settle_s = settle_s
         self._task: asyncio.Task[None] | None = None
         self._again = False
@@ -216,8 +215,9 @@ class AutoBackfill:
             return None
         since = self._last_run if self._last_run and self._last_run.date() == now.date() else None
         try:
+            access = self._access()
             report = await backfill_day(
-                self._database_url, self._api_base, self._token(), now.date(), ending_after=since
+                self._database_url, access.api_base, access.token, now.date(), ending_after=since
             )
         except (CandleError, psycopg.Error) as error:
             log.warning("backfill of today's gaps failed: %s", error)

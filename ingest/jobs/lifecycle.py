@@ -31,12 +31,11 @@ Tasks = dict[str, asyncio.Task[Any]]
 
 @dataclass(frozen=True)
 class FeedParts:
-    """What the jobs take of a started ingest. `feed_settings` carry the token and the REST
-    base the feed uses (the simulator's when it is the feed)."""
+    """What the jobs take of a started ingest. `tokens.access()` is the REST base the feed uses
+    (the simulator's when it is the feed) with the token of the moment."""
 
     database_url: str
     settings: Settings
-    feed_settings: Settings
     edition: Edition
     connect: Connect
     tokens: TokenKeeper
@@ -58,10 +57,7 @@ class IngestJobs:
     def record_coverage(self, parts: FeedParts, tasks: Tasks) -> None:
         """From the first frame on: when the store was receiving, and today's gaps
         backfilled whenever a socket opens, with the token the feed has then."""
-        tokens = parts.tokens
-        self._backfill = AutoBackfill(
-            parts.database_url, parts.feed_settings.upstox_api_base, lambda: tokens.token
-        )
+        self._backfill = AutoBackfill(parts.database_url, parts.tokens.access)
         self._coverage = CoverageRecorder(
             parts.client.frame_spans, parts.connect, on_new_span=self._backfill.request
         )
@@ -71,10 +67,8 @@ class IngestJobs:
         """The rollup (Apache), the calendar and, when enabled, the daily schedule."""
         if parts.edition is Edition.APACHE:
             tasks["rollup"] = asyncio.create_task(self.rollup.run_forever(), name="rollup")
-        feed = parts.feed_settings
-        calendar = CalendarKeeper(
-            feed.upstox_api_base, feed.upstox_access_token, parts.connect, parts.market_status
-        )
+        feed = parts.tokens.access()
+        calendar = CalendarKeeper(feed.api_base, feed.token, parts.connect, parts.market_status)
         schedule_enabled = parts.settings.schedule_enabled
         # Daily by itself only without the schedule, whose `calendar` step refreshes it.
         daily = calendar.run_forever(not schedule_enabled)
@@ -92,7 +86,6 @@ class IngestJobs:
             lambda: client.token_state,
             calendar,
             parts.refresh_instruments,
-            parts.feed_settings,
         )
         return daily_schedule(
             parts.settings,

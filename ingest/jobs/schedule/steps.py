@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
 import psycopg
@@ -72,8 +72,6 @@ class Upkeep:
     token_state: Callable[[], str | None]  # the feed client's verdict on its token
     calendar: CalendarKeeper
     refresh_instruments: Callable[[], Awaitable[RefreshReport]]
-    # The feed's settings: Upstox's address, or the simulator's when it is the feed.
-    feed_settings: Settings
 
 
 def upkeep_steps(settings: Settings, upkeep: Upkeep) -> dict[str, StepFunction]:
@@ -169,8 +167,8 @@ async def load_calendar(upkeep: Upkeep, day: date) -> str:
 
 async def audit_day(upkeep: Upkeep, day: date) -> str:
     """Our bars of the day against Upstox's candles, kept in audit_results."""
-    settings = replace(upkeep.feed_settings, upstox_access_token=upkeep.tokens.token)
-    report = await run_audit(upkeep.database_url, settings, day)
+    # Upstox's address, or the simulator's when it is the feed, with the token of the moment.
+    report = await run_audit(upkeep.database_url, upkeep.tokens.access(), day)
     verdicts = [audit.bars_verdict for audit in report.instruments]
     counted = ", ".join(f"{verdicts.count(v)} {v}" for v in sorted(set(verdicts))) or "no bars"
     return f"audit of {day} ({report.run_id}): {counted}"
