@@ -23,7 +23,7 @@ from api.liveness import DatabaseProbe
 from api.operations import Operations
 from api.routes import audit, coverage, feed, history, instruments, market_calendar, ops, token
 from api.symbol_resolver import SymbolResolver
-from ingest.config import Settings
+from core.config import Settings
 
 
 def create_app(settings: Settings, database_url: str) -> FastAPI:

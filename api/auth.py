@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.limits import CLOSE
 from api.operations import Operations
-from ingest.config import Settings
+from core.config import Settings
 
 HEADER = "X-API-Key"
 API_KEY = Security(

@@ -12,7 +12,7 @@ from api.ingest_control import IngestControl
 from api.ingest_state import PublishedIngest
 from api.liveness import DatabaseProbe
 from api.symbol_resolver import SymbolResolver
-from ingest.config import Settings
+from core.config import Settings
 from store.tick_row import Tick
 
 

@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, create_model
 
 from api.params import Symbol
-from ingest.upstox.wire import Mode
+from core.upstox_wire import Mode
 from store.bars import BarInterval
 from store.tick_row import TICK_FIELDS
 

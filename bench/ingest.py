@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 
 from bench.common import REPO, DbServer, load_universe, percentiles, replay_feed, simulator
-from ingest.config import Settings
+from core.config import Settings
 
 # The writer's defaults (TICKVAULT_BATCH_ROWS, TICKVAULT_BATCH_MS): a batch's age bounds a
 # tick's receipt-to-commit time.

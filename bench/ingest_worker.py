@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import CpuMeter
-from ingest.config import Secret, Settings
+from core.config import Secret, Settings
 from ingest.service import WebSocketService
 
 # A backlog left at the end of the window is not part of the measurement: its flush may take

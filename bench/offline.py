@@ -37,8 +37,8 @@ from google.protobuf.json_format import MessageToDict
 
 from bench.common import DbServer, cpu_seconds, db_server, median, simulator, write_universe
 from bench.ingest import BATCH_ROWS
+from core.config import Secret, Settings
 from ingest.client import FeedClient
-from ingest.config import Secret, Settings
 from ingest.journal import Journal
 from ingest.upstox.decoder import (
     DECODER_IMPLEMENTATION,

@@ -33,9 +33,9 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from core.upstox_wire import AUTHORIZE_PATH
 from ingest.simulator.protocol import json_response
 from ingest.upstox.proto import upstox_feed_v3_pb2 as pb
-from ingest.upstox.wire import AUTHORIZE_PATH
 
 STATS_PATH = "/_sim/stats"  # what bench.ingest_worker reads, as from the simulator
 _LENGTH = struct.Struct("<I")

@@ -23,7 +23,7 @@ from pathlib import Path
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from ingest.config import Settings
+from core.config import Settings
 from ingest.journal import Journal, free_bytes
 from ingest.status import DiskStatus
 

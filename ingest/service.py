@@ -23,12 +23,12 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
+from core.config import Settings
 from ingest.cache import AggregatedTickHandler
 from ingest.channels.control import ControlServer, control_path
 from ingest.channels.latest_publisher import publish_forever, publish_stopped
 from ingest.channels.latest_table import published_path
 from ingest.client import FeedClient
-from ingest.config import Settings
 from ingest.disk import DiskGuard
 from ingest.handlers import TickCallback
 from ingest.jobs.instrument_refresh import RefreshReport, refresh_instruments

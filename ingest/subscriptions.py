@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg_pool import ConnectionPool
 
+from core.config import Settings
 from ingest.client import FeedClient, SubscriptionLimitError
-from ingest.config import Settings
 from ingest.status import SubscriptionSummary
 from ingest.symbols import SymbolDirectory
 from store.instruments import fno_universe, keys_of, resolve_symbols

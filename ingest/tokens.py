@@ -32,10 +32,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 
+from core.config import MIN_SECRET_CHARS, Secret, Settings, private_warning
 from core.ist import IST
-from ingest.config import Secret, Settings, private_warning
 from ingest.status import TokenStatus
-from ingest.upstox.redact import MIN_SECRET_CHARS
 
 log = logging.getLogger(__name__)
 

@@ -45,6 +45,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from core.config import check_retention_days
 from core.ist import day_bounds, ist_day
 from store.archive import (
     Manifest,
@@ -58,9 +59,6 @@ from store.archive import (
 from store.bars import LIVE_VIEWS
 from store.editions import Edition
 
-# The bars' refresh (continuous aggregate policies on Community) reaches 3 days back: ticks
-# must outlive it, or minutes would be refreshed from ticks that are gone.
-MIN_RETENTION_DAYS = 4
 # A chunk busy with readers is tried this many times, a growing pause apart, per run.
 DROP_ATTEMPTS = 5
 DROP_RETRY_S = 0.2
@@ -99,14 +97,6 @@ class _Chunk:
     relation: str  # the chunk's qualified name, as the server quotes it
     start: datetime
     end: datetime
-
-
-def check_retention_days(days: int, what: str) -> None:
-    if days and days < MIN_RETENTION_DAYS:
-        raise ValueError(
-            f"{what} must be 0 (forever) or at least {MIN_RETENTION_DAYS} days: the "
-            "bars are refreshed from the last 3 days of ticks"
-        )
 
 
 def apply_retention(

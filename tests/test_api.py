@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from api import create_app
 from api.db import read_pool
 from api.limits import UVICORN_LIMITS
-from ingest.config import Secret, Settings
+from core.config import Secret, Settings
 from ingest.service import WebSocketService
 from ingest.simulator import FeedSimulator
 from store.instruments import default_sample_path, instrument_records, load_instruments

@@ -17,7 +17,7 @@ import pytest
 from api import create_app
 from api.budget import EXPENSIVE, ROUTE_CLASSES, route_class
 from api.db import read_pool
-from ingest.config import Settings
+from core.config import Settings
 from store.bars import refresh_bars
 from tests.conftest import DbServer
 from tests.test_api import BASE, INFY, client, infy_ticks, sample_database, serve, wait_for

@@ -33,7 +33,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from api import create_app
-from ingest.config import Settings
+from core.config import Settings
 from tests.conftest import DbServer
 from tests.test_api import API_KEY, live_api
 

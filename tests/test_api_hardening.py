@@ -28,7 +28,7 @@ from api.budget import POOL_SIZE
 from api.limits import MAX_BODY_BYTES, MAX_HEAD_BYTES
 from api.params import MAX_SYMBOL_CHARS, MAX_SYMBOL_LIST_CHARS, MAX_SYMBOLS
 from api.symbol_resolver import SymbolResolver
-from ingest.config import Secret, Settings
+from core.config import Secret, Settings
 from store.instruments import (
     UnknownSymbol,
     instrument_search,

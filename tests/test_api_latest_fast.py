@@ -20,9 +20,9 @@ from fastapi import FastAPI
 
 from api import create_app
 from api.latest_fast import LatestTicksShortcut
+from core.config import Settings
 from ingest.channels.latest_publisher import LatestTickPublisher
 from ingest.channels.latest_table import published_path
-from ingest.config import Settings
 from store.instruments import resolve_symbols
 from store.tick_row import TICK_COLUMN_TYPES, TICK_COLUMNS, TIME_COLUMNS
 from tests.conftest import DbServer

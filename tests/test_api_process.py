@@ -28,10 +28,10 @@ import pytest
 
 import api.ingest_state
 from api import create_app
+from core.config import Secret, Settings
 from ingest.channels.latest_publisher import LatestTickPublisher
 from ingest.channels.latest_reader import LatestTickReader
 from ingest.channels.latest_table import published_path
-from ingest.config import Secret, Settings
 from ingest.simulator import FeedSimulator
 from ingest.status import BarsStatus, CacheStatus, FeedStatus, IngestStatus, PipelineStatus
 from store.instruments import instrument_records

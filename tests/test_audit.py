@@ -19,8 +19,8 @@ import psycopg
 import pytest
 
 from api.app import create_app
+from core.config import Secret, Settings
 from core.ist import IST, day_bounds
-from ingest.config import Secret, Settings
 from ingest.jobs.audit import AuditReport, run_audit
 from ingest.jobs.parity import compare_day
 from ingest.service import WebSocketService

@@ -24,9 +24,9 @@ from typing import Any
 import psycopg
 import pytest
 
+from core.config import Settings
 from core.ist import IST
 from ingest.client import FeedClient
-from ingest.config import Settings
 from ingest.jobs.backfill import backfill_day
 from ingest.service import WebSocketService
 from ingest.simulator import FeedSimulator

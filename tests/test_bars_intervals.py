@@ -25,7 +25,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from api import create_app
-from ingest.config import Settings
+from core.config import Settings
 from store.bars import BAR_COLUMNS, BAR_INTERVALS, BarInterval, refresh_bars
 from store.instruments import (
     default_sample_path,

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from core.config import Secret, Settings
 from ingest.client import FeedClient, SinkError, SubscriptionLimitError
-from ingest.config import Secret, Settings
 from ingest.simulator import FeedSimulator
 from ingest.upstox.decoder import FeedDecoder
 from ingest.upstox.proto import upstox_feed_v3_pb2 as pb

@@ -34,7 +34,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from ingest.config import Settings
+from core.config import Settings
 from ingest.service import WebSocketService
 from ingest.status import BarsStatus, IngestStatus
 from store.bars import refresh_bars

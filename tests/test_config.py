@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from ingest.config import Secret, Settings, check_dotenv, variable
-from ingest.upstox.wire import DEFAULT_MODE_LIMITS
+from core.config import Secret, Settings, check_dotenv, variable
+from core.upstox_wire import DEFAULT_MODE_LIMITS
 
 CONFIGURATION_DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 VARIABLES = [variable(item.name) for item in dataclasses.fields(Settings)]

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from api import create_app
+from core.config import Secret, Settings
 from ingest.channels.control import (
     MAX_LINE_BYTES,
     Answer,
@@ -29,7 +30,6 @@ from ingest.channels.control import (
     encode_answer,
     encode_request,
 )
-from ingest.config import Secret, Settings
 from tests.conftest import DbServer
 from tests.test_api import API_KEY, client, sample_database, serve, wait_for
 from tests.test_api_process import ingest_process, stop

@@ -9,8 +9,8 @@ from pathlib import Path
 import psycopg
 
 from api.app import create_app
+from core.config import Settings
 from core.ist import IST
-from ingest.config import Settings
 from store.backfill import MinuteBar, store_minute_bars
 from store.coverage import GAPS_SQL, extend_span, gaps, gaps_params, open_span
 from store.instruments import default_sample_path, load_instruments

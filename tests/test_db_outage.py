@@ -17,9 +17,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from core.config import Settings
 from ingest.channels.latest_reader import LatestTickReader
 from ingest.channels.latest_table import IngestNotRunning, published_path
-from ingest.config import Settings
 from ingest.service import WebSocketService
 from ingest.simulator import FeedSimulator
 from store.instruments import instrument_records

@@ -15,7 +15,7 @@ import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 
 from api import create_app
-from ingest.config import Settings
+from core.config import Settings
 from ingest.disk import GB, DiskGuard
 from ingest.journal import free_bytes
 from tests.conftest import DbServer

@@ -18,7 +18,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from ingest.config import Secret, Settings
+from core.config import Secret, Settings
 from ingest.journal import Journal
 from ingest.service import WebSocketService
 from ingest.simulator import FeedSimulator

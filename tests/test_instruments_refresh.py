@@ -25,7 +25,9 @@ from psycopg_pool import ConnectionPool
 
 from api import create_app
 from api.symbol_resolver import SymbolResolver
+from core.config import Secret, Settings
 from core.ist import ist_today
+from core.upstox_wire import INSTRUMENTS_PATH
 from ingest.channels.control import (
     Answer,
     InvalidMessage,
@@ -35,10 +37,8 @@ from ingest.channels.control import (
     encode_answer,
     encode_request,
 )
-from ingest.config import Secret, Settings
 from ingest.service import WebSocketService
 from ingest.simulator import FeedSimulator
-from ingest.upstox.wire import INSTRUMENTS_PATH
 from store.instrument_refresh import LEFT_UNIVERSE
 from store.instruments import default_sample_path, search_instruments
 from store.subscriptions import resumable, upsert

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from api.ingest_state import PublishedIngest
-from ingest.config import Settings
+from core.config import Settings
 from ingest.journal import Journal
 from ingest.recovery import JournalMismatch
 from ingest.service import WebSocketService

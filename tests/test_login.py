@@ -20,9 +20,9 @@ import httpx
 import pytest
 
 from core.ist import IST
+from core.upstox_wire import AUTHORIZE_PATH, LOGIN_TOKEN_PATH
 from ingest.simulator import FeedSimulator
 from ingest.tokens import load_token, save_token, token_path
-from ingest.upstox.wire import AUTHORIZE_PATH, LOGIN_TOKEN_PATH
 from tests.conftest import REPO, free_port
 
 CLIENT_ID = "app-4e1b"

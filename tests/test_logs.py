@@ -21,7 +21,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from ingest.config import Secret, Settings
+from core.config import Secret, Settings
 from ingest.service import WebSocketService
 from ingest.simulator import FeedSimulator
 from store.instruments import default_sample_path, instrument_records, load_instruments

@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from ingest.upstox.wire import MODES
+from core.upstox_wire import MODES
 from store.errors import StoreError
 from store.local.cluster import LocalCluster
 from store.local.postgres import PgInstall, find_bindir

@@ -25,8 +25,8 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 
+from core.config import Secret, Settings
 from core.ist import IST
-from ingest.config import Secret, Settings
 from ingest.jobs.audit import run_audit
 from ingest.service import WebSocketService
 from ingest.simulator import FeedSimulator

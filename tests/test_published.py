@@ -16,6 +16,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from core.config import Settings
 from ingest.cache import AggregatedTickHandler
 from ingest.channels.latest_publisher import LatestTickPublisher
 from ingest.channels.latest_reader import LatestTickReader
@@ -27,7 +28,6 @@ from ingest.channels.latest_table import (
     file_size,
     published_path,
 )
-from ingest.config import Settings
 from ingest.service import WebSocketService
 from ingest.status import BarsStatus, CacheStatus, FeedStatus, IngestStatus
 from store.instruments import default_sample_path, load_instruments

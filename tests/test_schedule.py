@@ -16,8 +16,8 @@ from datetime import date, datetime, time, timedelta
 import psycopg
 import pytest
 
+from core.config import Settings
 from core.ist import IST
-from ingest.config import Settings
 from ingest.jobs.rollup import BarRollup
 from ingest.jobs.schedule.plan import (
     Phase,

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import psycopg
 
+from core.config import Settings
 from core.ist import ist_today
-from ingest.config import Settings
 from ingest.jobs.schedule.plan import Phase
 from ingest.jobs.schedule.steps import PHASE_STEPS, calendar_trading_day, token_problem
 from ingest.service import WebSocketService

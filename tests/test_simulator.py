@@ -26,11 +26,11 @@ from google.protobuf.message import DecodeError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidStatus
 
+from core.upstox_wire import MODES
 from ingest.simulator import FeedSimulator
 from ingest.simulator.frames import ENCODERS, snapshot_frame
 from ingest.simulator.market import DEFAULT_UNIVERSE, Instrument, Universe
 from ingest.upstox.proto import upstox_feed_v3_pb2 as pb
-from ingest.upstox.wire import MODES
 
 RELIANCE = "NSE_EQ|INE002A01018"
 SBIN = "NSE_EQ|INE062A01020"

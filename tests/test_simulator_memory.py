@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from websockets.asyncio.client import ClientConnection
 
-from ingest.config import Settings
+from core.config import Settings
 from ingest.service import _feed_settings
 from ingest.simulator import FeedSimulator, NotRecorded
 from ingest.simulator.market import DAY_MS, DEFAULT_UNIVERSE, Instrument, Universe

@@ -15,8 +15,8 @@ import httpx
 import psycopg
 import pytest
 
+from core.config import Settings
 from ingest.client.watchdog import StallWatch, market_statuses, segments_of
-from ingest.config import Settings
 from ingest.service import WebSocketService
 from ingest.simulator.frames import market_info_frame, snapshot_frame
 from ingest.upstox.proto import upstox_feed_v3_pb2 as pb

@@ -15,11 +15,11 @@ from psycopg_pool import ConnectionPool
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.http11 import Request, Response
 
+from core.config import Secret, Settings
+from core.upstox_wire import AUTHORIZE_PATH
 from ingest.client import FeedClient, SubscriptionLimitError
-from ingest.config import Secret, Settings
 from ingest.simulator import FeedSimulator
 from ingest.subscriptions import SubscriptionManager
-from ingest.upstox.wire import AUTHORIZE_PATH
 from store.instruments import UnknownSymbol, default_sample_path, load_instruments
 from tests.test_client import INFY, NIFTY, TCS, TOKEN, RecordingSink, until
 

@@ -25,7 +25,7 @@ import psycopg
 import pytest
 
 from api import create_app
-from ingest.config import Secret, Settings
+from core.config import Secret, Settings
 from ingest.service import WebSocketService
 from ingest.simulator import FeedSimulator
 from ingest.status import IngestStatus

@@ -9,7 +9,7 @@ from datetime import date
 
 import psycopg
 
-from ingest.config import Settings
+from core.config import Settings
 from store.archive import ArchivedDay, ArchiveError, archive_day, archive_finished_days
 from store.editions import server_edition
 from store.local.url import database_url

@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from ingest.config import Settings
+from core.config import Settings
 from ingest.jobs.audit import run_audit
 from ingest.tokens import UpstoxAccess
 from ingest.upstox.candles import CandleError

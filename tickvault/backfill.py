@@ -13,7 +13,7 @@ import sys
 
 import pandas as pd
 
-from ingest.config import Settings
+from core.config import Settings
 from ingest.jobs.backfill import BackfillReport, UnknownSymbols, backfill_day
 from ingest.tokens import choose_token
 from ingest.upstox.candles import CandleError

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import psycopg
 
-from ingest.config import Settings, check_dotenv
+from core.config import Settings, check_dotenv
 from ingest.tokens import choose_token
 from store.bars import refresh_bars
 from store.errors import StoreError

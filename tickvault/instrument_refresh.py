@@ -17,8 +17,8 @@ import json
 import sys
 from typing import Any
 
+from core.config import Settings
 from ingest.channels.control import RefreshInstruments, ask, control_path, listening
-from ingest.config import Settings
 from ingest.jobs.instrument_refresh import refresh_instruments, report_lines
 from store.instruments import InstrumentFileError
 from store.local.url import database_url

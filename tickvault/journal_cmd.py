@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from ingest.config import Settings
+from core.config import Settings
 from ingest.journal_dir import JournalInUse, journal_holder, set_aside
 
 

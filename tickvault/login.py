@@ -29,9 +29,9 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 
+from core.config import Settings
+from core.upstox_wire import LOGIN_DIALOG_PATH, LOGIN_TOKEN_PATH
 from ingest.client.authorize import is_loopback, require_tls
-from ingest.config import Settings
-from ingest.upstox.wire import LOGIN_DIALOG_PATH, LOGIN_TOKEN_PATH
 from tickvault.token import store
 
 _HTTP_TIMEOUT_S = 15.0

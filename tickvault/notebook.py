@@ -21,8 +21,8 @@ from typing import Any
 import pandas as pd
 import psycopg
 
+from core.config import Settings
 from core.ist import IST_ZONE
-from ingest.config import Settings
 from store.archive import read_archived_ticks, ticks_dropped_before
 from store.audit import latest_results
 from store.bars import BAR_INTERVALS, BarInterval, busiest_instrument, interval_bars_sql

@@ -13,9 +13,9 @@ import sys
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from core.config import Settings
 from ingest.channels.latest_reader import LatestTickReader
 from ingest.channels.latest_table import IngestNotRunning, SlotBusy, published_path
-from ingest.config import Settings
 from ingest.tokens import (
     ENV_WINS,
     StoredToken,

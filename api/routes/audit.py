@@ -18,8 +18,8 @@ from api.context import ApiContext, Context
 from api.error_responses import responses
 from api.ingest_state import StatusNotPublished
 from api.params import SYMBOL_LIST_RULES, symbol_list
+from core.config import Secret
 from ingest.channels.latest_table import IngestNotRunning, SlotBusy
-from ingest.config import Secret
 from ingest.jobs.audit import run_audit
 from ingest.tokens import UpstoxAccess
 from ingest.upstox.candles import CandleError

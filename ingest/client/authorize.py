@@ -19,9 +19,9 @@ import urllib.request
 from typing import Any
 from urllib.parse import urlsplit
 
-from ingest.config import Secret
+from core.config import Secret
+from core.upstox_wire import AUTHORIZE_PATH, FEED_PATH
 from ingest.upstox.redact import RedactBearer
-from ingest.upstox.wire import AUTHORIZE_PATH, FEED_PATH
 
 ENTRIES = ("authorize", "redirect")
 REJECTED_STATUSES = (401, 403)

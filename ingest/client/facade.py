@@ -18,11 +18,11 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, KeysView, Mapping
 
+from core.config import Settings
 from ingest.client.authorize import Authorizer, Token
 from ingest.client.connection import Connection, Feed, FrameSink, FrameSpan
 from ingest.client.ledger import Ledger
 from ingest.client.planner import Capacity, unique
-from ingest.config import Settings
 from ingest.handlers import TickCallback
 from ingest.status import FeedStatus
 

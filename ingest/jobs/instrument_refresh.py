@@ -24,11 +24,11 @@ from urllib.parse import urlsplit
 import httpx
 import psycopg
 
+from core.config import Settings, variable
+from core.upstox_wire import INSTRUMENTS_HOST, INSTRUMENTS_PATH
 from ingest.client import SubscriptionLimitError
 from ingest.client.authorize import is_loopback, require_tls
-from ingest.config import Settings, variable
 from ingest.subscriptions import SubscriptionManager
-from ingest.upstox.wire import INSTRUMENTS_HOST, INSTRUMENTS_PATH
 from store.instrument_refresh import LEFT_UNIVERSE, MasterChange, RefreshRefused, refresh_master
 from store.instruments import InstrumentFileError, max_bytes_setting, read_instruments
 from store.instruments import trading_symbols as symbols_of

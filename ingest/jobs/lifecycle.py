@@ -13,8 +13,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from core.config import Settings
 from ingest.client import FeedClient
-from ingest.config import Settings
 from ingest.jobs.backfill import AutoBackfill
 from ingest.jobs.calendar import CalendarKeeper
 from ingest.jobs.coverage import CoverageRecorder

@@ -22,11 +22,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from core.upstox_wire import INSTRUMENTS_PATH
 from ingest.simulator.market import DEFAULT_UNIVERSE
 from ingest.simulator.minutes import DEFAULT_DAYS
 from ingest.simulator.server import FeedSimulator
 from ingest.simulator.tape import DEFAULT_RECORD_LIMIT
-from ingest.upstox.wire import INSTRUMENTS_PATH
 
 InstrumentReader = Callable[[Path], list[dict[str, Any]]]
 

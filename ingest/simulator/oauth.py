@@ -23,8 +23,8 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import h11
 
+from core.upstox_wire import LOGIN_DIALOG_PATH, LOGIN_TOKEN_PATH
 from ingest.simulator.protocol import Gate
-from ingest.upstox.wire import LOGIN_DIALOG_PATH, LOGIN_TOKEN_PATH
 
 CODE_LIFETIME_S = 300.0
 _MAX_BODY_BYTES = 16 * 1024

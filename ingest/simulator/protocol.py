@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from ingest.upstox.wire import MODES, REQUEST_METHODS
+from core.upstox_wire import MODES, REQUEST_METHODS
 
 INVALID_TOKEN = {"errorCode": "UDAPI100050", "message": "Invalid token used to access API"}
 CODE_LIFETIME = 300.0  # seconds an authorized URL stays usable, if nobody uses it

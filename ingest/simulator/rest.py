@@ -13,6 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
+from core.upstox_wire import AUTHORIZE_PATH, FEED_PATH, INSTRUMENTS_PATH
 from ingest.simulator.calendar_api import MARKET_PATH, SimulatedMarket
 from ingest.simulator.candle_api import CandleEndpoints
 from ingest.simulator.master_file import InstrumentFile
@@ -25,7 +26,6 @@ from ingest.simulator.protocol import (
     redirect_response,
 )
 from ingest.simulator.tape import NotRecorded, SentTick
-from ingest.upstox.wire import AUTHORIZE_PATH, FEED_PATH, INSTRUMENTS_PATH
 
 CONTROL_PATH = "/_sim/"
 

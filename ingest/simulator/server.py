@@ -33,6 +33,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
+from core.upstox_wire import DEFAULT_MODE_LIMITS, FEED_PATH
 from ingest.simulator.calendar_api import SimulatedMarket
 from ingest.simulator.following import Following
 from ingest.simulator.frames import (
@@ -58,7 +59,6 @@ from ingest.simulator.protocol import (
 from ingest.simulator.rest import Rest
 from ingest.simulator.tape import DEFAULT_RECORD_LIMIT, SentTick, Tape
 from ingest.upstox.redact import RedactBearer
-from ingest.upstox.wire import DEFAULT_MODE_LIMITS, FEED_PATH
 
 logger = logging.getLogger(__name__)
 logger.addFilter(RedactBearer())

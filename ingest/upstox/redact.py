@@ -8,10 +8,7 @@ import logging
 import re
 from collections.abc import Iterable
 
-# No real secret is shorter: an Upstox access token is a JWT of hundreds of characters. The
-# settings refuse a shorter token or API key (ingest/config.py, ingest/tokens.py), so that
-# masking every occurrence of a secret never takes ordinary text with it.
-MIN_SECRET_CHARS = 8
+from core.config import MIN_SECRET_CHARS
 
 
 def secret_pattern(secrets: Iterable[str]) -> re.Pattern[str] | None:

@@ -17,7 +17,7 @@ from store.local.postgres import PgInstall, find_bindir
 
 
 class StoreSettings(Protocol):
-    """Where the store is (ingest.config.Settings is one)."""
+    """Where the store is (core.config.Settings is one)."""
 
     @property
     def database_url(self) -> str | None: ...

@@ -30,9 +30,9 @@ from typing import Protocol, TypeVar
 
 import psycopg
 
+from core.config import Settings
 from core.ist import IST, ist_day
 from ingest.backoff import Backoff
-from ingest.config import Settings
 from ingest.jobs.schedule.plan import (
     LOOKAHEAD_DAYS,
     Phase,

@@ -18,7 +18,7 @@ from datetime import UTC, date, datetime
 
 import psycopg
 
-from ingest.config import Settings
+from core.config import Settings
 from ingest.jobs.audit import run_audit
 from ingest.jobs.calendar import CalendarKeeper
 from ingest.jobs.instrument_refresh import RefreshReport

@@ -36,13 +36,28 @@ from pydantic import (
 from pydantic_core import core_schema
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ingest.upstox.redact import MIN_SECRET_CHARS
-from ingest.upstox.wire import DEFAULT_MODE_LIMITS
-from store.retention import check_retention_days
+from core.upstox_wire import DEFAULT_MODE_LIMITS
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 
 log = logging.getLogger(__name__)
+
+# No real secret is shorter: an Upstox access token is a JWT of hundreds of characters. The
+# settings refuse a shorter token or API key (and ingest/tokens.py one to store), so that
+# masking every occurrence of a secret in a log (ingest/upstox/redact.py) never takes ordinary
+# text with it.
+MIN_SECRET_CHARS = 8
+# The bars' refresh (continuous aggregate policies on Community) reaches 3 days back: ticks
+# must outlive it, or minutes would be refreshed from ticks that are gone.
+MIN_RETENTION_DAYS = 4
+
+
+def check_retention_days(days: int, what: str) -> None:
+    if days and days < MIN_RETENTION_DAYS:
+        raise ValueError(
+            f"{what} must be 0 (forever) or at least {MIN_RETENTION_DAYS} days: the "
+            "bars are refreshed from the last 3 days of ticks"
+        )
 
 
 class Secret(str):
