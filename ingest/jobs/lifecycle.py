@@ -9,7 +9,7 @@ it cancels at its stop; nothing here reaches into the service itself.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +40,7 @@ class FeedParts:
     connect: Connect
     tokens: TokenKeeper
     client: FeedClient
-    market_status: Callable[[], dict[str, str]]
+    market_status: Mapping[str, str]  # the live segment -> status map the pipeline keeps
     subscriptions: SubscriptionManager
     refresh_instruments: Callable[[], Awaitable[RefreshReport]]
 
