@@ -17,6 +17,7 @@ from collections.abc import Callable, Container, Iterator
 from ingest.disk import BelowDiskFloor, DiskGuard
 from ingest.handlers import CustomHandler, FrameHandler, TickCallback
 from ingest.journal import Journal, JournalFull
+from ingest.metrics import IngestMetrics
 from ingest.status import PipelineStatus
 from ingest.upstox.decoder import FeedDecoder, MalformedFrame
 from store.tick_row import Tick
@@ -36,6 +37,7 @@ class Pipeline:
         self,
         journal: Journal,
         decoder: FeedDecoder,
+        metrics: IngestMetrics,
         symbol_of: Callable[[str], str] = str,
         disk_guard: DiskGuard | None = None,
     ) -> None:
@@ -45,6 +47,7 @@ class Pipeline:
         self.disk_guard = disk_guard
         self._symbol_of = symbol_of
         self.decoder = decoder
+        self.metrics = metrics
         self.wanted: Container[str] | None = None
         self.handlers: list[FrameHandler] = []
         self.custom_handlers: list[CustomHandler] = []
@@ -114,6 +117,7 @@ class Pipeline:
 
     def _refuse(self, error: JournalFull | BelowDiskFloor | OSError) -> None:
         self.refused_frames += 1
+        self.metrics.frames_refused.inc()
         self._refused_at = time.monotonic()
         first_of_outage = self.journal_error is None
         if first_of_outage:
@@ -162,6 +166,7 @@ class Pipeline:
             decoded = self.decoder.decode(frame, received_at_us, self.wanted)
         except MalformedFrame:
             self.malformed_frames += 1
+            self.metrics.malformed_frames.inc()
             for handler in self.handlers:
                 handler.on_frame(seq, [])  # the writer still moves past this journal entry
             raise
@@ -170,6 +175,7 @@ class Pipeline:
             self.market_status.update(decoded.market_status)
         self.duplicates += decoded.duplicates
         self.unwanted += decoded.unwanted
+        self.metrics.ticks_in.inc(len(ticks))
         for handler in self.handlers:
             handler.on_frame(seq, ticks)
 

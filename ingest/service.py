@@ -36,6 +36,7 @@ from ingest.jobs.lifecycle import FeedParts, IngestJobs
 from ingest.jobs.schedule.runner import DailySchedule
 from ingest.journal import Journal, sync_forever
 from ingest.journal_dir import JournalInUse
+from ingest.metrics import IngestMetrics
 from ingest.pipeline import Pipeline
 from ingest.recovery import JournalMismatch, RecoveryState, check_journal, load_recovery_state
 from ingest.simulator import FeedSimulator
@@ -65,6 +66,7 @@ class WebSocketService:
         self.settings = settings
         self._record_simulator = record_simulator
         self.database_url = database_url
+        self.metrics = IngestMetrics()
         self.symbols = SymbolDirectory(self._connection)
         self.cache = AggregatedTickHandler(self.symbols)
         self.disk = DiskGuard.for_settings(settings)
@@ -105,13 +107,16 @@ class WebSocketService:
                 publish_stopped(published_path(settings.data_dir), str(error))
             await self.stop()
             raise
-        self._pipeline = Pipeline(self._journal, state.decoder(), self.symbols.symbol_of, self.disk)
+        self._pipeline = Pipeline(
+            self._journal, state.decoder(), self.metrics, self.symbols.symbol_of, self.disk
+        )
         self._writer = TickDataHandler(
             self._pool,
             self._journal,
             batch_rows=settings.batch_rows,
             batch_ms=settings.batch_ms,
             queue_max_rows=settings.queue_max_rows,
+            metrics=self.metrics,
             catch_up_source=self._catch_up_source,
             next_batch_id=state.next_batch_id,
             committed_seq=state.committed_seq,

@@ -26,6 +26,7 @@ from psycopg_pool import ConnectionPool
 
 from ingest.backoff import Backoff
 from ingest.journal import Journal
+from ingest.metrics import IngestMetrics
 from ingest.status import WriterStatus
 from store.tick_row import KEY, RECEIVED_AT, Tick, to_unix_seconds
 from store.ticks import batch_committed, write_batch
@@ -104,6 +105,7 @@ class TickDataHandler:
         batch_rows: int,
         batch_ms: int,
         queue_max_rows: int,
+        metrics: IngestMetrics,
         catch_up_source: CatchUpSource,
         next_batch_id: int = 1,
         committed_seq: int = 0,
@@ -114,6 +116,7 @@ class TickDataHandler:
         self._batch_rows = batch_rows
         self._batch_s = batch_ms / 1000
         self._queue_max_rows = queue_max_rows
+        self._metrics = metrics
         self._catch_up_source = catch_up_source
         self._next_batch_id = next_batch_id
         self._current: _Batch | None = None
@@ -179,6 +182,7 @@ class TickDataHandler:
     def _enqueue(self, batch: _Batch) -> None:
         self._pending.append(batch)
         self._pending_rows += len(batch.rows)
+        self._metrics.queue_depth.set(self._pending_rows)
         self._wake.set()
 
     def _spill(self) -> None:
@@ -191,6 +195,7 @@ class TickDataHandler:
                     self._journal_only_since or dropped.oldest_received_at,
                     dropped.oldest_received_at,
                 )
+        self._metrics.queue_depth.set(self._pending_rows)
         self._spilled = True
         self.spills += 1
         log.warning(
@@ -287,11 +292,13 @@ class TickDataHandler:
         self._pending.clear()
         self._pending_rows = 0
         self._current = None
+        self._metrics.queue_depth.set(0)
         _say_left_in_journal(self._journal, self.committed_seq)
         return False
 
     def _write(self, batch: _Batch) -> None:
         """One transaction: COPY the rows and record the batch (runs in a worker thread)."""
+        started = time.perf_counter()
         # Frames must be durable in the journal before the database says they are committed:
         # otherwise a power loss could hand their seqs out again.
         self._journal.sync()
@@ -302,14 +309,21 @@ class TickDataHandler:
             write_batch(
                 cur, journal_id, batch.batch_id, batch.first_seq, batch.last_seq, batch.rows
             )
+        self._metrics.batch_seconds.observe(time.perf_counter() - started)
 
     def _committed(self, batch: _Batch) -> None:
         self._pending.popleft()
         self._pending_rows -= len(batch.rows)
+        self._metrics.queue_depth.set(self._pending_rows)
         self.rows_written += len(batch.rows)
         self._instruments.update(map(_instrument_key, batch.rows))
         self.batches_written += 1
         self.committed_seq = batch.last_seq
+        self._metrics.rows_written.inc(len(batch.rows))
+        if batch.oldest_received_at is not None:
+            self._metrics.commit_latency_seconds.observe(
+                max(0.0, time.time() - to_unix_seconds(batch.oldest_received_at))
+            )
         if not self._db_available:
             log.info("database is back: writing the backlog")
         self._db_available = True
@@ -317,6 +331,7 @@ class TickDataHandler:
 
     def _note_failure(self, error: Exception) -> None:
         self.errors += 1
+        self._metrics.writer_errors.inc()
         self._last_error = f"{type(error).__name__}: {str(error).strip()[:200]}"
         if self._db_available:
             log.warning("database write failed, retrying with backoff: %s", self._last_error)
