@@ -1,8 +1,9 @@
-"""Prometheus instruments that must be observed as things happen (latencies, counts).
+"""Prometheus instruments observed as things happen in the ingest (latencies, counts).
 
-Everything else (subscriptions, reconnects, journal backlog) is read from the service's
-status when /metrics is scraped, so it is never kept twice. Each service owns its registry,
-so several services in one process (the tests) do not collide.
+The API's /metrics does not see this registry: it runs in another process and serves what
+the ingest publishes in its status. The benchmark reads the latency histograms in-process
+(bench/ingest_worker.py: receipt to commit, batch writes). Each service owns its registry, so
+several services in one process (the tests) do not collide.
 """
 
 from __future__ import annotations
