@@ -163,7 +163,7 @@ def run_api(
                 "TICKVAULT_DATA_DIR": data_dir,
                 "TICKVAULT_API_PORT": str(port),
                 "TICKVAULT_LOG_LEVEL": "WARNING",
-                "UPSTOX_ACCESS_TOKEN": "bench",
+                "UPSTOX_ACCESS_TOKEN": "bench-token",  # 8 characters at least, as a real one
                 "UPSTOX_API_BASE": feed.url,
             }
             log = Path(data_dir) / "run.log"
