@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,7 @@ from typing import Any
 
 import psycopg
 
-from bench.common import REPO, cpu_seconds, db_server, free_port, median
+from bench.common import REPO, api_env, cpu_seconds, db_server, free_port, median
 from ingest.channels.latest_publisher import LatestTickPublisher
 from ingest.channels.latest_table import published_path
 from store.instruments import default_sample_path, load_instruments, resolve_symbols
@@ -106,18 +105,7 @@ def measure(requests: int, repeats: int) -> dict[str, Any]:
                 keys = resolve_symbols(conn, symbols)
             data_dir = Path(tmp) / "data"
             port = free_port()
-            env = {
-                **{
-                    k: v
-                    for k, v in os.environ.items()
-                    if not k.startswith(("TICKVAULT_", "UPSTOX_"))
-                },
-                "TICKVAULT_DATABASE_URL": url,
-                "TICKVAULT_DATA_DIR": str(data_dir),
-                "TICKVAULT_API_PORT": str(port),
-                "TICKVAULT_API_WORKERS": "1",
-                "TICKVAULT_LOG_LEVEL": "WARNING",
-            }
+            env = api_env(url, data_dir, port, workers=1, log_level="WARNING")
             target = (
                 f"http://127.0.0.1:{port}/api/v1/websocket/latest-ticks?symbols={','.join(symbols)}"
             )

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -31,7 +30,7 @@ from urllib.parse import urlencode
 import psycopg
 
 from bench.api_cpu import SYMBOLS, _publishing, _wait_for_ticks
-from bench.common import REPO, CpuMeter, DbServer, db_server, free_port, write_universe
+from bench.common import REPO, CpuMeter, DbServer, api_env, db_server, free_port, write_universe
 from bench.common import load_universe as load_master
 from store.bars import refresh_bars
 from store.calendar import regular_sessions
@@ -153,18 +152,7 @@ def measure(seconds: float) -> dict[str, Any]:
                 ),
                 "bars": (f"/api/v1/bars/{stocks[1]}?{window}", BARS_RPS),
             }
-            env = {
-                **{
-                    k: v
-                    for k, v in os.environ.items()
-                    if not k.startswith(("TICKVAULT_", "UPSTOX_"))
-                },
-                "TICKVAULT_DATABASE_URL": url,
-                "TICKVAULT_DATA_DIR": str(data_dir),
-                "TICKVAULT_API_PORT": str(port),
-                "TICKVAULT_API_WORKERS": "2",
-                "TICKVAULT_LOG_LEVEL": "ERROR",
-            }
+            env = api_env(url, data_dir, port, workers=2, log_level="ERROR")
             with _publishing(data_dir, [keys[symbol] for symbol in stocks[:SYMBOLS]]):
                 api = subprocess.Popen(
                     [sys.executable, "-m", "tickvault", "api"],

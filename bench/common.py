@@ -41,6 +41,18 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def api_env(url: str, data_dir: Path, port: int, workers: int, log_level: str) -> dict[str, str]:
+    """The environment of a `tickvault api` under test: none of a developer's own variables."""
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("TICKVAULT_", "UPSTOX_"))},
+        "TICKVAULT_DATABASE_URL": url,
+        "TICKVAULT_DATA_DIR": str(data_dir),
+        "TICKVAULT_API_PORT": str(port),
+        "TICKVAULT_API_WORKERS": str(workers),
+        "TICKVAULT_LOG_LEVEL": log_level,
+    }
+
+
 def percentiles(values: Sequence[float], points: Sequence[float] = (50, 99)) -> dict[str, float]:
     """Nearest-rank percentiles, keyed "p50", "p99"...; empty input gives NaN."""
     ordered = sorted(values)

@@ -16,9 +16,9 @@ import httpx
 import pandas as pd
 import pytest
 
+from core.ist import IST
 from ingest.simulator import FeedSimulator, SentTick
 from ingest.upstox.candles import (
-    IST,
     Candle,
     CandleAuthError,
     CandleClient,

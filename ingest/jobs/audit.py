@@ -19,10 +19,10 @@ from typing import Any
 
 import psycopg
 
+from core.ist import IST
 from ingest.jobs.parity import InstrumentAudit, compare_day, failed_day
 from ingest.tokens import UpstoxAccess
 from ingest.upstox.candles import (
-    IST,
     UPSTOX_LIMITS,
     CandleAuthError,
     CandleClient,

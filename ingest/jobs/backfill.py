@@ -21,9 +21,9 @@ from typing import Any
 
 import psycopg
 
+from core.ist import IST
 from ingest.tokens import UpstoxAccess
 from ingest.upstox.candles import (
-    IST,
     UPSTOX_LIMITS,
     CandleAuthError,
     CandleClient,
