@@ -201,6 +201,9 @@ class WebSocketService:
         await self.jobs.stop_backfill()
         # Through a database outage, each after one attempt.
         await asyncio.gather(self._stop_writer(), self.jobs.flush_coverage())
+        if self._writer is not None and self.edition is not None:
+            reached = self._writer.status().database_available
+            await self.jobs.catch_up_bars(self.edition, reached)
         if self._pipeline is not None:
             await self._pipeline.close()
         if self._journal is not None:

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import date, datetime, timedelta
@@ -25,6 +26,7 @@ from ingest.jobs.audit import AuditReport, run_audit
 from ingest.jobs.parity import compare_day
 from ingest.service import WebSocketService
 from ingest.simulator import FeedSimulator
+from ingest.simulator.tape import SentTick
 from ingest.tokens import UpstoxAccess, save_token
 from ingest.upstox.candles import Candle
 from store.audit import Bar, DayVolume, latest_results
@@ -99,10 +101,27 @@ async def ingest_from(simulator: FeedSimulator, url: str, data_dir: Path) -> Set
     service = WebSocketService(settings, url)
     await service.start()
     await asyncio.sleep(3)
-    simulator.stall(3)  # every frame on the wire is read before the stop
-    await asyncio.sleep(0.5)
+    simulator.stall(60)  # the market pauses while the ingest catches up
+    await asyncio.to_thread(wait_until_stored, url, simulator.sent_ticks())
     await service.stop()
     return settings
+
+
+def wait_until_stored(url: str, sent: list[SentTick], timeout: float = 30) -> None:
+    """Wait until the database holds the newest tick sent of every instrument: a fixed pause
+    lost the last frames on a loaded machine, and the candles then had volume we did not."""
+    newest: dict[str, int] = {}
+    for key, ltt, *_ in sent:
+        newest[key] = max(ltt, newest.get(key, ltt))
+    query = (
+        "SELECT instrument_key, (extract(epoch FROM max(ts)) * 1000)::bigint FROM ticks"
+        " GROUP BY instrument_key"
+    )
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(url, autocommit=True) as conn:
+        while dict(conn.execute(query).fetchall()) != newest:
+            assert time.monotonic() < deadline, "the ingest did not store every tick sent"
+            time.sleep(0.1)
 
 
 def cli_audit(settings: Settings, url: str, *args: str) -> tuple[int, str, str]:

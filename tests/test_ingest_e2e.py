@@ -25,6 +25,7 @@ from ingest.simulator import FeedSimulator
 from ingest.status import IngestStatus
 from ingest.tick_data import TickData
 from store.instruments import default_sample_path, instrument_records, load_instruments
+from tests.clock import FeedClock
 from tests.conftest import REPO, DbServer
 
 
@@ -67,7 +68,25 @@ async def _wait_for(condition: Callable[[], bool], seconds: float = 20.0) -> Non
         await asyncio.sleep(0.1)
 
 
-def test_clean_stop_writes_every_tick_once(instruments_db: str, tmp_path: Path) -> None:
+def _bars_disagree_with_ticks(url: str) -> list[tuple]:
+    """Instruments whose 1-minute bars do not count the ticks and volume stored."""
+    with psycopg.connect(url) as conn:
+        return conn.execute(
+            "SELECT * FROM (SELECT instrument_key, count(*) AS ticks, sum(volume_delta) AS volume"
+            " FROM ticks GROUP BY 1) t FULL JOIN (SELECT instrument_key, sum(tick_count) AS"
+            " ticks, sum(volume) AS volume FROM ohlc_1m GROUP BY 1) b USING (instrument_key)"
+            " WHERE (t.ticks, t.volume) IS DISTINCT FROM (b.ticks, b.volume)"
+        ).fetchall()
+
+
+def test_clean_stop_writes_every_tick_once(
+    instruments_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """And its bars count them all. The feed runs 150 s late, so its ticks land in a minute
+    the rollup (every second) has already materialized: the ticks after its last pass are
+    counted only by the stop's own pass."""
+    FeedClock(offset_s=-150).install(monkeypatch)
+
     async def scenario() -> FeedSimulator:
         service = WebSocketService(_settings(tmp_path), instruments_db, record_simulator=True)
         await service.start()
@@ -78,6 +97,7 @@ def test_clean_stop_writes_every_tick_once(instruments_db: str, tmp_path: Path) 
 
     simulator = asyncio.run(scenario())
     _assert_exactly_once(instruments_db, simulator)
+    assert _bars_disagree_with_ticks(instruments_db) == []
 
 
 def test_database_outage_loses_nothing(

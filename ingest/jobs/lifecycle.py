@@ -95,6 +95,12 @@ class IngestJobs:
             upkeep=upkeep,
         )
 
+    async def catch_up_bars(self, edition: Edition, database_reached: bool) -> None:
+        """Apache's bars over the writer's last flush; none in an outage (the journal holds
+        those ticks, and the next start writes and rolls them up)."""
+        if edition is Edition.APACHE and database_reached:
+            await self.rollup.catch_up()
+
     async def stop_backfill(self) -> None:
         if self._backfill is not None:
             await self._backfill.stop()

@@ -39,6 +39,14 @@ class BarRollup:
                 self.last_error = str(error).strip()[:200]
                 log.warning("bar rollup failed, retrying next round: %s", self.last_error)
 
+    async def catch_up(self) -> None:
+        """One last pass at a clean stop, after the writer's final flush: otherwise the
+        minutes written since the previous pass keep stale bars until the next start."""
+        try:
+            await asyncio.to_thread(self._refresh)
+        except psycopg.Error as error:
+            log.warning("the last bar rollup failed; the next start repeats it: %s", error)
+
     async def seal(self, day: date) -> str:
         """The last rollup of a trading day: rebuild its bars from its ticks as they stand
         after the close, late ticks included (the schedule's post-close `seal` step)."""
