@@ -161,6 +161,12 @@ def test_symbols_and_a_range_inside_the_archive_read_only_those_ticks(lived: Liv
     assert frame["instrument_key"].tolist() == [KEYS[0]]
     assert frame["n"].tolist() == [len(expected)]
     assert frame["first"].iloc[0] == expected[0]["ts"]
+    # Bars of the dropped day stay in the database; parameters reach the query.
+    bars = notebook.sql(
+        "SELECT count(*) AS n FROM ohlc_1m WHERE instrument_key = $key", start, end,
+        params={"key": KEYS[0]},
+    )  # fmt: skip
+    assert bars["n"].tolist() == [len({row["ts"].replace(second=0) for row in expected})]
 
 
 def _delete_part(directory: Path) -> None:
