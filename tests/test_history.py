@@ -167,6 +167,12 @@ def test_symbols_and_a_range_inside_the_archive_read_only_those_ticks(lived: Liv
         params={"key": KEYS[0]},
     )  # fmt: skip
     assert bars["n"].tolist() == [len({row["ts"].replace(second=0) for row in expected})]
+    # One pull, several queries.
+    with notebook.history(start, end, ["INFY"], ["ticks"]) as opened:
+        counted = opened.query("SELECT count(*) AS n FROM ticks")
+        newest = opened.duck.execute("SELECT max(ts) FROM ticks").fetchone()
+    assert counted["n"].tolist() == [len(expected)]
+    assert newest == (expected[-1]["ts"],)
 
 
 def _delete_part(directory: Path) -> None:
