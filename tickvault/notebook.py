@@ -13,15 +13,12 @@ and hands back frames. Nothing here is HTTP.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import date, datetime
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import psycopg
 
-from core.config import Settings
 from core.ist import IST_ZONE
 from store.archive import read_archived_ticks, ticks_dropped_before
 from store.audit import latest_results
@@ -29,36 +26,18 @@ from store.bars import BAR_INTERVALS, BarInterval, busiest_instrument, interval_
 from store.instruments import resolve_symbol, trading_symbols
 from store.local.url import database_url
 from store.ticks import newest_tick_time, recent_ticks_sql
+from tickvault.checkout import checkout_settings
+from tickvault.history import HistoryError as HistoryError
+from tickvault.history import aligned as aligned
+from tickvault.history import history as history
+from tickvault.history import quotes_at_trades as quotes_at_trades
+from tickvault.history import sql as sql
 
 _NUMERIC_TYPES = frozenset(
     psycopg.postgres.types[name].oid
     for name in ("int2", "int4", "int8", "float4", "float8", "numeric")
 )
 _TIMESTAMPTZ = psycopg.postgres.types["timestamptz"].oid
-
-
-def checkout_settings(start: Path | None = None) -> Settings:
-    """The settings `make run` uses, from whatever folder the kernel was started in.
-
-    Jupyter starts a kernel in the notebook's folder (`notebooks/`), while `make run` reads
-    `.env` and keeps its store (`.tickvault`) in the checkout's root: so the nearest folder,
-    from `start` (the working directory) up, that holds a `.env` or a data directory is where
-    `.env` is read and a relative TICKVAULT_DATA_DIR is resolved.
-    """
-    here = (start or Path.cwd()).absolute()
-    default_dir = Settings.data_dir
-    root = next(
-        (
-            folder
-            for folder in (here, *here.parents)
-            if (folder / ".env").is_file() or (folder / default_dir).is_dir()
-        ),
-        here,
-    )
-    settings = Settings.from_env(env_file=root / ".env")
-    if settings.data_dir.is_absolute():
-        return settings
-    return replace(settings, data_dir=root / settings.data_dir)
 
 
 def connect() -> psycopg.Connection:

@@ -1,0 +1,36 @@
+"""Where the checkout's store is, from whatever folder a notebook kernel was started in.
+
+Its own module so that the notebook helper and the history (tickvault/history.py) both find
+the store the same way without importing each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from core.config import Settings
+
+
+def checkout_settings(start: Path | None = None) -> Settings:
+    """The settings `make run` uses, from whatever folder the kernel was started in.
+
+    Jupyter starts a kernel in the notebook's folder (`notebooks/`), while `make run` reads
+    `.env` and keeps its store (`.tickvault`) in the checkout's root: so the nearest folder,
+    from `start` (the working directory) up, that holds a `.env` or a data directory is where
+    `.env` is read and a relative TICKVAULT_DATA_DIR is resolved.
+    """
+    here = (start or Path.cwd()).absolute()
+    default_dir = Settings.data_dir
+    root = next(
+        (
+            folder
+            for folder in (here, *here.parents)
+            if (folder / ".env").is_file() or (folder / default_dir).is_dir()
+        ),
+        here,
+    )
+    settings = Settings.from_env(env_file=root / ".env")
+    if settings.data_dir.is_absolute():
+        return settings
+    return replace(settings, data_dir=root / settings.data_dir)
