@@ -36,7 +36,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -192,29 +192,42 @@ def _parquet_files(location: ArchiveLocation, directory: str) -> list[str]:
     )
 
 
-def _files_manifest(
-    location: ArchiveLocation, directory: str, day: date, since: datetime | None = None
-) -> Manifest:
-    """The figures of the Parquet files in `directory`, read batch by batch (its ticks from
-    `since` on, if given). Raises what pyarrow raises for a file it cannot read."""
+def batches_manifest(day: date, batches: Iterable[pa.RecordBatch]) -> Manifest:
+    """The figures of ticks read as Arrow batches with the archive's columns (whoever read
+    them: tickvault's read-back, or a test holding Spark's or DuckDB's answer to the database)."""
     row_count = 0
     figures = [(0, 0)] * len(TICK_COLUMNS)
+    for batch in batches:
+        row_count += batch.num_rows
+        figures = [
+            (count + more_count, total + more_total)
+            for (count, total), (more_count, more_total) in zip(
+                figures,
+                (_column_figures(batch.column(name)) for name in TICK_COLUMNS),
+                strict=True,
+            )
+        ]
+    return Manifest(day, row_count, _checksum(row_count, figures))
+
+
+def _files_batches(
+    location: ArchiveLocation, directory: str, since: datetime | None
+) -> Iterator[pa.RecordBatch]:
+    """The Parquet files in `directory`, batch by batch (its ticks from `since` on, if
+    given). Raises what pyarrow raises for a file it cannot read."""
     start = pa.scalar(since, type=SCHEMA.field("ts").type) if since is not None else None
     for path in _parquet_files(location, directory):
         with location.filesystem.open_input_file(path) as source:
             for batch in pq.ParquetFile(source).iter_batches(batch_size=_BATCH_ROWS):
                 if start is not None:
                     batch = batch.filter(pc.greater_equal(batch.column("ts"), start))
-                row_count += batch.num_rows
-                figures = [
-                    (count + more_count, total + more_total)
-                    for (count, total), (more_count, more_total) in zip(
-                        figures,
-                        (_column_figures(batch.column(name)) for name in TICK_COLUMNS),
-                        strict=True,
-                    )
-                ]
-    return Manifest(day, row_count, _checksum(row_count, figures))
+                yield batch
+
+
+def _files_manifest(
+    location: ArchiveLocation, directory: str, day: date, since: datetime | None = None
+) -> Manifest:
+    return batches_manifest(day, _files_batches(location, directory, since))
 
 
 def file_manifest(root: ArchiveRoot, day: date, since: datetime | None = None) -> Manifest:
@@ -407,7 +420,8 @@ def archive_day(conn: psycopg.Connection, root: ArchiveRoot, day: date) -> Archi
     `conn` is an autocommit connection. Refuses a day that is not over in IST (its ticks are
     still arriving). A day retention has already begun to drop is left as archived (the
     database no longer holds all of it to compare with), or "damaged" when its files no
-    longer match their manifest: nothing can rebuild it, so it is reported, not recorded.
+    longer match their manifest or cannot be read: nothing can rebuild it, so it is reported,
+    not recorded, and its files are left as they are.
     """
     if day >= ist_today():
         raise ArchiveError(f"{day} is not over yet in IST: only finished days are archived")
@@ -415,9 +429,12 @@ def archive_day(conn: psycopg.Connection, root: ArchiveRoot, day: date) -> Archi
     final = location.path(day_path(day))
     shown = location.name(final)
     existing = _read_manifest(location, final)
-    if existing is not None and _partly_dropped(conn, day):
-        if archive_problem(location, day, existing) is not None:
-            return ArchivedDay(day, "damaged", existing.row_count, existing.checksum, shown)
+    # Archived, then partly dropped: the archive is the day's only whole copy, whatever reads
+    # as missing (object storage out of reach too) is damaged, never rewritten from the rest.
+    known = existing or recorded_manifest(conn, day)
+    if known is not None and _partly_dropped(conn, day):
+        if existing is None or archive_problem(location, day, existing) is not None:
+            return ArchivedDay(day, "damaged", known.row_count, known.checksum, shown)
         if recorded_manifest(conn, day) != existing or _problem(conn, day) is not None:
             _record(conn, existing, partly_dropped=True)
         return ArchivedDay(day, "unchanged", existing.row_count, existing.checksum, shown)
@@ -428,9 +445,25 @@ def archive_day(conn: psycopg.Connection, root: ArchiveRoot, day: date) -> Archi
         return ArchivedDay(day, "unchanged", wanted.row_count, wanted.checksum, shown)
     if wanted.row_count == 0:
         return ArchivedDay(day, "empty", 0, None, None)
-    found = location.filesystem.get_file_info(final).type is not pafs.FileType.NotFound
-    # On disk a staging directory beside the day, renamed into place once verified; object
-    # storage cannot rename, so the day is written in place, its old manifest deleted first.
+    try:
+        found = location.filesystem.get_file_info(final).type is not pafs.FileType.NotFound
+        _write_verified(conn, location, final, wanted)
+    except OSError as error:  # object storage out of reach, the bucket missing, a full disk
+        raise ArchiveError(f"the archive of {day} cannot be written to {shown}: {error}") from None
+    _record(conn, wanted)
+    action = "rewritten" if found else "written"
+    return ArchivedDay(day, action, wanted.row_count, wanted.checksum, shown)
+
+
+def _write_verified(
+    conn: psycopg.Connection, location: ArchiveLocation, final: str, wanted: Manifest
+) -> None:
+    """Write the day to `final`, read it back, compare it with `wanted`, then make it visible.
+
+    On disk a staging directory beside the day is renamed into place once verified; object
+    storage cannot rename, so the day is written in place, its old manifest deleted first and
+    the new one written last."""
+    day = wanted.day
     if location.local:
         parent, name = final.rsplit("/", 1)
         target = f"{parent}/.staging-{name}-{uuid.uuid4().hex[:8]}"
@@ -454,9 +487,6 @@ def archive_day(conn: psycopg.Connection, root: ArchiveRoot, day: date) -> Archi
         with contextlib.suppress(*_READ_ERRORS):  # the error that got here is the one to see
             _remove_day(location, target)
         raise
-    _record(conn, wanted)
-    action = "rewritten" if found else "written"
-    return ArchivedDay(day, action, wanted.row_count, wanted.checksum, shown)
 
 
 def _replace(staging: Path, final: Path) -> None:

@@ -15,12 +15,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
 
-# Schemes an archive URL may have: object storage; a plain path is the local disk.
-REMOTE_SCHEMES = ("s3",)
+from core.config import archive_url_problem
 
 
 @dataclass(frozen=True)
@@ -43,24 +41,6 @@ class ArchiveLocation:
     def name(self, path: str) -> str:
         """How a message names `path` (a path under the root): the URL a user would type."""
         return self.url + path[len(self.base) :]
-
-
-def archive_url_problem(url: str) -> str | None:
-    """Why `url` cannot be an archive root (None: it can), never quoting a secret: the
-    settings check TICKVAULT_ARCHIVE_URL with it before anything connects."""
-    parts = urlsplit(url)
-    if parts.scheme not in REMOTE_SCHEMES:
-        return f"must start with s3:// (got a URL of scheme {parts.scheme!r})"
-    if parts.username is not None or parts.password is not None:
-        return (
-            "must not carry credentials: give them as AWS_ACCESS_KEY_ID and"
-            " AWS_SECRET_ACCESS_KEY, which stay out of every log line"
-        )
-    if not parts.hostname:
-        return "must name a bucket: s3://bucket/prefix"
-    if parts.query or parts.fragment:
-        return "takes no query: set the endpoint as AWS_ENDPOINT_URL, the region as AWS_REGION"
-    return None
 
 
 def archive_location(root: ArchiveLocation | Path | str) -> ArchiveLocation:
