@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, fields
 from datetime import time
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -134,6 +135,35 @@ def _long_enough(secret: Secret) -> Secret:
 LoggedSecret = Annotated[Secret, AfterValidator(_long_enough)]
 
 
+def archive_url_problem(url: str) -> str | None:
+    """Why `url` cannot be the archive's root (None: it can), never quoting it, for it may
+    hold a secret: credentials, region and endpoint come from the AWS variables every AWS
+    tool reads, which stay out of the logs (store/archive_location.py opens it)."""
+    parts = urlsplit(url)
+    if parts.scheme != "s3":
+        return "must be an s3://bucket/prefix URL (a local archive is the data directory's)"
+    if parts.username is not None or parts.password is not None:
+        return (
+            "must not carry credentials: give them as AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+        )
+    if not parts.hostname:
+        return "must name a bucket: s3://bucket/prefix"
+    if parts.query or parts.fragment:
+        return "takes no query: give the endpoint as AWS_ENDPOINT_URL, the region as AWS_REGION"
+    return None
+
+
+def _archive_url(url: str) -> str:
+    problem = archive_url_problem(url) if url else None
+    if problem is not None:
+        raise ValueError(problem)
+    return url
+
+
+# Object storage for the Parquet archive (empty: the data directory's archive/).
+ArchiveUrl = Annotated[str, AfterValidator(_archive_url)]
+
+
 def _as_host(address: str) -> str:
     """A Host header carries an IPv6 address in brackets."""
     return f"[{address}]" if ":" in address and not address.startswith("[") else address
@@ -213,6 +243,9 @@ class Settings:
     ticks_retention_days: RetentionDays = 30
     bars_retention_days: RetentionDays = 0
     archive_ticks: bool = True  # finished days go to Parquet, and retention waits for it
+    # `s3://bucket/prefix`: the archive on S3-compatible object storage (credentials and
+    # endpoint from the AWS_* variables); empty: archive_dir.
+    archive_url: ArchiveUrl = ""
     # Below this much free space on the data directory's or the journal's disk, the ingest
     # refuses new frames (ingest/disk.py) rather than fail mid-write.
     min_free_gb: float = 1.0
@@ -236,6 +269,11 @@ class Settings:
     @property
     def archive_dir(self) -> Path:
         return self.data_dir / "archive"
+
+    @property
+    def archive_root(self) -> Path | str:
+        """Where the Parquet archive is: TICKVAULT_ARCHIVE_URL, else `archive_dir`."""
+        return self.archive_url or self.archive_dir
 
     @classmethod
     def from_env(

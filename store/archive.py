@@ -7,12 +7,18 @@ int64):
     <root>/ticks/date=YYYY-MM-DD/part-0.parquet   zstd, sorted by instrument_key then ts
     <root>/ticks/date=YYYY-MM-DD/_manifest.json   {"day", "row_count", "checksum", ...}
 
-(readers skip files starting with `_`). A day is written into a temporary directory beside
-its final place, read back, compared with the database (row count and checksum), and only
-then renamed into place and recorded in `tick_archive_days`: a crash leaves either nothing
-or a whole, verified day. Archiving a day again is a no-op while the files hold the database's
-rows (read back each time, not taken from the manifest), and replaces the day when they do
-not: rows changed in the database, or files damaged, deleted or edited. Retention
+(readers skip files starting with `_`). `<root>` is a directory, or S3-compatible object
+storage (`s3://bucket/prefix`, TICKVAULT_ARCHIVE_URL): both are a pyarrow filesystem
+(store/archive_location.py), written and read back by the same code. On disk a day is written
+into a temporary directory beside its final place, read back, compared with the database (row
+count and checksum), and only then renamed into place and recorded in `tick_archive_days`: a
+crash leaves either nothing or a whole, verified day. Object storage has no rename, so there
+the manifest is what makes a day archived: an old manifest is deleted first, then the data
+file is written in place, read back and compared, and the manifest is written last; a day
+without a manifest is not archived (retention keeps it, the next archive run writes it), and
+files that did not verify are deleted. Archiving a day again is a no-op while the files hold
+the database's rows (read back each time, not taken from the manifest), and replaces the day
+when they do not: rows changed in the database, or files damaged, deleted or edited. Retention
 (store/retention.py) reads a day back the same way before it drops the day's ticks, and marks
 a day it finds unfit (`tick_archive_days.problem`) for the next archive run to write again.
 
@@ -24,12 +30,13 @@ summed as numeric in SQL and as Python integers from Arrow; the figures are then
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -39,9 +46,11 @@ import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from core.ist import IST_ZONE, day_bounds, ist_today
+from store.archive_location import ArchiveLocation, archive_location
 from store.tick_row import TICK_COLUMNS, TICK_PG_TYPES
 
 MANIFEST = "_manifest.json"
@@ -78,8 +87,10 @@ _SELECT_COLUMNS = ", ".join(
     for name, pg_type in zip(TICK_COLUMNS, TICK_PG_TYPES, strict=True)
 )
 _DAY_WHERE = " FROM ticks WHERE ts >= %(start)s AND ts < %(end)s"
-# What reading a damaged or missing Parquet file raises.
+# What reading a damaged or missing Parquet file raises (object storage's errors are OSErrors).
 _READ_ERRORS = (OSError, pa.ArrowException)
+# An archive's root: a directory, an `s3://bucket/prefix` URL, or either already opened.
+ArchiveRoot = ArchiveLocation | Path | str
 
 
 class ArchiveError(RuntimeError):
@@ -106,11 +117,17 @@ class ArchivedDay:
     action: str
     row_count: int
     checksum: str | None
-    directory: Path | None
+    directory: str | None  # where the day is: a local path or an s3:// URL
+
+
+def day_path(day: date) -> str:
+    """The day's directory under the archive's root: hive-style, `date` its partition column."""
+    return f"ticks/date={day.isoformat()}"
 
 
 def day_directory(root: Path, day: date) -> Path:
-    return root / "ticks" / f"date={day.isoformat()}"
+    """The day's directory in an archive on the local disk."""
+    return root / day_path(day)
 
 
 def _checksum(row_count: int, figures: list[tuple[int, int]]) -> str:
@@ -166,26 +183,58 @@ def _column_figures(column: pa.Array) -> tuple[int, int]:
     return count, _exact_sum(values.astype(np.int64, copy=False))
 
 
-def file_manifest(directory: Path, day: date, since: datetime | None = None) -> Manifest:
-    """The day's figures as its Parquet files hold them, read batch by batch (its ticks from
-    `since` on, if given). Raises what pyarrow raises for a file it cannot read."""
+def _parquet_files(location: ArchiveLocation, directory: str) -> list[str]:
+    selector = pafs.FileSelector(directory, allow_not_found=True)
+    return sorted(
+        info.path
+        for info in location.filesystem.get_file_info(selector)
+        if info.is_file and info.base_name.endswith(".parquet")
+    )
+
+
+def batches_manifest(day: date, batches: Iterable[pa.RecordBatch]) -> Manifest:
+    """The figures of ticks read as Arrow batches with the archive's columns (whoever read
+    them: tickvault's read-back, or a test holding Spark's or DuckDB's answer to the database)."""
     row_count = 0
     figures = [(0, 0)] * len(TICK_COLUMNS)
-    start = pa.scalar(since, type=SCHEMA.field("ts").type) if since is not None else None
-    for path in sorted(directory.glob("*.parquet")):
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=_BATCH_ROWS):
-            if start is not None:
-                batch = batch.filter(pc.greater_equal(batch.column("ts"), start))
-            row_count += batch.num_rows
-            figures = [
-                (count + more_count, total + more_total)
-                for (count, total), (more_count, more_total) in zip(
-                    figures,
-                    (_column_figures(batch.column(name)) for name in TICK_COLUMNS),
-                    strict=True,
-                )
-            ]
+    for batch in batches:
+        row_count += batch.num_rows
+        figures = [
+            (count + more_count, total + more_total)
+            for (count, total), (more_count, more_total) in zip(
+                figures,
+                (_column_figures(batch.column(name)) for name in TICK_COLUMNS),
+                strict=True,
+            )
+        ]
     return Manifest(day, row_count, _checksum(row_count, figures))
+
+
+def _files_batches(
+    location: ArchiveLocation, directory: str, since: datetime | None
+) -> Iterator[pa.RecordBatch]:
+    """The Parquet files in `directory`, batch by batch (its ticks from `since` on, if
+    given). Raises what pyarrow raises for a file it cannot read."""
+    start = pa.scalar(since, type=SCHEMA.field("ts").type) if since is not None else None
+    for path in _parquet_files(location, directory):
+        with location.filesystem.open_input_file(path) as source:
+            for batch in pq.ParquetFile(source).iter_batches(batch_size=_BATCH_ROWS):
+                if start is not None:
+                    batch = batch.filter(pc.greater_equal(batch.column("ts"), start))
+                yield batch
+
+
+def _files_manifest(
+    location: ArchiveLocation, directory: str, day: date, since: datetime | None = None
+) -> Manifest:
+    return batches_manifest(day, _files_batches(location, directory, since))
+
+
+def file_manifest(root: ArchiveRoot, day: date, since: datetime | None = None) -> Manifest:
+    """The day's figures as its archived Parquet files hold them (its ticks from `since` on,
+    if given): what a user checks the archive against the database with."""
+    location = archive_location(root)
+    return _files_manifest(location, location.path(day_path(day)), day, since)
 
 
 def _day_batches(conn: psycopg.Connection, day: date) -> Iterator[pa.RecordBatch]:
@@ -206,11 +255,39 @@ def _day_batches(conn: psycopg.Connection, day: date) -> Iterator[pa.RecordBatch
             yield pa.RecordBatch.from_arrays(arrays, schema=SCHEMA)
 
 
-def _write_day(conn: psycopg.Connection, day: date, directory: Path) -> None:
-    directory.mkdir(parents=True)
-    with pq.ParquetWriter(directory / PART, SCHEMA, compression="zstd") as writer:
+def _write_day(
+    conn: psycopg.Connection, day: date, location: ArchiveLocation, directory: str
+) -> None:
+    location.filesystem.create_dir(directory)
+    with (
+        location.filesystem.open_output_stream(f"{directory}/{PART}") as sink,
+        pq.ParquetWriter(sink, SCHEMA, compression="zstd") as writer,
+    ):
         for batch in _day_batches(conn, day):
             writer.write_batch(batch)
+
+
+def _write_manifest(location: ArchiveLocation, directory: str, manifest: Manifest) -> None:
+    text = json.dumps(
+        {
+            "day": manifest.day.isoformat(),
+            "row_count": manifest.row_count,
+            "checksum": manifest.checksum,
+            "columns": SCHEMA.names,
+        },
+        indent=1,
+    )
+    with location.filesystem.open_output_stream(f"{directory}/{MANIFEST}") as sink:
+        sink.write(text.encode())
+
+
+def _remove_day(location: ArchiveLocation, directory: str) -> None:
+    """Delete a day's files, its manifest first: no reader sees it archived meanwhile."""
+    filesystem = location.filesystem
+    if filesystem.get_file_info(f"{directory}/{MANIFEST}").is_file:
+        filesystem.delete_file(f"{directory}/{MANIFEST}")
+    if filesystem.get_file_info(directory).type is not pafs.FileType.NotFound:
+        filesystem.delete_dir(directory)
 
 
 def _fsync_tree(directory: Path) -> None:
@@ -222,9 +299,7 @@ def _fsync_tree(directory: Path) -> None:
             os.close(fd)
 
 
-def _record(
-    conn: psycopg.Connection, root: Path, manifest: Manifest, partly_dropped: bool = False
-) -> None:
+def _record(conn: psycopg.Connection, manifest: Manifest, partly_dropped: bool = False) -> None:
     """Record the day as archived and sound. `partly_dropped` keeps it marked as a day
     retention has begun to drop (verified_at), so it is never written again from the rest
     the database holds."""
@@ -241,7 +316,7 @@ def _record(
             "day": manifest.day,
             "rows": manifest.row_count,
             "checksum": manifest.checksum,
-            "directory": str(day_directory(root, manifest.day).relative_to(root)),
+            "directory": day_path(manifest.day),
             "partly": partly_dropped,
         },
     )
@@ -259,32 +334,43 @@ def recorded_manifest(conn: psycopg.Connection, day: date) -> Manifest | None:
     return Manifest(day, row[0], row[1]) if row else None
 
 
-def _read_manifest(directory: Path) -> Manifest | None:
+def _read_manifest(location: ArchiveLocation, directory: str) -> Manifest | None:
     try:
-        data = json.loads((directory / MANIFEST).read_text())
+        with location.filesystem.open_input_stream(f"{directory}/{MANIFEST}") as source:
+            data = json.loads(source.read())
         return Manifest(date.fromisoformat(data["day"]), data["row_count"], data["checksum"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, pa.ArrowException, ValueError, KeyError, TypeError):
         return None
 
 
-def archive_problem(root: Path, day: date, expected: Manifest) -> str | None:
+def archive_problem(root: ArchiveRoot, day: date, expected: Manifest) -> str | None:
     """Why the archive of `day` under `root` does not hold exactly `expected`'s rows, read
     back from its files (None: its manifest and its files both match `expected`)."""
-    directory = day_directory(root, day)
-    if not directory.is_dir():
-        return f"its directory {directory} is missing"
-    manifest = _read_manifest(directory)
+    location = archive_location(root)
+    directory = location.path(day_path(day))
+    try:
+        return _files_problem(location, directory, day, expected)
+    except _READ_ERRORS as error:  # object storage unreachable, access denied
+        return f"its archive {location.name(directory)} cannot be read ({error})"
+
+
+def _files_problem(
+    location: ArchiveLocation, directory: str, day: date, expected: Manifest
+) -> str | None:
+    if location.filesystem.get_file_info(directory).type is pafs.FileType.NotFound:
+        return f"its directory {location.name(directory)} is missing"
+    manifest = _read_manifest(location, directory)
     if manifest is None:
-        return f"its manifest {directory / MANIFEST} is missing or unreadable"
+        return f"its manifest {location.name(directory)}/{MANIFEST} is missing or unreadable"
     if manifest != expected:
         return (
             f"its manifest says {manifest.row_count} rows (checksum {manifest.checksum[:12]}),"
             f" not {expected.row_count} (checksum {expected.checksum[:12]})"
         )
-    if not any(directory.glob("*.parquet")):
-        return f"its Parquet file is missing from {directory}"
+    if not _parquet_files(location, directory):
+        return f"its Parquet file is missing from {location.name(directory)}"
     try:
-        files = file_manifest(directory, day)
+        files = _files_manifest(location, directory, day)
     except _READ_ERRORS as error:
         return f"its Parquet file cannot be read ({error})"
     if files != expected:
@@ -295,10 +381,10 @@ def archive_problem(root: Path, day: date, expected: Manifest) -> str | None:
     return None
 
 
-def archived_part(root: Path, day: date, since: datetime) -> Manifest | str:
+def archived_part(root: ArchiveRoot, day: date, since: datetime) -> Manifest | str:
     """The figures of the day's archived ticks from `since` on, or why they cannot be read."""
     try:
-        return file_manifest(day_directory(root, day), day, since)
+        return file_manifest(root, day, since)
     except _READ_ERRORS as error:
         return f"its Parquet file cannot be read ({error})"
 
@@ -328,60 +414,79 @@ def ticks_dropped_before(conn: psycopg.Connection) -> datetime | None:
     return row[0] if row else None
 
 
-def archive_day(conn: psycopg.Connection, root: Path, day: date) -> ArchivedDay:
+def archive_day(conn: psycopg.Connection, root: ArchiveRoot, day: date) -> ArchivedDay:
     """Write `day`'s ticks under `root` (see the module's docstring) and record them.
 
     `conn` is an autocommit connection. Refuses a day that is not over in IST (its ticks are
     still arriving). A day retention has already begun to drop is left as archived (the
     database no longer holds all of it to compare with), or "damaged" when its files no
-    longer match their manifest: nothing can rebuild it, so it is reported, not recorded.
+    longer match their manifest or cannot be read: nothing can rebuild it, so it is reported,
+    not recorded, and its files are left as they are.
     """
     if day >= ist_today():
         raise ArchiveError(f"{day} is not over yet in IST: only finished days are archived")
-    final = day_directory(root, day)
-    existing = _read_manifest(final) if final.exists() else None
-    if existing is not None and _partly_dropped(conn, day):
-        if archive_problem(root, day, existing) is not None:
-            return ArchivedDay(day, "damaged", existing.row_count, existing.checksum, final)
+    location = archive_location(root)
+    final = location.path(day_path(day))
+    shown = location.name(final)
+    existing = _read_manifest(location, final)
+    # Archived, then partly dropped: the archive is the day's only whole copy, whatever reads
+    # as missing (object storage out of reach too) is damaged, never rewritten from the rest.
+    known = existing or recorded_manifest(conn, day)
+    if known is not None and _partly_dropped(conn, day):
+        if existing is None or archive_problem(location, day, existing) is not None:
+            return ArchivedDay(day, "damaged", known.row_count, known.checksum, shown)
         if recorded_manifest(conn, day) != existing or _problem(conn, day) is not None:
-            _record(conn, root, existing, partly_dropped=True)
-        return ArchivedDay(day, "unchanged", existing.row_count, existing.checksum, final)
+            _record(conn, existing, partly_dropped=True)
+        return ArchivedDay(day, "unchanged", existing.row_count, existing.checksum, shown)
     wanted = database_manifest(conn, day)
-    if existing == wanted and archive_problem(root, day, wanted) is None:
+    if existing == wanted and archive_problem(location, day, wanted) is None:
         if recorded_manifest(conn, day) != wanted or _problem(conn, day) is not None:
-            _record(conn, root, wanted)  # renamed into place, then a crash before this
-        return ArchivedDay(day, "unchanged", wanted.row_count, wanted.checksum, final)
+            _record(conn, wanted)  # put into place, then a crash before this
+        return ArchivedDay(day, "unchanged", wanted.row_count, wanted.checksum, shown)
     if wanted.row_count == 0:
         return ArchivedDay(day, "empty", 0, None, None)
-    action = "rewritten" if final.exists() else "written"
-    staging = final.parent / f".staging-{final.name}-{uuid.uuid4().hex[:8]}"
     try:
-        _write_day(conn, day, staging)
-        written = file_manifest(staging, day)
+        found = location.filesystem.get_file_info(final).type is not pafs.FileType.NotFound
+        _write_verified(conn, location, final, wanted)
+    except OSError as error:  # object storage out of reach, the bucket missing, a full disk
+        raise ArchiveError(f"the archive of {day} cannot be written to {shown}: {error}") from None
+    _record(conn, wanted)
+    action = "rewritten" if found else "written"
+    return ArchivedDay(day, action, wanted.row_count, wanted.checksum, shown)
+
+
+def _write_verified(
+    conn: psycopg.Connection, location: ArchiveLocation, final: str, wanted: Manifest
+) -> None:
+    """Write the day to `final`, read it back, compare it with `wanted`, then make it visible.
+
+    On disk a staging directory beside the day is renamed into place once verified; object
+    storage cannot rename, so the day is written in place, its old manifest deleted first and
+    the new one written last."""
+    day = wanted.day
+    if location.local:
+        parent, name = final.rsplit("/", 1)
+        target = f"{parent}/.staging-{name}-{uuid.uuid4().hex[:8]}"
+    else:
+        target = final
+        _remove_day(location, final)
+    try:
+        _write_day(conn, day, location, target)
+        written = _files_manifest(location, target, day)
         if written != wanted:
             raise ArchiveError(
                 f"the archive of {day} does not match the database: {written.row_count} rows "
                 f"written, {wanted.row_count} in the database (or their checksums differ); "
                 "nothing was recorded"
             )
-        (staging / MANIFEST).write_text(
-            json.dumps(
-                {
-                    "day": day.isoformat(),
-                    "row_count": wanted.row_count,
-                    "checksum": wanted.checksum,
-                    "columns": SCHEMA.names,
-                },
-                indent=1,
-            )
-        )
-        _fsync_tree(staging)
-        _replace(staging, final)
+        _write_manifest(location, target, wanted)  # on object storage: now it is archived
+        if location.local:
+            _fsync_tree(Path(target))
+            _replace(Path(target), Path(final))
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        with contextlib.suppress(*_READ_ERRORS):  # the error that got here is the one to see
+            _remove_day(location, target)
         raise
-    _record(conn, root, wanted)
-    return ArchivedDay(day, action, wanted.row_count, wanted.checksum, final)
 
 
 def _replace(staging: Path, final: Path) -> None:
@@ -427,13 +532,20 @@ def unarchived_days(conn: psycopg.Connection, before: date) -> list[date]:
 
 
 def read_archived_ticks(
-    root: Path, instrument_key: str, start: datetime | None, end: datetime | None
+    root: ArchiveRoot, instrument_key: str, start: datetime | None, end: datetime | None
 ) -> pa.Table:
     """One instrument's archived ticks in [start, end), sorted by time, every column."""
-    directory = root / "ticks"
-    if not directory.is_dir():
+    location = archive_location(root)
+    directory = location.path("ticks")
+    if location.filesystem.get_file_info(directory).type is pafs.FileType.NotFound:
         return SCHEMA.empty_table()
-    dataset = ds.dataset(directory, format="parquet", partitioning="hive", schema=SCHEMA)
+    dataset = ds.dataset(
+        directory,
+        filesystem=location.filesystem,
+        format="parquet",
+        partitioning="hive",
+        schema=SCHEMA,
+    )
     wanted = pc.field("instrument_key") == instrument_key
     if start is not None:
         wanted &= pc.field("ts") >= pa.scalar(start, type=SCHEMA.field("ts").type)
@@ -443,9 +555,11 @@ def read_archived_ticks(
 
 
 def archive_finished_days(
-    conn: psycopg.Connection, root: Path, today: date | None = None
+    conn: psycopg.Connection, root: ArchiveRoot, today: date | None = None
 ) -> list[ArchivedDay]:
     """Archive every finished day the database holds and the archive lacks (or retention found
     unfit), oldest first:
     what the daily schedule runs after the close, and `tickvault archive` without --date."""
-    return [archive_day(conn, root, day) for day in unarchived_days(conn, today or ist_today())]
+    location = archive_location(root)
+    days = unarchived_days(conn, today or ist_today())
+    return [archive_day(conn, location, day) for day in days]

@@ -39,7 +39,6 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from pathlib import Path
 
 import psycopg
 from psycopg import sql
@@ -48,6 +47,7 @@ from psycopg.types.json import Jsonb
 from core.config import check_retention_days
 from core.ist import day_bounds, ist_day
 from store.archive import (
+    ArchiveRoot,
     Manifest,
     archive_problem,
     archived_part,
@@ -56,6 +56,7 @@ from store.archive import (
     recorded_manifest,
     ticks_dropped_before,
 )
+from store.archive_location import ArchiveLocation, archive_location
 from store.bars import LIVE_VIEWS
 from store.editions import Edition
 
@@ -104,12 +105,13 @@ def apply_retention(
     edition: Edition,
     ticks_days: int,
     bars_days: int,
-    archive: Path | None,
+    archive: ArchiveRoot | None,
 ) -> RetentionResult:
     """Apply retention now, on an autocommit connection.
 
-    `archive` is the archive's root: a tick chunk goes only once its days read back from
-    there match the database. None drops tick chunks by age alone (archiving switched off).
+    `archive` is the archive's root (a directory or an s3:// URL): a tick chunk goes only once
+    its days read back from there match the database. None drops tick chunks by age alone
+    (archiving switched off).
     Bar retention needs the schema's owner (policies are DDL, drop_chunks the owner's); under
     another role it is skipped and `bars_skipped` says so, while ticks still go.
     """
@@ -177,9 +179,11 @@ def _apply_bar_retention(conn: psycopg.Connection, edition: Edition, days: int) 
 class _TickRetention:
     """One run over the tick chunks past the retention period (the module's docstring)."""
 
-    def __init__(self, conn: psycopg.Connection, archive: Path | None, days: int) -> None:
+    def __init__(self, conn: psycopg.Connection, archive: ArchiveRoot | None, days: int) -> None:
         self.conn = conn
-        self.archive = archive
+        self.archive: ArchiveLocation | None = (
+            archive_location(archive) if archive is not None else None
+        )
         row = conn.execute(
             "SELECT setting::int FROM pg_settings WHERE name = 'deadlock_timeout'"
         ).fetchone()

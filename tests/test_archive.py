@@ -62,7 +62,7 @@ def test_an_archived_day_survives_retention_and_reads_back(
     assert archived[1].row_count == in_database.row_count == rows[old]
     assert archived[1].checksum == in_database.checksum
     directory = lifecycle_env / "ticks" / f"date={old.isoformat()}"
-    assert file_manifest(directory, old) == in_database
+    assert file_manifest(lifecycle_env, old) == in_database
     manifest = json.loads((directory / "_manifest.json").read_text())
     assert manifest["row_count"] == rows[old]
     assert manifest["checksum"] == in_database.checksum
@@ -187,7 +187,7 @@ def test_archiving_again_rewrites_a_day_whose_parquet_is_broken_though_recorded(
         again = archive_day(conn, tmp_path, day)
         in_database = database_manifest(conn, day)
     assert (again.action, again.row_count) == ("rewritten", rows)
-    assert file_manifest(part.parent, day) == in_database
+    assert file_manifest(tmp_path, day) == in_database
 
 
 def test_the_archive_command_reports_a_kept_day_and_fixes_it_on_the_next_run(

@@ -86,6 +86,7 @@ def test_every_variable_is_read(workdir: Path) -> None:
         "TICKVAULT_TICKS_RETENTION_DAYS": "19",
         "TICKVAULT_BARS_RETENTION_DAYS": "20",
         "TICKVAULT_ARCHIVE_TICKS": "false",
+        "TICKVAULT_ARCHIVE_URL": "s3://market-data/tv",
         "TICKVAULT_MIN_FREE_GB": "0.25",
         "TICKVAULT_AUDIT_AFTER_CLOSE": "false",
     }
@@ -134,6 +135,7 @@ def test_every_variable_is_read(workdir: Path) -> None:
         ticks_retention_days=19,
         bars_retention_days=20,
         archive_ticks=False,
+        archive_url="s3://market-data/tv",
         min_free_gb=0.25,
         audit_after_close=False,
     )
@@ -373,3 +375,28 @@ def test_no_dotenv_gives_no_warning(workdir: Path, caplog: pytest.LogCaptureFixt
     with caplog.at_level(logging.DEBUG):
         assert check_dotenv() is None
     assert not caplog.records
+
+
+def test_the_archive_goes_to_object_storage_when_an_s3_url_is_set() -> None:
+    assert Settings.from_env({}).archive_root == Path(".tickvault/archive")
+    settings = Settings.from_env({"TICKVAULT_ARCHIVE_URL": "s3://market-data/tickvault"})
+    assert settings.archive_root == "s3://market-data/tickvault"
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("s3://AKIAEXAMPLE:wJalrXUtnFEMI-secret@market-data/x", "must not carry credentials"),
+        ("https://market-data.example.com/x", "must be an s3://bucket/prefix URL"),
+        ("/srv/archive", "must be an s3://bucket/prefix URL"),
+        ("s3:///x", "must name a bucket"),
+        ("s3://market-data/x?endpoint_override=minio:9000", "AWS_ENDPOINT_URL"),
+    ],
+)
+def test_a_bad_archive_url_is_refused_without_repeating_it(value: str, message: str) -> None:
+    """The URL may hold a secret: the one line names the variable and what to do, not it."""
+    with pytest.raises(ValueError, match=re.escape(message)) as refused:
+        Settings.from_env({"TICKVAULT_ARCHIVE_URL": value})
+    assert str(refused.value).startswith("TICKVAULT_ARCHIVE_URL: ")
+    assert "secret" not in str(refused.value)
+    assert value not in str(refused.value)

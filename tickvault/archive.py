@@ -18,7 +18,9 @@ from store.retention import RetentionResult, apply_retention
 
 def add_archive_parser(commands: argparse._SubParsersAction) -> None:
     archive = commands.add_parser(
-        "archive", help="write finished days of ticks to Parquet under the data directory"
+        "archive",
+        help="write finished days of ticks to Parquet: the data directory's archive/, or"
+        " TICKVAULT_ARCHIVE_URL's object storage",
     )
     archive.add_argument(
         "--date",
@@ -39,10 +41,10 @@ def run_archive(settings: Settings, args: argparse.Namespace) -> int:
     with psycopg.connect(database_url(settings), autocommit=True) as conn:
         try:
             if args.date is not None:
-                days = [archive_day(conn, settings.archive_dir, args.date)]
+                days = [archive_day(conn, settings.archive_root, args.date)]
             else:
-                days = archive_finished_days(conn, settings.archive_dir)
-        except ArchiveError as error:
+                days = archive_finished_days(conn, settings.archive_root)
+        except (ArchiveError, OSError) as error:  # OSError: object storage refused or unreachable
             print(f"tickvault: {error}", file=sys.stderr)
             return 1
         for day in days:
@@ -55,7 +57,7 @@ def run_archive(settings: Settings, args: argparse.Namespace) -> int:
                 server_edition(conn),
                 settings.ticks_retention_days,
                 settings.bars_retention_days,
-                settings.archive_dir if settings.archive_ticks else None,
+                settings.archive_root if settings.archive_ticks else None,
             )
             print(describe_retention(result))
     return 0

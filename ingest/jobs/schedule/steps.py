@@ -179,7 +179,7 @@ async def archive_days(settings: Settings, upkeep: Upkeep, day: date) -> str:
 
     def archive() -> list[str]:
         with psycopg.connect(upkeep.database_url) as conn:
-            done = archive_finished_days(conn, settings.archive_dir)
+            done = archive_finished_days(conn, settings.archive_root)
         return [f"{item.day} {item.action} ({item.row_count} rows)" for item in done]
 
     archived = await asyncio.to_thread(archive)
@@ -197,7 +197,7 @@ async def apply_retention_now(settings: Settings, upkeep: Upkeep, day: date) -> 
                 upkeep.edition,
                 settings.ticks_retention_days,
                 settings.bars_retention_days,
-                settings.archive_dir if settings.archive_ticks else None,
+                settings.archive_root if settings.archive_ticks else None,
             )
         kept = "".join(f", kept {day}: {why}" for day, why in sorted(result.kept.items()))
         bars = result.bars_skipped or (
