@@ -183,7 +183,8 @@ def _column_figures(column: pa.Array) -> tuple[int, int]:
     return count, _exact_sum(values.astype(np.int64, copy=False))
 
 
-def _parquet_files(location: ArchiveLocation, directory: str) -> list[str]:
+def parquet_files(location: ArchiveLocation, directory: str) -> list[str]:
+    """The Parquet files directly in `directory`, by name (none if it does not exist)."""
     selector = pafs.FileSelector(directory, allow_not_found=True)
     return sorted(
         info.path
@@ -216,7 +217,7 @@ def _files_batches(
     """The Parquet files in `directory`, batch by batch (its ticks from `since` on, if
     given). Raises what pyarrow raises for a file it cannot read."""
     start = pa.scalar(since, type=SCHEMA.field("ts").type) if since is not None else None
-    for path in _parquet_files(location, directory):
+    for path in parquet_files(location, directory):
         with location.filesystem.open_input_file(path) as source:
             for batch in pq.ParquetFile(source).iter_batches(batch_size=_BATCH_ROWS):
                 if start is not None:
@@ -334,7 +335,8 @@ def recorded_manifest(conn: psycopg.Connection, day: date) -> Manifest | None:
     return Manifest(day, row[0], row[1]) if row else None
 
 
-def _read_manifest(location: ArchiveLocation, directory: str) -> Manifest | None:
+def read_manifest(location: ArchiveLocation, directory: str) -> Manifest | None:
+    """The manifest of the day in `directory`; None if it is missing or unreadable."""
     try:
         with location.filesystem.open_input_stream(f"{directory}/{MANIFEST}") as source:
             data = json.loads(source.read())
@@ -359,7 +361,7 @@ def _files_problem(
 ) -> str | None:
     if location.filesystem.get_file_info(directory).type is pafs.FileType.NotFound:
         return f"its directory {location.name(directory)} is missing"
-    manifest = _read_manifest(location, directory)
+    manifest = read_manifest(location, directory)
     if manifest is None:
         return f"its manifest {location.name(directory)}/{MANIFEST} is missing or unreadable"
     if manifest != expected:
@@ -367,7 +369,7 @@ def _files_problem(
             f"its manifest says {manifest.row_count} rows (checksum {manifest.checksum[:12]}),"
             f" not {expected.row_count} (checksum {expected.checksum[:12]})"
         )
-    if not _parquet_files(location, directory):
+    if not parquet_files(location, directory):
         return f"its Parquet file is missing from {location.name(directory)}"
     try:
         files = _files_manifest(location, directory, day)
@@ -428,7 +430,7 @@ def archive_day(conn: psycopg.Connection, root: ArchiveRoot, day: date) -> Archi
     location = archive_location(root)
     final = location.path(day_path(day))
     shown = location.name(final)
-    existing = _read_manifest(location, final)
+    existing = read_manifest(location, final)
     # Archived, then partly dropped: the archive is the day's only whole copy, whatever reads
     # as missing (object storage out of reach too) is damaged, never rewritten from the rest.
     known = existing or recorded_manifest(conn, day)

@@ -35,6 +35,7 @@ from store.retention import RetentionResult, apply_retention
 from store.tick_row import TICK_COLUMNS
 from tests.lifecycle import KEYS, days_ago, insert_day, roll_up_bars, ticks_of_day
 from tests.test_retention import archived_day_with_a_night_tick
+from tickvault import notebook
 from tickvault.cli import main
 
 SECRET = "tickvault-test-secret-never-printed"
@@ -132,6 +133,11 @@ def test_the_archive_command_writes_to_object_storage_and_retention_drops_what_r
     dataset = ds.dataset(f"{s3_url}/ticks", format="parquet", partitioning="hive")
     table = dataset.to_table(filter=ds.field("date") == str(old))
     assert batches_manifest(old, table.select(list(TICK_COLUMNS)).to_batches()) == in_database[old]
+    # And through the notebook's one history, which finds the bucket in the same settings.
+    counted = notebook.sql(
+        "SELECT instrument_key, count(*) AS n FROM ticks GROUP BY 1 ORDER BY 1", old, recent
+    )
+    assert counted.values.tolist() == [[key, len(old_rows[key])] for key in sorted(KEYS)]
     assert SECRET not in captured.out + captured.err + caplog.text
 
 

@@ -19,7 +19,7 @@ in the SQL PostgreSQL runs, where (instrument_key, ts DESC) and the BRIN index o
 them. The Arrow stream goes batch by batch into a DuckDB temporary table, kept in DuckDB's own
 compressed columns and spilled to a temporary directory past its memory limit: no whole
 table, and no whole range, is ever held in Python. The archive is not loaded at all: a view
-over `read_parquet` (hive partitioning) of exactly the days the range needs, read lazily by
+over a pyarrow dataset of exactly the days' files the range needs (on disk or S3), read lazily by
 each query.
 
 A query's own WHERE cannot reach that pull (DuckDB pushes nothing into Python), hence the range
@@ -40,7 +40,6 @@ sides sorted in pandas first.
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import tempfile
@@ -48,19 +47,27 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from pathlib import Path
 from typing import Any, Literal
 
 import duckdb
 import pandas as pd
 import psycopg
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from adbc_driver_postgresql import dbapi as adbc
 from psycopg import sql as pgsql
 
 from core.ist import IST_ZONE, ist_day
-from store.archive import MANIFEST, day_directory, ticks_dropped_before
+from store.archive import (
+    SCHEMA,
+    ArchiveRoot,
+    day_path,
+    parquet_files,
+    read_manifest,
+    ticks_dropped_before,
+)
+from store.archive_location import ArchiveLocation, archive_location
 from store.instruments import keys_of, resolve_symbols, trading_symbols
 from store.local.url import database_url
 from store.tick_row import TICK_COLUMNS
@@ -105,8 +112,8 @@ def _time(value: datetime) -> str:
 
 
 def _archived_files(
-    conn: psycopg.Connection, root: Path, start: datetime, end: datetime
-) -> list[Path]:
+    conn: psycopg.Connection, location: ArchiveLocation, start: datetime, end: datetime
+) -> list[str]:
     """The Parquet files of every day in [start, end) retention dropped ticks of, each day
     checked against the figures recorded when it was archived."""
     unarchived = conn.execute(
@@ -123,38 +130,40 @@ def _archived_files(
         " WHERE verified_at IS NOT NULL AND day BETWEEN %s AND %s ORDER BY day",
         [ist_day(start), ist_day(end - timedelta(microseconds=1))],
     ).fetchall()
-    files: list[Path] = []
+    files: list[str] = []
     for day, row_count, checksum in days:
-        directory = day_directory(root, day)
-        parts = _day_files(directory, row_count, checksum)
+        directory = location.path(day_path(day))
+        parts = _day_files(location, directory, row_count, checksum)
         if isinstance(parts, str):
             raise HistoryError(
                 f"the archive of {day}, whose ticks retention dropped from the database, cannot"
-                f" be read whole: {parts}. Restore {directory} from a backup: the database no"
-                " longer holds these ticks"
+                f" be read whole: {parts}. Restore {location.name(directory)} from a backup: the"
+                " database no longer holds these ticks"
             )
         files.extend(parts)
     return files
 
 
-def _day_files(directory: Path, row_count: int, checksum: str) -> list[Path] | str:
+def _day_files(
+    location: ArchiveLocation, directory: str, row_count: int, checksum: str
+) -> list[str] | str:
     """The day's Parquet files, or why they do not hold its recorded rows (from its manifest
     and the files' footers)."""
-    try:
-        manifest = json.loads((directory / MANIFEST).read_text())
-    except (OSError, ValueError) as error:
-        return f"its manifest {directory / MANIFEST} is missing or unreadable ({error})"
-    if (manifest.get("row_count"), manifest.get("checksum")) != (row_count, checksum):
+    manifest = read_manifest(location, directory)
+    if manifest is None:
+        return f"its manifest in {location.name(directory)} is missing or unreadable"
+    if (manifest.row_count, manifest.checksum) != (row_count, checksum):
         return f"its manifest does not say the {row_count} rows recorded when it was archived"
-    parts = sorted(directory.glob("*.parquet"))
+    parts = parquet_files(location, directory)
     if not parts:
-        return f"no Parquet file in {directory}"
+        return f"no Parquet file in {location.name(directory)}"
     held = 0
     for part in parts:
         try:
-            held += pq.ParquetFile(part).metadata.num_rows
+            with location.filesystem.open_input_file(part) as source:
+                held += pq.ParquetFile(source).metadata.num_rows
         except (OSError, pa.ArrowException) as error:
-            return f"{part} cannot be read ({error})"
+            return f"{location.name(part)} cannot be read ({error})"
     if held != row_count:
         return f"its Parquet files hold {held} rows, not the {row_count} recorded"
     return parts
@@ -190,10 +199,10 @@ def _ticks(
     conn: psycopg.Connection,
     url: str,
     duck: duckdb.DuckDBPyConnection,
-    archive: Path,
+    location: ArchiveLocation,
     bounds: tuple[datetime, datetime],
     keys: list[str] | None,
-) -> list[Path]:
+) -> list[str]:
     """The view `ticks`: the archived days before retention's cutoff, the store's from it on;
     the Parquet files it reads."""
     start, end = bounds
@@ -201,18 +210,21 @@ def _ticks(
     live_from = start if cutoff is None else max(start, cutoff)
     _pull(conn, url, duck, "ticks", (live_from, max(live_from, end)), keys)
     store = f"SELECT {_COLUMNS} FROM store_ticks"
-    files: list[Path] = []
+    files: list[str] = []
     if cutoff is not None and cutoff > start:
         end = min(end, cutoff)
-        files = _archived_files(conn, archive, start, end)
+        files = _archived_files(conn, location, start, end)
     if not files:
         duck.execute(f"CREATE TEMP VIEW ticks AS {store}")
         return files
+    # A pyarrow dataset over the location's filesystem, not DuckDB's read_parquet: the same
+    # lazy scan with the filters pushed down, on disk or S3 alike (DuckDB's httpfs extension
+    # would be downloaded from its server at the first use).
+    archived = ds.dataset(files, schema=SCHEMA, filesystem=location.filesystem, format="parquet")
+    duck.register("archived_ticks", archived)
     wanted = f" AND instrument_key IN ({', '.join(map(_text, keys))})" if keys is not None else ""
     duck.execute(
-        f"CREATE TEMP VIEW ticks AS SELECT {_COLUMNS}"
-        f" FROM read_parquet([{', '.join(_text(str(path)) for path in files)}],"
-        "  hive_partitioning = true)"
+        f"CREATE TEMP VIEW ticks AS SELECT {_COLUMNS} FROM archived_ticks"
         f" WHERE ts >= {_time(start)} AND ts < {_time(end)}{wanted}"
         f" UNION ALL {store}"
     )
@@ -222,10 +234,11 @@ def _ticks(
 @dataclass(frozen=True)
 class History:
     """An open history: `duck`, the DuckDB connection (TimeZone IST) holding its relations,
-    and `archived`, the Parquet files its `ticks` reads."""
+    and `archived`, the Parquet files its `ticks` reads in `location`."""
 
     duck: duckdb.DuckDBPyConnection
-    archived: tuple[Path, ...]
+    location: ArchiveLocation
+    archived: tuple[str, ...]
 
     def query(
         self,
@@ -256,13 +269,15 @@ class History:
         read through once more, now that the answer is lost anyway."""
         for path in self.archived:
             try:
-                for _ in pq.ParquetFile(path).iter_batches():
-                    pass
+                with self.location.filesystem.open_input_file(path) as source:
+                    for _ in pq.ParquetFile(source).iter_batches():
+                        pass
             except (OSError, pa.ArrowException) as broken:
+                day = path.rsplit("/", 2)[-2].removeprefix("date=")
                 return HistoryError(
-                    f"the archive of {path.parent.name.removeprefix('date=')} cannot be read:"
-                    f" {path} is damaged ({broken}; DuckDB: {error}). Restore it from a backup:"
-                    " the database no longer holds these ticks"
+                    f"the archive of {day} cannot be read: {self.location.name(path)} is damaged"
+                    f" ({broken}; DuckDB: {error}). Restore it from a backup: the database no"
+                    " longer holds these ticks"
                 )
         return None
 
@@ -275,7 +290,7 @@ def history(
     relations: Sequence[str] = tuple(RELATIONS),
     *,
     url: str | None = None,
-    archive: Path | None = None,
+    archive: ArchiveRoot | None = None,
 ) -> Iterator[History]:
     """The history in [start, end) of `symbols` (trading symbols, index names or instrument
     keys; None: every instrument) as DuckDB `relations`, for several queries over one pull
@@ -296,23 +311,24 @@ def history(
     if url is None or archive is None:
         settings = checkout_settings()
         url = url or database_url(settings)
-        archive = archive or settings.archive_dir
+        archive = archive or settings.archive_root
     spill = tempfile.mkdtemp(prefix="tickvault-history-")
     duck = duckdb.connect(config={"temp_directory": spill})
     try:
         duck.execute(f"SET TimeZone = {_text(IST_ZONE)}")
-        archived: list[Path] = []
+        location = archive_location(archive)
+        archived: list[str] = []
         with psycopg.connect(url, autocommit=True) as conn:
             keys = None
             if symbols is not None:
                 keys = keys_of(list(symbols), resolve_symbols(conn, list(symbols)))
             for relation in relations:
                 if relation == "ticks":
-                    archived = _ticks(conn, url, duck, archive, bounds, keys)
+                    archived = _ticks(conn, url, duck, location, bounds, keys)
                 else:
                     _pull(conn, url, duck, relation, bounds, keys)
                     duck.execute(f"CREATE TEMP VIEW {relation} AS SELECT * FROM store_{relation}")
-        yield History(duck, tuple(archived))
+        yield History(duck, location, tuple(archived))
     finally:
         duck.close()
         shutil.rmtree(spill, ignore_errors=True)
@@ -348,7 +364,7 @@ def _asof(symbols: Sequence[str], start: Moment, end: Moment, query: str, output
         keys = keys_of(list(symbols), resolve_symbols(conn, list(symbols)))
         names = trading_symbols(conn, keys)
     filled = query.format(left=_text(keys[0]), right=_text(keys[-1]))
-    with history(start, end, keys, ["ticks"], url=url, archive=settings.archive_dir) as opened:
+    with history(start, end, keys, ["ticks"], url=url, archive=settings.archive_root) as opened:
         answer = opened.query(filled, output=output)
     if output == "pandas":
         answer = answer.set_index("ts")

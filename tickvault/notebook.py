@@ -156,7 +156,7 @@ def _archived_ticks(
     if dropped_before is None or (start is not None and start >= dropped_before):
         return pd.DataFrame()
     end = dropped_before if end is None else min(end, dropped_before)
-    table = read_archived_ticks(checkout_settings().archive_dir, key, start, end)
+    table = read_archived_ticks(checkout_settings().archive_root, key, start, end)
     frame = table.drop_columns(["instrument_key"]).to_pandas()
     for column in ("ts", "feed_ts", "received_at"):
         frame[column] = frame[column].dt.tz_convert(IST_ZONE)
