@@ -162,18 +162,24 @@ def test_times_are_ist_and_dtypes_as_before() -> None:
     assert index["tick_count"].dtype == "int64"
 
 
-def test_the_tick_limit_says_what_it_cut() -> None:
+@pytest.mark.parametrize("symbols", [SYMBOLS, "INFY"], ids=["many", "one"])
+def test_the_tick_limit_says_what_it_cut(symbols: list[str] | str) -> None:
     with pytest.warns(RowLimitWarning) as caught:
-        newest = notebook.read_ticks(SYMBOLS, START, END, limit=100)
+        newest = notebook.read_ticks(symbols, START, END, limit=60)
 
-    total = len(SYMBOLS) * TICKS_EACH
+    total = TICKS_EACH * (1 if isinstance(symbols, str) else len(SYMBOLS))
     message = str(caught[0].message)
-    assert f"{total - 100:,} older ones were cut off" in message
+    assert f"{total - 60:,} older ones were cut off" in message
     assert f"limit={total}" in message
-    assert len(newest) == 100
-    assert newest.attrs["ticks_cut_off"] == total - 100
-    # The newest of them all are kept: every instrument's last ticks, none of the first.
-    assert newest.index.get_level_values("ts").min() >= START + timedelta(seconds=20 * 56)
+    assert len(newest) == 60
+    assert newest.attrs["ticks_cut_off"] == total - 60
+    # The newest of them all are kept: each instrument's last 60 / (instruments) ticks.
+    times = newest.index.get_level_values("ts")
+    each = 60 // (total // TICKS_EACH)
+    last = START + timedelta(seconds=20 * (TICKS_EACH - 1))
+    assert (times.min(), times.max()) == (last - timedelta(seconds=20 * (each - 1)), last)
+    if isinstance(symbols, str):
+        assert newest.index.is_monotonic_increasing
 
 
 def test_a_limit_that_cuts_nothing_says_nothing(recwarn: pytest.WarningsRecorder) -> None:

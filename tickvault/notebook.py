@@ -279,13 +279,14 @@ def read_ticks(
             keys, attrs = {None: key}, _one_instrument(conn, key)
             params = {"key": key, "limit": limit, **bounds}
             table = read_arrow(url, conn, recent_ticks_sql(**bounded), params)
+            table = table.slice(max(table.num_rows - limit, 0))  # ties at the cut
         else:
             keys = _instruments(conn, symbols)
             attrs = {"instrument_keys": keys}
             params = {"keys": list(keys.values()), "labels": list(keys), "limit": limit}
             table = read_arrow(url, conn, many_recent_ticks_sql(**bounded), {**params, **bounds})
         in_database = table.num_rows
-        if in_database == limit:
+        if in_database >= limit:
             in_database = count_ticks(conn, list(keys.values()), bounds["start"], bounds["end"])
         archived = _archived_ticks(keys, bounds, ticks_dropped_before(conn), table.schema)
     if archived.num_rows:
