@@ -2,10 +2,11 @@
 
 In one run on the same rows: (a) the server's own binary COPY of one instrument's day of
 ticks, read by a client that only counts the bytes (the most any client can get); (b) the old
-row-wise frames (fetchall + DataFrame.from_records, what notebook.query still does); (c) the
-new path (notebook.read_ticks: ADBC into Arrow, then pandas or polars); (d) the F&O universe's
-month of 5-minute bars through read_bars(UNIVERSE, "5m") into a wide frame of closes. And the
-peak memory of a read_ticks of the day, in a fresh process, against the frame's own size.
+read_ticks (its query, then fetchall + DataFrame.from_records, what notebook.query still
+does); (c) the new path (notebook.read_ticks: ADBC into Arrow, then pandas, polars or Arrow);
+(d) the F&O universe's month of 5-minute bars through read_bars(UNIVERSE, "5m") into a wide
+frame of closes. And the peak memory of a read_ticks of the day, in a fresh process, against
+the frame's own size.
 
 The ticks are written by SQL (generate_series) with every column a full-mode equity tick
 has; the month's bars by one tick a minute per instrument, rolled up by refresh_bars as the
@@ -33,6 +34,7 @@ import psycopg
 from bench.common import DbServer, db_server, load_universe, write_universe
 from core.ist import IST
 from store.bars import refresh_bars
+from store.tick_row import TICK_COLUMNS
 from store.ticks import recent_ticks_sql
 
 DAY = date(2026, 1, 5)
@@ -61,6 +63,15 @@ FROM unnest(%(keys)s::text[]) WITH ORDINALITY AS k(key, n),
                      INTERVAL '1 minute') AS m
 WHERE extract(isodow FROM d) < 6
 """
+
+
+# read_ticks before issue 17 (0e62a4c), server side: the newest N newest first, then re-sorted
+# oldest first in the server; its client side was notebook._fetch (fetchall, from_records).
+_ROW_WISE_SQL = (
+    f"SELECT {', '.join(TICK_COLUMNS[1:])} FROM ("
+    " SELECT * FROM ticks WHERE instrument_key = %(key)s AND ts >= %(start)s AND ts < %(end)s"
+    " ORDER BY ts DESC LIMIT %(limit)s) AS latest ORDER BY ts"
+)
 
 
 def _session_open(day: date) -> datetime:
@@ -137,7 +148,7 @@ def read_ticks_paths(url: str, key: str, repeats: int) -> dict[str, Any]:
 
     def row_wise() -> int:
         with notebook.connect() as conn:
-            return len(notebook._fetch(conn, sql, params))
+            return len(notebook._fetch(conn, _ROW_WISE_SQL, params))
 
     def new_path(frame: str) -> Callable[[], int]:
         def read() -> int:
