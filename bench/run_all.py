@@ -1,6 +1,6 @@
 """Run every benchmark, write the raw results as JSON under bench/results/, print a table.
 
-`python -m bench.run_all` (what `make bench` runs) takes about 5 minutes; `--quick` is a
+`python -m bench.run_all` (what `make bench` runs) takes about 7 minutes; `--quick` is a
 one-minute smoke run that checks the benchmarks still work, not a source of numbers. The
 database is a private cluster in /tmp unless TICKVAULT_DATABASE_URL names a server.
 """
