@@ -189,6 +189,22 @@ def test_a_limit_that_cuts_nothing_says_nothing(recwarn: pytest.WarningsRecorder
     assert not [w for w in recwarn if issubclass(w.category, RowLimitWarning)]
 
 
+def test_the_kept_connection_holds_no_transaction_and_survives_a_lost_session(
+    reads_db: str,
+) -> None:
+    """A kernel idle between reads must not hold a transaction open (vacuum would wait for
+    it), and a session the server ended (a restart) must cost nothing but the next read."""
+    first = notebook.read_bars("INFY", "5m", START, END)
+    with psycopg.connect(reads_db, autocommit=True) as conn:
+        others = "datname = current_database() AND pid <> pg_backend_pid()"
+        states = [s for (s,) in conn.execute(f"SELECT state FROM pg_stat_activity WHERE {others}")]
+        assert states
+        assert "idle in transaction" not in states
+        conn.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE {others}")
+
+    pd.testing.assert_frame_equal(notebook.read_bars("INFY", "5m", START, END), first)
+
+
 @pytest.mark.parametrize(
     ("call", "error", "match"),
     [

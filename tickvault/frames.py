@@ -16,6 +16,8 @@ already holds, and ADBC runs that text.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from typing import Any, Literal
 
 import adbc_driver_postgresql.dbapi as adbc
@@ -36,14 +38,56 @@ FrameKind = Literal["pandas", "polars", "arrow"]
 FRAME_KINDS: tuple[FrameKind, ...] = ("pandas", "polars", "arrow")
 
 
+class _ArrowConnection:
+    """One ADBC connection, kept between reads, to the last database read.
+
+    Opening one costs about 60 ms (the driver reads the server's type catalog), more than a
+    day's bars take to read; so it is kept, in autocommit, where an idle kernel holds no
+    transaction that would keep vacuum from reclaiming tick chunks. A kept connection that
+    fails (the server restarted, the database was recreated) is replaced and the read tried
+    once more on a fresh one: a read is safe to repeat.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # an ADBC connection serves one statement at a time
+        self._url: str | None = None
+        self._conn: adbc.Connection | None = None
+
+    def read(self, url: str, statement: str) -> pa.Table:
+        with self._lock:
+            reused = self._url == url and self._conn is not None
+            try:
+                return self._read(url, statement)
+            except adbc.Error:
+                self._close()
+                if not reused:
+                    raise
+            return self._read(url, statement)
+
+    def _read(self, url: str, statement: str) -> pa.Table:
+        if self._url != url or self._conn is None:
+            self._close()
+            self._conn, self._url = adbc.connect(url, autocommit=True), url
+        with self._conn.cursor() as cur:
+            cur.adbc_statement.set_options(**{_BATCH_BYTES_OPTION: str(_BATCH_BYTES)})
+            cur.execute(statement)
+            return cur.fetch_arrow_table()
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(adbc.Error):
+                self._conn.close()
+        self._conn = self._url = None
+
+
+_ARROW = _ArrowConnection()
+
+
 def read_arrow(url: str, conn: psycopg.Connection, sql: str, params: Any = None) -> pa.Table:
     """The rows of `sql` (psycopg placeholders, bound from `params` on `conn`) as an Arrow
-    table read over its own connection to `url`, every time column in IST."""
+    table read from `url` by ADBC, every time column in IST."""
     statement = psycopg.ClientCursor(conn).mogrify(sql, params)
-    with adbc.connect(url) as arrow_conn, arrow_conn.cursor() as cur:
-        cur.adbc_statement.set_options(**{_BATCH_BYTES_OPTION: str(_BATCH_BYTES)})
-        cur.execute(statement)
-        return in_ist(cur.fetch_arrow_table())
+    return in_ist(_ARROW.read(url, statement))
 
 
 def in_ist(table: pa.Table) -> pa.Table:

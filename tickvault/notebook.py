@@ -1,10 +1,13 @@
-"""What the analysis notebooks import: the store as pandas frames, with times in IST.
+"""What the analysis notebooks import: the store as pandas (or polars, or Arrow) frames, with
+times in IST.
 
 Notebooks get no connection code of their own, so a notebook runs unchanged against the
 embedded store, docker compose's database or a test database: whichever
 TICKVAULT_DATABASE_URL (or, unset, the local cluster) names. Every call opens its own short
-autocommit connection: a kernel left idle for hours then holds no open transaction that would
-keep vacuum from reclaiming tick chunks, and a restarted server costs nothing but a rerun.
+autocommit connection, and the bars and ticks themselves come over one kept ADBC connection
+in autocommit (tickvault/frames.py): a kernel left idle for hours then holds no open
+transaction that would keep vacuum from reclaiming tick chunks, and a restarted server costs
+nothing but a rerun.
 
 It belongs to `tickvault`, the layer that wires the others together: it turns the settings
 into a database URL, runs the store's queries (store.ticks, store.bars, store.instruments)
