@@ -8,7 +8,8 @@ else. Each route that reads the database belongs to a class:
 - "cheap": bounded reads of a few index ranges (bars within their window, the calendar,
   the subscription list, latest ticks when a symbol must be looked up);
 - "expensive": reads whose cost grows with what is asked (a day's gaps of every
-  instrument, the audit of a day, an instrument search, pages of ticks).
+  instrument, the audit of a day, an instrument search, pages of ticks, the bars of many
+  symbols at once).
 
 A class has `limit` requests at once; `queue` more may wait on the event loop (no thread,
 no connection) for up to `wait_s`; beyond that the request is answered 429 with Retry-After
@@ -57,6 +58,8 @@ ROUTE_CLASSES: dict[tuple[str, str], RouteClass] = {
     ("GET", "/api/v1/audit"): EXPENSIVE,
     ("GET", "/api/v1/instruments"): EXPENSIVE,
     ("GET", "/api/v1/ticks/{symbol}"): EXPENSIVE,
+    # Bars of up to 200 symbols at once: up to 200 times one symbol's read.
+    ("GET", "/api/v1/bars"): EXPENSIVE,
 }
 
 

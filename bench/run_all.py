@@ -1,6 +1,6 @@
 """Run every benchmark, write the raw results as JSON under bench/results/, print a table.
 
-`python -m bench.run_all` (what `make bench` runs) takes about 5 minutes; `--quick` is a
+`python -m bench.run_all` (what `make bench` runs) takes about 7 minutes; `--quick` is a
 one-minute smoke run that checks the benchmarks still work, not a source of numbers. The
 database is a private cluster in /tmp unless TICKVAULT_DATABASE_URL names a server.
 """
@@ -18,11 +18,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import api, ingest, offline
+from bench import api, ingest, offline, read_path
 from bench.common import RESULTS_DIR, db_server, machine, write_universe
 from bench.replay_feed import save_frames
 
-BENCHMARKS = ("offline", "throughput", "replay", "latency", "api")
+BENCHMARKS = ("offline", "throughput", "replay", "latency", "api", "read_path")
 # The default TICKVAULT_BATCH_MS first, then 100 ms side by side if the default is another:
 # the batch age bounds a tick's receipt-to-commit time.
 LATENCY_BATCH_MS = tuple(dict.fromkeys((ingest.BATCH_MS, 100)))
@@ -30,6 +30,9 @@ TARGETS = {
     "throughput_per_s": 100_000,
     "latency_p99_s": 0.25,
     "api_rps": 1000,
+    "read_ticks_over_copy_binary": 0.5,
+    "read_bars_universe_month_s": 2.0,
+    "read_peak_over_frame": 2.0,
 }
 
 
@@ -146,6 +149,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     warmup_s=warmup,
                     search_step_s=2.0 if quick else 4.0,
                 )
+            if "read_path" in chosen:
+                _step(
+                    "read path: a day of one stock's ticks and the universe's month of 5m bars"
+                    " into frames"
+                )
+                results["read_path"] = read_path.run_read_path(server, quick=quick)
     return results
 
 
@@ -300,7 +309,47 @@ def table(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                 "report",
             )
         )
+    if "read_path" in results:
+        rows += _read_path_rows(results["read_path"])
     return rows
+
+
+def _read_path_rows(reads: dict[str, Any]) -> list[tuple[str, str, str]]:
+    ticks, month, memory = reads["ticks"], reads["universe_month_5m"], reads["memory"]
+    copy = ticks["copy_binary"]
+    pandas = ticks["read_ticks_pandas"]
+    return [
+        (
+            f"Read one stock's day ({copy['rows']:,} ticks): binary COPY to a byte counter",
+            f"{_n(copy['rows_per_s'])} rows/s",
+            "report (the ceiling)",
+        ),
+        (
+            "  row-wise frame (fetchall + from_records, the old read_ticks)",
+            f"{_n(ticks['row_wise']['rows_per_s'])} rows/s"
+            f" ({ticks['row_wise']['over_copy_binary']:.2f} of COPY)",
+            "report (the old path)",
+        ),
+        (
+            "  read_ticks into pandas / polars / Arrow",
+            f"{_n(pandas['rows_per_s'])} / {_n(ticks['read_ticks_polars']['rows_per_s'])} /"
+            f" {_n(ticks['read_ticks_arrow']['rows_per_s'])} rows/s"
+            f" ({pandas['over_copy_binary']:.2f} of COPY into pandas)",
+            f">= 0.5 of COPY: "
+            f"{_verdict(pandas['over_copy_binary'] >= TARGETS['read_ticks_over_copy_binary'])}",
+        ),
+        (
+            f"  peak memory of that read_ticks vs its frame ({memory['frame_mib']} MiB)",
+            f"+{memory['peak_added_mib']} MiB ({memory['peak_over_frame']:.2f}x)",
+            f"<= 2x: {_verdict(memory['peak_over_frame'] <= TARGETS['read_peak_over_frame'])}",
+        ),
+        (
+            f"read_bars(UNIVERSE, 5m), {reads['month_days']} days, {month['symbols']} symbols"
+            f" ({month['bars']:,} bars) into a wide frame",
+            f"{month['seconds']:.2f} s",
+            f"< 2 s: {_verdict(month['seconds'] < TARGETS['read_bars_universe_month_s'])}",
+        ),
+    ]
 
 
 def _dig(value: Any, *path: str) -> Any:
@@ -335,6 +384,11 @@ def summary(results: dict[str, Any]) -> dict[str, float | None]:
         if commit_p99 is not None and steady.get("offered_per_s") == 20_000
         else None,
         "api_max_rps_p99_under_50ms": _dig(results, "api", "max_rps_search", "max_rps"),
+        "read_ticks_rows_per_s": _dig(
+            results, "read_path", "ticks", "read_ticks_pandas", "rows_per_s"
+        ),
+        "copy_binary_rows_per_s": _dig(results, "read_path", "ticks", "copy_binary", "rows_per_s"),
+        "read_bars_universe_month_s": _dig(results, "read_path", "universe_month_5m", "seconds"),
     }
 
 

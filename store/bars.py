@@ -316,3 +316,41 @@ def interval_bar_rows(
             interval_bars_sql(),
             {"symbol": key, "interval": interval, "start": start, "end": end},
         ).fetchall()
+
+
+def many_bars_sql() -> str:
+    """The bars of each instrument key of %(keys)s, labelled by the same place of %(labels)s
+    as `symbol`, in %(interval)s whose bucket starts in [%(start)s, %(end)s): `symbol`
+    then BAR_COLUMNS, by symbol then bucket.
+
+    One statement for any number of instruments (a universe's month is one round trip), each
+    instrument's bars from bars() as interval_bars_sql reads them.
+    """
+    return (
+        f"SELECT k.symbol, {', '.join(f'b.{name}' for name in BAR_COLUMNS)}"
+        " FROM unnest(%(keys)s::text[], %(labels)s::text[]) AS k(instrument_key, symbol)"
+        " CROSS JOIN LATERAL bars(k.instrument_key, %(interval)s, %(start)s, %(end)s) AS b"
+        " ORDER BY k.symbol, b.bucket"
+    )
+
+
+def many_bar_rows(
+    conn: psycopg.Connection,
+    interval: BarInterval,
+    keys: dict[str, str],
+    start: datetime,
+    end: datetime,
+) -> list[dict[str, Any]]:
+    """The bars of each label -> instrument key of `keys` (see many_bars_sql) as rows named
+    `symbol` (the label) and BAR_COLUMNS, by symbol then bucket."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(
+            many_bars_sql(),
+            {
+                "keys": list(keys.values()),
+                "labels": list(keys),
+                "interval": interval,
+                "start": start,
+                "end": end,
+            },
+        ).fetchall()

@@ -187,13 +187,48 @@ def time_bounds(column: str, *, start: bool, end: bool) -> str:
 
 def recent_ticks_sql(*, start: bool, end: bool) -> str:
     """The newest %(limit)s ticks of %(key)s in the window, oldest first, with `ts` and every
-    column after it (not the key): a frame of one instrument, indexed by time."""
+    column after it (not the key): a frame of one instrument, indexed by time.
+
+    The newest `limit` are found as those from the time of the limit-th newest on, so both
+    the probe and the read walk the (instrument_key, ts DESC) index and nothing is sorted: a
+    re-sort of a million rows cost the server more than sending them. Ties at that time can
+    bring a few more than `limit`; the reader keeps the last `limit`.
+    """
+    window = f"instrument_key = %(key)s{time_bounds('ts', start=start, end=end)}"
     return (
-        f"SELECT {', '.join(TICK_COLUMNS[1:])} FROM ("
-        " SELECT * FROM ticks WHERE instrument_key = %(key)s"
-        f"{time_bounds('ts', start=start, end=end)}"
-        " ORDER BY ts DESC LIMIT %(limit)s) AS latest ORDER BY ts"
+        f"SELECT {', '.join(TICK_COLUMNS[1:])} FROM ticks WHERE {window}"
+        " AND ts >= coalesce((SELECT ts FROM ticks"
+        f" WHERE {window} ORDER BY ts DESC OFFSET %(limit)s - 1 LIMIT 1), '-infinity')"
+        " ORDER BY ts"
     )
+
+
+def many_recent_ticks_sql(*, start: bool, end: bool) -> str:
+    """The newest %(limit)s ticks of the instrument keys %(keys)s together in the window,
+    each labelled by the same place of %(labels)s as `symbol`: `symbol`, `ts` and every
+    column after it, by symbol then time. One statement for any number of instruments."""
+    return (
+        f"SELECT k.symbol, {', '.join(f't.{name}' for name in TICK_COLUMNS[1:])} FROM ("
+        " SELECT * FROM ticks WHERE instrument_key = ANY(%(keys)s::text[])"
+        f"{time_bounds('ts', start=start, end=end)}"
+        " ORDER BY ts DESC LIMIT %(limit)s) AS t"
+        " JOIN unnest(%(keys)s::text[], %(labels)s::text[]) AS k(instrument_key, symbol)"
+        " USING (instrument_key) ORDER BY k.symbol, t.ts"
+    )
+
+
+def count_ticks(
+    conn: psycopg.Connection, keys: list[str], start: datetime | None, end: datetime | None
+) -> int:
+    """How many ticks the instrument keys have in [start, end) (a None bound is open): what
+    a reader's row limit is weighed against when it bites."""
+    bounds = {"keys": keys, "start": start, "end": end}
+    row = conn.execute(
+        "SELECT count(*) FROM ticks WHERE instrument_key = ANY(%(keys)s::text[])"
+        f"{time_bounds('ts', start=start is not None, end=end is not None)}",
+        bounds,
+    ).fetchone()
+    return row[0] if row else 0
 
 
 def _newest(columns: str, keys_from: str) -> str:

@@ -67,6 +67,21 @@ print(json.dumps({
 }))
 """
 
+UNIVERSE_PROBE = """
+import json
+print(json.dumps({
+    "universe": len(universe),
+    "traded": len(traded),
+    "return_columns": sorted(returns.columns),
+    "corr_shape": list(corr.shape),
+    "corr_symmetric": bool(np.allclose(corr, corr.T, equal_nan=True)),
+    "changes": len(change),
+    "movers_sorted": bool(movers.is_monotonic_decreasing and losers.is_monotonic_increasing),
+    "breadth": [advancers, decliners, unchanged],
+    "breadth_line_bounded": bool((line.abs() <= len(traded)).all()),
+}))
+"""
+
 
 def check_ohlc(result: dict) -> None:
     assert result["bars"] > 0
@@ -91,9 +106,23 @@ def check_ticks(result: dict) -> None:
     assert percentiles == sorted(percentiles)
 
 
+def check_universe(result: dict) -> None:
+    # The simulated feed sent every instrument of the universe (the sample's F&O stocks and
+    # the two indices), so every one has bars and a column of returns.
+    assert result["universe"] > 10
+    assert result["traded"] == result["universe"] == result["changes"]
+    assert len(result["return_columns"]) == result["universe"]
+    assert result["corr_shape"] == [result["universe"]] * 2
+    assert result["corr_symmetric"]
+    assert result["movers_sorted"]
+    assert sum(result["breadth"]) == result["universe"]
+    assert result["breadth_line_bounded"]
+
+
 PROBES = {
     "ohlc_analysis.ipynb": (OHLC_PROBE, check_ohlc),
     "tick_analysis.ipynb": (TICK_PROBE, check_ticks),
+    "universe_analysis.ipynb": (UNIVERSE_PROBE, check_universe),
 }
 
 
@@ -225,10 +254,13 @@ def test_the_readers_take_open_ended_windows(
     with pytest.raises(ValueError, match=r"interval must be one of 1m, 3m, 5m, .*, 1d"):
         notebook.read_bars(symbol, "2m")  # type: ignore[arg-type]
 
-    newest = notebook.read_ticks(symbol, limit=5)
+    with pytest.warns(notebook.RowLimitWarning, match="older ones were cut off"):
+        newest = notebook.read_ticks(symbol, limit=5)
+    with pytest.warns(notebook.RowLimitWarning, match="older ones were cut off"):
+        from_start = notebook.read_ticks(symbol, start=start, limit=5)
     assert len(newest) == 5
     assert newest.index.is_monotonic_increasing
-    assert newest.index.equals(notebook.read_ticks(symbol, start=start, limit=5).index)
+    assert newest.index.equals(from_start.index)
     assert newest.attrs["instrument_key"] == symbol
 
 

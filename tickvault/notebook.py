@@ -1,10 +1,13 @@
-"""What the analysis notebooks import: the store as pandas frames, with times in IST.
+"""What the analysis notebooks import: the store as pandas (or polars, or Arrow) frames, with
+times in IST.
 
 Notebooks get no connection code of their own, so a notebook runs unchanged against the
 embedded store, docker compose's database or a test database: whichever
 TICKVAULT_DATABASE_URL (or, unset, the local cluster) names. Every call opens its own short
-autocommit connection: a kernel left idle for hours then holds no open transaction that would
-keep vacuum from reclaiming tick chunks, and a restarted server costs nothing but a rerun.
+autocommit connection, and the bars and ticks themselves come over one kept ADBC connection
+in autocommit (tickvault/frames.py): a kernel left idle for hours then holds no open
+transaction that would keep vacuum from reclaiming tick chunks, and a restarted server costs
+nothing but a rerun.
 
 It belongs to `tickvault`, the layer that wires the others together: it turns the settings
 into a database URL, runs the store's queries (store.ticks, store.bars, store.instruments)
@@ -13,20 +16,38 @@ and hands back frames. Nothing here is HTTP.
 
 from __future__ import annotations
 
+import enum
+import warnings
+from collections.abc import Sequence
 from datetime import date, datetime
 from typing import Any
 
 import pandas as pd
 import psycopg
+import pyarrow as pa
 
 from core.ist import IST_ZONE
 from store.archive import read_archived_ticks, ticks_dropped_before
 from store.audit import latest_results
-from store.bars import BAR_INTERVALS, BarInterval, busiest_instrument, interval_bars_sql
-from store.instruments import resolve_symbol, trading_symbols
+from store.bars import (
+    BAR_INTERVALS,
+    BarInterval,
+    busiest_instrument,
+    interval_bars_sql,
+    many_bars_sql,
+)
+from store.instruments import (
+    fno_universe,
+    keys_of,
+    resolve_symbol,
+    resolve_symbols,
+    trading_symbols,
+)
 from store.local.url import database_url
-from store.ticks import newest_tick_time, recent_ticks_sql
+from store.ticks import count_ticks, many_recent_ticks_sql, newest_tick_time, recent_ticks_sql
 from tickvault.checkout import checkout_settings
+from tickvault.frames import FRAME_KINDS, FrameKind, framed, in_ist, read_arrow
+from tickvault.frames import wide as wide  # what notebooks import, beside the readers
 from tickvault.history import HistoryError as HistoryError
 from tickvault.history import aligned as aligned
 from tickvault.history import history as history
@@ -94,73 +115,207 @@ def day_bounds(day: date | str) -> tuple[datetime, datetime]:
     return start.to_pydatetime(), (start + pd.Timedelta(days=1)).to_pydatetime()
 
 
-def _labelled(frame: pd.DataFrame, conn: psycopg.Connection, key: str) -> pd.DataFrame:
-    frame.attrs["instrument_key"] = key
-    frame.attrs["trading_symbol"] = trading_symbols(conn, [key]).get(key, key)
+class _Universe(enum.Enum):
+    UNIVERSE = "the F&O stocks and the indices the ingest subscribes"
+
+
+# `read_bars(UNIVERSE, "5m", ...)`: every F&O stock of the instrument master and the
+# configured indices (TICKVAULT_INDEX_KEYS), as `tickvault run` subscribes them. A constant,
+# not a string, so that no symbol a user types is ever mistaken for it.
+UNIVERSE = _Universe.UNIVERSE
+Symbols = str | Sequence[str] | _Universe
+
+
+class RowLimitWarning(UserWarning):
+    """read_ticks returned fewer ticks than the window holds: its `limit` cut the oldest."""
+
+
+def _window(start: datetime | date | str | None, end: datetime | date | str | None) -> dict:
+    """The `start`/`end` parameters of a read; a window that ends before it starts is refused
+    rather than read as empty."""
+    first, last = _moment(start), _moment(end)
+    if first is not None and last is not None and first >= last:
+        raise ValueError(
+            f"start ({first.isoformat()}) must be before end ({last.isoformat()}):"
+            " the window [start, end) is empty"
+        )
+    return {"start": first, "end": last}
+
+
+def _instruments(conn: psycopg.Connection, symbols: Symbols) -> dict[str, str]:
+    """label -> instrument key of each instrument a many-symbol read covers, in order.
+
+    A list's labels are the symbols as typed (two spellings of one instrument read it once,
+    under the first); the universe's are trading symbols. UnknownSymbol names every symbol of
+    a list the master lacks, so nothing is read without a word about the rest.
+    """
+    if symbols is UNIVERSE:
+        index_keys = list(checkout_settings().index_keys)
+        known_indices = resolve_symbols(conn, index_keys)
+        keys = list(dict.fromkeys([*fno_universe(conn), *known_indices.values()]))
+        if not keys:
+            raise LookupError(
+                "the instrument master holds no F&O stock and none of the indices"
+                f" {', '.join(index_keys)}: `tickvault instruments load` fills it"
+            )
+        names = trading_symbols(conn, keys)
+        labels = [names.get(key, key) for key in keys]
+        # A trading symbol listed twice (two segments) is labelled by its keys instead.
+        clashing = {label for label in labels if labels.count(label) > 1}
+        return {
+            (key if label in clashing else label): key
+            for label, key in zip(labels, keys, strict=True)
+        }
+    if isinstance(symbols, str) or not all(isinstance(symbol, str) for symbol in symbols):
+        raise TypeError(f"symbols must be a str, a list of str or UNIVERSE, got {symbols!r}")
+    wanted = [symbol.strip() for symbol in symbols]
+    if not wanted:
+        raise ValueError("symbols is an empty list: name at least one symbol, or UNIVERSE")
+    labels: dict[str, str] = {}
+    for symbol, key in zip(wanted, keys_of(wanted, resolve_symbols(conn, wanted)), strict=True):
+        labels.setdefault(key, symbol)
+    return {label: key for key, label in labels.items()}
+
+
+def _checked_frame(frame: FrameKind) -> FrameKind:
+    if frame not in FRAME_KINDS:
+        raise ValueError(f"frame must be one of {', '.join(FRAME_KINDS)}, got {frame!r}")
     return frame
 
 
 def read_bars(
-    symbol: str,
+    symbols: Symbols,
     interval: BarInterval = "1m",
     start: datetime | date | str | None = None,
     end: datetime | date | str | None = None,
-) -> pd.DataFrame:
-    """OHLC bars of one instrument, indexed by bucket start (IST), oldest first.
+    frame: FrameKind = "pandas",
+) -> Any:
+    """OHLC bars, oldest first, in any interval of BAR_INTERVALS.
 
-    `symbol` is a trading symbol, index name or instrument key; `start` is inclusive and
-    `end` exclusive, naive times being IST. `attrs` names the instrument the symbol resolved
-    to. A minute without a tick has no bar: gaps are gaps, not zero-volume bars.
+    One symbol (a trading symbol, index name or instrument key): a frame indexed by bucket
+    start (IST) whose `attrs` name the instrument. A list of symbols or UNIVERSE: one long
+    frame indexed by (symbol, bucket), read in one query; `wide(frame, "close")` turns it
+    into a column per symbol. `start` is inclusive and `end` exclusive, naive times being
+    IST. `frame="polars"` or `"arrow"` returns that kind instead (the index as columns). A
+    minute without a tick has no bar: gaps are gaps, not zero-volume bars. Prices are float64
+    and counts int64, but an index has no volume: NaN, so a frame holding one has a float64
+    volume.
     """
     if interval not in BAR_INTERVALS:
         raise ValueError(f"interval must be one of {', '.join(BAR_INTERVALS)}, got {interval!r}")
-    bounds = {"start": _moment(start), "end": _moment(end)}
+    kind = _checked_frame(frame)
+    bounds = _window(start, end)
+    url = database_url(checkout_settings())
     with connect() as conn:
-        key = resolve_symbol(conn, symbol)
-        params = {"symbol": key, "interval": interval, **bounds}
-        frame = _fetch(conn, interval_bars_sql(), params)
-        frame = _labelled(frame.set_index("bucket"), conn, key)
-    frame.attrs["interval"] = interval
-    return frame
+        if isinstance(symbols, str):
+            key = resolve_symbol(conn, symbols)
+            params = {"symbol": key, "interval": interval, **bounds}
+            table = read_arrow(url, conn, interval_bars_sql(), params)
+            index, attrs = ["bucket"], _one_instrument(conn, key)
+        else:
+            keys = _instruments(conn, symbols)
+            params = {"keys": list(keys.values()), "labels": list(keys), **bounds}
+            table = read_arrow(url, conn, many_bars_sql(), {"interval": interval, **params})
+            index, attrs = ["symbol", "bucket"], {"instrument_keys": keys}
+    return _with_attrs(framed(table, kind, index), {**attrs, "interval": interval})
+
+
+def _one_instrument(conn: psycopg.Connection, key: str) -> dict[str, str]:
+    return {"instrument_key": key, "trading_symbol": trading_symbols(conn, [key]).get(key, key)}
+
+
+def _with_attrs(result: Any, attrs: dict[str, Any]) -> Any:
+    """A pandas frame carries what it was read for in `attrs`; Arrow and polars have none."""
+    if isinstance(result, pd.DataFrame):
+        result.attrs.update(attrs)
+    return result
 
 
 def read_ticks(
-    symbol: str,
+    symbols: Symbols,
     start: datetime | date | str | None = None,
     end: datetime | date | str | None = None,
     limit: int = 200_000,
-) -> pd.DataFrame:
-    """The latest `limit` ticks of one instrument in [start, end), indexed by `ts` (IST),
-    oldest first. The limit keeps a busy future's full day from filling the kernel's memory.
+    frame: FrameKind = "pandas",
+) -> Any:
+    """The newest `limit` ticks in [start, end), oldest first.
+
+    One symbol: a frame indexed by `ts` (IST) whose `attrs` name the instrument. A list of
+    symbols or UNIVERSE: one long frame indexed by (symbol, ts), read in one query, the
+    newest `limit` ticks of them all. The limit keeps a busy day from filling the kernel's
+    memory; when it cuts, a RowLimitWarning says how many ticks were left out and the limit
+    that reads them all (and `attrs["ticks_cut_off"]` counts them). `frame` as read_bars.
 
     Days retention has dropped from the database are read from the Parquet archive
     (store/archive.py), so a range reaching back past the database's oldest chunk is whole.
     """
-    bounds = {"start": _moment(start), "end": _moment(end)}
-    sql = recent_ticks_sql(start=start is not None, end=end is not None)
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"limit must be a positive number of ticks, got {limit!r}")
+    kind = _checked_frame(frame)
+    bounds = _window(start, end)
+    bounded = {"start": start is not None, "end": end is not None}
+    url = database_url(checkout_settings())
     with connect() as conn:
-        key = resolve_symbol(conn, symbol)
-        frame = _fetch(conn, sql, {"key": key, "limit": limit, **bounds})
-        dropped_before = ticks_dropped_before(conn)
-        archived = _archived_ticks(key, bounds["start"], bounds["end"], dropped_before)
-        if not archived.empty:
-            frame = pd.concat([archived, frame], ignore_index=True).tail(limit)
-        return _labelled(frame.set_index("ts"), conn, key)
+        if isinstance(symbols, str):
+            key = resolve_symbol(conn, symbols)
+            keys, attrs = {None: key}, _one_instrument(conn, key)
+            params = {"key": key, "limit": limit, **bounds}
+            table = read_arrow(url, conn, recent_ticks_sql(**bounded), params)
+            table = table.slice(max(table.num_rows - limit, 0))  # ties at the cut
+        else:
+            keys = _instruments(conn, symbols)
+            attrs = {"instrument_keys": keys}
+            params = {"keys": list(keys.values()), "labels": list(keys), "limit": limit}
+            table = read_arrow(url, conn, many_recent_ticks_sql(**bounded), {**params, **bounds})
+        in_database = table.num_rows
+        if in_database >= limit:
+            in_database = count_ticks(conn, list(keys.values()), bounds["start"], bounds["end"])
+        archived = _archived_ticks(keys, bounds, ticks_dropped_before(conn), table.schema)
+    if archived.num_rows:
+        table = _newest(pa.concat_tables([archived, table]), limit)
+    cut = max(in_database + archived.num_rows - limit, 0)
+    if cut:
+        warnings.warn(
+            f"read_ticks kept the newest {limit:,} of the {limit + cut:,} ticks in the window:"
+            f" {cut:,} older ones were cut off. Pass limit={limit + cut} (or a narrower"
+            " start/end) to read them all",
+            RowLimitWarning,
+            stacklevel=2,
+        )
+    index = ["ts"] if isinstance(symbols, str) else ["symbol", "ts"]
+    return _with_attrs(framed(table, kind, index), {**attrs, "ticks_cut_off": cut})
+
+
+def _newest(table: pa.Table, limit: int) -> pa.Table:
+    """The newest `limit` rows of `table` (the archive's and the database's), by symbol then
+    time, as the database read orders them."""
+    if table.num_rows > limit:
+        table = table.sort_by([("ts", "descending")]).slice(0, limit)
+    order = [("symbol", "ascending")] if "symbol" in table.column_names else []
+    return table.sort_by([*order, ("ts", "ascending")])
 
 
 def _archived_ticks(
-    key: str, start: datetime | None, end: datetime | None, dropped_before: datetime | None
-) -> pd.DataFrame:
-    """The instrument's archived ticks in [start, end) from before retention's cutoff, as
-    _fetch would have framed them (none while retention has dropped nothing)."""
+    keys: dict[str | None, str],
+    bounds: dict[str, datetime | None],
+    dropped_before: datetime | None,
+    schema: pa.Schema,
+) -> pa.Table:
+    """The instruments' archived ticks in the window from before retention's cutoff, in the
+    database read's `schema` (a label of None: the one-instrument read, without `symbol`);
+    none while retention has dropped nothing."""
+    start = bounds["start"]
     if dropped_before is None or (start is not None and start >= dropped_before):
-        return pd.DataFrame()
-    end = dropped_before if end is None else min(end, dropped_before)
-    table = read_archived_ticks(checkout_settings().archive_root, key, start, end)
-    frame = table.drop_columns(["instrument_key"]).to_pandas()
-    for column in ("ts", "feed_ts", "received_at"):
-        frame[column] = frame[column].dt.tz_convert(IST_ZONE)
-    return frame
+        return schema.empty_table()
+    end = dropped_before if bounds["end"] is None else min(bounds["end"], dropped_before)
+    archive_root = checkout_settings().archive_root
+    tables = []
+    for label, key in keys.items():
+        table = read_archived_ticks(archive_root, key, start, end).drop_columns(["instrument_key"])
+        if label is not None:
+            table = table.add_column(0, "symbol", pa.array([label] * table.num_rows, pa.string()))
+        tables.append(in_ist(table).select(schema.names).cast(schema))
+    return pa.concat_tables(tables)
 
 
 def latest_session_day() -> date:

@@ -14,13 +14,21 @@ from api.error_responses import responses
 from api.models import BarsOut, TicksPage
 from api.params import (
     CURSOR_PATTERN,
+    SYMBOL_LIST_RULES,
     DateTime,
     Symbol,
     decode_cursor,
     encode_cursor,
+    symbol_list,
     time_window,
 )
-from store.bars import BAR_COLUMNS, BAR_INTERVALS, BarInterval, interval_bar_rows
+from store.bars import (
+    BAR_COLUMNS,
+    BAR_INTERVALS,
+    BarInterval,
+    interval_bar_rows,
+    many_bar_rows,
+)
 from store.ticks import tick_page
 
 router = APIRouter(prefix="/api/v1", tags=["history"])
@@ -121,11 +129,55 @@ def bars(
     return BarsOut(symbol=symbol, instrument_key=key, interval=interval, bars=rows)
 
 
-def _csv(rows: list[dict[str, Any]]) -> str:
+@router.get(
+    "/bars",
+    response_model=list[BarsOut],
+    responses={
+        **responses(404, 503),
+        200: {"content": {"text/csv": {"schema": {"type": "string"}}}},
+    },
+)
+def many_bars(
+    context: Context,
+    symbols: Annotated[
+        str,
+        Query(
+            description="Comma-separated trading symbols, index names or instrument keys"
+            f" ({SYMBOL_LIST_RULES})",
+            examples=["INFY,TCS,NIFTY"],
+        ),
+    ],
+    interval: BarIntervalParam = "1m",
+    start: BarStart = None,
+    end: End = None,
+    output: Annotated[Literal["json", "csv"], Query(alias="format")] = "json",
+) -> Any:
+    """The bars of several symbols in one request, read in one query: as /bars/{symbol}
+    gives each, in the order asked. CSV is one table, the symbol as its first column."""
+    window = time_window(start, end, default_span=DEFAULT_WINDOW, max_span=MAX_BAR_WINDOW[interval])
+    names = symbol_list(symbols)
+    keys = context.resolver.resolve(names)
+    with context.pool.connection() as conn:
+        rows = many_bar_rows(conn, interval, dict(zip(names, keys, strict=True)), *window)
+    if output == "csv":
+        return Response(_csv(rows, ("symbol",)), media_type="text/csv; charset=utf-8")
+    by_symbol: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for row in rows:
+        by_symbol[row.pop("symbol")].append(row)
+    return [
+        BarsOut(symbol=name, instrument_key=key, interval=interval, bars=by_symbol[name])
+        for name, key in zip(names, keys, strict=True)
+    ]
+
+
+def _csv(rows: list[dict[str, Any]], leading: tuple[str, ...] = ()) -> str:
+    """`leading` columns (the symbol of a many-symbol read), then BAR_COLUMNS."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(BAR_COLUMNS)
+    writer.writerow([*leading, *BAR_COLUMNS])
     for row in rows:
         bucket = row["bucket"].isoformat().replace("+00:00", "Z")
-        writer.writerow([bucket, *(row[name] for name in BAR_COLUMNS[1:])])
+        writer.writerow(
+            [*(row[name] for name in leading), bucket, *(row[name] for name in BAR_COLUMNS[1:])]
+        )
     return out.getvalue()
