@@ -69,6 +69,7 @@ print(json.dumps({
 
 UNIVERSE_PROBE = """
 import json
+from tickvault.notebook import query
 print(json.dumps({
     "universe": len(universe),
     "traded": len(traded),
@@ -79,6 +80,10 @@ print(json.dumps({
     "movers_sorted": bool(movers.is_monotonic_decreasing and losers.is_monotonic_increasing),
     "breadth": [advancers, decliners, unchanged],
     "breadth_line_bounded": bool((line.abs() <= len(traded)).all()),
+    "daily_ticks": int(daily.ticks.sum()),
+    "stored_ticks": int(query("SELECT count(*) AS n FROM ticks").n[0]),
+    "daily_keys": sorted(daily.instrument_key.unique()),
+    "traded_keys": sorted(universe.values()),
 }))
 """
 
@@ -117,6 +122,9 @@ def check_universe(result: dict) -> None:
     assert result["movers_sorted"]
     assert sum(result["breadth"]) == result["universe"]
     assert result["breadth_line_bounded"]
+    # The year of daily bars through sql() counts every tick the store holds, of each key.
+    assert result["daily_ticks"] == result["stored_ticks"] > 0
+    assert result["daily_keys"] == result["traded_keys"]
 
 
 PROBES = {
