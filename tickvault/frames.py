@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from datetime import date, datetime
 from typing import Any, Literal
 
 import adbc_driver_postgresql.dbapi as adbc
@@ -36,6 +37,15 @@ _BATCH_BYTES = 2**30
 
 FrameKind = Literal["pandas", "polars", "arrow"]
 FRAME_KINDS: tuple[FrameKind, ...] = ("pandas", "polars", "arrow")
+Moment = datetime | date | str  # what a notebook user types for a time
+
+
+def ist_moment(value: Moment) -> datetime:
+    """An aware time from what a notebook user types; a naive one is read as IST."""
+    moment = pd.Timestamp(value)
+    if moment.tzinfo is None:
+        moment = moment.tz_localize(IST_ZONE)
+    return moment.to_pydatetime()
 
 
 class _ArrowConnection:

@@ -46,11 +46,10 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import duckdb
-import pandas as pd
 import psycopg
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -72,8 +71,8 @@ from store.instruments import keys_of, resolve_symbols, trading_symbols
 from store.local.url import database_url
 from store.tick_row import TICK_COLUMNS
 from tickvault.checkout import checkout_settings
+from tickvault.frames import Moment, ist_moment
 
-Moment = datetime | date | str
 Output = Literal["pandas", "arrow", "polars"]
 
 # What a query may name: each of the store's relations and its time column.
@@ -92,14 +91,6 @@ _QUERY_MISTAKES = (
 
 class HistoryError(RuntimeError):
     """The archive cannot stand for ticks retention dropped: an answer would lack rows."""
-
-
-def _moment(value: Moment) -> datetime:
-    """An aware time from what a notebook user types; a naive one is read as IST."""
-    moment = pd.Timestamp(value)
-    if moment.tzinfo is None:
-        moment = moment.tz_localize(IST_ZONE)
-    return moment.to_pydatetime()
 
 
 def _text(value: str) -> str:
@@ -298,7 +289,7 @@ def history(
 
     `url` and `archive` default to the checkout's store and archive, as the notebook finds them.
     """
-    bounds = (_moment(start), _moment(end))
+    bounds = (ist_moment(start), ist_moment(end))
     if bounds[0] >= bounds[1]:
         raise ValueError(f"start ({bounds[0]}) must be before end ({bounds[1]})")
     if isinstance(symbols, str):

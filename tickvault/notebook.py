@@ -46,7 +46,7 @@ from store.instruments import (
 from store.local.url import database_url
 from store.ticks import count_ticks, many_recent_ticks_sql, newest_tick_time, recent_ticks_sql
 from tickvault.checkout import checkout_settings
-from tickvault.frames import FRAME_KINDS, FrameKind, framed, in_ist, read_arrow
+from tickvault.frames import FRAME_KINDS, FrameKind, framed, in_ist, ist_moment, read_arrow
 from tickvault.frames import wide as wide  # what notebooks import, beside the readers
 from tickvault.history import HistoryError as HistoryError
 from tickvault.history import aligned as aligned
@@ -98,16 +98,6 @@ def query(sql: str, params: Any = None) -> pd.DataFrame:
         return _fetch(conn, sql, params)
 
 
-def _moment(value: datetime | date | str | None) -> datetime | None:
-    """An aware time from what a notebook user types; a naive one is read as IST."""
-    if value is None:
-        return None
-    moment = pd.Timestamp(value)
-    if moment.tzinfo is None:
-        moment = moment.tz_localize(IST_ZONE)
-    return moment.to_pydatetime()
-
-
 def day_bounds(day: date | str) -> tuple[datetime, datetime]:
     """The IST calendar day as [start, end): the whole day, not only the 09:15-15:30 session,
     so pre-open updates and data recorded outside market hours are not silently dropped."""
@@ -133,7 +123,7 @@ class RowLimitWarning(UserWarning):
 def _window(start: datetime | date | str | None, end: datetime | date | str | None) -> dict:
     """The `start`/`end` parameters of a read; a window that ends before it starts is refused
     rather than read as empty."""
-    first, last = _moment(start), _moment(end)
+    first, last = (None if t is None else ist_moment(t) for t in (start, end))
     if first is not None and last is not None and first >= last:
         raise ValueError(
             f"start ({first.isoformat()}) must be before end ({last.isoformat()}):"
