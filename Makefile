@@ -26,8 +26,9 @@ notebook: setup
 	$(BIN)/pip install --quiet -e ".[dev,notebook]"
 	$(BIN)/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
+# Three workers on two cores: most tests wait on sockets, processes and the database.
 test: setup lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n 3 --dist worksteal
 
 lint: $(BIN)/tickvault
 	$(BIN)/ruff check .
