@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from api.auth import ApiKeyGate
@@ -61,7 +62,9 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
             await probe.stop()
             await asyncio.to_thread(pool.close)
 
-    app = FastAPI(
+    # FastAPIOffline: FastAPI whose /docs and /redoc load Swagger UI and ReDoc from the
+    # installed package, not from a CDN, so they render on a machine without internet.
+    app = FastAPIOffline(
         title="tickvault",
         version="0.1.0",
         summary="Upstox market ticks and OHLC bars from TimescaleDB",

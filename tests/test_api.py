@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 import socket
 import threading
 import time
@@ -192,6 +193,27 @@ def stored(stored_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 def detail(response: httpx.Response) -> str:
     return str(response.json()["detail"])
+
+
+# --- the documentation pages ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_the_documentation_pages_load_every_asset_from_the_api_itself(
+    stored: httpx.Client, page: str
+) -> None:
+    """On a machine without internet a page that loads its script from a CDN is blank: every
+    script, style and icon of /docs and /redoc must come from this server, and be there."""
+    html = stored.get(page)
+    assert html.status_code == 200
+    assets = re.findall(r"""(?:src|href)\s*=\s*['"]([^'"]+)['"]""", html.text)
+    assert any(asset.endswith(".js") for asset in assets), assets
+    for asset in assets:
+        assert asset.startswith("/"), f"{page} loads {asset} from elsewhere"
+        answer = stored.get(asset)
+        assert answer.status_code == 200, asset
+        assert len(answer.content) > 1000, asset
+    assert "/openapi.json" in html.text
 
 
 # --- the read pool -------------------------------------------------------------------------
