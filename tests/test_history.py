@@ -1,4 +1,4 @@
-"""One history across the store and the Parquet archive (tickvault/history.py): the same
+"""One history across the store and the Parquet archive (tickvault/history_sql.py): the same
 answer before and after retention moved days to Parquet, every row once across the line, a
 damaged archive day refused by name, and the ASOF joins against hand-worked expectations.
 

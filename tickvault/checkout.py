@@ -1,6 +1,6 @@
 """Where the checkout's store is, from whatever folder a notebook kernel was started in.
 
-Its own module so that the notebook helper and the history (tickvault/history.py) both find
+Its own module so that the notebook helper and the history (tickvault/history_sql.py) both find
 the store the same way without importing each other.
 """
 

@@ -5,7 +5,7 @@ Notebooks get no connection code of their own, so a notebook runs unchanged agai
 embedded store, docker compose's database or a test database: whichever
 TICKVAULT_DATABASE_URL (or, unset, the local cluster) names. Every call opens its own short
 autocommit connection, and the bars and ticks themselves come over one kept ADBC connection
-in autocommit (tickvault/frames.py): a kernel left idle for hours then holds no open
+in autocommit (tickvault/arrow_frames.py): a kernel left idle for hours then holds no open
 transaction that would keep vacuum from reclaiming tick chunks, and a restarted server costs
 nothing but a rerun.
 
@@ -45,14 +45,14 @@ from store.instruments import (
 )
 from store.local.url import database_url
 from store.ticks import count_ticks, many_recent_ticks_sql, newest_tick_time, recent_ticks_sql
+from tickvault.arrow_frames import FRAME_KINDS, FrameKind, framed, in_ist, ist_moment, read_arrow
+from tickvault.arrow_frames import wide as wide  # what notebooks import, beside the readers
 from tickvault.checkout import checkout_settings
-from tickvault.frames import FRAME_KINDS, FrameKind, framed, in_ist, ist_moment, read_arrow
-from tickvault.frames import wide as wide  # what notebooks import, beside the readers
-from tickvault.history import HistoryError as HistoryError
-from tickvault.history import aligned as aligned
-from tickvault.history import history as history
-from tickvault.history import quotes_at_trades as quotes_at_trades
-from tickvault.history import sql as sql
+from tickvault.history_sql import HistoryError as HistoryError
+from tickvault.history_sql import aligned as aligned
+from tickvault.history_sql import history as history
+from tickvault.history_sql import quotes_at_trades as quotes_at_trades
+from tickvault.history_sql import sql as sql
 
 _NUMERIC_TYPES = frozenset(
     psycopg.postgres.types[name].oid

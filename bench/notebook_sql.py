@@ -1,4 +1,4 @@
-"""The notebook's history (tickvault/history.py): `python -m bench.history`.
+"""The notebook's history (tickvault/history_sql.py): `python -m bench.notebook_sql`.
 
 Days of synthetic ticks, half archived and dropped by retention, half still in the database;
 then, in this order (peak memory only grows, so the first figure is sql()'s alone):
@@ -6,7 +6,7 @@ then, in this order (peak memory only grows, so the first figure is sql()'s alon
 - `sql()` over the whole range: wall time (median of 3) and the process's peak RSS growth,
   beside the size of the ticks it read;
 - the database's part pulled alone, two ways side by side: ADBC's binary COPY into a DuckDB
-  table (what history.py does) and psycopg's binary COPY decoded in Python into Arrow;
+  table (what tickvault/history_sql.py does) and psycopg's binary COPY decoded in Python into Arrow;
 - the archive check alone: each archived day's manifest and Parquet footers.
 """
 
@@ -30,11 +30,12 @@ from adbc_driver_postgresql import dbapi as adbc
 from bench.common import RESULTS_DIR, db_server, machine
 from core.ist import day_bounds, ist_today
 from store.archive import SCHEMA, archive_day, ticks_dropped_before
+from store.archive_location import archive_location
 from store.bars import refresh_bars
 from store.editions import Edition
 from store.retention import apply_retention
 from store.tick_row import TICK_COLUMNS, TICK_PG_TYPES
-from tickvault import history
+from tickvault import history_sql
 
 _COLUMNS = ", ".join(TICK_COLUMNS)
 
@@ -114,7 +115,7 @@ def _adbc_pull(url: str, start, end) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.history", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench.notebook_sql", description=__doc__)
     parser.add_argument("--days", type=int, default=6, help="days of ticks, half archived")
     parser.add_argument("--per-day", type=int, default=300_000, help="ticks a day")
     parser.add_argument("--instruments", type=int, default=50)
@@ -140,16 +141,17 @@ def main() -> None:
         query = "SELECT count(*) AS n, sum(ltp) AS s FROM ticks"
 
         rss_before = _rss_mib()
-        answer = history.sql(query, start, end)
+        answer = history_sql.sql(query, start, end)
         rss_growth = _rss_mib() - rss_before
         total = int(answer["n"].iloc[0])
-        sql_s = _timed(lambda: history.sql(query, start, end))
+        sql_s = _timed(lambda: history_sql.sql(query, start, end))
         assert cutoff is not None
         live = _adbc_pull(url, cutoff, end)
         adbc_s = _timed(lambda: _adbc_pull(url, cutoff, end))
         psycopg_s = _timed(lambda: _psycopg_pull(url, cutoff, end), repeat=1)
         with psycopg.connect(url) as conn:
-            check_s = _timed(lambda: history._archived_files(conn, archive, start, cutoff))
+            location = archive_location(archive)
+            check_s = _timed(lambda: history_sql._archived_files(conn, location, start, cutoff))
         parquet_mib = sum(p.stat().st_size for p in archive.rglob("*.parquet")) / 2**20
 
     result = {
@@ -167,7 +169,7 @@ def main() -> None:
         "archive_check_ms_per_day": round(1000 * check_s / (args.days // 2), 2),
     }
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / "history.json").write_text(json.dumps(result, indent=1))
+    (RESULTS_DIR / "notebook_sql.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
 
 

@@ -70,8 +70,8 @@ from store.archive_location import ArchiveLocation, archive_location
 from store.instruments import keys_of, resolve_symbols, trading_symbols
 from store.local.url import database_url
 from store.tick_row import TICK_COLUMNS
+from tickvault.arrow_frames import Moment, ist_moment
 from tickvault.checkout import checkout_settings
-from tickvault.frames import Moment, ist_moment
 
 Output = Literal["pandas", "arrow", "polars"]
 
