@@ -1,0 +1,230 @@
+"""The live page at /app/ and the API's /docs, as a person sees them: Debian's chromium,
+driven by Playwright, against the API and an ingest on the simulator (tests/test_api.py's
+`live_api`), with every request that would leave the machine refused (the page must work
+offline).
+
+A page that throws, logs an error, loads something that fails or reaches off the machine fails
+here, whichever test it is in. Screenshots (dark and light) go to build/screenshots/.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, Route, sync_playwright
+
+from store.bars import BAR_INTERVALS
+from tests.conftest import REPO, DbServer
+from tests.test_api import API_KEY, client, live_api
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+SCREENSHOTS = REPO / "build" / "screenshots"
+STREAM_MARK = "/api/v1/stream/sse"  # the stream's HTTP twin: where it is, the page pushes
+
+
+@dataclass
+class Watch:
+    """Everything that went wrong in a page: its console errors, uncaught exceptions, failed
+    or refused requests and answers of 400 and above."""
+
+    problems: list[str] = field(default_factory=list)
+
+    def only_this_machine(self, route: Route) -> None:
+        if urlsplit(route.request.url).hostname == "127.0.0.1":
+            route.continue_()
+        else:
+            self.problems.append(f"reached off the machine: {route.request.url}")
+            route.abort()
+
+
+@pytest.fixture(scope="module")
+def site(apache_server: DbServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with live_api(apache_server, tmp_path_factory.mktemp("page")) as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def api(site: str) -> Iterator[httpx.Client]:
+    with client(site) as http:
+        yield http
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if CHROMIUM is None:
+        pytest.skip("no chromium binary on PATH (`make test` installs Debian's chromium)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM)
+        yield browser
+        browser.close()
+
+
+@contextmanager
+def opened(browser: Browser, url: str, color_scheme: str = "dark") -> Iterator[Page]:
+    """`url` in a fresh browser context; fails the test on any problem the page had."""
+    context = browser.new_context(
+        viewport={"width": 1280, "height": 720}, color_scheme=color_scheme
+    )
+    watch = Watch()
+    context.route("**/*", watch.only_this_machine)
+    page = context.new_page()
+    page.on("console", lambda m: m.type == "error" and watch.problems.append(f"console: {m.text}"))
+    page.on("pageerror", lambda error: watch.problems.append(f"uncaught: {error}"))
+    page.on("requestfailed", lambda r: watch.problems.append(f"failed: {r.url} {r.failure}"))
+    page.on("response", lambda r: r.status >= 400 and watch.problems.append(f"{r.status} {r.url}"))
+    try:
+        page.goto(url)
+        yield page
+        assert watch.problems == []
+    finally:
+        context.close()
+
+
+def the_page(site: str) -> str:
+    # The key goes to the stream, which asks for it when TICKVAULT_API_KEY is set (live_api's is).
+    return f"{site}/app/?api_key={API_KEY}"
+
+
+def pushes(api: httpx.Client) -> bool:
+    return STREAM_MARK in api.get("/openapi.json").json()["paths"]
+
+
+def candles_shown(page: Page, symbol: str) -> None:
+    page.wait_for_function(
+        "s => tickvault.chart && tickvault.chart.symbol === s && tickvault.chart.last !== null",
+        arg=symbol,
+    )
+
+
+def test_the_page_shows_the_feed_and_the_latest_ticks_updating_in_place(
+    site: str, api: httpx.Client, browser: Browser
+) -> None:
+    subscribed = len(api.get("/api/v1/websocket/subscriptions").json())
+    with opened(browser, the_page(site)) as page:
+        page.wait_for_function(
+            "n => document.querySelectorAll('#ticks tbody tr').length >= n", arg=subscribed
+        )
+        assert "connected" in page.locator("#feed").inner_text()
+        assert (
+            page.locator("#subscriptions").inner_text() == f"{subscribed}/{subscribed} subscribed"
+        )
+        push = pushes(api)
+        assert page.locator("#live-mode").inner_text() == (
+            "live: push" if push else "live: polling 1 s"
+        )
+
+        infy = page.locator("#ticks tr[data-symbol='INFY']")
+        before = infy.inner_text()
+        infy.evaluate("row => { window.infyRow = row; }")
+        page.wait_for_function(
+            "was => document.querySelector(\"#ticks tr[data-symbol='INFY']\").innerText !== was",
+            arg=before,
+            timeout=1000 if push else 2000,
+        )
+        # In place: the same row, no second one.
+        assert infy.evaluate("row => row === window.infyRow")
+        assert page.locator("#ticks tbody tr").count() == subscribed
+
+
+def test_the_chart_shows_candles_and_a_switch_loads_the_history_the_bars_route_gives(
+    site: str, api: httpx.Client, browser: Browser
+) -> None:
+    with opened(browser, the_page(site)) as page:
+        candles_shown(page, "NIFTY")
+        buttons = page.locator("#intervals button")
+        assert [buttons.nth(i).get_attribute("value") for i in range(buttons.count())] == list(
+            BAR_INTERVALS
+        ), "the page offers the bars route's intervals, no more, no fewer"
+
+        page.locator("#symbol").fill("TCS")
+        page.locator("#symbol").press("Enter")
+        candles_shown(page, "TCS")
+        assert page.evaluate("location.hash") == "#TCS/1m"
+        assert_last_candle_is_the_routes(page, api, "TCS", "1m")
+
+        page.locator("#intervals button[value='15m']").click()
+        page.wait_for_function("tickvault.chart.interval.name === '15m'")
+        candles_shown(page, "TCS")
+        assert_last_candle_is_the_routes(page, api, "TCS", "15m")
+        assert page.locator("#chart canvas").count() > 0
+
+
+def assert_last_candle_is_the_routes(
+    page: Page, api: httpx.Client, symbol: str, interval: str
+) -> None:
+    """The newest candle drawn is the newest bar the route gives: the same bucket and open (its
+    high, low and close go on moving with the market), and as many candles as bars; a minute
+    that turns between the two reads is read again."""
+    deadline = time.monotonic() + 5
+    while True:
+        drawn = page.evaluate(
+            "({last: tickvault.chart.last, count: tickvault.chart.candles.data().length})"
+        )
+        bars = api.get(f"/api/v1/bars/{symbol}", params={"interval": interval}).json()["bars"]
+        last = bars[-1]
+        bucket = last["bucket"].replace("Z", "+00:00")
+        drawn_bucket = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(drawn["last"]["time"]))
+        if drawn_bucket == bucket or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert drawn_bucket == bucket
+    assert drawn["last"]["open"] == last["open"]
+    assert drawn["count"] == len(bars)
+
+
+@pytest.mark.parametrize("scheme", ["dark", "light"])
+def test_the_page_follows_the_system_theme_and_its_toggle(
+    site: str, browser: Browser, scheme: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = {"dark": "light", "light": "dark"}[scheme]
+    with opened(browser, the_page(site), color_scheme=scheme) as page:
+        candles_shown(page, "NIFTY")
+        page.wait_for_function("document.querySelectorAll('#ticks tbody tr').length > 0")
+        assert page.evaluate("document.documentElement.dataset.theme") == scheme
+        background = page.evaluate("getComputedStyle(document.body).backgroundColor")
+        dark_background = background == "rgb(13, 17, 23)"
+        assert dark_background == (scheme == "dark"), background
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        shot = SCREENSHOTS / f"page-{scheme}.png"
+        page.screenshot(path=shot)
+        with capsys.disabled():
+            print(f"\nscreenshot of the page ({scheme}): {shot}")
+
+        page.locator("#theme").click()
+        assert page.evaluate("document.documentElement.dataset.theme") == other
+        page.reload()
+        candles_shown(page, "NIFTY")
+        assert page.evaluate("document.documentElement.dataset.theme") == other, "kept"
+
+
+def test_docs_render_every_operation_offline(
+    site: str, api: httpx.Client, browser: Browser
+) -> None:
+    """Swagger UI from the fastapi-offline package: with nothing reachable off the machine, the
+    page still draws a block for each operation of the OpenAPI document."""
+    operations = sum(len(path) for path in api.get("/openapi.json").json()["paths"].values())
+    with opened(browser, f"{site}/docs") as page:
+        page.wait_for_selector(".opblock")
+        assert page.locator(".opblock").count() == operations > 0
+
+
+def test_the_root_sends_a_browser_to_the_page(site: str, api: httpx.Client) -> None:
+    answer = api.get("/")
+    assert answer.status_code == 307
+    assert answer.headers["location"] == "/app/"
+    page = api.get("/app/")
+    assert page.status_code == 200
+    assert '<script type="module" src="app.js">' in page.text
+
+
+def test_the_chart_library_is_served_from_the_api(api: httpx.Client) -> None:
+    answer = api.get("/app/vendor/lightweight-charts.standalone.production.mjs")
+    assert answer.status_code == 200, "run `make setup`: npm installs the page's chart library"
+    assert "createChart" in answer.text
