@@ -9,16 +9,17 @@ here, whichever test it is in. Screenshots (dark and light) go to build/screensh
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, Route, sync_playwright
+from playwright.sync_api import Browser, Page, Route, WebSocketRoute, sync_playwright
 
 from store.bars import BAR_INTERVALS
 from tests.conftest import REPO, DbServer
@@ -67,19 +68,27 @@ def browser() -> Iterator[Browser]:
 
 
 @contextmanager
-def opened(browser: Browser, url: str, color_scheme: str = "dark") -> Iterator[Page]:
-    """`url` in a fresh browser context; fails the test on any problem the page had."""
+def opened(
+    browser: Browser,
+    url: str,
+    color_scheme: str = "dark",
+    before: Callable[[Page], None] = lambda page: None,
+) -> Iterator[Page]:
+    """`url` in a fresh browser context (`before` prepares its page); fails the test on any
+    problem the page had."""
     context = browser.new_context(
         viewport={"width": 1280, "height": 720}, color_scheme=color_scheme
     )
     watch = Watch()
     context.route("**/*", watch.only_this_machine)
     page = context.new_page()
+    page.set_default_timeout(10_000)
     page.on("console", lambda m: m.type == "error" and watch.problems.append(f"console: {m.text}"))
     page.on("pageerror", lambda error: watch.problems.append(f"uncaught: {error}"))
     page.on("requestfailed", lambda r: watch.problems.append(f"failed: {r.url} {r.failure}"))
     page.on("response", lambda r: r.status >= 400 and watch.problems.append(f"{r.status} {r.url}"))
     try:
+        before(page)
         page.goto(url)
         yield page
         assert watch.problems == []
@@ -177,6 +186,151 @@ def assert_last_candle_is_the_routes(
     assert drawn_bucket == bucket
     assert drawn["last"]["open"] == last["open"]
     assert drawn["count"] == len(bars)
+
+
+class ProtocolServer:
+    """The stream's side of docs/api.md's protocol, played by the test inside the browser
+    (Playwright routes the page's sockets here), so that the page's push layer is held to the
+    protocol whether or not this API has the stream yet: every socket the page opens, and
+    what it sent."""
+
+    def __init__(self, page: Page, api: httpx.Client) -> None:
+        self.sockets: list[WebSocketRoute] = []
+        self.sent: list[list[dict[str, object]]] = []
+        page.route("**/openapi.json", lambda route: self.with_stream(route, api))
+        page.route_web_socket("**/api/v1/stream*", self.accept)
+
+    @staticmethod
+    def with_stream(route: Route, api: httpx.Client) -> None:
+        document = api.get("/openapi.json").json()
+        document["paths"].setdefault(STREAM_MARK, {})
+        route.fulfill(json=document)
+
+    def accept(self, socket: WebSocketRoute) -> None:
+        received: list[dict[str, object]] = []
+        self.sockets.append(socket)
+        self.sent.append(received)
+        socket.on_message(lambda text: received.append(json.loads(text)))
+
+    def subscriber(self, page: Page, symbols: object, after: int = 0) -> WebSocketRoute:
+        """The socket (the `after`th opened or a later one) whose first message subscribed
+        `symbols`, within 5 seconds."""
+        for _ in range(50):
+            for socket, messages in zip(self.sockets[after:], self.sent[after:], strict=True):
+                if messages and messages[0].get("symbols") == symbols:
+                    return socket
+            page.wait_for_timeout(100)
+        raise AssertionError(f"no subscribe of {symbols}: {self.sent}")
+
+
+def test_the_page_speaks_the_stream_protocol(
+    site: str, api: httpx.Client, browser: Browser
+) -> None:
+    server: list[ProtocolServer] = []
+    with opened(
+        browser, the_page(site), before=lambda page: server.append(ProtocolServer(page, api))
+    ) as page:
+        [stream] = server
+        table = stream.subscriber(page, "universe")
+        chart = stream.subscriber(page, ["NIFTY"])
+        assert f"api_key={API_KEY}" in table.url
+        assert stream.sent[stream.sockets.index(table)][0] == {
+            "action": "subscribe",
+            "symbols": "universe",
+            "ticks_ms": 500,
+            "bars": False,
+        }
+        assert stream.sent[stream.sockets.index(chart)][0]["bars"] is True
+        page.wait_for_function("document.querySelector('#live-mode').innerText === 'live: push'")
+
+        now = time.time()
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
+        minute = time.strftime("%Y-%m-%dT%H:%M:00Z", time.gmtime(now))
+        tick = {"symbol": "INFY", "ts": stamp, "ltp": 1234.5, "cp": 1200.0, "vtt": 10}
+        table.send(json.dumps({"type": "snapshot", "ticks": [tick], "bars": []}))
+        page.wait_for_function(
+            "document.querySelector(\"#ticks tr[data-symbol='INFY'] td:nth-child(2)\")"
+            "?.innerText === '1,234.50'"
+        )
+        table.send(json.dumps({**tick, "type": "tick", "ltp": 1240.0}))
+        page.wait_for_function(
+            "document.querySelector(\"#ticks tr[data-symbol='INFY'] td:nth-child(2)\")"
+            ".innerText === '1,240.00'"
+        )
+        table.send(
+            json.dumps({"type": "heartbeat", "ts": stamp, "market": "closed", "feed": "connected"})
+        )
+        page.wait_for_function("document.querySelector('#market').innerText === 'market closed'")
+
+        bar = {
+            "type": "bar",
+            "symbol": "NIFTY",
+            "interval": "1m",
+            "bucket": minute,
+            "open": 1.0,
+            "high": 3.0,
+            "low": 0.5,
+            "close": 2.0,
+            "volume": 7,
+            "tick_count": 3,
+            "final": False,
+        }
+        chart.send(json.dumps(bar))
+        page.wait_for_function("tickvault.chart.last && tickvault.chart.last.close === 2")
+        assert page.evaluate("tickvault.chart.last") == {
+            "time": int(now // 60 * 60),
+            "open": 1,
+            "high": 3,
+            "low": 0.5,
+            "close": 2,
+            "volume": 7,
+        }
+
+        # Fell behind: the page subscribes again at once, on a new socket.
+        before = len(stream.sockets)
+        table.close(code=4000, reason="queue full")
+        assert stream.subscriber(page, "universe", after=before) is not table
+
+        # Another symbol in 1h: the chart's socket moves, and 1m bars fold into hourly candles.
+        page.locator("#symbol").fill("TCS")
+        page.locator("#symbol").press("Enter")
+        page.locator("#intervals button[value='1h']").click()
+        page.wait_for_function(
+            "tickvault.chart.symbol === 'TCS' && tickvault.chart.interval.name === '1h'"
+        )
+        moves = stream.sent[stream.sockets.index(chart)][-2:]
+        assert moves == [
+            {"action": "unsubscribe", "symbols": ["NIFTY"]},
+            {"action": "subscribe", "symbols": ["TCS"], "ticks_ms": 250, "bars": True},
+        ]
+        # The next hour of the session grid (09:15-10:15 IST, ...: from 03:45 UTC).
+        bucket = int(now - (now - (3 * 3600 + 45 * 60)) % 3600 + 3600)
+        for offset, values in (
+            (60, (10, 12, 9, 11, 5)),
+            (0, (8, 9, 7, 10, 4)),
+            (60, (10, 14, 9, 13, 6)),
+        ):
+            chart.send(json.dumps(one_minute("TCS", bucket + offset, *values)))
+        expected = {"time": bucket, "open": 8, "high": 14, "low": 7, "close": 13, "volume": 10}
+        page.wait_for_function(
+            "c => JSON.stringify(tickvault.chart.last) === c",
+            arg=json.dumps(expected, separators=(",", ":")),
+        )
+
+
+def one_minute(symbol: str, minute: float, *values: float) -> dict[str, object]:
+    """A bar message of the stream: `values` are open, high, low, close and volume."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(minute))
+    ohlcv = dict(zip(("open", "high", "low", "close", "volume"), values, strict=True))
+    return {
+        "type": "bar",
+        "symbol": symbol,
+        "interval": "1m",
+        "bucket": stamp,
+        **ohlcv,
+        "tick_count": 1,
+        "final": False,
+    }
 
 
 @pytest.mark.parametrize("scheme", ["dark", "light"])

@@ -48,7 +48,10 @@ prefersDark.addEventListener("change", applyTheme);
 
 // --- formatting -----------------------------------------------------------------------------
 
-const price = new Intl.NumberFormat("en-IN", { minimumFractionDigits: 2, maximumFractionDigits: 2 });
+const price = new Intl.NumberFormat("en-IN", {
+  minimumFractionDigits: 2,
+  maximumFractionDigits: 2,
+});
 const count = new Intl.NumberFormat("en-IN");
 const clock = new Intl.DateTimeFormat("en-GB", {
   timeZone: "Asia/Kolkata",
@@ -57,7 +60,8 @@ const clock = new Intl.DateTimeFormat("en-GB", {
   second: "2-digit",
   hour12: false,
 });
-const number = (value, format) => (value === null || value === undefined ? "" : format.format(value));
+const number = (value, format) =>
+  value === null || value === undefined ? "" : format.format(value);
 const change = (tick) => (tick.cp ? ((tick.ltp - tick.cp) / tick.cp) * 100 : null);
 
 function pill(element, text, state) {
@@ -126,7 +130,8 @@ $("#filter").addEventListener("input", () => rows.forEach(filterRow));
 async function getJson(path) {
   const answer = await fetch(path);
   const body = await answer.json();
-  if (!answer.ok) throw new Error(typeof body.detail === "string" ? body.detail : `${answer.status}`);
+  if (!answer.ok)
+    throw new Error(typeof body.detail === "string" ? body.detail : `${answer.status}`);
   return body;
 }
 
@@ -138,7 +143,9 @@ async function refreshStatus() {
     const segments = Object.entries(status.pipeline.market_status || {});
     const open = segments.filter(([, value]) => value.includes("OPEN") && !value.includes("CLOSE"));
     const title = segments.map(([segment, value]) => `${segment}: ${value}`).join("\n");
-    pill($("#market"), `market ${open.length ? "open" : "closed"}`, open.length ? "ok" : "idle");
+    if (Date.now() - lastHeartbeat > HEARTBEAT_OWNS_MS) {
+      pill($("#market"), `market ${open.length ? "open" : "closed"}`, open.length ? "ok" : "idle");
+    }
     $("#market").title = title || "no session status from the feed yet";
     const subs = status.subscriptions;
     $("#subscriptions").textContent =
@@ -164,7 +171,13 @@ async function refreshSubscriptions() {
   }
 }
 
+// While the stream's heartbeats arrive (every 5 s) they say whether the market is open; the
+// status's segments say it otherwise.
+const HEARTBEAT_OWNS_MS = 12000;
+let lastHeartbeat = -Infinity;
+
 function showHeartbeat(message) {
+  lastHeartbeat = Date.now();
   pill($("#market"), `market ${message.market}`, message.market === "open" ? "ok" : "idle");
   if (message.feed !== "connected") pill($("#feed"), `feed ${message.feed}`, "bad");
 }
@@ -230,9 +243,23 @@ function liveMode(channel) {
   return (mode, detail) => {
     modes[channel] = { mode, detail };
     const all = Object.values(modes);
-    const shown = all.find((each) => each.mode === "polling") || all.find((each) => each.mode === "connecting") || all[0];
-    pill($("#live-mode"), shown.mode === "push" ? "live: push" : shown.mode === "polling" ? "live: polling 1 s" : "connecting …", shown.mode === "push" ? "ok" : "idle");
-    $("#live-mode").title = all.map((each) => each.detail).filter(Boolean).join("\n");
+    const shown =
+      all.find((each) => each.mode === "polling") ||
+      all.find((each) => each.mode === "connecting") ||
+      all[0];
+    pill(
+      $("#live-mode"),
+      shown.mode === "push"
+        ? "live: push"
+        : shown.mode === "polling"
+          ? "live: polling 1 s"
+          : "connecting …",
+      shown.mode === "push" ? "ok" : "idle",
+    );
+    $("#live-mode").title = all
+      .map((each) => each.detail)
+      .filter(Boolean)
+      .join("\n");
   };
 }
 
@@ -294,7 +321,10 @@ async function start() {
   chartFeed.symbols = [selected.symbol];
   tableFeed.start();
   chartFeed.start();
-  setInterval(() => chart && modes.chart?.mode === "polling" && chart.refreshTail().catch(() => {}), TAIL_MS);
+  setInterval(
+    () => chart && modes.chart?.mode === "polling" && chart.refreshTail().catch(() => {}),
+    TAIL_MS,
+  );
   load();
 }
 

@@ -47,10 +47,12 @@ function fold(minutes) {
 }
 
 async function readBars(symbol, interval, start) {
-  const query = `interval=${interval}&start=${encodeURIComponent(new Date(start * 1000).toISOString())}`;
+  const from = new Date(start * 1000).toISOString();
+  const query = `interval=${interval}&start=${encodeURIComponent(from)}`;
   const answer = await fetch(`/api/v1/bars/${encodeURIComponent(symbol)}?${query}`);
   const body = await answer.json();
-  if (!answer.ok) throw new Error(typeof body.detail === "string" ? body.detail : answer.statusText);
+  if (!answer.ok)
+    throw new Error(typeof body.detail === "string" ? body.detail : answer.statusText);
   return body.bars;
 }
 
@@ -96,7 +98,11 @@ export class CandleChart {
     this.volumes.setData(
       this.volumes.data().map(({ time, value }) => {
         const candle = candles.get(time);
-        return { time, value, color: candle.close >= candle.open ? colors.upSoft : colors.downSoft };
+        return {
+          time,
+          value,
+          color: candle.close >= candle.open ? colors.upSoft : colors.downSoft,
+        };
       }),
     );
   }
@@ -110,10 +116,13 @@ export class CandleChart {
     if (load !== this.loading) return null;
     this.symbol = symbol;
     this.interval = interval;
+    this.minutes = new Map();
     const candles = bars.map((bar) => this.candleOf(seconds(bar.bucket), bar));
     this.candles.setData(candles.map((candle) => this.shown(candle)));
     this.volumes.setData(candles.map((candle) => this.volumeOf(candle)));
-    this.chart.timeScale().applyOptions({ timeVisible: interval.name !== "1d", secondsVisible: false });
+    this.chart
+      .timeScale()
+      .applyOptions({ timeVisible: interval.name !== "1d", secondsVisible: false });
     this.chart.timeScale().fitContent();
     this.last = candles.length ? candles[candles.length - 1] : null;
     await this.seedMinutes(load);
@@ -121,13 +130,18 @@ export class CandleChart {
     return candles.length;
   }
 
-  /** The stored 1-minute bars of the newest candle, so that live minutes add to it exactly. */
+  /** The stored 1-minute bars of the newest candle, so that live minutes add to it exactly;
+   * the live ones that came while they were read stay on top of them. */
   async seedMinutes(load) {
-    this.minutes = new Map();
     if (this.interval.seconds === MINUTE || this.last === null) return;
     const bars = await readBars(this.symbol, "1m", this.last.time);
     if (load !== this.loading) return;
+    const live = this.minutes;
+    this.minutes = new Map();
     for (const bar of bars) this.addMinute(seconds(bar.bucket), bar);
+    for (const minutes of live.values()) {
+      for (const [minute, bar] of minutes) this.draw(this.addMinute(minute, bar));
+    }
   }
 
   addMinute(minute, bar) {
@@ -146,9 +160,9 @@ export class CandleChart {
   applyBar(bar) {
     if (bar.symbol !== this.symbol || (bar.interval && bar.interval !== "1m")) return;
     const minute = seconds(bar.bucket);
-    const candle =
-      this.interval.seconds === MINUTE ? this.candleOf(minute, bar) : this.addMinute(minute, bar);
-    if (candle) this.draw(candle);
+    this.draw(
+      this.interval.seconds === MINUTE ? this.candleOf(minute, bar) : this.addMinute(minute, bar),
+    );
   }
 
   /** A tick's price while no bars are pushed: the forming candle follows it (volume does not). */
@@ -160,7 +174,12 @@ export class CandleChart {
     const price = tick.ltp;
     this.draw(
       last && bucket === last.time
-        ? { ...last, high: Math.max(last.high, price), low: Math.min(last.low, price), close: price }
+        ? {
+            ...last,
+            high: Math.max(last.high, price),
+            low: Math.min(last.low, price),
+            close: price,
+          }
         : { time: bucket, open: price, high: price, low: price, close: price, volume: 0 },
     );
   }
@@ -169,17 +188,30 @@ export class CandleChart {
   async refreshTail() {
     if (this.last === null) return;
     const load = this.loading;
-    const bars = await readBars(this.symbol, this.interval.name, this.last.time - this.interval.seconds);
+    const bars = await readBars(
+      this.symbol,
+      this.interval.name,
+      this.last.time - this.interval.seconds,
+    );
     if (load !== this.loading) return;
     for (const bar of bars) this.draw(this.candleOf(seconds(bar.bucket), bar));
+    this.minutes = new Map(); // no bars are pushed while polling: only stored minutes count
     await this.seedMinutes(load);
   }
 
   candleOf(time, bar) {
-    return { time, open: bar.open, high: bar.high, low: bar.low, close: bar.close, volume: bar.volume || 0 };
+    return {
+      time,
+      open: bar.open,
+      high: bar.high,
+      low: bar.low,
+      close: bar.close,
+      volume: bar.volume || 0,
+    };
   }
 
   draw(candle) {
+    if (candle === null) return;
     const historical = this.last !== null && candle.time < this.last.time;
     this.candles.update(this.shown(candle), historical);
     this.volumes.update(this.volumeOf(candle), historical);

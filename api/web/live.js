@@ -37,7 +37,9 @@ function closeReason(event) {
     1013: "the stream is full on this worker",
     4000: "this page fell behind the stream",
   };
-  return known[event.code] || `stream closed (${event.code}${event.reason ? ": " + event.reason : ""})`;
+  return (
+    known[event.code] || `stream closed (${event.code}${event.reason ? ": " + event.reason : ""})`
+  );
 }
 
 /**
@@ -138,7 +140,12 @@ export class LiveFeed {
   }
 
   subscribe() {
-    this.send({ action: "subscribe", symbols: this.symbols, ticks_ms: this.ticksMs, bars: this.bars });
+    this.send({
+      action: "subscribe",
+      symbols: this.symbols,
+      ticks_ms: this.ticksMs,
+      bars: this.bars,
+    });
   }
 
   send(message) {
