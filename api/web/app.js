@@ -186,7 +186,7 @@ function showHeartbeat(message) {
 
 let chart = null;
 let chartModule = null;
-const selected = { symbol: null, interval: "1m" };
+const selected = { symbol: null, interval: null };
 
 function note(text) {
   $("#chart-note").textContent = text;
@@ -204,32 +204,36 @@ function showCandle(candle) {
   if (candle) $("#chart").dataset.lastBucket = new Date(candle.time * 1000).toISOString();
 }
 
-async function load() {
-  const { symbol, interval } = selected;
-  history.replaceState(null, "", `${location.search}#${encodeURIComponent(symbol)}/${interval}`);
-  $("#symbol").value = symbol;
-  for (const button of document.querySelectorAll("#intervals button")) {
-    button.setAttribute("aria-pressed", String(button.value === interval));
+/** The chart of `symbol` in `interval`, and the live channel moved to it; false, with the
+ * chart left as it was and the reason shown, when the bars route refuses (an unknown symbol). */
+async function load(symbol, interval) {
+  if (chart) {
+    note("loading …");
+    try {
+      const candles = await chart.show(symbol, interval);
+      if (candles === null) return false; // a later pick overtook this one
+      note(candles ? "" : `no ${interval} bars of ${symbol} yet`);
+    } catch (error) {
+      note(`${symbol}: ${error.message}`);
+      return false;
+    }
   }
-  if (!chart) return;
-  note("loading …");
-  try {
-    const candles = await chart.show(symbol, interval);
-    if (candles !== null) note(candles ? "" : `no ${interval} bars of ${symbol} yet`);
-  } catch (error) {
-    note(error.message);
-  }
-}
-
-function pick(symbol, interval = selected.interval) {
-  const changed = symbol !== selected.symbol;
-  selected.symbol = symbol;
-  selected.interval = interval;
-  if (changed) {
+  if (symbol !== selected.symbol) {
     $("#last").textContent = "";
     chartFeed.setSymbols([symbol]);
   }
-  load();
+  selected.symbol = symbol;
+  selected.interval = interval;
+  $("#symbol").value = symbol;
+  history.replaceState(null, "", `${location.search}#${encodeURIComponent(symbol)}/${interval}`);
+  for (const button of document.querySelectorAll("#intervals button")) {
+    button.setAttribute("aria-pressed", String(button.value === interval));
+  }
+  return true;
+}
+
+async function pick(symbol, interval = selected.interval) {
+  if (!(await load(symbol, interval))) $("#symbol").value = selected.symbol || "";
 }
 
 $("#symbol").addEventListener("change", (event) => {
@@ -316,16 +320,15 @@ async function start() {
   setInterval(refreshSubscriptions, SUBSCRIPTIONS_MS);
   const known = [...document.querySelectorAll("#symbols option")].map((option) => option.value);
   // The index first: what a trader looks at before any one stock.
-  selected.symbol = symbol || (known.includes("NIFTY") || !known.length ? "NIFTY" : known[0]);
-  selected.interval = names.includes(interval) ? interval : "1m";
-  chartFeed.symbols = [selected.symbol];
+  const first = known.includes("NIFTY") || !known.length ? "NIFTY" : known[0];
+  const chosen = names.includes(interval) ? interval : "1m";
+  if (!(symbol && (await load(symbol, chosen)))) await load(first, chosen);
   tableFeed.start();
   chartFeed.start();
   setInterval(
     () => chart && modes.chart?.mode === "polling" && chart.refreshTail().catch(() => {}),
     TAIL_MS,
   );
-  load();
 }
 
 // For the console and the browser tests: what the page holds.

@@ -140,6 +140,7 @@ export class LiveFeed {
   }
 
   subscribe() {
+    if (this.symbols.length === 0) return; // nothing to follow yet
     this.send({
       action: "subscribe",
       symbols: this.symbols,
@@ -186,6 +187,7 @@ export class LiveFeed {
   }
 
   async pollOnce() {
+    if (this.symbols.length === 0) return;
     const query = Array.isArray(this.symbols)
       ? `?symbols=${encodeURIComponent(this.symbols.join(","))}`
       : ""; // the universe: every instrument with a tick
