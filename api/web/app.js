@@ -199,11 +199,6 @@ function showLast(tick) {
   $("#last").dataset.sign = pct === null ? "" : pct >= 0 ? "up" : "down";
 }
 
-function showCandle(candle) {
-  $("#chart").dataset.candles = chart.candles.data().length;
-  if (candle) $("#chart").dataset.lastBucket = new Date(candle.time * 1000).toISOString();
-}
-
 /** The chart of `symbol` in `interval`, and the live channel moved to it; false, with the
  * chart left as it was and the reason shown, when the bars route refuses (an unknown symbol). */
 async function load(symbol, interval) {
@@ -299,7 +294,6 @@ async function start() {
   try {
     chartModule = await import("./chart.js");
     chart = new chartModule.CandleChart($("#chart"), colors());
-    chart.onCandle = showCandle;
   } catch {
     note("the chart library is missing: run `make setup` (npm installs it), then reload");
   }

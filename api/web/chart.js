@@ -73,7 +73,6 @@ export class CandleChart {
     this.last = null; // the newest candle drawn, {time, open, high, low, close, volume}
     this.minutes = new Map(); // bucket -> (minute -> 1m bar), the newest two buckets only
     this.loading = 0; // a load's number: the answer of an older one is dropped
-    this.onCandle = () => {};
     this.setColors(colors);
   }
 
@@ -126,7 +125,6 @@ export class CandleChart {
     this.chart.timeScale().fitContent();
     this.last = candles.length ? candles[candles.length - 1] : null;
     await this.seedMinutes(load);
-    this.onCandle(this.last);
     return candles.length;
   }
 
@@ -215,10 +213,7 @@ export class CandleChart {
     const historical = this.last !== null && candle.time < this.last.time;
     this.candles.update(this.shown(candle), historical);
     this.volumes.update(this.volumeOf(candle), historical);
-    if (!historical) {
-      this.last = candle;
-      this.onCandle(candle);
-    }
+    if (!historical) this.last = candle;
   }
 
   shown(candle) {
