@@ -26,11 +26,11 @@ RUN pip install --require-hashes --only-binary=:all: --no-deps -r requirements.l
 
 # tickvault itself, built where a C compiler is: the compiled frame decoder
 # (ingest/upstox/_fastdecode.pyx) and COPY encoder (store/_copyrows.pyx) need gcc at build
-# time only, so the image that runs does not carry it. Installed under /opt/tickvault, which
-# the app stage copies whole.
+# time only, so the image that runs does not carry it; npm likewise fetches the page's chart
+# library here. Installed under /opt/tickvault, which the app stage copies whole.
 FROM base AS build
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && apt-get install -y --no-install-recommends gcc libc6-dev npm \
     && rm -rf /var/lib/apt/lists/*
 COPY pyproject.toml setup.py README.md ./
 COPY core core
@@ -39,6 +39,9 @@ COPY store store
 COPY api api
 COPY tickvault tickvault
 COPY sql sql
+# The page's chart library from its lock (exact versions, each file checked against its hash),
+# as `make setup` installs it: into api/vendor/node_modules, which the install below packages.
+RUN npm ci --prefix api/vendor --ignore-scripts --no-audit --no-fund --loglevel=error
 # A regular install: sql/ goes into site-packages as the package store.sql.
 # --no-deps: everything it needs came
 # from the lock; --no-build-isolation: built with the locked setuptools and Cython, not

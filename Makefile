@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: setup run notebook test lint proto lock bench clean-data
+.PHONY: setup run notebook test lint proto lock bench clean-data chromium
 
 # setup.py builds the compiled decoder and COPY encoder: a change to it or their sources
 # rebuilds the install.
@@ -14,9 +14,30 @@ $(BIN)/tickvault: pyproject.toml setup.py ingest/upstox/_fastdecode.pyx store/_c
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $@
 
-# The Python environment plus the TimescaleDB extension (built from Debian's source once).
-setup: $(BIN)/tickvault
+# The page's chart library (lightweight-charts, pinned with its hash in the lock), where the
+# API serves it from: api/vendor/node_modules, git-ignored. Again only when the lock moves.
+CHART_LIBRARY := api/vendor/node_modules/lightweight-charts/package.json
+$(CHART_LIBRARY): api/vendor/package.json api/vendor/package-lock.json
+	@command -v npm >/dev/null || { echo "make: npm is needed for the page's chart library (Debian: apt-get install npm)"; exit 1; }
+	npm ci --prefix api/vendor --ignore-scripts --no-audit --no-fund --loglevel=error
+	touch $@
+
+# The Python environment, the page's library, and the TimescaleDB extension (built from
+# Debian's source once).
+setup: $(BIN)/tickvault $(CHART_LIBRARY)
 	$(BIN)/tickvault db install
+
+# Debian's chromium for the page's browser tests (tests/test_page.py; Playwright's own browser
+# download is not reachable), once: with apt-get as `tickvault db install` installs its build
+# tools, as root or through sudo -n. Where neither can, it says so and those tests skip.
+chromium:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then as_root=; \
+	  elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then as_root="sudo -n"; \
+	  else echo "make: chromium is missing and apt-get needs root: the browser tests will skip"; exit 0; fi; \
+	  echo "make: installing Debian's chromium for the browser tests"; \
+	  $$as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  $$as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 run: setup
 	$(BIN)/tickvault run
@@ -27,7 +48,7 @@ notebook: setup
 	$(BIN)/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
 # Three workers on two cores: most tests wait on sockets, processes and the database.
-test: setup lint
+test: setup chromium lint
 	$(BIN)/pytest -n 3 --dist worksteal
 
 lint: $(BIN)/tickvault

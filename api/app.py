@@ -22,6 +22,7 @@ from api.latest_fast import LatestTicksShortcut
 from api.limits import BodyLimit
 from api.liveness import DatabaseProbe
 from api.operations import Operations
+from api.page import mount_page
 from api.routes import audit, coverage, feed, history, instruments, market_calendar, ops, token
 from api.symbol_resolver import SymbolResolver
 from core.config import Settings
@@ -72,6 +73,7 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
     )
     for module in (ops, feed, history, instruments, token, market_calendar, audit, coverage):
         app.include_router(module.router)
+    mount_page(app)
     openapi = app.openapi()
     document_budget(openapi)
     operations = Operations(openapi)

@@ -182,6 +182,7 @@ def _favour_the_writer() -> None:
 def _run(settings: Settings, args: argparse.Namespace) -> int:
     """The store, then `tickvault ingest` and `tickvault api` as supervised children
     (tickvault/supervisor.py), on this environment, data directory and database."""
+    from api.page import PAGE_PATH
     from tickvault.supervisor import Supervisor
 
     journal_cmd.check_single_instance(settings)
@@ -191,8 +192,8 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
     already_running = cluster is not None and cluster.is_running()
     url = _prepare_store(settings)
     print(
-        f"tickvault: API on http://{settings.api_host}:{settings.api_port} "
-        f"(docs at /docs), database {masked_password(url)}, feed from "
+        f"tickvault: the market live at http://{settings.api_host}:{settings.api_port}"
+        f"{PAGE_PATH}/ (API docs at /docs), database {masked_password(url)}, feed from "
         f"{_feed_description(settings)}. Ctrl-C stops it cleanly.",
         flush=True,
     )
