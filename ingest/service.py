@@ -31,13 +31,13 @@ from ingest.channels.latest_table import BARS, bars_path, published_path
 from ingest.client import FeedClient
 from ingest.disk import DiskGuard
 from ingest.handlers import TickCallback
-from ingest.minute_bars import MinuteBarHandler
 from ingest.jobs.instrument_refresh import RefreshReport, refresh_instruments
 from ingest.jobs.lifecycle import FeedParts, IngestJobs
 from ingest.jobs.schedule.runner import DailySchedule
 from ingest.journal import Journal, sync_forever
 from ingest.journal_dir import JournalInUse
 from ingest.metrics import IngestMetrics
+from ingest.minute_bars import MinuteBarHandler
 from ingest.pipeline import Pipeline
 from ingest.recovery import JournalMismatch, RecoveryState, check_journal, load_recovery_state
 from ingest.simulator import FeedSimulator

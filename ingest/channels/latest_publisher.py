@@ -96,8 +96,9 @@ def _getter(columns: list[int]) -> Callable[[Tick], tuple[Any, ...]]:
 
 class LatestTickPublisher:
     """The writer: `publish(ticks)` stores each instrument's tick (or, for another `shape`,
-    its row of that shape) in its slot, `publish_status` the IngestStatus. One per data directory (a second one raises PublisherBusy); not
-    thread-safe: call it from one thread, the ingest's event loop.
+    its row of that shape) in its slot, `publish_status` the IngestStatus. One per path (a
+    second one raises PublisherBusy); not thread-safe: call it from one thread, the
+    ingest's event loop.
 
     A key longer than MAX_KEY_BYTES in UTF-8, a key past `capacity` and a tick whose values
     do not fit its columns are counted (in the header, `counters()`), logged once per key,
