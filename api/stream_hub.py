@@ -166,6 +166,8 @@ class StreamHub:
     ) -> None:
         """Follow `keys` (None: every instrument the ingest publishes) from now on, with a
         snapshot of their latest ticks and bars first."""
+        ticks, rows = await asyncio.to_thread(self._snapshot, keys)
+        # From here to the offer, no await: no change is queued before the snapshot.
         client.ticks_s = ticks_ms / 1000
         client.bars = bars
         if keys is None:
@@ -175,7 +177,6 @@ class StreamHub:
             for key in keys:
                 client.keys.add(key)
                 self._followers.setdefault(key, set()).add(client)
-        ticks, rows = await asyncio.to_thread(self._snapshot, keys)
         client.offer(self._snapshot_message(ticks, rows if bars else {}))
 
     def unsubscribe(self, client: StreamClient, keys: list[str]) -> None:

@@ -24,6 +24,12 @@ Layout, in native byte order, every field at an offset aligned to its size:
             8 bytes reserved, then the IngestStatus as JSON. The status generation word says
             which buffer holds the newest: generation n is in buffer n % 2.
 
+Shapes: a table's rows are of one Shape, a text key then 8-byte columns. The latest ticks
+are TICKS (the slots described above); the forming 1-minute bars (`bars.bin`,
+ingest/minute_bars.py) are BARS, in a table of their own with the same header, seqlock and
+crc, and the shape's column signature in `columns_crc`, so a reader of one shape refuses
+the other's file.
+
 Consistency: a seqlock per slot (and per status buffer). The writer makes the sequence odd,
 writes the body and its crc32, then makes it even again; a reader loads the sequence, copies
 the body, loads the sequence again, and uses the copy only when the two loads are equal and
