@@ -8,11 +8,15 @@ connection drains; a client whose queue is full is marked behind and closed by i
 nothing) or the other clients (offering is a put_nowait). No client reads the database: a
 subscribe resolves its symbols once, and the stream is the published tables alone.
 
-Ticks are conflated per client and instrument to one every `ticks_ms`: the newest waits,
-older ones it replaces are dropped. A forming bar is held the same way; a final bar (its
-minute is over) is never held or dropped. A minute is over once the feed has moved past it:
-some instrument's forming bar is in a later minute. Every later change of that bar (a late
-tick) is pushed again as final, so the last bar pushed for a minute is the stored row.
+Conflation: each change is noted with the round that saw it, and a client is sent, at most
+once per its `ticks_ms`, the newest tick and forming bar of each symbol it follows that
+changed since it was last sent anything (those in between are dropped), each serialized once
+for every client. So no two ticks of a symbol reach a client closer than `ticks_ms`, and the
+per-client cost is a dict lookup per symbol per `ticks_ms`, not per change. A final bar (its
+minute is over) is sent at once, never held or dropped. A minute is over once the feed
+has moved past it: some instrument's forming bar is in a later minute. Every later change
+of that bar (a late tick) is pushed again as final, so the last bar pushed for a minute is
+the stored row.
 """
 
 from __future__ import annotations
@@ -24,7 +28,6 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -55,9 +58,9 @@ Message = tuple[str, str]  # (type, the JSON text): a WebSocket frame, or an SSE
 
 
 class StreamClient:
-    """One connection: what it follows, its conflation, and its bounded queue of messages.
-
-    The route drains `queue` and closes the connection once `behind` is set."""
+    """One connection: what it follows, when it was last sent the changes, and its bounded
+    queue of messages. The route drains `queue` and closes the connection once `behind` is
+    set."""
 
     def __init__(self, queue_max: int) -> None:
         self.queue: asyncio.Queue[Message] = asyncio.Queue(queue_max)
@@ -66,8 +69,8 @@ class StreamClient:
         self.universe = False
         self.ticks_s = 0.25
         self.bars = True
-        self._sent: dict[tuple[str, str], float] = {}  # (type, key) -> when one last went out
-        self._held: dict[tuple[str, str], tuple[Message, int]] = {}  # (type, key) -> newest
+        self.sent_round = 0  # the fan-out round whose changes it has been sent
+        self.sent_at = -math.inf  # when (monotonic)
 
     def offer(self, message: Message) -> None:
         """Queue `message`, or mark the client behind (nothing more is queued for it)."""
@@ -77,41 +80,6 @@ class StreamClient:
             self.queue.put_nowait(message)
         except asyncio.QueueFull:
             self.behind.set()
-
-    def offer_conflated(
-        self, kind: str, key: str, message: Message, now: float, tag: int = 0
-    ) -> None:
-        """Send now if the last of this (kind, key) went out ticks_ms ago, else hold it as the
-        newest; `tag` (a bar's bucket) lets a final bar drop the forming one it ends."""
-        slot = (kind, key)
-        if now - self._sent.get(slot, -math.inf) >= self.ticks_s:
-            self._sent[slot] = now
-            self._held.pop(slot, None)
-            self.offer(message)
-        else:
-            self._held[slot] = (message, tag)
-
-    def drop_held(self, kind: str, key: str, tag: int) -> None:
-        held = self._held.get((kind, key))
-        if held is not None and held[1] == tag:
-            del self._held[(kind, key)]
-
-    def release_due(self, now: float) -> None:
-        """Send each held message whose ticks_ms has passed."""
-        if not self._held:
-            return
-        due = [slot for slot in self._held if now - self._sent.get(slot, -math.inf) >= self.ticks_s]
-        for slot in due:
-            message, _ = self._held.pop(slot)
-            self._sent[slot] = now
-            self.offer(message)
-
-    def forget(self, keys: Iterable[str]) -> None:
-        for key in keys:
-            self.keys.discard(key)
-            for kind in ("tick", "bar"):
-                self._held.pop((kind, key), None)
-                self._sent.pop((kind, key), None)
 
 
 class StreamHub:
@@ -135,6 +103,10 @@ class StreamHub:
         self._symbols: dict[str, str] = {}  # key -> trading symbol
         self._seqs: dict[str, list[int]] = {"tick": [], "bar": []}
         self._tokens: dict[str, str | None] = {"tick": None, "bar": None}
+        self._round = 0  # fan-out rounds so far: when each change was seen
+        self._latest: dict[str, tuple[int, Tick]] = {}  # key -> (round, its newest tick)
+        self._forming: dict[str, tuple[int, tuple]] = {}  # key -> (round, its forming bar)
+        self._texts: dict[tuple[str, str], tuple[int, str]] = {}  # (type, key) -> JSON
         self._rows: dict[str, Tick] = {}  # key -> the last published bar row seen
         self._finals: dict[str, dict[int, tuple]] = {}  # key -> bucket -> final bar pushed
         self._minute = 0  # the newest forming bucket of the feed: older minutes are over
@@ -147,6 +119,7 @@ class StreamHub:
         if len(self.clients) >= self.max_clients:
             return None
         client = StreamClient(self.queue_max)
+        client.sent_round = self._round  # what came before is in its snapshot
         self.clients.add(client)
         return client
 
@@ -186,7 +159,7 @@ class StreamHub:
                 followers.discard(client)
                 if not followers:
                     del self._followers[key]
-        client.forget(keys)
+            client.keys.discard(key)
 
     def _snapshot(self, keys: list[str] | None) -> tuple[dict[str, Tick], dict[str, Tick]]:
         with self._read_lock:
@@ -289,20 +262,51 @@ class StreamHub:
             self._symbols[key] = found.get(key) or key
 
     def _fan_out(self, ticks: dict[str, Tick], rows: dict[str, Tick], now: float) -> None:
-        universe = self._universe
-        followers = self._followers
+        """Note this round's changes, push the bars of minutes that closed, and send each
+        client whose ticks_ms has passed since its last message what changed since: one
+        message per symbol and kind at most, the newest, serialized once for all clients."""
+        self._round += 1
+        round_ = self._round
+        latest = self._latest
         for key, tick in ticks.items():
-            clients = followers.get(key, ())
-            if not clients and not universe:
-                continue
-            message = ("tick", _dumps(self._tick(tick)))
-            for client in (*clients, *universe):
-                client.offer_conflated("tick", key, message, now)
-        self._fan_out_bars(rows, now)
+            latest[key] = (round_, tick)
+        self._note_bars(rows)
         for client in list(self.clients):
-            client.release_due(now)
+            if now - client.sent_at >= client.ticks_s:
+                self._send_changes(client, now)
 
-    def _fan_out_bars(self, rows: dict[str, Tick], now: float) -> None:
+    def _send_changes(self, client: StreamClient, now: float) -> None:
+        since = client.sent_round
+        keys = self._latest.keys() if client.universe else client.keys
+        sent = False
+        for key in keys:
+            entry = self._latest.get(key)
+            if entry is not None and entry[0] > since:
+                client.offer(("tick", self._text("tick", key, entry)))
+                sent = True
+        if client.bars:
+            for key in keys:
+                entry = self._forming.get(key)
+                if entry is not None and entry[0] > since and entry[1][0] >= self._minute:
+                    client.offer(("bar", self._text("bar", key, entry)))
+                    sent = True
+        client.sent_round = self._round
+        if sent:
+            client.sent_at = now
+
+    def _text(self, kind: str, key: str, entry: tuple[int, Any]) -> str:
+        """The JSON of `entry` (a key's newest tick or forming bar), made once per change."""
+        cached = self._texts.get((kind, key))
+        if cached is not None and cached[0] == entry[0]:
+            return cached[1]
+        if kind == "tick":
+            text = _dumps(self._tick(entry[1]))
+        else:
+            text = _dumps(self._bar(key, entry[1], final=False))
+        self._texts[(kind, key)] = (entry[0], text)
+        return text
+
+    def _note_bars(self, rows: dict[str, Tick]) -> None:
         newest = max((row[1] for row in rows.values()), default=0)
         closed = newest > self._minute > 0
         self._minute = max(self._minute, newest)
@@ -313,15 +317,12 @@ class StreamHub:
             for values in (previous, current):
                 if values is not None and values[0] < self._minute:
                     self._push_final(key, values)
-            if current[0] >= self._minute and key in rows:
-                clients = self._bar_clients(key)
-                if clients:
-                    message = ("bar", _dumps(self._bar(key, current, final=False)))
-                    for client in clients:
-                        client.offer_conflated("bar", key, message, now, current[0])
+            if key in rows:
+                self._forming[key] = (self._round, current)
 
     def _push_final(self, key: str, values: tuple) -> None:
-        """Push a bar of a minute that is over, unless it was pushed with these values."""
+        """Push a bar of a minute that is over at once (never held back: a client sees every
+        minute's last bar), unless it was pushed with these values."""
         bucket = values[0]
         pushed = self._finals.setdefault(key, {})
         if pushed.get(bucket) == values:
@@ -333,7 +334,6 @@ class StreamHub:
         if clients:
             message = ("bar", _dumps(self._bar(key, values, final=True)))
             for client in clients:
-                client.drop_held("bar", key, bucket)
                 client.offer(message)
 
     def _bar_clients(self, key: str) -> list[StreamClient]:
