@@ -308,6 +308,10 @@ def test_a_full_worker_closes_one_more_client_with_1013(live: Live) -> None:
                 assert (await subscribe(ws, ["INFY"]))["type"] == "snapshot"
             async with connect(live) as extra:
                 assert await close_code(extra) == 1013
+            async with httpx.AsyncClient(base_url=live.base, headers=KEY) as http:
+                sse = await http.get("/api/v1/stream/sse", params={"symbols": "INFY"})
+                assert sse.status_code == 503
+                assert "too many clients" in sse.json()["detail"]
         finally:
             for ws in opened:
                 await ws.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import secrets
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -27,10 +28,11 @@ from api.params import MAX_SYMBOL_CHARS, checked_symbol_list
 from api.stream_hub import MAX_TICKS_MS, MIN_TICKS_MS, StreamClient, StreamHub
 from store.instruments import resolve_symbols
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1/stream", tags=["stream"])
 
 UNIVERSE = "universe"
-POLICY, TOO_BIG, UNSUPPORTED, TRY_LATER, BEHIND = 1008, 1009, 1003, 1013, 4000
+POLICY, TOO_BIG, UNSUPPORTED, INTERNAL, TRY_LATER, BEHIND = 1008, 1009, 1003, 1011, 1013, 4000
 
 
 class Refused(Exception):
@@ -74,7 +76,10 @@ async def stream(websocket: WebSocket) -> None:
         ending = next(iter(done))
         if ending is tasks[2]:
             await _close(websocket, BEHIND, f"fell behind: {hub.queue_max} messages queued")
-        elif ending is tasks[1] and ending.exception() is None and ending.result() is not None:
+        elif ending is tasks[1] and ending.exception() is not None:
+            log.error("stream session failed", exc_info=ending.exception())
+            await _close(websocket, INTERNAL, "internal error")
+        elif ending is tasks[1] and ending.result() is not None:
             await _close(websocket, *ending.result())
     finally:
         for task in tasks:
@@ -229,26 +234,31 @@ async def stream_sse(
         if unknown:
             raise HTTPException(400, f"unknown symbols: {', '.join(unknown)}")
         keys = list(dict.fromkeys(found[name] for name in names))
-    client = hub.register()
-    if client is None:
+    if len(hub.clients) >= hub.max_clients:
         raise HTTPException(
             503, f"too many clients on this worker ({hub.max_clients})", {"Retry-After": "5"}
         )
-    try:
-        await hub.subscribe(client, keys, ticks_ms, bars)
-    except BaseException:
-        hub.unregister(client)
-        raise
     return StreamingResponse(
-        _events(client, hub),
+        _events(hub, keys, ticks_ms, bars),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
-async def _events(client: StreamClient, hub: StreamHub) -> AsyncIterator[str]:
+async def _events(
+    hub: StreamHub, keys: list[str] | None, ticks_ms: int, bars: bool
+) -> AsyncIterator[str]:
+    """The client is registered here, in the body: a response that never starts registers
+    nothing, and whatever ends one that did (the client gone, the server stopping)
+    unregisters it."""
+    client = hub.register()
+    if client is None:  # others took the last places since the check
+        error = {"type": "error", "message": "too many clients on this worker, try again later"}
+        yield f"event: error\ndata: {json.dumps(error)}\n\n"
+        return
     behind = asyncio.ensure_future(client.behind.wait())
     try:
+        await hub.subscribe(client, keys, ticks_ms, bars)
         while True:
             get = asyncio.ensure_future(client.queue.get())
             await asyncio.wait([get, behind], return_when=asyncio.FIRST_COMPLETED)
