@@ -27,6 +27,11 @@ from websockets.exceptions import ConnectionClosed
 
 from api import create_app
 from core.config import Secret, Settings
+from ingest.channels.latest_publisher import LatestTickPublisher
+from ingest.channels.latest_reader import LatestTickReader
+from ingest.channels.latest_table import BARS, IncompatibleTable
+from ingest.minute_bars import BAR_FIELDS, MinuteBarHandler
+from store.tick_row import TICK_COLUMNS
 from tests.clock import FeedClock
 from tests.conftest import DbServer
 from tests.test_api import API_KEY, INFY, client, ingest_beside, sample_database, serve, wait_for
@@ -318,3 +323,34 @@ def test_a_full_worker_closes_one_more_client_with_1013(live: Live) -> None:
 
     wait_for_no_clients(live)
     asyncio.run(main())
+
+
+def test_a_late_tick_still_updates_the_previous_minute(tmp_path: Path) -> None:
+    """The published bars as a reader of another process sees them: the forming minute, the
+    previous one updated by a late tick, a tick older than both left to the database; and
+    the tick table's reader refuses the bars' file."""
+    bars = MinuteBarHandler()
+    minute = 60_000_000
+    t0 = 1_000 * minute  # microseconds since 2000, on a minute
+
+    def tick(ts: int, ltp: float, delta: int | None) -> tuple:
+        row = [None] * len(TICK_COLUMNS)
+        row[:6] = [INFY, ts, ltp, 1, 0, delta]
+        row[-1] = ts
+        return tuple(row)
+
+    bars.on_frame(1, [tick(t0 + 5, 10.0, 3), tick(t0 + 9, 12.0, None), tick(t0 + 9, 11.0, 2)])
+    bars.on_frame(2, [tick(t0 + minute + 1, 20.0, 1)])
+    bars.on_frame(3, [tick(t0 + 2, 9.0, 4), tick(t0 - minute, 1.0, 1)])  # late; too late
+    path = tmp_path / "bars.bin"
+    with LatestTickPublisher(path, capacity=4, status_bytes=64, shape=BARS) as publisher:
+        publisher.publish(bars.take_changed().values())
+        with LatestTickReader(path, shape=BARS) as reader:
+            row = reader.latest([INFY])[INFY]
+        with LatestTickReader(path) as wrong, pytest.raises(IncompatibleTable):
+            wrong.latest([INFY])
+    width = len(BAR_FIELDS)
+    assert row[1 : 1 + width] == (t0 + minute, 20.0, 20.0, 20.0, 20.0, 1, 1)
+    # open: the earliest ts (the late tick); close: the first tick of the latest ts, as
+    # last(ltp, ts) keeps; volume: the deltas' sum, None ones skipped, as sum() does.
+    assert row[1 + width :] == (t0, 9.0, 12.0, 9.0, 12.0, 9, 4)
