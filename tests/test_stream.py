@@ -225,6 +225,9 @@ def test_server_sent_events_carry_the_same_messages(live: Live) -> None:
         assert http.get(url, params={"symbols": "INFY", "ticks_ms": "10"}).status_code == 422
         anonymous = http.get(url, params={"symbols": "INFY"}, headers={"X-API-Key": ""})
         assert anonymous.status_code == 401
+        browser = {"symbols": "INFY", "api_key": API_KEY}  # an EventSource sets no header
+        with http.stream("GET", url, params=browser, headers={"X-API-Key": ""}) as response:
+            assert response.status_code == 200
 
 
 def test_bad_input_is_answered_and_other_clients_do_not_notice(live: Live) -> None:
