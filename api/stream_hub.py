@@ -110,7 +110,6 @@ class StreamHub:
         self._rows: dict[str, Tick] = {}  # key -> the last published bar row seen
         self._finals: dict[str, dict[int, tuple]] = {}  # key -> bucket -> final bar pushed
         self._minute = 0  # the newest forming bucket of the feed: older minutes are over
-        self._heartbeat: Message | None = None
         self._task: asyncio.Task[None] | None = None
 
     # --- clients ---------------------------------------------------------------------------
