@@ -23,7 +23,18 @@ from api.limits import BodyLimit
 from api.liveness import DatabaseProbe
 from api.operations import Operations
 from api.page import mount_page
-from api.routes import audit, coverage, feed, history, instruments, market_calendar, ops, token
+from api.routes import (
+    audit,
+    coverage,
+    feed,
+    history,
+    instruments,
+    market_calendar,
+    ops,
+    stream,
+    token,
+)
+from api.stream_hub import StreamHub
 from api.symbol_resolver import SymbolResolver
 from core.config import Settings
 
@@ -45,9 +56,12 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
         pool.open(wait=False)
         probe = DatabaseProbe(database_url)
         published = PublishedIngest(settings.data_dir)
+        hub = StreamHub(settings, published, pool)
         try:
             await probe.start()
             await published.start()
+            app.state.stream_hub = hub
+            await hub.start()
             app.state.context = ApiContext(
                 settings,
                 pool,
@@ -59,6 +73,7 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
             )
             yield
         finally:
+            await hub.stop()
             await published.stop()
             await probe.stop()
             await asyncio.to_thread(pool.close)
@@ -71,7 +86,8 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
         summary="Upstox market ticks and OHLC bars from TimescaleDB",
         lifespan=lifespan,
     )
-    for module in (ops, feed, history, instruments, token, market_calendar, audit, coverage):
+    routes = (ops, feed, history, instruments, token, market_calendar, audit, coverage, stream)
+    for module in routes:
         app.include_router(module.router)
     mount_page(app)
     openapi = app.openapi()

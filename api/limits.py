@@ -26,7 +26,14 @@ MAX_BODY_BYTES = 256 * 1024
 MAX_HEAD_BYTES = MAX_SYMBOL_LIST_CHARS * 12 + 16 * 1024
 # What `uvicorn.run` needs for MAX_HEAD_BYTES: httptools, the default when installed, buffers
 # a head of any size, while h11 refuses one that grows past its limit.
-UVICORN_LIMITS: dict[str, Any] = {"http": "h11", "h11_max_incomplete_event_size": MAX_HEAD_BYTES}
+# The largest WebSocket message a client may send (the stream's subscribe of its symbol limit
+# is a few kB): uvicorn closes a larger one with 1009 before buffering it.
+MAX_WS_MESSAGE_BYTES = 64 * 1024
+UVICORN_LIMITS: dict[str, Any] = {
+    "http": "h11",
+    "h11_max_incomplete_event_size": MAX_HEAD_BYTES,
+    "ws_max_size": MAX_WS_MESSAGE_BYTES,
+}
 
 _TOO_LARGE = f"the request body is larger than {MAX_BODY_BYTES} bytes"
 # The client may still be sending the rest: closing stops it instead of reading it for nothing.

@@ -27,7 +27,7 @@ from core.config import Settings
 from ingest.cache import AggregatedTickHandler
 from ingest.channels.control import ControlServer, control_path
 from ingest.channels.latest_publisher import publish_forever, publish_stopped
-from ingest.channels.latest_table import published_path
+from ingest.channels.latest_table import BARS, bars_path, published_path
 from ingest.client import FeedClient
 from ingest.disk import DiskGuard
 from ingest.handlers import TickCallback
@@ -37,6 +37,7 @@ from ingest.jobs.schedule.runner import DailySchedule
 from ingest.journal import Journal, sync_forever
 from ingest.journal_dir import JournalInUse
 from ingest.metrics import IngestMetrics
+from ingest.minute_bars import MinuteBarHandler
 from ingest.pipeline import Pipeline
 from ingest.recovery import JournalMismatch, RecoveryState, check_journal, load_recovery_state
 from ingest.simulator import FeedSimulator
@@ -69,6 +70,7 @@ class WebSocketService:
         self.metrics = IngestMetrics()
         self.symbols = SymbolDirectory(self._connection)
         self.cache = AggregatedTickHandler(self.symbols)
+        self.bars = MinuteBarHandler()
         self.disk = DiskGuard.for_settings(settings)
         self.simulator: FeedSimulator | None = None
         self.tokens: TokenKeeper | None = None
@@ -125,6 +127,7 @@ class WebSocketService:
         self._journal.mark_committed(state.committed_seq)
         self._pipeline.add_handler(self._writer)
         self._pipeline.add_handler(self.cache)
+        self._pipeline.add_handler(self.bars)
         for callback in self._custom_handlers:
             await self._pipeline.register_handler(callback)
         # Journaled frames are filtered by what was subscribed when they arrived (the table);
@@ -176,6 +179,10 @@ class WebSocketService:
                 published_path(settings.data_dir), self.cache.take_changed, self.status
             ),
             name="publish",
+        )
+        self._tasks["publish-bars"] = asyncio.create_task(
+            publish_forever(bars_path(settings.data_dir), self.bars.take_changed, None, shape=BARS),
+            name="publish-bars",
         )
         self._control = await _start_control(
             control_path(settings.data_dir), self._subscriptions, self.refresh_instruments

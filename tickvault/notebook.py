@@ -53,6 +53,7 @@ from tickvault.history_sql import aligned as aligned
 from tickvault.history_sql import history as history
 from tickvault.history_sql import quotes_at_trades as quotes_at_trades
 from tickvault.history_sql import sql as sql
+from tickvault.stream import stream as stream
 
 _NUMERIC_TYPES = frozenset(
     psycopg.postgres.types[name].oid

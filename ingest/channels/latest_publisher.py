@@ -21,11 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ingest.channels.latest_table import (
-    BODY,
     BOM,
-    CODES,
-    COLUMNS,
-    COLUMNS_CRC,
     DEFAULT_CAPACITY,
     HEADER,
     HEADER_SIZE,
@@ -36,11 +32,11 @@ from ingest.channels.latest_table import (
     MAX_KEY_BYTES,
     PUBLISH_INTERVAL_S,
     RUNNING,
-    SLOT,
     STATUS_HEAD,
     STATUS_INTERVAL_S,
     STOPPED,
     STOPPED_BECAUSE,
+    TICKS,
     W_HEARTBEAT_NS,
     W_KEY_COUNT,
     W_KEYS_OVER_CAPACITY,
@@ -52,11 +48,12 @@ from ingest.channels.latest_table import (
     W_TICKS_PUBLISHED,
     W_TICKS_REFUSED,
     PublisherBusy,
+    Shape,
     lock,
     pid_namespace,
     sizes,
 )
-from store.tick_row import TICK_COLUMNS, Tick
+from store.tick_row import Tick
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +65,11 @@ class _Layout:
 
     __slots__ = ("mask", "nulls", "nulls_of", "pack", "values_of")
 
-    def __init__(self, null_columns: tuple[int, ...]) -> None:
+    def __init__(self, null_columns: tuple[int, ...], codes: str) -> None:
         fmt = ["=I"]
         mask = 0
         values = []
-        for column, code in enumerate(CODES, start=1):
+        for column, code in enumerate(codes, start=1):
             if column in null_columns:
                 fmt.append("8x")
                 mask |= 1 << (column - 1)
@@ -98,9 +95,10 @@ def _getter(columns: list[int]) -> Callable[[Tick], tuple[Any, ...]]:
 
 
 class LatestTickPublisher:
-    """The writer: `publish(ticks)` stores each instrument's tick in its slot, `publish_status`
-    the IngestStatus. One per data directory (a second one raises PublisherBusy); not
-    thread-safe: call it from one thread, the ingest's event loop.
+    """The writer: `publish(ticks)` stores each instrument's tick (or, for another `shape`,
+    its row of that shape) in its slot, `publish_status` the IngestStatus. One per path (a
+    second one raises PublisherBusy); not thread-safe: call it from one thread, the
+    ingest's event loop.
 
     A key longer than MAX_KEY_BYTES in UTF-8, a key past `capacity` and a tick whose values
     do not fit its columns are counted (in the header, `counters()`), logged once per key,
@@ -113,10 +111,12 @@ class LatestTickPublisher:
         capacity: int = DEFAULT_CAPACITY,
         *,
         status_bytes: int | None = None,
+        shape: Shape = TICKS,
     ) -> None:
         self.path = Path(path)
         self.capacity = capacity
-        keys_at, slots_at, status_at, buffer, size = sizes(capacity, status_bytes)
+        self.shape = shape
+        keys_at, slots_at, status_at, buffer, size = sizes(capacity, status_bytes, shape)
         self.file_size = size
         self.start_token = uuid.uuid4().bytes
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -138,11 +138,11 @@ class LatestTickPublisher:
                 BOM,
                 HEADER_SIZE,
                 capacity,
-                SLOT,
+                shape.slot,
                 KEY_ENTRY,
                 MAX_KEY_BYTES,
-                COLUMNS,
-                COLUMNS_CRC,
+                shape.columns,
+                shape.columns_crc,
                 0,
                 os.getpid(),
                 pid_namespace(),
@@ -213,6 +213,7 @@ class LatestTickPublisher:
         mm = self._mm
         slots = self._slots
         crc32 = zlib.crc32
+        body_size = self.shape.body.size
         added = False
         stored = 0
         for tick in ticks:
@@ -238,7 +239,7 @@ class LatestTickPublisher:
             # From the odd store to the even one: no call, so no thread switch in between.
             words[word] = seq
             halves[word * 2 + 2] = crc
-            mm[start : start + BODY.size] = payload
+            mm[start : start + body_size] = payload
             words[word] = seq + 1
             entry[1] = seq + 1
             stored += 1
@@ -260,8 +261,9 @@ class LatestTickPublisher:
             encoded = key.encode()
         except (AttributeError, UnicodeEncodeError):
             return self._refuse(key, "the key is not a string of Unicode characters")
-        if len(tick) != len(TICK_COLUMNS):
-            return self._refuse(key, f"a tick of {len(tick)} columns, not {len(TICK_COLUMNS)}")
+        width = self.shape.columns + 1
+        if len(tick) != width:
+            return self._refuse(key, f"a row of {len(tick)} columns, not {width}")
         if len(encoded) > MAX_KEY_BYTES:
             self.keys_too_long += 1
             self._words[W_KEYS_TOO_LONG] = self.keys_too_long
@@ -274,7 +276,7 @@ class LatestTickPublisher:
         at = self._keys_at + index * KEY_ENTRY
         KEY_HEAD.pack_into(self._mm, at, len(encoded), 0, zlib.crc32(encoded))
         self._mm[at + KEY_HEAD.size : at + KEY_HEAD.size + len(encoded)] = encoded
-        slot_at = self._slots_at + index * SLOT
+        slot_at = self._slots_at + index * self.shape.slot
         entry = [self._layout_of(tick), 0, slot_at // 8, slot_at + 12]
         self._slots[key] = entry
         return entry
@@ -288,10 +290,11 @@ class LatestTickPublisher:
         return None
 
     def _layout_of(self, tick: Tick) -> _Layout:
-        nulls = tuple(column for column in range(1, len(TICK_COLUMNS)) if tick[column] is None)
+        width = self.shape.columns + 1
+        nulls = tuple(column for column in range(1, width) if tick[column] is None)
         layout = self._layouts.get(nulls)
         if layout is None:
-            layout = self._layouts[nulls] = _Layout(nulls)
+            layout = self._layouts[nulls] = _Layout(nulls, self.shape.codes)
         return layout
 
     def _repack(self, entry: list[Any], tick: Tick) -> bytes | None:
@@ -388,22 +391,24 @@ def publish_stopped(path: Path, because: str) -> None:
 async def publish_forever(
     path: Path,
     take_changed: Callable[[], Mapping[str, Tick]],
-    status: Callable[[], Any],
+    status: Callable[[], Any] | None,
     *,
     capacity: int = DEFAULT_CAPACITY,
     interval_s: float = PUBLISH_INTERVAL_S,
     status_interval_s: float = STATUS_INTERVAL_S,
+    shape: Shape = TICKS,
 ) -> None:
     """The ingest's publishing task: the instruments changed since the last round every
-    `interval_s`, the status every `status_interval_s`; cancel it to stop (the table is
-    then marked stopped). Runs on the event loop that feeds the cache."""
-    publisher = LatestTickPublisher(path, capacity)
+    `interval_s`, the status (when given) every `status_interval_s`; cancel it to stop (the
+    table is then marked stopped). Runs on the event loop that feeds `take_changed`."""
+    status_bytes = None if status is not None else 64
+    publisher = LatestTickPublisher(path, capacity, status_bytes=status_bytes, shape=shape)
     try:
         next_status = 0.0
         while True:
             publisher.publish(take_changed().values())
             now = time.monotonic()
-            if now >= next_status:
+            if status is not None and now >= next_status:
                 publisher.publish_status(status())
                 next_status = now + status_interval_s
             await asyncio.sleep(interval_s)

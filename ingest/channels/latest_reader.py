@@ -17,11 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from ingest.channels.latest_table import (
-    BODY,
     BOM,
     BUSY_TIMEOUT_S,
-    COLUMNS,
-    COLUMNS_CRC,
     FLOCK,
     HEADER,
     HEADER_FIELDS,
@@ -32,11 +29,10 @@ from ingest.channels.latest_table import (
     MAGIC,
     MAX_KEY_BYTES,
     OFD_LOCKS,
-    PAYLOAD,
-    SLOT,
     STATUS_HEAD,
     STOPPED,
     STOPPED_BECAUSE,
+    TICKS,
     W_HEARTBEAT_NS,
     W_KEY_COUNT,
     W_KEYS_OVER_CAPACITY,
@@ -49,6 +45,7 @@ from ingest.channels.latest_table import (
     W_TICKS_REFUSED,
     IncompatibleTable,
     IngestNotRunning,
+    Shape,
     SlotBusy,
     pid_namespace,
 )
@@ -60,7 +57,7 @@ log = logging.getLogger(__name__)
 class _Mapping:
     """One mapped table file: its static header and the key directory read so far."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, shape: Shape) -> None:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             stat = os.fstat(fd)
@@ -76,8 +73,8 @@ class _Mapping:
             problem = "is not a published tick table"
         elif header["version"] != LAYOUT_VERSION or header["byte_order"] != BOM:
             problem = f"has layout {header['version']}, this code reads {LAYOUT_VERSION}"
-        elif header["columns_crc"] != COLUMNS_CRC or header["slot_size"] != SLOT:
-            problem = "holds ticks of other columns than this code's TICK_COLUMNS"
+        elif header["columns_crc"] != shape.columns_crc or header["slot_size"] != shape.slot:
+            problem = f"holds rows of other columns than this code's {shape.name} columns"
         elif header["file_size"] != stat.st_size:
             problem = "is not of the size its header says"
         if problem is not None:
@@ -89,6 +86,7 @@ class _Mapping:
         self.words = memoryview(self.mm).cast("Q")
         self.halves = memoryview(self.mm).cast("I")
         self.keys: dict[str, int] = {}
+        self.names: list[str] = []  # the keys in slot order
         self.known = 0  # directory entries read
 
     def slot_of(self, key: str) -> int | None:
@@ -108,7 +106,9 @@ class _Mapping:
             encoded = mm[at + KEY_HEAD.size : at + KEY_HEAD.size + length]
             if length > MAX_KEY_BYTES or zlib.crc32(encoded) != crc:
                 return  # not visible whole yet (never on x86): the next call reads it
-            self.keys[encoded.decode()] = self.known
+            key = encoded.decode()
+            self.keys[key] = self.known
+            self.names.append(key)
             self.known += 1
 
     def close(self) -> None:
@@ -128,8 +128,15 @@ class LatestTickReader:
     memory reads; not thread-safe (one per thread).
     """
 
-    def __init__(self, path: Path | str, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        busy_timeout_s: float = BUSY_TIMEOUT_S,
+        shape: Shape = TICKS,
+    ) -> None:
         self.path = Path(path)
+        self.shape = shape
         self.busy_timeout_s = busy_timeout_s
         self.retries = 0  # reads repeated because the slot changed under them
         self.busy = 0  # reads given up
@@ -158,6 +165,31 @@ class LatestTickReader:
         if busy:
             raise SlotBusy(busy, found)
         return found
+
+    def changes(self, seqs: list[int]) -> tuple[list[int], dict[str, Tick]]:
+        """What changed since a previous call: (the slots' sequence numbers now, the rows of
+        the slots whose number differs from `seqs`, that call's first value; [] reads every
+        row). One strided copy of the sequence words, then only the changed slots are read:
+        a follower that polls costs what changed, not the table. A slot busy past the budget
+        is left out and read again next time. Pass [] after `start_token` changed."""
+        table = self._current()
+        table.read_directory()
+        stride = self.shape.slot // 8
+        first = table.header["slots_offset"] // 8
+        now = table.words[first : first + table.known * stride : stride].tolist()
+        names = table.names
+        rows: dict[str, Tick] = {}
+        before = len(seqs)
+        for index, seq in enumerate(now):
+            if index < before and seqs[index] == seq:
+                continue
+            key = names[index]
+            row = self._read_slot(table, key, index)
+            if row is _BUSY:
+                now[index] = -1
+            elif row is not None:
+                rows[key] = row
+        return now, rows
 
     def keys(self) -> list[str]:
         """Every instrument key published, in slot order."""
@@ -227,7 +259,7 @@ class LatestTickReader:
                 table.close()
                 self._table = None
             try:
-                table = _Mapping(self.path)
+                table = _Mapping(self.path, self.shape)
             except FileNotFoundError:
                 raise IngestNotRunning(
                     f"no ingest has published here: {self.path} does not exist"
@@ -268,9 +300,10 @@ class LatestTickReader:
         return FLOCK.unpack(answer)[0] != fcntl.F_UNLCK
 
     def _read_slot(self, table: _Mapping, key: str, index: int) -> Tick | object | None:
-        word = (table.header["slots_offset"] + index * SLOT) // 8
+        shape = self.shape
+        word = (table.header["slots_offset"] + index * shape.slot) // 8
         start = word * 8 + 8
-        end = start + PAYLOAD
+        end = start + shape.payload
         words = table.words
         mm = table.mm
         deadline = 0.0
@@ -282,7 +315,7 @@ class LatestTickReader:
                     if seq == 0:
                         return None  # never written (a key is listed after its first tick)
                     if zlib.crc32(raw[4:]) == int.from_bytes(raw[:4], sys.byteorder):
-                        return _decode(key, raw)
+                        return _decode(shape, key, raw)
             self.retries += 1
             if attempt >= 100:  # spun enough: the writer may be off the CPU
                 if not deadline:
@@ -336,10 +369,10 @@ def _stopped_because(status: tuple[int, bytes] | None) -> str | None:
     return str(because) if because else None
 
 
-def _decode(key: str, raw: bytes) -> Tick:
-    mask, *values = BODY.unpack_from(raw, 4)
+def _decode(shape: Shape, key: str, raw: bytes) -> Tick:
+    mask, *values = shape.body.unpack_from(raw, 4)
     if mask:
-        for column in range(COLUMNS):
+        for column in range(shape.columns):
             if mask >> column & 1:
                 values[column] = None
     return (key, *values)

@@ -24,6 +24,12 @@ Layout, in native byte order, every field at an offset aligned to its size:
             8 bytes reserved, then the IngestStatus as JSON. The status generation word says
             which buffer holds the newest: generation n is in buffer n % 2.
 
+Shapes: a table's rows are of one Shape, a text key then 8-byte columns. The latest ticks
+are TICKS (the slots described above); the forming 1-minute bars (`bars.bin`,
+ingest/minute_bars.py) are BARS, in a table of their own with the same header, seqlock and
+crc, and the shape's column signature in `columns_crc`, so a reader of one shape refuses
+the other's file.
+
 Consistency: a seqlock per slot (and per status buffer). The writer makes the sequence odd,
 writes the body and its crc32, then makes it even again; a reader loads the sequence, copies
 the body, loads the sequence again, and uses the copy only when the two loads are equal and
@@ -61,6 +67,7 @@ import sys
 import zlib
 from pathlib import Path
 
+from ingest.minute_bars import BAR_COLUMN_TYPES
 from store.tick_row import TICK_COLUMN_TYPES, Tick
 
 log = logging.getLogger(__name__)
@@ -121,24 +128,42 @@ W_STATUS_TOO_LARGE = 41
 KEY_HEAD = struct.Struct("=HHI")
 
 
-def _column_codes() -> str:
-    codes = []
-    for name, pg_type in list(TICK_COLUMN_TYPES.items())[1:]:
-        if pg_type == "float8":
-            codes.append("d")
-        elif pg_type in ("int8", "timestamptz"):
-            codes.append("q")
-        else:  # a new column type needs a slot encoding (and a new LAYOUT_VERSION)
-            raise RuntimeError(f"the published table cannot hold column {name} ({pg_type})")
-    return "".join(codes)
+class Shape:
+    """What a table's slots hold: a text key, then 8-byte columns (int8 and timestamptz as
+    signed integers, float8 as doubles). The latest ticks are one shape (TICKS), the forming
+    1-minute bars another (BARS, ingest/minute_bars.py): one seqlock, one crc, one reader and
+    one writer for both, each table in its own file with the shape's signature in its header.
+    """
+
+    def __init__(self, name: str, column_types: dict[str, str]) -> None:
+        self.name = name
+        self.column_names = tuple(column_types)
+        codes = []
+        for column, pg_type in list(column_types.items())[1:]:
+            if pg_type == "float8":
+                codes.append("d")
+            elif pg_type in ("int8", "timestamptz"):
+                codes.append("q")
+            else:  # a new column type needs a slot encoding (and a new LAYOUT_VERSION)
+                raise RuntimeError(f"the published table cannot hold column {column} ({pg_type})")
+        self.codes = "".join(codes)
+        self.columns = len(self.codes)  # the columns after the key
+        self.body = struct.Struct("=I" + self.codes)  # mask, columns
+        self.payload = 4 + self.body.size  # crc, mask, columns: what follows a slot's seq
+        self.slot = 8 + self.payload
+        signature = ",".join(f"{n}:{t}" for n, t in column_types.items())
+        self.columns_crc = zlib.crc32(signature.encode())
 
 
-CODES = _column_codes()
-COLUMNS = len(CODES)  # the columns after the key
-BODY = struct.Struct("=I" + CODES)  # mask, columns
-PAYLOAD = 4 + BODY.size  # crc, mask, columns: what follows a slot's seq
-COLUMNS_CRC = zlib.crc32(",".join(f"{n}:{t}" for n, t in TICK_COLUMN_TYPES.items()).encode())
-assert 8 + PAYLOAD == SLOT, "the slot layout changed: bump LAYOUT_VERSION"
+TICKS = Shape("tick", TICK_COLUMN_TYPES)
+BARS = Shape("bar", BAR_COLUMN_TYPES)
+# The tick table's layout under its long-standing names.
+CODES = TICKS.codes
+COLUMNS = TICKS.columns
+BODY = TICKS.body
+PAYLOAD = TICKS.payload
+COLUMNS_CRC = TICKS.columns_crc
+assert TICKS.slot == SLOT, "the slot layout changed: bump LAYOUT_VERSION"
 
 # struct flock of Linux on x86-64 and aarch64: l_type, l_whence, l_start, l_len, l_pid.
 FLOCK = struct.Struct("@hhqqi4x")
@@ -161,12 +186,19 @@ def published_path(data_dir: Path) -> Path:
     return Path(data_dir) / "published" / "latest.bin"
 
 
-def file_size(capacity: int, status_bytes: int | None = None) -> int:
+def bars_path(data_dir: Path) -> Path:
+    """The forming 1-minute bars of the ingest that runs on `data_dir` (shape BARS)."""
+    return Path(data_dir) / "published" / "bars.bin"
+
+
+def file_size(capacity: int, status_bytes: int | None = None, shape: Shape = TICKS) -> int:
     """Bytes of a table for `capacity` instruments (reserved on disk when it is made)."""
-    return sizes(capacity, status_bytes)[-1]
+    return sizes(capacity, status_bytes, shape)[-1]
 
 
-def sizes(capacity: int, status_bytes: int | None) -> tuple[int, int, int, int, int]:
+def sizes(
+    capacity: int, status_bytes: int | None, shape: Shape = TICKS
+) -> tuple[int, int, int, int, int]:
     if capacity < 1:
         raise ValueError(f"capacity must be at least 1, got {capacity}")
     if status_bytes is None:
@@ -175,7 +207,7 @@ def sizes(capacity: int, status_bytes: int | None) -> tuple[int, int, int, int, 
     buffer = STATUS_HEAD + -(-status_bytes // 8) * 8
     keys = HEADER_SIZE
     slots = keys + -(-capacity * KEY_ENTRY // 4096) * 4096
-    status = slots + -(-capacity * SLOT // 4096) * 4096
+    status = slots + -(-capacity * shape.slot // 4096) * 4096
     end = status + 2 * buffer
     return keys, slots, status, buffer, -(-end // 4096) * 4096
 

@@ -1,0 +1,390 @@
+"""The push stream's fan-out, one per API worker (docs/api.md, "The stream").
+
+One task reads what the ingest publishes (ingest/channels/: the latest ticks and the forming
+1-minute bars) every POLL_S, only the slots whose sequence number moved, and offers each
+change to the clients that follow its instrument. Each client has a bounded queue that its
+connection drains; a client whose queue is full is marked behind and closed by its route
+(4000): it never makes the worker hold more, and never slows the ingest (which readers cost
+nothing) or the other clients (offering is a put_nowait). No client reads the database: a
+subscribe resolves its symbols once, and the stream is the published tables alone.
+
+Conflation: each change is noted with the round that saw it, and a client is sent, at most
+once per its `ticks_ms`, the newest tick and forming bar of each symbol it follows that
+changed since it was last sent anything (those in between are dropped), each serialized once
+for every client. So no two ticks of a symbol reach a client closer than `ticks_ms`, and the
+per-client cost is a dict lookup per symbol per `ticks_ms`, not per change. A final bar (its
+minute is over) is sent at once, never held or dropped. A minute is over once the feed
+has moved past it: some instrument's forming bar is in a later minute. Every later change
+of that bar (a late tick) is pushed again as final, so the last bar pushed for a minute is
+the stored row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from psycopg_pool import ConnectionPool
+
+from api.ingest_state import PublishedIngest, StatusNotPublished
+from core.config import Settings
+from ingest.channels.latest_reader import LatestTickReader
+from ingest.channels.latest_table import (
+    BARS,
+    IngestNotRunning,
+    SlotBusy,
+    bars_path,
+    published_path,
+)
+from ingest.minute_bars import BAR_FIELDS, MINUTE_US
+from store.instruments import trading_symbols
+from store.tick_row import TICK_COLUMNS, TIME_COLUMNS, Tick, to_datetime
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.05
+HEARTBEAT_S = 5.0
+MIN_TICKS_MS, MAX_TICKS_MS = 50, 5000
+
+Message = tuple[str, str]  # (type, the JSON text): a WebSocket frame, or an SSE event
+
+
+class StreamClient:
+    """One connection: what it follows, when it was last sent the changes, and its bounded
+    queue of messages. The route drains `queue` and closes the connection once `behind` is
+    set."""
+
+    def __init__(self, queue_max: int) -> None:
+        self.queue: asyncio.Queue[Message] = asyncio.Queue(queue_max)
+        self.behind = asyncio.Event()
+        self.keys: set[str] = set()
+        self.universe = False
+        self.ticks_s = 0.25
+        self.bars = True
+        self.sent_round = 0  # the fan-out round whose changes it has been sent
+        self.sent_at = -math.inf  # when (monotonic)
+
+    def offer(self, message: Message) -> None:
+        """Queue `message`, or mark the client behind (nothing more is queued for it)."""
+        if self.behind.is_set():
+            return
+        try:
+            self.queue.put_nowait(message)
+        except asyncio.QueueFull:
+            self.behind.set()
+
+
+class StreamHub:
+    """The fan-out of one API worker: `register` a client (None past `max_clients`),
+    `subscribe` it, `unregister` it at the end; `start`/`stop` the reading task."""
+
+    def __init__(
+        self, settings: Settings, published: PublishedIngest, pool: ConnectionPool
+    ) -> None:
+        data_dir = Path(settings.data_dir).absolute()
+        self._ticks = LatestTickReader(published_path(data_dir))
+        self._bars = LatestTickReader(bars_path(data_dir), shape=BARS)
+        self._read_lock = threading.Lock()  # a reader is not thread-safe
+        self._published = published
+        self._pool = pool
+        self.max_clients = settings.stream_max_clients
+        self.queue_max = settings.stream_queue_max
+        self.clients: set[StreamClient] = set()
+        self._followers: dict[str, set[StreamClient]] = {}  # key -> clients that follow it
+        self._universe: set[StreamClient] = set()
+        self._symbols: dict[str, str] = {}  # key -> trading symbol
+        self._seqs: dict[str, list[int]] = {"tick": [], "bar": []}
+        self._tokens: dict[str, str | None] = {"tick": None, "bar": None}
+        self._round = 0  # fan-out rounds so far: when each change was seen
+        self._latest: dict[str, tuple[int, Tick]] = {}  # key -> (round, its newest tick)
+        self._forming: dict[str, tuple[int, tuple]] = {}  # key -> (round, its forming bar)
+        self._texts: dict[tuple[str, str], tuple[int, str]] = {}  # (type, key) -> JSON
+        self._rows: dict[str, Tick] = {}  # key -> the last published bar row seen
+        self._finals: dict[str, dict[int, tuple]] = {}  # key -> bucket -> final bar pushed
+        self._minute = 0  # the newest forming bucket of the feed: older minutes are over
+        self._task: asyncio.Task[None] | None = None
+
+    # --- clients ---------------------------------------------------------------------------
+
+    def register(self) -> StreamClient | None:
+        if len(self.clients) >= self.max_clients:
+            return None
+        client = StreamClient(self.queue_max)
+        client.sent_round = self._round  # what came before is in its snapshot
+        self.clients.add(client)
+        return client
+
+    def unregister(self, client: StreamClient) -> None:
+        self.clients.discard(client)
+        self._universe.discard(client)
+        for key in client.keys:
+            followers = self._followers.get(key)
+            if followers is not None:
+                followers.discard(client)
+                if not followers:
+                    del self._followers[key]
+        client.keys.clear()
+
+    async def subscribe(
+        self, client: StreamClient, keys: list[str] | None, ticks_ms: int, bars: bool
+    ) -> None:
+        """Follow `keys` (None: every instrument the ingest publishes) from now on, with a
+        snapshot of their latest ticks and bars first."""
+        ticks, rows = await asyncio.to_thread(self._snapshot, keys)
+        # From here to the offer, no await: no change is queued before the snapshot.
+        client.ticks_s = ticks_ms / 1000
+        client.bars = bars
+        if keys is None:
+            client.universe = True
+            self._universe.add(client)
+        else:
+            for key in keys:
+                client.keys.add(key)
+                self._followers.setdefault(key, set()).add(client)
+        client.offer(self._snapshot_message(ticks, rows if bars else {}))
+
+    def unsubscribe(self, client: StreamClient, keys: list[str]) -> None:
+        for key in keys:
+            followers = self._followers.get(key)
+            if followers is not None:
+                followers.discard(client)
+                if not followers:
+                    del self._followers[key]
+            client.keys.discard(key)
+
+    def _snapshot(self, keys: list[str] | None) -> tuple[dict[str, Tick], dict[str, Tick]]:
+        with self._read_lock:
+            try:
+                wanted = self._ticks.keys() if keys is None else keys
+                ticks = self._ticks.latest(wanted)
+            except SlotBusy as busy:
+                ticks = busy.partial
+            except IngestNotRunning:
+                return {}, {}
+            try:
+                rows = self._bars.latest(wanted)
+            except SlotBusy as busy:
+                rows = busy.partial
+            except IngestNotRunning:
+                rows = {}
+        self._name(list(ticks) + list(rows))
+        return ticks, rows
+
+    def _snapshot_message(self, ticks: dict[str, Tick], rows: dict[str, Tick]) -> Message:
+        bars = []
+        for row in rows.values():
+            forming, previous = _bar_values(row)
+            if previous is not None:
+                bars.append(self._bar(row[0], previous, final=True))
+            bars.append(self._bar(row[0], forming, final=forming[0] < self._minute))
+        body = {
+            "type": "snapshot",
+            "ticks": [self._tick(tick) for tick in ticks.values()],
+            "bars": bars,
+        }
+        return "snapshot", _dumps(body)
+
+    # --- the reading task ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="stream-hub")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        with self._read_lock:
+            self._ticks.close()
+            self._bars.close()
+
+    async def _run(self) -> None:
+        next_heartbeat = 0.0
+        failing = False
+        while True:
+            await asyncio.sleep(POLL_S)
+            if not self.clients:
+                continue
+            try:
+                ticks, rows = await asyncio.to_thread(self._read_changes)
+                self._fan_out(ticks, rows, time.monotonic())
+                if time.monotonic() >= next_heartbeat:
+                    next_heartbeat = time.monotonic() + HEARTBEAT_S
+                    heartbeat = await asyncio.to_thread(self._heartbeat_message)
+                    for client in list(self.clients):
+                        client.offer(heartbeat)
+                failing = False
+            except Exception:
+                if not failing:  # once per spell, not every 50 ms
+                    log.exception("the stream could not read the ingest's published tables")
+                failing = True
+
+    def _read_changes(self) -> tuple[dict[str, Tick], dict[str, Tick]]:
+        with self._read_lock:
+            ticks = self._changes(self._ticks, "tick")
+            rows = self._changes(self._bars, "bar")
+        self._name(list(ticks) + list(rows))
+        return ticks, rows
+
+    def _changes(self, reader: LatestTickReader, kind: str) -> dict[str, Tick]:
+        try:
+            token = reader.start_token
+        except IngestNotRunning:
+            return {}
+        if token != self._tokens[kind]:  # a new ingest: its slots are new
+            self._seqs[kind] = []
+            self._tokens[kind] = token
+        self._seqs[kind], rows = reader.changes(self._seqs[kind])
+        return rows
+
+    def _name(self, keys: list[str]) -> None:
+        """Learn the trading symbol of keys not named yet (once each; the key itself when the
+        master does not know it, or the database cannot say now)."""
+        missing = [key for key in dict.fromkeys(keys) if key not in self._symbols]
+        if not missing:
+            return
+        try:
+            with self._pool.connection(timeout=2) as conn:
+                found = trading_symbols(conn, missing)
+        except Exception as error:
+            log.warning("stream: trading symbols not read, keys stand in: %s", error)
+            found = {}
+        for key in missing:
+            self._symbols[key] = found.get(key) or key
+
+    def _fan_out(self, ticks: dict[str, Tick], rows: dict[str, Tick], now: float) -> None:
+        """Note this round's changes, push the bars of minutes that closed, and send each
+        client whose ticks_ms has passed since its last message what changed since: one
+        message per symbol and kind at most, the newest, serialized once for all clients."""
+        self._round += 1
+        round_ = self._round
+        latest = self._latest
+        for key, tick in ticks.items():
+            latest[key] = (round_, tick)
+        self._note_bars(rows)
+        for client in list(self.clients):
+            if now - client.sent_at >= client.ticks_s:
+                self._send_changes(client, now)
+
+    def _send_changes(self, client: StreamClient, now: float) -> None:
+        since = client.sent_round
+        keys = self._latest.keys() if client.universe else client.keys
+        sent = False
+        for key in keys:
+            entry = self._latest.get(key)
+            if entry is not None and entry[0] > since:
+                client.offer(("tick", self._text("tick", key, entry)))
+                sent = True
+        if client.bars:
+            for key in keys:
+                entry = self._forming.get(key)
+                if entry is not None and entry[0] > since and entry[1][0] >= self._minute:
+                    client.offer(("bar", self._text("bar", key, entry)))
+                    sent = True
+        client.sent_round = self._round
+        if sent:
+            client.sent_at = now
+
+    def _text(self, kind: str, key: str, entry: tuple[int, Any]) -> str:
+        """The JSON of `entry` (a key's newest tick or forming bar), made once per change."""
+        cached = self._texts.get((kind, key))
+        if cached is not None and cached[0] == entry[0]:
+            return cached[1]
+        if kind == "tick":
+            text = _dumps(self._tick(entry[1]))
+        else:
+            text = _dumps(self._bar(key, entry[1], final=False))
+        self._texts[(kind, key)] = (entry[0], text)
+        return text
+
+    def _note_bars(self, rows: dict[str, Tick]) -> None:
+        newest = max((row[1] for row in rows.values()), default=0)
+        closed = newest > self._minute > 0
+        self._minute = max(self._minute, newest)
+        self._rows.update(rows)
+        # When a minute closes, every instrument's bar of it is final, quiet ones' too.
+        for key in list(self._rows) if closed else rows:
+            current, previous = _bar_values(self._rows[key])
+            for values in (previous, current):
+                if values is not None and values[0] < self._minute:
+                    self._push_final(key, values)
+            if key in rows:
+                self._forming[key] = (self._round, current)
+
+    def _push_final(self, key: str, values: tuple) -> None:
+        """Push a bar of a minute that is over at once (never held back: a client sees every
+        minute's last bar), unless it was pushed with these values."""
+        bucket = values[0]
+        pushed = self._finals.setdefault(key, {})
+        if pushed.get(bucket) == values:
+            return
+        pushed[bucket] = values
+        for old in [b for b in pushed if b < bucket - MINUTE_US]:  # two minutes are enough
+            del pushed[old]
+        clients = self._bar_clients(key)
+        if clients:
+            message = ("bar", _dumps(self._bar(key, values, final=True)))
+            for client in clients:
+                client.offer(message)
+
+    def _bar_clients(self, key: str) -> list[StreamClient]:
+        return [c for c in (*self._followers.get(key, ()), *self._universe) if c.bars]
+
+    def _heartbeat_message(self) -> Message:
+        market, feed = "closed", "disconnected"
+        try:
+            status = self._published.status()
+            feed = "connected" if status.websocket_connected else "disconnected"
+            segments = status.pipeline.market_status if status.pipeline else {}
+            if any(value == "NORMAL_OPEN" for value in segments.values()):
+                market = "open"
+        except (IngestNotRunning, StatusNotPublished, SlotBusy):
+            pass
+        body = {"type": "heartbeat", "ts": _now(), "market": market, "feed": feed}
+        return "heartbeat", _dumps(body)
+
+    # --- messages --------------------------------------------------------------------------
+
+    def _tick(self, tick: Tick) -> dict[str, Any]:
+        body: dict[str, Any] = {"type": "tick", "symbol": self._symbols.get(tick[0], tick[0])}
+        for index, (name, value) in enumerate(zip(TICK_COLUMNS, tick, strict=True)):
+            if index in TIME_COLUMNS and value is not None:
+                value = to_datetime(value).isoformat()
+            body[name] = value
+        return body
+
+    def _bar(self, key: str, values: tuple, *, final: bool) -> dict[str, Any]:
+        bar = dict(zip(BAR_FIELDS, values, strict=True))
+        bar["bucket"] = to_datetime(bar["bucket"]).isoformat()
+        return {
+            "type": "bar",
+            "symbol": self._symbols.get(key, key),
+            "instrument_key": key,
+            "interval": "1m",
+            **bar,
+            "final": final,
+        }
+
+
+def _bar_values(row: Tick) -> tuple[tuple, tuple | None]:
+    """A published bar row as (forming bar, previous bar or None), each in BAR_FIELDS order."""
+    width = len(BAR_FIELDS)
+    forming = tuple(row[1 : 1 + width])
+    previous = tuple(row[1 + width : 1 + 2 * width])
+    return forming, (previous if previous[0] else None)
+
+
+def _dumps(body: dict[str, Any]) -> str:
+    return json.dumps(body, separators=(",", ":"), allow_nan=False)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()

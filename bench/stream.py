@@ -1,0 +1,219 @@
+"""The push stream under load beside a 20k ticks/s ingest: `python -m bench.stream`.
+
+`tickvault run` (its default two API workers) is fed by a simulator process at the ingest
+rate over 200 F&O stocks. First the ingest's committed rate with no stream client, then the
+same with CLIENTS WebSocket clients (a process of their own) each following SYMBOLS stocks
+at the default ticks_ms. The figures: the tick-to-client latency (a client's receive time
+minus the tick's `received_at`, the ingest's arrival stamp: the same machine's clock), and
+the committed rate with clients over the rate without. Keys `stream_p99_ms_200_clients` and
+`stream_ingest_rate_ratio`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import websockets
+
+from bench.common import (
+    REPO,
+    RESULTS_DIR,
+    CpuMeter,
+    db_server,
+    free_port,
+    load_universe,
+    percentiles,
+    write_universe,
+)
+from bench.common import simulator as feed_simulator
+
+CLIENTS = 200
+SYMBOLS = 50
+STOCKS = 200
+INGEST_RATE = 20_000
+RECEIVED_AT = '"received_at":"'
+
+
+def _get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.load(response)
+
+
+def _rows_written(base: str) -> int:
+    return _get_json(f"{base}/api/v1/websocket/status")["writer"]["rows_written"]
+
+
+def _committed_rate(
+    base: str, seconds: float, pids: dict[str, tuple[int | None, bool]]
+) -> tuple[float, dict[str, float]]:
+    """Rows committed per second over `seconds`, and the cores each process kept busy."""
+    meter = CpuMeter(pids)
+    meter.start()
+    first, started = _rows_written(base), time.monotonic()
+    time.sleep(seconds)
+    rate = (_rows_written(base) - first) / (time.monotonic() - started)
+    return rate, meter.stop()
+
+
+def _wait_until_serving(base: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"tickvault run exited with {process.returncode}")
+        try:
+            if _rows_written(base) > 0:
+                return
+        except (OSError, KeyError, ValueError, TypeError):
+            pass
+        time.sleep(0.5)
+    raise RuntimeError("tickvault run did not start writing ticks in time")
+
+
+# --- the clients' process ------------------------------------------------------------------
+
+
+async def _client(url: str, symbols: list[str], until: float, lags: list[float]) -> int:
+    """One client: subscribe, then the lag of every tick until `until`; its close code."""
+    async with websockets.connect(url, max_size=None) as ws:
+        await ws.send(json.dumps({"action": "subscribe", "symbols": symbols}))
+        while time.time() < until:
+            try:
+                async with asyncio.timeout(max(0.01, until - time.time())):
+                    text = await ws.recv()
+            except TimeoutError:
+                break
+            now = time.time()
+            at = text.find(RECEIVED_AT) if text.startswith('{"type":"tick"') else -1
+            if at >= 0:  # no json.loads: the clients' own CPU would be measured too
+                stamp = text[at + len(RECEIVED_AT) : text.index('"', at + len(RECEIVED_AT))]
+                lags.append((now - datetime.fromisoformat(stamp).timestamp()) * 1000)
+        return ws.close_code or 0
+
+
+async def _clients(url: str, symbols: list[str], clients: int, per: int, seconds: float) -> dict:
+    lags: list[float] = []
+    until = time.time() + seconds
+    tasks = []
+    for i in range(clients):
+        chosen = [symbols[(i * 7 + j) % len(symbols)] for j in range(per)]
+        tasks.append(asyncio.create_task(_client(url, chosen, until, lags)))
+        await asyncio.sleep(0.005)  # not all 200 handshakes in one instant
+    codes = await asyncio.gather(*tasks, return_exceptions=True)
+    warm = lags[len(lags) // 10 :]  # the first tenth includes the connection storm
+    return {
+        "clients": clients,
+        "symbols_per_client": per,
+        "ticks_received": len(lags),
+        "lag_ms": percentiles(warm, (50, 90, 99)),
+        "closed_early": sum(1 for code in codes if code not in (0, 1000)),
+    }
+
+
+# --- the run -------------------------------------------------------------------------------
+
+
+def run(seconds: float, clients: int, per: int, rate: float) -> dict[str, Any]:
+    with (
+        db_server() as server,
+        tempfile.TemporaryDirectory(prefix="tickvault-bench-stream-") as tmp,
+    ):
+        url = server.create_database("bench_stream")
+        instruments = Path(tmp) / "instruments.json"
+        symbols = write_universe(instruments, STOCKS)
+        load_universe(url, instruments)
+        data_dir = Path(tmp) / "data"
+        with feed_simulator(instruments, rate) as feed:
+            port = free_port()
+            env = os.environ | {
+                "TICKVAULT_DATABASE_URL": url,
+                "TICKVAULT_DATA_DIR": str(data_dir),
+                "TICKVAULT_API_PORT": str(port),
+                "TICKVAULT_LOG_LEVEL": "WARNING",
+                "UPSTOX_ACCESS_TOKEN": "bench-token",
+                "UPSTOX_API_BASE": feed.url,
+            }
+            log = Path(tmp) / "run.log"
+            process = subprocess.Popen(
+                [sys.executable, "-m", "tickvault", "run"],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=log.open("wb"),
+            )
+            base = f"http://127.0.0.1:{port}"
+            try:
+                _wait_until_serving(base, process)
+                time.sleep(3)
+                pids = {
+                    "tickvault_run": (process.pid, True),
+                    "simulator": (feed.pid, False),
+                    "postgres": (server.postmaster_pid, True),
+                }
+                without, cores_without = _committed_rate(base, seconds, pids)
+                loader = subprocess.Popen(
+                    [
+                        *(sys.executable, "-m", "bench.stream", "--as-clients", base),
+                        *("--clients", str(clients), "--symbols", str(per)),
+                        *("--seconds", str(seconds + 8), "--names", ",".join(symbols)),
+                    ],
+                    cwd=REPO,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+                time.sleep(6)  # the clients connected and subscribed
+                pids["stream_clients"] = (loader.pid, False)
+                with_clients, cores_with = _committed_rate(base, seconds, pids)
+                out, _ = loader.communicate(timeout=seconds + 60)
+                report = json.loads(out.strip().splitlines()[-1])
+            finally:
+                process.terminate()
+                process.wait(60)
+        server.drop_database(url)
+    report.update(
+        ingest_rate_offered=rate,
+        committed_per_s_without_clients=round(without),
+        committed_per_s_with_clients=round(with_clients),
+        **{f"stream_p99_ms_{clients}_clients": round(report["lag_ms"]["p99"], 1)},
+        stream_ingest_rate_ratio=round(with_clients / without, 3),
+        cores_without_clients=cores_without,
+        cores_with_clients=cores_with,
+    )
+    return report
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--clients", type=int, default=CLIENTS)
+    parser.add_argument("--symbols", type=int, default=SYMBOLS)
+    parser.add_argument("--rate", type=float, default=INGEST_RATE)
+    parser.add_argument("--as-clients", metavar="BASE", help=argparse.SUPPRESS)
+    parser.add_argument("--names", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.as_clients:
+        url = args.as_clients.replace("http://", "ws://") + "/api/v1/stream"
+        names = args.names.split(",")
+        report = asyncio.run(_clients(url, names, args.clients, args.symbols, args.seconds))
+        print(json.dumps(report))
+        return 0
+    report = run(args.seconds, args.clients, args.symbols, args.rate)
+    RESULTS_DIR.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    (RESULTS_DIR / f"stream-{stamp}.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
