@@ -173,17 +173,7 @@ class WebSocketService:
         self._tasks["journal-sync"] = asyncio.create_task(sync_forever(self._journal), name="sync")
         disk_sizes = self.disk.measure_forever(self._pool, self._journal)
         self._tasks["disk"] = asyncio.create_task(disk_sizes, name="disk")
-        # The latest ticks and the status, for the API's processes (ingest/channels/).
-        self._tasks["publish"] = asyncio.create_task(
-            publish_forever(
-                published_path(settings.data_dir), self.cache.take_changed, self.status
-            ),
-            name="publish",
-        )
-        self._tasks["publish-bars"] = asyncio.create_task(
-            publish_forever(bars_path(settings.data_dir), self.bars.take_changed, None, shape=BARS),
-            name="publish-bars",
-        )
+        self._tasks.update(_publishing(settings.data_dir, self.cache, self.bars, self.status))
         self._control = await _start_control(
             control_path(settings.data_dir), self._subscriptions, self.refresh_instruments
         )
@@ -358,6 +348,22 @@ class WebSocketService:
         with self._pool.connection() as conn:
             state = load_recovery_state(conn, self._journal.journal_id)
         return functools.partial(self._pipeline.journal_ticks, decoder=state.decoder())
+
+
+def _publishing(
+    data_dir: Path,
+    cache: AggregatedTickHandler,
+    bars: MinuteBarHandler,
+    status: Callable[[], IngestStatus],
+) -> dict[str, asyncio.Task[None]]:
+    """The tasks that publish the latest ticks with the status, and the forming 1-minute
+    bars, for the API's processes (ingest/channels/)."""
+    ticks = publish_forever(published_path(data_dir), cache.take_changed, status)
+    minutes = publish_forever(bars_path(data_dir), bars.take_changed, None, shape=BARS)
+    return {
+        "publish": asyncio.create_task(ticks, name="publish"),
+        "publish-bars": asyncio.create_task(minutes, name="publish-bars"),
+    }
 
 
 def _read_state(pool: ConnectionPool, journal_id: str) -> tuple[RecoveryState, Edition]:

@@ -1,4 +1,4 @@
-"""The push stream under load beside a 20k ticks/s ingest: `python -m bench.stream`.
+"""The push stream under load beside a 20k ticks/s ingest: `python -m bench.stream_fanout`.
 
 `tickvault run` (its default two API workers) is fed by a simulator process at the ingest
 rate over 200 F&O stocks. First the ingest's committed rate with no stream client, then the
@@ -163,7 +163,7 @@ def run(seconds: float, clients: int, per: int, rate: float) -> dict[str, Any]:
                 without, cores_without = _committed_rate(base, seconds, pids)
                 loader = subprocess.Popen(
                     [
-                        *(sys.executable, "-m", "bench.stream", "--as-clients", base),
+                        *(sys.executable, "-m", "bench.stream_fanout", "--as-clients", base),
                         *("--clients", str(clients), "--symbols", str(per)),
                         *("--seconds", str(seconds + 8), "--names", ",".join(symbols)),
                     ],
