@@ -10,7 +10,6 @@ asks for the day's bars one request after another.
 from __future__ import annotations
 
 import json
-import os
 import random
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from urllib.parse import quote
 
 import psycopg
 
-from bench.common import REPO, CpuMeter, DbServer, free_port, load_universe, simulator
+from bench.common import REPO, CpuMeter, DbServer, load_universe, simulator, tickvault_run
 from store.bars import refresh_bars
 from store.tick_row import TICK_COLUMNS, from_datetime
 from store.ticks import copy_ticks
@@ -157,25 +156,7 @@ def run_api(
             tempfile.TemporaryDirectory(prefix="tickvault-bench-api-") as data_dir,
             simulator(instruments, ingest_rate) as feed,
         ):
-            port = free_port()
-            env = os.environ | {
-                "TICKVAULT_DATABASE_URL": url,
-                "TICKVAULT_DATA_DIR": data_dir,
-                "TICKVAULT_API_PORT": str(port),
-                "TICKVAULT_LOG_LEVEL": "WARNING",
-                "UPSTOX_ACCESS_TOKEN": "bench-token",  # 8 characters at least, as a real one
-                "UPSTOX_API_BASE": feed.url,
-            }
-            log = Path(data_dir) / "run.log"
-            process = subprocess.Popen(
-                [sys.executable, "-m", "tickvault", "run"],
-                cwd=REPO,
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=log.open("wb"),
-            )
-            base = f"http://127.0.0.1:{port}"
-            try:
+            with tickvault_run(url, Path(data_dir), feed.url) as (process, base, log):
                 _wait_until_serving(base, process, 120)
                 time.sleep(warmup_s)
                 target = f"{base}/api/v1/websocket/latest-ticks?symbols={','.join(symbols[1:11])}"
@@ -190,10 +171,7 @@ def run_api(
                 bars["bars_per_response"] = len(_get_json(bars_url)["bars"])
                 bars["day_ticks"] = day_ticks
                 status = _get_json(f"{base}/api/v1/websocket/status")
-            finally:
-                process.terminate()
-                process.wait(60)
-                log_tail = log.read_text(errors="replace")[-500:]
+            log_tail = log.read_text(errors="replace")[-500:]
         return {
             "ingest_rate": ingest_rate,
             "symbols_per_request": len(symbols[1:11]),

@@ -53,6 +53,37 @@ def api_env(url: str, data_dir: Path, port: int, workers: int, log_level: str) -
     }
 
 
+@contextmanager
+def tickvault_run(
+    url: str, data_dir: Path, feed_url: str
+) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
+    """`tickvault run` (ingest and API) on `feed_url`'s simulator: the process, the API's base
+    URL and its log; terminated on leaving."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    env = os.environ | {
+        "TICKVAULT_DATABASE_URL": url,
+        "TICKVAULT_DATA_DIR": str(data_dir),
+        "TICKVAULT_API_PORT": str(port),
+        "TICKVAULT_LOG_LEVEL": "WARNING",
+        "UPSTOX_ACCESS_TOKEN": "bench-token",  # 8 characters at least, as a real one
+        "UPSTOX_API_BASE": feed_url,
+    }
+    log = data_dir / "run.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tickvault", "run"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("wb"),
+    )
+    try:
+        yield process, f"http://127.0.0.1:{port}", log
+    finally:
+        process.terminate()
+        process.wait(60)
+
+
 def percentiles(values: Sequence[float], points: Sequence[float] = (50, 99)) -> dict[str, float]:
     """Nearest-rank percentiles, keyed "p50", "p99"...; empty input gives NaN."""
     ordered = sorted(values)

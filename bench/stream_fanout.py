@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -31,9 +30,9 @@ from bench.common import (
     RESULTS_DIR,
     CpuMeter,
     db_server,
-    free_port,
     load_universe,
     percentiles,
+    tickvault_run,
     write_universe,
 )
 from bench.common import simulator as feed_simulator
@@ -133,52 +132,33 @@ def run(seconds: float, clients: int, per: int, rate: float) -> dict[str, Any]:
         symbols = write_universe(instruments, STOCKS)
         load_universe(url, instruments)
         data_dir = Path(tmp) / "data"
-        with feed_simulator(instruments, rate) as feed:
-            port = free_port()
-            env = os.environ | {
-                "TICKVAULT_DATABASE_URL": url,
-                "TICKVAULT_DATA_DIR": str(data_dir),
-                "TICKVAULT_API_PORT": str(port),
-                "TICKVAULT_LOG_LEVEL": "WARNING",
-                "UPSTOX_ACCESS_TOKEN": "bench-token",
-                "UPSTOX_API_BASE": feed.url,
+        with (
+            feed_simulator(instruments, rate) as feed,
+            tickvault_run(url, data_dir, feed.url) as (process, base, _log),
+        ):
+            _wait_until_serving(base, process)
+            time.sleep(3)
+            pids = {
+                "tickvault_run": (process.pid, True),
+                "simulator": (feed.pid, False),
+                "postgres": (server.postmaster_pid, True),
             }
-            log = Path(tmp) / "run.log"
-            process = subprocess.Popen(
-                [sys.executable, "-m", "tickvault", "run"],
+            without, cores_without = _committed_rate(base, seconds, pids)
+            loader = subprocess.Popen(
+                [
+                    *(sys.executable, "-m", "bench.stream_fanout", "--as-clients", base),
+                    *("--clients", str(clients), "--symbols", str(per)),
+                    *("--seconds", str(seconds + 8), "--names", ",".join(symbols)),
+                ],
                 cwd=REPO,
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=log.open("wb"),
+                stdout=subprocess.PIPE,
+                text=True,
             )
-            base = f"http://127.0.0.1:{port}"
-            try:
-                _wait_until_serving(base, process)
-                time.sleep(3)
-                pids = {
-                    "tickvault_run": (process.pid, True),
-                    "simulator": (feed.pid, False),
-                    "postgres": (server.postmaster_pid, True),
-                }
-                without, cores_without = _committed_rate(base, seconds, pids)
-                loader = subprocess.Popen(
-                    [
-                        *(sys.executable, "-m", "bench.stream_fanout", "--as-clients", base),
-                        *("--clients", str(clients), "--symbols", str(per)),
-                        *("--seconds", str(seconds + 8), "--names", ",".join(symbols)),
-                    ],
-                    cwd=REPO,
-                    stdout=subprocess.PIPE,
-                    text=True,
-                )
-                time.sleep(6)  # the clients connected and subscribed
-                pids["stream_clients"] = (loader.pid, False)
-                with_clients, cores_with = _committed_rate(base, seconds, pids)
-                out, _ = loader.communicate(timeout=seconds + 60)
-                report = json.loads(out.strip().splitlines()[-1])
-            finally:
-                process.terminate()
-                process.wait(60)
+            time.sleep(6)  # the clients connected and subscribed
+            pids["stream_clients"] = (loader.pid, False)
+            with_clients, cores_with = _committed_rate(base, seconds, pids)
+            out, _ = loader.communicate(timeout=seconds + 60)
+            report = json.loads(out.strip().splitlines()[-1])
         server.drop_database(url)
     report.update(
         ingest_rate_offered=rate,
