@@ -1,6 +1,6 @@
 """Run every benchmark, write the raw results as JSON under bench/results/, print a table.
 
-`python -m bench.run_all` (what `make bench` runs) takes about 7 minutes; `--quick` is a
+`python -m bench.run_all` (what `make bench` runs) takes about 8 minutes; `--quick` is a
 one-minute smoke run that checks the benchmarks still work, not a source of numbers. The
 database is a private cluster in /tmp unless TICKVAULT_DATABASE_URL names a server.
 """
@@ -18,11 +18,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import api, ingest, offline, read_path
+from bench import api, ingest, offline, read_path, stream_fanout
 from bench.common import RESULTS_DIR, db_server, machine, write_universe
 from bench.replay_feed import save_frames
 
-BENCHMARKS = ("offline", "throughput", "replay", "latency", "api", "read_path")
+BENCHMARKS = ("offline", "throughput", "replay", "latency", "api", "read_path", "stream")
 # The default TICKVAULT_BATCH_MS first, then 100 ms side by side if the default is another:
 # the batch age bounds a tick's receipt-to-commit time.
 LATENCY_BATCH_MS = tuple(dict.fromkeys((ingest.BATCH_MS, 100)))
@@ -155,6 +155,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     " into frames"
                 )
                 results["read_path"] = read_path.run_read_path(server, quick=quick)
+            if "stream" in chosen:
+                clients = 20 if quick else stream_fanout.CLIENTS
+                _step(f"stream: {clients} clients x 50 symbols beside a 20,000/s ingest")
+                results["stream"] = stream_fanout.run(
+                    server, 8.0 if quick else 20.0, clients, stream_fanout.SYMBOLS, 20_000
+                )
     return results
 
 
@@ -311,6 +317,17 @@ def table(results: dict[str, Any]) -> list[tuple[str, str, str]]:
         )
     if "read_path" in results:
         rows += _read_path_rows(results["read_path"])
+    if "stream" in results:
+        stream = results["stream"]
+        rows.append(
+            (
+                f"push stream: {stream['clients']} clients x {stream['symbols_per_client']}"
+                " symbols, tick-to-client lag",
+                f"p50 {stream['lag_ms']['p50']:,.0f} ms, p99 {stream['lag_ms']['p99']:,.0f} ms;"
+                f" ingest rate with/without clients {stream['stream_ingest_rate_ratio']:.3f}",
+                "p99 < 100 ms at 200 clients",
+            )
+        )
     return rows
 
 
@@ -389,6 +406,8 @@ def summary(results: dict[str, Any]) -> dict[str, float | None]:
         ),
         "copy_binary_rows_per_s": _dig(results, "read_path", "ticks", "copy_binary", "rows_per_s"),
         "read_bars_universe_month_s": _dig(results, "read_path", "universe_month_5m", "seconds"),
+        "stream_p99_ms_200_clients": _dig(results, "stream", "stream_p99_ms_200_clients"),
+        "stream_ingest_rate_ratio": _dig(results, "stream", "stream_ingest_rate_ratio"),
     }
 
 

@@ -29,6 +29,7 @@ from bench.common import (
     REPO,
     RESULTS_DIR,
     CpuMeter,
+    DbServer,
     db_server,
     load_universe,
     percentiles,
@@ -122,11 +123,10 @@ async def _clients(url: str, symbols: list[str], clients: int, per: int, seconds
 # --- the run -------------------------------------------------------------------------------
 
 
-def run(seconds: float, clients: int, per: int, rate: float) -> dict[str, Any]:
-    with (
-        db_server() as server,
-        tempfile.TemporaryDirectory(prefix="tickvault-bench-stream-") as tmp,
-    ):
+def run(server: DbServer, seconds: float, clients: int, per: int, rate: float) -> dict[str, Any]:
+    """The committed rate over `seconds` without, then with, `clients` stream clients (each
+    following `per` stocks), and the ticks' lag at those clients."""
+    with tempfile.TemporaryDirectory(prefix="tickvault-bench-stream-") as tmp:
         url = server.create_database("bench_stream")
         instruments = Path(tmp) / "instruments.json"
         symbols = write_universe(instruments, STOCKS)
@@ -187,7 +187,8 @@ def main() -> int:
         report = asyncio.run(_clients(url, names, args.clients, args.symbols, args.seconds))
         print(json.dumps(report))
         return 0
-    report = run(args.seconds, args.clients, args.symbols, args.rate)
+    with db_server() as server:
+        report = run(server, args.seconds, args.clients, args.symbols, args.rate)
     RESULTS_DIR.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S")
     (RESULTS_DIR / f"stream-{stamp}.json").write_text(json.dumps(report, indent=2))
