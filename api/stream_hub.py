@@ -69,6 +69,7 @@ class StreamClient:
         self.universe = False
         self.ticks_s = 0.25
         self.bars = True
+        self.batch = False  # one "changes" message per ticks_ms instead of one per change
         self.sent_round = 0  # the fan-out round whose changes it has been sent
         self.sent_at = -math.inf  # when (monotonic)
 
@@ -134,7 +135,12 @@ class StreamHub:
         client.keys.clear()
 
     async def subscribe(
-        self, client: StreamClient, keys: list[str] | None, ticks_ms: int, bars: bool
+        self,
+        client: StreamClient,
+        keys: list[str] | None,
+        ticks_ms: int,
+        bars: bool,
+        batch: bool = False,
     ) -> None:
         """Follow `keys` (None: every instrument the ingest publishes) from now on, with a
         snapshot of their latest ticks and bars first."""
@@ -142,6 +148,7 @@ class StreamHub:
         # From here to the offer, no await: no change is queued before the snapshot.
         client.ticks_s = ticks_ms / 1000
         client.bars = bars
+        client.batch = batch
         if keys is None:
             client.universe = True
             self._universe.add(client)
@@ -277,21 +284,30 @@ class StreamHub:
     def _send_changes(self, client: StreamClient, now: float) -> None:
         since = client.sent_round
         keys = self._latest.keys() if client.universe else client.keys
-        sent = False
-        for key in keys:
-            entry = self._latest.get(key)
-            if entry is not None and entry[0] > since:
-                client.offer(("tick", self._text("tick", key, entry)))
-                sent = True
-        if client.bars:
-            for key in keys:
-                entry = self._forming.get(key)
-                if entry is not None and entry[0] > since and entry[1][0] >= self._minute:
-                    client.offer(("bar", self._text("bar", key, entry)))
-                    sent = True
+        ticks = [
+            self._text("tick", key, entry)
+            for key in keys
+            if (entry := self._latest.get(key)) is not None and entry[0] > since
+        ]
+        bars = [
+            self._text("bar", key, entry)
+            for key in (keys if client.bars else ())
+            if (entry := self._forming.get(key)) is not None
+            and entry[0] > since
+            and entry[1][0] >= self._minute
+        ]
         client.sent_round = self._round
-        if sent:
-            client.sent_at = now
+        if not ticks and not bars:
+            return
+        client.sent_at = now
+        if client.batch:  # one frame for all of them: the frames, not the fan-out, cost most
+            changes = f'{{"type":"changes","ticks":[{",".join(ticks)}],"bars":[{",".join(bars)}]}}'
+            client.offer(("changes", changes))
+            return
+        for text in ticks:
+            client.offer(("tick", text))
+        for text in bars:
+            client.offer(("bar", text))
 
     def _text(self, kind: str, key: str, entry: tuple[int, Any]) -> str:
         """The JSON of `entry` (a key's newest tick or forming bar), made once per change."""

@@ -83,10 +83,13 @@ def _wait_until_serving(base: str, process: subprocess.Popen[bytes]) -> None:
 # --- the clients' process ------------------------------------------------------------------
 
 
-async def _client(url: str, symbols: list[str], until: float, lags: list[float]) -> int:
+async def _client(
+    url: str, symbols: list[str], until: float, lags: list[float], batch: bool
+) -> int:
     """One client: subscribe, then the lag of every tick until `until`; its close code."""
     async with websockets.connect(url, max_size=None) as ws:
-        await ws.send(json.dumps({"action": "subscribe", "symbols": symbols}))
+        request = {"action": "subscribe", "symbols": symbols, "batch": batch}
+        await ws.send(json.dumps(request))
         while time.time() < until:
             try:
                 async with asyncio.timeout(max(0.01, until - time.time())):
@@ -94,26 +97,33 @@ async def _client(url: str, symbols: list[str], until: float, lags: list[float])
             except TimeoutError:
                 break
             now = time.time()
-            at = text.find(RECEIVED_AT) if text.startswith('{"type":"tick"') else -1
-            if at >= 0:  # no json.loads: the clients' own CPU would be measured too
+            if not text.startswith(('{"type":"tick"', '{"type":"changes"')):
+                continue
+            # No json.loads: the clients' own CPU would be measured too.
+            at = text.find(RECEIVED_AT)
+            while at >= 0:
                 stamp = text[at + len(RECEIVED_AT) : text.index('"', at + len(RECEIVED_AT))]
                 lags.append((now - datetime.fromisoformat(stamp).timestamp()) * 1000)
+                at = text.find(RECEIVED_AT, at + 1)
         return ws.close_code or 0
 
 
-async def _clients(url: str, symbols: list[str], clients: int, per: int, seconds: float) -> dict:
+async def _clients(
+    url: str, symbols: list[str], clients: int, per: int, seconds: float, batch: bool
+) -> dict:
     lags: list[float] = []
     until = time.time() + seconds
     tasks = []
     for i in range(clients):
         chosen = [symbols[(i * 7 + j) % len(symbols)] for j in range(per)]
-        tasks.append(asyncio.create_task(_client(url, chosen, until, lags)))
+        tasks.append(asyncio.create_task(_client(url, chosen, until, lags, batch)))
         await asyncio.sleep(0.005)  # not all 200 handshakes in one instant
     codes = await asyncio.gather(*tasks, return_exceptions=True)
     warm = lags[len(lags) // 10 :]  # the first tenth includes the connection storm
     return {
         "clients": clients,
         "symbols_per_client": per,
+        "batch": batch,
         "ticks_received": len(lags),
         "lag_ms": percentiles(warm, (50, 90, 99)),
         "closed_early": sum(1 for code in codes if code not in (0, 1000)),
@@ -123,9 +133,12 @@ async def _clients(url: str, symbols: list[str], clients: int, per: int, seconds
 # --- the run -------------------------------------------------------------------------------
 
 
-def run(server: DbServer, seconds: float, clients: int, per: int, rate: float) -> dict[str, Any]:
+def run(
+    server: DbServer, seconds: float, clients: int, per: int, rate: float, batch: bool = True
+) -> dict[str, Any]:
     """The committed rate over `seconds` without, then with, `clients` stream clients (each
-    following `per` stocks), and the ticks' lag at those clients."""
+    following `per` stocks; `batch`: one "changes" message per round, or one per tick), and
+    the ticks' lag at those clients."""
     with tempfile.TemporaryDirectory(prefix="tickvault-bench-stream-") as tmp:
         url = server.create_database("bench_stream")
         instruments = Path(tmp) / "instruments.json"
@@ -147,6 +160,7 @@ def run(server: DbServer, seconds: float, clients: int, per: int, rate: float) -
             loader = subprocess.Popen(
                 [
                     *(sys.executable, "-m", "bench.stream_fanout", "--as-clients", base),
+                    *(() if batch else ("--one-per-frame",)),
                     *("--clients", str(clients), "--symbols", str(per)),
                     *("--seconds", str(seconds + 8), "--names", ",".join(symbols)),
                 ],
@@ -178,17 +192,22 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=CLIENTS)
     parser.add_argument("--symbols", type=int, default=SYMBOLS)
     parser.add_argument("--rate", type=float, default=INGEST_RATE)
+    parser.add_argument(
+        "--one-per-frame", action="store_true", help='a message per tick, not "batch": true'
+    )
     parser.add_argument("--as-clients", metavar="BASE", help=argparse.SUPPRESS)
     parser.add_argument("--names", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.as_clients:
         url = args.as_clients.replace("http://", "ws://") + "/api/v1/stream"
         names = args.names.split(",")
-        report = asyncio.run(_clients(url, names, args.clients, args.symbols, args.seconds))
+        batch = not args.one_per_frame
+        report = asyncio.run(_clients(url, names, args.clients, args.symbols, args.seconds, batch))
         print(json.dumps(report))
         return 0
     with db_server() as server:
-        report = run(server, args.seconds, args.clients, args.symbols, args.rate)
+        batch = not args.one_per_frame
+        report = run(server, args.seconds, args.clients, args.symbols, args.rate, batch)
     RESULTS_DIR.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S")
     (RESULTS_DIR / f"stream-{stamp}.json").write_text(json.dumps(report, indent=2))

@@ -150,6 +150,38 @@ def test_ticks_are_conflated_to_ticks_ms_per_symbol(live: Live) -> None:
     asyncio.run(main())
 
 
+def test_batch_sends_each_round_of_changes_in_one_message(live: Live) -> None:
+    """With "batch": true, the ticks and forming bars due by ticks_ms come in one "changes"
+    message, each symbol at most once in it; only a minute's final bar comes on its own."""
+
+    async def main() -> None:
+        arrivals: list[float] = []
+        symbols: set[str] = set()
+        async with connect(live) as ws:
+            await subscribe(ws, ["INFY", "TCS"], ticks_ms=300, batch=True)
+            end = time.monotonic() + 2.5
+            while time.monotonic() < end:
+                message = await next_of(ws, "tick", "bar", "changes")
+                if message["type"] == "bar":
+                    assert message["final"]
+                    continue
+                assert message["type"] == "changes"
+                arrivals.append(time.monotonic())
+                for kind in ("ticks", "bars"):
+                    named = [item["symbol"] for item in message[kind]]
+                    assert len(named) == len(set(named)), (kind, named)
+                    assert {item["type"] for item in message[kind]} <= {kind[:-1]}
+                    symbols.update(named)
+            await ws.send(json.dumps({"action": "subscribe", "symbols": ["INFY"], "batch": 1}))
+            refused = await next_of(ws, "error")
+        assert symbols == {"INFY", "TCS"}
+        assert len(arrivals) >= 4
+        assert min(b - a for a, b in itertools.pairwise(arrivals)) > 0.25  # 300 ms, less jitter
+        assert refused["message"] == '"bars" and "batch" must be true or false'
+
+    asyncio.run(main())
+
+
 def test_the_last_bar_of_a_minute_equals_the_stored_row(live: Live) -> None:
     """Forming bars as they change, then final ones; once the minute is two behind the feed,
     the last final bar pushed for it is the ohlc_1m row. Heartbeats say open and connected."""

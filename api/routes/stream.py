@@ -137,15 +137,15 @@ async def _act(text: str, client: StreamClient, hub: StreamHub, context: ApiCont
     ticks_ms = request.get("ticks_ms", 250)
     if type(ticks_ms) is not int or not MIN_TICKS_MS <= ticks_ms <= MAX_TICKS_MS:
         raise Refused(f'"ticks_ms" must be a whole number {MIN_TICKS_MS}..{MAX_TICKS_MS}')
-    bars = request.get("bars", True)
-    if not isinstance(bars, bool):
-        raise Refused('"bars" must be true or false')
+    bars, batch = request.get("bars", True), request.get("batch", False)
+    if not isinstance(bars, bool) or not isinstance(batch, bool):
+        raise Refused('"bars" and "batch" must be true or false')
     if symbols == UNIVERSE:
-        await hub.subscribe(client, None, ticks_ms, bars)
+        await hub.subscribe(client, None, ticks_ms, bars, batch)
         return
     names = _names(symbols, universe=True)
     keys = await _resolve(context, names, client, hub, adding=True)
-    await hub.subscribe(client, keys, ticks_ms, bars)
+    await hub.subscribe(client, keys, ticks_ms, bars, batch)
 
 
 def _names(symbols: Any, *, universe: bool) -> list[str]:
