@@ -134,7 +134,7 @@ def test_a_range_across_the_cutoff_is_every_row_once_as_before_retention(lived: 
     assert day_bounds(lived.split)[0] < lived.cutoff < day_bounds(lived.split)[1]
 
     after = {query: notebook.sql(query, lived.start, lived.end) for query in lived.before}
-    exact = notebook.sql(EVERY_TICK, lived.start, lived.end, output="arrow").to_pylist()
+    exact = notebook.sql(EVERY_TICK, lived.start, lived.end, frame="arrow").to_pylist()
 
     assert exact == lived.database_rows
     for query, frame in after.items():

@@ -112,6 +112,13 @@ def in_ist(table: pa.Table) -> pa.Table:
     return table.cast(schema)
 
 
+def checked_frame(kind: FrameKind) -> FrameKind:
+    """`kind` if it is a frame kind this module makes; checked before anything is read."""
+    if kind not in FRAME_KINDS:
+        raise ValueError(f"frame must be one of {', '.join(FRAME_KINDS)}, got {kind!r}")
+    return kind
+
+
 def framed(table: pa.Table, kind: FrameKind, index: list[str]) -> Any:
     """`table` as the frame kind asked for; a pandas frame is indexed by the `index` columns
     (Arrow and polars have no index, so they keep them as the first columns)."""
@@ -121,8 +128,7 @@ def framed(table: pa.Table, kind: FrameKind, index: list[str]) -> Any:
         import polars as pl  # only a polars user pays for importing it
 
         return pl.from_arrow(table)
-    if kind != "pandas":
-        raise ValueError(f"frame must be one of {', '.join(FRAME_KINDS)}, got {kind!r}")
+    checked_frame(kind)
     # self_destruct frees each Arrow column once pandas has its copy: the peak is then about
     # one frame, not the table and the frame side by side.
     frame = table.to_pandas(self_destruct=True, split_blocks=True)

@@ -47,7 +47,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 import duckdb
 import psycopg
@@ -70,10 +70,8 @@ from store.archive_location import ArchiveLocation, archive_location
 from store.instruments import keys_of, resolve_symbols, trading_symbols
 from store.local.url import database_url
 from store.tick_row import TICK_COLUMNS
-from tickvault.arrow_frames import Moment, ist_moment
+from tickvault.arrow_frames import FrameKind, Moment, checked_frame, ist_moment
 from tickvault.checkout import checkout_settings
-
-Output = Literal["pandas", "arrow", "polars"]
 
 # What a query may name: each of the store's relations and its time column.
 RELATIONS = {"ticks": "ts", "ohlc_1m": "bucket", "ohlc_5m": "bucket"}
@@ -235,17 +233,16 @@ class History:
         self,
         query: str,
         params: Sequence[Any] | dict[str, Any] | None = None,
-        output: Output = "pandas",
+        frame: FrameKind = "pandas",
     ) -> Any:
-        """The query's rows as `output` asks: a pandas frame (times tz-aware IST), an Arrow
+        """The query's rows as `frame` asks: a pandas frame (times tz-aware IST), an Arrow
         table, or a polars frame (with polars installed)."""
-        if output not in ("pandas", "arrow", "polars"):
-            raise ValueError(f"output must be pandas, arrow or polars, got {output!r}")
+        checked_frame(frame)
         try:
             relation = self.duck.sql(query, params=params)
-            if output == "arrow":
+            if frame == "arrow":
                 return relation.to_arrow_table()
-            return relation.pl() if output == "polars" else relation.df()
+            return relation.pl() if frame == "polars" else relation.df()
         except _QUERY_MISTAKES:
             raise
         except duckdb.Error as error:
@@ -331,22 +328,22 @@ def sql(
     end: Moment,
     symbols: str | Sequence[str] | None = None,
     params: Sequence[Any] | dict[str, Any] | None = None,
-    output: Output = "pandas",
+    frame: FrameKind = "pandas",
 ) -> Any:
     """Run DuckDB SQL over the history in [start, end) of `symbols` (None: every instrument):
     `ticks` (the archive and the store as one), `ohlc_1m` and `ohlc_5m`. Only the relations
     the query names are read. Times come back in IST (a pandas frame's are tz-aware
-    Asia/Kolkata); `output` "arrow" or "polars" (with polars installed) give those instead.
+    Asia/Kolkata); `frame` "arrow" or "polars" (with polars installed) give those instead.
 
         sql("SELECT date_trunc('day', ts) AS day, count(*) FROM ticks GROUP BY 1 ORDER BY 1",
             "2026-01-01", "2027-01-01", symbols=["INFY"])
     """
     named = [name for name in RELATIONS if name in {m.lower() for m in _NAMED.findall(query)}]
     with history(start, end, symbols, named) as opened:
-        return opened.query(query, params, output)
+        return opened.query(query, params, frame)
 
 
-def _asof(symbols: Sequence[str], start: Moment, end: Moment, query: str, output: Output) -> Any:
+def _asof(symbols: Sequence[str], start: Moment, end: Moment, query: str, frame: FrameKind) -> Any:
     """One ASOF join over the ticks of `symbols`, whose instrument keys fill the query's
     `{left}` and `{right}` (the first and the last)."""
     settings = checkout_settings()
@@ -356,15 +353,15 @@ def _asof(symbols: Sequence[str], start: Moment, end: Moment, query: str, output
         names = trading_symbols(conn, keys)
     filled = query.format(left=_text(keys[0]), right=_text(keys[-1]))
     with history(start, end, keys, ["ticks"], url=url, archive=settings.archive_root) as opened:
-        answer = opened.query(filled, output=output)
-    if output == "pandas":
+        answer = opened.query(filled, frame=frame)
+    if frame == "pandas":
         answer = answer.set_index("ts")
         answer.attrs["instrument_keys"] = keys
         answer.attrs["trading_symbols"] = [names.get(key, key) for key in keys]
     return answer
 
 
-def quotes_at_trades(symbol: str, start: Moment, end: Moment, output: Output = "pandas") -> Any:
+def quotes_at_trades(symbol: str, start: Moment, end: Moment, frame: FrameKind = "pandas") -> Any:
     """Each trade of `symbol` in [start, end) (a tick whose volume_delta is positive) with the
     quote in force when it traded: the best bid and ask of the instrument's last tick strictly
     before it (`quote_ts`; the trade's own tick already shows the book after it). NULL where
@@ -378,7 +375,7 @@ def quotes_at_trades(symbol: str, start: Moment, end: Moment, output: Output = "
         " FROM (SELECT * FROM ticks WHERE volume_delta > 0) t"
         " ASOF LEFT JOIN ticks q ON t.ts > q.ts"
         " ORDER BY t.ts, t.received_at",
-        output,
+        frame,
     )
 
 
@@ -388,7 +385,7 @@ def aligned(
     start: Moment,
     end: Moment,
     columns: Sequence[str] = ("ltp",),
-    output: Output = "pandas",
+    frame: FrameKind = "pandas",
 ) -> Any:
     """Every tick of `left` in [start, end) with `right`'s last tick at or before it: the two
     instruments on one clock (a future against its index, two stocks). Columns `left_<c>` and
@@ -407,5 +404,5 @@ def aligned(
         " FROM (SELECT * FROM ticks WHERE instrument_key = {left}) l"
         " ASOF LEFT JOIN (SELECT * FROM ticks WHERE instrument_key = {right}) r ON l.ts >= r.ts"
         " ORDER BY l.ts, l.received_at",
-        output,
+        frame,
     )

@@ -45,7 +45,7 @@ from store.instruments import (
 )
 from store.local.url import database_url
 from store.ticks import count_ticks, many_recent_ticks_sql, newest_tick_time, recent_ticks_sql
-from tickvault.arrow_frames import FRAME_KINDS, FrameKind, framed, in_ist, ist_moment, read_arrow
+from tickvault.arrow_frames import FrameKind, checked_frame, framed, in_ist, ist_moment, read_arrow
 from tickvault.arrow_frames import wide as wide  # what notebooks import, beside the readers
 from tickvault.checkout import checkout_settings
 from tickvault.history_sql import HistoryError as HistoryError
@@ -168,12 +168,6 @@ def _instruments(conn: psycopg.Connection, symbols: Symbols) -> dict[str, str]:
     return {label: key for key, label in labels.items()}
 
 
-def _checked_frame(frame: FrameKind) -> FrameKind:
-    if frame not in FRAME_KINDS:
-        raise ValueError(f"frame must be one of {', '.join(FRAME_KINDS)}, got {frame!r}")
-    return frame
-
-
 def read_bars(
     symbols: Symbols,
     interval: BarInterval = "1m",
@@ -194,7 +188,7 @@ def read_bars(
     """
     if interval not in BAR_INTERVALS:
         raise ValueError(f"interval must be one of {', '.join(BAR_INTERVALS)}, got {interval!r}")
-    kind = _checked_frame(frame)
+    kind = checked_frame(frame)
     bounds = _window(start, end)
     url = database_url(checkout_settings())
     with connect() as conn:
@@ -242,7 +236,7 @@ def read_ticks(
     """
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         raise ValueError(f"limit must be a positive number of ticks, got {limit!r}")
-    kind = _checked_frame(frame)
+    kind = checked_frame(frame)
     bounds = _window(start, end)
     bounded = {"start": start is not None, "end": end is not None}
     url = database_url(checkout_settings())
