@@ -1,12 +1,15 @@
 """The push stream's fan-out, one per API worker (docs/api.md, "The stream").
 
 One task reads what the ingest publishes (ingest/channels/: the latest ticks and the forming
-1-minute bars) every POLL_S, only the slots whose sequence number moved, and offers each
-change to the clients that follow its instrument. Each client has a bounded queue that its
-connection drains; a client whose queue is full is marked behind and closed by its route
-(4000): it never makes the worker hold more, and never slows the ingest (which readers cost
-nothing) or the other clients (offering is a put_nowait). No client reads the database: a
-subscribe resolves its symbols once, and the stream is the published tables alone.
+1-minute bars), only the slots whose sequence number moved, and offers each change to the
+clients that follow its instrument. It reads as soon as a publish stored something (it looks
+at the tables' publish counters every PROBE_S, one memory read each), and at least every
+POLL_S, so a tick waits for the ingest's publish interval (25 ms) and a probe, not a poll.
+Each client has a bounded queue that its connection drains; a client whose queue is full is
+marked behind and closed by its route (4000): it never makes the worker hold more, and never
+slows the ingest (which readers cost nothing) or the other clients (offering is a
+put_nowait). No client reads the database: a subscribe resolves its symbols once, and the
+stream is the published tables alone.
 
 Conflation: each change is noted with the round that saw it, and a client is sent, at most
 once per its `ticks_ms`, the newest tick and forming bar of each symbol it follows that
@@ -51,6 +54,7 @@ from store.tick_row import TICK_COLUMNS, TIME_COLUMNS, Tick, to_datetime
 log = logging.getLogger(__name__)
 
 POLL_S = 0.05
+PROBE_S = 0.005
 HEARTBEAT_S = 5.0
 MIN_TICKS_MS, MAX_TICKS_MS = 50, 5000
 
@@ -59,11 +63,14 @@ Message = tuple[str, str]  # (type, the JSON text): a WebSocket frame, or an SSE
 
 class StreamClient:
     """One connection: what it follows, when it was last sent the changes, and its bounded
-    queue of messages. The route drains `queue` and closes the connection once `behind` is
-    set."""
+    queue of messages (at most `queue_max` of them and `queue_max_bytes` of text, so a batch
+    client's large messages are bounded as well as a tick client's many small ones). The
+    route drains it with `next_message` and closes the connection once `behind` is set."""
 
-    def __init__(self, queue_max: int) -> None:
+    def __init__(self, queue_max: int, queue_max_bytes: int) -> None:
         self.queue: asyncio.Queue[Message] = asyncio.Queue(queue_max)
+        self.queue_max_bytes = queue_max_bytes
+        self.queued_bytes = 0
         self.behind = asyncio.Event()
         self.keys: set[str] = set()
         self.universe = False
@@ -77,10 +84,22 @@ class StreamClient:
         """Queue `message`, or mark the client behind (nothing more is queued for it)."""
         if self.behind.is_set():
             return
+        size = len(message[1])
+        # An empty queue takes any message: a universe snapshot may exceed the byte bound.
+        if self.queued_bytes + size > self.queue_max_bytes and not self.queue.empty():
+            self.behind.set()
+            return
         try:
             self.queue.put_nowait(message)
         except asyncio.QueueFull:
             self.behind.set()
+            return
+        self.queued_bytes += size
+
+    async def next_message(self) -> Message:
+        message = await self.queue.get()
+        self.queued_bytes -= len(message[1])
+        return message
 
 
 class StreamHub:
@@ -98,6 +117,10 @@ class StreamHub:
         self._pool = pool
         self.max_clients = settings.stream_max_clients
         self.queue_max = settings.stream_queue_max
+        self.queue_max_bytes = settings.stream_queue_max_bytes
+        self.behind_reason = (
+            f"fell behind: {self.queue_max} messages or {self.queue_max_bytes} bytes queued"
+        )
         self.clients: set[StreamClient] = set()
         self._followers: dict[str, set[StreamClient]] = {}  # key -> clients that follow it
         self._universe: set[StreamClient] = set()
@@ -118,7 +141,7 @@ class StreamHub:
     def register(self) -> StreamClient | None:
         if len(self.clients) >= self.max_clients:
             return None
-        client = StreamClient(self.queue_max)
+        client = StreamClient(self.queue_max, self.queue_max_bytes)
         client.sent_round = self._round  # what came before is in its snapshot
         self.clients.add(client)
         return client
@@ -216,11 +239,18 @@ class StreamHub:
     async def _run(self) -> None:
         next_heartbeat = 0.0
         failing = False
+        seen: tuple[int, int] | None = None
+        last_round = -math.inf
         while True:
-            await asyncio.sleep(POLL_S)
+            await asyncio.sleep(PROBE_S)
             if not self.clients:
                 continue
             try:
+                now = time.monotonic()
+                counts = self._published_counts()
+                if (counts is None or counts == seen) and now - last_round < POLL_S:
+                    continue
+                seen, last_round = counts, now
                 ticks, rows = await asyncio.to_thread(self._read_changes)
                 self._fan_out(ticks, rows, time.monotonic())
                 if time.monotonic() >= next_heartbeat:
@@ -230,9 +260,19 @@ class StreamHub:
                         client.offer(heartbeat)
                 failing = False
             except Exception:
-                if not failing:  # once per spell, not every 50 ms
+                if not failing:  # once per spell, not every round
                     log.exception("the stream could not read the ingest's published tables")
                 failing = True
+
+    def _published_counts(self) -> tuple[int, int] | None:
+        """The two tables' publish counters (-1 for one no ingest publishes); None while a
+        snapshot holds the readers (the next probe looks again)."""
+        if not self._read_lock.acquire(blocking=False):
+            return None
+        try:
+            return (_count(self._ticks), _count(self._bars))
+        finally:
+            self._read_lock.release()
 
     def _read_changes(self) -> tuple[dict[str, Tick], dict[str, Tick]]:
         with self._read_lock:
@@ -388,6 +428,13 @@ class StreamHub:
             **bar,
             "final": final,
         }
+
+
+def _count(reader: LatestTickReader) -> int:
+    try:
+        return reader.ticks_published()
+    except IngestNotRunning:
+        return -1
 
 
 def _bar_values(row: Tick) -> tuple[tuple, tuple | None]:

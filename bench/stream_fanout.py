@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import subprocess
 import sys
 import tempfile
@@ -42,6 +43,7 @@ CLIENTS = 200
 SYMBOLS = 50
 STOCKS = 200
 INGEST_RATE = 20_000
+TICKS_MS = 250  # the stream's default
 RECEIVED_AT = '"received_at":"'
 
 
@@ -84,12 +86,18 @@ def _wait_until_serving(base: str, process: subprocess.Popen[bytes]) -> None:
 
 
 async def _client(
-    url: str, symbols: list[str], until: float, lags: list[float], batch: bool
+    url: str, symbols: list[str], until: float, lags: dict[str, list[float]], batch: bool
 ) -> int:
-    """One client: subscribe, then the lag of every tick until `until`; its close code."""
+    """One client: subscribe, then the lag of every tick until `until`; its close code.
+
+    Two lags per tick: its age at arrival (now minus `received_at`), and, for a batch client,
+    what the stream added beyond the hold-back the client asked for: now minus the later of
+    `received_at` and the previous message's arrival plus `ticks_ms` (a tick that came while
+    the client's conflation window was shut is due when it opens, not when it came)."""
     async with websockets.connect(url, max_size=None) as ws:
-        request = {"action": "subscribe", "symbols": symbols, "batch": batch}
+        request = {"action": "subscribe", "symbols": symbols, "batch": batch, "ticks_ms": TICKS_MS}
         await ws.send(json.dumps(request))
+        opens = math.inf  # when the client's window opened again after its last message
         while time.time() < until:
             try:
                 async with asyncio.timeout(max(0.01, until - time.time())):
@@ -98,20 +106,26 @@ async def _client(
                 break
             now = time.time()
             if not text.startswith(('{"type":"tick"', '{"type":"changes"')):
+                if text.startswith('{"type":"snapshot"'):
+                    opens = now + TICKS_MS / 1000
                 continue
             # No json.loads: the clients' own CPU would be measured too.
             at = text.find(RECEIVED_AT)
             while at >= 0:
                 stamp = text[at + len(RECEIVED_AT) : text.index('"', at + len(RECEIVED_AT))]
-                lags.append((now - datetime.fromisoformat(stamp).timestamp()) * 1000)
+                received = datetime.fromisoformat(stamp).timestamp()
+                lags["age"].append((now - received) * 1000)
+                if batch:
+                    lags["added"].append((now - max(received, opens)) * 1000)
                 at = text.find(RECEIVED_AT, at + 1)
+            opens = now + TICKS_MS / 1000
         return ws.close_code or 0
 
 
 async def _clients(
     url: str, symbols: list[str], clients: int, per: int, seconds: float, batch: bool
 ) -> dict:
-    lags: list[float] = []
+    lags: dict[str, list[float]] = {"age": [], "added": []}
     until = time.time() + seconds
     tasks = []
     for i in range(clients):
@@ -119,13 +133,16 @@ async def _clients(
         tasks.append(asyncio.create_task(_client(url, chosen, until, lags, batch)))
         await asyncio.sleep(0.005)  # not all 200 handshakes in one instant
     codes = await asyncio.gather(*tasks, return_exceptions=True)
-    warm = lags[len(lags) // 10 :]  # the first tenth includes the connection storm
+    # The first tenth includes the connection storm.
+    warm = {name: values[len(values) // 10 :] for name, values in lags.items()}
     return {
         "clients": clients,
         "symbols_per_client": per,
         "batch": batch,
-        "ticks_received": len(lags),
-        "lag_ms": percentiles(warm, (50, 90, 99)),
+        "ticks_ms": TICKS_MS,
+        "ticks_received": len(lags["age"]),
+        "lag_ms": percentiles(warm["age"], (50, 90, 99)),
+        "added_lag_ms": percentiles(warm["added"], (50, 90, 99)) if batch else None,
         "closed_early": sum(1 for code in codes if code not in (0, 1000)),
     }
 

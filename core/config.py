@@ -220,11 +220,13 @@ class Settings:
     # loopback and api_host.
     api_allowed_hosts: Names = ()
     # The push stream (/api/v1/stream, api/stream_hub.py), per API worker: symbols one client
-    # may follow, clients at once (more are closed with 1013), and messages queued for one
-    # client before it is closed as fallen behind (4000): its memory is bounded by this.
+    # may follow, clients at once (more are closed with 1013), and messages and bytes queued
+    # for one client before it is closed as fallen behind (4000): its memory is bounded by
+    # these.
     stream_max_symbols: Annotated[int, Field(ge=1)] = 500
     stream_max_clients: Annotated[int, Field(ge=1)] = 200
     stream_queue_max: Annotated[int, Field(ge=1)] = 2000
+    stream_queue_max_bytes: Annotated[int, Field(ge=1024)] = 8 * 1024 * 1024
     log_level: LogLevel = "INFO"
     # Audit the day's bars against Upstox's candles after the close (ingest/jobs/audit.py).
     audit_after_close: bool = True

@@ -26,6 +26,7 @@ from fastapi import FastAPI
 from websockets.exceptions import ConnectionClosed
 
 from api import create_app
+from api.stream_hub import StreamClient
 from core.config import Secret, Settings
 from ingest.channels.latest_publisher import LatestTickPublisher
 from ingest.channels.latest_reader import LatestTickReader
@@ -323,6 +324,28 @@ def test_a_slow_client_is_closed_with_4000_while_another_keeps_receiving(live: L
             assert reader.close_code is None
 
     wait_for_no_clients(live)
+    asyncio.run(main())
+
+
+def test_a_client_queue_is_bounded_in_bytes_as_well_as_messages() -> None:
+    """A batch client's messages are large: its memory is held to the byte bound, while an
+    empty queue still takes a snapshot bigger than the bound."""
+
+    async def main() -> None:
+        client = StreamClient(queue_max=100, queue_max_bytes=1000)
+        client.offer(("snapshot", "s" * 5000))  # alone in the queue: taken
+        assert not client.behind.is_set()
+        assert await client.next_message() == ("snapshot", "s" * 5000)
+        assert client.queued_bytes == 0
+        client.offer(("changes", "c" * 400))
+        client.offer(("changes", "c" * 400))
+        assert not client.behind.is_set() and client.queued_bytes == 800
+        client.offer(("changes", "c" * 400))  # 1200 bytes would be queued
+        assert client.behind.is_set()
+        assert client.queue.qsize() == 2 and client.queued_bytes == 800
+        client.offer(("tick", "t"))  # nothing more once behind
+        assert client.queue.qsize() == 2
+
     asyncio.run(main())
 
 

@@ -75,7 +75,7 @@ async def stream(websocket: WebSocket) -> None:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         ending = next(iter(done))
         if ending is tasks[2]:
-            await _close(websocket, BEHIND, f"fell behind: {hub.queue_max} messages queued")
+            await _close(websocket, BEHIND, hub.behind_reason)
         elif ending is tasks[1] and ending.exception() is not None:
             log.error("stream session failed", exc_info=ending.exception())
             await _close(websocket, INTERNAL, "internal error")
@@ -90,7 +90,7 @@ async def stream(websocket: WebSocket) -> None:
 
 async def _send(websocket: WebSocket, client: StreamClient) -> None:
     while True:
-        _, text = await client.queue.get()
+        _, text = await client.next_message()
         await websocket.send_text(text)
 
 
@@ -264,11 +264,11 @@ async def _events(
     try:
         await hub.subscribe(client, keys, ticks_ms, bars)
         while True:
-            get = asyncio.ensure_future(client.queue.get())
+            get = asyncio.ensure_future(client.next_message())
             await asyncio.wait([get, behind], return_when=asyncio.FIRST_COMPLETED)
             if not get.done():
                 get.cancel()
-                error = {"type": "error", "message": f"fell behind: {hub.queue_max} queued"}
+                error = {"type": "error", "message": hub.behind_reason}
                 yield f"event: error\ndata: {json.dumps(error)}\n\n"
                 return
             kind, text = get.result()

@@ -191,6 +191,11 @@ class LatestTickReader:
                 rows[key] = row
         return now, rows
 
+    def ticks_published(self) -> int:
+        """How many ticks the writer has published so far: a follower that sees it move knows
+        a publish stored something, for the price of one memory read (and `_current`'s stat)."""
+        return self._current().words[W_TICKS_PUBLISHED]
+
     def keys(self) -> list[str]:
         """Every instrument key published, in slot order."""
         table = self._current()
