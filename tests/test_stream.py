@@ -339,10 +339,12 @@ def test_a_client_queue_is_bounded_in_bytes_as_well_as_messages() -> None:
         assert client.queued_bytes == 0
         client.offer(("changes", "c" * 400))
         client.offer(("changes", "c" * 400))
-        assert not client.behind.is_set() and client.queued_bytes == 800
+        assert not client.behind.is_set()
+        assert client.queued_bytes == 800
         client.offer(("changes", "c" * 400))  # 1200 bytes would be queued
         assert client.behind.is_set()
-        assert client.queue.qsize() == 2 and client.queued_bytes == 800
+        assert client.queue.qsize() == 2
+        assert client.queued_bytes == 800
         client.offer(("tick", "t"))  # nothing more once behind
         assert client.queue.qsize() == 2
 
