@@ -4,8 +4,9 @@ writes: what the API's stream pushes as bars (ingest/channels/ publishes them).
 The bar is the stored `ohlc_1m` row's arithmetic (sql/006_bars.*.sql) done as the ticks pass:
 bucket = time_bucket('1 minute', ts), open = first(ltp, ts), high, low, close = last(ltp, ts),
 volume = sum(volume_delta) (None while every delta is None, as SQL's sum), tick_count =
-count(*). It is fed the same frames as the writer, replayed journal frames included, so once
-its minute is over the previous bar equals the stored row. Ties on `ts` go to the tick that
+count(*). It is fed the same frames as the writer, replayed journal frames included, and
+starts from the stored ticks of the minute a restart falls in (`seed`), so once its minute
+is over the previous bar equals the stored row. Ties on `ts` go to the tick that
 came first, as first() and last() keep the first row they see of equal times.
 
 A tick of the minute before the forming one (a late tick) still updates the previous bar; a
@@ -13,6 +14,8 @@ tick older than that cannot change what is published and is left to the database
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from store.tick_row import KEY, LTP, TS, VOLUME_DELTA, Tick
 
@@ -41,6 +44,16 @@ class MinuteBarHandler:
     def __init__(self) -> None:
         self._bars: dict[str, list[list | None]] = {}  # key -> [forming, previous]
         self._changed: set[str] = set()
+
+    def seed(self, rows: Iterable[tuple]) -> None:
+        """Start from the stored bars of each instrument's newest minute and the one before
+        (`store.ticks.forming_bar_rows`, in bucket order), so that after a restart the
+        forming bar still counts the ticks committed before the stop; the replayed journal
+        frames that follow add the ones that were not."""
+        for key, *bar in rows:
+            pair = self._bars.get(key)
+            self._bars[key] = [bar, None if pair is None else pair[0]]
+            self._changed.add(key)
 
     def on_frame(self, seq: int, ticks: list[Tick]) -> None:
         bars = self._bars

@@ -23,7 +23,7 @@ from ingest.journal import Journal
 from ingest.upstox.decoder import FeedDecoder
 from store.subscriptions import resumable_keys
 from store.tick_row import Tick
-from store.ticks import committed_position, newest_tick_rows
+from store.ticks import committed_position, forming_bar_rows, newest_tick_rows
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ class RecoveryState:
     last_ticks: list[Tick]
     subscribed_keys: frozenset[str]
     database: str  # which database this is, in words (no password)
+    forming_bars: list[tuple]  # the stored bars of each instrument's newest two minutes
 
     def decoder(self) -> FeedDecoder:
         """A decoder in the state of the last committed frame, so that a snapshot re-sent
@@ -58,6 +59,7 @@ def load_recovery_state(conn: psycopg.Connection, journal_id: str) -> RecoverySt
         newest_tick_rows(conn),
         resumable_keys(conn),
         database_identity(conn),
+        forming_bar_rows(conn),
     )
 
 

@@ -127,6 +127,7 @@ class WebSocketService:
         self._journal.mark_committed(state.committed_seq)
         self._pipeline.add_handler(self._writer)
         self._pipeline.add_handler(self.cache)
+        self.bars.seed(state.forming_bars)
         self._pipeline.add_handler(self.bars)
         for callback in self._custom_handlers:
             await self._pipeline.register_handler(callback)

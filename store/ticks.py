@@ -43,11 +43,16 @@ COPY_TICKS = f"COPY ticks ({', '.join(TICK_COLUMNS)}) FROM STDIN (FORMAT BINARY)
 _WIRE_TYPES = ["int8" if pg_type == "timestamptz" else pg_type for pg_type in TICK_PG_TYPES]
 
 _TICK_COLUMNS = ", ".join(f"t.{name}" for name in TICK_COLUMNS)
+
+
+def _as_tick_time(column: str) -> str:
+    """SQL of a timestamptz `column` as a tick time (microseconds since 2000, store.tick_row)."""
+    return f"(extract(epoch FROM {column}) * 1000000)::bigint - {PG_EPOCH_UNIX_US}"
+
+
 # The same columns with the times as tick times (integers; see store.tick_row), for the decoder.
 _TICK_TIMES_COLUMNS = ", ".join(
-    f"(extract(epoch FROM t.{name}) * 1000000)::bigint - {PG_EPOCH_UNIX_US}"
-    if index in TIME_COLUMNS
-    else f"t.{name}"
+    _as_tick_time(f"t.{name}") if index in TIME_COLUMNS else f"t.{name}"
     for index, name in enumerate(TICK_COLUMNS)
 )
 
@@ -248,6 +253,28 @@ def newest_tick_rows(conn: psycopg.Connection) -> list[Tick]:
     """The newest stored tick of every instrument in `subscriptions`, whatever its status, as
     ticks with integer times: what seeds the decoder after a restart."""
     return [tuple(row) for row in conn.execute(_newest(_TICK_TIMES_COLUMNS, "subscriptions k"))]
+
+
+def forming_bar_rows(conn: psycopg.Connection) -> list[tuple]:
+    """The stored ticks of each instrument's newest minute and the minute before, as bars
+    (instrument_key, bucket, open, open_ts, high, low, close, close_ts, volume, tick_count;
+    times as tick times): what seeds the forming bars after a restart, so a minute the
+    ingest was stopped in still counts the ticks before the stop. The arithmetic is
+    ohlc_1m's (sql/006_bars.*.sql); one index range per instrument."""
+    newest = _newest("k.instrument_key, t.ts", "subscriptions k")
+    bucket = _as_tick_time("time_bucket('1 minute', t.ts)")
+    return [
+        tuple(row)
+        for row in conn.execute(
+            f"SELECT n.instrument_key, {bucket},"
+            f" first(t.ltp, t.ts), {_as_tick_time('min(t.ts)')}, max(t.ltp), min(t.ltp),"
+            f" last(t.ltp, t.ts), {_as_tick_time('max(t.ts)')},"
+            " sum(t.volume_delta)::bigint, count(*)"
+            f" FROM ({newest}) n JOIN ticks t ON t.instrument_key = n.instrument_key"
+            "  AND t.ts >= time_bucket('1 minute', n.ts) - interval '1 minute'"
+            " GROUP BY 1, 2 ORDER BY 1, 2"
+        )
+    ]
 
 
 def newest_tick_time(conn: psycopg.Connection) -> datetime | None:

@@ -1,0 +1,84 @@
+"""The forming 1-minute bars across a restart: the ingest starts from the stored ticks of the
+minute it stopped in (store.ticks.forming_bar_rows), so the bar the stream pushes for that
+minute counts the ticks on both sides of the restart, as the stored ohlc_1m row does."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+
+from ingest.minute_bars import BAR_FIELDS, MinuteBarHandler
+from store.tick_row import TICK_COLUMNS, from_datetime, to_datetime
+from store.ticks import forming_bar_rows
+from tests.test_bars import copy_ticks
+
+KEYS = ("NSE_EQ|INE009A01021", "NSE_EQ|INE467B01029")
+START = datetime(2026, 12, 4, 4, 0, tzinfo=UTC)  # 09:30 IST
+
+
+def _ticks(key: str, start: datetime, seconds: int, rng: random.Random) -> list[tuple]:
+    """(instrument_key, ts, ltp, volume_delta) every half second or so for `seconds`."""
+    out, moment = [], start
+    while moment < start + timedelta(seconds=seconds):
+        out.append((key, moment, round(1500 + rng.uniform(-20, 20), 2), rng.randint(1, 50)))
+        moment += timedelta(milliseconds=rng.randint(200, 800))
+    return out
+
+
+def _as_tick(row: tuple) -> tuple:
+    """A (key, ts, ltp, volume_delta) row as the pipeline's tick tuple."""
+    values = dict.fromkeys(TICK_COLUMNS)
+    values.update(instrument_key=row[0], ts=from_datetime(row[1]), ltp=row[2], volume_delta=row[3])
+    return tuple(values[name] for name in TICK_COLUMNS)
+
+
+def _stored_bars(conn: psycopg.Connection, key: str) -> dict[datetime, tuple]:
+    return {
+        row[0]: tuple(row[1:])
+        for row in conn.execute(
+            "SELECT time_bucket('1 minute', ts), first(ltp, ts), max(ltp), min(ltp),"
+            " last(ltp, ts), sum(volume_delta)::bigint, count(*) FROM ticks"
+            " WHERE instrument_key = %s GROUP BY 1",
+            [key],
+        )
+    }
+
+
+def test_a_bar_forming_at_a_restart_counts_the_ticks_on_both_sides(db_url: str) -> None:
+    rng = random.Random(7)
+    # Stored before the stop: three minutes of ticks, the last one left at 09:32:25.
+    before = {key: _ticks(key, START, 145, rng) for key in KEYS}
+    # After the restart: the rest of 09:32, then 09:33 begins.
+    after = {key: _ticks(key, START + timedelta(seconds=150), 40, rng) for key in KEYS}
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        for key in KEYS:
+            conn.execute(
+                "INSERT INTO subscriptions (instrument_key, status) VALUES (%s, 'subscribed')",
+                [key],
+            )
+            copy_ticks(conn, before[key])
+        bars = MinuteBarHandler()
+        bars.seed(forming_bar_rows(conn))
+        seeded = bars.take_changed()
+        for key in KEYS:
+            bars.on_frame(1, [_as_tick(row) for row in after[key]])
+            copy_ticks(conn, after[key])
+        published = bars.take_changed()
+        stored = {key: _stored_bars(conn, key) for key in KEYS}
+
+    width = len(BAR_FIELDS)
+    for key in KEYS:
+        # Seeded: 09:32 forming, 09:31 before it, each as stored.
+        forming, previous = seeded[key][1 : 1 + width], seeded[key][1 + width :]
+        assert to_datetime(forming[0]) == START + timedelta(minutes=2)
+        assert to_datetime(previous[0]) == START + timedelta(minutes=1)
+        # After the restart's ticks: 09:33 forming, and 09:32 as the stored row of all its
+        # ticks, the ones before the stop and after it.
+        row = published[key]
+        forming, previous = row[1 : 1 + width], row[1 + width :]
+        assert to_datetime(forming[0]) == START + timedelta(minutes=3)
+        assert tuple(previous[1:]) == stored[key][START + timedelta(minutes=2)]
+        assert tuple(forming[1:]) == stored[key][START + timedelta(minutes=3)]
+        assert previous[-1] > len([t for t in after[key] if t[1] < START + timedelta(minutes=3)])
