@@ -240,6 +240,7 @@ def test_the_page_speaks_the_stream_protocol(
             "symbols": "universe",
             "ticks_ms": 500,
             "bars": False,
+            "batch": True,
         }
         assert stream.sent[stream.sockets.index(chart)][0]["bars"] is True
         page.wait_for_function("document.querySelector('#live-mode').innerText === 'live: push'")
@@ -257,6 +258,12 @@ def test_the_page_speaks_the_stream_protocol(
         page.wait_for_function(
             "document.querySelector(\"#ticks tr[data-symbol='INFY'] td:nth-child(2)\")"
             ".innerText === '1,240.00'"
+        )
+        changed = {**tick, "type": "tick", "ltp": 1250.0}
+        table.send(json.dumps({"type": "changes", "ticks": [changed], "bars": []}))
+        page.wait_for_function(
+            "document.querySelector(\"#ticks tr[data-symbol='INFY'] td:nth-child(2)\")"
+            ".innerText === '1,250.00'"
         )
         table.send(
             json.dumps({"type": "heartbeat", "ts": stamp, "market": "closed", "feed": "connected"})
@@ -302,7 +309,13 @@ def test_the_page_speaks_the_stream_protocol(
         moves = stream.sent[stream.sockets.index(chart)][-2:]
         assert moves == [
             {"action": "unsubscribe", "symbols": ["NIFTY"]},
-            {"action": "subscribe", "symbols": ["TCS"], "ticks_ms": 250, "bars": True},
+            {
+                "action": "subscribe",
+                "symbols": ["TCS"],
+                "ticks_ms": 250,
+                "bars": True,
+                "batch": True,
+            },
         ]
         # The next hour of the session grid (09:15-10:15 IST, ...: from 03:45 UTC).
         bucket = int(now - (now - (3 * 3600 + 45 * 60)) % 3600 + 3600)

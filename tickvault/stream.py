@@ -4,7 +4,9 @@
         if message["type"] == "tick": ...
 
 The API's push stream (docs/api.md, "The stream") over one WebSocket. Each message is the
-protocol's JSON as a dict ("snapshot", "tick", "bar", "heartbeat", "error"). A dropped
+protocol's JSON as a dict ("snapshot", "tick", "bar", "heartbeat", "error"). The client asks
+for batches (one frame per `ticks_ms` instead of one per symbol: the server's frames are what
+cost) and yields their ticks and bars one by one, so a caller sees the same messages. A dropped
 connection, a restarted API, a worker that is full (1013) or a client that fell behind (4000)
 is followed by a new connection after a growing pause with jitter (1 s doubling to 30 s, back
 to 1 s once messages flow), and a new snapshot; a refusal that a retry cannot mend (a bad
@@ -61,6 +63,7 @@ async def stream(
         "symbols": symbols if isinstance(symbols, str) else list(symbols),
         "ticks_ms": ticks_ms,
         "bars": bars,
+        "batch": True,
     }
     headers = {"X-API-Key": api_key} if api_key else {}
     pause = FIRST_PAUSE_S
@@ -70,7 +73,12 @@ async def stream(
                 await socket.send(json.dumps(request))
                 async for text in socket:
                     pause = FIRST_PAUSE_S
-                    yield json.loads(text)
+                    message = json.loads(text)
+                    if message["type"] == "changes":
+                        for change in (*message["ticks"], *message["bars"]):
+                            yield change
+                    else:
+                        yield message
             why = "the server ended the stream"
         except ConnectionClosed as closed:
             code = closed.rcvd.code if closed.rcvd is not None else None

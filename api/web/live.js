@@ -116,7 +116,7 @@ export class LiveFeed {
       } catch {
         return; // the protocol sends JSON text only; anything else is not ours to act on
       }
-      if (message.type === "snapshot") {
+      if (message.type === "snapshot" || message.type === "changes") {
         for (const tick of message.ticks || []) this.onMessage({ ...tick, type: "tick" });
         for (const bar of message.bars || []) this.onMessage({ ...bar, type: "bar" });
       } else {
@@ -146,6 +146,7 @@ export class LiveFeed {
       symbols: this.symbols,
       ticks_ms: this.ticksMs,
       bars: this.bars,
+      batch: true, // one frame per ticks_ms, not one per symbol
     });
   }
 
