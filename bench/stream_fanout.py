@@ -109,12 +109,14 @@ async def _client(
                 if text.startswith('{"type":"snapshot"'):
                     opens = now + TICKS_MS / 1000
                 continue
+            lags["frames"].append(now)
             # No json.loads: the clients' own CPU would be measured too.
             at = text.find(RECEIVED_AT)
             while at >= 0:
                 stamp = text[at + len(RECEIVED_AT) : text.index('"', at + len(RECEIVED_AT))]
                 received = datetime.fromisoformat(stamp).timestamp()
                 lags["age"].append((now - received) * 1000)
+                lags["tick_times"].append(now)
                 if batch:
                     lags["added"].append((now - max(received, opens)) * 1000)
                 at = text.find(RECEIVED_AT, at + 1)
@@ -125,8 +127,9 @@ async def _client(
 async def _clients(
     url: str, symbols: list[str], clients: int, per: int, seconds: float, batch: bool
 ) -> dict:
-    lags: dict[str, list[float]] = {"age": [], "added": []}
-    until = time.time() + seconds
+    lags: dict[str, list[float]] = {"age": [], "added": [], "frames": [], "tick_times": []}
+    begun = time.time()
+    until = begun + seconds
     tasks = []
     for i in range(clients):
         chosen = [symbols[(i * 7 + j) % len(symbols)] for j in range(per)]
@@ -135,6 +138,9 @@ async def _clients(
     codes = await asyncio.gather(*tasks, return_exceptions=True)
     # The first tenth includes the connection storm.
     warm = {name: values[len(values) // 10 :] for name, values in lags.items()}
+    # Rates over the parent's window with clients: from 6 s after the start to the end.
+    window = (begun + 6, until - 2)
+    span = window[1] - window[0]
     return {
         "clients": clients,
         "symbols_per_client": per,
@@ -144,6 +150,8 @@ async def _clients(
         "lag_ms": percentiles(warm["age"], (50, 90, 99)),
         "added_lag_ms": percentiles(warm["added"], (50, 90, 99)) if batch else None,
         "closed_early": sum(1 for code in codes if code not in (0, 1000)),
+        "frames_per_s": round(sum(window[0] <= t < window[1] for t in lags["frames"]) / span),
+        "ticks_per_s": round(sum(window[0] <= t < window[1] for t in lags["tick_times"]) / span),
     }
 
 
@@ -191,12 +199,17 @@ def run(
             out, _ = loader.communicate(timeout=seconds + 60)
             report = json.loads(out.strip().splitlines()[-1])
         server.drop_database(url)
+    stream_cpu = cores_with["tickvault_run"] - cores_without["tickvault_run"]
     report.update(
         ingest_rate_offered=rate,
         committed_per_s_without_clients=round(without),
         committed_per_s_with_clients=round(with_clients),
         **{f"stream_p99_ms_{clients}_clients": round(report["lag_ms"]["p99"], 1)},
         stream_ingest_rate_ratio=round(with_clients / without, 3),
+        # What the clients cost `tickvault run` (the API's workers: the ingest's share is
+        # the same in both windows), per frame and per tick it pushed.
+        api_cpu_us_per_frame=round(stream_cpu * 1e6 / max(report["frames_per_s"], 1), 1),
+        api_cpu_us_per_tick_pushed=round(stream_cpu * 1e6 / max(report["ticks_per_s"], 1), 2),
         cores_without_clients=cores_without,
         cores_with_clients=cores_with,
     )
