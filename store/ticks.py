@@ -260,19 +260,20 @@ def forming_bar_rows(conn: psycopg.Connection) -> list[tuple]:
     (instrument_key, bucket, open, open_ts, high, low, close, close_ts, volume, tick_count;
     times as tick times): what seeds the forming bars after a restart, so a minute the
     ingest was stopped in still counts the ticks before the stop. The arithmetic is
-    ohlc_1m's (sql/006_bars.*.sql); one index range per instrument."""
+    ohlc_1m's (sql/006_bars.*.sql); one index range per instrument (the LATERAL)."""
     newest = _newest("k.instrument_key, t.ts", "subscriptions k")
     bucket = _as_tick_time("time_bucket('1 minute', t.ts)")
     return [
         tuple(row)
         for row in conn.execute(
-            f"SELECT n.instrument_key, {bucket},"
+            f"SELECT n.instrument_key, b.* FROM ({newest}) n CROSS JOIN LATERAL ("
+            f" SELECT {bucket} AS bucket,"
             f" first(t.ltp, t.ts), {_as_tick_time('min(t.ts)')}, max(t.ltp), min(t.ltp),"
             f" last(t.ltp, t.ts), {_as_tick_time('max(t.ts)')},"
             " sum(t.volume_delta)::bigint, count(*)"
-            f" FROM ({newest}) n JOIN ticks t ON t.instrument_key = n.instrument_key"
+            " FROM ticks t WHERE t.instrument_key = n.instrument_key"
             "  AND t.ts >= time_bucket('1 minute', n.ts) - interval '1 minute'"
-            " GROUP BY 1, 2 ORDER BY 1, 2"
+            " GROUP BY 1) b ORDER BY 1, 2"
         )
     ]
 
