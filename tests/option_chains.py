@@ -9,6 +9,8 @@ from datetime import UTC, date, datetime, timedelta
 import psycopg
 from psycopg.types.json import Jsonb
 
+from store.tick_row import TICK_COLUMNS, TIME_COLUMNS, Tick, from_datetime
+
 INDEX = "NSE_INDEX|Nifty 50"
 DAY = date(2026, 1, 5)  # a Monday
 OPEN = datetime(2026, 1, 5, 3, 45, tzinfo=UTC)  # 09:15 IST
@@ -85,3 +87,20 @@ def load_chain(url: str) -> None:
     with psycopg.connect(url) as conn:
         insert_instruments(conn)
         insert_ticks(conn)
+
+
+def latest_ticks(conn: psycopg.Connection, keys: list[str], moment: datetime) -> dict[str, Tick]:
+    """Each key's last stored tick at or before `moment`, as the ingest would publish it."""
+    latest = {}
+    for key in keys:
+        row = conn.execute(
+            f"SELECT {', '.join(TICK_COLUMNS)} FROM ticks WHERE instrument_key = %s AND ts <= %s"
+            " ORDER BY ts DESC LIMIT 1",
+            [key, moment],
+        ).fetchone()
+        if row:
+            latest[key] = tuple(
+                from_datetime(value) if index in TIME_COLUMNS and value is not None else value
+                for index, value in enumerate(row)
+            )
+    return latest

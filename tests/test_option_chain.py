@@ -23,7 +23,6 @@ from store.option_chain import (
     option_chain,
     put_call_ratio,
 )
-from store.tick_row import TICK_COLUMNS
 from tests.conftest import DbServer
 from tests.option_chains import (
     DAY,
@@ -33,6 +32,7 @@ from tests.option_chains import (
     NEXT_EXPIRY,
     at,
     contract_key,
+    latest_ticks,
     load_chain,
 )
 
@@ -146,16 +146,7 @@ def test_the_chain_now_from_latest_ticks_has_the_same_shape_and_values(
 ) -> None:
     """What the API does for at=None, with the latest ticks read here from the database."""
     chain = chain_contracts(conn, "NIFTY", EXPIRY, MOMENT)
-    columns = ", ".join(TICK_COLUMNS[:-2]) + ", feed_ts, received_at"
-    latest = {}
-    for key in [INDEX, *chain.keys]:
-        row = conn.execute(
-            f"SELECT {columns} FROM ticks WHERE instrument_key = %s AND ts <= %s"
-            " ORDER BY ts DESC LIMIT 1",
-            [key, MOMENT],
-        ).fetchone()
-        if row:
-            latest[key] = _as_tick(row)
+    latest = latest_ticks(conn, [INDEX, *chain.keys], MOMENT)
     now = chain_from_ticks(chain, latest, opening_oi(conn, chain.keys, DAY))
     stored = option_chain(conn, "NIFTY", EXPIRY, MOMENT)
     assert now.at is None
@@ -165,16 +156,6 @@ def test_the_chain_now_from_latest_ticks_has_the_same_shape_and_values(
         stored.atm_strike,
         stored.pcr,
         stored.max_pain,
-    )
-
-
-def _as_tick(row: tuple) -> tuple:
-    """A database row as a tick tuple (times as tick integers)."""
-    from store.tick_row import TIME_COLUMNS, from_datetime
-
-    return tuple(
-        from_datetime(value) if index in TIME_COLUMNS and value is not None else value
-        for index, value in enumerate(row)
     )
 
 
