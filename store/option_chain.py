@@ -387,3 +387,93 @@ def assemble(
         max_pain({row.strike: (c, p) for row, c, p in zip(rows, calls, puts, strict=True)}),
         rows,
     )
+
+
+# --- history: the chain minute by minute ------------------------------------------------------
+
+HISTORY_COLUMNS = (
+    "bucket",
+    "strike",
+    "option_type",
+    "instrument_key",
+    "ltp",
+    "bid_price",
+    "ask_price",
+    "volume",
+    "oi",
+    "iv",
+    "delta",
+    "theta",
+    "gamma",
+    "vega",
+    "rho",
+    "underlying_price",
+    "atm_strike",
+)
+# Each contract's minutes from option_chain_1m (only the minutes it traded in), with the
+# underlying's price at each minute's end (its last tick by then: one index probe per minute)
+# and the at-the-money strike that price makes.
+_HISTORY_SQL = """
+WITH contracts AS (
+    SELECT * FROM unnest(%(keys)s::text[], %(strikes)s::float8[], %(types)s::text[])
+        AS c(instrument_key, strike, option_type)
+),
+snap AS (
+    SELECT h.*, c.strike, c.option_type
+    FROM option_chain_1m AS h JOIN contracts AS c USING (instrument_key)
+    WHERE h.instrument_key = ANY(%(keys)s) AND h.bucket >= %(start)s AND h.bucket < %(end)s
+),
+minutes AS (
+    SELECT m.bucket, under.ltp AS price
+    FROM (SELECT DISTINCT bucket FROM snap) AS m
+    LEFT JOIN LATERAL (
+        SELECT ltp FROM ticks
+        WHERE instrument_key = %(underlying)s AND ts >= %(start)s
+          AND ts < m.bucket + INTERVAL '1 minute'
+        ORDER BY ts DESC LIMIT 1
+    ) AS under ON true
+),
+atm AS (
+    SELECT m.bucket, m.price, nearest.strike
+    FROM minutes AS m
+    LEFT JOIN LATERAL (
+        SELECT strike FROM contracts ORDER BY abs(strike - m.price), strike LIMIT 1
+    ) AS nearest ON m.price IS NOT NULL
+)
+SELECT s.bucket, s.strike, s.option_type, s.instrument_key, s.ltp, s.bid_price, s.ask_price,
+       s.volume, s.oi, s.iv, s.delta, s.theta, s.gamma, s.vega, s.rho,
+       atm.price, atm.strike
+FROM snap AS s JOIN atm USING (bucket)
+WHERE NOT %(atm_only)s OR s.strike = atm.strike
+ORDER BY s.bucket, s.strike, s.option_type
+"""
+
+
+def chain_history(
+    conn: psycopg.Connection,
+    underlying: str,
+    expiry: date | None,
+    start: datetime,
+    end: datetime,
+    *,
+    atm_only: bool = False,
+) -> list[dict]:
+    """The chain minute by minute over [start, end): each contract's last state in each
+    minute it traded (option_chain_1m), with the underlying's price and the ATM strike at the
+    minute's end. `atm_only`: only the contracts at the money in their minute, so "IV of the
+    ATM call through the day" is the CE rows of one call. Expiry None: the nearest not
+    closed at `start`."""
+    chain = chain_contracts(conn, underlying, expiry, start)
+    rows = conn.execute(
+        _HISTORY_SQL,
+        {
+            "keys": chain.keys,
+            "strikes": [contract.strike for contract in chain.contracts],
+            "types": [contract.option_type for contract in chain.contracts],
+            "underlying": chain.underlying_key,
+            "start": start,
+            "end": end,
+            "atm_only": atm_only,
+        },
+    ).fetchall()
+    return [dict(zip(HISTORY_COLUMNS, row, strict=True)) for row in rows]

@@ -17,6 +17,7 @@ from store.option_chain import (
     atm_strike,
     chain_contracts,
     chain_from_ticks,
+    chain_history,
     expiries,
     max_pain,
     opening_oi,
@@ -212,3 +213,23 @@ def test_both_editions_give_the_same_history(
     apache_history: list[list[tuple]], community_server: DbServer
 ) -> None:
     assert _history_rows(community_server) == apache_history
+
+
+def test_chain_history_gives_the_atm_contracts_minute_by_minute(chain_url: str) -> None:
+    with psycopg.connect(chain_url, autocommit=True) as conn:
+        refresh_bars(conn)
+        every = chain_history(conn, "NIFTY", EXPIRY, at(0), at(60))
+        atm = chain_history(conn, "NIFTY", EXPIRY, at(0), at(60), atm_only=True)
+    assert len(every) == 8  # the expiry's 8 contract-minutes
+    minute_9 = next(row for row in every if row["bucket"] == at(9))
+    assert (minute_9["strike"], minute_9["option_type"], minute_9["iv"]) == (23900, "CE", 0.15)
+    # The index's last tick by 09:24:59 is 24040 (minute 0): 24000 is at the money; by
+    # 09:26 (minute 11) it is 24060, and 24100 is.
+    assert (minute_9["underlying_price"], minute_9["atm_strike"]) == (24040, 24000)
+    late = next(row for row in every if row["bucket"] == at(11))
+    assert (late["underlying_price"], late["atm_strike"]) == (24060, 24100)
+    # At the money in their minute: the 24000 call (minute 2) and put (minute 3) only.
+    assert [(row["bucket"], row["strike"], row["option_type"], row["iv"]) for row in atm] == [
+        (at(2), 24000, "CE", 0.13),
+        (at(3), 24000, "PE", 0.14),
+    ]
