@@ -317,6 +317,17 @@ def _explain_empty(conn: psycopg.Connection, chain: Chain, at: datetime) -> None
     )
 
 
+def newest_tick_time(conn: psycopg.Connection, chain: Chain) -> datetime | None:
+    """The time of the chain's newest tick (one probe per contract); None without one."""
+    row = conn.execute(
+        "SELECT max(newest.ts) FROM unnest(%s::text[]) AS wanted(key)"
+        " CROSS JOIN LATERAL (SELECT ts FROM ticks WHERE instrument_key = wanted.key"
+        " ORDER BY ts DESC LIMIT 1) AS newest",
+        [chain.keys],
+    ).fetchone()
+    return row[0] if row else None
+
+
 def opening_oi_sql() -> str:
     """Each key's first OI of an IST day: what the chain 'now' compares OI with."""
     return (
