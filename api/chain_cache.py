@@ -16,7 +16,9 @@ from datetime import date, datetime
 
 from psycopg_pool import ConnectionPool
 
-from store.option_chain import Chain, chain_contracts, opening_oi
+from api.ingest_state import PublishedIngest
+from core.ist import ist_day
+from store.option_chain import Chain, OptionChain, chain_contracts, chain_from_ticks, opening_oi
 
 CONTRACTS_TTL_S = 300.0
 OPENING_RETRY_S = 30.0
@@ -32,6 +34,15 @@ class ChainCache:
         self._opening: dict[str, float] = {}  # of `_day`'s contracts
         self._missing_asked: dict[str, float] = {}  # when a key without one was last asked
         self._day: date | None = None
+
+    def now(
+        self, published: PublishedIngest, underlying: str, expiry: date | None, now: datetime
+    ) -> OptionChain:
+        """The chain from the latest ticks `published`; IngestNotRunning or SlotBusy when
+        they cannot be read, ChainError or UnknownSymbol for a chain that does not exist."""
+        chain = self.chain(underlying, expiry, now)
+        latest = published.latest([chain.underlying_key, *chain.keys])
+        return chain_from_ticks(chain, latest, self.opening(chain, ist_day(now)))
 
     def chain(self, underlying: str, expiry: date | None, now: datetime) -> Chain:
         """The contracts of the chain (expiry None: the nearest not closed at `now`)."""

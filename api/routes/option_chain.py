@@ -17,15 +17,8 @@ from api.context import ApiContext, Context
 from api.error_responses import invalid, responses
 from api.models import ExpiriesOut, OptionChainOut
 from api.params import DateTime, IsoDate, Symbol, as_utc
-from core.ist import ist_day
 from ingest.channels.latest_table import IngestNotRunning, SlotBusy
-from store.option_chain import (
-    ChainError,
-    chain_from_ticks,
-    expiries,
-    option_chain,
-    underlying_key,
-)
+from store.option_chain import ChainError, expiries, option_chain, underlying_key
 
 router = APIRouter(prefix="/api/v1/option-chain", tags=["options"])
 
@@ -75,13 +68,11 @@ def chain(
 
 
 def _now(context: ApiContext, underlying: str, expiry: date | None, now: datetime) -> dict:
-    chain = context.chains.chain(underlying, expiry, now)
     try:
-        latest = context.latest([chain.underlying_key, *chain.keys], on_loop=False)
+        found = context.chains.now(context.published, underlying, expiry, now)
     except (IngestNotRunning, SlotBusy) as error:
         raise HTTPException(status_code=503, detail=str(error)) from None
-    opening = context.chains.opening(chain, ist_day(now))
-    return {**asdict(chain_from_ticks(chain, latest, opening)), "source": "cache"}
+    return {**asdict(found), "source": "cache"}
 
 
 @router.get("/{underlying}/expiries", response_model=ExpiriesOut, responses=responses(404, 503))
