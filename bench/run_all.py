@@ -18,11 +18,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import api, ingest, offline, read_path, stream_fanout
+from bench import api, ingest, offline, option_chain, read_path, stream_fanout
 from bench.common import RESULTS_DIR, db_server, machine, write_universe
 from bench.replay_feed import save_frames
 
-BENCHMARKS = ("offline", "throughput", "replay", "latency", "api", "read_path", "stream")
+BENCHMARKS = (
+    "offline",
+    "throughput",
+    "replay",
+    "latency",
+    "api",
+    "read_path",
+    "stream",
+    "option_chain",
+)
 # The default TICKVAULT_BATCH_MS first, then 100 ms side by side if the default is another:
 # the batch age bounds a tick's receipt-to-commit time.
 LATENCY_BATCH_MS = tuple(dict.fromkeys((ingest.BATCH_MS, 100)))
@@ -33,6 +42,8 @@ TARGETS = {
     "read_ticks_over_copy_binary": 0.5,
     "read_bars_universe_month_s": 2.0,
     "read_peak_over_frame": 2.0,
+    "option_chain_p99_ms": 50.0,
+    "option_chain_now_p99_ms": 5.0,
 }
 
 
@@ -160,6 +171,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 _step(f"stream: {clients} clients x 50 symbols beside a 20,000/s ingest")
                 results["stream"] = stream_fanout.run(
                     server, 8.0 if quick else 20.0, clients, stream_fanout.SYMBOLS, 20_000
+                )
+            if "option_chain" in chosen:
+                ticks = 500_000 if quick else 5_000_000
+                _step(f"option chain: {ticks:,} option ticks of a day, chains at random moments")
+                results["option_chain"] = option_chain.run(
+                    server, ticks, requests=100 if quick else 500
                 )
     return results
 
@@ -328,7 +345,33 @@ def table(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                 "p99 < 100 ms at 200 clients",
             )
         )
+    if "option_chain" in results:
+        rows += _option_chain_rows(results["option_chain"])
     return rows
+
+
+def _option_chain_rows(chain: dict[str, Any]) -> list[tuple[str, str, str]]:
+    at, now, http = chain["option_chain"], chain["option_chain_now"], chain["http"]
+    now_p99 = now["latency_ms"]["p99"]
+    return [
+        (
+            f"option_chain at a random past moment ({at['contracts']} contracts,"
+            f" {chain['ticks']:,} option ticks that day), {at['requests']} moments",
+            f"p50 {at['latency_ms']['p50']:.1f} ms, p99 {at['latency_ms']['p99']:.1f} ms",
+            f"p99 < 50 ms: {_verdict(at['latency_ms']['p99'] < TARGETS['option_chain_p99_ms'])}",
+        ),
+        (
+            "  the chain now from the published latest ticks (ChainCache.now, warm)",
+            f"p50 {now['latency_ms']['p50']:.2f} ms, p99 {now['latency_ms']['p99']:.2f} ms",
+            f"p99 < 5 ms: {_verdict(now_p99 < TARGETS['option_chain_now_p99_ms'])}",
+        ),
+        (
+            "  GET /api/v1/option-chain/NIFTY, one worker, sequential: now / at a moment",
+            f"p99 {http['now']['latency_ms']['p99']:.1f} ms"
+            f" / {http['at']['latency_ms']['p99']:.1f} ms",
+            "report",
+        ),
+    ]
 
 
 def _read_path_rows(reads: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -408,6 +451,8 @@ def summary(results: dict[str, Any]) -> dict[str, float | None]:
         "read_bars_universe_month_s": _dig(results, "read_path", "universe_month_5m", "seconds"),
         "stream_p99_ms_200_clients": _dig(results, "stream", "stream_p99_ms_200_clients"),
         "stream_ingest_rate_ratio": _dig(results, "stream", "stream_ingest_rate_ratio"),
+        "option_chain_p99_ms": _dig(results, "option_chain", "option_chain_p99_ms"),
+        "option_chain_now_p99_ms": _dig(results, "option_chain", "option_chain_now_p99_ms"),
     }
 
 
