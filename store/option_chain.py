@@ -418,6 +418,7 @@ HISTORY_COLUMNS = (
     "gamma",
     "vega",
     "rho",
+    "last_ts",
     "underlying_price",
     "atm_strike",
 )
@@ -452,7 +453,7 @@ atm AS (
     ) AS nearest ON m.price IS NOT NULL
 )
 SELECT s.bucket, s.strike, s.option_type, s.instrument_key, s.ltp, s.bid_price, s.ask_price,
-       s.volume, s.oi, s.iv, s.delta, s.theta, s.gamma, s.vega, s.rho,
+       s.volume, s.oi, s.iv, s.delta, s.theta, s.gamma, s.vega, s.rho, s.last_ts,
        atm.price, atm.strike
 FROM snap AS s JOIN atm USING (bucket)
 WHERE NOT %(atm_only)s OR s.strike = atm.strike
@@ -470,10 +471,10 @@ def chain_history(
     atm_only: bool = False,
 ) -> list[dict]:
     """The chain minute by minute over [start, end): each contract's last state in each
-    minute it traded (option_chain_1m), with the underlying's price and the ATM strike at the
-    minute's end. `atm_only`: only the contracts at the money in their minute, so "IV of the
-    ATM call through the day" is the CE rows of one call. Expiry None: the nearest not
-    closed at `start`."""
+    minute it traded (option_chain_1m; `last_ts` the tick it comes from), with the
+    underlying's price and the ATM strike at the minute's end. `atm_only`: only the
+    contracts at the money in their minute, so "IV of the ATM call through the day" is the
+    CE rows of one call. Expiry None: the nearest not closed at `start`."""
     chain = chain_contracts(conn, underlying, expiry, start)
     rows = conn.execute(
         _HISTORY_SQL,

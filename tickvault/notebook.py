@@ -466,7 +466,9 @@ def chain_history(
         start, end = day_bounds(day)
         rows = _chain_history(conn, underlying, wanted, start, end, atm_only=atm_only)
     frame = pd.DataFrame(rows, columns=list(HISTORY_COLUMNS))
-    frame["bucket"] = pd.to_datetime(frame["bucket"], utc=True).dt.tz_convert(IST_ZONE)
-    numeric = [c for c in frame.columns if c not in ("bucket", "option_type", "instrument_key")]
+    for column in ("bucket", "last_ts"):
+        frame[column] = pd.to_datetime(frame[column], utc=True).dt.tz_convert(IST_ZONE)
+    text = ("bucket", "last_ts", "option_type", "instrument_key")
+    numeric = [c for c in frame.columns if c not in text]
     frame[numeric] = frame[numeric].apply(pd.to_numeric).astype("float64")
     return frame
