@@ -48,7 +48,11 @@ class ChainCache:
         """The contracts of the chain (expiry None: the nearest not closed at `now`)."""
         wanted = (underlying.strip().upper(), expiry)
         kept = self._chains.get(wanted)
-        if kept is not None and time.monotonic() < kept[0] and now < kept[1].expires_at:
+        if (
+            kept is not None
+            and time.monotonic() < kept[0]
+            and (expiry is not None or now < kept[1].expires_at)  # the nearest moves on
+        ):
             return kept[1]
         with self._pool.connection() as conn:
             chain = chain_contracts(conn, underlying, expiry, now)

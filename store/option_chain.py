@@ -139,19 +139,28 @@ def max_pain(open_interest: Mapping[float, tuple[float | None, float | None]]) -
     `open_interest` maps each strike to its (call OI, put OI). At settlement S a call of
     strike K pays max(0, S - K) per unit and a put max(0, K - S); the candidates are the
     strikes themselves (the payout is piecewise linear with its corners there). The lowest of
-    equal minima; None while there is no OI at all.
+    equal minima; None while there is no OI at all. Linear in the strikes once sorted, with
+    running sums (the chain "now" computes it on every request): the calls below S pay
+    S * sum(c) - sum(c * K), the puts above it sum(p * K) - S * sum(p).
     """
-    held = {strike: (c or 0.0, p or 0.0) for strike, (c, p) in open_interest.items()}
-    if not any(c or p for c, p in held.values()):
+    strikes = sorted(open_interest)
+    calls = [open_interest[k][0] or 0.0 for k in strikes]
+    puts = [open_interest[k][1] or 0.0 for k in strikes]
+    if not any(calls) and not any(puts):
         return None
-
-    def payout(settle: float) -> float:
-        return sum(
-            c * max(0.0, settle - strike) + p * max(0.0, strike - settle)
-            for strike, (c, p) in held.items()
-        )
-
-    return min(sorted(held), key=payout)
+    puts_above = sum(puts)
+    puts_value_above = sum(p * k for p, k in zip(puts, strikes, strict=True))
+    calls_below = calls_value_below = 0.0
+    best, least = None, float("inf")
+    for strike, c, p in zip(strikes, calls, puts, strict=True):
+        puts_above -= p  # strictly above this strike from here
+        puts_value_above -= p * strike
+        payout = strike * calls_below - calls_value_below + puts_value_above - strike * puts_above
+        if best is None or payout < least - 1e-9 * max(1.0, abs(least)):
+            best, least = strike, payout
+        calls_below += c
+        calls_value_below += c * strike
+    return best
 
 
 # --- the contracts --------------------------------------------------------------------------

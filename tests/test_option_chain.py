@@ -4,6 +4,7 @@ worked out by hand below."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -59,6 +60,24 @@ def test_max_pain_is_the_strike_paying_holders_least() -> None:
     # 100 and 110 both pay 100: the lower one.
     assert max_pain({100.0: (10, 0), 110.0: (0, 10)}) == 100.0
     assert max_pain({100.0: (None, 0), 110.0: (0, None)}) is None
+
+
+def test_max_pain_agrees_with_its_definition_on_random_chains() -> None:
+    """The running-sum computation against the payout summed strike by strike."""
+
+    def by_definition(oi: dict[float, tuple[float, float]]) -> float:
+        def payout(settle: float) -> float:
+            return sum(c * max(0, settle - k) + p * max(0, k - settle) for k, (c, p) in oi.items())
+
+        return min(sorted(oi), key=payout)
+
+    rng = random.Random(19)
+    for _ in range(500):
+        oi = {
+            50.0 * n + rng.choice((0, 25)): (rng.choice((0, rng.randint(1, 9999))), rng.random())
+            for n in range(rng.randint(1, 15))
+        }
+        assert max_pain(oi) == by_definition(oi), oi
 
 
 # --- the chain from stored ticks -------------------------------------------------------------
