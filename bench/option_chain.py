@@ -10,7 +10,8 @@ tenth as many the day before, so that the day's bound has chunks to exclude). Th
   connection (as the API's pool keeps them): p50/p99 (`option_chain_p99_ms`, target < 50 ms);
 - the chain now (`ChainCache.now`, what the route runs without `at`) over a latest-tick
   table published as the ingest publishes it: p50/p99 once warm (`option_chain_now_p99_ms`,
-  target < 5 ms);
+  target < 5 ms), and the CPU time of each call (`option_chain_now_cpu_p99_ms`): on a shared
+  machine the wall-time tail is mostly waiting for a core;
 - both through HTTP, `tickvault api` with one worker, requests one after another
   (bench.load): what a client sees, serialization of the ~80-contract answer included.
 """
@@ -179,12 +180,19 @@ def now_in_process(url: str, data_dir: Path, requests: int) -> dict[str, Any]:
         cold_started = time.perf_counter()
         cache.now(published, "NIFTY", EXPIRIES[0], now)
         cold = time.perf_counter() - cold_started
-        times = []
+        times, cpu = [], []
         for _ in range(requests):
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.thread_time()
             cache.now(published, "NIFTY", EXPIRIES[0], now)
             times.append(time.perf_counter() - started)
-    return {"requests": requests, "first_ms": round(cold * 1000, 2), "latency_ms": _ms(times)}
+            cpu.append(time.thread_time() - cpu_started)
+    return {
+        "requests": requests,
+        "first_ms": round(cold * 1000, 2),
+        "latency_ms": _ms(times),
+        # All of its work is in this thread: wall time beyond this is waiting for a core.
+        "cpu_ms": _ms(cpu),
+    }
 
 
 def _load(target: str, requests: int) -> dict[str, Any]:
@@ -250,6 +258,7 @@ def run(server: DbServer, ticks: int = 5_000_000, requests: int = 500) -> dict[s
         "http": http,
         "option_chain_p99_ms": at["latency_ms"]["p99"],
         "option_chain_now_p99_ms": now["latency_ms"]["p99"],
+        "option_chain_now_cpu_p99_ms": now["cpu_ms"]["p99"],
     }
 
 
