@@ -3,9 +3,10 @@
 `GET /api/v1/option-chain/{underlying}` without `at` answers from the latest ticks the ingest
 publishes; the database only says which contracts make up the chain (the instrument master
 changes once a day) and each contract's first OI of the day (fixed once seen), and both are
-kept here. A chain's contracts are asked again after CONTRACTS_TTL_S or once its expiry has
-closed (the nearest expiry then moves on); a contract without an opening OI yet (no tick
-today) is asked again at most every OPENING_RETRY_S.
+kept here. A chain's contracts are asked again after CONTRACTS_TTL_S, and the nearest
+expiry's (asked without one) once that expiry has closed, since the nearest moves on; a
+contract without an opening OI yet (no tick today) is asked again at most every
+OPENING_RETRY_S.
 """
 
 from __future__ import annotations

@@ -72,7 +72,8 @@ def _now(context: ApiContext, underlying: str, expiry: date | None, now: datetim
         found = context.chains.now(context.published, underlying, expiry, now)
     except (IngestNotRunning, SlotBusy) as error:
         raise HTTPException(status_code=503, detail=str(error)) from None
-    return {**asdict(found), "source": "cache"}
+    # The chain is kept under any spelling of the underlying: name it as this request did.
+    return {**asdict(found), "underlying": underlying, "source": "cache"}
 
 
 @router.get("/{underlying}/expiries", response_model=ExpiriesOut, responses=responses(404, 503))
