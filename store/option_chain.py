@@ -240,7 +240,8 @@ def chain_contracts(
 
 _PROBE_COLUMNS = ", ".join(f"last.{name}" for name in ("ts", *SIDE_FIELDS))
 # One backward probe per contract for its state, one forward probe for the day's opening OI;
-# both bounded to [day start, at] so only that day's chunk is opened.
+# both bounded to [day start, at] so only the chunks holding that IST day are opened (two:
+# chunks are UTC days, and an IST day starts at 18:30 UTC the day before).
 _ASOF_SQL = f"""
 SELECT wanted.key, {_PROBE_COLUMNS}, first.oi
 FROM unnest(%(keys)s::text[]) AS wanted(key)
@@ -253,6 +254,8 @@ LEFT JOIN LATERAL (
     SELECT oi FROM ticks
     WHERE instrument_key = wanted.key AND ts <= %(at)s AND ts >= %(day_start)s
       AND oi IS NOT NULL
+      -- The underlying has no OI: without this its probe would read its whole day so far.
+      AND wanted.key <> %(underlying)s
     ORDER BY ts LIMIT 1
 ) AS first ON true
 """
@@ -276,7 +279,12 @@ def option_chain(
     day_start, _ = day_bounds(ist_day(at))
     rows = conn.execute(
         _ASOF_SQL,
-        {"keys": [chain.underlying_key, *chain.keys], "at": at, "day_start": day_start},
+        {
+            "keys": [chain.underlying_key, *chain.keys],
+            "underlying": chain.underlying_key,
+            "at": at,
+            "day_start": day_start,
+        },
     ).fetchall()
     if not rows:
         _explain_empty(conn, chain, at)
