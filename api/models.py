@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Literal
 
-from pydantic import BaseModel, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, computed_field, create_model
 
 from api.params import Symbol
 from core.upstox_wire import Mode
@@ -121,6 +121,8 @@ class OptionSideOut(BaseModel):
     """A contract's last tick at or before the moment; every value null while it has none
     that day."""
 
+    model_config = ConfigDict(from_attributes=True)
+
     instrument_key: str
     ts: datetime | None = Field(description="The time of the tick the values come from")
     ltp: float | None
@@ -142,6 +144,8 @@ class OptionSideOut(BaseModel):
 
 
 class OptionStrikeOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     strike: float
     call: OptionSideOut | None
     put: OptionSideOut | None
@@ -152,9 +156,6 @@ class OptionChainOut(BaseModel):
     underlying_key: str
     expiry: date = Field(description="The expiry's IST date")
     at: datetime | None = Field(description="The moment asked; null: the latest ticks")
-    source: Literal["ticks", "cache"] = Field(
-        description="ticks: stored ticks as of `at`; cache: the latest ticks the ingest publishes"
-    )
     underlying_price: float | None = Field(description="The underlying's last price by then")
     atm_strike: float | None = Field(description="The strike nearest the underlying's price")
     pcr: float | None = Field(description="Put/call ratio by OI: total put OI / total call OI")
@@ -162,6 +163,15 @@ class OptionChainOut(BaseModel):
         description="The strike at which the OI-weighted payout to option holders is least"
     )
     strikes: list[OptionStrikeOut]
+
+    model_config = ConfigDict(from_attributes=True)  # read from store.option_chain's result
+
+    @computed_field(  # type: ignore[prop-decorator]
+        description="ticks: stored ticks as of `at`; cache: the latest ticks the ingest publishes"
+    )
+    @property
+    def source(self) -> Literal["ticks", "cache"]:
+        return "cache" if self.at is None else "ticks"
 
 
 class ExpiriesOut(BaseModel):

@@ -7,18 +7,17 @@ read only when the chain's contracts or opening OI are not yet kept (api/chain_c
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from datetime import UTC, date, datetime
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, Query
+from fastapi import APIRouter, HTTPException, Path, Query, Response
 
 from api.context import ApiContext, Context
 from api.error_responses import invalid, responses
 from api.models import ExpiriesOut, OptionChainOut
 from api.params import DateTime, IsoDate, Symbol, as_utc
 from ingest.channels.latest_table import IngestNotRunning, SlotBusy
-from store.option_chain import ChainError, expiries, option_chain, underlying_key
+from store.option_chain import ChainError, OptionChain, expiries, option_chain, underlying_key
 
 router = APIRouter(prefix="/api/v1/option-chain", tags=["options"])
 
@@ -47,7 +46,7 @@ def chain(
             " its last tick at or before it. Default: now, from the latest ticks"
         ),
     ] = None,
-) -> dict[str, Any]:
+) -> Response:
     """For each strike, call and put side by side (last price, bid/ask, the day's volume, OI
     and its change since the day's first tick, IV and greeks), with the underlying's price,
     the at-the-money strike, the put/call ratio by OI and max pain. 404 for an underlying
@@ -64,16 +63,24 @@ def chain(
             found = option_chain(conn, underlying, expiry, moment)
     except ChainError as error:
         raise HTTPException(status_code=404, detail=str(error)) from None
-    return {**asdict(found), "source": "ticks"}
+    return _answer(found, underlying)
 
 
-def _now(context: ApiContext, underlying: str, expiry: date | None, now: datetime) -> dict:
+def _now(context: ApiContext, underlying: str, expiry: date | None, now: datetime) -> Response:
     try:
         found = context.chains.now(context.published, underlying, expiry, now)
     except (IngestNotRunning, SlotBusy) as error:
         raise HTTPException(status_code=503, detail=str(error)) from None
-    # The chain is kept under any spelling of the underlying: name it as this request did.
-    return {**asdict(found), "underlying": underlying, "source": "cache"}
+    return _answer(found, underlying)
+
+
+def _answer(found: OptionChain, underlying: str) -> Response:
+    """The chain's JSON, validated and written once: a dict handed to FastAPI would be copied
+    (dataclasses.asdict) and validated again, about 10 ms of the ~80-side answer, against
+    0.6 ms for this."""
+    body = OptionChainOut.model_validate(found)
+    body.underlying = underlying  # a kept chain (the chain now) may have been asked otherwise
+    return Response(body.model_dump_json(), media_type="application/json")
 
 
 @router.get("/{underlying}/expiries", response_model=ExpiriesOut, responses=responses(404, 503))
