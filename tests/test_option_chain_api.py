@@ -11,8 +11,11 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
+from psycopg_pool import ConnectionPool, PoolClosed
 
 from api import create_app
+from api.chain_cache import ChainCache
+from api.ingest_state import PublishedIngest
 from core.config import Settings
 from ingest.channels.latest_publisher import LatestTickPublisher
 from ingest.channels.latest_table import published_path
@@ -25,11 +28,11 @@ CHAIN = "/api/v1/option-chain/NIFTY"
 
 
 @pytest.fixture(scope="module")
-def api(
+def published(
     apache_server: DbServer, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[httpx.Client, dict]]:
-    """The API over the chain, with an ingest's latest-tick table published beside it that
-    holds each contract's tick as of MOMENT."""
+) -> Iterator[tuple[str, Path]]:
+    """The chain's database, and a data directory where an ingest's latest-tick table holds
+    each contract's tick as of MOMENT."""
     url = apache_server.create_database()
     data_dir: Path = tmp_path_factory.mktemp("chain") / "data"
     try:
@@ -37,18 +40,22 @@ def api(
         with psycopg.connect(url) as conn:
             keys = chain_contracts(conn, "NIFTY", EXPIRY, MOMENT).keys
             latest = latest_ticks(conn, [INDEX, *keys], MOMENT)
-        with (
-            LatestTickPublisher(published_path(data_dir), capacity=64) as publisher,
-            serve(create_app(Settings(data_dir=data_dir), url)) as base,
-            client(base) as http,
-        ):
+        with LatestTickPublisher(published_path(data_dir), capacity=64) as publisher:
             publisher.publish(latest.values())
-            yield http, latest
+            yield url, data_dir
     finally:
         apache_server.drop_database(url)
 
 
-def test_the_chain_at_a_moment(api: tuple[httpx.Client, dict]) -> None:
+@pytest.fixture(scope="module")
+def api(published: tuple[str, Path]) -> Iterator[tuple[httpx.Client, str]]:
+    """The API over the chain, beside the published table."""
+    url, data_dir = published
+    with serve(create_app(Settings(data_dir=data_dir), url)) as base, client(base) as http:
+        yield http, url
+
+
+def test_the_chain_at_a_moment(api: tuple[httpx.Client, str]) -> None:
     http, _ = api
     answer = http.get(CHAIN, params={"expiry": str(EXPIRY), "at": MOMENT.isoformat()})
     assert answer.status_code == 200, answer.text
@@ -67,7 +74,7 @@ def test_the_chain_at_a_moment(api: tuple[httpx.Client, dict]) -> None:
 
 
 def test_the_chain_now_is_the_published_ticks_with_the_same_numbers(
-    api: tuple[httpx.Client, dict],
+    api: tuple[httpx.Client, str],
 ) -> None:
     http, _ = api
     now = http.get(CHAIN, params={"expiry": str(EXPIRY)})
@@ -85,7 +92,25 @@ def test_the_chain_now_is_the_published_ticks_with_the_same_numbers(
     ]
 
 
-def test_expiries(api: tuple[httpx.Client, dict]) -> None:
+def test_the_chain_now_reads_no_database_once_warm(published: tuple[str, Path]) -> None:
+    """What the route runs without `at`: after the first call, the contracts and opening OI
+    are kept, so a closed pool changes nothing."""
+    url, data_dir = published
+    reader = PublishedIngest(data_dir)
+    pool = ConnectionPool(url, min_size=1, max_size=1, open=True)
+    cache = ChainCache(pool)
+    now = datetime.now(UTC)
+    try:
+        first = cache.now(reader, "NIFTY", EXPIRY, now)
+    finally:
+        pool.close()
+    assert cache.now(reader, "nifty", EXPIRY, now) == first
+    assert first.strikes[0].call.ltp == 200
+    with pytest.raises(PoolClosed):  # a chain not kept yet needs the database
+        cache.now(reader, "NIFTY", NEXT_EXPIRY, now)
+
+
+def test_expiries(api: tuple[httpx.Client, str]) -> None:
     http, _ = api
     answer = http.get(f"{CHAIN}/expiries")
     assert answer.status_code == 200, answer.text
@@ -112,7 +137,7 @@ def test_expiries(api: tuple[httpx.Client, dict]) -> None:
     ],
 )
 def test_bad_input_is_a_4xx_naming_the_culprit(
-    api: tuple[httpx.Client, dict], path: str, params: dict, status: int, named: str
+    api: tuple[httpx.Client, str], path: str, params: dict, status: int, named: str
 ) -> None:
     http, _ = api
     answer = http.get(path, params=params)
@@ -120,7 +145,7 @@ def test_bad_input_is_a_4xx_naming_the_culprit(
     assert named in answer.text
 
 
-def test_openapi_documents_both_routes(api: tuple[httpx.Client, dict]) -> None:
+def test_openapi_documents_both_routes(api: tuple[httpx.Client, str]) -> None:
     http, _ = api
     paths = http.get("/openapi.json").json()["paths"]
     chain = paths["/api/v1/option-chain/{underlying}"]["get"]
