@@ -21,7 +21,14 @@ CREATE TABLE option_chain_1m_store (
 );
 SELECT create_hypertable('option_chain_1m_store', by_range('bucket', INTERVAL '30 days'));
 
-INSERT INTO bar_rollup_state (relation) VALUES ('option_chain_1m');
+-- It starts where the bars' rollup stands: the first pass then rolls up only what the bars'
+-- next one does, instead of every tick ever stored inside the rollup's transaction (a long
+-- store had no option ticks to speak of before chains were followed). Option ticks from
+-- before this migration come in with `tickvault db refresh-bars --start ... --end ...`, as
+-- on Community, whose policy materializes only the last 3 days.
+INSERT INTO bar_rollup_state (relation, watermark, changed_since)
+SELECT 'option_chain_1m', watermark, changed_since FROM bar_rollup_state
+WHERE relation = 'ohlc_1m';
 
 CREATE VIEW option_chain_1m AS
 SELECT instrument_key, bucket, ltp, bid_price, ask_price, volume, oi, iv,
