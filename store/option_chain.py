@@ -28,7 +28,6 @@ from core.ist import day_bounds, ist_day
 from store.instruments import UnknownSymbol
 from store.tick_row import TICK_COLUMNS, Tick, to_datetime
 
-OPTION_TYPES = ("CE", "PE")
 # What a side of a strike shows of its contract's tick, in this order.
 SIDE_FIELDS = (
     "ltp",
@@ -345,21 +344,15 @@ def newest_tick_time(conn: psycopg.Connection, chain: Chain) -> datetime | None:
     return row[0] if row else None
 
 
-def opening_oi_sql() -> str:
-    """Each key's first OI of an IST day: what the chain 'now' compares OI with."""
-    return (
+def opening_oi(conn: psycopg.Connection, keys: Sequence[str], day: date) -> dict[str, float]:
+    """The day's first OI of each key that has one: what the chain "now" compares OI with."""
+    day_start, day_end = day_bounds(day)
+    rows = conn.execute(
         "SELECT wanted.key, first.oi FROM unnest(%(keys)s::text[]) AS wanted(key)"
         " CROSS JOIN LATERAL (SELECT oi FROM ticks WHERE instrument_key = wanted.key"
         " AND ts >= %(day_start)s AND ts < %(day_end)s AND oi IS NOT NULL"
-        " ORDER BY ts LIMIT 1) AS first"
-    )
-
-
-def opening_oi(conn: psycopg.Connection, keys: Sequence[str], day: date) -> dict[str, float]:
-    """The day's first OI of each key that has one."""
-    day_start, day_end = day_bounds(day)
-    rows = conn.execute(
-        opening_oi_sql(), {"keys": list(keys), "day_start": day_start, "day_end": day_end}
+        " ORDER BY ts LIMIT 1) AS first",
+        {"keys": list(keys), "day_start": day_start, "day_end": day_end},
     ).fetchall()
     return dict(rows)
 
