@@ -13,6 +13,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from api.auth import ApiKeyGate
 from api.budget import POOL_SIZE, DatabaseBudget, document_budget
+from api.chain_cache import ChainCache
 from api.context import ApiContext
 from api.db import read_pool
 from api.error_responses import install_error_handlers
@@ -31,6 +32,7 @@ from api.routes import (
     instruments,
     market_calendar,
     ops,
+    option_chain,
     stream,
     token,
 )
@@ -70,6 +72,7 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
                 published,
                 IngestControl(settings.data_dir),
                 database_url,
+                ChainCache(pool),
             )
             yield
         finally:
@@ -86,7 +89,18 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
         summary="Upstox market ticks and OHLC bars from TimescaleDB",
         lifespan=lifespan,
     )
-    routes = (ops, feed, history, instruments, token, market_calendar, audit, coverage, stream)
+    routes = (
+        ops,
+        feed,
+        history,
+        instruments,
+        token,
+        market_calendar,
+        audit,
+        coverage,
+        stream,
+        option_chain,
+    )
     for module in routes:
         app.include_router(module.router)
     mount_page(app)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +55,9 @@ ROUTE_CLASSES: dict[tuple[str, str], RouteClass] = {
     ("GET", "/api/v1/market/calendar"): CHEAP,
     ("GET", "/api/v1/websocket/subscriptions"): CHEAP,
     ("GET", "/api/v1/websocket/latest-ticks"): CHEAP,
+    # One index probe per contract (about a hundred), or none at all for the chain now.
+    ("GET", "/api/v1/option-chain/{underlying}"): CHEAP,
+    ("GET", "/api/v1/option-chain/{underlying}/expiries"): CHEAP,
     ("GET", "/api/v1/coverage"): EXPENSIVE,
     ("GET", "/api/v1/audit"): EXPENSIVE,
     ("GET", "/api/v1/instruments"): EXPENSIVE,
@@ -69,10 +73,19 @@ def route_class(method: str, path: str) -> RouteClass | None:
     method = "GET" if method == "HEAD" else method
     found = ROUTE_CLASSES.get((method, path))
     if found is None:
-        parent, _, last = path.rpartition("/")
-        if last:
-            found = ROUTE_CLASSES.get((method, f"{parent}/{{symbol}}"))
+        found = next(
+            (cls for (m, pattern), cls in _TEMPLATES if m == method and pattern.fullmatch(path)),
+            None,
+        )
     return found
+
+
+# The classed paths with a parameter, as patterns: a parameter is one path segment.
+_TEMPLATES = [
+    ((method, re.compile(re.sub(r"\\\{[a-z_]+\\\}", "[^/]+", re.escape(path)))), cls)
+    for (method, path), cls in ROUTE_CLASSES.items()
+    if "{" in path
+]
 
 
 class _Places:

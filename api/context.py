@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from psycopg_pool import ConnectionPool
 
+from api.chain_cache import ChainCache
 from api.ingest_control import IngestControl
 from api.ingest_state import PublishedIngest
 from api.liveness import DatabaseProbe
@@ -26,6 +27,7 @@ class ApiContext:
     control: IngestControl  # its control socket, which subscription changes go through
     # For the few writes the API makes itself (POST /api/v1/audit); reads go through `pool`.
     database_url: str
+    chains: ChainCache  # what the option chain "now" keeps of the database
 
     def latest(self, keys: list[str] | None, *, on_loop: bool) -> dict[str, Tick]:
         """The latest tick of each key that has one (every instrument's for None), as the

@@ -6,10 +6,10 @@ service that fills it.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Literal
 
-from pydantic import BaseModel, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, computed_field, create_model
 
 from api.params import Symbol
 from core.upstox_wire import Mode
@@ -115,3 +115,66 @@ class InstrumentOut(BaseModel):
     active: bool = Field(
         description="false: expired or gone from Upstox's master, kept for its history"
     )
+
+
+class OptionSideOut(BaseModel):
+    """A contract's last tick at or before the moment; every value null while it has none
+    that day."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    instrument_key: str
+    ts: datetime | None = Field(description="The time of the tick the values come from")
+    ltp: float | None
+    bid_price: float | None
+    bid_qty: int | None
+    ask_price: float | None
+    ask_qty: int | None
+    volume: int | None = Field(description="The day's volume so far (the tick's vtt)")
+    oi: float | None
+    oi_change: float | None = Field(
+        description="OI now minus the contract's first OI of the IST day"
+    )
+    iv: float | None
+    delta: float | None
+    theta: float | None
+    gamma: float | None
+    vega: float | None
+    rho: float | None
+
+
+class OptionStrikeOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    strike: float
+    call: OptionSideOut | None
+    put: OptionSideOut | None
+
+
+class OptionChainOut(BaseModel):
+    underlying: str
+    underlying_key: str
+    expiry: date = Field(description="The expiry's IST date")
+    at: datetime | None = Field(description="The moment asked; null: the latest ticks")
+    underlying_price: float | None = Field(description="The underlying's last price by then")
+    atm_strike: float | None = Field(description="The strike nearest the underlying's price")
+    pcr: float | None = Field(description="Put/call ratio by OI: total put OI / total call OI")
+    max_pain: float | None = Field(
+        description="The strike at which the OI-weighted payout to option holders is least"
+    )
+    strikes: list[OptionStrikeOut]
+
+    model_config = ConfigDict(from_attributes=True)  # read from store.option_chain's result
+
+    @computed_field(  # type: ignore[prop-decorator]
+        description="ticks: stored ticks as of `at`; cache: the latest ticks the ingest publishes"
+    )
+    @property
+    def source(self) -> Literal["ticks", "cache"]:
+        return "cache" if self.at is None else "ticks"
+
+
+class ExpiriesOut(BaseModel):
+    underlying: str
+    underlying_key: str
+    expiries: list[date] = Field(description="IST dates, expired ones included (kept for history)")

@@ -104,7 +104,7 @@ def checked_symbol_list(raw: str) -> tuple[list[str], str | None]:
     return names, problem
 
 
-def _utc(moment: datetime, name: str) -> datetime:
+def as_utc(moment: datetime, name: str) -> datetime:
     """An aware UTC datetime; a time without an offset is taken as UTC."""
     if moment.tzinfo is None:
         return moment.replace(tzinfo=UTC)
@@ -122,9 +122,9 @@ def time_window(
     max_span: timedelta | None = None,
 ) -> tuple[datetime, datetime]:
     """[start, end) in UTC: end defaults to now, start to `default_span` before end."""
-    end_utc = _utc(end, "end") if end is not None else datetime.now(UTC)
+    end_utc = as_utc(end, "end") if end is not None else datetime.now(UTC)
     if start is not None:
-        start_utc = _utc(start, "start")
+        start_utc = as_utc(start, "start")
     else:
         try:
             start_utc = end_utc - default_span

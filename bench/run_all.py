@@ -18,11 +18,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import api, ingest, offline, read_path, stream_fanout, stream_idle
+from bench import api, ingest, offline, option_chain, read_path, stream_fanout, stream_idle
 from bench.common import RESULTS_DIR, db_server, machine, write_universe
 from bench.replay_feed import save_frames
 
-BENCHMARKS = ("offline", "throughput", "replay", "latency", "api", "read_path", "stream")
+BENCHMARKS = (
+    "offline",
+    "throughput",
+    "replay",
+    "latency",
+    "api",
+    "read_path",
+    "stream",
+    "option_chain",
+)
 # The default TICKVAULT_BATCH_MS first, then 100 ms side by side if the default is another:
 # the batch age bounds a tick's receipt-to-commit time.
 LATENCY_BATCH_MS = tuple(dict.fromkeys((ingest.BATCH_MS, 100)))
@@ -33,6 +42,8 @@ TARGETS = {
     "read_ticks_over_copy_binary": 0.5,
     "read_bars_universe_month_s": 2.0,
     "read_peak_over_frame": 2.0,
+    "option_chain_p99_ms": 50.0,
+    "option_chain_now_p99_ms": 5.0,
 }
 
 
@@ -163,6 +174,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 )
                 _step("stream: a client that reads nothing, the memory of its worker")
                 results["stream_idle"] = stream_idle.run(server, 10.0 if quick else 60.0)
+            if "option_chain" in chosen:
+                ticks = 500_000 if quick else 5_000_000
+                _step(f"option chain: {ticks:,} option ticks of a day, chains at random moments")
+                results["option_chain"] = option_chain.run(
+                    server, ticks, requests=100 if quick else 500
+                )
     return results
 
 
@@ -340,7 +357,34 @@ def table(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                 f"no more than the queue bound ({idle['queue_max_bytes_mib']:.0f} MiB)",
             )
         )
+    if "option_chain" in results:
+        rows += _option_chain_rows(results["option_chain"])
     return rows
+
+
+def _option_chain_rows(chain: dict[str, Any]) -> list[tuple[str, str, str]]:
+    at, now, http = chain["option_chain"], chain["option_chain_now"], chain["http"]
+    now_p99 = now["latency_ms"]["p99"]
+    return [
+        (
+            f"option_chain at a random past moment ({at['contracts']} contracts,"
+            f" {chain['ticks']:,} option ticks that day), {at['requests']} moments",
+            f"p50 {at['latency_ms']['p50']:.1f} ms, p99 {at['latency_ms']['p99']:.1f} ms",
+            f"p99 < 50 ms: {_verdict(at['latency_ms']['p99'] < TARGETS['option_chain_p99_ms'])}",
+        ),
+        (
+            "  the chain now from the published latest ticks (ChainCache.now, warm)",
+            f"p50 {now['latency_ms']['p50']:.2f} ms, p99 {now['latency_ms']['p99']:.2f} ms"
+            f" (CPU p99 {now['cpu_ms']['p99']:.2f} ms)",
+            f"p99 < 5 ms: {_verdict(now_p99 < TARGETS['option_chain_now_p99_ms'])}",
+        ),
+        (
+            "  GET /api/v1/option-chain/NIFTY, one worker, sequential: now / at a moment",
+            f"p99 {http['now']['latency_ms']['p99']:.1f} ms"
+            f" / {http['at']['latency_ms']['p99']:.1f} ms",
+            "report",
+        ),
+    ]
 
 
 def _read_path_rows(reads: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -422,6 +466,9 @@ def summary(results: dict[str, Any]) -> dict[str, float | None]:
         "stream_ingest_rate_ratio": _dig(results, "stream", "stream_ingest_rate_ratio"),
         "stream_added_p99_ms_200_clients": _dig(results, "stream", "added_lag_ms", "p99"),
         "stream_idle_growth_mib": _dig(results, "stream_idle", "stream_idle_growth_mib"),
+        "option_chain_p99_ms": _dig(results, "option_chain", "option_chain_p99_ms"),
+        "option_chain_now_p99_ms": _dig(results, "option_chain", "option_chain_now_p99_ms"),
+        "option_chain_now_cpu_p99_ms": _dig(results, "option_chain", "option_chain_now_cpu_p99_ms"),
     }
 
 

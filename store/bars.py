@@ -38,6 +38,26 @@ BAR_INTERVALS: tuple[BarInterval, ...] = get_args(BarInterval)
 # What a bar is, in the order every reader shows it: the bucket start, then its values.
 BAR_COLUMNS = ("bucket", "open", "high", "low", "close", "volume", "tick_count")
 
+# Each option contract's state per minute (sql/022), the same name on both editions; refreshed
+# with the bars.
+OPTION_CHAIN_VIEW = "option_chain_1m"
+OPTION_CHAIN_COLUMNS = (
+    "bucket",
+    "ltp",
+    "bid_price",
+    "ask_price",
+    "volume",
+    "oi",
+    "iv",
+    "delta",
+    "theta",
+    "gamma",
+    "vega",
+    "rho",
+    "last_ts",
+    "tick_count",
+)
+
 # Only one rollup at a time, whoever runs it (the ingest scheduler or `tickvault db refresh-bars`).
 _ROLLUP_LOCK = 0x7469636B
 # How long a Community refresh waits for a concurrent one on the same aggregate.
@@ -53,6 +73,12 @@ class _Layer:
     source: str  # FROM clause; the alias `src` is used below
     time: str  # time column of the source
     aggregates: str
+    columns: tuple[str, ...] = BAR_COLUMNS  # of its `_store` table, the bucket first
+
+    @property
+    def reads_ticks(self) -> bool:
+        """Whether it is aggregated from the ticks themselves (late ticks dirty it)."""
+        return self.time == "src.ts"
 
 
 _LAYERS = (
@@ -72,6 +98,23 @@ _LAYERS = (
         aggregates="first(src.open, src.bucket), max(src.high), min(src.low),"
         " last(src.close, src.bucket), sum(src.volume)::bigint, sum(src.tick_count)::bigint",
     ),
+    # Not a bar: each option contract's last state in each minute (sql/022), rolled up the
+    # same way. Option ticks are those with greeks.
+    _Layer(
+        view=OPTION_CHAIN_VIEW,
+        width="1 minute",
+        source="(SELECT * FROM ticks WHERE delta IS NOT NULL) src",
+        time="src.ts",
+        aggregates=", ".join(
+            f"last(src.{name}, src.ts)"
+            for name in (
+                *("ltp", "bid_price", "ask_price", "vtt", "oi", "iv"),
+                *("delta", "theta", "gamma", "vega", "rho"),
+            )
+        )
+        + ", max(src.ts), count(*)",
+        columns=OPTION_CHAIN_COLUMNS,
+    ),
 )
 
 
@@ -90,7 +133,7 @@ def refresh_bars(
     """
     edition = server_edition(conn)
     if edition is Edition.COMMUNITY:
-        for view in LIVE_VIEWS.values():  # 1-minute first: the 5-minute layer reads it
+        for view in (*LIVE_VIEWS.values(), OPTION_CHAIN_VIEW):  # 1-minute before 5-minute
             _refresh_aggregate(conn, view, start, end)
         return RefreshResult(edition, {})
     with conn.transaction():
@@ -213,7 +256,7 @@ def _rebuild_late(
 ) -> int:
     """Re-aggregate buckets below the old watermark whose source changed since the last pass."""
     conn.execute("TRUNCATE _bars_dirty")
-    if layer.view == BAR_VIEWS["1m"]:
+    if layer.reads_ticks:
         conn.execute(
             "INSERT INTO _bars_dirty SELECT DISTINCT instrument_key,"
             " time_bucket(INTERVAL '1 minute', ts) FROM ticks"
@@ -250,7 +293,7 @@ def _insert_aggregate(
     (count,) = _record_touched(
         conn,
         layer,
-        f"INSERT INTO {layer.view}_store (instrument_key, {', '.join(BAR_COLUMNS)})"
+        f"INSERT INTO {layer.view}_store (instrument_key, {', '.join(layer.columns)})"
         f" SELECT src.instrument_key, time_bucket(INTERVAL '{layer.width}', {layer.time}),"
         f" {layer.aggregates} FROM {from_where} GROUP BY 1, 2",
         params,

@@ -606,7 +606,7 @@ def test_app_role_runs_the_ingest_and_the_bar_rollup(app_role: AppRole, tmp_path
     assert ticks > 500
     assert batches > 0
     assert subscribed > 0
-    assert rolled == [("ohlc_1m",), ("ohlc_5m",)]
+    assert rolled == [("ohlc_1m",), ("ohlc_5m",), ("option_chain_1m",)]
 
     # Bars of a closed minute: the rollup, run as the app, materializes them.
     with psycopg.connect(app_role.app_url, autocommit=True) as conn:

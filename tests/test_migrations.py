@@ -109,6 +109,7 @@ def test_community_bars_are_real_time_continuous_aggregates(
             assert [(name, only) for name, only, _ in aggregates] == [
                 ("ohlc_1m_live", False),
                 ("ohlc_5m_live", False),
+                ("option_chain_1m", False),
             ]
 
             jobs = dict(

@@ -31,7 +31,13 @@ from ingest.jobs.audit import run_audit
 from ingest.service import WebSocketService
 from ingest.simulator import FeedSimulator
 from ingest.tokens import UpstoxAccess
-from store.instruments import default_sample_path, instrument_records, load_instruments
+from store import subscriptions
+from store.instruments import (
+    default_sample_path,
+    fno_universe,
+    instrument_records,
+    load_instruments,
+)
 from tests import conftest
 from tickvault import notebook
 
@@ -87,6 +93,21 @@ print(json.dumps({
 }))
 """
 
+OPTION_PROBE = """
+import json
+print(json.dumps({
+    "strikes": [float(strike) for strike in chain.index],
+    "calls_priced": int(chain["call_ltp"].notna().sum()),
+    "puts_with_iv": int(chain["put_iv"].notna().sum()),
+    "atm": chain.attrs["atm_strike"],
+    "pcr": chain.attrs["pcr"],
+    "max_pain": chain.attrs["max_pain"],
+    "smiles": len(smiles),
+    "pcr_minutes": int(pcr.notna().sum()),
+    "pain_in_strikes": bool(pain.dropna().isin(chain.index).all()),
+}))
+"""
+
 
 def check_ohlc(result: dict) -> None:
     assert result["bars"] > 0
@@ -127,11 +148,26 @@ def check_universe(result: dict) -> None:
     assert result["daily_keys"] == result["traded_keys"]
 
 
+def check_option_chain(result: dict) -> None:
+    # The sample master's nearest NIFTY expiry has three strikes; the ingest followed them.
+    assert result["strikes"] == [25950.0, 26000.0, 26050.0]
+    assert result["calls_priced"] == result["puts_with_iv"] == 3
+    assert result["atm"] in result["strikes"]
+    assert result["max_pain"] in result["strikes"]
+    assert result["pcr"] > 0
+    assert result["smiles"] == 3
+    assert result["pcr_minutes"] >= 1
+    assert result["pain_in_strikes"]
+
+
 PROBES = {
     "ohlc_analysis.ipynb": (OHLC_PROBE, check_ohlc),
     "tick_analysis.ipynb": (TICK_PROBE, check_ticks),
     "universe_analysis.ipynb": (UNIVERSE_PROBE, check_universe),
+    "option_chain.ipynb": (OPTION_PROBE, check_option_chain),
 }
+# The notebooks that read a chain's ticks: their store's ingest also followed NIFTY's options.
+OPTION_NOTEBOOKS = {"option_chain.ipynb"}
 
 
 async def _run_ingest(settings: Settings, url: str, seconds: float) -> None:
@@ -183,6 +219,54 @@ def simulated_db_url(
         apache_server.drop_database(url)
 
 
+async def _run_options_ingest(settings: Settings, url: str, seconds: float) -> None:
+    """The ingest on a simulator for `seconds`, following the sample's NIFTY options (in
+    option_greeks mode) beside the universe: recorded as subscriptions it resumes at start."""
+    with psycopg.connect(url) as conn:
+        records = instrument_records(conn)
+        options = [
+            key
+            for (key,) in conn.execute(
+                "SELECT instrument_key FROM instruments"
+                " WHERE underlying_symbol = 'NIFTY' AND instrument_type IN ('CE', 'PE')"
+            )
+        ]
+        subscriptions.upsert(conn, options, "option_greeks", "pending")
+        universe = [*fno_universe(conn), *settings.index_keys]
+        subscriptions.upsert(conn, universe, settings.feed_mode, "pending")
+    async with FeedSimulator(records, rate=settings.simulator_rate) as simulator:
+        settings = replace(
+            settings, upstox_access_token=Secret("notebook-test"), upstox_api_base=simulator.url
+        )
+        service = WebSocketService(settings, url)
+        await service.start()
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            await service.stop()
+
+
+@pytest.fixture(scope="module")
+def simulated_options_db_url(
+    apache_server: conftest.DbServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """Like simulated_db_url, with NIFTY's option contracts followed as well."""
+    url = apache_server.create_database()
+    try:
+        with psycopg.connect(url) as conn:
+            load_instruments(conn, default_sample_path())
+        settings = Settings(
+            data_dir=tmp_path_factory.mktemp("ingest"), simulator_rate=5000, rollup_interval_s=1
+        )
+        asyncio.run(_run_options_ingest(settings, url, INGEST_SECONDS))
+        with psycopg.connect(url) as conn:
+            (ticks,) = conn.execute("SELECT count(*) FROM ticks WHERE delta IS NOT NULL").fetchone()
+        assert ticks > 0, "the simulated ingest wrote no option ticks: nothing to read"
+        yield url
+    finally:
+        apache_server.drop_database(url)
+
+
 @pytest.fixture(scope="module")
 def kernel_specs(tmp_path_factory: pytest.TempPathFactory) -> KernelSpecManager:
     """A kernel spec that starts this interpreter: the installed `python3` spec says only
@@ -217,8 +301,11 @@ def test_notebooks_are_stored_without_outputs() -> None:
 
 @pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda path: path.name)
 def test_notebook_runs_on_simulated_feed(
-    path: Path, simulated_db_url: str, kernel_specs: KernelSpecManager
+    path: Path, kernel_specs: KernelSpecManager, request: pytest.FixtureRequest
 ) -> None:
+    simulated_db_url = request.getfixturevalue(
+        "simulated_options_db_url" if path.name in OPTION_NOTEBOOKS else "simulated_db_url"
+    )
     notebook = nbformat.read(path, as_version=4)
     probe, check = PROBES.get(path.name, (None, None))
     if probe is not None:
