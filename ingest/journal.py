@@ -131,6 +131,9 @@ class Journal:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._dir_fd = lock(self.directory)
         self.committed_seq = 0
+        # Frames after this seq are kept even once committed: the custom handlers' signals
+        # of them are not all stored yet (ingest/signals.py); None: no such hold.
+        self.held_after: int | None = None
         self.torn_tail_bytes = 0
         self.bytes_appended = 0  # since this process opened it: shows segments being reused
         self._fd = -1
@@ -287,7 +290,7 @@ class Journal:
         Returns whether that freed anything: frames the database has not committed yet are
         never let go of.
         """
-        if self.committed_seq != self._last_seq or not self._sizes[self._current]:
+        if self._releasable_seq() != self._last_seq or not self._sizes[self._current]:
             return False
         self._start_segment()
         self._torn_write_at = None  # a failed write was in the segment let go of
@@ -333,14 +336,31 @@ class Journal:
         finally:
             os.close(fd)
 
+    def hold(self, seq: int) -> None:
+        """Keep the frames after `seq` even once committed (the signals' progress), and let
+        go of the segments this hold alone kept."""
+        self.held_after = seq
+        self._delete_released()
+
+    def _releasable_seq(self) -> int:
+        """The last seq no one needs: committed, and not held."""
+        if self.held_after is None:
+            return self.committed_seq
+        return min(self.committed_seq, self.held_after)
+
     def mark_committed(self, seq: int) -> None:
-        """Frames up to seq are in the database: delete the segments holding nothing newer."""
+        """Frames up to seq are in the database: delete the segments holding nothing newer
+        (or held)."""
         if seq > self._last_seq:
             raise ValueError(f"seq {seq} is committed but the journal ends at {self._last_seq}")
         self.committed_seq = max(self.committed_seq, seq)
+        self._delete_released()
+
+    def _delete_released(self) -> None:
+        released = self._releasable_seq()
         starts = sorted(self._sizes)
         for first_seq, next_first in pairwise(starts):
-            if next_first - 1 > self.committed_seq:
+            if next_first - 1 > released:
                 break
             try:
                 self._path(first_seq).unlink()
