@@ -31,6 +31,7 @@ from api.routes import (
     instruments,
     market_calendar,
     ops,
+    signals,
     stream,
     token,
 )
@@ -86,7 +87,18 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
         summary="Upstox market ticks and OHLC bars from TimescaleDB",
         lifespan=lifespan,
     )
-    routes = (ops, feed, history, instruments, token, market_calendar, audit, coverage, stream)
+    routes = (
+        ops,
+        feed,
+        history,
+        instruments,
+        signals,
+        token,
+        market_calendar,
+        audit,
+        coverage,
+        stream,
+    )
     for module in routes:
         app.include_router(module.router)
     mount_page(app)

@@ -54,6 +54,8 @@ ROUTE_CLASSES: dict[tuple[str, str], RouteClass] = {
     ("GET", "/api/v1/market/calendar"): CHEAP,
     ("GET", "/api/v1/websocket/subscriptions"): CHEAP,
     ("GET", "/api/v1/websocket/latest-ticks"): CHEAP,
+    # At most 1000 rows, newest first down one index (instrument, name or time).
+    ("GET", "/api/v1/signals"): CHEAP,
     ("GET", "/api/v1/coverage"): EXPENSIVE,
     ("GET", "/api/v1/audit"): EXPENSIVE,
     ("GET", "/api/v1/instruments"): EXPENSIVE,
