@@ -1,0 +1,243 @@
+"""Signals from custom handlers: one call to emit, stored once, read three ways.
+
+Real ingest processes on the simulator, a real TimescaleDB: a handler that emits a signal
+for every tick is SIGKILLed mid-stream and restarted, and every committed tick then has its
+signal exactly once; a handler that emits garbage or raises is counted and logged while the
+feed goes on; the example spike detector's signal is in signals.log, the table and the API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import signal
+import sys
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+from api import create_app
+from core.config import Secret, Settings
+from ingest.service import WebSocketService, emit_signal
+from ingest.simulator import FeedSimulator
+from ingest.status import IngestStatus
+from ingest.tick_data import TickData
+from store.instruments import instrument_records
+from tests.conftest import REPO
+from tests.emitting_ingest import EveryTick
+from tests.test_api import serve
+from tests.test_ingest_e2e import _assert_exactly_once, _settings, _wait_for, instruments_db
+
+__all__ = ["instruments_db"]  # the fixture, shared with the end-to-end tests
+
+INFY = "NSE_EQ|INE009A01021"
+
+
+def _rows(url: str, sql: str) -> list[tuple]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def _one(url: str, sql: str) -> object:
+    return _rows(url, sql)[0][0]
+
+
+async def _process(module: list[str], url: str, data_dir: Path, simulator: FeedSimulator, **env):
+    environment = {
+        **os.environ,
+        "TICKVAULT_DATABASE_URL": url,
+        "TICKVAULT_DATA_DIR": str(data_dir),
+        "UPSTOX_ACCESS_TOKEN": "test-token",
+        "UPSTOX_API_BASE": simulator.url,
+        "TICKVAULT_LOG_LEVEL": "WARNING",
+        **env,
+    }
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        *module,
+        cwd=REPO,
+        env=environment,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+def test_sigkill_while_a_handler_emits_then_restart_stores_each_signal_once(
+    instruments_db: str, tmp_path: Path
+) -> None:
+    """Every tick of every committed batch has its one `tick` signal: none lost with the
+    process, none doubled by the frames given to the handler again."""
+    data_dir = tmp_path / "data"
+    url = instruments_db
+
+    async def scenario() -> tuple[int, int, int]:
+        records = await asyncio.to_thread(_records, url)
+        simulator = FeedSimulator(records, rate=3000, seed=11)
+        await simulator.start()
+        try:
+            # The handler pauses now and then, so it falls behind the writer: when the kill
+            # comes, committed ticks wait for their signals.
+            first = await _process(["tests.emitting_ingest"], url, data_dir, simulator)
+            await _wait_for(lambda: _one(url, "SELECT count(*) FROM signals") > 2000, 30)
+            first.send_signal(signal.SIGKILL)
+            await first.wait()
+            committed = _one(url, "SELECT coalesce(max(last_seq), 0) FROM ingest_batches")
+            complete = _one(url, "SELECT last_seq FROM signal_progress")
+            stored_at_kill = _one(url, "SELECT count(*) FROM signals")
+
+            settings = Settings(
+                data_dir=data_dir,
+                upstox_access_token=Secret("test-token"),
+                upstox_api_base=simulator.url,
+            )
+            service = WebSocketService(settings, url)
+            await service.register_handler(EveryTick().handle_tick)
+            await service.start()
+            try:
+                await _wait_for(lambda: service.status().signals.complete_seq >= committed, 30)
+                simulator.stall(8.0)  # then let the handler, the writer and signals catch up
+                await _wait_for(lambda: _settled(service.status()), 30)
+            finally:
+                await service.stop()
+        finally:
+            await simulator.stop()
+        return committed, complete, stored_at_kill
+
+    committed, complete, stored_at_kill = asyncio.run(scenario())
+    assert complete < committed, "the kill should have left committed ticks without signals"
+    ticks = _rows(url, "SELECT instrument_key, ts, ltp FROM ticks")
+    signals = _rows(url, "SELECT instrument_key, ts, value FROM signals WHERE name = 'tick'")
+    assert len(signals) > stored_at_kill
+    assert len(signals) == len(set(signals)), "a signal was stored twice"
+    assert sorted(signals) == sorted(ticks), "each stored tick has exactly its one signal"
+
+
+def _records(url: str) -> list[dict]:
+    with psycopg.connect(url) as conn:
+        return instrument_records(conn)
+
+
+def _settled(status: IngestStatus) -> bool:
+    [handler] = status.pipeline.custom_handlers
+    return (
+        handler.pending == 0
+        and status.writer.queue_depth == 0
+        and status.signals.pending == 0
+        and status.signals.complete_seq == status.journal.last_seq
+    )
+
+
+class Garbage:
+    """On each INFY tick: a good signal, then a NaN, a 1 MB field, an unknown symbol and a
+    bad side; every fifth tick it raises."""
+
+    def __init__(self) -> None:
+        self.ticks = 0
+        self.returned: list[object] = []
+
+    async def handle_tick(self, tick: TickData) -> bool:
+        if tick.instrument_key != INFY:
+            return False
+        self.ticks += 1
+        self.returned.append(emit_signal("good", tick.last_price))
+        self.returned.append(emit_signal("nan", math.nan))
+        self.returned.append(emit_signal("big", 1.0, blob="x" * 1_000_000))
+        self.returned.append(emit_signal("elsewhere", 1.0, symbol="NO SUCH THING"))
+        self.returned.append(emit_signal("sided", 1.0, side="long"))
+        if self.ticks % 5 == 0:
+            raise RuntimeError("a bug in user code")
+        return True
+
+
+def test_garbage_and_raising_handlers_are_counted_and_logged_and_stop_nothing(
+    instruments_db: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    garbage = Garbage()
+
+    async def scenario() -> tuple[FeedSimulator, IngestStatus]:
+        service = WebSocketService(_settings(tmp_path), instruments_db, record_simulator=True)
+        await service.register_handler(garbage.handle_tick)
+        await service.start()
+        await _wait_for(lambda: garbage.ticks >= 50, 30)
+        await service.stop()
+        assert service.simulator is not None
+        return service.simulator, service.status()
+
+    with caplog.at_level(logging.WARNING, logger="ingest.signals"):
+        simulator, status = asyncio.run(scenario())
+    [handler] = status.pipeline.custom_handlers
+    assert handler.errors == garbage.ticks // 5
+    assert status.signals.rejected == 4 * garbage.ticks
+    good = [r for r in garbage.returned if r is not None]
+    assert len(good) == garbage.ticks
+    assert all(s.name == "good" for s in good)
+    stored = _rows(instruments_db, "SELECT symbol, name, ts FROM signals")
+    assert {(symbol, name) for symbol, name, _ in stored} == {("INFY", "good")}
+    assert len(stored) == garbage.ticks
+    refusal = [r.getMessage() for r in caplog.records if "signal refused" in r.getMessage()]
+    assert refusal
+    assert "value must be finite, got nan" in refusal[0]
+    assert "Garbage.handle_tick" in refusal[0]
+    assert "INFY" in refusal[0]
+    _assert_exactly_once(instruments_db, simulator)
+
+
+def test_the_spike_detector_signal_is_in_the_log_the_table_and_the_api(
+    instruments_db: str, tmp_path: Path
+) -> None:
+    """`tickvault ingest` with the example handler on, on the simulator (no token), as
+    `make run` runs it."""
+    data_dir = tmp_path / "data"
+    log = data_dir / "logs" / "signals.log"
+    url = instruments_db
+
+    def infy_lines() -> list[dict]:
+        lines = log.read_text().splitlines() if log.exists() else []
+        return [json.loads(line) for line in lines if "INFY" in line]
+
+    async def scenario() -> None:
+        simulator = FeedSimulator(await asyncio.to_thread(_records, url), rate=4000, seed=3)
+        await simulator.start()
+        try:
+            ingest = await _process(
+                ["tickvault", "ingest"],
+                url,
+                data_dir,
+                simulator,
+                TICKVAULT_SPIKE_DETECTOR="true",
+            )
+            await _wait_for(lambda: infy_lines(), 90)
+            ingest.send_signal(signal.SIGTERM)
+            _, stderr = await ingest.communicate()
+            assert ingest.returncode == 0, stderr.decode()[-2000:]
+        finally:
+            await simulator.stop()
+
+    asyncio.run(scenario())
+    line = infy_lines()[0]
+    assert line["name"] == "volume_spike"
+    assert line["handler"] == "SpikeDetector.handle_tick"
+    assert line["ts"].endswith("+05:30"), "IST on display"
+    assert line["fields"]["z"] > 8
+    stored = _rows(url, "SELECT name, value FROM signals WHERE symbol = 'INFY'")
+    assert (line["name"], line["value"]) in stored
+    with serve(create_app(Settings(data_dir=data_dir), url)) as base:
+        answer = httpx.get(
+            f"{base}/api/v1/signals",
+            params={"symbol": "INFY", "name": "volume_spike"},
+            trust_env=False,
+        )
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert body["instrument_key"] == INFY
+        assert line["value"] in [s["value"] for s in body["signals"]]
+        assert all(s["symbol"] == "INFY" for s in body["signals"])
+        bad = httpx.get(f"{base}/api/v1/signals", params={"symbol": "NOPE"}, trust_env=False)
+        assert bad.status_code == 404
+        assert "NOPE" in bad.text
