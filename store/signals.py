@@ -96,6 +96,6 @@ def signal_page(
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(
             f"SELECT {', '.join(SIGNAL_COLUMNS)} FROM signals WHERE {where}"
-            " ORDER BY ts DESC, seq DESC, n DESC LIMIT %(limit)s",
+            " ORDER BY ts DESC, emitted_at DESC, seq DESC, n DESC LIMIT %(limit)s",
             {**params, "limit": limit},
         ).fetchall()

@@ -241,3 +241,30 @@ def test_the_spike_detector_signal_is_in_the_log_the_table_and_the_api(
         bad = httpx.get(f"{base}/api/v1/signals", params={"symbol": "NOPE"}, trust_env=False)
         assert bad.status_code == 404
         assert "NOPE" in bad.text
+
+
+def test_a_notebook_emits_and_reads_signals(
+    instruments_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tickvault import notebook
+
+    monkeypatch.setenv("TICKVAULT_DATABASE_URL", instruments_db)
+    at = "2026-01-05 10:00"  # IST, as a notebook user types it
+    first = notebook.emit_signal("INFY", "pcr", 1.31, ts=at, side="buy", strike=1900)
+    notebook.emit_signal("INFY", "pcr", 1.31, ts=at)  # a second call is a second signal
+    notebook.emit_signal("TCS", "pcr", 0.7, ts="2026-01-05 10:01")
+    assert first.ts.isoformat() == "2026-01-05T10:00:00+05:30"
+    frame = notebook.read_signals("INFY", name="pcr", start="2026-01-05", end="2026-01-06")
+    assert len(frame) == 2
+    assert str(frame.index[0]) == "2026-01-05 10:00:00+05:30"
+    row = frame.iloc[0]
+    assert (row["symbol"], row["name"], row["value"]) == ("INFY", "pcr", 1.31)
+    assert row["fields"] == {"strike": 1900}
+    assert row["handler"] == "notebook"
+    assert len(notebook.read_signals(start="2026-01-05", end="2026-01-06")) == 3
+    with pytest.raises(ValueError, match="value must be finite, got nan"):
+        notebook.emit_signal("INFY", "pcr", math.nan)
+    with pytest.raises(ValueError, match="fields take 1000012 bytes"):
+        notebook.emit_signal("INFY", "pcr", 1.0, blob="x" * 1_000_000)
+    with pytest.raises(LookupError, match="NO SUCH"):
+        notebook.emit_signal("NO SUCH", "pcr", 1.0)
