@@ -244,6 +244,8 @@ class Journal:
         try:
             if self._sizes[self._current] >= self._segment_limit:
                 self._start_segment()
+            if self._bytes + len(record) > self.max_bytes:
+                self._drop_hold()
             if self._bytes + len(record) > self.max_bytes and not self._release_committed():
                 raise self._full(f"{self._bytes} of max_bytes={self.max_bytes} bytes are in use")
             self._write_making_room(record)
@@ -259,7 +261,9 @@ class Journal:
         try:
             self._write(record)
         except OSError as exc:
-            if exc.errno not in _SPACE_ERRORS or not self._release_committed():
+            if exc.errno not in _SPACE_ERRORS or not (
+                self._drop_hold() or self._release_committed()
+            ):
                 raise
             self._write(record)
 
@@ -341,6 +345,23 @@ class Journal:
         go of the segments this hold alone kept."""
         self.held_after = seq
         self._delete_released()
+
+    def _drop_hold(self) -> bool:
+        """Let go of committed frames kept only for the signals, when the journal has no room
+        for a new frame: the ticks come first. Returns whether that freed a segment."""
+        if self.held_after is None or self.held_after >= self.committed_seq:
+            return False
+        before = len(self._sizes)
+        log.warning(
+            "frame journal %s is full: frames %d..%d are let go of before all their signals "
+            "are stored (a crash now would lose those signals, not their ticks)",
+            self.directory,
+            self.held_after + 1,
+            self.committed_seq,
+        )
+        self.held_after = None
+        self._delete_released()
+        return len(self._sizes) < before
 
     def _releasable_seq(self) -> int:
         """The last seq no one needs: committed, and not held."""

@@ -341,7 +341,10 @@ class WebSocketService:
         """
         if not self.is_running:
             return "the ingest service is not running"
-        for name, task in self._tasks.items():
+        tasks = dict(self._tasks)
+        if self._signals_task is not None:
+            tasks["signals"] = self._signals_task
+        for name, task in tasks.items():
             if task.done():
                 return f"the ingest's {name} task has stopped: {_outcome(task)}"
         if self._pipeline is not None and self._pipeline.journal_error is not None:

@@ -27,6 +27,8 @@ import contextlib
 import json
 import logging
 import math
+import numbers
+import re
 from collections import deque
 from collections.abc import Callable
 from contextvars import ContextVar
@@ -51,6 +53,7 @@ signals_log = logging.getLogger(SIGNALS_LOGGER)
 MAX_NAME_CHARS = 64
 MAX_FIELDS_BYTES = 4096  # a signal is a small record; the tick and the bars hold the data
 SIDES = ("buy", "sell")
+_JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
 class _Origin:
@@ -121,23 +124,38 @@ class BadSignal(ValueError):
 
 
 def check_signal(name: object, value: object, side: object, fields: dict[str, Any]) -> None:
-    """BadSignal naming what is wrong, if anything is."""
-    if not isinstance(name, str) or not name or len(name) > MAX_NAME_CHARS:
+    """BadSignal naming what is wrong, if anything is: what the table could not hold (NaN, a
+    NUL character, a lone surrogate) or should not (a name or fields beyond their bounds)."""
+    if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_CHARS:
         raise BadSignal(f"name must be a text of 1 to {MAX_NAME_CHARS} characters, got {name!r}")
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    _storable("name", name)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise BadSignal(f"value must be a number, got {type(value).__name__}")
     if not math.isfinite(value):
         raise BadSignal(f"value must be finite, got {value!r}")
     if side is not None and side not in SIDES:
         raise BadSignal(f"side must be one of {SIDES} or None, got {side!r}")
     try:
-        text = json.dumps(fields, allow_nan=False, default=None)
+        text = json.dumps(fields, allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError) as error:
         raise BadSignal(
             f"fields must be JSON (finite numbers, text, lists, dicts): {error}"
         ) from None
     if len(text) > MAX_FIELDS_BYTES:
         raise BadSignal(f"fields take {len(text)} bytes as JSON, more than {MAX_FIELDS_BYTES}")
+    if _JSON_NUL.search(text):  # JSON's escape of NUL, not an escaped backslash before u0000
+        raise BadSignal("fields must not contain NUL characters")
+    _storable("fields", text)
+
+
+def _storable(what: str, text: str) -> None:
+    """PostgreSQL's text and jsonb hold neither NUL nor a lone surrogate."""
+    if "\x00" in text:
+        raise BadSignal(f"{what} must not contain NUL characters")
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise BadSignal(f"{what} must be valid Unicode: it holds a lone surrogate") from None
 
 
 def emit_signal(
@@ -312,10 +330,34 @@ class SignalWriter:
         return True
 
     def _write(self, rows: list[SignalRow], seq: int) -> set[tuple[str, int, str, int]]:
-        with self._pool.connection() as conn, conn.cursor() as cur:
-            new = insert_signals(cur, rows)
-            record_progress(cur, self._journal.journal_id, seq)
-        return new
+        """One transaction: the rows and the progress they complete. A row the database
+        refuses despite the checks fails the batch; then each row goes alone and the
+        refused ones are logged and counted, so one cannot hold up the rest."""
+        with self._pool.connection() as conn:
+            try:
+                with conn.transaction(), conn.cursor() as cur:
+                    new = insert_signals(cur, rows)
+                    record_progress(cur, self._journal.journal_id, seq)
+                return new
+            except (psycopg.OperationalError, psycopg.InterfaceError):
+                raise
+            except psycopg.Error:
+                pass  # one row refused: find it below
+            new = set()
+            for row in rows:
+                try:
+                    with conn.transaction(), conn.cursor() as cur:
+                        new |= insert_signals(cur, [row])
+                except (psycopg.OperationalError, psycopg.InterfaceError):
+                    raise
+                except psycopg.Error as error:
+                    self.rejected += 1
+                    log.error(
+                        "the database refused signal %s of %s: %s", row.name, row.symbol, error
+                    )
+            with conn.transaction(), conn.cursor() as cur:
+                record_progress(cur, self._journal.journal_id, seq)
+            return new
 
     def status(self) -> SignalsStatus:
         return SignalsStatus(

@@ -15,19 +15,24 @@ import math
 import os
 import signal
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import psycopg
 import pytest
+from psycopg_pool import ConnectionPool
 
 from api import create_app
 from core.config import Secret, Settings
+from ingest.journal import Journal
 from ingest.service import WebSocketService, emit_signal
+from ingest.signals import SignalWriter
 from ingest.simulator import FeedSimulator
 from ingest.status import IngestStatus
 from ingest.tick_data import TickData
 from store.instruments import instrument_records
+from store.signals import SignalRow
 from tests.conftest import REPO
 from tests.emitting_ingest import EveryTick
 from tests.test_api import serve
@@ -268,3 +273,23 @@ def test_a_notebook_emits_and_reads_signals(
         notebook.emit_signal("INFY", "pcr", 1.0, blob="x" * 1_000_000)
     with pytest.raises(LookupError, match="NO SUCH"):
         notebook.emit_signal("NO SUCH", "pcr", 1.0)
+
+
+def test_a_row_the_database_refuses_is_counted_and_holds_up_no_other(
+    db_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Past the checks (here bypassed: a NUL in a name), the batch is written row by row."""
+    with ConnectionPool(db_url, min_size=1, open=True) as pool, Journal(tmp_path) as journal:
+        writer = SignalWriter(pool, journal, lambda: 5, lambda symbol: None)
+        ts = datetime(2026, 1, 5, 4, 30, tzinfo=UTC)
+
+        def row(name: str, n: int) -> SignalRow:
+            return SignalRow(ts, "INFY", INFY, name, 1.0, None, {}, "H", journal.journal_id, 5, n)
+
+        with caplog.at_level(logging.ERROR, logger="ingest.signals"):
+            new = writer._write([row("one", 0), row("b\x00d", 1), row("two", 2)], 5)
+    assert {n for *_, n in new} == {0, 2}
+    assert writer.rejected == 1
+    assert "the database refused signal" in caplog.text
+    assert _rows(db_url, "SELECT name FROM signals ORDER BY n") == [("one",), ("two",)]
+    assert _one(db_url, "SELECT last_seq FROM signal_progress") == 5
