@@ -32,8 +32,8 @@ import re
 from collections import deque
 from collections.abc import Callable
 from contextvars import ContextVar
-from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
+from typing import Any, NamedTuple
 
 import psycopg
 from psycopg_pool import ConnectionPool
@@ -53,6 +53,9 @@ signals_log = logging.getLogger(SIGNALS_LOGGER)
 MAX_NAME_CHARS = 64
 MAX_FIELDS_BYTES = 4096  # a signal is a small record; the tick and the bars hold the data
 SIDES = ("buy", "sell")
+# One encoder, made once: json.dumps with options builds a new one per call (half an emit).
+_FIELDS_JSON = json.JSONEncoder(allow_nan=False, ensure_ascii=False)
+_good_names: set[str] = set()  # checked before: a handler emits the same few names
 _JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
@@ -91,12 +94,12 @@ def new_origin(handler: str, writer: SignalWriter | None) -> _Origin:
     return _Origin(handler, writer)
 
 
-@dataclass(frozen=True)
-class Signal:
+class Signal(NamedTuple):
     """One conclusion: the causing tick's time (aware, shown in IST), the symbol, what was
-    concluded (`name`) and how much (`value`), a side when it has one, and free fields."""
+    concluded (`name`) and how much (`value`), a side when it has one, and free fields.
+    A named tuple: a handler may emit thousands a second, and it is the cheapest record."""
 
-    ts: Any  # datetime
+    ts: datetime
     symbol: str
     name: str
     value: float
@@ -123,20 +126,28 @@ class BadSignal(ValueError):
     """A signal refused: the message names the culprit."""
 
 
-def check_signal(name: object, value: object, side: object, fields: dict[str, Any]) -> None:
-    """BadSignal naming what is wrong, if anything is: what the table could not hold (NaN, a
-    NUL character, a lone surrogate) or should not (a name or fields beyond their bounds)."""
-    if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_CHARS:
-        raise BadSignal(f"name must be a text of 1 to {MAX_NAME_CHARS} characters, got {name!r}")
-    _storable("name", name)
+def check_signal(name: object, value: object, side: object, fields: dict[str, Any]) -> str:
+    """The fields as JSON text, or BadSignal naming what is wrong: what the table could not
+    hold (NaN, a NUL character, a lone surrogate) or should not (a name or fields beyond
+    their bounds)."""
+    if name not in _good_names:
+        if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_CHARS:
+            raise BadSignal(
+                f"name must be a text of 1 to {MAX_NAME_CHARS} characters, got {name!r}"
+            )
+        _storable("name", name)
+        if len(_good_names) < 10_000:  # a handler names few kinds of signal
+            _good_names.add(name)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise BadSignal(f"value must be a number, got {type(value).__name__}")
     if not math.isfinite(value):
         raise BadSignal(f"value must be finite, got {value!r}")
     if side is not None and side not in SIDES:
         raise BadSignal(f"side must be one of {SIDES} or None, got {side!r}")
+    if not fields:
+        return "{}"
     try:
-        text = json.dumps(fields, allow_nan=False, ensure_ascii=False)
+        text = _FIELDS_JSON.encode(fields)
     except (TypeError, ValueError) as error:
         raise BadSignal(
             f"fields must be JSON (finite numbers, text, lists, dicts): {error}"
@@ -146,6 +157,7 @@ def check_signal(name: object, value: object, side: object, fields: dict[str, An
     if _JSON_NUL.search(text):  # JSON's escape of NUL, not an escaped backslash before u0000
         raise BadSignal("fields must not contain NUL characters")
     _storable("fields", text)
+    return text
 
 
 def _storable(what: str, text: str) -> None:
@@ -173,7 +185,7 @@ def emit_signal(
         )
     writer = origin.writer
     try:
-        check_signal(name, value, side, fields)
+        fields_json = check_signal(name, value, side, fields)
         key = origin.tick[KEY] if symbol is None else writer.key_of(symbol)
     except BadSignal as error:
         writer.reject(origin, str(error))
@@ -186,7 +198,7 @@ def emit_signal(
         side,
         fields,
     )
-    writer.put(signal, key, origin)
+    writer.put(signal, key, origin, fields_json)
     origin.n += 1
     return signal
 
@@ -248,7 +260,7 @@ class SignalWriter:
                 self.rejected,
             )
 
-    def put(self, signal: Signal, key: str, origin: _Origin) -> None:
+    def put(self, signal: Signal, key: str, origin: _Origin, fields_json: str) -> None:
         self.emitted += 1
         if len(self._queue) >= self._max_pending:
             self.dropped += 1
@@ -269,7 +281,7 @@ class SignalWriter:
             signal.name,
             signal.value,
             signal.side,
-            signal.fields or {},
+            fields_json,
             origin.handler,
             self._journal.journal_id,
             origin.seq,
@@ -311,7 +323,7 @@ class SignalWriter:
         if not batch and seq == self._stored_seq:
             return True
         try:
-            new = await asyncio.to_thread(self._write, [row for _, row in batch], seq)
+            new = await asyncio.to_thread(self._write_and_log, batch, seq)
         except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as error:
             self._queue.extendleft(reversed(batch))
             self.errors += 1
@@ -324,10 +336,19 @@ class SignalWriter:
         self._journal.hold(seq)
         self.stored += len(new)
         self.repeated += len(batch) - len(new)
-        for signal, row in batch:
-            if (row.journal_id, row.seq, row.handler, row.n) in new:
-                signals_log.info("%s", signal.as_json(row.handler))
         return True
+
+    def _write_and_log(
+        self, batch: list[tuple[Signal, SignalRow]], seq: int
+    ) -> set[tuple[str, int, str, int]]:
+        """Write, then log the new rows to signals.log: in the writer's thread, so that a
+        big batch's lines never hold up the feed's event loop."""
+        new = self._write([row for _, row in batch], seq)
+        if signals_log.isEnabledFor(logging.INFO):
+            for signal, row in batch:
+                if (row.journal_id, row.seq, row.handler, row.n) in new:
+                    signals_log.info("%s", signal.as_json(row.handler))
+        return new
 
     def _write(self, rows: list[SignalRow], seq: int) -> set[tuple[str, int, str, int]]:
         """One transaction: the rows and the progress they complete. A row the database

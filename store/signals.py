@@ -13,13 +13,13 @@ from typing import Any, NamedTuple
 
 import psycopg
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 
 from store.ticks import time_bounds
 
 
 class SignalRow(NamedTuple):
-    """One signal as the table holds it (`ts` an aware datetime, `fields` a JSON object)."""
+    """One signal as the table takes it (`ts` an aware datetime, `fields` JSON text: checked
+    and encoded once, where it was emitted)."""
 
     ts: datetime
     symbol: str
@@ -27,7 +27,7 @@ class SignalRow(NamedTuple):
     name: str
     value: float
     side: str | None
-    fields: dict[str, Any]
+    fields: str
     handler: str
     journal_id: str
     seq: int
@@ -49,7 +49,6 @@ def insert_signals(cur: psycopg.Cursor, rows: list[SignalRow]) -> set[tuple[str,
     if not rows:
         return set()
     columns = [list(column) for column in zip(*rows, strict=True)]
-    columns[6] = [Jsonb(fields) for fields in columns[6]]
     cur.execute(_INSERT, columns)
     return {tuple(row) for row in cur.fetchall()}
 

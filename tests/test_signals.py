@@ -284,7 +284,7 @@ def test_a_row_the_database_refuses_is_counted_and_holds_up_no_other(
         ts = datetime(2026, 1, 5, 4, 30, tzinfo=UTC)
 
         def row(name: str, n: int) -> SignalRow:
-            return SignalRow(ts, "INFY", INFY, name, 1.0, None, {}, "H", journal.journal_id, 5, n)
+            return SignalRow(ts, "INFY", INFY, name, 1.0, None, "{}", "H", journal.journal_id, 5, n)
 
         with caplog.at_level(logging.ERROR, logger="ingest.signals"):
             new = writer._write([row("one", 0), row("b\x00d", 1), row("two", 2)], 5)

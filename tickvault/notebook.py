@@ -309,13 +309,13 @@ def emit_signal(
     the API and the live page, not in signals.log (that file is the ingest's). Each call
     stores one more signal: run a cell twice, get two.
     """
-    check_signal(name, value, side, fields)
+    fields_json = check_signal(name, value, side, fields)
     moment = ist_moment(ts) if ts is not None else pd.Timestamp.now(tz=IST_ZONE).to_pydatetime()
     with connect() as conn:
         key = resolve_symbol(conn, symbol)
         origin = f"notebook:{uuid.uuid4().hex}"  # a key of its own: never a duplicate
         row = SignalRow(
-            moment, symbol, key, name, float(value), side, fields, "notebook", origin, 0, 0
+            moment, symbol, key, name, float(value), side, fields_json, "notebook", origin, 0, 0
         )
         with conn.cursor() as cur:
             insert_signals(cur, [row])
