@@ -2,8 +2,8 @@
 
 End-to-end runs of bench/ingest.py at the same offered rate (20,000 ticks/s): without a
 custom handler; with one that emits nothing (what any handler costs); with one that emits a
-signal for every 10th tick it sees (2,000 signals/s: "thousands a second"); and for every
-tick (20,000/s, far past any strategy).
+signal for every 10th tick it sees (about 2,000 signals/s: "thousands a second"); and for
+every tick (up to 20,000/s, far past any strategy).
 For each: committed ticks/s and its ratio to the run without, the ingest's cores, and what
 the signals' task stored per second, dropped and still held at the end of the window.
 """
