@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from ingest.signals import SignalWriter, handling, new_origin
+from ingest.signals import Origin, SignalWriter, handling
 from ingest.status import HandlerStatus
 from ingest.tick_data import TickData
 from store.tick_row import KEY, Tick
@@ -47,18 +47,20 @@ class CustomHandler:
         *,
         signals: SignalWriter | None = None,
         after_seq: int = 0,
+        name: str | None = None,
     ) -> None:
         """`symbol_of` names a tick's trading symbol from its instrument key; `signals`
         takes what the callback emits; `after_seq`: the frames up to it are not this
-        handler's to see (it starts with the next)."""
+        handler's to see (it starts with the next); `name`, in status and in its signals'
+        key, defaults to the callback's qualified name."""
         self.callback = callback
         self._symbol_of = symbol_of
-        self.name = getattr(callback, "__qualname__", repr(callback))
+        self.name = name or getattr(callback, "__qualname__", repr(callback))
         # (seq, tick) in order; a tick of None marks frames up to seq that left nothing to
         # handle (no ticks, or dropped), so that done_seq moves past them.
         self._pending: deque[tuple[int, Tick | None]] = deque()
         self._max_pending = max_pending
-        self._origin = new_origin(self.name, signals)
+        self._origin = Origin(self.name, signals)
         self.done_seq = after_seq
         self._ready = asyncio.Event()
         self.delivered = 0

@@ -71,7 +71,16 @@ class Pipeline:
 
     async def register_handler(self, callback: TickCallback) -> CustomHandler:
         """Follow every tick with an async `callback`, run in a task of its own."""
-        handler = CustomHandler(callback, self._symbol_of, signals=self.signals, after_seq=self.seq)
+        # Two handlers of one class get names of their own: a signal's key holds the name.
+        base = getattr(callback, "__qualname__", repr(callback))
+        taken = {handler.name for handler in self.custom_handlers}
+        name, number = base, 1
+        while name in taken:
+            number += 1
+            name = f"{base}#{number}"
+        handler = CustomHandler(
+            callback, self._symbol_of, signals=self.signals, after_seq=self.seq, name=name
+        )
         self.custom_handlers.append(handler)
         self.handlers.append(handler)
         self._handler_tasks.append(asyncio.create_task(handler.run(), name=handler.name))

@@ -59,7 +59,7 @@ _good_names: set[str] = set()  # checked before: a handler emits the same few na
 _JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
-class _Origin:
+class Origin:
     """Where the handler being run is: its name and writer, and the tick it handles.
 
     One per `CustomHandler`, updated before each tick; `n` counts the handler's signals from
@@ -82,16 +82,12 @@ class _Origin:
         self.tick, self.symbol = tick, symbol
 
 
-_origin: ContextVar[_Origin | None] = ContextVar("tickvault_signal_origin", default=None)
+_origin: ContextVar[Origin | None] = ContextVar("tickvault_signal_origin", default=None)
 
 
-def handling(origin: _Origin) -> None:
+def handling(origin: Origin) -> None:
     """Make `origin` the current task's (CustomHandler.run, once, in the handler's task)."""
     _origin.set(origin)
-
-
-def new_origin(handler: str, writer: SignalWriter | None) -> _Origin:
-    return _Origin(handler, writer)
 
 
 class Signal(NamedTuple):
@@ -249,7 +245,7 @@ class SignalWriter:
             raise BadSignal(f"symbol {symbol!r} is not an instrument the ingest follows")
         return key
 
-    def reject(self, origin: _Origin, why: str) -> None:
+    def reject(self, origin: Origin, why: str) -> None:
         self.rejected += 1
         if self.rejected == 1 or self.rejected % 1000 == 0:
             log.warning(
@@ -260,7 +256,7 @@ class SignalWriter:
                 self.rejected,
             )
 
-    def put(self, signal: Signal, key: str, origin: _Origin, fields_json: str) -> None:
+    def put(self, signal: Signal, key: str, origin: Origin, fields_json: str) -> None:
         self.emitted += 1
         if len(self._queue) >= self._max_pending:
             self.dropped += 1

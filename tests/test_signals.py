@@ -26,11 +26,14 @@ from psycopg_pool import ConnectionPool
 from api import create_app
 from core.config import Secret, Settings
 from ingest.journal import Journal
+from ingest.metrics import IngestMetrics
+from ingest.pipeline import Pipeline
 from ingest.service import WebSocketService, emit_signal
 from ingest.signals import SignalWriter
 from ingest.simulator import FeedSimulator
 from ingest.status import IngestStatus
 from ingest.tick_data import TickData
+from ingest.upstox.decoder import FeedDecoder
 from store.instruments import instrument_records
 from store.signals import SignalRow
 from tests.conftest import REPO
@@ -293,3 +296,21 @@ def test_a_row_the_database_refuses_is_counted_and_holds_up_no_other(
     assert "the database refused signal" in caplog.text
     assert _rows(db_url, "SELECT name FROM signals ORDER BY n") == [("one",), ("two",)]
     assert _one(db_url, "SELECT last_seq FROM signal_progress") == 5
+
+
+def test_two_handlers_of_one_class_have_names_of_their_own(tmp_path: Path) -> None:
+    """A signal's key holds its handler's name: two instances must not share one, or the
+    second one's signals would be refused as the first one's."""
+
+    async def names() -> list[str]:
+        with Journal(tmp_path) as journal:
+            pipeline = Pipeline(journal, FeedDecoder(), IngestMetrics())
+            handlers = [await pipeline.register_handler(EveryTick().handle_tick) for _ in "abc"]
+            await pipeline.close()
+        return [handler.name for handler in handlers]
+
+    assert asyncio.run(names()) == [
+        "EveryTick.handle_tick",
+        "EveryTick.handle_tick#2",
+        "EveryTick.handle_tick#3",
+    ]
