@@ -24,6 +24,7 @@ import pytest
 from psycopg_pool import ConnectionPool
 
 from api import create_app
+from api.status_metrics import StatusCollector
 from core.config import Secret, Settings
 from ingest.journal import Journal
 from ingest.metrics import IngestMetrics
@@ -188,6 +189,14 @@ def test_garbage_and_raising_handlers_are_counted_and_logged_and_stop_nothing(
     stored = _rows(instruments_db, "SELECT symbol, name, ts FROM signals")
     assert {(symbol, name) for symbol, name, _ in stored} == {("INFY", "good")}
     assert len(stored) == garbage.ticks
+    metrics = {
+        sample.labels["outcome"]: sample.value
+        for family in StatusCollector(status).collect()
+        for sample in family.samples
+        if sample.name == "tickvault_signals_total"
+    }
+    assert metrics["rejected"] == 4 * garbage.ticks
+    assert metrics["stored"] == metrics["emitted"] == garbage.ticks
     refusal = [r.getMessage() for r in caplog.records if "signal refused" in r.getMessage()]
     assert refusal
     assert "value must be finite, got nan" in refusal[0]
