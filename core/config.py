@@ -216,7 +216,7 @@ class Settings:
     # exponential average over about spike_window of them) emits a signal.
     spike_detector: bool = False
     spike_window: Annotated[int, Field(ge=10)] = 200
-    spike_z: Annotated[float, Field(gt=0)] = 8.0
+    spike_z: Annotated[float, Field(gt=0)] = 10.0
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     # Processes `tickvault api` serves with (uvicorn workers, each with its own app).

@@ -53,7 +53,7 @@ class _Moments:
 class SpikeDetector:
     """Emits `volume_spike` and `return_spike` signals (see the module)."""
 
-    def __init__(self, window: int = 200, z: float = 8.0) -> None:
+    def __init__(self, window: int = 200, z: float = 10.0) -> None:
         self.alpha = 2 / (window + 1)
         self.warmup = window // 4
         self.z = z
