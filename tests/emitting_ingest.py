@@ -36,7 +36,7 @@ class EveryTick:
 
 async def _serve(settings: Settings) -> None:
     service = WebSocketService(settings, settings.database_url or "")
-    await service.register_handler(EveryTick(pause_every=200, pause_s=0.1).handle_tick)
+    await service.register_handler(EveryTick(pause_every=100, pause_s=0.1).handle_tick)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
