@@ -166,7 +166,11 @@ class WebSocketService:
         self._pipeline.wanted = state.subscribed_keys
         if self._custom_handlers and signals_seq < state.committed_seq:
             again = self._pipeline.replay_to_custom_handlers(signals_seq, state.committed_seq)
-            log.info("gave the custom handlers %d stored frames whose signals were not", again)
+            log.info(
+                "gave the custom handlers %d frames again: their ticks are stored, not all "
+                "their signals",
+                again,
+            )
         replayed = self._pipeline.replay(state.committed_seq)
         if replayed:
             log.info("replayed %d journaled frames after seq %d", replayed, state.committed_seq)
