@@ -149,6 +149,7 @@ class WebSocketService:
             self._journal,
             self._pipeline.signals_complete_seq,
             self.symbols.followed_key,
+            self.symbols.symbol_of,
             retry_max_s=settings.db_retry_max_s,
         )
         self._pipeline.signals = self._signals

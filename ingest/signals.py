@@ -188,7 +188,7 @@ def emit_signal(
         return None
     signal = Signal(
         to_datetime(origin.tick[TS]),
-        origin.symbol if symbol is None else symbol,
+        origin.symbol if symbol is None else writer.symbol_of(key),
         name,
         float(value),
         side,
@@ -204,7 +204,8 @@ class SignalWriter:
 
     `progress()` is the seq up to which every custom handler has handled every tick (the
     pipeline's `signals_complete_seq`); `key_of(symbol)` the followed instrument's key, from
-    memory, or None.
+    memory, or None; `symbol_of(key)` its trading symbol, what a signal is stored under
+    whichever name the handler gave.
     """
 
     def __init__(
@@ -213,6 +214,7 @@ class SignalWriter:
         journal: Journal,
         progress: Callable[[], int],
         key_of: Callable[[str], str | None],
+        symbol_of: Callable[[str], str] = str,
         *,
         max_pending: int = 100_000,
         batch_ms: int = 200,
@@ -222,6 +224,7 @@ class SignalWriter:
         self._journal = journal
         self._progress = progress
         self._key_of = key_of
+        self.symbol_of = symbol_of
         self._max_pending = max_pending
         self._batch_s = batch_ms / 1000
         self._queue: deque[tuple[Signal, SignalRow]] = deque()

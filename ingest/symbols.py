@@ -15,6 +15,8 @@ import psycopg
 
 from store.instruments import keys_of, resolve_symbols, trading_symbols
 
+_INDEX_SEGMENTS = ("NSE_INDEX", "BSE_INDEX")  # an index's key is its segment and its name
+
 
 class SymbolDirectory:
     """key -> trading symbol for followed keys; what people call an instrument -> its key.
@@ -49,7 +51,11 @@ class SymbolDirectory:
         (a signal's symbol is checked on the event loop); None when it is not followed."""
         if symbol in self._symbols:
             return symbol
-        return self._keys.get(symbol)
+        key = self._keys.get(symbol) or self._resolved.get(symbol)
+        if key is None:  # an index by its name, as Upstox keys it: `Nifty 50`
+            indices = (f"{segment}|{symbol}" for segment in _INDEX_SEGMENTS)
+            key = next((index for index in indices if index in self._symbols), None)
+        return key
 
     def symbol_of(self, key: str) -> str:
         """The trading symbol of a followed key; the key itself when it is not known."""

@@ -143,8 +143,8 @@ def _settled(status: IngestStatus) -> bool:
 
 
 class Garbage:
-    """On each INFY tick: a good signal, then a NaN, a 1 MB field, an unknown symbol and a
-    bad side; every fifth tick it raises."""
+    """On each INFY tick: a good signal, one of the index by its name, then a NaN, a 1 MB
+    field, an unknown symbol and a bad side; every fifth tick it raises."""
 
     def __init__(self) -> None:
         self.ticks = 0
@@ -155,6 +155,7 @@ class Garbage:
             return False
         self.ticks += 1
         self.returned.append(emit_signal("good", tick.last_price))
+        self.returned.append(emit_signal("pcr", 1.3, symbol="Nifty 50"))  # another instrument
         self.returned.append(emit_signal("nan", math.nan))
         self.returned.append(emit_signal("big", 1.0, blob="x" * 1_000_000))
         self.returned.append(emit_signal("elsewhere", 1.0, symbol="NO SUCH THING"))
@@ -184,11 +185,11 @@ def test_garbage_and_raising_handlers_are_counted_and_logged_and_stop_nothing(
     assert handler.errors == garbage.ticks // 5
     assert status.signals.rejected == 4 * garbage.ticks
     good = [r for r in garbage.returned if r is not None]
-    assert len(good) == garbage.ticks
-    assert all(s.name == "good" for s in good)
-    stored = _rows(instruments_db, "SELECT symbol, name, ts FROM signals")
-    assert {(symbol, name) for symbol, name, _ in stored} == {("INFY", "good")}
-    assert len(stored) == garbage.ticks
+    assert len(good) == 2 * garbage.ticks
+    assert {(s.symbol, s.name) for s in good} == {("INFY", "good"), ("NIFTY", "pcr")}
+    stored = _rows(instruments_db, "SELECT symbol, instrument_key, name FROM signals")
+    assert set(stored) == {("INFY", INFY, "good"), ("NIFTY", "NSE_INDEX|Nifty 50", "pcr")}
+    assert len(stored) == 2 * garbage.ticks
     metrics = {
         sample.labels["outcome"]: sample.value
         for family in StatusCollector(status).collect()
@@ -196,7 +197,7 @@ def test_garbage_and_raising_handlers_are_counted_and_logged_and_stop_nothing(
         if sample.name == "tickvault_signals_total"
     }
     assert metrics["rejected"] == 4 * garbage.ticks
-    assert metrics["stored"] == metrics["emitted"] == garbage.ticks
+    assert metrics["stored"] == metrics["emitted"] == 2 * garbage.ticks
     refusal = [r.getMessage() for r in caplog.records if "signal refused" in r.getMessage()]
     assert refusal
     assert "value must be finite, got nan" in refusal[0]
