@@ -33,6 +33,7 @@ from api.routes import (
     market_calendar,
     ops,
     option_chain,
+    signals,
     stream,
     token,
 )
@@ -94,6 +95,7 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
         feed,
         history,
         instruments,
+        signals,
         token,
         market_calendar,
         audit,

@@ -58,6 +58,8 @@ ROUTE_CLASSES: dict[tuple[str, str], RouteClass] = {
     # One index probe per contract (about a hundred), or none at all for the chain now.
     ("GET", "/api/v1/option-chain/{underlying}"): CHEAP,
     ("GET", "/api/v1/option-chain/{underlying}/expiries"): CHEAP,
+    # At most 1000 rows, newest first down one index (instrument, name or time).
+    ("GET", "/api/v1/signals"): CHEAP,
     ("GET", "/api/v1/coverage"): EXPENSIVE,
     ("GET", "/api/v1/audit"): EXPENSIVE,
     ("GET", "/api/v1/instruments"): EXPENSIVE,

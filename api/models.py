@@ -7,7 +7,7 @@ service that fills it.
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field, create_model
 
@@ -98,6 +98,23 @@ class BarsOut(BaseModel):
     instrument_key: str
     interval: BarInterval
     bars: list[BarOut]
+
+
+class SignalOut(BaseModel):
+    ts: datetime = Field(description="The time of the tick that caused it")
+    symbol: str
+    instrument_key: str
+    name: str
+    value: float
+    side: str | None
+    fields: dict[str, Any]
+    handler: str = Field(description="The custom handler that emitted it")
+
+
+class SignalsOut(BaseModel):
+    symbol: str | None
+    instrument_key: str | None
+    signals: list[SignalOut]
 
 
 class InstrumentOut(BaseModel):

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ingest.status import DiskStatus, FeedStatus, IngestStatus
+from ingest.status import DiskStatus, FeedStatus, IngestStatus, SignalsStatus
 
 
 class StatusCollector(Collector):
@@ -64,6 +64,7 @@ class StatusCollector(Collector):
         )
         yield from _disk_metrics(status.disk)
         yield from _flow_metrics(status)
+        yield from _signals_metrics(status.signals)
         yield GaugeMetricFamily(
             "tickvault_writer_oldest_unwritten_tick_age_seconds",
             "Age of the oldest tick not yet committed (0 when none waits)",
@@ -101,6 +102,20 @@ def _flow_metrics(status: IngestStatus) -> Iterator[Metric]:
         "Rows waiting for the database",
         writer.queue_depth if writer is not None else 0,
     )
+
+
+def _signals_metrics(signals: SignalsStatus | None) -> Iterator[Metric]:
+    """The custom handlers' signals by what became of them (ingest/signals.py)."""
+    counts = CounterMetricFamily(
+        "tickvault_signals",
+        "Signals custom handlers emitted: stored, repeated (emitted again after a crash, "
+        "already stored), rejected (bad or refused) or dropped (queue full)",
+        labels=["outcome"],
+    )
+    if signals is not None:
+        for outcome in ("emitted", "stored", "repeated", "rejected", "dropped"):
+            counts.add_metric([outcome], getattr(signals, outcome))
+    yield counts
 
 
 def _watchdog_metrics(feed: FeedStatus) -> Iterator[Metric]:

@@ -38,13 +38,15 @@ def run_ingest(
     replay: Path | None = None,
     row_latency: bool = False,
     switch_interval: float | None = None,
+    emit_signals: int = 0,
 ) -> dict[str, Any]:
     """One end-to-end run at `rate` offered ticks/s; the worker's report plus row latencies.
 
     The feed is the simulator, or with `replay` (a file of `bench.replay_feed.save_frames`)
     those recorded frames replayed. `row_latency` adds percentiles of the rows' own times.
     `switch_interval` sets the ingest's `sys.setswitchinterval`, an experiment: how much the
-    writer thread loses waiting for the GIL while the event loop decodes.
+    writer thread loses waiting for the GIL while the event loop decodes. `emit_signals`
+    N registers a custom handler that emits a signal for every Nth tick (bench/signals.py).
     """
     url = server.create_database("bench_ingest")
     try:
@@ -64,6 +66,7 @@ def run_ingest(
                 "warmup_s": warmup_s,
                 "seconds": seconds,
                 "switch_interval": switch_interval,
+                "emit_signals": emit_signals,
             }
             worker = subprocess.run(
                 [sys.executable, "-m", "bench.ingest_worker", json.dumps(config)],

@@ -15,12 +15,14 @@ import os
 import sys
 import time
 import urllib.request
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from bench.common import CpuMeter
 from core.config import Secret, Settings
-from ingest.service import WebSocketService
+from ingest.service import WebSocketService, emit_signal
+from ingest.tick_data import TickData
 
 # A backlog left at the end of the window is not part of the measurement: its flush may take
 # this long (a clean stop writes everything), then the worker leaves it.
@@ -56,6 +58,21 @@ def _counts(service: WebSocketService) -> dict[str, int]:
     }
 
 
+class _Emitter:
+    """`emit_signals: N`: a custom handler that emits a signal for every Nth tick it sees."""
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+        self.seen = 0
+
+    async def handle_tick(self, tick: TickData) -> bool:
+        self.seen += 1
+        if self.seen % self.every:
+            return False
+        emit_signal("tick", tick.last_price, volume=tick.volume)
+        return True
+
+
 def _vm_hwm_mib() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -73,6 +90,8 @@ async def run(config: dict[str, Any]) -> dict[str, Any]:
         log_level="WARNING",
     )
     service = WebSocketService(settings, config["database_url"])
+    if config.get("emit_signals"):
+        await service.register_handler(_Emitter(config["emit_signals"]).handle_tick)
     latency = service.metrics.commit_latency_seconds = _Recording(
         service.metrics.commit_latency_seconds
     )
@@ -131,6 +150,8 @@ async def run(config: dict[str, Any]) -> dict[str, Any]:
         "commit_latency_s": latency.between(started, ended),
         "batch_write_s": batch.between(started, ended),
         "vm_hwm_mib": round(_vm_hwm_mib(), 1),
+        "signals": asdict(final.signals) if final.signals else None,
+        "handlers": [asdict(handler) for handler in final.pipeline.custom_handlers],
         "timeline": timeline,
     }
 

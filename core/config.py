@@ -211,6 +211,12 @@ class Settings:
     stall_s: float = 30.0
     simulator_rate: int = 2000
     simulator_seed: int = 1
+    # The example signal handler (ingest/spike.py), off by default: a tick whose volume or
+    # return is more than spike_z standard deviations from the symbol's recent ticks (an
+    # exponential average over about spike_window of them) emits a signal.
+    spike_detector: bool = False
+    spike_window: Annotated[int, Field(ge=10)] = 200
+    spike_z: Annotated[float, Field(gt=0)] = 10.0
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     # Processes `tickvault api` serves with (uvicorn workers, each with its own app).

@@ -131,6 +131,9 @@ class Journal:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._dir_fd = lock(self.directory)
         self.committed_seq = 0
+        # Frames after this seq are kept even once committed: the custom handlers' signals
+        # of them are not all stored yet (ingest/signals.py); None: no such hold.
+        self.held_after: int | None = None
         self.torn_tail_bytes = 0
         self.bytes_appended = 0  # since this process opened it: shows segments being reused
         self._fd = -1
@@ -241,6 +244,8 @@ class Journal:
         try:
             if self._sizes[self._current] >= self._segment_limit:
                 self._start_segment()
+            if self._bytes + len(record) > self.max_bytes:
+                self._drop_hold()
             if self._bytes + len(record) > self.max_bytes and not self._release_committed():
                 raise self._full(f"{self._bytes} of max_bytes={self.max_bytes} bytes are in use")
             self._write_making_room(record)
@@ -256,7 +261,9 @@ class Journal:
         try:
             self._write(record)
         except OSError as exc:
-            if exc.errno not in _SPACE_ERRORS or not self._release_committed():
+            if exc.errno not in _SPACE_ERRORS or not (
+                self._drop_hold() or self._release_committed()
+            ):
                 raise
             self._write(record)
 
@@ -287,7 +294,7 @@ class Journal:
         Returns whether that freed anything: frames the database has not committed yet are
         never let go of.
         """
-        if self.committed_seq != self._last_seq or not self._sizes[self._current]:
+        if self._releasable_seq() != self._last_seq or not self._sizes[self._current]:
             return False
         self._start_segment()
         self._torn_write_at = None  # a failed write was in the segment let go of
@@ -333,14 +340,48 @@ class Journal:
         finally:
             os.close(fd)
 
+    def hold(self, seq: int) -> None:
+        """Keep the frames after `seq` even once committed (the signals' progress), and let
+        go of the segments this hold alone kept."""
+        self.held_after = seq
+        self._delete_released()
+
+    def _drop_hold(self) -> bool:
+        """Let go of committed frames kept only for the signals, when the journal has no room
+        for a new frame: the ticks come first. Returns whether that freed a segment."""
+        if self.held_after is None or self.held_after >= self.committed_seq:
+            return False
+        before = len(self._sizes)
+        log.warning(
+            "frame journal %s is full: frames %d..%d are let go of before all their signals "
+            "are stored (a crash now would lose those signals, not their ticks)",
+            self.directory,
+            self.held_after + 1,
+            self.committed_seq,
+        )
+        self.held_after = None
+        self._delete_released()
+        return len(self._sizes) < before
+
+    def _releasable_seq(self) -> int:
+        """The last seq no one needs: committed, and not held."""
+        if self.held_after is None:
+            return self.committed_seq
+        return min(self.committed_seq, self.held_after)
+
     def mark_committed(self, seq: int) -> None:
-        """Frames up to seq are in the database: delete the segments holding nothing newer."""
+        """Frames up to seq are in the database: delete the segments holding nothing newer
+        (or held)."""
         if seq > self._last_seq:
             raise ValueError(f"seq {seq} is committed but the journal ends at {self._last_seq}")
         self.committed_seq = max(self.committed_seq, seq)
+        self._delete_released()
+
+    def _delete_released(self) -> None:
+        released = self._releasable_seq()
         starts = sorted(self._sizes)
         for first_seq, next_first in pairwise(starts):
-            if next_first - 1 > self.committed_seq:
+            if next_first - 1 > released:
                 break
             try:
                 self._path(first_seq).unlink()

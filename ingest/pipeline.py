@@ -18,6 +18,7 @@ from ingest.disk import BelowDiskFloor, DiskGuard
 from ingest.handlers import CustomHandler, FrameHandler, TickCallback
 from ingest.journal import Journal, JournalFull
 from ingest.metrics import IngestMetrics
+from ingest.signals import SignalWriter
 from ingest.status import PipelineStatus
 from ingest.upstox.decoder import FeedDecoder, MalformedFrame
 from store.tick_row import Tick
@@ -51,6 +52,8 @@ class Pipeline:
         self.wanted: Container[str] | None = None
         self.handlers: list[FrameHandler] = []
         self.custom_handlers: list[CustomHandler] = []
+        self.signals: SignalWriter | None = None  # where custom handlers' signals go
+        self.seq = 0  # the last frame handed to the handlers
         self._handler_tasks: list[asyncio.Task[None]] = []
         self.market_status: dict[str, str] = {}
         self.frames = 0
@@ -68,7 +71,16 @@ class Pipeline:
 
     async def register_handler(self, callback: TickCallback) -> CustomHandler:
         """Follow every tick with an async `callback`, run in a task of its own."""
-        handler = CustomHandler(callback, self._symbol_of)
+        # Two handlers of one class get names of their own: a signal's key holds the name.
+        base = getattr(callback, "__qualname__", repr(callback))
+        taken = {handler.name for handler in self.custom_handlers}
+        name, number = base, 1
+        while name in taken:
+            number += 1
+            name = f"{base}#{number}"
+        handler = CustomHandler(
+            callback, self._symbol_of, signals=self.signals, after_seq=self.seq, name=name
+        )
         self.custom_handlers.append(handler)
         self.handlers.append(handler)
         self._handler_tasks.append(asyncio.create_task(handler.run(), name=handler.name))
@@ -80,6 +92,33 @@ class Pipeline:
             task.cancel()
         await asyncio.gather(*self._handler_tasks, return_exceptions=True)
         self._handler_tasks.clear()
+
+    def signals_complete_seq(self) -> int:
+        """The last seq every custom handler has handled every tick up to (the last frame
+        handed on, with none): how far their signals can be complete."""
+        return min((h.done_seq for h in self.custom_handlers), default=self.seq)
+
+    def replay_to_custom_handlers(self, after_seq: int, upto_seq: int) -> int:
+        """Give the custom handlers alone the journaled frames after_seq+1..upto_seq again.
+
+        After a crash these frames' ticks are stored but not all their signals: the
+        handlers emit them again, and the ones stored before are refused by their key. The
+        decoder is a fresh one, since the live one is in the state of a later frame: the
+        first tick of each instrument among them carries no volume_delta.
+        """
+        decoder = FeedDecoder()
+        count = 0
+        for seq, received_at_us, frame in self.journal.replay(after_seq):
+            if seq > upto_seq:
+                break
+            try:
+                ticks = decoder.decode(frame, received_at_us, self.wanted).ticks
+            except MalformedFrame:
+                ticks = []
+            for handler in self.custom_handlers:
+                handler.on_frame(seq, ticks)
+            count += 1
+        return count
 
     def on_frame(self, frame: bytes, received_at_us: int) -> None:
         """Journal then process one frame; raises MalformedFrame after journaling it.
@@ -162,6 +201,7 @@ class Pipeline:
 
     def _process(self, seq: int, frame: bytes, received_at_us: int) -> None:
         self.frames += 1
+        self.seq = seq
         try:
             decoded = self.decoder.decode(frame, received_at_us, self.wanted)
         except MalformedFrame:

@@ -40,7 +40,9 @@ from ingest.metrics import IngestMetrics
 from ingest.minute_bars import MinuteBarHandler
 from ingest.pipeline import Pipeline
 from ingest.recovery import JournalMismatch, RecoveryState, check_journal, load_recovery_state
+from ingest.signals import SignalWriter, emit_signal
 from ingest.simulator import FeedSimulator
+from ingest.spike import SpikeDetector
 from ingest.status import BarsStatus, FeedStatus, IngestStatus
 from ingest.subscriptions import SubscriptionManager, summarize
 from ingest.symbols import SymbolDirectory
@@ -48,9 +50,20 @@ from ingest.tokens import TokenKeeper
 from ingest.writer import TickDataHandler
 from store.editions import Edition, server_edition
 from store.instruments import instrument_records
+from store.signals import signal_progress
 from store.tick_row import Tick
 
 log = logging.getLogger(__name__)
+
+# Importable beside the guide's names: `from ingest.service import emit_signal`.
+__all__ = [
+    "WebSocketService",
+    "emit_signal",
+    "get_aggregated_handler",
+    "get_tick_handlers",
+    "get_websocket_client",
+    "get_websocket_service",
+]
 
 
 class WebSocketService:
@@ -79,11 +92,16 @@ class WebSocketService:
         self._journal: Journal | None = None
         self._pipeline: Pipeline | None = None
         self._writer: TickDataHandler | None = None
+        self._signals: SignalWriter | None = None
+        self._signals_task: asyncio.Task[None] | None = None
         self._client: FeedClient | None = None
         self._subscriptions: SubscriptionManager | None = None
         self._control: ControlServer | None = None
         self._tasks: dict[str, asyncio.Task[Any]] = {}
         self._custom_handlers: list[TickCallback] = []
+        if settings.spike_detector:  # the example signal handler
+            spikes = SpikeDetector(settings.spike_window, settings.spike_z)
+            self._custom_handlers.append(spikes.handle_tick)
         self.jobs = IngestJobs(database_url, settings)
         self.is_running = False
 
@@ -102,7 +120,9 @@ class WebSocketService:
                 max_bytes=settings.journal_max_bytes,
             )
             journal_id = self._journal.journal_id
-            state, self.edition = await asyncio.to_thread(_read_state, self._pool, journal_id)
+            state, self.edition, signals_seq = await asyncio.to_thread(
+                _read_state, self._pool, journal_id
+            )
             check_journal(self._journal, state)
         except (JournalInUse, JournalMismatch) as error:  # nothing a restart can fix
             if isinstance(error, JournalMismatch):  # the reason, for /health and status
@@ -124,20 +144,40 @@ class WebSocketService:
             committed_seq=state.committed_seq,
             retry_max_s=settings.db_retry_max_s,
         )
+        self._signals = SignalWriter(
+            self._pool,
+            self._journal,
+            self._pipeline.signals_complete_seq,
+            self.symbols.followed_key,
+            self.symbols.symbol_of,
+            retry_max_s=settings.db_retry_max_s,
+        )
+        self._pipeline.signals = self._signals
+        signals_seq = self._signals_start(state.committed_seq, signals_seq)
+        self._journal.hold(signals_seq)
         self._journal.mark_committed(state.committed_seq)
         self._pipeline.add_handler(self._writer)
         self._pipeline.add_handler(self.cache)
         self.bars.seed(state.forming_bars)
         self._pipeline.add_handler(self.bars)
+        self._pipeline.seq = min(signals_seq, state.committed_seq)
         for callback in self._custom_handlers:
             await self._pipeline.register_handler(callback)
         # Journaled frames are filtered by what was subscribed when they arrived (the table);
         # live frames, below, by what the client follows now.
         self._pipeline.wanted = state.subscribed_keys
+        if self._custom_handlers and signals_seq < state.committed_seq:
+            again = self._pipeline.replay_to_custom_handlers(signals_seq, state.committed_seq)
+            log.info(
+                "gave the custom handlers %d frames again: their ticks are stored, not all "
+                "their signals",
+                again,
+            )
         replayed = self._pipeline.replay(state.committed_seq)
         if replayed:
             log.info("replayed %d journaled frames after seq %d", replayed, state.committed_seq)
         self._tasks["writer"] = asyncio.create_task(self._writer.run(), name="writer")
+        self._signals_task = asyncio.create_task(self._signals.run(), name="signals")
 
         self.tokens = TokenKeeper(settings)  # the environment's, else the file's
         client_settings, self.simulator = await _feed_settings(
@@ -204,6 +244,9 @@ class WebSocketService:
             await self.jobs.catch_up_bars(self.edition, reached)
         if self._pipeline is not None:
             await self._pipeline.close()
+        if self._signals is not None and self._signals_task is not None:
+            self._signals.stop()  # the handlers have stopped: what they emitted is written
+            await self._signals_task
         if self._journal is not None:
             self._journal.close()
         if self.simulator is not None:
@@ -211,6 +254,21 @@ class WebSocketService:
         if self._pool is not None:
             await asyncio.to_thread(self._pool.close)
         log.info("ingest stopped")
+
+    def _signals_start(self, committed_seq: int, signals_seq: int | None) -> int:
+        """The seq after which the custom handlers see frames again: where their signals
+        were last complete, if the journal still holds the frames after it."""
+        assert self._journal is not None
+        if signals_seq is None:
+            return committed_seq  # the first start of this journal, or of signals
+        if signals_seq < committed_seq and self._journal.first_seq > signals_seq + 1:
+            log.warning(
+                "the signals of frames %d..%d may be incomplete: the journal no longer holds them",
+                signals_seq + 1,
+                self._journal.first_seq - 1,
+            )
+            return committed_seq
+        return signals_seq
 
     async def _stop_writer(self) -> None:
         """Every tick written, or left in the journal while the database is unavailable."""
@@ -289,7 +347,10 @@ class WebSocketService:
         """
         if not self.is_running:
             return "the ingest service is not running"
-        for name, task in self._tasks.items():
+        tasks = dict(self._tasks)
+        if self._signals_task is not None:
+            tasks["signals"] = self._signals_task
+        for name, task in tasks.items():
             if task.done():
                 return f"the ingest's {name} task has stopped: {_outcome(task)}"
         if self._pipeline is not None and self._pipeline.journal_error is not None:
@@ -331,6 +392,7 @@ class WebSocketService:
             if self.tokens
             else None,
             disk=self.disk.status(),
+            signals=self._signals.status() if self._signals else None,
             health_problem=self.health_problem(),
         )
 
@@ -367,9 +429,11 @@ def _publishing(
     }
 
 
-def _read_state(pool: ConnectionPool, journal_id: str) -> tuple[RecoveryState, Edition]:
+def _read_state(pool: ConnectionPool, journal_id: str) -> tuple[RecoveryState, Edition, int | None]:
+    """The recovery state, the edition and how far the signals were complete."""
     with pool.connection() as conn:
-        return load_recovery_state(conn, journal_id), server_edition(conn)
+        state = load_recovery_state(conn, journal_id)
+        return state, server_edition(conn), signal_progress(conn, journal_id)
 
 
 def _instrument_records(pool: ConnectionPool) -> list[dict[str, Any]]:

@@ -64,6 +64,21 @@ class HandlerStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class SignalsStatus:
+    """The custom handlers' signals (ingest/signals.py) on their way to the `signals` table."""
+
+    emitted: int
+    stored: int  # new rows in `signals`
+    repeated: int  # emitted again by a replay after a crash, already stored: not doubled
+    rejected: int  # bad (a NaN value, oversized fields, an unknown symbol): logged, not stored
+    dropped: int  # past the queue's bound
+    pending: int
+    complete_seq: int  # every signal of the journal frames up to this seq is stored
+    errors: int  # failed writes (retried)
+    last_error: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class PipelineStatus:
     frames: int
     malformed_frames: int
@@ -187,5 +202,6 @@ class IngestStatus:
     schedule: ScheduleStatus | None = None  # None when TICKVAULT_SCHEDULE_ENABLED=false
     token: TokenStatus | None = None
     disk: DiskStatus | None = None
+    signals: SignalsStatus | None = None
     # Why /health answers 503 (WebSocketService.health_problem), None while healthy.
     health_problem: str | None = None

@@ -15,6 +15,8 @@ import psycopg
 
 from store.instruments import keys_of, resolve_symbols, trading_symbols
 
+_INDEX_SEGMENTS = ("NSE_INDEX", "BSE_INDEX")  # an index's key is its segment and its name
+
 
 class SymbolDirectory:
     """key -> trading symbol for followed keys; what people call an instrument -> its key.
@@ -30,6 +32,7 @@ class SymbolDirectory:
         """`connection()` lends a database connection (a pool's `connection`, say)."""
         self._connection = connection
         self._symbols: dict[str, str] = {}
+        self._keys: dict[str, str] = {}  # trading symbol -> key, of followed keys
         self._resolved: dict[str, str] = {}  # what a caller typed -> its key
 
     def learn(self, keys: Iterable[str]) -> None:
@@ -40,7 +43,19 @@ class SymbolDirectory:
         with self._connection() as conn:
             found = trading_symbols(conn, missing)
         for key in missing:
-            self._symbols[key] = found.get(key, key)
+            self._symbols[key] = symbol = found.get(key, key)
+            self._keys.setdefault(symbol, key)
+
+    def followed_key(self, symbol: str) -> str | None:
+        """The key of a followed instrument by its trading symbol or key, from memory only
+        (a signal's symbol is checked on the event loop); None when it is not followed."""
+        if symbol in self._symbols:
+            return symbol
+        key = self._keys.get(symbol) or self._resolved.get(symbol)
+        if key is None:  # an index by its name, as Upstox keys it: `Nifty 50`
+            indices = (f"{segment}|{symbol}" for segment in _INDEX_SEGMENTS)
+            key = next((index for index in indices if index in self._symbols), None)
+        return key
 
     def symbol_of(self, key: str) -> str:
         """The trading symbol of a followed key; the key itself when it is not known."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import inspect
+import logging
 import os
 import signal
 import subprocess
@@ -324,3 +325,23 @@ def test_a_refused_write_leaves_no_torn_record_and_uses_no_seq(
     with Journal(tmp_path) as reopened:
         assert reopened.torn_tail_bytes == 0
         assert [seq for seq, _, _ in reopened.replay(0)] == list(range(1, 8))
+
+
+def test_frames_held_for_the_signals_stay_until_the_journal_needs_their_room(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Committed frames whose signals are not all stored are kept (ingest/signals.py), but
+    never at the price of a new frame: a full journal lets go of them, saying so."""
+    with Journal(tmp_path, segment_bytes=1000, max_bytes=3000) as journal:
+        fill(journal, 20)
+        journal.hold(4)
+        journal.mark_committed(20)
+        assert segments(tmp_path) == [f"{first:020d}.journal" for first in (1, 9, 17)]
+        assert next(journal.replay(4))[0] == 5
+        journal.hold(10)  # the signals of frames up to 10 are stored: the segment 1..8 goes
+        assert segments(tmp_path) == [f"{first:020d}.journal" for first in (9, 17)]
+        with caplog.at_level(logging.WARNING, logger="ingest.journal"):
+            for seq in range(21, 40):  # more than max_bytes holds with 9..16 kept
+                assert journal.append(fixed(seq), RECEIVED) == seq
+                journal.mark_committed(seq)
+    assert "frames 11..31 are let go of before all their signals are stored" in caplog.text

@@ -416,3 +416,32 @@ def test_the_chart_library_is_served_from_the_api(api: httpx.Client) -> None:
     answer = api.get("/app/vendor/lightweight-charts.standalone.production.mjs")
     assert answer.status_code == 200, "run `make setup`: npm installs the page's chart library"
     assert "createChart" in answer.text
+
+
+def test_signals_are_markers_on_their_candles(
+    site: str, api: httpx.Client, browser: Browser
+) -> None:
+    """The signals route's answer (here one made up for the newest candle: the simulator's
+    ingest runs no signal handler) becomes a marker on that candle: up for a buy."""
+
+    def signals(route: Route) -> None:
+        assert "symbol=NIFTY" in route.request.url
+        bars = api.get("/api/v1/bars/NIFTY", params={"interval": "1m"}).json()["bars"]
+        ts = bars[-1]["bucket"].replace("Z", "+00:00")
+        made_up = {
+            **{"ts": ts, "symbol": "NIFTY", "instrument_key": "NSE_INDEX|Nifty 50"},
+            **{"name": "pcr_high", "value": 1.31, "side": "buy", "fields": {}},
+            "handler": "Pcr.handle_tick",
+        }
+        route.fulfill(json={"symbol": "NIFTY", "instrument_key": None, "signals": [made_up]})
+
+    with opened(
+        browser, the_page(site), before=lambda page: page.route("**/api/v1/signals*", signals)
+    ) as page:
+        candles_shown(page, "NIFTY")
+        page.wait_for_function("tickvault.chart.markers.markers().length === 1")
+        marker, last = page.evaluate("[tickvault.chart.markers.markers()[0], tickvault.chart.last]")
+        assert marker["text"] == "pcr_high"
+        assert marker["shape"] == "arrowUp"
+        assert marker["position"] == "belowBar"
+        assert marker["time"] == last["time"] + 19800, "on its candle, in IST as the candles"

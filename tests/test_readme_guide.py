@@ -54,6 +54,8 @@ def test_every_guide_snippet_runs_against_the_simulator(
             assert alert.delivered > 0
             assert alert.errors == 0
             assert alert.handled + alert.declined == alert.delivered
+            assert status.signals.emitted == alert.handled, "each large trade is a signal"
+            assert status.signals.rejected == 0
         finally:
             if "service" in namespace:
                 await namespace["service"].stop()

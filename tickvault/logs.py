@@ -5,7 +5,9 @@ stdout carries one JSON object per line, for docker and log collectors. With a l
 the process also writes, for people with `tail -f` and `grep`:
 
 - `trading.log`: every record at the configured level;
-- `errors.log`: ERROR and above only.
+- `errors.log`: ERROR and above only;
+- `signals.log`: the custom handlers' signals (ingest/signals.py), one JSON object per line
+  for each signal stored in the `signals` table, written by the logger `signals`.
 
 One line per record, `time level logger message`, e.g.
 
@@ -33,10 +35,12 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from ingest.signals import SIGNALS_LOGGER
 from ingest.upstox.redact import secret_pattern
 
 TRADING_LOG = "trading.log"
 ERRORS_LOG = "errors.log"
+SIGNALS_LOG = "signals.log"
 LOG_FILE_MAX_BYTES = 10 * 1024**2  # a file is rotated past this size...
 LOG_FILE_BACKUPS = 5  # ...and this many rotated ones are kept
 MASK = "********"
@@ -85,6 +89,13 @@ def _exception_text(formatter: logging.Formatter, record: logging.LogRecord) -> 
     return record.exc_text or ""
 
 
+class MessageFormatter(logging.Formatter):
+    """The message alone: a signals.log line is the signal's JSON, time included."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return record.getMessage()
+
+
 class RedactFilter(logging.Filter):
     """Masks each secret in a record's message, traceback and stack, before any handler
     formats it: wherever it occurs, or only standing alone when it is too short to be a real
@@ -118,8 +129,9 @@ def configure_logging(
     max_bytes: int = LOG_FILE_MAX_BYTES,
     backups: int = LOG_FILE_BACKUPS,
 ) -> None:
-    """The process's logging: JSON lines on stdout and, with `log_dir`, trading.log and
-    errors.log there (the directory is made if missing), each output masking `secrets`.
+    """The process's logging: JSON lines on stdout and, with `log_dir`, trading.log,
+    errors.log and signals.log there (the directory is made if missing), each output
+    masking `secrets`.
 
     Replaces the root logger's handlers, closing the files a previous call opened. A log
     directory that cannot be written raises ValueError naming it.
@@ -138,9 +150,31 @@ def configure_logging(
             previous.close()
     root.handlers[:] = handlers
     root.setLevel(level)
+    _signals_file(log_dir, max_bytes, backups, redact)
     for noisy in _NOISY:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
     logging.getLogger(_RECONNECTS).setLevel(max(logging.ERROR, root.level))
+
+
+def _signals_file(log_dir: Path | None, max_bytes: int, backups: int, redact: RedactFilter) -> None:
+    """signals.log takes the `signals` logger alone, at any log level: a signal is data the
+    user asked for, not a diagnostic; it stays out of stdout and trading.log, which a busy
+    handler would flood. Without a log directory signals are in the table only."""
+    signals = logging.getLogger(SIGNALS_LOGGER)
+    for previous in signals.handlers:
+        previous.close()
+    signals.handlers.clear()
+    signals.propagate = False
+    signals.setLevel(logging.INFO)
+    if log_dir is None:
+        signals.addHandler(logging.NullHandler())
+        return
+    handler = logging.handlers.RotatingFileHandler(
+        log_dir / SIGNALS_LOG, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
+    )
+    handler.setFormatter(MessageFormatter())
+    handler.addFilter(redact)
+    signals.addHandler(handler)
 
 
 def _file_handlers(log_dir: Path, max_bytes: int, backups: int) -> list[logging.Handler]:
@@ -154,6 +188,7 @@ def _file_handlers(log_dir: Path, max_bytes: int, backups: int) -> list[logging.
             handler.setLevel(level)
             handler.setFormatter(LineFormatter())
             files.append(handler)
+
     except OSError as error:
         for handler in files:
             handler.close()

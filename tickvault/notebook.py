@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import uuid
 import warnings
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
@@ -30,6 +31,7 @@ import pyarrow as pa
 from core.ist import IST_ZONE, ist_day
 from ingest.channels.latest_reader import LatestTickReader
 from ingest.channels.latest_table import published_path
+from ingest.signals import Signal, check_signal
 from store.archive import read_archived_ticks, ticks_dropped_before
 from store.audit import latest_results
 from store.bars import (
@@ -59,6 +61,7 @@ from store.option_chain import (
 from store.option_chain import chain_history as _chain_history
 from store.option_chain import newest_tick_time as newest_chain_tick
 from store.option_chain import option_chain as _option_chain
+from store.signals import SIGNAL_COLUMNS, SignalRow, insert_signals, signal_page
 from store.ticks import count_ticks, many_recent_ticks_sql, newest_tick_time, recent_ticks_sql
 from tickvault.arrow_frames import FrameKind, checked_frame, framed, in_ist, ist_moment, read_arrow
 from tickvault.arrow_frames import wide as wide  # what notebooks import, beside the readers
@@ -284,6 +287,54 @@ def read_ticks(
         )
     index = ["ts"] if isinstance(symbols, str) else ["symbol", "ts"]
     return _with_attrs(framed(table, kind, index), {**attrs, "ticks_cut_off": cut})
+
+
+def read_signals(
+    symbol: str | None = None,
+    name: str | None = None,
+    start: datetime | date | str | None = None,
+    end: datetime | date | str | None = None,
+    limit: int = 100_000,
+) -> pd.DataFrame:
+    """Signals (of `symbol`, of `name`, when given) whose causing tick is in [start, end),
+    oldest first: a frame indexed by `ts` (IST) with symbol, instrument_key, name, value,
+    side, fields (a dict) and handler; the newest `limit` of them."""
+    bounds = _window(start, end)
+    with connect() as conn:
+        key = resolve_symbol(conn, symbol) if symbol is not None else None
+        rows = signal_page(conn, key=key, name=name, limit=limit, **bounds)
+    frame = pd.DataFrame.from_records(rows[::-1], columns=list(SIGNAL_COLUMNS))
+    frame["ts"] = pd.to_datetime(frame["ts"], utc=True).dt.tz_convert(IST_ZONE)
+    return frame.set_index("ts")
+
+
+def emit_signal(
+    symbol: str,
+    name: str,
+    value: float,
+    *,
+    ts: datetime | str | None = None,
+    side: str | None = None,
+    **fields: Any,
+) -> Signal:
+    """Store a signal of your own from a notebook, at `ts` (default now), at once.
+
+    The same record and checks as a handler's `ingest.service.emit_signal` (a bad one raises
+    ValueError naming what is wrong; an unknown symbol UnknownSymbol); it is in the table,
+    the API and the live page, not in signals.log (that file is the ingest's). Each call
+    stores one more signal: run a cell twice, get two.
+    """
+    fields_json = check_signal(name, value, side, fields)
+    moment = ist_moment(ts) if ts is not None else pd.Timestamp.now(tz=IST_ZONE).to_pydatetime()
+    with connect() as conn:
+        key = resolve_symbol(conn, symbol)
+        origin = f"notebook:{uuid.uuid4().hex}"  # a key of its own: never a duplicate
+        row = SignalRow(
+            moment, symbol, key, name, float(value), side, fields_json, "notebook", origin, 0, 0
+        )
+        with conn.cursor() as cur:
+            insert_signals(cur, [row])
+    return Signal(moment, symbol, name, float(value), side, fields)
 
 
 def _newest(table: pa.Table, limit: int) -> pa.Table:

@@ -9,6 +9,7 @@ const apiKey = params.get("api_key");
 const STATUS_MS = 2000;
 const SUBSCRIPTIONS_MS = 30000;
 const TAIL_MS = 10000; // while polling, the forming candle's volume comes from the bars route
+const SIGNALS_MS = 5000; // the chart's signal markers, from the signals route
 
 // --- theme ----------------------------------------------------------------------------------
 
@@ -323,6 +324,7 @@ async function start() {
     () => chart && modes.chart?.mode === "polling" && chart.refreshTail().catch(() => {}),
     TAIL_MS,
   );
+  setInterval(() => chart && chart.refreshSignals().catch(() => {}), SIGNALS_MS);
 }
 
 // For the console and the browser tests: what the page holds.

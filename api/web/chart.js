@@ -1,9 +1,11 @@
 // Candles with volume for one symbol in one interval: history from the bars route, then the
-// stream's 1-minute bars (or, while polling, the ticks' prices) folded into the forming candle.
+// stream's 1-minute bars (or, while polling, the ticks' prices) folded into the forming candle;
+// the custom handlers' signals of the symbol as markers on their candles (the signals route).
 import {
   CandlestickSeries,
   HistogramSeries,
   createChart,
+  createSeriesMarkers,
 } from "./vendor/lightweight-charts.standalone.production.mjs";
 
 // The bars route's intervals (store/bars.py BAR_INTERVALS), each with the history the chart
@@ -56,6 +58,19 @@ async function readBars(symbol, interval, start) {
   return body.bars;
 }
 
+// The signals route's most, newest first: the chart marks the newest this many.
+const SIGNALS_LIMIT = 1000;
+
+async function readSignals(symbol, start) {
+  const from = new Date(start * 1000).toISOString();
+  const query = `symbol=${encodeURIComponent(symbol)}&start=${encodeURIComponent(from)}`;
+  const answer = await fetch(`/api/v1/signals?${query}&limit=${SIGNALS_LIMIT}`);
+  const body = await answer.json();
+  if (!answer.ok)
+    throw new Error(typeof body.detail === "string" ? body.detail : answer.statusText);
+  return body.signals;
+}
+
 export class CandleChart {
   constructor(container, colors) {
     this.chart = createChart(container, { autoSize: true });
@@ -66,6 +81,8 @@ export class CandleChart {
       lastValueVisible: false,
       priceLineVisible: false,
     });
+    this.markers = createSeriesMarkers(this.candles, []);
+    this.signals = []; // the shown symbol's signals since the chart's start, newest first
     this.chart.priceScale("volume").applyOptions({ scaleMargins: { top: 0.8, bottom: 0 } });
     this.candles.priceScale().applyOptions({ scaleMargins: { top: 0.08, bottom: 0.25 } });
     this.symbol = null;
@@ -78,6 +95,7 @@ export class CandleChart {
 
   setColors(colors) {
     this.colors = colors;
+    if (this.signals) this.markSignals();
     this.chart.applyOptions({
       layout: { background: { color: colors.bg }, textColor: colors.text, fontSize: 12 },
       grid: { vertLines: { color: colors.grid }, horzLines: { color: colors.grid } },
@@ -124,8 +142,42 @@ export class CandleChart {
       .applyOptions({ timeVisible: interval.name !== "1d", secondsVisible: false });
     this.chart.timeScale().fitContent();
     this.last = candles.length ? candles[candles.length - 1] : null;
-    await this.seedMinutes(load);
+    this.start = start;
+    this.signals = [];
+    this.markSignals();
+    // Markers are extra: the candles stand without them (a store without signals, say).
+    await Promise.all([this.seedMinutes(load), this.refreshSignals().catch(() => {})]);
     return candles.length;
+  }
+
+  /** The symbol's signals again from the signals route, as markers on their candles. */
+  async refreshSignals() {
+    if (this.symbol === null) return;
+    const load = this.loading;
+    const signals = await readSignals(this.symbol, this.start);
+    if (load !== this.loading) return;
+    this.signals = signals;
+    this.markSignals();
+  }
+
+  /** One marker per signal at its tick's candle: an arrow up below it for a buy, down above
+   * it for a sell, a circle otherwise; its text the signal's name. */
+  markSignals() {
+    const markers = this.signals
+      .map((signal) => {
+        const time = bucketOf(seconds(signal.ts), this.interval) + IST;
+        const sell = signal.side === "sell";
+        return {
+          time,
+          position: sell ? "aboveBar" : "belowBar",
+          shape: sell ? "arrowDown" : signal.side === "buy" ? "arrowUp" : "circle",
+          color: sell ? this.colors.down : signal.side === "buy" ? this.colors.up : this.colors.text,
+          text: signal.name,
+          id: `${signal.ts} ${signal.handler} ${signal.name}`,
+        };
+      })
+      .reverse(); // oldest first, as the library asks
+    this.markers.setMarkers(markers);
   }
 
   /** The stored 1-minute bars of the newest candle, so that live minutes add to it exactly;

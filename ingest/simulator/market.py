@@ -30,6 +30,10 @@ _Z = tuple(NormalDist().inv_cdf((i + 0.5) / 256) for i in range(256))
 
 # Per-trade volatility as a fraction of price, and the size of a typical trade in lots.
 _SIGMA = {"INDEX": 0.00008, "EQ": 0.0001, "FUT": 0.0001, "CE": 0.0015, "PE": 0.0015}
+# Now and then a trade is a block of SPIKE_TIMES its size (the example spike detector's
+# prey, ingest/spike.py): one trade in SPIKE_CHANCE**-1 of each stock and contract.
+SPIKE_CHANCE = 1 / 1500
+SPIKE_TIMES = 100
 _MAX_LOTS = {"EQ": 200, "FUT": 10, "CE": 30, "PE": 30}
 _SPREADS = ((0, 1), (1, 0), (1, 1))  # ticks from the last price to the best bid and ask
 
@@ -266,6 +270,7 @@ class Instrument:
         "random",
         "recorded_ltt",
         "sizes",
+        "spike_random",
         "steps",
         "strike",
         "tbq",
@@ -279,6 +284,8 @@ class Instrument:
     def __init__(self, profile: Profile, universe: Universe, now_ms: int) -> None:
         rng = random.Random(f"{universe.seed}|{profile.key}")
         self.random = rng.random
+        # Its own stream, so the price and size paths stay those of the seed without spikes.
+        self.spike_random = random.Random(f"{universe.seed}|spike|{profile.key}").random
         self.profile = profile
         self.key = profile.key
         self.key_bytes = profile.key.encode()
@@ -371,6 +378,8 @@ class Instrument:
         self.ltq = volume = self.sizes[int(r() * 64)]
         if r() < 0.3:  # more trades happened since the last frame than the one printed
             volume += self.sizes[int(r() * 64)] * 3
+        if self.spike_random() < SPIKE_CHANCE:  # a block trade: what spike detectors find
+            volume *= SPIKE_TIMES
         self.vtt = vtt = self.vtt + volume
         self.turnover = turnover = self.turnover + volume * ltp
         self.atp = round(turnover / vtt, 2)
