@@ -1,4 +1,6 @@
 """Upstox's 1-minute candles over REST: what backfill stores and what the parity audit checks.
+The client's `get_json` serves Upstox's other market-data calls as well (the option chain,
+`option_chain.py`).
 
 Today's candles (IST) come from the intraday endpoint, a past day's from historical V3
 (to_date before from_date in the URL, both the same day here). Upstox answers newest first;
@@ -126,14 +128,16 @@ class CandleClient:
             path = f"{CANDLE_PATH}/intraday/{key}/minutes/1"
         else:
             path = f"{CANDLE_PATH}/{key}/minutes/1/{day.isoformat()}/{day.isoformat()}"
-        body = await self._get(path)
+        body = await self.get_json(path)
         candles = [_candle(row, path) for row in _rows(body, path)]
         return sorted(
             (candle for candle in candles if candle.start.astimezone(IST).date() == day),
             key=lambda candle: candle.start,
         )
 
-    async def _get(self, path: str) -> Any:
+    async def get_json(self, path: str) -> Any:
+        """GET `path` (with its query) within the rate limits, retried as the module says;
+        the JSON answer. Upstox's other market-data calls (the option chain) use it too."""
         limits = self._limits
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(_Retryable),
