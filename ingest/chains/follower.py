@@ -25,7 +25,7 @@ import psycopg
 
 from core.config import Settings
 from ingest.cache import AggregatedTickHandler
-from ingest.chains.window import ChainPlanError, Contract, Plan, plan
+from ingest.chains.window import ChainPlanError, Contract, Plan, closes_at, plan
 from ingest.client import FeedClient, SubscriptionLimitError
 from ingest.status import ChainWindowStatus, OptionChainsStatus
 from ingest.subscriptions import SubscriptionManager
@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 INTERVAL_S = 1.0
 RELOAD_S = 60.0
 LEFT_WINDOW = "left the option-chain window"
+EXPIRED = "expired"
 
 T = TypeVar("T")
 Reader = Callable[[Callable[[psycopg.Connection], T]], Awaitable[T]]
@@ -67,7 +68,7 @@ class ChainFollower:
         self._cache = cache
         self._read = read
         self._contracts: list[Contract] = []
-        self._known: frozenset[str] = frozenset()  # every contract key, expired ones too
+        self._closes: dict[str, datetime] = {}  # every contract's close, expired ones too
         self._loaded_at = float("-inf")
         self._held: set[str] | None = None  # the contracts subscribed for the windows
         self._plan: Plan | None = None
@@ -89,7 +90,7 @@ class ChainFollower:
         client = self._client
         if self._held is None:  # adopt what a resume subscribed
             held = client.subscribed_keys
-            self._held = {key for key in self._known if key in held}
+            self._held = {key for key in self._closes if key in held}
         prices = {}
         for key in {contract.underlying_key for contract in self._contracts}:
             tick = self._cache.latest(key)
@@ -97,11 +98,12 @@ class ChainFollower:
                 prices[key] = float(tick[LTP])
         room = client.room(self.mode) + len(self._held)
         previous = self._plan.atm if self._plan else None
+        now = _now()
         try:
             planned = plan(
                 self._contracts,
                 prices,
-                _now(),
+                now,
                 expiries=self._expiries,
                 strikes=self._strikes,
                 room=room,
@@ -112,9 +114,11 @@ class ChainFollower:
             return
         self._plan = planned
         leaving = [key for key in self._held if key not in planned.keys]
-        if leaving:
-            await self._subscriptions.unsubscribe_keys(leaving, LEFT_WINDOW)
-            self._held.difference_update(leaving)
+        expired = [key for key in leaving if self._closes.get(key, now) <= now]
+        for keys, reason in ((expired, EXPIRED), (list(set(leaving) - set(expired)), LEFT_WINDOW)):
+            if keys:
+                await self._subscriptions.unsubscribe_keys(keys, reason)
+                self._held.difference_update(keys)
         joining = [key for w in planned.windows for key in w.keys if key not in self._held]
         if joining:
             try:
@@ -127,7 +131,7 @@ class ChainFollower:
 
     async def _load(self) -> None:
         rows = await self._read(lambda conn: option_contracts(conn, self._underlyings))
-        self._known = frozenset(row[0] for row in rows)
+        self._closes = {row[0]: closes_at(row[3]) for row in rows}
         self._contracts = [
             Contract(key, symbol, underlying_key, expiry, strike, kind)
             for key, symbol, underlying_key, expiry, strike, kind, active in rows

@@ -124,12 +124,14 @@ class Universe:
         indices (chains.py), less every contract whose expiry has passed. The same list object
         until the next expiry passes, so that a reader may cache what it made of it."""
         if now_ms >= self._listed_until:
-            listed = list(self._given)
+            # By key: a master saved from an earlier run holds chain records already.
+            by_key = {str(record["instrument_key"]): record for record in self._given}
             for spec in self._chains:
                 spot = self.profile(spec.underlying_key, now_ms).close
                 for record in chain_records(spec, spot, now_ms):
-                    listed.append(self.records.setdefault(str(record["instrument_key"]), record))
-            listed = [record for record in listed if not 0 < _number(record, "expiry") <= now_ms]
+                    key = str(record["instrument_key"])
+                    by_key[key] = self.records.setdefault(key, record)
+            listed = [r for r in by_key.values() if not 0 < _number(r, "expiry") <= now_ms]
             expiries = (int(_number(record, "expiry")) for record in listed)
             self._listed_until = min((ms for ms in expiries if ms > 0), default=2**62)
             self._listing = listed
