@@ -71,6 +71,7 @@ async def run(config: dict[str, Any]) -> dict[str, Any]:
         batch_rows=config["batch_rows"],
         batch_ms=config["batch_ms"],
         log_level="WARNING",
+        option_chains=tuple(config.get("option_chains", ())),
     )
     service = WebSocketService(settings, config["database_url"])
     latency = service.metrics.commit_latency_seconds = _Recording(
@@ -131,6 +132,11 @@ async def run(config: dict[str, Any]) -> dict[str, Any]:
         "commit_latency_s": latency.between(started, ended),
         "batch_write_s": batch.between(started, ended),
         "vm_hwm_mib": round(_vm_hwm_mib(), 1),
+        "option_windows": [
+            (w.underlying, str(w.expiry), w.key_count) for w in final.option_chains.windows
+        ]
+        if final.option_chains
+        else [],
         "timeline": timeline,
     }
 

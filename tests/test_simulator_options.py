@@ -104,6 +104,25 @@ def test_nifty_lists_weeklies_and_banknifty_monthlies_that_roll_at_the_close() -
     assert len(expiries) == 3, "the next expiry joined"
 
 
+def test_a_master_with_its_own_index_options_gets_no_simulated_chain() -> None:
+    upstox_call = {
+        "instrument_key": "NSE_FO|45001", "segment": "NSE_FO", "instrument_type": "CE",
+        "trading_symbol": "NIFTY 24300 CE", "strike_price": 24300.0,
+        "expiry": close_ms(date(2026, 12, 8)),
+        "underlying_key": NIFTY, "underlying_symbol": "NIFTY",
+    }  # fmt: skip
+    listed = Universe([*DEFAULT_UNIVERSE, upstox_call], seed=1).listing(MONDAY_MS)
+    nifty = [r for r in listed if r.get("underlying_symbol") == "NIFTY"]
+    assert nifty == [upstox_call]
+    assert any(r.get("underlying_symbol") == "BANKNIFTY" for r in listed)
+    # A master saved from an earlier run lists the simulator's own chains: they roll on.
+    saved = Universe(DEFAULT_UNIVERSE, seed=1).listing(MONDAY_MS)
+    again = Universe(saved, seed=1).listing(close_ms(date(2026, 12, 8)))
+    days = {r["expiry"] for r in again if r.get("underlying_symbol") == "NIFTY"}
+    assert len(days) == 3
+    assert close_ms(date(2026, 12, 29)) in days
+
+
 async def _chain(simulator: FeedSimulator, day: date) -> dict:
     url = f"{simulator.url}/v2/option/chain?instrument_key=NSE_INDEX%7CNifty%2050&expiry_date={day}"
     status, body = await asyncio.to_thread(http_get, url)

@@ -88,6 +88,26 @@ def chain_records(spec: ChainSpec, spot: float, now_ms: int) -> list[dict[str, o
     return records
 
 
+def _listed_here(spec: ChainSpec, key: str) -> bool:
+    """Whether `key` is one of the keys chain_records makes for `spec`."""
+    token = key.removeprefix("NSE_FO|")
+    return len(token) == 14 and token.isdigit() and token[0] == str(spec.code)
+
+
 def chain_specs(records: Mapping[str, Mapping[str, object]]) -> list[ChainSpec]:
-    """The chains to list for a master: those of the index records it holds."""
-    return [spec for key, spec in INDEX_CHAINS.items() if key in records]
+    """The chains to list for a master: those of the index records it holds, unless it
+    lists dated options of that index itself (Upstox's own master, loaded for a run on the
+    simulator), other than those an earlier run listed (saved in the store's master)."""
+    specs = []
+    for key, spec in INDEX_CHAINS.items():
+        if key not in records:
+            continue
+        if not any(
+            record.get("underlying_key") == key
+            and record.get("instrument_type") in ("CE", "PE")
+            and record.get("expiry")
+            and not _listed_here(spec, str(record_key))
+            for record_key, record in records.items()
+        ):
+            specs.append(spec)
+    return specs
