@@ -16,7 +16,7 @@ import pytest
 
 from core.ist import IST
 from ingest.simulator import FeedSimulator
-from ingest.simulator.chains import INDEX_CHAINS, close_ms, expiry_dates
+from ingest.simulator.chains import INDEX_CHAINS, close_ms, expiry_dates, slot_of
 from ingest.simulator.market import DEFAULT_UNIVERSE, Universe
 from ingest.simulator.pricing import RISK_FREE_RATE, black_scholes, implied_vol, smile
 from ingest.upstox.proto import upstox_feed_v3_pb2 as pb
@@ -104,20 +104,34 @@ def test_nifty_lists_weeklies_and_banknifty_monthlies_that_roll_at_the_close() -
     assert len(expiries) == 3, "the next expiry joined"
 
 
-def test_a_master_with_its_own_index_options_gets_no_simulated_chain() -> None:
-    upstox_call = {
-        "instrument_key": "NSE_FO|45001", "segment": "NSE_FO", "instrument_type": "CE",
-        "trading_symbol": "NIFTY 24300 CE", "strike_price": 24300.0,
-        "expiry": close_ms(date(2026, 12, 8)),
+def _upstox_option(token: int, strike: float, kind: str, day: date) -> dict[str, object]:
+    return {
+        "instrument_key": f"NSE_FO|{token}", "segment": "NSE_FO", "instrument_type": kind,
+        "trading_symbol": f"NIFTY {strike:g} {kind}", "strike_price": strike,
+        "expiry": close_ms(day) + 30_599_000,  # Upstox's: 23:59:59 IST
         "underlying_key": NIFTY, "underlying_symbol": "NIFTY",
     }  # fmt: skip
-    listed = Universe([*DEFAULT_UNIVERSE, upstox_call], seed=1).listing(MONDAY_MS)
+
+
+def test_a_masters_own_index_options_stand_in_the_chain_or_replace_it() -> None:
+    tuesday = date(2026, 12, 8)
+    one = _upstox_option(45001, 24300.0, "CE", tuesday)
+    listed = Universe([*DEFAULT_UNIVERSE, one], seed=1).listing(MONDAY_MS)
     nifty = [r for r in listed if r.get("underlying_symbol") == "NIFTY"]
-    assert nifty == [upstox_call]
+    slot = [r for r in nifty if slot_of(r) == (tuesday, 24300.0, "CE")]
+    assert slot == [one], "the master's own contract takes its place in the chain"
+    # Upstox's whole master lists chains of its own: they trade as they are.
+    whole = [
+        _upstox_option(46000 + i, 24300.0 + 50 * (i // 2), ("CE", "PE")[i % 2], tuesday)
+        for i in range(162)
+    ]
+    listed = Universe([*DEFAULT_UNIVERSE, *whole], seed=1).listing(MONDAY_MS)
+    nifty = [r for r in listed if r.get("underlying_symbol") == "NIFTY"]
+    assert nifty == whole
     assert any(r.get("underlying_symbol") == "BANKNIFTY" for r in listed)
     # A master saved from an earlier run lists the simulator's own chains: they roll on.
     saved = Universe(DEFAULT_UNIVERSE, seed=1).listing(MONDAY_MS)
-    again = Universe(saved, seed=1).listing(close_ms(date(2026, 12, 8)))
+    again = Universe(saved, seed=1).listing(close_ms(tuesday))
     days = {r["expiry"] for r in again if r.get("underlying_symbol") == "NIFTY"}
     assert len(days) == 3
     assert close_ms(date(2026, 12, 29)) in days

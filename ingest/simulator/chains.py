@@ -12,7 +12,7 @@ expiry that passes is replaced by the next one.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
@@ -40,8 +40,8 @@ class ChainSpec:
 INDEX_CHAINS: dict[str, ChainSpec] = {
     spec.underlying_key: spec
     for spec in (
-        ChainSpec("NSE_INDEX|Nifty 50", "NIFTY", 50.0, True, 75, 24300.0, 0.13, 7),
-        ChainSpec("NSE_INDEX|Nifty Bank", "BANKNIFTY", 100.0, False, 35, 52100.0, 0.16, 8),
+        ChainSpec("NSE_INDEX|Nifty 50", "NIFTY", 50.0, True, 75, 26000.0, 0.13, 7),
+        ChainSpec("NSE_INDEX|Nifty Bank", "BANKNIFTY", 100.0, False, 35, 59000.0, 0.16, 8),
     )
 }
 
@@ -65,8 +65,25 @@ def expiry_dates(spec: ChainSpec, now_ms: int, count: int = EXPIRIES) -> list[da
     return found
 
 
-def chain_records(spec: ChainSpec, spot: float, now_ms: int) -> list[dict[str, object]]:
-    """The instrument-master records of `spec`'s listed contracts around `spot`."""
+Slot = tuple[date, float, str]  # expiry date (IST), strike, CE or PE
+
+
+def slot_of(record: Mapping[str, object]) -> Slot | None:
+    """Where a dated option record sits in its chain; None for any other record."""
+    expiry, strike, kind = (
+        record.get(name) for name in ("expiry", "strike_price", "instrument_type")
+    )
+    if kind not in ("CE", "PE") or not isinstance(expiry, int | float):
+        return None
+    day = (datetime.fromtimestamp(expiry / 1000, UTC) + IST).date()
+    return (day, float(strike) if isinstance(strike, int | float) else 0.0, str(kind))
+
+
+def chain_records(
+    spec: ChainSpec, spot: float, now_ms: int, taken: Set[Slot] = frozenset()
+) -> list[dict[str, object]]:
+    """The instrument-master records of `spec`'s listed contracts around `spot`, but for the
+    slots the master lists already (`taken`: its own contracts stand in the chain)."""
     atm = round(spot / spec.step) * spec.step
     records: list[dict[str, object]] = []
     for expiry in expiry_dates(spec, now_ms):
@@ -74,6 +91,8 @@ def chain_records(spec: ChainSpec, spot: float, now_ms: int) -> list[dict[str, o
         for i in range(-STRIKES, STRIKES + 1):
             strike = atm + i * spec.step
             for side, kind in enumerate(("CE", "PE")):
+                if (expiry, strike, kind) in taken:
+                    continue
                 token = f"{spec.code}{expiry:%y%m%d}{round(strike):06d}{side}"
                 records.append(
                     {"instrument_key": f"NSE_FO|{token}", "segment": "NSE_FO",
@@ -96,18 +115,18 @@ def _listed_here(spec: ChainSpec, key: str) -> bool:
 
 def chain_specs(records: Mapping[str, Mapping[str, object]]) -> list[ChainSpec]:
     """The chains to list for a master: those of the index records it holds, unless it
-    lists dated options of that index itself (Upstox's own master, loaded for a run on the
-    simulator), other than those an earlier run listed (saved in the store's master)."""
+    lists a chain of that index itself, at least as many dated options as one expiry of
+    ours (Upstox's own master, loaded for a run on the simulator: its contracts trade as
+    they are), not counting those an earlier run listed (saved in the store's master). A
+    few options of the index (the sample master's) take their places in the chain."""
     specs = []
     for key, spec in INDEX_CHAINS.items():
-        if key not in records:
-            continue
-        if not any(
+        own = sum(
             record.get("underlying_key") == key
-            and record.get("instrument_type") in ("CE", "PE")
-            and record.get("expiry")
+            and slot_of(record) is not None
             and not _listed_here(spec, str(record_key))
             for record_key, record in records.items()
-        ):
+        )
+        if key in records and own < 2 * (2 * STRIKES + 1):
             specs.append(spec)
     return specs

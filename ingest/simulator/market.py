@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Any
 
-from ingest.simulator.chains import INDEX_CHAINS, chain_records, chain_specs
+from ingest.simulator.chains import INDEX_CHAINS, chain_records, chain_specs, slot_of
 from ingest.simulator.pricing import black_scholes, smile, years_to
 
 SCALE = 10_000  # price units per rupee: 1 unit = 0.01 paise, fine enough for every tick size
@@ -128,7 +128,11 @@ class Universe:
             by_key = {str(record["instrument_key"]): record for record in self._given}
             for spec in self._chains:
                 spot = self.profile(spec.underlying_key, now_ms).close
-                for record in chain_records(spec, spot, now_ms):
+                given = (
+                    r for r in by_key.values() if r.get("underlying_key") == spec.underlying_key
+                )
+                taken = {slot for r in given if (slot := slot_of(r)) is not None}
+                for record in chain_records(spec, spot, now_ms, taken):
                     key = str(record["instrument_key"])
                     by_key[key] = self.records.setdefault(key, record)
             listed = [r for r in by_key.values() if not 0 < _number(r, "expiry") <= now_ms]
