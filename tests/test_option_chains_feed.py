@@ -184,3 +184,35 @@ def test_an_expiry_passes_its_contracts_are_dropped_and_kept_and_the_next_is_fol
     assert states == {("unsubscribed", "expired"): 62}
     assert new is not None
     assert new[0] > 50, "the next expiry's contracts tick"
+
+
+def test_a_restart_resumes_the_chains_and_drops_what_no_window_wants(
+    instruments_db: str, tmp_path: Path
+) -> None:
+    """The second start resumes every contract from the subscriptions table; with fewer
+    strikes configured, its first round unsubscribes those outside the narrower windows."""
+
+    async def run(strikes: int) -> tuple[list, set[str]]:
+        service = WebSocketService(_settings(tmp_path, option_strikes=strikes), instruments_db)
+        await service.start()
+        try:
+            await _wait_for(lambda: len(_windows(service)) == 4)
+            await asyncio.sleep(1.5)  # a round after the windows
+            return _windows(service), set(service.ws_client.subscribed_keys)
+        finally:
+            await service.stop()
+
+    wide, before = asyncio.run(run(15))
+    narrow, held = asyncio.run(run(5))
+    assert [w[5] for w in wide] == [62] * 4
+    assert [w[5] for w in narrow] == [22] * 4
+    options = {**_option_keys(instruments_db, "NIFTY"), **_option_keys(instruments_db, "BANKNIFTY")}
+    assert len(held & set(options)) == 4 * 22, "nothing left subscribed outside the windows"
+    dropped = (before - held) & set(options)
+    assert len(dropped) >= 4 * 40
+    with psycopg.connect(instruments_db) as conn:
+        states = conn.execute(
+            "SELECT DISTINCT status, error FROM subscriptions WHERE instrument_key = ANY(%s)",
+            [list(dropped)],
+        ).fetchall()
+    assert states == [("unsubscribed", "left the option-chain window")]
