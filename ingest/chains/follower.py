@@ -9,7 +9,8 @@ restart resumes them. Contracts come from the instrument master (store.instrumen
 again every RELOAD_S so that a refreshed master's new expiries are seen. The F&O universe's
 subscriptions are never touched: only contracts of the followed underlyings are the
 follower's, and on its first round it adopts those the feed already carries (resumed from
-the table), unsubscribing those outside the windows, expired ones included.
+the table), unsubscribing those outside the windows, expired ones included. An underlying
+with no price yet keeps the contracts it holds until its first tick (no churn at a restart).
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class ChainFollower:
         self._read = read
         self._contracts: list[Contract] = []
         self._closes: dict[str, datetime] = {}  # every contract's close, expired ones too
+        self._underlying_of: dict[str, str] = {}  # every contract's underlying key
         self._loaded_at = float("-inf")
         self._held: set[str] | None = None  # the contracts subscribed for the windows
         self._plan: Plan | None = None
@@ -96,9 +98,16 @@ class ChainFollower:
             tick = self._cache.latest(key)
             if tick is not None:
                 prices[key] = float(tick[LTP])
-        room = client.room(self.mode) + len(self._held)
-        previous = self._plan.atm if self._plan else None
         now = _now()
+        # An underlying with no price yet (its first tick after a restart) keeps what it
+        # holds rather than churn: only its expired contracts go.
+        kept = {
+            key
+            for key in self._held
+            if self._underlying_of.get(key) not in prices and self._closes.get(key, now) > now
+        }
+        room = client.room(self.mode) + len(self._held) - len(kept)
+        previous = self._plan.atm if self._plan else None
         try:
             planned = plan(
                 self._contracts,
@@ -113,7 +122,7 @@ class ChainFollower:
             self._error = str(error)
             return
         self._plan = planned
-        leaving = [key for key in self._held if key not in planned.keys]
+        leaving = [key for key in self._held if key not in planned.keys and key not in kept]
         expired = [key for key in leaving if self._closes.get(key, now) <= now]
         for keys, reason in ((expired, EXPIRED), (list(set(leaving) - set(expired)), LEFT_WINDOW)):
             if keys:
@@ -132,6 +141,7 @@ class ChainFollower:
     async def _load(self) -> None:
         rows = await self._read(lambda conn: option_contracts(conn, self._underlyings))
         self._closes = {row[0]: closes_at(row[3]) for row in rows}
+        self._underlying_of = {row[0]: row[2] for row in rows}
         self._contracts = [
             Contract(key, symbol, underlying_key, expiry, strike, kind)
             for key, symbol, underlying_key, expiry, strike, kind, active in rows
