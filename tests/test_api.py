@@ -316,12 +316,12 @@ def test_subscriptions_list_the_universe(live: httpx.Client) -> None:
 
 def test_the_option_chains_followed_show_their_windows(live: httpx.Client) -> None:
     def windows() -> list[dict]:
-        response = live.get("/api/v1/websocket/subscriptions/chains")
+        response = live.get("/api/v1/websocket/option-windows")
         assert response.status_code == 200
         return response.json()["windows"]
 
     wait_for(lambda: len(windows()) == 4)  # NIFTY and BANKNIFTY, the nearest two expiries each
-    chains = live.get("/api/v1/websocket/subscriptions/chains").json()
+    chains = live.get("/api/v1/websocket/option-windows").json()
     assert chains["mode"] == "option_greeks"
     assert chains["underlyings"] == ["NIFTY", "BANKNIFTY"]
     for window in chains["windows"]:

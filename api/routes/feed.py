@@ -60,9 +60,7 @@ def subscriptions(context: Context) -> list[dict[str, Any]]:
     return [dict(zip(_SUBSCRIPTION_FIELDS, row, strict=True)) for row in rows]
 
 
-@router.get(
-    "/subscriptions/chains", response_model=OptionChainsStatus | None, responses=responses(503)
-)
+@router.get("/option-windows", response_model=OptionChainsStatus | None, responses=responses(503))
 async def chain_windows(context: Context) -> OptionChainsStatus | None:
     """The option chains the ingest follows (TICKVAULT_OPTION_CHAINS): for each underlying
     and expiry, the at-the-money strike, the strikes taken and how many contracts; null when
