@@ -13,6 +13,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import psycopg
 
 from bench.common import REPO, DbServer, load_universe, percentiles, replay_feed, simulator
 from core.config import Settings
+from core.upstox_wire import INSTRUMENTS_PATH
 
 # The writer's defaults (TICKVAULT_BATCH_ROWS, TICKVAULT_BATCH_MS): a batch's age bounds a
 # tick's receipt-to-commit time.
@@ -39,6 +41,7 @@ def run_ingest(
     row_latency: bool = False,
     switch_interval: float | None = None,
     emit_signals: int = 0,
+    option_chains: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """One end-to-end run at `rate` offered ticks/s; the worker's report plus row latencies.
 
@@ -47,6 +50,8 @@ def run_ingest(
     `switch_interval` sets the ingest's `sys.setswitchinterval`, an experiment: how much the
     writer thread loses waiting for the GIL while the event loop decodes. `emit_signals`
     N registers a custom handler that emits a signal for every Nth tick (bench/signals.py).
+    `option_chains`: underlyings whose chains the ingest follows, loaded from the
+    simulator's master (which lists NIFTY's and BANKNIFTY's); none by default.
     """
     url = server.create_database("bench_ingest")
     try:
@@ -55,6 +60,8 @@ def run_ingest(
             tempfile.TemporaryDirectory(prefix="tickvault-bench-ingest-") as data_dir,
             replay_feed(replay, rate) if replay else simulator(instruments, rate) as feed,
         ):
+            if option_chains:
+                _load_master(url, feed.url + INSTRUMENTS_PATH, Path(data_dir) / "master.json.gz")
             config = {
                 "database_url": url,
                 "data_dir": data_dir,
@@ -67,6 +74,7 @@ def run_ingest(
                 "seconds": seconds,
                 "switch_interval": switch_interval,
                 "emit_signals": emit_signals,
+                "option_chains": list(option_chains),
             }
             worker = subprocess.run(
                 [sys.executable, "-m", "bench.ingest_worker", json.dumps(config)],
@@ -86,6 +94,14 @@ def run_ingest(
         return report
     finally:
         server.drop_database(url)
+
+
+def _load_master(url: str, master_url: str, path: Path) -> None:
+    """The feed's instrument master (the bench universe and the simulator's option chains)
+    into the database, as the pre-open refresh would load Upstox's."""
+    with urllib.request.urlopen(master_url) as response:
+        path.write_bytes(response.read())
+    load_universe(url, path)
 
 
 def _row_latency(url: str, start: float, end: float) -> dict[str, float]:

@@ -88,6 +88,7 @@ async def run(config: dict[str, Any]) -> dict[str, Any]:
         batch_rows=config["batch_rows"],
         batch_ms=config["batch_ms"],
         log_level="WARNING",
+        option_chains=tuple(config.get("option_chains", ())),
     )
     service = WebSocketService(settings, config["database_url"])
     if config.get("emit_signals"):
@@ -152,6 +153,11 @@ async def run(config: dict[str, Any]) -> dict[str, Any]:
         "vm_hwm_mib": round(_vm_hwm_mib(), 1),
         "signals": asdict(final.signals) if final.signals else None,
         "handlers": [asdict(handler) for handler in final.pipeline.custom_handlers],
+        "option_windows": [
+            (w.underlying, str(w.expiry), w.key_count) for w in final.option_chains.windows
+        ]
+        if final.option_chains
+        else [],
         "timeline": timeline,
     }
 

@@ -37,7 +37,7 @@ from pydantic import (
 from pydantic_core import core_schema
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from core.upstox_wire import DEFAULT_MODE_LIMITS
+from core.upstox_wire import DEFAULT_MODE_LIMITS, Mode
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 
@@ -96,8 +96,16 @@ def _mode_limits(value: object) -> object:
     return limits
 
 
+def _names_or_none(value: object) -> object:
+    """As `_names`, and `none` (or `off`) for no names: an empty variable means the default."""
+    if isinstance(value, str) and value.strip().lower() in ("none", "off"):
+        return ()
+    return _names(value)
+
+
 # How a variable's text becomes a field's value, beyond what the type says.
 Names = Annotated[tuple[str, ...], BeforeValidator(_names)]
+NamesOrNone = Annotated[tuple[str, ...], BeforeValidator(_names_or_none)]
 ModeLimits = Annotated[dict[str, tuple[int, int]], BeforeValidator(_mode_limits)]
 LogLevel = Annotated[str, AfterValidator(str.upper)]
 
@@ -197,6 +205,13 @@ class Settings:
     max_connections: int = 1
     mode_limits: ModeLimits = field(default_factory=lambda: dict(DEFAULT_MODE_LIMITS))
     index_keys: Names = ("NSE_INDEX|Nifty 50", "NSE_INDEX|Nifty Bank")
+    # Option chains the ingest follows (ingest/chains/): underlyings by symbol (an index or
+    # any F&O stock; `none`: no chain), the nearest expiries not yet closed, strikes each
+    # side of the money, and the mode their contracts are subscribed in.
+    option_chains: NamesOrNone = ("NIFTY", "BANKNIFTY")
+    option_expiries: Annotated[int, Field(ge=1)] = 2
+    option_strikes: Annotated[int, Field(ge=1)] = 15
+    option_mode: Mode = "option_greeks"
     batch_rows: int = 20_000
     batch_ms: int = 100
     queue_max_rows: int = 500_000

@@ -25,6 +25,7 @@ from psycopg_pool import ConnectionPool
 
 from core.config import Settings
 from ingest.cache import AggregatedTickHandler
+from ingest.chains.follower import ChainFollower
 from ingest.channels.control import ControlServer, control_path
 from ingest.channels.latest_publisher import publish_forever, publish_stopped
 from ingest.channels.latest_table import BARS, bars_path, published_path
@@ -96,6 +97,7 @@ class WebSocketService:
         self._signals_task: asyncio.Task[None] | None = None
         self._client: FeedClient | None = None
         self._subscriptions: SubscriptionManager | None = None
+        self._chains: ChainFollower | None = None
         self._control: ControlServer | None = None
         self._tasks: dict[str, asyncio.Task[Any]] = {}
         self._custom_handlers: list[TickCallback] = []
@@ -211,6 +213,8 @@ class WebSocketService:
         resumed = await self._subscriptions.resume()
         if not resumed and subscribe_universe:
             await self._subscriptions.subscribe_to_universe(mode=settings.feed_mode)
+        if settings.option_chains:
+            await self._follow_chains()
         self._tasks["journal-sync"] = asyncio.create_task(sync_forever(self._journal), name="sync")
         disk_sizes = self.disk.measure_forever(self._pool, self._journal)
         self._tasks["disk"] = asyncio.create_task(disk_sizes, name="disk")
@@ -222,6 +226,31 @@ class WebSocketService:
         self.is_running = True
         _running.append(self)
         log.info("ingest started: feed %s, %s edition bars", self.feed_source, self.edition.value)
+
+    async def _follow_chains(self) -> None:
+        """Start following TICKVAULT_OPTION_CHAINS (ingest/chains/). On the built-in simulator
+        the master is refreshed from it first: its option chains are listed on its clock, not
+        in the sample master the store starts with."""
+        assert self._client is not None
+        assert self._subscriptions is not None
+        if self.simulator is not None:
+            try:
+                await self.refresh_instruments()
+            except (ValueError, psycopg.Error) as error:  # the chains wait for a later refresh
+                log.warning("could not load the simulator's option chains: %s", error)
+        self._chains = ChainFollower(
+            self.settings, self._subscriptions, self._client, self.cache, self._read
+        )
+        self._tasks["option-chains"] = asyncio.create_task(
+            self._chains.run_forever(), name="option-chains"
+        )
+
+    async def _read(self, query: Callable[[psycopg.Connection], Any]) -> Any:
+        def run() -> Any:
+            with self._connection() as conn:
+                return query(conn)
+
+        return await asyncio.to_thread(run)
 
     async def stop(self) -> None:
         """Stop the feed, then flush every tick it delivered: a clean stop loses nothing."""
@@ -394,6 +423,7 @@ class WebSocketService:
             disk=self.disk.status(),
             signals=self._signals.status() if self._signals else None,
             health_problem=self.health_problem(),
+            option_chains=self._chains.status() if self._chains is not None else None,
         )
 
     # --- background work ----------------------------------------------------------------

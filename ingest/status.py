@@ -51,6 +51,30 @@ class SubscriptionSummary:
 
 
 @dataclass(frozen=True, slots=True)
+class ChainWindowStatus:
+    """One option chain the ingest follows: an underlying's expiry, and the strikes taken."""
+
+    underlying: str  # NIFTY
+    expiry: date
+    atm_strike: float
+    low_strike: float
+    high_strike: float
+    key_count: int  # contracts subscribed: calls and puts
+
+
+@dataclass(frozen=True, slots=True)
+class OptionChainsStatus:
+    """The option chains followed (ingest/chains/): TICKVAULT_OPTION_* and each window."""
+
+    mode: str
+    underlyings: list[str]  # as configured
+    strikes: int  # each side of the money: the setting, or fewer to fit the feed's limits
+    windows: list[ChainWindowStatus]
+    waiting: list[str]  # underlyings with no price yet, or no contracts in the master
+    last_error: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class HandlerStatus:
     """One custom tick handler, behind its bounded buffer."""
 
@@ -205,3 +229,4 @@ class IngestStatus:
     signals: SignalsStatus | None = None
     # Why /health answers 503 (WebSocketService.health_problem), None while healthy.
     health_problem: str | None = None
+    option_chains: OptionChainsStatus | None = None  # None when no chain is followed

@@ -18,6 +18,7 @@ import os
 import zlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -310,6 +311,21 @@ def fno_universe(conn: psycopg.Connection) -> list[str]:
         " ORDER BY underlying_key"
     ).fetchall()
     return [key for (key,) in rows]
+
+
+OptionRow = tuple[str, str, str, datetime, float, str, bool]
+
+
+def option_contracts(conn: psycopg.Connection, underlyings: list[str]) -> list[OptionRow]:
+    """The option contracts of underlyings named by symbol (NIFTY, INFY), live or kept for
+    history: (key, underlying symbol, underlying key, expiry, strike, CE/PE, active)."""
+    return conn.execute(
+        "SELECT instrument_key, upper(underlying_symbol), underlying_key, expiry, strike_price,"
+        " instrument_type, active FROM instruments"
+        " WHERE instrument_type IN ('CE', 'PE') AND upper(underlying_symbol) = ANY(%s)"
+        " AND expiry IS NOT NULL AND strike_price IS NOT NULL AND underlying_key IS NOT NULL",
+        [[name.upper() for name in underlyings]],
+    ).fetchall()
 
 
 def resolve_symbols(conn: psycopg.Connection, symbols: list[str]) -> dict[str, str]:

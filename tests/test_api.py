@@ -314,6 +314,27 @@ def test_subscriptions_list_the_universe(live: httpx.Client) -> None:
     assert by_symbol["NIFTY"]["instrument_key"] == "NSE_INDEX|Nifty 50"
 
 
+def test_the_option_chains_followed_show_their_windows(live: httpx.Client) -> None:
+    def windows() -> list[dict]:
+        response = live.get("/api/v1/websocket/option-windows")
+        assert response.status_code == 200
+        return response.json()["windows"]
+
+    wait_for(lambda: len(windows()) == 4)  # NIFTY and BANKNIFTY, the nearest two expiries each
+    chains = live.get("/api/v1/websocket/option-windows").json()
+    assert chains["mode"] == "option_greeks"
+    assert chains["underlyings"] == ["NIFTY", "BANKNIFTY"]
+    for window in chains["windows"]:
+        assert window["key_count"] == 62  # 15 strikes each side and the money, CE and PE
+        step = 50 if window["underlying"] == "NIFTY" else 100
+        assert window["low_strike"] == window["atm_strike"] - 15 * step
+        assert window["high_strike"] == window["atm_strike"] + 15 * step
+    status = live.get("/api/v1/websocket/status").json()
+    assert status["option_chains"] == chains
+    listed = {row["instrument_key"] for row in live.get("/api/v1/websocket/subscriptions").json()}
+    assert len(listed) >= 22 + 4 * 62, "the chains' contracts are subscriptions like any other"
+
+
 def test_subscribe_and_unsubscribe_a_symbol(live: httpx.Client) -> None:
     key = {"X-API-Key": API_KEY}
     body = {"symbols": ["VSTIND"], "mode": "ltpc"}

@@ -59,6 +59,10 @@ def test_every_variable_is_read(workdir: Path) -> None:
         "TICKVAULT_MAX_CONNECTIONS": "3",
         "TICKVAULT_MODE_LIMITS": "full:10/5",
         "TICKVAULT_INDEX_KEYS": "NSE_INDEX|Nifty 50",
+        "TICKVAULT_OPTION_CHAINS": "NIFTY, INFY",
+        "TICKVAULT_OPTION_EXPIRIES": "3",
+        "TICKVAULT_OPTION_STRIKES": "24",
+        "TICKVAULT_OPTION_MODE": "full",
         "TICKVAULT_BATCH_ROWS": "7",
         "TICKVAULT_BATCH_MS": "8",
         "TICKVAULT_QUEUE_MAX_ROWS": "9",
@@ -115,6 +119,10 @@ def test_every_variable_is_read(workdir: Path) -> None:
         max_connections=3,
         mode_limits={**DEFAULT_MODE_LIMITS, "full": (10, 5)},
         index_keys=("NSE_INDEX|Nifty 50",),
+        option_chains=("NIFTY", "INFY"),
+        option_expiries=3,
+        option_strikes=24,
+        option_mode="full",
         batch_rows=7,
         batch_ms=8,
         queue_max_rows=9,
@@ -276,6 +284,8 @@ def test_an_explicit_environ_ignores_the_process_environment(
         ("TICKVAULT_ROLLUP_INTERVAL_S", "soon", "TICKVAULT_ROLLUP_INTERVAL_S must be a number"),
         ("TICKVAULT_MODE_LIMITS", "full=2000", "is not of the form mode:single/combined"),
         ("TICKVAULT_MODE_LIMITS", "full:2000", "TICKVAULT_MODE_LIMITS: item 'full:2000' is not"),
+        ("TICKVAULT_OPTION_MODE", "greeks", "TICKVAULT_OPTION_MODE: .*'option_greeks'"),
+        ("TICKVAULT_OPTION_STRIKES", "0", "TICKVAULT_OPTION_STRIKES"),
     ],
 )
 def test_a_bad_value_names_the_variable(name: str, value: str, message: str) -> None:
@@ -297,6 +307,14 @@ def test_every_bad_value_is_named_on_one_line() -> None:
     with pytest.raises(ValueError, match=both) as raised:
         Settings.from_env({"TICKVAULT_BATCH_ROWS": "x", "TICKVAULT_BATCH_MS": "y"})
     assert "\n" not in str(raised.value)
+
+
+def test_option_chains_none_follows_none() -> None:
+    assert Settings.from_env({"TICKVAULT_OPTION_CHAINS": "none"}).option_chains == ()
+    assert Settings.from_env({"TICKVAULT_OPTION_CHAINS": ""}).option_chains == (
+        "NIFTY",
+        "BANKNIFTY",
+    )
 
 
 def test_mode_limits_override_only_the_modes_named() -> None:

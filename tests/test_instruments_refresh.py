@@ -149,8 +149,14 @@ def test_the_running_ingest_follows_a_changed_universe(
     apache_server: DbServer, tmp_path: Path
 ) -> None:
     data_dir = tmp_path / "data"
+    # No option chains: the ingest would load the simulator's into the master at start, and
+    # this test's masters are the sample's alone.
     settings = Settings(
-        data_dir=data_dir, simulator_rate=2000, rollup_interval_s=1, api_key=Secret(API_KEY)
+        data_dir=data_dir,
+        simulator_rate=2000,
+        rollup_interval_s=1,
+        api_key=Secret(API_KEY),
+        option_chains=(),
     )
     with (
         sample_database(apache_server) as url,
@@ -482,6 +488,7 @@ def test_the_schedule_step_refuses_an_empty_master_and_the_feed_keeps_its_univer
         preopen_at=never,
         postclose_at=never,
         schedule_step_attempts=1,
+        option_chains=(),  # the master stays the sample's (see above)
     )
 
     async def run_step() -> dict[str, Any]:

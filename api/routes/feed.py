@@ -23,7 +23,7 @@ from api.models import (
 )
 from api.params import SYMBOL_LIST_RULES, Symbol, symbol_list
 from ingest.channels.latest_table import IngestNotRunning, SlotBusy
-from ingest.status import IngestStatus
+from ingest.status import IngestStatus, OptionChainsStatus
 from store.subscriptions import listing
 from store.tick_row import Tick, as_dict
 
@@ -58,6 +58,15 @@ def subscriptions(context: Context) -> list[dict[str, Any]]:
     with context.pool.connection() as conn:
         rows = listing(conn)
     return [dict(zip(_SUBSCRIPTION_FIELDS, row, strict=True)) for row in rows]
+
+
+@router.get("/option-windows", response_model=OptionChainsStatus | None, responses=responses(503))
+async def chain_windows(context: Context) -> OptionChainsStatus | None:
+    """The option chains the ingest follows (TICKVAULT_OPTION_CHAINS): for each underlying
+    and expiry, the at-the-money strike, the strikes taken and how many contracts; null when
+    it follows none. From the status the ingest publishes; 503 while no ingest runs."""
+    status = await run_in_threadpool(_published_status, context.published)
+    return status.option_chains
 
 
 @router.post(

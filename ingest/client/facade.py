@@ -131,6 +131,10 @@ class FeedClient:
         """Raise SubscriptionLimitError unless `subscribe(keys, mode)` would fit."""
         self._capacity.plan(unique(keys), mode, self._held())
 
+    def room(self, mode: str) -> int:
+        """How many more keys `mode` could take (Capacity.free)."""
+        return self._capacity.free(mode, self._held())
+
     async def subscribe(self, keys: Iterable[str], mode: str = "full") -> None:
         """Subscribe keys in `mode`; a key subscribed in another mode changes mode.
 

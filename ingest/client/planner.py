@@ -89,6 +89,12 @@ class Capacity:
             raise self.limit_error(len(new), mode, [Counter(modes.values()) for modes in held])
         return plan
 
+    def free(self, mode: str, held: Sequence[Mapping[str, str]]) -> int:
+        """How many more `mode` keys the connections could take, those not opened yet too:
+        the budget of a caller that sizes its request to fit (the option-chain windows)."""
+        held = [*held, *({} for _ in range(len(held), self.max_connections))]
+        return sum(max(self.room(Counter(modes.values()), mode), 0) for modes in held)
+
     def room(self, counts: Mapping[str, int], mode: str) -> int:
         """How many more `mode` keys fit a connection holding `counts` (negative: over)."""
         others = {m: n for m, n in counts.items() if m != mode and n > 0}

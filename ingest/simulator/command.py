@@ -2,7 +2,8 @@
 
 It answers test hooks on its port: GET /_sim/stats, /_sim/sent_ticks (with --record),
 /_sim/drop, /_sim/garbage, /_sim/stall?seconds=N, /_sim/reject_token?on=1|0,
-/_sim/accept_token?token=T and /_sim/throttle?n=N (the next N candle calls answer 429);
+/_sim/accept_token?token=T, /_sim/throttle?n=N (the next N candle calls answer 429) and
+/_sim/move?instrument_key=K&price=P (an underlying jumps there, its options follow);
 Upstox's OAuth login on a port of its own (printed at start); and it publishes the instrument
 master, as Upstox does (--instruments-file serves another one).
 

@@ -34,16 +34,28 @@ class Following:
     def __getitem__(self, key: str) -> Instrument:
         return self._instruments[key]
 
-    def universe_keys(self) -> list[str]:
-        """The keys of the universe's records."""
-        return list(self._universe.records)
+    def universe_keys(self, now_ms: int) -> list[str]:
+        """The keys of the universe's listing (its records and option chains) at `now_ms`."""
+        return [str(record["instrument_key"]) for record in self._universe.listing(now_ms)]
+
+    @property
+    def universe(self) -> Universe:
+        return self._universe
+
+    def known(self, key: str) -> Instrument | None:
+        """`key`'s instrument if it was made already."""
+        return self._instruments.get(key)
 
     def know(self, key: str, now_ms: int) -> Instrument:
         """`key`'s instrument, made (its day so far) if it is new."""
         instrument = self._instruments.get(key)
         if instrument is None:
             profile = self._universe.profile(key, now_ms)
-            instrument = self._instruments[key] = Instrument(profile, self._universe, now_ms)
+            # An option prices itself on its underlying, which is known (and trades, if
+            # anyone follows it or the whole market trades) with it.
+            underlying = self.know(profile.underlying, now_ms) if profile.underlying else None
+            instrument = Instrument(profile, self._universe, now_ms, underlying)
+            self._instruments[key] = instrument
             self._idle = None
         return instrument
 

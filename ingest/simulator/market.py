@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Any
 
+from ingest.simulator.chains import INDEX_CHAINS, chain_records, chain_specs, slot_of
+from ingest.simulator.pricing import black_scholes, smile, years_to
+
 SCALE = 10_000  # price units per rupee: 1 unit = 0.01 paise, fine enough for every tick size
 DEFAULT_TICK_PAISE = 5.0
 DEFAULT_CLOSE = 1000.0
@@ -22,8 +25,7 @@ DAY_MS = 86_400_000
 IST_OFFSET_MS = 19_800_000
 DEPTH_LEVELS = 30  # full_d30; full (d5) and option_greeks use the first levels
 QUANTITY_PATTERNS = 16
-RISK_FREE_RATE = 0.065
-_YEAR_MS = 365 * DAY_MS
+DEFAULT_IV = 0.2  # at-the-money IV of an option whose underlying has no chain spec
 
 # 256 equally likely standard-normal draws: one table lookup instead of random.gauss per trade.
 _Z = tuple(NormalDist().inv_cdf((i + 0.5) / 256) for i in range(256))
@@ -73,30 +75,6 @@ DEFAULT_UNIVERSE: tuple[dict[str, object], ...] = (
 )  # fmt: skip
 
 
-def black_scholes(
-    spot: float, strike: float, years: float, vol: float, call: bool
-) -> tuple[float, tuple[float, float, float, float, float]]:
-    """Price and (delta, theta per day, gamma, vega and rho per 1%) of a European option."""
-    root = vol * math.sqrt(years)
-    d1 = (math.log(spot / strike) + (RISK_FREE_RATE + vol * vol / 2) * years) / root
-    d2 = d1 - root
-    discount = strike * math.exp(-RISK_FREE_RATE * years)
-    density = math.exp(-d1 * d1 / 2) / math.sqrt(2 * math.pi)
-    n1, n2 = _cdf(d1 if call else -d1), _cdf(d2 if call else -d2)
-    sign = 1.0 if call else -1.0
-    price = sign * (spot * n1 - discount * n2)
-    delta = sign * n1
-    gamma = density / (spot * root)
-    vega = spot * density * math.sqrt(years) / 100
-    theta = -spot * density * vol / (2 * math.sqrt(years)) - sign * RISK_FREE_RATE * discount * n2
-    rho = sign * discount * years * n2 / 100
-    return price, (delta, theta / 365, gamma, vega, rho)
-
-
-def _cdf(x: float) -> float:
-    return 0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))
-
-
 @dataclass(frozen=True, slots=True)
 class Profile:
     """What the simulator knows of an instrument before it trades: the static part."""
@@ -109,6 +87,8 @@ class Profile:
     strike: float = 0.0
     spot: float = 0.0  # underlying's previous close, for option pricing
     expiry_ms: int = 0
+    underlying: str = ""  # an option's underlying key: its price prices the option
+    base_iv: float = DEFAULT_IV  # an option's at-the-money IV (pricing.smile)
 
 
 class QuantityPattern:
@@ -131,9 +111,39 @@ class Universe:
     def __init__(self, records: Iterable[Mapping[str, object]], seed: int) -> None:
         self.seed = seed
         self.records = {str(record["instrument_key"]): record for record in records}
+        self._given = list(self.records.values())
+        self._chains = chain_specs(self.records)
+        for spec in self._chains:  # a master without closes (the sample) gets typical ones
+            index = self.records[spec.underlying_key]
+            if not _number(index, "last_price"):
+                self.records[spec.underlying_key] = {**index, "last_price": spec.level}
+        self._listing: list[Mapping[str, object]] = []
+        self._listed_until = -1  # when the nearest listed expiry closes: the listing rolls
         self._profiles: dict[str, Profile] = {}
         self._patterns: dict[int, tuple[QuantityPattern, ...]] = {}
         self._tables: dict[tuple[object, ...], tuple[float, ...]] = {}
+
+    def listing(self, now_ms: int) -> list[Mapping[str, object]]:
+        """The instrument master at `now_ms`: the records given and the option chains of their
+        indices (chains.py), less every contract whose expiry has passed. The same list object
+        until the next expiry passes, so that a reader may cache what it made of it."""
+        if now_ms >= self._listed_until:
+            # By key: a master saved from an earlier run holds chain records already.
+            by_key = {str(record["instrument_key"]): record for record in self._given}
+            for spec in self._chains:
+                spot = self.profile(spec.underlying_key, now_ms).close
+                given = (
+                    r for r in by_key.values() if r.get("underlying_key") == spec.underlying_key
+                )
+                taken = {slot for r in given if (slot := slot_of(r)) is not None}
+                for record in chain_records(spec, spot, now_ms, taken):
+                    key = str(record["instrument_key"])
+                    by_key[key] = self.records.setdefault(key, record)
+            listed = [r for r in by_key.values() if not 0 < _number(r, "expiry") <= now_ms]
+            expiries = (int(_number(record, "expiry")) for record in listed)
+            self._listed_until = min((ms for ms in expiries if ms > 0), default=2**62)
+            self._listing = listed
+        return self._listing
 
     def profile(self, key: str, now_ms: int) -> Profile:
         profile = self._profiles.get(key)
@@ -187,20 +197,33 @@ class Universe:
         if kind in ("CE", "PE"):
             spot = spot or strike or DEFAULT_CLOSE
         expiry_ms = int(_number(record, "expiry"))
+        spec = INDEX_CHAINS.get(underlying)
+        base_iv = spec.base_iv if spec is not None else DEFAULT_IV
         close = _number(record, "last_price")
         if not close:
-            close = self._invented_close(key, kind, spot, strike, expiry_ms, now_ms)
+            close = self._invented_close(key, kind, spot, strike, expiry_ms, now_ms, base_iv)
         close = max(1, round(close * SCALE / tick_units)) * tick_units / SCALE
-        return Profile(key, kind, tick_units, lot, close, strike, spot, expiry_ms)
+        underlying = underlying if has_underlying and kind in ("CE", "PE") else ""
+        return Profile(
+            key, kind, tick_units, lot, close, strike, spot, expiry_ms, underlying, base_iv
+        )
 
     def _invented_close(
-        self, key: str, kind: str, spot: float, strike: float, expiry_ms: int, now_ms: int
+        self,
+        key: str,
+        kind: str,
+        spot: float,
+        strike: float,
+        expiry_ms: int,
+        now_ms: int,
+        base_iv: float,
     ) -> float:
-        """A previous close for a record that carries none: near the underlying's, if known."""
+        """A previous close for a record that carries none: near the underlying's, if known;
+        an option's from its price model a day earlier."""
         if kind in ("CE", "PE"):
-            price, _ = black_scholes(
-                spot, strike or spot, years_left(expiry_ms, now_ms), 0.2, kind == "CE"
-            )
+            years = years_left(expiry_ms, now_ms - DAY_MS)
+            iv = smile(base_iv, spot, strike or spot, years)
+            price, _ = black_scholes(spot, strike or spot, years, iv, kind == "CE")
             return max(price, 0.05)
         if spot:
             return spot * 1.004  # a future trades a little over its underlying
@@ -221,9 +244,8 @@ def _tick_units(tick_paise: float) -> int:
 
 
 def years_left(expiry_ms: int, now_ms: int) -> float:
-    """Time to expiry in years, a week when the record has no expiry, never below a day."""
-    left = expiry_ms - now_ms if expiry_ms else 7 * DAY_MS
-    return max(left, DAY_MS) / _YEAR_MS
+    """Time to expiry in years, a week when the record has no expiry (pricing.years_to)."""
+    return years_to(expiry_ms or now_ms + 7 * DAY_MS, now_ms)
 
 
 class Instrument:
@@ -233,6 +255,10 @@ class Instrument:
     whether the last trade requoted the book (a live frame leaves an unchanged book out, as
     the real feed does). `cache` and `heads` belong to the wire encoder: bytes of the current
     quotes (emptied at each requote) and of the map-entry headers.
+
+    An option does not walk: each trade prices it (pricing.py) at its `underlying`'s last
+    price, on the smile, with the time left, so its price, greeks and IV agree. Its path
+    therefore depends on when its underlying traded, not on the seed alone.
     """
 
     __slots__ = (
@@ -257,12 +283,12 @@ class Instrument:
         "key",
         "key_bytes",
         "kind",
-        "lean",
         "lot",
         "ltp",
         "ltq",
         "ltt",
         "oi",
+        "oi_open",
         "option",
         "pattern",
         "patterns",
@@ -278,10 +304,18 @@ class Instrument:
         "ticks",
         "tsq",
         "turnover",
+        "underlying",
+        "vol_offset",
         "vtt",
     )
 
-    def __init__(self, profile: Profile, universe: Universe, now_ms: int) -> None:
+    def __init__(
+        self,
+        profile: Profile,
+        universe: Universe,
+        now_ms: int,
+        underlying: Instrument | None = None,
+    ) -> None:
         rng = random.Random(f"{universe.seed}|{profile.key}")
         self.random = rng.random
         # Its own stream, so the price and size paths stay those of the seed without spikes.
@@ -332,24 +366,59 @@ class Instrument:
         self.tsq = float(self.lot * rng.randint(1_000, 50_000)) if not self.index else 0.0
         derivative = self.kind in ("FUT", "CE", "PE")
         self.oi = float(self.lot * rng.randint(500, 50_000)) if derivative else 0.0
-        self.iv = round(0.12 + 0.2 * rng.random(), 4) if self.option else 0.0
+        self.iv = 0.0
         self.greeks: tuple[float, float, float, float, float] = (0.0, 0.0, 0.0, 0.0, 0.0)
-        self.strike = self.lean = 0.0
+        self.strike = profile.strike or profile.spot
+        self.underlying = underlying
+        self.vol_offset = 0.0
         if self.option:
-            # How far the underlying moved, judged from the option's own price move.
-            self.strike = profile.strike or profile.spot
-            years = years_left(profile.expiry_ms, now_ms)
-            _, (delta, *_) = black_scholes(
-                profile.spot, self.strike, years, self.iv, self.kind == "CE"
-            )
-            self.lean = math.copysign(max(abs(delta), 0.05), delta)
+            # Each contract's IV sits a little off the smile, and drifts there.
+            self.vol_offset = (rng.random() - 0.5) * 0.01
+            self.ticks = self._priced_ticks(now_ms)
+            self.ltp = self.ticks * self.tick_units / SCALE
+            self.day_open = self.day_high = self.day_low = self.atp = self.ltp
+            self.turnover = self.vtt * self.ltp
+            # Open interest gathers near the money, as on NSE.
+            distance = abs(math.log(self.strike / self._spot())) / 0.03
+            self.oi = float(self.lot * max(1, round(self.oi / self.lot / (1 + distance**2))))
+        self.oi_open = self.oi
         self.bid_units = self.ask_units = 0
         self.pattern = self.patterns[0]
         self.depth_changed = self.greeks_changed = False
         if not self.index:
             self._requote(now_ms)
-            if self.option and not self.greeks_changed:
-                self.greeks = self._compute_greeks(now_ms)
+
+    def move_to(self, price: float) -> None:
+        """Jump to `price` (a test moving an underlying: /_sim/move); the walk goes on from
+        there, within a band re-centred on it, and options priced on it follow."""
+        self.ticks = ticks = max(1, round(price * SCALE / self.tick_units))
+        self.band_low, self.band_high = round(ticks * 0.97), round(ticks * 1.03)
+        self.ltp = ltp = ticks * self.tick_units / SCALE
+        self.day_high, self.day_low = max(self.day_high, ltp), min(self.day_low, ltp)
+
+    def _spot(self) -> float:
+        """The underlying's price now: its last trade, or its previous close if not traded."""
+        underlying = self.underlying
+        return underlying.ltp if underlying is not None else self.profile.spot
+
+    def _priced_ticks(self, now_ms: int) -> int:
+        """The option's price in ticks at `now_ms`, with its IV and greeks set to match."""
+        profile = self.profile
+        spot = self._spot()
+        years = years_to(profile.expiry_ms or now_ms + 7 * DAY_MS, now_ms)
+        # The IV sent is the one priced with: rounded first, as Upstox prints it.
+        iv = round(smile(profile.base_iv, spot, self.strike, years) + self.vol_offset, 4)
+        price, greeks = black_scholes(spot, self.strike, years, iv, self.kind == "CE")
+        self.iv = iv
+        delta, theta, gamma, vega, rho = greeks
+        rounded = (
+            round(delta, 4), round(theta, 4), round(gamma, 6), round(vega, 4), round(rho, 4)
+        )  # fmt: skip
+        self.greeks_changed = changed = rounded != self.greeks
+        if changed:
+            self.greeks = rounded
+            self.cache = {}  # the encoder's bytes of the old greeks
+        return max(1, round(price * SCALE / self.tick_units))
 
     def trade(self, now_ms: int) -> bool:
         """One more trade at `now_ms` (later if the last one was not earlier); False if an
@@ -362,11 +431,16 @@ class Instrument:
             ltt = now_ms if now_ms > self.ltt else self.ltt + 1
         self.ltt = ltt
         r = self.random
-        ticks = self.ticks + self.steps[int(r() * 256)]
-        if ticks > self.band_high:  # lean back towards the previous close
-            ticks -= 1
-        elif ticks < self.band_low:
-            ticks += 1
+        if self.option:
+            if r() < 0.2:
+                self.vol_offset = min(0.02, max(-0.02, self.vol_offset + (r() - 0.5) * 0.002))
+            ticks = self._priced_ticks(ltt)
+        else:
+            ticks = self.ticks + self.steps[int(r() * 256)]
+            if ticks > self.band_high:  # lean back towards the previous close
+                ticks -= 1
+            elif ticks < self.band_low:
+                ticks += 1
         self.ticks = ticks
         self.ltp = ltp = ticks * self.tick_units / SCALE
         if ltp > self.day_high:
@@ -387,12 +461,12 @@ class Instrument:
         if r() < 0.2 or not self.bid_units <= units <= self.ask_units:
             self._requote(ltt)
         else:
-            self.depth_changed = self.greeks_changed = False
+            self.depth_changed = False
         return True
 
     def _requote(self, now_ms: int) -> None:
         """A new book around the last price: depth, buy/sell totals and, for a derivative,
-        open interest; for an option, new greeks with it."""
+        open interest."""
         r = self.random
         tick = self.tick_units
         units = self.ticks * tick
@@ -408,22 +482,6 @@ class Instrument:
             self.oi = abs(self.oi + moves[int(r() * 64)])
         self.depth_changed = True
         self.cache = {}
-        if self.option and r() < 0.5:  # greeks move with the book, though not at every quote
-            self.iv = round(min(0.9, max(0.05, self.iv + (r() - 0.5) * 0.004)), 4)
-            self.greeks = self._compute_greeks(now_ms)
-            self.greeks_changed = True
-        else:
-            self.greeks_changed = False
-
-    def _compute_greeks(self, now_ms: int) -> tuple[float, float, float, float, float]:
-        """Greeks at the spot that the option's own price move implies, rounded like Upstox's."""
-        profile = self.profile
-        spot = profile.spot + (self.ltp - self.close) / self.lean
-        spot = min(max(spot, profile.spot * 0.5), profile.spot * 1.5)
-        years = years_left(profile.expiry_ms, now_ms)
-        _, greeks = black_scholes(spot, self.strike, years, self.iv, self.kind == "CE")
-        delta, theta, gamma, vega, rho = greeks
-        return (round(delta, 4), round(theta, 4), round(gamma, 6), round(vega, 4), round(rho, 4))
 
     def depth(self, levels: int) -> list[tuple[int, float, int, float]]:
         """The book as (bidQ, bidP, askQ, askP) per level, best first: a reader's view."""

@@ -16,6 +16,7 @@ from websockets.http11 import Request, Response
 from core.upstox_wire import AUTHORIZE_PATH, FEED_PATH, INSTRUMENTS_PATH
 from ingest.simulator.calendar_api import MARKET_PATH, SimulatedMarket
 from ingest.simulator.candle_api import CandleEndpoints
+from ingest.simulator.chain_api import CHAIN_PATH, ChainEndpoint
 from ingest.simulator.master_file import InstrumentFile
 from ingest.simulator.minutes import MinuteBook
 from ingest.simulator.protocol import (
@@ -44,6 +45,11 @@ class Controls(Protocol):
     def sent_ticks(self) -> list[SentTick]: ...
 
     def stall(self, seconds: float) -> None: ...
+
+    def move(self, key: str, price: float) -> None: ...
+
+    @property
+    def chain(self) -> ChainEndpoint: ...
 
     def reject_token(self, rejecting: bool = True) -> None: ...
 
@@ -92,6 +98,8 @@ class Rest:
             return self._simulator.instrument_file.response()
         if url.path.startswith(MARKET_PATH):
             return self._simulator.market.answer(url.path)
+        if url.path == CHAIN_PATH:
+            return self._simulator.chain.answer(request, query)
         if self._candles.serves(url.path):
             return self._candles.answer(url.path, request)
         if url.path.startswith(CONTROL_PATH):
@@ -103,7 +111,8 @@ class Rest:
         /_sim/stall?seconds=N, /_sim/reject_token?on=1|0, /_sim/accept_token?token=T
         (the one token accepted from now on; without `token`, any),
         /_sim/market_status?SEGMENT=STATUS (sent to the clients in a market_info frame)
-        and /_sim/throttle?n=N (the next N candle calls answer 429)."""
+        /_sim/throttle?n=N (the next N candle calls answer 429) and
+        /_sim/move?instrument_key=K&price=P (K's price jumps to P)."""
         simulator = self._simulator
         if action == "stats":
             return json_response(200, simulator.stats())
@@ -124,6 +133,12 @@ class Rest:
             except ValueError as error:
                 return error_response(400, {"message": str(error)})
             self._in_background(simulator.send_market_info())
+        elif action == "move":
+            try:
+                simulator.move(query["instrument_key"][0], float(query["price"][0]))
+            except (KeyError, ValueError) as error:
+                message = f"move needs instrument_key and a positive price: {error}"
+                return error_response(400, {"message": message})
         elif action == "throttle":
             self._candles.throttle(int(query.get("n", ["1"])[0]))
         elif action in ("drop", "garbage"):

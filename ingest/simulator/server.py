@@ -12,8 +12,9 @@ connections, send garbage, reject the token, go quiet.
 Run it alone with `python -m ingest.simulator --port 8765 --rate 20000 --seed 1`; it then
 answers test hooks on the same port: GET /_sim/stats, /_sim/sent_ticks (with --record),
 /_sim/drop, /_sim/garbage, /_sim/stall?seconds=N, /_sim/reject_token?on=1|0 and
-/_sim/market_status?NSE_EQ=NORMAL_CLOSE; and Upstox's market timings, holidays and status
-(ingest/simulator/calendar_api.py);
+/_sim/market_status?NSE_EQ=NORMAL_CLOSE, /_sim/move?instrument_key=K&price=P (an underlying
+jumps there; its options follow); and Upstox's market timings, holidays and status
+(ingest/simulator/calendar_api.py), its option chain (ingest/simulator/chain_api.py);
 /_sim/throttle?n=N (the next N candle calls answer 429; ingest/simulator/candle_api.py).
 """
 
@@ -35,6 +36,7 @@ from websockets.protocol import State
 
 from core.upstox_wire import DEFAULT_MODE_LIMITS, FEED_PATH
 from ingest.simulator.calendar_api import SimulatedMarket
+from ingest.simulator.chain_api import ChainEndpoint
 from ingest.simulator.following import Following
 from ingest.simulator.frames import (
     ENCODERS,
@@ -127,16 +129,17 @@ class FeedSimulator:
         self.frame_interval = frame_interval
         self.mode_limits = dict(mode_limits)
         self.max_frame_bytes = max_frame_bytes
-        instruments = list(instruments)
+        universe = Universe(instruments, seed)
         # The instrument master it publishes: `instrument_file.replace(data)` serves another.
-        self.instrument_file = InstrumentFile(instruments, instruments_file)
+        self.instrument_file = InstrumentFile(lambda: universe.listing(clock()), instruments_file)
         self._gate = Gate(token)
         self.market = SimulatedMarket()
         self.minutes = MinuteBook(candle_days)
         self._rest = Rest(self, self._gate)
         self._login = LoginServer(self._gate, client_secret)
         self._tape = Tape(self.minutes, record, record_limit)
-        self._following = Following(Universe(instruments, seed))
+        self._following = Following(universe)
+        self.chain = ChainEndpoint(self._following, self._gate, clock)
         self._idle = IdleMarket(self._following, self.minutes, clock) if whole_market else None
         self._random = random.Random(seed).random
         self._sessions: list[_Session] = []
@@ -161,7 +164,7 @@ class FeedSimulator:
         )
         self._tasks = [asyncio.create_task(self._generate(), name="feed simulator")]
         if self._idle is not None:
-            idle = self._idle.run(self._following.universe_keys())
+            idle = self._idle.run(self._following.universe_keys(self._clock()))
             self._tasks.append(asyncio.create_task(idle, name="idle market"))
         await self._login.start(self._host)
 
@@ -270,6 +273,12 @@ class FeedSimulator:
             with contextlib.suppress(ConnectionClosed):
                 await session.connection.send(frame)
         return len(sessions)
+
+    def move(self, key: str, price: float) -> None:
+        """`key`'s price jumps to `price` now (an underlying, to move its chain's money)."""
+        if not price > 0:
+            raise ValueError(f"price must be positive, got {price}")
+        self._following.know(key, self._clock()).move_to(price)
 
     def stall(self, seconds: float) -> None:
         """Send no live frames for `seconds`; sockets stay open and keep answering pings."""
