@@ -1,4 +1,5 @@
-"""`tickvault audit`: a day's 1-minute bars against Upstox's candles, as a table or JSON.
+"""`tickvault audit`: a day's 1-minute bars against Upstox's candles, as a table or JSON
+(`--chain NIFTY`: an option chain instead, tickvault/chain_audit.py).
 
 Exit status 0 when every instrument is clean (or none had bars), 2 when the audit found
 differences, 1 when it could not run (no token, a refused token, no database, or no
@@ -23,6 +24,7 @@ from ingest.jobs.audit import run_audit
 from ingest.tokens import UpstoxAccess
 from ingest.upstox.candles import CandleError
 from store.local.url import database_url
+from tickvault.chain_audit import add_chain_arguments, chain_audit_command
 from tickvault.day_args import add_day_arguments, day_of, symbols_of
 
 DIFFERENCES_FOUND = 2
@@ -35,10 +37,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "audit", help="compare a day's 1-minute bars with Upstox's candles (parity audit)"
     )
     add_day_arguments(parser, every="every instrument with bars that day")
+    add_chain_arguments(parser)
     parser.set_defaults(handler=audit_command)
 
 
 def audit_command(settings: Settings, args: argparse.Namespace) -> int:
+    if args.chain:
+        return chain_audit_command(settings, args)
     day, symbols = day_of(args), symbols_of(args)
     try:
         # The environment's token, else the one `tickvault token set` stored.

@@ -5,9 +5,9 @@ Upstox answers with the chain as it stands while the request is in flight, so th
 known only to lie between the request's start and its answer. Each contract is therefore
 compared with our chain at both ends (`store.option_chain.option_chain(at=...)`, after the
 writer had time to commit what came before the answer) and agrees when either is within the
-tolerances: a tick that landed in flight is not a difference. Contracts Upstox lists that the
-ingest does not follow (outside the window of strikes, `ingest/chains/`) are counted, not
-compared.
+tolerances: a tick that landed in flight is not a difference. Contracts with no tick stored
+that day (outside the window of strikes the ingest follows, `ingest/chains/`) and contracts
+our instrument master does not list are counted, not compared.
 
 Tolerances (what "agrees" means; the feed and the chain carry the same numbers, so they are
 tight): LTP within one tick (0.05) or 0.1 % of Upstox's; OI within 0.5 %; IV within 1 % of
@@ -63,8 +63,8 @@ class ChainAuditReport:
     asked_at: datetime
     answered_at: datetime
     contracts: tuple[ContractCheck, ...]
-    not_followed: int  # contracts Upstox lists that the ingest does not follow
-    no_tick: int  # contracts we follow with no tick stored that day
+    unknown: int  # contracts Upstox lists that our instrument master does not
+    no_tick: int  # contracts with no tick stored that day (outside the followed window)
     missing_theirs: int  # contracts we follow that Upstox does not list
     differences: list[ContractCheck] = field(init=False)
 
@@ -87,7 +87,7 @@ class ChainAuditReport:
             "compared": len(self.contracts),
             "agree": len(self.contracts) - len(self.differences),
             "differ": len(self.differences),
-            "not_followed": self.not_followed,
+            "unknown": self.unknown,
             "no_tick": self.no_tick,
             "missing_theirs": self.missing_theirs,
             "differences": [
@@ -115,7 +115,7 @@ def compare_chains(
     ours_then = _sides(before)
     ours_now = _sides(after)
     checks: list[ContractCheck] = []
-    not_followed = no_tick = 0
+    unknown = no_tick = 0
     listed: set[str] = set()
     for row in theirs:
         for option_type, quoted in (("CE", row.call), ("PE", row.put)):
@@ -125,7 +125,7 @@ def compare_chains(
             ends = [s for s in (ours_then.get(quoted.instrument_key),
                                 ours_now.get(quoted.instrument_key)) if s is not None]  # fmt: skip
             if not ends:
-                not_followed += quoted.instrument_key not in ours_now
+                unknown += 1
                 continue
             if all(side.ts is None for side in ends):
                 no_tick += 1
@@ -138,7 +138,7 @@ def compare_chains(
         asked_at,
         answered_at,
         tuple(checks),
-        not_followed,
+        unknown,
         no_tick,
         missing,
     )
