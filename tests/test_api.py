@@ -335,6 +335,54 @@ def test_the_option_chains_followed_show_their_windows(live: httpx.Client) -> No
     assert len(listed) >= 22 + 4 * 62, "the chains' contracts are subscriptions like any other"
 
 
+def test_the_nifty_chain_of_the_simulator_answers_now_and_at_a_past_moment(
+    live: httpx.Client,
+) -> None:
+    """The simulator's own NIFTY chain, as the ingest follows it: now (from the published
+    ticks) a full window of strikes with both sides priced, and the same chain asked at a
+    moment just past answers from the stored ticks with the same strikes."""
+
+    def now() -> dict:
+        return live.get("/api/v1/option-chain/NIFTY").json()
+
+    # 15 strikes each side and the money, within a minute of the start.
+    wait_for(lambda: len(priced_sides(now())) >= 31, timeout=60)
+    latest = now()
+    assert latest["at"] is None
+    assert latest["underlying_price"] > 0
+    assert latest["atm_strike"] in priced_sides(latest)
+    assert latest["pcr"] > 0
+
+    def stored_a_second_ago() -> tuple[datetime, dict]:
+        moment = datetime.now(UTC) - timedelta(seconds=1)
+        past = live.get("/api/v1/option-chain/NIFTY", params={"at": moment.isoformat()})
+        assert past.status_code in (200, 404), past.text  # 404: before the chain's first tick
+        return moment, past.json()
+
+    # The chain's first ticks are committed a moment after they are published.
+    wait_for(lambda: len(priced_sides(stored_a_second_ago()[1])) >= 31, timeout=30)
+    moment, past = stored_a_second_ago()
+    assert past["at"] is not None
+    assert all(
+        datetime.fromisoformat(side["ts"]) <= moment
+        for row in past["strikes"]
+        for side in (row["call"] or {}, row["put"] or {})
+        if side.get("ts")
+    )
+
+
+def priced_sides(chain: dict) -> list[float]:
+    """The strikes of `chain` (an option-chain answer, or an error's) priced on both sides."""
+    sides = [
+        (row["strike"], row["call"] or {}, row["put"] or {}) for row in chain.get("strikes", [])
+    ]
+    return [
+        strike
+        for strike, call, put in sides
+        if call.get("ltp") and put.get("ltp") and call.get("iv")
+    ]
+
+
 def test_subscribe_and_unsubscribe_a_symbol(live: httpx.Client) -> None:
     key = {"X-API-Key": API_KEY}
     body = {"symbols": ["VSTIND"], "mode": "ltpc"}
