@@ -48,8 +48,8 @@ CHEAP = RouteClass("cheap", limit=6, queue=64, wait_s=2.0)
 EXPENSIVE = RouteClass("expensive", limit=1, queue=4, wait_s=1.0)
 POOL_SIZE = CHEAP.limit + EXPENSIVE.limit
 
-# Routes not named here read no database (health, metrics, status, the latest-ticks
-# shortcut) or need the API key (subscription changes, POST audit, the token).
+# Routes not named here read no database (health, metrics, status and its option windows,
+# the latest-ticks shortcut) or need the API key (subscription changes, POST audit, the token).
 ROUTE_CLASSES: dict[tuple[str, str], RouteClass] = {
     ("GET", "/api/v1/bars/{symbol}"): CHEAP,
     ("GET", "/api/v1/market/calendar"): CHEAP,

@@ -110,7 +110,12 @@ def wait_for(condition: Callable[[], object], timeout: float = 60) -> None:
 
 
 @contextmanager
-def live_api(apache_server: DbServer, data_dir: Path, min_free_gb: float = 1.0) -> Iterator[str]:
+def live_api(
+    apache_server: DbServer,
+    data_dir: Path,
+    min_free_gb: float = 1.0,
+    option_chains: tuple[str, ...] = ("NIFTY", "BANKNIFTY"),
+) -> Iterator[str]:
     """The API with the ingest running, once ticks are flowing into the database."""
     with sample_database(apache_server) as url:
         config = Settings(
@@ -119,6 +124,7 @@ def live_api(apache_server: DbServer, data_dir: Path, min_free_gb: float = 1.0) 
             rollup_interval_s=1,
             api_key=Secret(API_KEY),
             min_free_gb=min_free_gb,
+            option_chains=option_chains,
         )
         with (
             ingest_beside(config, url),

@@ -146,6 +146,7 @@ OUTSIDE_THE_BUDGET = {
     ("GET", "/health"),
     ("GET", "/metrics"),
     ("GET", "/api/v1/websocket/status"),
+    ("GET", "/api/v1/websocket/option-windows"),  # the status's chains: no database
     ("POST", "/api/v1/websocket/subscriptions"),
     ("DELETE", "/api/v1/websocket/subscriptions/{symbol}"),
     ("POST", "/api/v1/audit"),

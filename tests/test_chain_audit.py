@@ -8,8 +8,6 @@ import asyncio
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from ingest.tokens import UpstoxAccess
 from ingest.upstox.option_chain import QuotedSide, QuotedStrike
 from store.instruments import default_sample_path, load_instruments
 from store.option_chain import OptionChain, Side, StrikeRow
+from tests.test_ingest_e2e import _wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 NOW = datetime(2026, 12, 4, 5, 12, 15, tzinfo=UTC)
@@ -73,13 +72,6 @@ def test_a_contract_agrees_with_either_end_of_the_request_and_differences_are_na
     assert not within("oi", None, 10.0)
     clean = compare_chains(after, after, theirs[:1], NOW, NOW)
     assert [c.agrees for c in clean.contracts] == [True, False]
-
-
-async def _wait_for(condition: Callable[[], bool], seconds: float = 40.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting"
-        await asyncio.sleep(0.2)
 
 
 def _stored(url: str) -> tuple[int, int]:

@@ -208,7 +208,10 @@ def simulated_db_url(
         with psycopg.connect(url) as conn:
             load_instruments(conn, default_sample_path())
         settings = Settings(
-            data_dir=tmp_path_factory.mktemp("ingest"), simulator_rate=5000, rollup_interval_s=1
+            data_dir=tmp_path_factory.mktemp("ingest"),
+            simulator_rate=5000,
+            rollup_interval_s=1,
+            option_chains=(),  # the universe alone: its notebook counts every key stored
         )
         asyncio.run(_run_ingest(settings, url, INGEST_SECONDS))
         with psycopg.connect(url) as conn:

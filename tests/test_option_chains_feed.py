@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from ingest.service import WebSocketService
 from ingest.simulator.chains import INDEX_CHAINS, close_ms, expiry_dates
 from store.instruments import default_sample_path, load_instruments
 from tests.clock import FeedClock
+from tests.test_ingest_e2e import _wait_for
 
 NIFTY = "NSE_INDEX|Nifty 50"
 
@@ -42,14 +42,6 @@ def _settings(tmp_path: Path, **overrides: object) -> Settings:
     )
 
 
-async def _wait_for(condition: Callable[[], bool], seconds: float = 30.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting")
-        await asyncio.sleep(0.1)
-
-
 def _windows(service: WebSocketService) -> list[tuple[str, date, float, float, float, int]]:
     chains = service.status().option_chains
     assert chains is not None
@@ -57,6 +49,12 @@ def _windows(service: WebSocketService) -> list[tuple[str, date, float, float, f
         (w.underlying, w.expiry, w.atm_strike, w.low_strike, w.high_strike, w.key_count)
         for w in chains.windows
     ]
+
+
+def _count(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT count(*) FROM ticks").fetchone()
+    return row[0] if row else 0
 
 
 def _option_keys(url: str, underlying: str) -> dict[str, tuple[date, float]]:
@@ -76,7 +74,7 @@ def test_follows_nifty_and_banknifty_and_recentres_as_nifty_moves(
         service = WebSocketService(_settings(tmp_path), instruments_db, record_simulator=True)
         await service.start()
         try:
-            await _wait_for(lambda: len(_windows(service)) == 4)
+            await _wait_for(lambda: len(_windows(service)) == 4, 30)
             first = _windows(service)
             simulator = service.simulator
             assert simulator is not None
@@ -93,6 +91,10 @@ def test_follows_nifty_and_banknifty_and_recentres_as_nifty_moves(
             await asyncio.sleep(1.5)  # a round after the change
             moved = _windows(service)
             held = set(service.ws_client.subscribed_keys)
+            # The market pauses before the stop: a frame sent into a closing socket is
+            # counted as sent and never heard, by anyone.
+            simulator.stall(60)
+            await _wait_for(lambda: _count(instruments_db) == len(simulator.sent_ticks()))
         finally:
             await service.stop()
         return first, hovering, moved, held, simulator
@@ -144,7 +146,7 @@ def test_an_expiry_passes_its_contracts_are_dropped_and_kept_and_the_next_is_fol
         service = WebSocketService(_settings(tmp_path), instruments_db)
         await service.start()
         try:
-            await _wait_for(lambda: len(_windows(service)) == 4)
+            await _wait_for(lambda: len(_windows(service)) == 4, 30)
             before = _windows(service)
             await clock.sleep_until(datetime.fromtimestamp(expiry_close / 1000, UTC))
             await _wait_for(lambda: {w[1] for w in _windows(service)} & {days[0]} == set())
@@ -196,7 +198,7 @@ def test_a_restart_resumes_the_chains_and_drops_what_no_window_wants(
         service = WebSocketService(_settings(tmp_path, option_strikes=strikes), instruments_db)
         await service.start()
         try:
-            await _wait_for(lambda: len(_windows(service)) == 4)
+            await _wait_for(lambda: len(_windows(service)) == 4, 30)
             await asyncio.sleep(1.5)  # a round after the windows
             return _windows(service), set(service.ws_client.subscribed_keys)
         finally:

@@ -120,6 +120,13 @@ async def _sim(service: WebSocketService, hook: str) -> None:
         (await http.get(f"/_sim/{hook}")).raise_for_status()
 
 
+def _logged(url: str) -> list[tuple[str, str]]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(
+            "SELECT segment, status FROM market_segment_status ORDER BY at, segment"
+        ).fetchall()
+
+
 def _service(tmp_path: Path, url: str) -> WebSocketService:
     settings = Settings(data_dir=tmp_path / "data", simulator_rate=2000, stall_s=2.0)
     return WebSocketService(settings, url, record_simulator=True)
@@ -169,6 +176,8 @@ def test_silence_out_of_session_is_left_alone(
         await service.start()
         try:
             await _wait_for(lambda: _rows_written(service) > 600)
+            # The open market logged first (the statuses are logged once a second).
+            await _wait_for(lambda: ("NSE_EQ", "NORMAL_OPEN") in _logged(instruments_db))
             await _sim(service, f"market_status?{closed}")
             await _wait_for(
                 lambda: service.status().pipeline.market_status.get("NSE_EQ") == "NORMAL_CLOSE"
@@ -190,10 +199,7 @@ def test_silence_out_of_session_is_left_alone(
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], [
         r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING
     ]
-    with psycopg.connect(instruments_db) as conn:
-        logged = conn.execute(
-            "SELECT segment, status FROM market_segment_status ORDER BY at, segment"
-        ).fetchall()
+    logged = _logged(instruments_db)
     # The ingest logged the simulator's open market, then its close, once each.
     assert ("NSE_EQ", "NORMAL_OPEN") in logged
     assert logged[-3:] == [
