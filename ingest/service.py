@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import signal
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import asdict, replace
@@ -441,6 +442,20 @@ class WebSocketService:
         with self._pool.connection() as conn:
             state = load_recovery_state(conn, self._journal.journal_id)
         return functools.partial(self._pipeline.journal_ticks, decoder=state.decoder())
+
+
+async def serve_until_signalled(service: WebSocketService) -> None:
+    """Start `service`, run it until SIGINT or SIGTERM, then stop it cleanly (its open batch
+    written): what `tickvault ingest` runs."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await service.start()
+    try:
+        await stop.wait()
+    finally:
+        await service.stop()
 
 
 def _publishing(

@@ -25,6 +25,7 @@ from datetime import UTC, date, datetime
 import psycopg
 
 from core.ist import day_bounds, ist_day
+from store.bars import OPTION_CHAIN_COLUMNS
 from store.instruments import UnknownSymbol
 from store.tick_row import TICK_COLUMNS, Tick, to_datetime
 
@@ -417,18 +418,7 @@ HISTORY_COLUMNS = (
     "strike",
     "option_type",
     "instrument_key",
-    "ltp",
-    "bid_price",
-    "ask_price",
-    "volume",
-    "oi",
-    "iv",
-    "delta",
-    "theta",
-    "gamma",
-    "vega",
-    "rho",
-    "last_ts",
+    *OPTION_CHAIN_COLUMNS[1:-1],  # ltp .. last_ts: the stored minute, less its tick count
     "underlying_price",
     "atm_strike",
 )

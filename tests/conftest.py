@@ -17,8 +17,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import psycopg
 import pytest
 
+from store.instruments import default_sample_path, load_instruments
 from store.local.cluster import LocalCluster
 from store.local.postgres import PgInstall, find_bindir
 from store.local.url import create_database, drop_database
@@ -134,6 +136,14 @@ def db_url(apache_server: DbServer) -> Iterator[str]:
     url = apache_server.create_database()
     yield url
     apache_server.drop_database(url)
+
+
+@pytest.fixture
+def instruments_db(db_url: str) -> str:
+    """A fresh, migrated database with the sample instrument master loaded."""
+    with psycopg.connect(db_url) as conn:
+        load_instruments(conn, default_sample_path())
+    return db_url
 
 
 @pytest.fixture(params=["apache", "community"])

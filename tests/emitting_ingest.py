@@ -8,10 +8,9 @@ before the start, so it is given the journal's frames again after a crash.
 from __future__ import annotations
 
 import asyncio
-import signal
 
 from core.config import Settings
-from ingest.service import WebSocketService, emit_signal
+from ingest.service import WebSocketService, emit_signal, serve_until_signalled
 from ingest.tick_data import TickData
 from tickvault.logs import configure_logging
 
@@ -37,15 +36,7 @@ class EveryTick:
 async def _serve(settings: Settings) -> None:
     service = WebSocketService(settings, settings.database_url or "")
     await service.register_handler(EveryTick(pause_every=100, pause_s=0.1).handle_tick)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    await service.start()
-    try:
-        await stop.wait()
-    finally:
-        await service.stop()
+    await serve_until_signalled(service)
 
 
 if __name__ == "__main__":

@@ -5,9 +5,7 @@ the store has what the feed sent, and a changed stored OI is found and named."""
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from ingest.tokens import UpstoxAccess
 from ingest.upstox.option_chain import QuotedSide, QuotedStrike
 from store.instruments import default_sample_path, load_instruments
 from store.option_chain import OptionChain, Side, StrikeRow
+from tests.test_audit import cli_audit
 from tests.test_ingest_e2e import _wait_for
 
 REPO = Path(__file__).resolve().parent.parent
@@ -83,26 +82,6 @@ def _stored(url: str) -> tuple[int, int]:
     return row[0], row[1]
 
 
-def _cli(url: str, data_dir: Path, api_base: str, *args: str) -> tuple[int, str, str]:
-    env = {
-        **os.environ,
-        "TICKVAULT_DATABASE_URL": url,
-        "TICKVAULT_DATA_DIR": str(data_dir),
-        "UPSTOX_ACCESS_TOKEN": "chain-audit-token",
-        "UPSTOX_API_BASE": api_base,
-        "TICKVAULT_LOG_LEVEL": "WARNING",
-    }
-    done = subprocess.run(
-        [sys.executable, "-m", "tickvault", "audit", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    return done.returncode, done.stdout, done.stderr
-
-
 def test_the_chain_audit_is_clean_on_the_simulator_and_finds_a_changed_oi(
     db_url: str, tmp_path: Path
 ) -> None:
@@ -134,8 +113,11 @@ def test_the_chain_audit_is_clean_on_the_simulator_and_finds_a_changed_oi(
             assert len(report.contracts) >= 20
             assert report.no_tick > 0  # the endpoint lists strikes outside our window
 
+            audit_settings = replace(
+                settings, upstox_access_token=Secret("chain-audit-token"), upstox_api_base=api_base
+            )
             status, out, err = await asyncio.to_thread(
-                _cli, db_url, settings.data_dir, api_base, "--chain", "NIFTY"
+                cli_audit, audit_settings, db_url, "--chain", "NIFTY"
             )
             assert (status, err) == (0, "")
             assert "chain audit of NIFTY" in out
@@ -151,14 +133,14 @@ def test_the_chain_audit_is_clean_on_the_simulator_and_finds_a_changed_oi(
             altered = await run_chain_audit(db_url, access, "NIFTY", settle_s=0.2)
             assert [c.instrument_key for c in altered.differences] == [changed]
             status, out, err = await asyncio.to_thread(
-                _cli, db_url, settings.data_dir, api_base, "--chain", "NIFTY", "--json"
+                cli_audit, audit_settings, db_url, "--chain", "NIFTY", "--json"
             )
             assert status == 2
             assert changed in out
             assert "1 of" in err
 
             status, _, err = await asyncio.to_thread(
-                _cli, db_url, settings.data_dir, api_base, "--chain", "NOSUCHINDEX"
+                cli_audit, audit_settings, db_url, "--chain", "NOSUCHINDEX"
             )
             assert status == 1
             assert "NOSUCHINDEX" in err

@@ -24,12 +24,7 @@ from ingest.service import WebSocketService
 from ingest.simulator import FeedSimulator
 from store.instruments import instrument_records
 from tests.conftest import DbServer
-from tests.test_ingest_e2e import (  # noqa: F401 (instruments_db is a fixture)
-    _assert_exactly_once,
-    _ingest_process,
-    _wait_for,
-    instruments_db,
-)
+from tests.test_ingest_e2e import _assert_exactly_once, _ingest_process, _wait_for
 
 # The pool's own reconnects back off 1, 2, 4 ... 32 s without a cap: an outage of this long
 # leaves its next attempt tens of seconds after the database is back.
@@ -74,7 +69,7 @@ async def _quiet_stop(service: WebSocketService, simulator: FeedSimulator) -> fl
 
 def test_the_ingest_writes_within_seconds_of_the_database_return_after_a_long_outage(
     apache_server: DbServer,
-    instruments_db: str,  # noqa: F811
+    instruments_db: str,
     tmp_path: Path,
 ) -> None:
     cluster = _cluster(apache_server)
@@ -107,7 +102,7 @@ def test_the_ingest_writes_within_seconds_of_the_database_return_after_a_long_ou
 
 def test_a_stop_during_an_outage_ends_at_once_and_the_next_start_writes_every_tick_once(
     apache_server: DbServer,
-    instruments_db: str,  # noqa: F811
+    instruments_db: str,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -148,7 +143,7 @@ def test_a_stop_during_an_outage_ends_at_once_and_the_next_start_writes_every_ti
 
 def test_sigterm_to_tickvault_ingest_during_an_outage_ends_it_in_seconds(
     apache_server: DbServer,
-    instruments_db: str,  # noqa: F811
+    instruments_db: str,
     tmp_path: Path,
 ) -> None:
     """The process as `tickvault run` supervises it: SIGTERM mid-outage, then a restart once

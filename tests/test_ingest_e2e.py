@@ -24,7 +24,7 @@ from ingest.service import WebSocketService
 from ingest.simulator import FeedSimulator
 from ingest.status import IngestStatus
 from ingest.tick_data import TickData
-from store.instruments import default_sample_path, instrument_records, load_instruments
+from store.instruments import instrument_records
 from tests.clock import FeedClock
 from tests.conftest import REPO, DbServer
 
@@ -45,13 +45,6 @@ def _assert_exactly_once(url: str, simulator: FeedSimulator) -> None:
     assert len(sent) > 500, "the simulator should have streamed a good number of ticks"
     assert len(stored) == len(set(stored)), "a tick was written twice"
     assert sorted(stored) == sorted(sent)
-
-
-@pytest.fixture
-def instruments_db(db_url: str) -> str:
-    with psycopg.connect(db_url) as conn:
-        load_instruments(conn, default_sample_path())
-    return db_url
 
 
 def _settings(tmp_path: Path, **overrides: object) -> Settings:

@@ -24,7 +24,7 @@ import pytest
 from core.config import Secret, Settings
 from ingest.service import WebSocketService
 from ingest.simulator import FeedSimulator
-from store.instruments import default_sample_path, instrument_records, load_instruments
+from store.instruments import instrument_records
 from tickvault import cli
 from tickvault.logs import ERRORS_LOG, TRADING_LOG, configure_logging
 
@@ -238,13 +238,6 @@ def test_the_ingest_loggers_answer_to_websocket(restored_logging: None) -> None:
     assert [(r.name, r.levelname, r.getMessage()) for r in seen] == [
         ("ingest.service", "DEBUG", "the feed's debug output")
     ]
-
-
-@pytest.fixture
-def instruments_db(db_url: str) -> str:
-    with psycopg.connect(db_url) as conn:
-        load_instruments(conn, default_sample_path())
-    return db_url
 
 
 def test_websocket_debug_turns_on_the_feeds_debug_output_in_a_running_service(

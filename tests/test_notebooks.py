@@ -31,10 +31,8 @@ from ingest.jobs.audit import run_audit
 from ingest.service import WebSocketService
 from ingest.simulator import FeedSimulator
 from ingest.tokens import UpstoxAccess
-from store import subscriptions
 from store.instruments import (
     default_sample_path,
-    fno_universe,
     instrument_records,
     load_instruments,
 )
@@ -170,9 +168,9 @@ PROBES = {
 OPTION_NOTEBOOKS = {"option_chain.ipynb"}
 
 
-async def _run_ingest(settings: Settings, url: str, seconds: float) -> None:
-    """The ingest on a simulator for `seconds`, then the day's parity audit against that
-    simulator's candles, as the post-close audit would run it."""
+async def _run_ingest(settings: Settings, url: str, seconds: float, audit: bool = True) -> None:
+    """The ingest on a simulator for `seconds`, then (`audit`) the day's parity audit against
+    that simulator's candles, as the post-close audit would run it."""
     with psycopg.connect(url) as conn:
         records = instrument_records(conn)
     async with FeedSimulator(records, rate=settings.simulator_rate) as simulator:
@@ -187,6 +185,8 @@ async def _run_ingest(settings: Settings, url: str, seconds: float) -> None:
             await asyncio.sleep(0.5)
         finally:
             await service.stop()
+        if not audit:
+            return
         # The audit leaves the minute in progress out: wait for the last minute heard to end,
         # as an audit after the close would.
         now = datetime.now(IST)
@@ -222,33 +222,6 @@ def simulated_db_url(
         apache_server.drop_database(url)
 
 
-async def _run_options_ingest(settings: Settings, url: str, seconds: float) -> None:
-    """The ingest on a simulator for `seconds`, following the sample's NIFTY options (in
-    option_greeks mode) beside the universe: recorded as subscriptions it resumes at start."""
-    with psycopg.connect(url) as conn:
-        records = instrument_records(conn)
-        options = [
-            key
-            for (key,) in conn.execute(
-                "SELECT instrument_key FROM instruments"
-                " WHERE underlying_symbol = 'NIFTY' AND instrument_type IN ('CE', 'PE')"
-            )
-        ]
-        subscriptions.upsert(conn, options, "option_greeks", "pending")
-        universe = [*fno_universe(conn), *settings.index_keys]
-        subscriptions.upsert(conn, universe, settings.feed_mode, "pending")
-    async with FeedSimulator(records, rate=settings.simulator_rate) as simulator:
-        settings = replace(
-            settings, upstox_access_token=Secret("notebook-test"), upstox_api_base=simulator.url
-        )
-        service = WebSocketService(settings, url)
-        await service.start()
-        try:
-            await asyncio.sleep(seconds)
-        finally:
-            await service.stop()
-
-
 @pytest.fixture(scope="module")
 def simulated_options_db_url(
     apache_server: conftest.DbServer, tmp_path_factory: pytest.TempPathFactory
@@ -261,7 +234,8 @@ def simulated_options_db_url(
         settings = Settings(
             data_dir=tmp_path_factory.mktemp("ingest"), simulator_rate=5000, rollup_interval_s=1
         )
-        asyncio.run(_run_options_ingest(settings, url, INGEST_SECONDS))
+        # The ingest follows NIFTY's chain (the default): the sample master's few contracts.
+        asyncio.run(_run_ingest(settings, url, INGEST_SECONDS, audit=False))
         with psycopg.connect(url) as conn:
             (ticks,) = conn.execute("SELECT count(*) FROM ticks WHERE delta IS NOT NULL").fetchone()
         assert ticks > 0, "the simulated ingest wrote no option ticks: nothing to read"

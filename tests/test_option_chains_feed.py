@@ -18,18 +18,10 @@ import pytest
 from core.config import Settings
 from ingest.service import WebSocketService
 from ingest.simulator.chains import INDEX_CHAINS, close_ms, expiry_dates
-from store.instruments import default_sample_path, load_instruments
 from tests.clock import FeedClock
 from tests.test_ingest_e2e import _wait_for
 
 NIFTY = "NSE_INDEX|Nifty 50"
-
-
-@pytest.fixture
-def instruments_db(db_url: str) -> str:
-    with psycopg.connect(db_url) as conn:
-        load_instruments(conn, default_sample_path())
-    return db_url
 
 
 def _settings(tmp_path: Path, **overrides: object) -> Settings:

@@ -13,7 +13,6 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from core.config import Settings
@@ -30,7 +29,6 @@ from ingest.channels.latest_table import (
 )
 from ingest.service import WebSocketService
 from ingest.status import BarsStatus, CacheStatus, FeedStatus, IngestStatus
-from store.instruments import default_sample_path, load_instruments
 from store.tick_row import TICK_COLUMNS, TICK_PG_TYPES
 from tests.conftest import REPO
 
@@ -403,13 +401,6 @@ def test_the_cache_hands_over_what_changed() -> None:
     cache.on_frame(3, [full_tick("B", 2), full_tick("C", 2)])
     assert cache.take_changed() == {"B": full_tick("B", 2)}
     assert cache.status().ignored_instruments == 2
-
-
-@pytest.fixture
-def instruments_db(db_url: str) -> str:
-    with psycopg.connect(db_url) as conn:
-        load_instruments(conn, default_sample_path())
-    return db_url
 
 
 def test_the_service_publishes_what_its_cache_holds(instruments_db: str, tmp_path: Path) -> None:

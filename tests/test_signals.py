@@ -40,9 +40,7 @@ from store.signals import SignalRow
 from tests.conftest import REPO
 from tests.emitting_ingest import EveryTick
 from tests.test_api import serve
-from tests.test_ingest_e2e import _assert_exactly_once, _settings, _wait_for, instruments_db
-
-__all__ = ["instruments_db"]  # the fixture, shared with the end-to-end tests
+from tests.test_ingest_e2e import _assert_exactly_once, _settings, _wait_for
 
 INFY = "NSE_EQ|INE009A01021"
 

@@ -20,7 +20,6 @@ from ingest.client.watchdog import StallWatch, market_statuses, segments_of
 from ingest.service import WebSocketService
 from ingest.simulator.frames import market_info_frame, snapshot_frame
 from ingest.upstox.proto import upstox_feed_v3_pb2 as pb
-from store.instruments import default_sample_path, load_instruments
 from tests.test_ingest_e2e import _assert_exactly_once, _wait_for
 
 OPEN = {"NSE_EQ": "NORMAL_OPEN"}
@@ -100,13 +99,6 @@ def test_market_info_frames_are_told_from_data_frames() -> None:
 
 
 # --- the wiring, with the real ingest and simulator ---------------------------------------
-
-
-@pytest.fixture
-def instruments_db(db_url: str) -> str:
-    with psycopg.connect(db_url) as conn:
-        load_instruments(conn, default_sample_path())
-    return db_url
 
 
 def _rows_written(service: WebSocketService) -> int:

@@ -30,7 +30,7 @@ from ingest.service import WebSocketService
 from ingest.simulator import FeedSimulator
 from ingest.status import IngestStatus
 from ingest.tokens import MAX_FILE_BYTES, choose_token, load_token, save_token, token_path
-from store.instruments import default_sample_path, instrument_records, load_instruments
+from store.instruments import instrument_records
 from tests.conftest import REPO
 from tests.test_api import API_KEY, client, serve
 from tests.test_ingest_e2e import _assert_exactly_once, _wait_for
@@ -40,13 +40,6 @@ NEW = "new-token-c47a0f13"
 TOKEN_ROUTE = "/api/v1/token"
 
 Swap = Callable[[Path], Awaitable[None]]
-
-
-@pytest.fixture
-def instruments_db(db_url: str) -> str:
-    with psycopg.connect(db_url) as conn:
-        load_instruments(conn, default_sample_path())
-    return db_url
 
 
 def _settings(data_dir: Path, simulator: FeedSimulator, **overrides: object) -> Settings:

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -276,7 +275,7 @@ def _api_logging(settings: Settings) -> None:
 def _ingest(settings: Settings, args: argparse.Namespace) -> int:
     from ingest.journal_dir import JournalInUse, journal_holder
     from ingest.recovery import JournalMismatch
-    from ingest.service import WebSocketService
+    from ingest.service import WebSocketService, serve_until_signalled
     from tickvault.supervisor import EXIT_CANNOT_RUN, die_with_supervisor
 
     die_with_supervisor()
@@ -293,21 +292,9 @@ def _ingest(settings: Settings, args: argparse.Namespace) -> int:
         flush=True,
     )
 
-    async def serve() -> None:
-        service = WebSocketService(settings, url)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        await service.start()
-        try:
-            await stop.wait()
-        finally:
-            await service.stop()
-
     try:
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(serve())
+            asyncio.run(serve_until_signalled(WebSocketService(settings, url)))
     except (JournalInUse, JournalMismatch) as error:  # no restart fixes either
         why = (
             journal_cmd.in_use_line(settings, error.holder)
