@@ -410,6 +410,7 @@ def test_health_and_status_follow_what_the_ingest_publishes(
 
     try:
         with serve(app) as base, client(base) as http:
+            publisher.publish([])  # a fresh heartbeat: the server's start may take over 1 s
             assert "has not published its status yet" in http.get("/health").json()["reason"]
             response = http.get(STATUS)
             assert response.status_code == 503

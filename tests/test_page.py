@@ -304,8 +304,9 @@ def test_the_page_speaks_the_stream_protocol(
         page.locator("#symbol").fill("TCS")
         page.locator("#symbol").press("Enter")
         page.locator("#intervals button[value='1h']").click()
-        page.wait_for_function(
-            "tickvault.chart.symbol === 'TCS' && tickvault.chart.interval.name === '1h'"
+        page.wait_for_function(  # two history loads from the database: slow on a busy machine
+            "tickvault.chart.symbol === 'TCS' && tickvault.chart.interval.name === '1h'",
+            timeout=30_000,
         )
         moves = stream.sent[stream.sockets.index(chart)][-2:]
         assert moves == [
