@@ -87,6 +87,7 @@ async def run(config: dict[str, Any]) -> dict[str, Any]:
         upstox_api_base=config["feed_url"],
         batch_rows=config["batch_rows"],
         batch_ms=config["batch_ms"],
+        queue_max_rows=config.get("queue_max_rows") or Settings().queue_max_rows,
         log_level="WARNING",
         option_chains=tuple(config.get("option_chains", ())),
     )

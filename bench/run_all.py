@@ -26,12 +26,22 @@ BENCHMARKS = (
     "offline",
     "throughput",
     "replay",
+    "ceiling",
     "latency",
     "api",
     "read_path",
     "stream",
     "option_chain",
 )
+# The ceiling run offers the replayed frames at this multiple of the same run's raw COPY rate:
+# more than the store can take, so what it commits is its ceiling, and the overload is 2x.
+CEILING_OVER_RAW_COPY = 2.0
+# Slices of the ceiling run's window whose committed rates must stay near the whole window's:
+# a collapse under overload shows as a slow last slice.
+OVERLOAD_SLICE_S = 10.0
+# The writer's memory bound in the second ceiling run: two batches, so it writes from the
+# journal for most of the window, the path an overload longer than the default bound takes.
+JOURNAL_BOUND_ROWS = 2 * ingest.BATCH_ROWS
 # The default TICKVAULT_BATCH_MS first, then 100 ms side by side if the default is another:
 # the batch age bounds a tick's receipt-to-commit time.
 LATENCY_BATCH_MS = tuple(dict.fromkeys((ingest.BATCH_MS, 100)))
@@ -78,6 +88,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     window = min(seconds, 30.0)
     warmup = 2.0 if quick else 5.0
     chosen = args.only or BENCHMARKS
+    if "ceiling" in chosen and "offline" not in chosen:
+        chosen = ["offline", *chosen]  # its offered rate is a multiple of raw COPY's
     results: dict[str, Any] = {
         "machine": machine(),
         "settings": {
@@ -126,6 +138,28 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         switch_interval=args.switch_interval,
                     )
                 )
+            if "ceiling" in chosen:
+                rate = (
+                    CEILING_OVER_RAW_COPY * results["offline"]["writers"]["raw_copy"]["rows_per_s"]
+                )
+                for name, bound in (("ceiling", None), ("ceiling_journal", JOURNAL_BOUND_ROWS)):
+                    _step(
+                        f"{name}: replayed frames at {rate:,.0f} ticks/s for {seconds:g} s"
+                        + (f", writer bound {bound:,} rows" if bound else "")
+                    )
+                    results[name] = ingest.summarize(
+                        ingest.run_ingest(
+                            server,
+                            instruments,
+                            rate,
+                            seconds,
+                            warmup,
+                            replay=frames_path,
+                            switch_interval=args.switch_interval,
+                            check_ledger=True,
+                            queue_max_rows=bound,
+                        )
+                    )
             if "latency" in chosen:
                 results["latency"] = {}
                 for batch_ms in LATENCY_BATCH_MS[:1] if quick else LATENCY_BATCH_MS:
@@ -219,6 +253,61 @@ def _us_per_tick(run: dict[str, Any]) -> dict[str, float]:
     return {k: v * 1e6 / rate for k, v in run["cpu_cores"].items() if k != "machine"}
 
 
+def slice_rates(timeline: list[list[float]], slice_s: float = OVERLOAD_SLICE_S) -> list[float]:
+    """Committed ticks/s of each whole `slice_s` of a run's timeline (samples of
+    [s into the window, decoded, committed, queue rows], about a second apart)."""
+    rates, start = [], timeline[0] if timeline else None
+    for point in timeline[1:]:
+        if start is not None and point[0] - start[0] >= slice_s - 0.5:
+            rates.append((point[2] - start[2]) / (point[0] - start[0]))
+            start = point
+    return rates
+
+
+OVERLOAD_KEYS = (
+    "e2e_ceiling_ticks_per_s",
+    "e2e_ceiling_over_raw_copy",
+    "e2e_ceiling_offered_per_s",
+    "e2e_ceiling_sent_per_s",
+    "e2e_overload_worst_slice_over_ceiling",
+    "e2e_overload_vm_hwm_mib",
+    "e2e_overload_rows_lost",
+    "e2e_overload_journal_ticks_per_s",
+    "e2e_overload_journal_over_ceiling",
+    "e2e_overload_journal_rows_lost",
+)
+
+
+def overload(results: dict[str, Any]) -> dict[str, float | None]:
+    """The ceiling run's figures (None without one): its committed rate against the same
+    run's raw COPY, its slowest slice against the whole window (levelling off, not
+    collapsing), its peak memory and what it lost."""
+    ceiling = results.get("ceiling")
+    if ceiling is None:
+        return dict.fromkeys(OVERLOAD_KEYS)
+    rate = ceiling["committed_per_s"]
+    slices = slice_rates(ceiling["timeline"])
+    journal = results["ceiling_journal"]
+    values = (
+        rate,
+        round(rate / results["offline"]["writers"]["raw_copy"]["rows_per_s"], 3),
+        ceiling["offered_per_s"],
+        ceiling["sent_per_s"],
+        round(min(slices) / rate, 3) if slices and rate else None,
+        ceiling["vm_hwm_mib"],
+        _lost(ceiling["ledger"]),
+        journal["committed_per_s"],
+        round(journal["committed_per_s"] / rate, 3) if rate else None,
+        _lost(journal["ledger"]),
+    )
+    return dict(zip(OVERLOAD_KEYS, values, strict=True))
+
+
+def _lost(ledger: dict[str, int]) -> int:
+    """Committed rows not stored, and holes in the committed journal seqs."""
+    return ledger["holes"] + ledger["rows_recorded"] - ledger["rows_stored"]
+
+
 def table(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(measurement, result, target) rows, in the order BENCHMARKS.md shows them."""
     rows: list[tuple[str, str, str]] = []
@@ -238,6 +327,36 @@ def table(results: dict[str, Any]) -> list[tuple[str, str, str]]:
             ),
             ("  CPU cores busy in that window", _cpu(t["cpu_cores"]), "2 cores in all"),
             ("  peak RSS of the ingest process (VmHWM)", f"{_n(t['vm_hwm_mib'])} MiB", "report"),
+        ]
+    figures = overload(results)
+    if "ceiling" in results:
+        c = results["ceiling"]
+        rows += [
+            (
+                f"Ceiling: committed ticks/s, replayed frames offered at"
+                f" {c['offered_per_s']:,.0f}/s ({CEILING_OVER_RAW_COPY:g}x raw COPY),"
+                f" {c['window_s']:g} s",
+                f"{_n(c['committed_per_s'])} (sent {_n(c['sent_per_s'])}, decoded"
+                f" {_n(c['decoded_per_s'])}; {figures['e2e_ceiling_over_raw_copy']:.2f} of raw"
+                f" COPY; journal-only spills {c['journal_only_spills']})",
+                f">= 0.8 of raw COPY: {_verdict(figures['e2e_ceiling_over_raw_copy'] >= 0.8)}",
+            ),
+            ("  CPU cores busy in that window", _cpu(c["cpu_cores"]), "report"),
+            (
+                f"  slowest {OVERLOAD_SLICE_S:g} s of that overload / the whole window; peak RSS;"
+                " rows lost",
+                f"{figures['e2e_overload_worst_slice_over_ceiling']};"
+                f" {_n(c['vm_hwm_mib'])} MiB; {figures['e2e_overload_rows_lost']}",
+                ">= 0.9; bounded; 0",
+            ),
+            (
+                f"  the same through the journal (writer bound {JOURNAL_BOUND_ROWS:,} rows)",
+                f"{_n(results['ceiling_journal']['committed_per_s'])}"
+                f" ({figures['e2e_overload_journal_over_ceiling']} of the ceiling; journal-only"
+                f" spills {results['ceiling_journal']['journal_only_spills']}; rows lost"
+                f" {figures['e2e_overload_journal_rows_lost']})",
+                ">= 0.9 of the ceiling",
+            ),
         ]
     for name, lat in results.get("latency", {}).items():
         p99 = lat["commit_latency_s"]["p99"]
@@ -469,6 +588,7 @@ def summary(results: dict[str, Any]) -> dict[str, float | None]:
         "option_chain_p99_ms": _dig(results, "option_chain", "option_chain_p99_ms"),
         "option_chain_now_p99_ms": _dig(results, "option_chain", "option_chain_now_p99_ms"),
         "option_chain_now_cpu_p99_ms": _dig(results, "option_chain", "option_chain_now_cpu_p99_ms"),
+        **overload(results),
     }
 
 
