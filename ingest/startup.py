@@ -46,7 +46,9 @@ from store.instruments import instrument_records
 from store.signals import signal_progress
 from store.tick_row import Tick
 
-log = logging.getLogger(__name__)
+# Under the service's name: these lines are its start and stop, as the logs named them before
+# this module was split off from it.
+log = logging.getLogger("ingest.service")
 
 
 def ingest_pool(database_url: str, retry_max_s: float) -> ConnectionPool:
