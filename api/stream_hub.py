@@ -26,18 +26,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import threading
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from psycopg_pool import ConnectionPool
 
-from api.ingest_state import PublishedIngest, StatusNotPublished
+from api.ingest_state import PublishedIngest
+from api.stream_messages import (
+    Message,
+    bar_body,
+    bar_values,
+    changes_message,
+    dumps,
+    heartbeat_message,
+    snapshot_message,
+    tick_body,
+)
 from core.config import Settings
 from ingest.channels.latest_reader import LatestTickReader
 from ingest.channels.latest_table import (
@@ -47,9 +55,9 @@ from ingest.channels.latest_table import (
     bars_path,
     published_path,
 )
-from ingest.minute_bars import BAR_FIELDS, MINUTE_US
+from ingest.minute_bars import MINUTE_US
 from store.instruments import trading_symbols
-from store.tick_row import TICK_COLUMNS, TIME_COLUMNS, Tick, to_datetime
+from store.tick_row import Tick
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +65,6 @@ POLL_S = 0.05
 PROBE_S = 0.005
 HEARTBEAT_S = 5.0
 MIN_TICKS_MS, MAX_TICKS_MS = 50, 5000
-
-Message = tuple[str, str]  # (type, the JSON text): a WebSocket frame, or an SSE event
 
 
 class StreamClient:
@@ -179,7 +185,7 @@ class StreamHub:
             for key in keys:
                 client.keys.add(key)
                 self._followers.setdefault(key, set()).add(client)
-        client.offer(self._snapshot_message(ticks, rows if bars else {}))
+        client.offer(snapshot_message(ticks, rows if bars else {}, self._symbols, self._minute))
 
     def unsubscribe(self, client: StreamClient, keys: list[str]) -> None:
         for key in keys:
@@ -207,20 +213,6 @@ class StreamHub:
                 rows = {}
         self._name(list(ticks) + list(rows))
         return ticks, rows
-
-    def _snapshot_message(self, ticks: dict[str, Tick], rows: dict[str, Tick]) -> Message:
-        bars = []
-        for row in rows.values():
-            forming, previous = _bar_values(row)
-            if previous is not None:
-                bars.append(self._bar(row[0], previous, final=True))
-            bars.append(self._bar(row[0], forming, final=forming[0] < self._minute))
-        body = {
-            "type": "snapshot",
-            "ticks": [self._tick(tick) for tick in ticks.values()],
-            "bars": bars,
-        }
-        return "snapshot", _dumps(body)
 
     # --- the reading task ------------------------------------------------------------------
 
@@ -255,7 +247,7 @@ class StreamHub:
                 self._fan_out(ticks, rows, time.monotonic())
                 if time.monotonic() >= next_heartbeat:
                     next_heartbeat = time.monotonic() + HEARTBEAT_S
-                    heartbeat = await asyncio.to_thread(self._heartbeat_message)
+                    heartbeat = await asyncio.to_thread(heartbeat_message, self._published)
                     for client in list(self.clients):
                         client.offer(heartbeat)
                 failing = False
@@ -341,8 +333,7 @@ class StreamHub:
             return
         client.sent_at = now
         if client.batch:  # one frame for all of them: the frames, not the fan-out, cost most
-            changes = f'{{"type":"changes","ticks":[{",".join(ticks)}],"bars":[{",".join(bars)}]}}'
-            client.offer(("changes", changes))
+            client.offer(changes_message(ticks, bars))
             return
         for text in ticks:
             client.offer(("tick", text))
@@ -355,9 +346,9 @@ class StreamHub:
         if cached is not None and cached[0] == entry[0]:
             return cached[1]
         if kind == "tick":
-            text = _dumps(self._tick(entry[1]))
+            text = dumps(tick_body(entry[1], self._symbols))
         else:
-            text = _dumps(self._bar(key, entry[1], final=False))
+            text = dumps(bar_body(key, entry[1], self._symbols, final=False))
         self._texts[(kind, key)] = (entry[0], text)
         return text
 
@@ -368,7 +359,7 @@ class StreamHub:
         self._rows.update(rows)
         # When a minute closes, every instrument's bar of it is final, quiet ones' too.
         for key in list(self._rows) if closed else rows:
-            current, previous = _bar_values(self._rows[key])
+            current, previous = bar_values(self._rows[key])
             for values in (previous, current):
                 if values is not None and values[0] < self._minute:
                     self._push_final(key, values)
@@ -387,47 +378,12 @@ class StreamHub:
             del pushed[old]
         clients = self._bar_clients(key)
         if clients:
-            message = ("bar", _dumps(self._bar(key, values, final=True)))
+            message = ("bar", dumps(bar_body(key, values, self._symbols, final=True)))
             for client in clients:
                 client.offer(message)
 
     def _bar_clients(self, key: str) -> list[StreamClient]:
         return [c for c in (*self._followers.get(key, ()), *self._universe) if c.bars]
-
-    def _heartbeat_message(self) -> Message:
-        market, feed = "closed", "disconnected"
-        try:
-            status = self._published.status()
-            feed = "connected" if status.websocket_connected else "disconnected"
-            segments = status.pipeline.market_status if status.pipeline else {}
-            if any(value == "NORMAL_OPEN" for value in segments.values()):
-                market = "open"
-        except (IngestNotRunning, StatusNotPublished, SlotBusy):
-            pass
-        body = {"type": "heartbeat", "ts": _now(), "market": market, "feed": feed}
-        return "heartbeat", _dumps(body)
-
-    # --- messages --------------------------------------------------------------------------
-
-    def _tick(self, tick: Tick) -> dict[str, Any]:
-        body: dict[str, Any] = {"type": "tick", "symbol": self._symbols.get(tick[0], tick[0])}
-        for index, (name, value) in enumerate(zip(TICK_COLUMNS, tick, strict=True)):
-            if index in TIME_COLUMNS and value is not None:
-                value = to_datetime(value).isoformat()
-            body[name] = value
-        return body
-
-    def _bar(self, key: str, values: tuple, *, final: bool) -> dict[str, Any]:
-        bar = dict(zip(BAR_FIELDS, values, strict=True))
-        bar["bucket"] = to_datetime(bar["bucket"]).isoformat()
-        return {
-            "type": "bar",
-            "symbol": self._symbols.get(key, key),
-            "instrument_key": key,
-            "interval": "1m",
-            **bar,
-            "final": final,
-        }
 
 
 def _count(reader: LatestTickReader) -> int:
@@ -435,19 +391,3 @@ def _count(reader: LatestTickReader) -> int:
         return reader.ticks_published()
     except IngestNotRunning:
         return -1
-
-
-def _bar_values(row: Tick) -> tuple[tuple, tuple | None]:
-    """A published bar row as (forming bar, previous bar or None), each in BAR_FIELDS order."""
-    width = len(BAR_FIELDS)
-    forming = tuple(row[1 : 1 + width])
-    previous = tuple(row[1 + width : 1 + 2 * width])
-    return forming, (previous if previous[0] else None)
-
-
-def _dumps(body: dict[str, Any]) -> str:
-    return json.dumps(body, separators=(",", ":"), allow_nan=False)
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat()

@@ -6,8 +6,7 @@ the journal only has to keep what the database does not hold yet. Frames are kep
 bytes, not ticks: one append per frame (10-100 ticks) fits the hot path, and replay goes
 through the same decoder as live frames.
 
-A segment is a file named by the seq of its first record. A record is a header (magic,
-frame length, CRC-32 of seq + received_at_us + frame, seq, received_at_us) and the frame.
+The files themselves, segments and their records, are ingest/journal_segments.py's.
 """
 
 from __future__ import annotations
@@ -17,9 +16,7 @@ import contextlib
 import errno
 import logging
 import os
-import struct
 import threading
-import zlib
 from collections.abc import Iterator
 from itertools import pairwise
 from pathlib import Path
@@ -34,6 +31,14 @@ from ingest.journal_dir import (
     read_note,
     write_note,
 )
+from ingest.journal_segments import (
+    SUFFIX,
+    cut_torn_tail,
+    encode_record,
+    read_segments,
+    segment_path,
+)
+from ingest.journal_segments import JournalCorrupt as JournalCorrupt
 from ingest.status import JournalStatus
 
 log = logging.getLogger(__name__)
@@ -47,12 +52,6 @@ _SPACE_ERRORS = (errno.ENOSPC, errno.EDQUOT)
 _SEGMENT_SHARE_OF_FREE = 4
 _MIN_SEGMENT_BYTES = 64 * KiB
 
-_MAGIC = b"TVJ1"
-_HEADER = struct.Struct("<4sIIQq")  # magic, frame length, crc32, seq, received_at_us
-_CRC_FROM = 12  # the CRC covers seq, received_at_us and the frame
-_META = struct.Struct("<Qq")
-_SUFFIX = ".journal"
-
 
 class JournalFull(RuntimeError):
     """The journal cannot take another frame: refusing it is better than losing it silently.
@@ -65,54 +64,6 @@ def free_bytes(directory: Path) -> int:
     """Bytes an unprivileged writer may still use on the file system holding directory."""
     stats = os.statvfs(directory)
     return stats.f_bavail * stats.f_frsize
-
-
-class JournalCorrupt(Exception):
-    """A record that is neither valid nor a torn tail left by a crash."""
-
-    def __init__(self, path: Path, offset: int, reason: str) -> None:
-        super().__init__(f"{path}: corrupt journal record at byte {offset}: {reason}")
-        self.path = path
-        self.offset = offset
-
-
-def _parse(data: bytes, offset: int) -> tuple[int, int, int] | str:
-    """Return (seq, received_at_us, end) of the record at offset, or why it is not one."""
-    if len(data) - offset < _HEADER.size:
-        return "short header"
-    magic, length, crc, seq, received_at_us = _HEADER.unpack_from(data, offset)
-    end = offset + _HEADER.size + length
-    if magic != _MAGIC:
-        return "bad magic"
-    if end > len(data):
-        return "short frame"
-    if zlib.crc32(memoryview(data)[offset + _CRC_FROM : end]) != crc:
-        return "bad CRC"
-    return seq, received_at_us, end
-
-
-def _records(path: Path, data: bytes, first_seq: int) -> Iterator[tuple[int, int, int, int]]:
-    """Yield (seq, received_at_us, frame start, frame end) of every record of one segment."""
-    offset, expected = 0, first_seq
-    while offset < len(data):
-        record = _parse(data, offset)
-        if isinstance(record, str):
-            raise JournalCorrupt(path, offset, record)
-        seq, received_at_us, end = record
-        if seq != expected:
-            raise JournalCorrupt(path, offset, f"seq {seq} where {expected} was expected")
-        yield seq, received_at_us, offset + _HEADER.size, end
-        offset, expected = end, expected + 1
-
-
-def _valid_record_after(data: bytes, offset: int) -> bool:
-    """Whether a valid record starts at or after offset: then offset is not a torn tail."""
-    offset = data.find(_MAGIC, offset)
-    while offset >= 0:
-        if not isinstance(_parse(data, offset), str):
-            return True
-        offset = data.find(_MAGIC, offset + 1)
-    return False
 
 
 class Journal:
@@ -144,8 +95,8 @@ class Journal:
             write_note(self.directory, HOLDER_FILE, holder_note(), self._dir_fd)
             self.journal_id = load_journal_id(self.directory, self._dir_fd)
             self._sizes = {
-                int(path.name.removesuffix(_SUFFIX)): path.stat().st_size
-                for path in self.directory.glob("*" + _SUFFIX)
+                int(path.name.removesuffix(SUFFIX)): path.stat().st_size
+                for path in self.directory.glob("*" + SUFFIX)
             }
             self._bytes = sum(self._sizes.values())
             if self._sizes:
@@ -170,7 +121,7 @@ class Journal:
             write_note(self.directory, DATABASE_FILE, description + "\n", self._dir_fd)
 
     def _path(self, first_seq: int) -> Path:
-        return self.directory / f"{first_seq:020d}{_SUFFIX}"
+        return segment_path(self.directory, first_seq)
 
     def _open_newest(self) -> None:
         """Find the last seq, cut a record torn by a crash, and append in a new segment.
@@ -180,18 +131,9 @@ class Journal:
         """
         first_seq = max(self._sizes)
         path = self._path(first_seq)
-        data = path.read_bytes()
-        self._last_seq = first_seq - 1
-        try:
-            for seq, _, _, _ in _records(path, data, first_seq):
-                self._last_seq = seq
-        except JournalCorrupt as exc:
-            if _valid_record_after(data, exc.offset):
-                raise
-            os.truncate(path, exc.offset)
-            self.torn_tail_bytes = len(data) - exc.offset
-            self._bytes -= self.torn_tail_bytes
-            self._sizes[first_seq] = exc.offset
+        self._last_seq, self.torn_tail_bytes = cut_torn_tail(path, first_seq)
+        self._bytes -= self.torn_tail_bytes
+        self._sizes[first_seq] -= self.torn_tail_bytes
         self._current = first_seq
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         os.fsync(self._fd)
@@ -237,8 +179,7 @@ class Journal:
         if self._fd < 0:
             raise ValueError("the journal is closed")
         seq = self._last_seq + 1
-        crc = zlib.crc32(frame, zlib.crc32(_META.pack(seq, received_at_us)))
-        record = _HEADER.pack(_MAGIC, len(frame), crc, seq, received_at_us) + frame
+        record = encode_record(seq, received_at_us, frame)
         if self._torn_write_at is not None:
             self._cut_torn_write()
         try:
@@ -247,11 +188,11 @@ class Journal:
             if self._bytes + len(record) > self.max_bytes:
                 self._drop_hold()
             if self._bytes + len(record) > self.max_bytes and not self._release_committed():
-                raise self._full(f"{self._bytes} of max_bytes={self.max_bytes} bytes are in use")
+                raise _full(self, f"{self._bytes} of max_bytes={self.max_bytes} bytes are in use")
             self._write_making_room(record)
         except OSError as exc:
             if exc.errno in _SPACE_ERRORS:
-                raise self._full(f"the disk is full ({exc.strerror})") from exc
+                raise _full(self, f"the disk is full ({exc.strerror})") from exc
             raise
         self._last_seq = seq
         return seq
@@ -300,16 +241,6 @@ class Journal:
         self._torn_write_at = None  # a failed write was in the segment let go of
         self.mark_committed(self.committed_seq)
         return True
-
-    def _full(self, why: str) -> JournalFull:
-        return JournalFull(
-            f"frame journal {self.directory} cannot take another frame: {why}; "
-            f"the database has committed up to seq {self.committed_seq} of {self._last_seq}, "
-            f"so {self._last_seq - self.committed_seq} frames wait only here. Get the database "
-            "writer committing again (the journal frees segments as batches commit), or free "
-            "disk space or raise max_bytes; frames arriving meanwhile cannot be journaled, so "
-            "they are counted and dropped (the feed keeps being read)."
-        )
 
     @property
     def last_seq(self) -> int:
@@ -404,23 +335,7 @@ class Journal:
                 f"committed them is not the one asking for frames after {after_seq}"
             )
         skip = sum(1 for first_seq in starts[1:] if first_seq <= after_seq + 1)
-        return self._replay(starts[skip:], after_seq, self._last_seq)
-
-    def _replay(
-        self, starts: list[int], after_seq: int, last_seq: int
-    ) -> Iterator[tuple[int, int, bytes]]:
-        expected = starts[0]
-        for first_seq in starts:
-            path = self._path(first_seq)
-            if first_seq != expected:
-                raise JournalCorrupt(path, 0, f"the previous segment ends at seq {expected - 1}")
-            data = path.read_bytes()
-            for seq, received_at_us, start, end in _records(path, data, first_seq):
-                if seq > last_seq:
-                    return
-                if seq > after_seq:
-                    yield seq, received_at_us, data[start:end]
-                expected = seq + 1
+        return read_segments(self.directory, starts[skip:], after_seq, self._last_seq)
 
     def status(self) -> JournalStatus:
         return JournalStatus(
@@ -450,6 +365,19 @@ class Journal:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType
     ) -> None:
         self.close()
+
+
+def _full(journal: Journal, why: str) -> JournalFull:
+    """The error of a frame `journal` cannot take, saying what to do."""
+    committed, last = journal.committed_seq, journal.last_seq
+    return JournalFull(
+        f"frame journal {journal.directory} cannot take another frame: {why}; "
+        f"the database has committed up to seq {committed} of {last}, "
+        f"so {last - committed} frames wait only here. Get the database "
+        "writer committing again (the journal frees segments as batches commit), or free "
+        "disk space or raise max_bytes; frames arriving meanwhile cannot be journaled, so "
+        "they are counted and dropped (the feed keeps being read)."
+    )
 
 
 async def sync_forever(journal: Journal, period_s: float = 0.2) -> None:

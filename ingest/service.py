@@ -15,10 +15,8 @@ import asyncio
 import functools
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import asdict, replace
-from pathlib import Path
+from dataclasses import asdict
 from typing import Any
 
 import psycopg
@@ -28,8 +26,6 @@ from core.config import Settings
 from ingest.cache import AggregatedTickHandler
 from ingest.chains.follower import ChainFollower
 from ingest.channels.control import ControlServer, control_path
-from ingest.channels.latest_publisher import publish_forever, publish_stopped
-from ingest.channels.latest_table import BARS, bars_path, published_path
 from ingest.client import FeedClient
 from ingest.disk import DiskGuard
 from ingest.handlers import TickCallback
@@ -41,19 +37,33 @@ from ingest.journal_dir import JournalInUse
 from ingest.metrics import IngestMetrics
 from ingest.minute_bars import MinuteBarHandler
 from ingest.pipeline import Pipeline
-from ingest.recovery import JournalMismatch, RecoveryState, check_journal, load_recovery_state
+from ingest.recovery import JournalMismatch
 from ingest.signals import SignalWriter, emit_signal
 from ingest.simulator import FeedSimulator
 from ingest.spike import SpikeDetector
+from ingest.startup import (
+    cancel_newest_first,
+    catch_up_source,
+    feed_settings,
+    follow_chains,
+    ingest_pool,
+    instrument_records_of,
+    open_journal,
+    publishing,
+    recovered_state,
+    replay_journal,
+    signal_writer,
+    signals_start,
+    start_control,
+    stop_writer,
+    stopped_task,
+)
 from ingest.status import BarsStatus, FeedStatus, IngestStatus
 from ingest.subscriptions import SubscriptionManager, summarize
 from ingest.symbols import SymbolDirectory
 from ingest.tokens import TokenKeeper
 from ingest.writer import TickDataHandler
-from store.editions import Edition, server_edition
-from store.instruments import instrument_records
-from store.signals import signal_progress
-from store.tick_row import Tick
+from store.editions import Edition
 
 log = logging.getLogger(__name__)
 
@@ -114,22 +124,14 @@ class WebSocketService:
 
     async def start(self, subscribe_universe: bool = True) -> None:
         settings = self.settings
-        self._pool = _ingest_pool(self.database_url, settings.db_retry_max_s)
+        self._pool = ingest_pool(self.database_url, settings.db_retry_max_s)
         await asyncio.to_thread(self._pool.open, wait=True, timeout=30)
         try:
-            self._journal = Journal(
-                settings.journal_dir,
-                segment_bytes=settings.journal_segment_bytes,
-                max_bytes=settings.journal_max_bytes,
+            self._journal = open_journal(settings)
+            state, self.edition, signals_seq = await recovered_state(
+                self._pool, self._journal, settings.data_dir
             )
-            journal_id = self._journal.journal_id
-            state, self.edition, signals_seq = await asyncio.to_thread(
-                _read_state, self._pool, journal_id
-            )
-            check_journal(self._journal, state)
-        except (JournalInUse, JournalMismatch) as error:  # nothing a restart can fix
-            if isinstance(error, JournalMismatch):  # the reason, for /health and status
-                publish_stopped(published_path(settings.data_dir), str(error))
+        except (JournalInUse, JournalMismatch):  # nothing a restart can fix
             await self.stop()
             raise
         self._pipeline = Pipeline(
@@ -142,21 +144,17 @@ class WebSocketService:
             batch_ms=settings.batch_ms,
             queue_max_rows=settings.queue_max_rows,
             metrics=self.metrics,
-            catch_up_source=self._catch_up_source,
+            catch_up_source=functools.partial(
+                catch_up_source, self._pool, self._journal, self._pipeline
+            ),
             next_batch_id=state.next_batch_id,
             committed_seq=state.committed_seq,
             retry_max_s=settings.db_retry_max_s,
         )
-        self._signals = SignalWriter(
-            self._pool,
-            self._journal,
-            self._pipeline.signals_complete_seq,
-            self.symbols.followed_key,
-            self.symbols.symbol_of,
-            retry_max_s=settings.db_retry_max_s,
+        self._signals = signal_writer(
+            self._pool, self._journal, self._pipeline, self.symbols, settings.db_retry_max_s
         )
-        self._pipeline.signals = self._signals
-        signals_seq = self._signals_start(state.committed_seq, signals_seq)
+        signals_seq = signals_start(self._journal, state.committed_seq, signals_seq)
         self._journal.hold(signals_seq)
         self._journal.mark_committed(state.committed_seq)
         self._pipeline.add_handler(self._writer)
@@ -166,34 +164,22 @@ class WebSocketService:
         self._pipeline.seq = min(signals_seq, state.committed_seq)
         for callback in self._custom_handlers:
             await self._pipeline.register_handler(callback)
-        # Journaled frames are filtered by what was subscribed when they arrived (the table);
-        # live frames, below, by what the client follows now.
-        self._pipeline.wanted = state.subscribed_keys
-        if self._custom_handlers and signals_seq < state.committed_seq:
-            again = self._pipeline.replay_to_custom_handlers(signals_seq, state.committed_seq)
-            log.info(
-                "gave the custom handlers %d frames again: their ticks are stored, not all "
-                "their signals",
-                again,
-            )
-        replayed = self._pipeline.replay(state.committed_seq)
-        if replayed:
-            log.info("replayed %d journaled frames after seq %d", replayed, state.committed_seq)
+        replay_journal(self._pipeline, bool(self._custom_handlers), signals_seq, state)
         self._tasks["writer"] = asyncio.create_task(self._writer.run(), name="writer")
         self._signals_task = asyncio.create_task(self._signals.run(), name="signals")
 
         self.tokens = TokenKeeper(settings)  # the environment's, else the file's
-        client_settings, self.simulator = await _feed_settings(
+        client_settings, self.simulator = await feed_settings(
             settings,
             self.tokens,
-            functools.partial(_instrument_records, self._pool),
+            functools.partial(instrument_records_of, self._pool),
             self._record_simulator,
         )
         self._client = FeedClient(client_settings, self._pipeline, source=self.feed_source)
         self.tokens.attach(self._client.update_token)
         if self.tokens.source == "file":  # a new token there is taken without a restart
             self._tasks["token-watch"] = asyncio.create_task(self.tokens.watch(), name="token")
-        self._pipeline.wanted = self._client.subscribed_keys
+        self._pipeline.wanted = self._client.subscribed_keys  # live frames: what it follows now
         self._subscriptions = SubscriptionManager(
             self._client, self._pool, settings, symbols=self.symbols
         )
@@ -215,43 +201,25 @@ class WebSocketService:
         if not resumed and subscribe_universe:
             await self._subscriptions.subscribe_to_universe(mode=settings.feed_mode)
         if settings.option_chains:
-            await self._follow_chains()
+            self._chains, self._tasks["option-chains"] = await follow_chains(
+                settings,
+                self._subscriptions,
+                self._client,
+                self.cache,
+                self._connection,
+                self.refresh_instruments if self.simulator is not None else None,
+            )
         self._tasks["journal-sync"] = asyncio.create_task(sync_forever(self._journal), name="sync")
         disk_sizes = self.disk.measure_forever(self._pool, self._journal)
         self._tasks["disk"] = asyncio.create_task(disk_sizes, name="disk")
-        self._tasks.update(_publishing(settings.data_dir, self.cache, self.bars, self.status))
-        self._control = await _start_control(
+        self._tasks.update(publishing(settings.data_dir, self.cache, self.bars, self.status))
+        self._control = await start_control(
             control_path(settings.data_dir), self._subscriptions, self.refresh_instruments
         )
         self.jobs.start(parts, self._tasks)
         self.is_running = True
         _running.append(self)
         log.info("ingest started: feed %s, %s edition bars", self.feed_source, self.edition.value)
-
-    async def _follow_chains(self) -> None:
-        """Start following TICKVAULT_OPTION_CHAINS (ingest/chains/). On the built-in simulator
-        the master is refreshed from it first: its option chains are listed on its clock, not
-        in the sample master the store starts with."""
-        assert self._client is not None
-        assert self._subscriptions is not None
-        if self.simulator is not None:
-            try:
-                await self.refresh_instruments()
-            except (ValueError, psycopg.Error) as error:  # the chains wait for a later refresh
-                log.warning("could not load the simulator's option chains: %s", error)
-        self._chains = ChainFollower(
-            self.settings, self._subscriptions, self._client, self.cache, self._read
-        )
-        self._tasks["option-chains"] = asyncio.create_task(
-            self._chains.run_forever(), name="option-chains"
-        )
-
-    async def _read(self, query: Callable[[psycopg.Connection], Any]) -> Any:
-        def run() -> Any:
-            with self._connection() as conn:
-                return query(conn)
-
-        return await asyncio.to_thread(run)
 
     async def stop(self) -> None:
         """Stop the feed, then flush every tick it delivered: a clean stop loses nothing."""
@@ -264,11 +232,10 @@ class WebSocketService:
         if self._client is not None:
             await self._client.stop()
         # The newest first; the writer last, below, once the feed has stopped.
-        for name in reversed([name for name in self._tasks if name != "writer"]):
-            await _cancel(name, self._tasks.pop(name))
+        await cancel_newest_first(self._tasks, keep="writer")
         await self.jobs.stop_backfill()
         # Through a database outage, each after one attempt.
-        await asyncio.gather(self._stop_writer(), self.jobs.flush_coverage())
+        await asyncio.gather(stop_writer(self._writer, self._tasks), self.jobs.flush_coverage())
         if self._writer is not None and self.edition is not None:
             reached = self._writer.status().database_available
             await self.jobs.catch_up_bars(self.edition, reached)
@@ -284,29 +251,6 @@ class WebSocketService:
         if self._pool is not None:
             await asyncio.to_thread(self._pool.close)
         log.info("ingest stopped")
-
-    def _signals_start(self, committed_seq: int, signals_seq: int | None) -> int:
-        """The seq after which the custom handlers see frames again: where their signals
-        were last complete, if the journal still holds the frames after it."""
-        assert self._journal is not None
-        if signals_seq is None:
-            return committed_seq  # the first start of this journal, or of signals
-        if signals_seq < committed_seq and self._journal.first_seq > signals_seq + 1:
-            log.warning(
-                "the signals of frames %d..%d may be incomplete: the journal no longer holds them",
-                signals_seq + 1,
-                self._journal.first_seq - 1,
-            )
-            return committed_seq
-        return signals_seq
-
-    async def _stop_writer(self) -> None:
-        """Every tick written, or left in the journal while the database is unavailable."""
-        if self._writer is not None:
-            await self._writer.stop()
-            writer = self._tasks.pop("writer", None)
-            if writer is not None:
-                await writer
 
     async def register_handler(self, callback: TickCallback) -> None:
         """Follow every tick with an async callback, in its own task behind a bounded buffer.
@@ -377,12 +321,9 @@ class WebSocketService:
         """
         if not self.is_running:
             return "the ingest service is not running"
-        tasks = dict(self._tasks)
-        if self._signals_task is not None:
-            tasks["signals"] = self._signals_task
-        for name, task in tasks.items():
-            if task.done():
-                return f"the ingest's {name} task has stopped: {_outcome(task)}"
+        stopped = stopped_task({**self._tasks, "signals": self._signals_task})
+        if stopped is not None:
+            return stopped
         if self._pipeline is not None and self._pipeline.journal_error is not None:
             return f"feed frames are being dropped: {self._pipeline.journal_error}"
         return None
@@ -434,15 +375,6 @@ class WebSocketService:
             raise RuntimeError("the ingest service is not started")
         return self._pool.connection()
 
-    def _catch_up_source(self) -> Callable[[int], Iterator[tuple[int, list[Tick]]]]:
-        """The journal's ticks as the database left off, for the writer's catch-up."""
-        assert self._pool is not None
-        assert self._journal is not None
-        assert self._pipeline is not None
-        with self._pool.connection() as conn:
-            state = load_recovery_state(conn, self._journal.journal_id)
-        return functools.partial(self._pipeline.journal_ticks, decoder=state.decoder())
-
 
 async def serve_until_signalled(service: WebSocketService) -> None:
     """Start `service`, run it until SIGINT or SIGTERM, then stop it cleanly (its open batch
@@ -456,114 +388,6 @@ async def serve_until_signalled(service: WebSocketService) -> None:
         await stop.wait()
     finally:
         await service.stop()
-
-
-def _publishing(
-    data_dir: Path,
-    cache: AggregatedTickHandler,
-    bars: MinuteBarHandler,
-    status: Callable[[], IngestStatus],
-) -> dict[str, asyncio.Task[None]]:
-    """The tasks that publish the latest ticks with the status, and the forming 1-minute
-    bars, for the API's processes (ingest/channels/)."""
-    ticks = publish_forever(published_path(data_dir), cache.take_changed, status)
-    minutes = publish_forever(bars_path(data_dir), bars.take_changed, None, shape=BARS)
-    return {
-        "publish": asyncio.create_task(ticks, name="publish"),
-        "publish-bars": asyncio.create_task(minutes, name="publish-bars"),
-    }
-
-
-def _read_state(pool: ConnectionPool, journal_id: str) -> tuple[RecoveryState, Edition, int | None]:
-    """The recovery state, the edition and how far the signals were complete."""
-    with pool.connection() as conn:
-        state = load_recovery_state(conn, journal_id)
-        return state, server_edition(conn), signal_progress(conn, journal_id)
-
-
-def _instrument_records(pool: ConnectionPool) -> list[dict[str, Any]]:
-    with pool.connection() as conn:
-        return instrument_records(conn)
-
-
-async def _start_control(
-    path: Path,
-    subscriptions: SubscriptionManager,
-    refresh_instruments: Callable[..., Awaitable[RefreshReport]],
-) -> ControlServer | None:
-    """The control socket the API's processes send subscription changes to
-    (ingest/channels/control.py). Without it the ingest runs on, and those changes answer
-    503."""
-
-    async def refresh(url: str | None, max_bytes: int | None, force: bool) -> dict[str, Any]:
-        report = await refresh_instruments(url=url, max_bytes=max_bytes, force=force)
-        return report.as_dict()
-
-    control = ControlServer(path, subscriptions, refresh)
-    try:
-        await control.start()
-    except OSError as error:
-        log.error("no control socket, subscription changes from the API fail: %s", error)
-        return None
-    return control
-
-
-def _ingest_pool(database_url: str, retry_max_s: float) -> ConnectionPool:
-    """The ingest's connections. A request for one in an outage fails fast (the writer
-    retries); each round of the pool's uncapped reconnects ends after `retry_max_s` and the
-    next request starts another, so an outage of any length is retried seconds apart."""
-    return ConnectionPool(
-        database_url,
-        min_size=1,
-        max_size=4,
-        open=False,
-        timeout=5,
-        reconnect_timeout=retry_max_s,
-        check=ConnectionPool.check_connection,
-        name="tickvault-ingest",
-    )
-
-
-async def _cancel(name: str, task: asyncio.Task[Any]) -> None:
-    task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        pass
-    except Exception:
-        log.exception("the %s task had failed before the stop", name)
-
-
-async def _feed_settings(
-    settings: Settings,
-    tokens: TokenKeeper,
-    instrument_records: Callable[[], list[dict[str, Any]]],
-    record: bool = False,
-) -> tuple[Settings, FeedSimulator | None]:
-    """The feed client's settings, with the token found; with no token anywhere, the feed is
-    the simulator (started here, on the instrument master; `record`: see WebSocketService)."""
-    if tokens.source != "missing":
-        return replace(settings, upstox_access_token=tokens.token), None
-    records = await asyncio.to_thread(instrument_records)
-    simulator = FeedSimulator(
-        instruments=records,
-        rate=settings.simulator_rate,
-        seed=settings.simulator_seed,
-        record=record,
-    )
-    await simulator.start()
-    access = tokens.use_simulator(simulator.url)
-    feed_settings = replace(
-        settings, upstox_api_base=access.api_base, upstox_access_token=access.token
-    )
-    return feed_settings, simulator
-
-
-def _outcome(task: asyncio.Task[Any]) -> str:
-    if task.cancelled():
-        return "cancelled"
-    error = task.exception()
-    return f"{type(error).__name__}: {error}" if error is not None else "returned"
 
 
 def _as_list(symbols: str | list[str]) -> list[str]:

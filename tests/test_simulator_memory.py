@@ -14,10 +14,10 @@ import pytest
 from websockets.asyncio.client import ClientConnection
 
 from core.config import Settings
-from ingest.service import _feed_settings
 from ingest.simulator import FeedSimulator, NotRecorded
 from ingest.simulator.market import DAY_MS, DEFAULT_UNIVERSE, Instrument, Universe
 from ingest.simulator.minutes import MINUTE_MS, MinuteBook
+from ingest.startup import feed_settings
 from ingest.tokens import TokenKeeper
 from tests.test_simulator import ALL_KEYS, RELIANCE, feed, http_get, request
 
@@ -44,7 +44,7 @@ def test_the_ingest_s_simulator_holds_no_more_after_20000_more_ticks(tmp_path: P
     async def scenario() -> tuple[int, int, tuple[int, dict]]:
         settings = Settings(data_dir=tmp_path, simulator_rate=20_000)
         records = [dict(record) for record in DEFAULT_UNIVERSE]
-        feed_settings, simulator = await _feed_settings(
+        client_settings, simulator = await feed_settings(
             settings, TokenKeeper(settings), lambda: records
         )
         assert simulator is not None
@@ -63,7 +63,7 @@ def test_the_ingest_s_simulator_holds_no_more_after_20000_more_ticks(tmp_path: P
                 finally:
                     tracemalloc.stop()
             base = f"{simulator.url}/v3/historical-candle/intraday/NSE_EQ%7CINE002A01018"
-            token = str(feed_settings.upstox_access_token)
+            token = str(client_settings.upstox_access_token)
             candles = await asyncio.to_thread(http_get, f"{base}/minutes/1", token)
             with pytest.raises(NotRecorded, match="record_simulator=True"):
                 simulator.sent_ticks()  # no list of ticks: it kept none

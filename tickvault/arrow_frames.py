@@ -149,3 +149,17 @@ def wide(frame: pd.DataFrame, column: str = "close") -> pd.DataFrame:
     table = frame[column].unstack(level="symbol")
     table.columns.name = "symbol"
     return table
+
+
+def day_bounds(day: date | str) -> tuple[datetime, datetime]:
+    """The IST calendar day as [start, end): the whole day, not only the 09:15-15:30 session,
+    so pre-open updates and data recorded outside market hours are not silently dropped."""
+    start = pd.Timestamp(day).normalize().tz_localize(IST_ZONE)
+    return start.to_pydatetime(), (start + pd.Timedelta(days=1)).to_pydatetime()
+
+
+def with_attrs(result: Any, attrs: dict[str, Any]) -> Any:
+    """A pandas frame carries what it was read for in `attrs`; Arrow and polars have none."""
+    if isinstance(result, pd.DataFrame):
+        result.attrs.update(attrs)
+    return result

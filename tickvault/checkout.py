@@ -1,7 +1,9 @@
-"""Where the checkout's store is, from whatever folder a notebook kernel was started in.
+"""Where the checkout's store is, from whatever folder a notebook kernel was started in, and
+a connection to it.
 
-Its own module so that the notebook helper and the history (tickvault/history_sql.py) both find
-the store the same way without importing each other.
+Its own module so that the notebook helper, its option-chain frames (tickvault/chain_frames.py)
+and the history (tickvault/history_sql.py) all find the store the same way without importing
+each other.
 """
 
 from __future__ import annotations
@@ -9,7 +11,11 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import psycopg
+
 from core.config import Settings
+from core.ist import IST_ZONE
+from store.local.url import database_url
 
 
 def checkout_settings(start: Path | None = None) -> Settings:
@@ -34,3 +40,10 @@ def checkout_settings(start: Path | None = None) -> Settings:
     if settings.data_dir.is_absolute():
         return settings
     return replace(settings, data_dir=root / settings.data_dir)
+
+
+def connect() -> psycopg.Connection:
+    """A connection to the store in IST, so timestamps come back as the exchange's clock."""
+    conn = psycopg.connect(database_url(checkout_settings()), autocommit=True)
+    conn.execute(f"SET TIME ZONE '{IST_ZONE}'")
+    return conn

@@ -16,21 +16,18 @@ and hands back frames. Nothing here is HTTP.
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import uuid
 import warnings
 from collections.abc import Sequence
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from typing import Any
 
 import pandas as pd
 import psycopg
 import pyarrow as pa
 
-from core.ist import IST_ZONE, ist_day
-from ingest.channels.latest_reader import LatestTickReader
-from ingest.channels.latest_table import published_path
+from core.ist import IST_ZONE
 from ingest.signals import Signal, check_signal
 from store.archive import read_archived_ticks, ticks_dropped_before
 from store.audit import latest_results
@@ -49,23 +46,24 @@ from store.instruments import (
     trading_symbols,
 )
 from store.local.url import database_url
-from store.option_chain import (
-    HISTORY_COLUMNS,
-    OptionChain,
-    Side,
-    chain_contracts,
-    chain_from_ticks,
-    expiries,
-    opening_oi,
-)
-from store.option_chain import chain_history as _chain_history
-from store.option_chain import newest_tick_time as newest_chain_tick
-from store.option_chain import option_chain as _option_chain
 from store.signals import SIGNAL_COLUMNS, SignalRow, insert_signals, signal_page
 from store.ticks import count_ticks, many_recent_ticks_sql, newest_tick_time, recent_ticks_sql
-from tickvault.arrow_frames import FrameKind, checked_frame, framed, in_ist, ist_moment, read_arrow
+from tickvault.arrow_frames import (
+    FrameKind,
+    checked_frame,
+    framed,
+    in_ist,
+    ist_moment,
+    read_arrow,
+    with_attrs,
+)
+from tickvault.arrow_frames import day_bounds as day_bounds
 from tickvault.arrow_frames import wide as wide  # what notebooks import, beside the readers
+from tickvault.chain_frames import chain_history as chain_history
+from tickvault.chain_frames import option_chain as option_chain
+from tickvault.chain_frames import option_expiries as option_expiries
 from tickvault.checkout import checkout_settings
+from tickvault.checkout import connect as connect
 from tickvault.history_sql import HistoryError as HistoryError
 from tickvault.history_sql import aligned as aligned
 from tickvault.history_sql import history as history
@@ -78,13 +76,6 @@ _NUMERIC_TYPES = frozenset(
     for name in ("int2", "int4", "int8", "float4", "float8", "numeric")
 )
 _TIMESTAMPTZ = psycopg.postgres.types["timestamptz"].oid
-
-
-def connect() -> psycopg.Connection:
-    """A connection to the store in IST, so timestamps come back as the exchange's clock."""
-    conn = psycopg.connect(database_url(checkout_settings()), autocommit=True)
-    conn.execute(f"SET TIME ZONE '{IST_ZONE}'")
-    return conn
 
 
 def _fetch(conn: psycopg.Connection, sql: str, params: Any = None) -> pd.DataFrame:
@@ -115,13 +106,6 @@ def query(sql: str, params: Any = None) -> pd.DataFrame:
     """Any SQL against the store as a frame: the hypertables and bar views are there to ask."""
     with connect() as conn:
         return _fetch(conn, sql, params)
-
-
-def day_bounds(day: date | str) -> tuple[datetime, datetime]:
-    """The IST calendar day as [start, end): the whole day, not only the 09:15-15:30 session,
-    so pre-open updates and data recorded outside market hours are not silently dropped."""
-    start = pd.Timestamp(day).normalize().tz_localize(IST_ZONE)
-    return start.to_pydatetime(), (start + pd.Timedelta(days=1)).to_pydatetime()
 
 
 class _Universe(enum.Enum):
@@ -220,18 +204,11 @@ def read_bars(
             params = {"keys": list(keys.values()), "labels": list(keys), **bounds}
             table = read_arrow(url, conn, many_bars_sql(), {"interval": interval, **params})
             index, attrs = ["symbol", "bucket"], {"instrument_keys": keys}
-    return _with_attrs(framed(table, kind, index), {**attrs, "interval": interval})
+    return with_attrs(framed(table, kind, index), {**attrs, "interval": interval})
 
 
 def _one_instrument(conn: psycopg.Connection, key: str) -> dict[str, str]:
     return {"instrument_key": key, "trading_symbol": trading_symbols(conn, [key]).get(key, key)}
-
-
-def _with_attrs(result: Any, attrs: dict[str, Any]) -> Any:
-    """A pandas frame carries what it was read for in `attrs`; Arrow and polars have none."""
-    if isinstance(result, pd.DataFrame):
-        result.attrs.update(attrs)
-    return result
 
 
 def read_ticks(
@@ -286,7 +263,7 @@ def read_ticks(
             stacklevel=2,
         )
     index = ["ts"] if isinstance(symbols, str) else ["symbol", "ts"]
-    return _with_attrs(framed(table, kind, index), {**attrs, "ticks_cut_off": cut})
+    return with_attrs(framed(table, kind, index), {**attrs, "ticks_cut_off": cut})
 
 
 def read_signals(
@@ -437,89 +414,3 @@ def read_audit(day: date | str) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows, columns=_AUDIT_COLUMNS)
-
-
-# --- option chains (store/option_chain.py) ---------------------------------------------------
-
-# A side's columns in the chain frame, each as call_<name> and put_<name>.
-_SIDE_COLUMNS = tuple(field.name for field in dataclasses.fields(Side))
-
-
-def option_expiries(underlying: str) -> list[date]:
-    """The expiries (IST dates) of an underlying's options, expired ones included."""
-    with connect() as conn:
-        return expiries(conn, underlying)
-
-
-def option_chain(
-    underlying: str,
-    expiry: date | str | None = None,
-    at: datetime | date | str | None = None,
-) -> pd.DataFrame:
-    """The chain at `at` (a naive time is IST; None: now, from the latest ticks the ingest on
-    this checkout publishes) as a frame: one row per strike (the index), call_* and put_*
-    columns side by side. `attrs` holds the underlying's price, the ATM strike, the PCR by OI
-    and max pain. Expiry None: the nearest not yet closed."""
-    wanted = None if expiry is None else pd.Timestamp(expiry).date()
-    with connect() as conn:
-        if at is None:
-            now = datetime.now(UTC)
-            chain = chain_contracts(conn, underlying, wanted, now)
-            with LatestTickReader(published_path(checkout_settings().data_dir)) as reader:
-                latest = reader.latest([chain.underlying_key, *chain.keys])
-            result = chain_from_ticks(chain, latest, opening_oi(conn, chain.keys, ist_day(now)))
-        else:
-            result = _option_chain(conn, underlying, wanted, ist_moment(at))
-    return _chain_frame(result)
-
-
-def _chain_frame(chain: OptionChain) -> pd.DataFrame:
-    rows = []
-    for row in chain.strikes:
-        values: dict[str, Any] = {"strike": row.strike}
-        for prefix, side in (("call", row.call), ("put", row.put)):
-            for name in _SIDE_COLUMNS:
-                values[f"{prefix}_{name}"] = getattr(side, name) if side else None
-        rows.append(values)
-    columns = ["strike"] + [f"{p}_{n}" for p in ("call", "put") for n in _SIDE_COLUMNS]
-    frame = pd.DataFrame(rows, columns=columns).set_index("strike")
-    for prefix in ("call", "put"):
-        frame[f"{prefix}_ts"] = pd.to_datetime(frame[f"{prefix}_ts"], utc=True).dt.tz_convert(
-            IST_ZONE
-        )
-    numeric = [c for c in frame.columns if not c.endswith(("_instrument_key", "_ts"))]
-    frame[numeric] = frame[numeric].apply(pd.to_numeric).astype("float64")
-    summary = ("underlying", "underlying_key", "expiry", "at", "underlying_price", "atm_strike")
-    attrs = {name: getattr(chain, name) for name in (*summary, "pcr", "max_pain")}
-    return _with_attrs(frame, attrs)
-
-
-def chain_history(
-    underlying: str,
-    expiry: date | str | None = None,
-    day: date | str | None = None,
-    *,
-    atm_only: bool = False,
-) -> pd.DataFrame:
-    """The chain minute by minute on `day` (default: the chain's latest day with ticks): each
-    contract's last state in every minute it traded (option_chain_1m), with the underlying's
-    price and the ATM strike at the minute's end, times in IST. `atm_only`: only the
-    contracts at the money in their minute, e.g. `chain_history("NIFTY", atm_only=True)
-    .query("option_type == 'CE'")[["bucket", "iv"]]` is the ATM call's IV through the day."""
-    wanted = None if expiry is None else pd.Timestamp(expiry).date()
-    with connect() as conn:
-        if day is None:
-            chain = chain_contracts(conn, underlying, wanted, datetime.now(UTC))
-            newest = newest_chain_tick(conn, chain)
-            if newest is None:
-                raise LookupError(f"no ticks are stored for {underlying} options of {chain.expiry}")
-            day, wanted = ist_day(newest), chain.expiry
-        start, end = day_bounds(day)
-        rows = _chain_history(conn, underlying, wanted, start, end, atm_only=atm_only)
-    frame = pd.DataFrame(rows, columns=list(HISTORY_COLUMNS))
-    for column in ("bucket", "last_ts"):
-        frame[column] = pd.to_datetime(frame[column], utc=True).dt.tz_convert(IST_ZONE)
-    text = ("bucket", "last_ts", "option_type", "instrument_key")
-    numeric = [c for c in frame.columns if c not in text]
-    frame[numeric] = frame[numeric].apply(pd.to_numeric).astype("float64")
-    return frame

@@ -21,18 +21,15 @@ jumps there; its options follow); and Upstox's market timings, holidays and stat
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
-from websockets.protocol import State
 
 from core.upstox_wire import DEFAULT_MODE_LIMITS, FEED_PATH
 from ingest.simulator.calendar_api import SimulatedMarket
@@ -59,6 +56,7 @@ from ingest.simulator.protocol import (
     parse_request,
 )
 from ingest.simulator.rest import Rest
+from ingest.simulator.sessions import Session, broadcast, drop, send
 from ingest.simulator.tape import DEFAULT_RECORD_LIMIT, SentTick, Tape
 from ingest.upstox.redact import RedactBearer
 
@@ -76,15 +74,6 @@ def wall_clock_ms() -> int:
 
 
 _Frame = tuple[bytes | str, list[Instrument]]  # a frame to send (str: an error) and its instruments
-
-
-@dataclass(eq=False)
-class _Session:
-    """One client connection and what it follows: instrument key -> mode."""
-
-    connection: ServerConnection
-    modes: dict[str, str] = field(default_factory=dict)
-    open: bool = True
 
 
 class FeedSimulator:
@@ -142,7 +131,7 @@ class FeedSimulator:
         self.chain = ChainEndpoint(self._following, self._gate, clock)
         self._idle = IdleMarket(self._following, self.minutes, clock) if whole_market else None
         self._random = random.Random(seed).random
-        self._sessions: list[_Session] = []
+        self._sessions: list[Session] = []
         self._stall_until = 0.0
         self._server: Server | None = None
         self._tasks: list[asyncio.Task[None]] = []  # the market's pace, the idle market
@@ -232,24 +221,15 @@ class FeedSimulator:
     # Faults
 
     async def drop_connections(self) -> int:
-        """Close every feed connection abruptly: no close frame, so clients see 1006. The
-        TCP connection is shut after what was already written, so all recorded ticks left."""
+        """Close every feed connection abruptly (sessions.drop): clients see 1006."""
         sessions, self._sessions = self._sessions, []
-        for session in sessions:
-            session.open = False
-            session.connection.transport.close()
-            self._following.leave(session.modes)
-        for session in sessions:
-            try:  # a client that reads nothing never takes the last bytes: cut it off
-                await asyncio.wait_for(session.connection.wait_closed(), 5)
-            except TimeoutError:
-                session.connection.transport.abort()
+        await drop(sessions, self._following)
         self._tape.counts["drops"] += len(sessions)
         return len(sessions)
 
     async def send_garbage(self) -> int:
         """One binary frame that is not a FeedResponse to every feed connection."""
-        sent = await self._broadcast(GARBAGE_FRAME)
+        sent = await broadcast(self._sessions, GARBAGE_FRAME)
         self._tape.counts["garbage"] += sent
         return sent
 
@@ -264,15 +244,8 @@ class FeedSimulator:
     async def send_market_info(self) -> int:
         """Tell every open feed connection the segment statuses of `market` (a test changed
         them) in a fresh market_info frame, as Upstox does when the market moves."""
-        return await self._broadcast(market_info_frame(self._clock(), self.market.statuses))
-
-    async def _broadcast(self, frame: bytes) -> int:
-        """`frame` to every open feed connection; how many there were."""
-        sessions = [s for s in self._sessions if s.open and s.connection.state is State.OPEN]
-        for session in sessions:
-            with contextlib.suppress(ConnectionClosed):
-                await session.connection.send(frame)
-        return len(sessions)
+        frame = market_info_frame(self._clock(), self.market.statuses)
+        return await broadcast(self._sessions, frame)
 
     def move(self, key: str, price: float) -> None:
         """`key`'s price jumps to `price` now (an underlying, to move its chain's money)."""
@@ -287,13 +260,13 @@ class FeedSimulator:
     # Websocket
 
     async def _serve(self, connection: ServerConnection) -> None:
-        session = _Session(connection)
+        session = Session(connection)
         try:
             await connection.send(market_info_frame(self._clock(), self.market.statuses))
             self._sessions.append(session)
             async for message in connection:
                 for frame, instruments in self._on_request(session, message):
-                    await self._send(session, frame, instruments)
+                    await send(session, frame, instruments, self._tape)
         except ConnectionClosed:
             pass
         finally:
@@ -301,7 +274,7 @@ class FeedSimulator:
                 self._sessions.remove(session)
                 self._following.leave(session.modes)
 
-    def _on_request(self, session: _Session, message: str | bytes) -> list[_Frame]:
+    def _on_request(self, session: Session, message: str | bytes) -> list[_Frame]:
         """Apply one client request; the frames to answer with, each with its instruments.
 
         Nothing here awaits, so a subscription and its snapshot reach the socket before any
@@ -316,7 +289,7 @@ class FeedSimulator:
         except RequestError as error:
             return [(error.frame(), [])]
 
-    def _subscribe(self, session: _Session, request: ClientRequest) -> list[_Frame]:
+    def _subscribe(self, session: Session, request: ClientRequest) -> list[_Frame]:
         """`sub` and `change_mode` alike: the keys follow the mode, then get a snapshot."""
         assert request.mode is not None
         modes = {**session.modes, **dict.fromkeys(request.keys, request.mode)}
@@ -332,18 +305,6 @@ class FeedSimulator:
         return list(
             split_frames(snapshot_frame, now_ms, entries, instruments, self.max_frame_bytes)
         )
-
-    async def _send(
-        self, session: _Session, frame: bytes | str, instruments: Sequence[Instrument]
-    ) -> None:
-        """Write one frame, counting its ticks as sent: `send` writes to the socket before
-        it first yields, so an open connection at this point means the bytes went out."""
-        if not session.open or session.connection.state is not State.OPEN:
-            return
-        if isinstance(frame, bytes):
-            self._tape.record(frame, instruments)
-        with contextlib.suppress(ConnectionClosed):
-            await session.connection.send(frame)
 
     # The market
 
@@ -391,4 +352,4 @@ class FeedSimulator:
             if entries:
                 frames = split_frames(live_frame, now_ms, entries, included, self.max_frame_bytes)
                 for frame, instruments in frames:
-                    await self._send(session, frame, instruments)
+                    await send(session, frame, instruments, self._tape)
