@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 from playwright.sync_api import Browser, Page, Route, WebSocketRoute, sync_playwright
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from store.bars import BAR_INTERVALS
 from tests.conftest import REPO, DbServer
@@ -304,10 +305,13 @@ def test_the_page_speaks_the_stream_protocol(
         page.locator("#symbol").fill("TCS")
         page.locator("#symbol").press("Enter")
         page.locator("#intervals button[value='1h']").click()
-        page.wait_for_function(  # two history loads from the database: slow on a busy machine
-            "tickvault.chart.symbol === 'TCS' && tickvault.chart.interval.name === '1h'",
-            timeout=30_000,
-        )
+        switched = "tickvault.chart.symbol === 'TCS' && tickvault.chart.interval.name === '1h'"
+        try:  # two history loads from the database: slow on a busy machine
+            page.wait_for_function(switched, timeout=30_000)
+        except PlaywrightTimeout:
+            note = page.locator("#chart-note").inner_text()
+            state = page.evaluate("[tickvault.chart.symbol, tickvault.chart.interval.name]")
+            raise AssertionError(f"the chart did not switch: {state}, note {note!r}") from None
         moves = stream.sent[stream.sockets.index(chart)][-2:]
         assert moves == [
             {"action": "unsubscribe", "symbols": ["NIFTY"]},

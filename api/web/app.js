@@ -188,6 +188,9 @@ function showHeartbeat(message) {
 let chart = null;
 let chartModule = null;
 const selected = { symbol: null, interval: null };
+// The latest pick, which a load in flight is making true: an interval picked meanwhile is
+// for the symbol being loaded, not for the one still shown.
+const wanted = { symbol: null, interval: null };
 
 function note(text) {
   $("#chart-note").textContent = text;
@@ -201,13 +204,14 @@ function showLast(tick) {
 }
 
 /** The chart of `symbol` in `interval`, and the live channel moved to it; false, with the
- * chart left as it was and the reason shown, when the bars route refuses (an unknown symbol). */
+ * chart left as it was and the reason shown, when the bars route refuses (an unknown symbol);
+ * null when a later pick overtook this one. */
 async function load(symbol, interval) {
   if (chart) {
     note("loading …");
     try {
       const candles = await chart.show(symbol, interval);
-      if (candles === null) return false; // a later pick overtook this one
+      if (candles === null) return null;
       note(candles ? "" : `no ${interval} bars of ${symbol} yet`);
     } catch (error) {
       note(`${symbol}: ${error.message}`);
@@ -228,8 +232,13 @@ async function load(symbol, interval) {
   return true;
 }
 
-async function pick(symbol, interval = selected.interval) {
-  if (!(await load(symbol, interval))) $("#symbol").value = selected.symbol || "";
+async function pick(symbol, interval = wanted.interval || selected.interval) {
+  wanted.symbol = symbol;
+  wanted.interval = interval;
+  if ((await load(symbol, interval)) === false && wanted.symbol === symbol) {
+    $("#symbol").value = selected.symbol || "";
+    Object.assign(wanted, selected); // the shown chart stays what later picks start from
+  }
 }
 
 $("#symbol").addEventListener("change", (event) => {
@@ -305,7 +314,7 @@ async function start() {
       button.type = "button";
       button.value = name;
       button.textContent = name;
-      button.addEventListener("click", () => pick(selected.symbol, name));
+      button.addEventListener("click", () => pick(wanted.symbol || selected.symbol, name));
       return button;
     }),
   );
