@@ -28,6 +28,7 @@ from typing import Any
 import psycopg
 
 from bench.common import REPO, api_env, cpu_seconds, db_server, free_port, median
+from bench.load import closed_loop_process
 from ingest.channels.latest_publisher import LatestTickPublisher
 from ingest.channels.latest_table import published_path
 from store.instruments import default_sample_path, load_instruments, resolve_symbols
@@ -62,17 +63,6 @@ def _publishing(data_dir: Path, keys: list[str]) -> Iterator[None]:
         done.set()
         thread.join(10)
         publisher.close()
-
-
-def _load(target: str, requests: int) -> dict[str, Any]:
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.load", target, "--requests", str(requests)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def _wait_for_ticks(target: str, api: subprocess.Popen[bytes]) -> None:
@@ -119,11 +109,11 @@ def measure(requests: int, repeats: int) -> dict[str, Any]:
                 )
                 try:
                     _wait_for_ticks(target, api)
-                    _load(target, 500)  # warm-up
+                    closed_loop_process(target, 500)  # warm-up
                     runs = []
                     for _ in range(repeats):
                         before = cpu_seconds(api.pid, with_children=True)
-                        report = _load(target, requests)
+                        report = closed_loop_process(target, requests)
                         cpu = cpu_seconds(api.pid, with_children=True) - before
                         runs.append({"cpu_us_per_request": cpu / requests * 1e6, **report})
                 finally:

@@ -14,8 +14,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from bench.common import percentiles
@@ -126,6 +129,18 @@ def _report(
         "errors": errors,
         "latency_ms": {k: round(v, 2) for k, v in percentiles(latencies, (50, 99, 99.9)).items()},
     }
+
+
+def closed_loop_process(url: str, requests: int) -> dict[str, object]:
+    """`closed_loop` in a process of its own, so the client's CPU is not the measured one's."""
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.load", url, "--requests", str(requests)],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

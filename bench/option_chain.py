@@ -39,6 +39,7 @@ from psycopg.types.json import Jsonb
 from api.chain_cache import ChainCache
 from api.ingest_state import PublishedIngest
 from bench.common import REPO, DbServer, api_env, db_server, free_port, percentiles
+from bench.load import closed_loop_process
 from core.ist import IST
 from ingest.channels.latest_publisher import LatestTickPublisher
 from ingest.channels.latest_table import published_path
@@ -195,17 +196,6 @@ def now_in_process(url: str, data_dir: Path, requests: int) -> dict[str, Any]:
     }
 
 
-def _load(target: str, requests: int) -> dict[str, Any]:
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.load", target, "--requests", str(requests)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
 def through_http(url: str, data_dir: Path, moment: datetime, requests: int) -> dict[str, Any]:
     port = free_port()
     base = f"http://127.0.0.1:{port}/api/v1/option-chain/NIFTY?expiry={EXPIRIES[0]}"
@@ -228,8 +218,11 @@ def through_http(url: str, data_dir: Path, moment: datetime, requests: int) -> d
                     raise RuntimeError("the API did not answer the chain") from None
                 time.sleep(0.2)
         at_target = f"{base}&at={quote(moment.isoformat())}"
-        _load(at_target, 20)  # warm-up
-        return {"now": _load(base, requests), "at": _load(at_target, requests)}
+        closed_loop_process(at_target, 20)  # warm-up
+        return {
+            "now": closed_loop_process(base, requests),
+            "at": closed_loop_process(at_target, requests),
+        }
     finally:
         api.terminate()
         api.wait(60)

@@ -131,7 +131,14 @@ def test_database_outage_loses_nothing(
     _assert_exactly_once(instruments_db, simulator)
 
 
-def _ingest_process(url: str, data_dir: Path, simulator: FeedSimulator, **env: str):
+def _ingest_process(
+    url: str,
+    data_dir: Path,
+    simulator: FeedSimulator,
+    module: tuple[str, ...] = ("tickvault", "ingest"),
+    **env: str,
+):
+    """`python -m tickvault ingest` (or `module`) on `simulator`, with `env` added."""
     environment = {
         **os.environ,
         "TICKVAULT_DATABASE_URL": url,
@@ -144,8 +151,7 @@ def _ingest_process(url: str, data_dir: Path, simulator: FeedSimulator, **env: s
     return asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "tickvault",
-        "ingest",
+        *module,
         cwd=REPO,
         env=environment,
         stdout=asyncio.subprocess.DEVNULL,

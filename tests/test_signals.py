@@ -12,9 +12,7 @@ import asyncio
 import json
 import logging
 import math
-import os
 import signal
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -37,10 +35,9 @@ from ingest.tick_data import TickData
 from ingest.upstox.decoder import FeedDecoder
 from store.instruments import instrument_records
 from store.signals import SignalRow
-from tests.conftest import REPO
 from tests.emitting_ingest import EveryTick
 from tests.test_api import serve
-from tests.test_ingest_e2e import _assert_exactly_once, _settings, _wait_for
+from tests.test_ingest_e2e import _assert_exactly_once, _ingest_process, _settings, _wait_for
 
 INFY = "NSE_EQ|INE009A01021"
 
@@ -52,27 +49,6 @@ def _rows(url: str, sql: str) -> list[tuple]:
 
 def _one(url: str, sql: str) -> object:
     return _rows(url, sql)[0][0]
-
-
-async def _process(module: list[str], url: str, data_dir: Path, simulator: FeedSimulator, **env):
-    environment = {
-        **os.environ,
-        "TICKVAULT_DATABASE_URL": url,
-        "TICKVAULT_DATA_DIR": str(data_dir),
-        "UPSTOX_ACCESS_TOKEN": "test-token",
-        "UPSTOX_API_BASE": simulator.url,
-        "TICKVAULT_LOG_LEVEL": "WARNING",
-        **env,
-    }
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        *module,
-        cwd=REPO,
-        env=environment,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
 
 
 def test_sigkill_while_a_handler_emits_then_restart_stores_each_signal_once(
@@ -90,7 +66,7 @@ def test_sigkill_while_a_handler_emits_then_restart_stores_each_signal_once(
         try:
             # The handler pauses now and then, so it falls behind the writer: when the kill
             # comes, committed ticks wait for their signals.
-            first = await _process(["tests.emitting_ingest"], url, data_dir, simulator)
+            first = await _ingest_process(url, data_dir, simulator, ("tests.emitting_ingest",))
             await _wait_for(lambda: _one(url, "SELECT count(*) FROM signals") > 2000, 30)
             first.send_signal(signal.SIGKILL)
             await first.wait()
@@ -221,12 +197,8 @@ def test_the_spike_detector_signal_is_in_the_log_the_table_and_the_api(
         simulator = FeedSimulator(await asyncio.to_thread(_records, url), rate=4000, seed=3)
         await simulator.start()
         try:
-            ingest = await _process(
-                ["tickvault", "ingest"],
-                url,
-                data_dir,
-                simulator,
-                TICKVAULT_SPIKE_DETECTOR="true",
+            ingest = await _ingest_process(
+                url, data_dir, simulator, TICKVAULT_SPIKE_DETECTOR="true"
             )
             await _wait_for(lambda: infy_lines(), 90)
             ingest.send_signal(signal.SIGTERM)
