@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import json
 import socket
+import statistics
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -178,7 +179,11 @@ def test_batch_sends_each_round_of_changes_in_one_message(live: Live) -> None:
             refused = await next_of(ws, "error")
         assert symbols == {"INFY", "TCS"}
         assert len(arrivals) >= 4
-        assert min(b - a for a, b in itertools.pairwise(arrivals)) > 0.25  # 300 ms, less jitter
+        # One message per 300 ms: the server spaces them; loopback on a loaded machine may
+        # deliver one late and the next on time, so the median holds the spacing.
+        gaps = [b - a for a, b in itertools.pairwise(arrivals)]
+        assert statistics.median(gaps) > 0.28, gaps
+        assert min(gaps) > 0.15, gaps
         assert refused["message"] == '"bars" and "batch" must be true or false'
 
     asyncio.run(main())

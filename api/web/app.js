@@ -206,13 +206,16 @@ function showLast(tick) {
 /** The chart of `symbol` in `interval`, and the live channel moved to it; false, with the
  * chart left as it was and the reason shown, when the bars route refuses (an unknown symbol);
  * null when a later pick overtook this one. */
+let loads = 0; // loads begun: only the newest may clear or replace the note
+
 async function load(symbol, interval) {
+  const mine = ++loads;
   if (chart) {
     note("loading …");
     try {
       const candles = await chart.show(symbol, interval);
       if (candles === null) return null;
-      note(candles ? "" : `no ${interval} bars of ${symbol} yet`);
+      if (mine === loads) note(candles ? "" : `no ${interval} bars of ${symbol} yet`);
     } catch (error) {
       note(`${symbol}: ${error.message}`);
       return false;
@@ -224,7 +227,8 @@ async function load(symbol, interval) {
   }
   selected.symbol = symbol;
   selected.interval = interval;
-  $("#symbol").value = symbol;
+  // Not under someone typing: a load that ends meanwhile must not replace what they typed.
+  if (document.activeElement !== $("#symbol")) $("#symbol").value = symbol;
   history.replaceState(null, "", `${location.search}#${encodeURIComponent(symbol)}/${interval}`);
   for (const button of document.querySelectorAll("#intervals button")) {
     button.setAttribute("aria-pressed", String(button.value === interval));
@@ -326,7 +330,8 @@ async function start() {
   // The index first: what a trader looks at before any one stock.
   const first = known.includes("NIFTY") || !known.length ? "NIFTY" : known[0];
   const chosen = names.includes(interval) ? interval : "1m";
-  if (!(symbol && (await load(symbol, chosen)))) await load(first, chosen);
+  // The default only when the address's symbol was refused: a pick made meanwhile (null) wins.
+  if ((symbol ? await load(symbol, chosen) : false) === false) await load(first, chosen);
   tableFeed.start();
   chartFeed.start();
   setInterval(
