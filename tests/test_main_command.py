@@ -121,14 +121,16 @@ def _run_env(data_dir: Path, api_port: int) -> dict[str, str]:
 
 def _wait_healthy(process: subprocess.Popen[str], base: str, seconds: float) -> None:
     deadline = time.monotonic() + seconds
+    last: object = "no answer"
     while True:
         assert process.poll() is None, process.stdout.read() if process.stdout else ""
         try:
-            if _get(f"{base}/health")[0] == 200:
+            last = _get(f"{base}/health")
+            if last[0] == 200:
                 return
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, "the API did not come up"
+        except OSError as error:
+            last = error
+        assert time.monotonic() < deadline, f"the API did not come up: /health said {last}"
         time.sleep(0.5)
 
 
