@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -27,7 +27,7 @@ import psycopg
 from ingest.tokens import UpstoxAccess
 from ingest.upstox.candles import UPSTOX_LIMITS, CandleClient, CandleError, RateLimits
 from ingest.upstox.option_chain import QuotedSide, QuotedStrike, quoted_chain
-from store.option_chain import OptionChain, Side, chain_contracts, option_chain
+from store.option_chain import Chain, OptionChain, Side, chain_contracts, option_chain
 
 # What the writer needs to commit the ticks that came before Upstox's answer.
 SETTLE_S = 2.0
@@ -66,10 +66,10 @@ class ChainAuditReport:
     unknown: int  # contracts Upstox lists that our instrument master does not
     no_tick: int  # contracts with no tick stored that day (outside the followed window)
     missing_theirs: int  # contracts we follow that Upstox does not list
-    differences: list[ContractCheck] = field(init=False)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "differences", [c for c in self.contracts if not c.agrees])
+    @property
+    def differences(self) -> list[ContractCheck]:
+        return [c for c in self.contracts if not c.agrees]
 
     @property
     def verdict(self) -> str:
@@ -193,7 +193,7 @@ async def run_chain_audit(
     return compare_chains(before, after, theirs, asked_at, answered_at)
 
 
-def _contracts(database_url: str, underlying: str, expiry: date | None) -> Any:
+def _contracts(database_url: str, underlying: str, expiry: date | None) -> Chain:
     with psycopg.connect(database_url) as conn:
         return chain_contracts(conn, underlying, expiry, datetime.now(UTC))
 
