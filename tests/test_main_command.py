@@ -130,7 +130,10 @@ def _wait_healthy(process: subprocess.Popen[str], base: str, seconds: float) -> 
                 return
         except OSError as error:
             last = error
-        assert time.monotonic() < deadline, f"the API did not come up: /health said {last}"
+        if time.monotonic() > deadline:
+            process.terminate()  # its own words say where the start stopped
+            output = process.communicate(timeout=60)[0] or ""
+            raise AssertionError(f"the API did not come up: /health said {last}\n{output[-3000:]}")
         time.sleep(0.5)
 
 
