@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
@@ -20,7 +21,7 @@ from api.error_responses import install_error_handlers
 from api.ingest_control import IngestControl
 from api.ingest_state import PublishedIngest
 from api.latest_fast import LatestTicksShortcut
-from api.limits import BodyLimit
+from api.limits import UVICORN_LIMITS, BodyLimit
 from api.liveness import DatabaseProbe
 from api.operations import Operations
 from api.page import mount_page
@@ -40,6 +41,12 @@ from api.routes import (
 from api.stream_hub import StreamHub
 from api.symbol_resolver import SymbolResolver
 from core.config import Settings
+
+
+def server_options(settings: Settings) -> dict[str, Any]:
+    """What uvicorn serves an app of `settings` with: the request limits (api/limits.py) and
+    the stream's compression (TICKVAULT_STREAM_DEFLATE)."""
+    return {**UVICORN_LIMITS, "ws_per_message_deflate": settings.stream_deflate}
 
 
 def create_app(settings: Settings, database_url: str) -> FastAPI:
@@ -90,6 +97,7 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
         summary="Upstox market ticks and OHLC bars from TimescaleDB",
         lifespan=lifespan,
     )
+    app.state.settings = settings  # what a server of this app reads (server_options)
     routes = (
         ops,
         feed,

@@ -4,7 +4,8 @@ One task reads what the ingest publishes (ingest/channels/: the latest ticks and
 1-minute bars), only the slots whose sequence number moved, and offers each change to the
 clients that follow its instrument. It reads as soon as a publish stored something (it looks
 at the tables' publish counters every PROBE_S, one memory read each), and at least every
-POLL_S, so a tick waits for the ingest's publish interval (25 ms) and a probe, not a poll.
+POLL_S, so a tick waits for the ingest's publish interval (25 ms) and a probe, not a poll;
+and a tick held back by a client's `ticks_ms` goes out within a probe of its window opening.
 Each client has a bounded queue that its connection drains; a client whose queue is full is
 marked behind and closed by its route (4000): it never makes the worker hold more, and never
 slows the ingest (which readers cost nothing) or the other clients (offering is a
@@ -30,6 +31,7 @@ import logging
 import math
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +142,7 @@ class StreamHub:
         self._rows: dict[str, Tick] = {}  # key -> the last published bar row seen
         self._finals: dict[str, dict[int, tuple]] = {}  # key -> bucket -> final bar pushed
         self._minute = 0  # the newest forming bucket of the feed: older minutes are over
+        self._next_due = math.inf  # when a client's ticks_ms window opens next (monotonic)
         self._task: asyncio.Task[None] | None = None
 
     # --- clients ---------------------------------------------------------------------------
@@ -241,6 +244,8 @@ class StreamHub:
                 now = time.monotonic()
                 counts = self._published_counts()
                 if (counts is None or counts == seen) and now - last_round < POLL_S:
+                    if now >= self._next_due:  # a window opened on changes already noted
+                        self._send_due(now)
                     continue
                 seen, last_round = counts, now
                 ticks, rows = await asyncio.to_thread(self._read_changes)
@@ -309,11 +314,22 @@ class StreamHub:
         for key, tick in ticks.items():
             latest[key] = (round_, tick)
         self._note_bars(rows)
-        for client in list(self.clients):
-            if now - client.sent_at >= client.ticks_s:
-                self._send_changes(client, now)
+        self._send_due(now)
 
-    def _send_changes(self, client: StreamClient, now: float) -> None:
+    def _send_due(self, now: float) -> None:
+        """Send each client whose ticks_ms has passed what changed since its last message,
+        and note when the next window opens: the probe sends then, not at the next publish
+        (up to 25 ms later). A client with nothing new is left to the next publish."""
+        ts = datetime.now(UTC).isoformat()  # in the messages: when their windows opened again
+        next_due = math.inf
+        for client in list(self.clients):
+            if now - client.sent_at >= client.ticks_s and not self._send_changes(client, now, ts):
+                continue
+            next_due = min(next_due, client.sent_at + client.ticks_s)
+        self._next_due = next_due
+
+    def _send_changes(self, client: StreamClient, now: float, ts: str) -> bool:
+        """Whether `client` was sent anything."""
         since = client.sent_round
         keys = self._latest.keys() if client.universe else client.keys
         ticks = [
@@ -330,15 +346,16 @@ class StreamHub:
         ]
         client.sent_round = self._round
         if not ticks and not bars:
-            return
+            return False
         client.sent_at = now
         if client.batch:  # one frame for all of them: the frames, not the fan-out, cost most
-            client.offer(changes_message(ticks, bars))
-            return
+            client.offer(changes_message(ticks, bars, ts))
+            return True
         for text in ticks:
             client.offer(("tick", text))
         for text in bars:
             client.offer(("bar", text))
+        return True
 
     def _text(self, kind: str, key: str, entry: tuple[int, Any]) -> str:
         """The JSON of `entry` (a key's newest tick or forming bar), made once per change."""

@@ -78,10 +78,15 @@ def snapshot_message(
     return "snapshot", dumps(body)
 
 
-def changes_message(ticks: Sequence[str], bars: Sequence[str]) -> Message:
+def changes_message(ticks: Sequence[str], bars: Sequence[str], ts: str) -> Message:
     """One frame for a batching client's changes (each already JSON text): the frames, not
-    the fan-out, cost most."""
-    return "changes", f'{{"type":"changes","ticks":[{",".join(ticks)}],"bars":[{",".join(bars)}]}}'
+    the fan-out, cost most. `ts` (ISO, UTC) is when the server made it: the client's next
+    `ticks_ms` window opens then, so a client can tell what the stream itself added to a
+    tick's age from what its own conflation held back."""
+    joined_ticks, joined_bars = ",".join(ticks), ",".join(bars)
+    return "changes", (
+        f'{{"type":"changes","ts":"{ts}","ticks":[{joined_ticks}],"bars":[{joined_bars}]}}'
+    )
 
 
 def heartbeat_message(published: PublishedIngest) -> Message:

@@ -38,6 +38,7 @@ from bench.common import (
     write_universe,
 )
 from bench.common import simulator as feed_simulator
+from core.heap import freeze_startup_heap
 
 CLIENTS = 200
 SYMBOLS = 50
@@ -45,6 +46,7 @@ STOCKS = 200
 INGEST_RATE = 20_000
 TICKS_MS = 250  # the stream's default
 RECEIVED_AT = '"received_at":"'
+CHANGES_TS = '{"type":"changes","ts":"'
 
 
 def _get_json(url: str) -> Any:
@@ -92,12 +94,15 @@ async def _client(
 
     Two lags per tick: its age at arrival (now minus `received_at`), and, for a batch client,
     what the stream added beyond the hold-back the client asked for: now minus the later of
-    `received_at` and the previous message's arrival plus `ticks_ms` (a tick that came while
-    the client's conflation window was shut is due when it opens, not when it came)."""
+    `received_at` and the moment the client's `ticks_ms` window opened, the previous
+    message's `ts` (when the server made it) plus `ticks_ms`. A tick that came while the
+    window was shut is due when it opens, not when it came: holding it is the conflation the
+    client asked for, and so is the age of a symbol's newest tick when the window opens."""
     async with websockets.connect(url, max_size=None) as ws:
         request = {"action": "subscribe", "symbols": symbols, "batch": batch, "ticks_ms": TICKS_MS}
         await ws.send(json.dumps(request))
-        opens = math.inf  # when the client's window opened again after its last message
+        opens = -math.inf  # when its window opened again: the first changes are not held
+        window_s = TICKS_MS / 1000
         while time.time() < until:
             try:
                 async with asyncio.timeout(max(0.01, until - time.time())):
@@ -105,9 +110,7 @@ async def _client(
             except TimeoutError:
                 break
             now = time.time()
-            if not text.startswith(('{"type":"tick"', '{"type":"changes"')):
-                if text.startswith('{"type":"snapshot"'):
-                    opens = now + TICKS_MS / 1000
+            if not text.startswith(('{"type":"tick"', CHANGES_TS)):
                 continue
             lags["frames"].append(now)
             # No json.loads: the clients' own CPU would be measured too.
@@ -120,7 +123,9 @@ async def _client(
                 if batch:
                     lags["added"].append((now - max(received, opens)) * 1000)
                 at = text.find(RECEIVED_AT, at + 1)
-            opens = now + TICKS_MS / 1000
+            if batch:
+                made = text[len(CHANGES_TS) : text.index('"', len(CHANGES_TS))]
+                opens = datetime.fromisoformat(made).timestamp() + window_s
         return ws.close_code or 0
 
 
@@ -135,6 +140,7 @@ async def _clients(
         chosen = [symbols[(i * 7 + j) % len(symbols)] for j in range(per)]
         tasks.append(asyncio.create_task(_client(url, chosen, until, lags, batch)))
         await asyncio.sleep(0.005)  # not all 200 handshakes in one instant
+    freeze_startup_heap()  # a full collection's pause would be measured as the stream's lag
     codes = await asyncio.gather(*tasks, return_exceptions=True)
     # The first tenth includes the connection storm.
     warm = {name: values[len(values) // 10 :] for name, values in lags.items()}

@@ -248,6 +248,9 @@ class Settings:
     stream_max_clients: Annotated[int, Field(ge=1)] = 200
     stream_queue_max: Annotated[int, Field(ge=1)] = 2000
     stream_queue_max_bytes: Annotated[int, Field(ge=1024)] = 8 * 1024 * 1024
+    # permessage-deflate on the stream's WebSocket: off, as compressing each frame took about
+    # half of a worker's stream CPU (BENCHMARKS.md); on for clients behind a slow link.
+    stream_deflate: bool = False
     log_level: LogLevel = "INFO"
     # Audit the day's bars against Upstox's candles after the close (ingest/jobs/audit.py).
     audit_after_close: bool = True

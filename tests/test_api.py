@@ -26,8 +26,8 @@ from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
 from api import create_app
+from api.app import server_options
 from api.db import read_pool
-from api.limits import UVICORN_LIMITS
 from core.config import Secret, Settings
 from ingest.service import WebSocketService
 from ingest.simulator import FeedSimulator
@@ -48,7 +48,8 @@ def serve(app: FastAPI) -> Iterator[str]:
     """Run `app` under uvicorn in a thread on a free loopback port; yield its base URL."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(app, log_level="warning", lifespan="on", **UVICORN_LIMITS)
+    options = server_options(app.state.settings)  # as `tickvault api` serves it
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", **options)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

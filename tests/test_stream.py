@@ -159,6 +159,7 @@ def test_batch_sends_each_round_of_changes_in_one_message(live: Live) -> None:
 
     async def main() -> None:
         arrivals: list[float] = []
+        made: list[float] = []  # each message's "ts": when the server made it
         symbols: set[str] = set()
         async with connect(live) as ws:
             await subscribe(ws, ["INFY", "TCS"], ticks_ms=300, batch=True)
@@ -170,6 +171,7 @@ def test_batch_sends_each_round_of_changes_in_one_message(live: Live) -> None:
                     continue
                 assert message["type"] == "changes"
                 arrivals.append(time.monotonic())
+                made.append(datetime.fromisoformat(message["ts"]).timestamp())
                 for kind in ("ticks", "bars"):
                     named = [item["symbol"] for item in message[kind]]
                     assert len(named) == len(set(named)), (kind, named)
@@ -183,6 +185,9 @@ def test_batch_sends_each_round_of_changes_in_one_message(live: Live) -> None:
         # deliver one late and the next on time, so the median holds the spacing.
         gaps = [b - a for a, b in itertools.pairwise(arrivals)]
         assert statistics.median(gaps) > 0.28, gaps
+        # The server's own times carry no loopback jitter: the next one is ticks_ms later.
+        assert min(b - a for a, b in itertools.pairwise(made)) >= 0.3, made
+        assert abs(time.time() - made[-1]) < 5  # a UTC time, not the feed's or a monotonic one
         assert min(gaps) > 0.15, gaps
         assert refused["message"] == '"bars" and "batch" must be true or false'
 
@@ -355,6 +360,21 @@ def test_a_client_queue_is_bounded_in_bytes_as_well_as_messages() -> None:
         assert client.queue.qsize() == 2
 
     asyncio.run(main())
+
+
+def test_frames_are_compressed_only_where_configured(live: Live, tmp_path: Path) -> None:
+    """Compressing each frame cost about half of a worker's stream CPU, so the server declines
+    permessage-deflate unless TICKVAULT_STREAM_DEFLATE asks for it; websockets offers it."""
+
+    async def extensions(base: str) -> str | None:
+        async with websockets.connect(stream_url(base), additional_headers=KEY) as ws:
+            assert "permessage-deflate" in ws.request.headers["Sec-WebSocket-Extensions"]
+            return ws.response.headers.get("Sec-WebSocket-Extensions")
+
+    assert asyncio.run(extensions(live.base)) is None
+    settings = Settings(data_dir=tmp_path, api_key=Secret(API_KEY), stream_deflate=True)
+    with serve(create_app(settings, live.database_url)) as base:
+        assert "permessage-deflate" in (asyncio.run(extensions(base)) or "")
 
 
 def test_the_api_key_is_required_when_configured(live: Live) -> None:
