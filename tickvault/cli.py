@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import psycopg
 
 from core.config import Settings, check_dotenv
+from core.heap import freeze_startup_heap
 from ingest.tokens import choose_token
 from store.bars import refresh_bars
 from store.errors import StoreError
@@ -222,7 +223,7 @@ def _api(settings: Settings, args: argparse.Namespace) -> int:
     same machine, database and data directory (it reads what that ingest publishes)."""
     import uvicorn
 
-    from api.limits import UVICORN_LIMITS
+    from api.app import server_options
     from ingest.channels.latest_table import published_path
     from tickvault.supervisor import die_with_supervisor
 
@@ -251,7 +252,7 @@ def _api(settings: Settings, args: argparse.Namespace) -> int:
         port=settings.api_port,
         log_config=None,
         log_level=settings.log_level.lower(),
-        **UVICORN_LIMITS,
+        **server_options(settings),
     )
     return 0
 
@@ -263,7 +264,9 @@ def api_app() -> FastAPI:
 
     settings = Settings.from_env()
     _api_logging(settings)
-    return create_app(settings, database_url(settings))
+    app = create_app(settings, database_url(settings))
+    freeze_startup_heap()  # the imports and the app are for the worker's life
+    return app
 
 
 def _api_logging(settings: Settings) -> None:
