@@ -9,6 +9,7 @@ default PostgreSQL's timescaledb carrying the TSL module) and its tests skip oth
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import tempfile
@@ -54,10 +55,24 @@ ALL_MIGRATIONS = [
 ]
 
 
+# Below Linux's ephemeral range (32768-60999): the kernel never hands these out for an
+# outgoing connection, so a port found free here is still free when the subprocess it is for
+# binds it. An ephemeral port can be taken in between by any test's client connection, and
+# CI saw a `tickvault run` whose API then never listened.
+_LISTEN_PORTS = range(20000, 32000)
+_pick = random.SystemRandom()  # not the seeded generator: parallel workers pick apart
+
+
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A loopback port nothing listens on, for a server a test starts in another process."""
+    while True:
+        port = _pick.choice(_LISTEN_PORTS)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
 
 
 class DbServer:
