@@ -461,9 +461,10 @@ def table(results: dict[str, Any]) -> list[tuple[str, str, str]]:
             (
                 f"push stream: {stream['clients']} clients x {stream['symbols_per_client']}"
                 " symbols, tick-to-client lag",
-                f"p50 {stream['lag_ms']['p50']:,.0f} ms, p99 {stream['lag_ms']['p99']:,.0f} ms"
-                f" (beyond the conflation asked for: p99 {stream['added_lag_ms']['p99']:,.0f} ms);"
-                f" ingest rate with/without clients {stream['stream_ingest_rate_ratio']:.3f}",
+                f"p50 {stream['added_lag_ms']['p50']:,.0f} ms, p99"
+                f" {stream['added_lag_ms']['p99']:,.0f} ms from when due (age at arrival: p99"
+                f" {stream['lag_ms']['p99']:,.0f} ms); ingest rate with/without clients"
+                f" {stream['stream_ingest_rate_ratio']:.3f}",
                 "p99 < 100 ms at 200 clients",
             )
         )
@@ -583,7 +584,7 @@ def summary(results: dict[str, Any]) -> dict[str, float | None]:
         "read_bars_universe_month_s": _dig(results, "read_path", "universe_month_5m", "seconds"),
         "stream_p99_ms_200_clients": _dig(results, "stream", "stream_p99_ms_200_clients"),
         "stream_ingest_rate_ratio": _dig(results, "stream", "stream_ingest_rate_ratio"),
-        "stream_added_p99_ms_200_clients": _dig(results, "stream", "added_lag_ms", "p99"),
+        "stream_age_p99_ms_200_clients": _dig(results, "stream", "stream_age_p99_ms_200_clients"),
         "stream_idle_growth_mib": _dig(results, "stream_idle", "stream_idle_growth_mib"),
         "option_chain_p99_ms": _dig(results, "option_chain", "option_chain_p99_ms"),
         "option_chain_now_p99_ms": _dig(results, "option_chain", "option_chain_now_p99_ms"),
