@@ -110,6 +110,33 @@ class StreamClient:
         return message
 
 
+class TradingSymbols(dict[str, str]):
+    """Instrument key -> trading symbol, each learned once from the instrument master (the key
+    stands in where the master does not know it, or the database cannot say now); the
+    messages read it as their `symbols` mapping."""
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        super().__init__()
+        self._pool = pool
+
+    def unnamed(self, keys: list[str]) -> list[str]:
+        return [key for key in dict.fromkeys(keys) if key not in self]
+
+    def learn(self, keys: list[str]) -> None:
+        """Name the keys not named yet: one query for all of them."""
+        missing = self.unnamed(keys)
+        if not missing:
+            return
+        try:
+            with self._pool.connection(timeout=2) as conn:
+                found = trading_symbols(conn, missing)
+        except Exception as error:
+            log.warning("stream: trading symbols not read, keys stand in: %s", error)
+            found = {}
+        for key in missing:
+            self[key] = found.get(key) or key
+
+
 class StreamHub:
     """The fan-out of one API worker: `register` a client (None past `max_clients`),
     `subscribe` it, `unregister` it at the end; `start`/`stop` the reading task."""
@@ -122,7 +149,6 @@ class StreamHub:
         self._bars = LatestTickReader(bars_path(data_dir), shape=BARS)
         self._read_lock = threading.Lock()  # a reader is not thread-safe
         self._published = published
-        self._pool = pool
         self.max_clients = settings.stream_max_clients
         self.queue_max = settings.stream_queue_max
         self.queue_max_bytes = settings.stream_queue_max_bytes
@@ -132,7 +158,7 @@ class StreamHub:
         self.clients: set[StreamClient] = set()
         self._followers: dict[str, set[StreamClient]] = {}  # key -> clients that follow it
         self._universe: set[StreamClient] = set()
-        self._symbols: dict[str, str] = {}  # key -> trading symbol
+        self._symbols = TradingSymbols(pool)
         self._seqs: dict[str, list[int]] = {"tick": [], "bar": []}
         self._tokens: dict[str, str | None] = {"tick": None, "bar": None}
         self._round = 0  # fan-out rounds so far: when each change was seen
@@ -214,7 +240,7 @@ class StreamHub:
                 rows = busy.partial
             except IngestNotRunning:
                 rows = {}
-        self._name(list(ticks) + list(rows))
+        self._symbols.learn(list(ticks) + list(rows))
         return ticks, rows
 
     # --- the reading task ------------------------------------------------------------------
@@ -249,8 +275,8 @@ class StreamHub:
                     continue
                 seen, last_round = counts, now
                 ticks, rows = self._read_changes()
-                if unnamed := self._unnamed(list(ticks) + list(rows)):
-                    await asyncio.to_thread(self._name, unnamed)  # the database, once a key
+                if unnamed := self._symbols.unnamed(list(ticks) + list(rows)):
+                    await asyncio.to_thread(self._symbols.learn, unnamed)  # the database
                 self._fan_out(ticks, rows)
                 if time.monotonic() >= next_heartbeat:
                     next_heartbeat = time.monotonic() + HEARTBEAT_S
@@ -294,24 +320,6 @@ class StreamHub:
             self._tokens[kind] = token
         self._seqs[kind], rows = reader.changes(self._seqs[kind])
         return rows
-
-    def _unnamed(self, keys: list[str]) -> list[str]:
-        return [key for key in dict.fromkeys(keys) if key not in self._symbols]
-
-    def _name(self, keys: list[str]) -> None:
-        """Learn the trading symbol of keys not named yet (once each; the key itself when the
-        master does not know it, or the database cannot say now)."""
-        missing = self._unnamed(keys)
-        if not missing:
-            return
-        try:
-            with self._pool.connection(timeout=2) as conn:
-                found = trading_symbols(conn, missing)
-        except Exception as error:
-            log.warning("stream: trading symbols not read, keys stand in: %s", error)
-            found = {}
-        for key in missing:
-            self._symbols[key] = found.get(key) or key
 
     def _fan_out(self, ticks: dict[str, Tick], rows: dict[str, Tick]) -> None:
         """Note this round's changes, push the bars of minutes that closed, and send each
