@@ -4,6 +4,11 @@ Both receive every decoded frame synchronously from the pipeline as `(seq, ticks
 `seq` is the frame's journal sequence number. They must stay cheap there: the writer only
 appends to its current batch, and the database work happens in its own task.
 
+Two connections write at once: batch n+1's COPY runs while batch n commits, and its COMMIT
+waits until batch n's has returned, so the ledger's highest committed seq never has an
+uncommitted batch below it (recovery replays the journal after that seq). One COPY backend
+was a serial stage: the database had a core it could not use through it.
+
 Through a database outage of any length the writer tries again at most `retry_max_s` apart,
 and a stop during one does not wait for the database: what is not committed stays in the
 journal, which the next start replays.
@@ -14,6 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -44,6 +52,37 @@ class _Batch:
     rows: list[Tick] = field(default_factory=list)
     oldest_received_at: int | None = None
     attempts: int = 0
+
+
+# Batches written at once, each on its own pooled connection, committed in order.
+WRITER_CONNECTIONS = 2
+
+# A fault switch for the exactly-once test of ordered commits: set to "1", the process kills
+# itself (SIGKILL) once a batch has been COPYed and the batch before it has committed, at the
+# moment between the two commits. Nothing sets it outside that test.
+KILL_BETWEEN_COMMITS = "TICKVAULT_FAULT_KILL_BETWEEN_COMMITS"
+
+
+class _Turn:
+    """A batch's place in the commit order: the batch after it commits only once this one
+    has, and rolls back if this one did not (it is then written again, in order)."""
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self._committed = False
+
+    def finish(self, committed: bool) -> None:
+        self._committed = committed
+        self._done.set()
+
+    def committed(self) -> bool:
+        """Blocks until the batch's write has ended either way (runs in a writer thread)."""
+        self._done.wait()
+        return self._committed
+
+
+class _OutOfTurn(Exception):
+    """The batch before this one did not commit, so this one rolled back."""
 
 
 class _Retries:
@@ -110,6 +149,7 @@ class TickDataHandler:
         next_batch_id: int = 1,
         committed_seq: int = 0,
         retry_max_s: float = 5.0,
+        connections: int = WRITER_CONNECTIONS,
     ) -> None:
         self._pool = pool
         self._journal = journal
@@ -122,8 +162,13 @@ class TickDataHandler:
         self._current: _Batch | None = None
         self._current_started = 0.0
         self._pending: deque[_Batch] = deque()
+        # The writes under way, of the first len(_in_flight) pending batches, in order.
+        self._in_flight: deque[tuple[_Turn, asyncio.Future[None]]] = deque()
+        self._connections = connections
+        self._kill_between_commits = os.environ.get(KILL_BETWEEN_COMMITS) == "1"
         self._pending_rows = 0
         self._wake = asyncio.Event()
+        self._enqueued = asyncio.Event()  # what a drain waiting on one write also wakes for
         self._stopping = False
         self._left_to_journal = False
         self._spilled = False
@@ -184,10 +229,11 @@ class TickDataHandler:
         self._pending_rows += len(batch.rows)
         self._metrics.queue_depth.set(self._pending_rows)
         self._wake.set()
+        self._enqueued.set()
 
     def _spill(self) -> None:
-        """Drop the in-memory backlog (all of it is journaled) but the batch being written."""
-        while len(self._pending) > 1:
+        """Drop the in-memory backlog (all of it is journaled) but the batches being written."""
+        while len(self._pending) > max(1, len(self._in_flight)):
             dropped = self._pending.pop()
             self._pending_rows -= len(dropped.rows)
             if dropped.oldest_received_at is not None:
@@ -229,22 +275,52 @@ class TickDataHandler:
             ):
                 self._cut()
 
-    async def _drain(self) -> bool:
-        """Write pending batches in order, retrying each with backoff until it commits;
-        False when a stop during an outage left them to the journal."""
-        while self._pending:
-            batch = self._pending[0]
+    async def _drain(self, keep: int = 0) -> bool:
+        """Write pending batches in order, up to `connections` at once, until at most `keep`
+        are left (their writes may be under way), retrying from the first uncommitted batch
+        with backoff; False when a stop during an outage left them to the journal."""
+        while len(self._pending) > keep:
+            while len(self._in_flight) < min(len(self._pending), self._connections):
+                self._start(self._pending[len(self._in_flight)])
+            batch, (_, write) = self._pending[0], self._in_flight[0]
+            if len(self._in_flight) < self._connections and not await self._until_enqueued(write):
+                continue  # a batch was cut meanwhile: it starts on the idle connection
             try:
-                await asyncio.to_thread(self._write, batch)
+                await write
             except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as error:
+                # The writes after it roll back (each commits only after the one before).
+                await self._settle()
                 batch.attempts += 1
                 self._note_failure(error)
                 if not await self._wait_to_retry():
                     return False
                 continue
+            self._in_flight.popleft()
             self._retry.reset()
             self._committed(batch)
         return True
+
+    def _start(self, batch: _Batch) -> None:
+        previous = self._in_flight[-1][0] if self._in_flight else None
+        turn = _Turn()
+        write = asyncio.ensure_future(asyncio.to_thread(self._write, batch, previous, turn))
+        self._in_flight.append((turn, write))
+
+    async def _until_enqueued(self, write: asyncio.Future[None]) -> bool:
+        """Wait until `write` ends (True) or a batch is enqueued first (False)."""
+        self._enqueued.clear()
+        enqueued = asyncio.ensure_future(self._enqueued.wait())
+        try:
+            await asyncio.wait((write, enqueued), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            enqueued.cancel()
+        return write.done()
+
+    async def _settle(self) -> None:
+        """Wait for every write under way to end; none of them committed."""
+        writes = [write for _, write in self._in_flight]
+        self._in_flight.clear()
+        await asyncio.gather(*writes, return_exceptions=True)
 
     async def _catch_up(self) -> None:
         """Write journaled frames after the last commit, then go back to live ticks."""
@@ -267,7 +343,8 @@ class TickDataHandler:
                 if len(batch.rows) >= self._batch_rows:
                     self._enqueue(batch)
                     batch = None
-                    if not await self._drain():
+                    # Leave the last batch's write under way while the next one is read.
+                    if not await self._drain(keep=self._connections - 1):
                         return
             if batch is None and after == self._journal.last_seq:
                 # Nothing new since this pass began, and no await since it checked: the next
@@ -296,20 +373,33 @@ class TickDataHandler:
         _say_left_in_journal(self._journal, self.committed_seq)
         return False
 
-    def _write(self, batch: _Batch) -> None:
-        """One transaction: COPY the rows and record the batch (runs in a worker thread)."""
-        started = time.perf_counter()
-        # Frames must be durable in the journal before the database says they are committed:
-        # otherwise a power loss could hand their seqs out again.
-        self._journal.sync()
-        journal_id = self._journal.journal_id
-        with self._pool.connection() as conn, conn.cursor() as cur:
-            if batch.attempts and batch_committed(cur, journal_id, batch.batch_id):
-                return  # an earlier attempt committed; only its acknowledgement was lost
-            write_batch(
-                cur, journal_id, batch.batch_id, batch.first_seq, batch.last_seq, batch.rows
-            )
-        self._metrics.batch_seconds.observe(time.perf_counter() - started)
+    def _write(self, batch: _Batch, previous: _Turn | None, turn: _Turn) -> None:
+        """One transaction: COPY the rows and record the batch, then COMMIT once `previous`
+        (the batch before it, if still being written) has committed (a worker thread)."""
+        committed = False
+        try:
+            started = time.perf_counter()
+            # Frames must be durable in the journal before the database says they are
+            # committed: otherwise a power loss could hand their seqs out again.
+            self._journal.sync()
+            journal_id = self._journal.journal_id
+            with self._pool.connection() as conn:  # commits on leaving, rolls back on a raise
+                with conn.cursor() as cur:
+                    if batch.attempts and batch_committed(cur, journal_id, batch.batch_id):
+                        committed = True
+                        return  # an earlier attempt committed; only its answer was lost
+                    write_batch(
+                        cur, journal_id, batch.batch_id, batch.first_seq, batch.last_seq, batch.rows
+                    )
+                if previous is not None:
+                    if not previous.committed():
+                        raise _OutOfTurn(f"batch {batch.batch_id} waits for the one before it")
+                    if self._kill_between_commits:
+                        os.kill(os.getpid(), signal.SIGKILL)
+            committed = True
+            self._metrics.batch_seconds.observe(time.perf_counter() - started)
+        finally:
+            turn.finish(committed)
 
     def _committed(self, batch: _Batch) -> None:
         self._pending.popleft()
