@@ -70,10 +70,14 @@ class _Turn:
     def __init__(self) -> None:
         self._done = threading.Event()
         self._committed = False
+        self.backend_pid: int | None = None  # of its connection, once it has one
 
     def finish(self, committed: bool) -> None:
         self._committed = committed
         self._done.set()
+
+    def ended(self, timeout: float) -> bool:
+        return self._done.wait(timeout)
 
     def committed(self) -> bool:
         """Blocks until the batch's write has ended either way (runs in a writer thread)."""
@@ -82,7 +86,29 @@ class _Turn:
 
 
 class _OutOfTurn(Exception):
-    """The batch before this one did not commit, so this one rolled back."""
+    """This batch rolled back to let the one before it commit first, or because it did not;
+    written again right away, in order."""
+
+
+# How often a batch waiting for the one before it checks that it is not in that one's way.
+_TURN_CHECK_S = 0.1
+
+
+def _wait_for_turn(cur: psycopg.Cursor, previous: _Turn) -> None:
+    """Return once the batch before has committed; raise _OutOfTurn if it did not, or if its
+    COPY waits on a lock this transaction holds: the first rows of a new chunk make
+    TimescaleDB create it under a lock held until commit, so a batch that reached a new
+    chunk first would wait for the batch before while that one waits for it, forever (a
+    wait the database cannot see as a deadlock: half of it is here)."""
+    while not previous.ended(_TURN_CHECK_S):
+        pid = previous.backend_pid
+        if pid is None:
+            continue
+        row = cur.execute("SELECT pg_backend_pid() = ANY(pg_blocking_pids(%s))", [pid]).fetchone()
+        if row and row[0]:
+            raise _OutOfTurn("in the way of the batch before it (a new chunk's lock)")
+    if not previous.committed():
+        raise _OutOfTurn("the batch before it did not commit")
 
 
 class _Retries:
@@ -279,14 +305,21 @@ class TickDataHandler:
         """Write pending batches in order, up to `connections` at once, until at most `keep`
         are left (their writes may be under way), retrying from the first uncommitted batch
         with backoff; False when a stop during an outage left them to the journal."""
-        while len(self._pending) > keep:
+        while True:
+            # Started before the check: the catch-up's one batch writes while it reads on.
             while len(self._in_flight) < min(len(self._pending), self._connections):
                 self._start(self._pending[len(self._in_flight)])
+            if len(self._pending) <= keep:
+                return True
             batch, (_, write) = self._pending[0], self._in_flight[0]
             if len(self._in_flight) < self._connections and not await self._until_enqueued(write):
                 continue  # a batch was cut meanwhile: it starts on the idle connection
             try:
                 await write
+            except _OutOfTurn as why:
+                await self._settle()  # those after it wait for it: none committed
+                log.info("batch %d written again after the one before it: %s", batch.batch_id, why)
+                continue
             except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as error:
                 # The writes after it roll back (each commits only after the one before).
                 await self._settle()
@@ -298,7 +331,6 @@ class TickDataHandler:
             self._in_flight.popleft()
             self._retry.reset()
             self._committed(batch)
-        return True
 
     def _start(self, batch: _Batch) -> None:
         previous = self._in_flight[-1][0] if self._in_flight else None
@@ -384,6 +416,7 @@ class TickDataHandler:
             self._journal.sync()
             journal_id = self._journal.journal_id
             with self._pool.connection() as conn:  # commits on leaving, rolls back on a raise
+                turn.backend_pid = conn.info.backend_pid
                 with conn.cursor() as cur:
                     if batch.attempts and batch_committed(cur, journal_id, batch.batch_id):
                         committed = True
@@ -391,11 +424,10 @@ class TickDataHandler:
                     write_batch(
                         cur, journal_id, batch.batch_id, batch.first_seq, batch.last_seq, batch.rows
                     )
-                if previous is not None:
-                    if not previous.committed():
-                        raise _OutOfTurn(f"batch {batch.batch_id} waits for the one before it")
-                    if self._kill_between_commits:
-                        os.kill(os.getpid(), signal.SIGKILL)
+                    if previous is not None:
+                        _wait_for_turn(cur, previous)
+                        if self._kill_between_commits:
+                            os.kill(os.getpid(), signal.SIGKILL)
             committed = True
             self._metrics.batch_seconds.observe(time.perf_counter() - started)
         finally:

@@ -8,6 +8,7 @@ TimescaleDB; the simulator records every distinct tick it wrote to a socket.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -187,9 +188,12 @@ def _ledger(url: str) -> list[tuple[int, int]]:
         ).fetchall()
 
 
-async def _restart_and_stop(url: str, data_dir: Path, simulator: FeedSimulator) -> None:
+async def _restart_and_stop(
+    url: str, data_dir: Path, simulator: FeedSimulator, journaled: int
+) -> None:
+    """Start again, wait until the frames journaled before have committed, stop cleanly."""
     process = await _ingest_process(url, data_dir, simulator)
-    await asyncio.sleep(5)
+    await _wait_for(lambda: max((last for _, last in _ledger(url)), default=0) >= journaled, 60)
     process.send_signal(signal.SIGTERM)
     _, stderr = await process.communicate()
     assert process.returncode == 0, stderr.decode()[-2000:]
@@ -208,7 +212,7 @@ def test_sigkill_mid_stream_then_restart_writes_each_tick_once(
         try:
             await _start_then_kill(instruments_db, data_dir, simulator)
             journaled, ledger = _journaled(data_dir), _ledger(instruments_db)
-            await _restart_and_stop(instruments_db, data_dir, simulator)
+            await _restart_and_stop(instruments_db, data_dir, simulator, journaled)
         finally:
             await simulator.stop()
         return simulator, journaled, ledger
@@ -244,13 +248,19 @@ def test_kill_between_the_two_writers_commits_then_restart_writes_each_tick_once
                 data_dir,
                 simulator,
                 TICKVAULT_BATCH_ROWS="50",
+                TICKVAULT_LOG_LEVEL="INFO",
                 **{KILL_BETWEEN_COMMITS: "1"},
             )
-            await asyncio.wait_for(between.wait(), 60)
-            assert between.returncode == -signal.SIGKILL
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(between.wait(), 30)
+            died = between.returncode
+            if died is None:
+                between.kill()
+            _, stderr = await between.communicate()
+            assert died == -signal.SIGKILL, stderr.decode()[-3000:]
             journaled, ledger = _journaled(data_dir), _ledger(edition_db_url)
             simulator.stall(0.0)
-            await _restart_and_stop(edition_db_url, data_dir, simulator)
+            await _restart_and_stop(edition_db_url, data_dir, simulator, journaled)
         finally:
             await simulator.stop()
         return simulator, journaled, ledger
