@@ -425,7 +425,10 @@ class TickDataHandler:
                         cur, journal_id, batch.batch_id, batch.first_seq, batch.last_seq, batch.rows
                     )
                     if previous is not None:
+                        waiting = time.perf_counter()
                         _wait_for_turn(cur, previous)
+                        # The batch's own COPY and COMMIT, not the one before it.
+                        started += time.perf_counter() - waiting
                         if self._kill_between_commits:
                             os.kill(os.getpid(), signal.SIGKILL)
             committed = True
