@@ -94,19 +94,33 @@ class _OutOfTurn(Exception):
 _TURN_CHECK_S = 0.1
 
 
+# Whether this transaction is among the sessions that keep backend %s waiting, directly or
+# through others waiting on it: pg_blocking_pids names only the first link of a chain.
+_IN_THE_WAY = """
+WITH RECURSIVE blocker(pid) AS (
+    SELECT unnest(pg_blocking_pids(%s))
+    UNION
+    SELECT further FROM blocker, unnest(pg_blocking_pids(blocker.pid)) AS further
+)
+SELECT pg_backend_pid() IN (SELECT pid FROM blocker)
+"""
+
+
 def _wait_for_turn(cur: psycopg.Cursor, previous: _Turn) -> None:
     """Return once the batch before has committed; raise _OutOfTurn if it did not, or if its
     COPY waits on a lock this transaction holds: the first rows of a new chunk make
     TimescaleDB create it under a lock held until commit, so a batch that reached a new
     chunk first would wait for the batch before while that one waits for it, forever (a
-    wait the database cannot see as a deadlock: half of it is here)."""
+    wait the database cannot see as a deadlock: half of it is here). The wait may also run
+    through a third session: a job asking for a strong lock on a chunk this batch wrote
+    queues behind it, and the batch before queues behind that job."""
     while not previous.ended(_TURN_CHECK_S):
         pid = previous.backend_pid
         if pid is None:
             continue
-        row = cur.execute("SELECT pg_backend_pid() = ANY(pg_blocking_pids(%s))", [pid]).fetchone()
+        row = cur.execute(_IN_THE_WAY, [pid]).fetchone()
         if row and row[0]:
-            raise _OutOfTurn("in the way of the batch before it (a new chunk's lock)")
+            raise _OutOfTurn("in the way of the batch before it (a lock it waits on)")
     if not previous.committed():
         raise _OutOfTurn("the batch before it did not commit")
 

@@ -1,10 +1,12 @@
 """The writer's two connections commit in batch order: a batch whose predecessor failed rolls
-back and is written again after it. Real TimescaleDB, real locks; the failure is made by
-holding a row lock and terminating a backend, as an outage or an operator would."""
+back and is written again after it, and a batch in the way of its predecessor's lock steps
+aside. Real TimescaleDB, real locks; the failures are made by holding a row lock and
+terminating a backend, as an outage or an operator would."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -16,7 +18,7 @@ from psycopg_pool import ConnectionPool
 
 from ingest.journal import Journal
 from ingest.metrics import IngestMetrics
-from ingest.writer import TickDataHandler
+from ingest.writer import TickDataHandler, _OutOfTurn, _Turn, _wait_for_turn
 from store.tick_row import TICK_COLUMNS, Tick, from_datetime
 from store.ticks import copy_ticks
 
@@ -149,3 +151,65 @@ def test_a_failed_batch_lets_no_later_batch_commit_and_each_is_written_once(
     assert sample("tickvault_batch_write_seconds_count") == 2
     # Batch 1 waited on the lock for 0.6 s and more; batch 2's own write is far quicker.
     assert sample("tickvault_batch_write_seconds_bucket", {"le": "0.5"}) == 1
+
+
+def _in_thread(url: str, statement: str) -> tuple[threading.Thread, list[int]]:
+    """Run `statement` on a connection of its own in a thread (it is expected to wait on a
+    lock); its backend pid is put in the list once known."""
+    pid: list[int] = []
+    ready = threading.Event()
+
+    def run() -> None:
+        with psycopg.connect(url) as conn:
+            pid.append(conn.info.backend_pid)
+            ready.set()
+            conn.execute(statement)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    ready.wait(10)
+    return thread, pid
+
+
+def _waits_on_lock(watcher: psycopg.Connection, pid: int) -> bool:
+    row = watcher.execute(
+        "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", [pid]
+    ).fetchone()
+    return row is not None and row[0] == "Lock"
+
+
+@pytest.mark.parametrize("through_a_third_session", [False, True])
+def test_a_batch_in_the_way_of_the_one_before_it_steps_aside(
+    db_url: str, through_a_third_session: bool
+) -> None:
+    """The batch before waits on a lock this batch's transaction holds, directly (a row both
+    insert) or through a third session queued between them (a job asking for a strong lock
+    on a table this batch wrote): waiting for it to commit would wait forever, so this batch
+    rolls back instead of waiting."""
+    with (
+        psycopg.connect(db_url, autocommit=True) as watcher,
+        psycopg.connect(db_url) as this_batch,
+    ):
+        watcher.execute("CREATE TABLE lock_probe (id int PRIMARY KEY)")
+        this_batch.execute("INSERT INTO lock_probe VALUES (1)")
+        threads = []
+        if through_a_third_session:
+            job, job_pid = _in_thread(db_url, "LOCK TABLE lock_probe IN ACCESS EXCLUSIVE MODE")
+            threads.append(job)
+            _poll(lambda: _waits_on_lock(watcher, job_pid[0]), "the job to queue")
+            before, before_pid = _in_thread(db_url, "INSERT INTO lock_probe VALUES (2)")
+        else:
+            before, before_pid = _in_thread(db_url, "INSERT INTO lock_probe VALUES (1)")
+        threads.append(before)
+        _poll(lambda: _waits_on_lock(watcher, before_pid[0]), "the batch before to wait")
+        previous = _Turn()
+        previous.backend_pid = before_pid[0]
+        # Were the wait not seen, the batch before would be taken as committed after 5 s.
+        threading.Timer(5, previous.finish, [True]).start()
+        try:
+            with this_batch.cursor() as cur, pytest.raises(_OutOfTurn, match="in the way"):
+                _wait_for_turn(cur, previous)
+        finally:
+            this_batch.rollback()
+            for thread in threads:
+                thread.join(10)
