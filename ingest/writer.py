@@ -4,10 +4,7 @@ Both receive every decoded frame synchronously from the pipeline as `(seq, ticks
 `seq` is the frame's journal sequence number. They must stay cheap there: the writer only
 appends to its current batch, and the database work happens in its own task.
 
-Two connections write at once: batch n+1's COPY runs while batch n commits, and its COMMIT
-waits until batch n's has returned, so the ledger's highest committed seq never has an
-uncommitted batch below it (recovery replays the journal after that seq). One COPY backend
-was a serial stage: the database had a core it could not use through it.
+Two connections write at once, committing in batch order (ingest/ordered_writes.py).
 
 Through a database outage of any length the writer tries again at most `retry_max_s` apart,
 and a stop during one does not wait for the database: what is not committed stays in the
@@ -19,13 +16,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import signal
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from operator import itemgetter
 from typing import Any
 
@@ -35,94 +29,13 @@ from psycopg_pool import ConnectionPool
 from ingest.backoff import Backoff
 from ingest.journal import Journal
 from ingest.metrics import IngestMetrics
+from ingest.ordered_writes import Batch, OrderedWrites, OutOfTurn
 from ingest.status import WriterStatus
 from store.tick_row import KEY, RECEIVED_AT, Tick, to_unix_seconds
-from store.ticks import batch_committed, write_batch
 
 log = logging.getLogger(__name__)
 
 _instrument_key = itemgetter(KEY)
-
-
-@dataclass
-class _Batch:
-    batch_id: int
-    first_seq: int
-    last_seq: int
-    rows: list[Tick] = field(default_factory=list)
-    oldest_received_at: int | None = None
-    attempts: int = 0
-
-
-# Batches written at once, each on its own pooled connection, committed in order.
-WRITER_CONNECTIONS = 2
-
-# A fault switch for the exactly-once test of ordered commits: set to "1", the process kills
-# itself (SIGKILL) once a batch has been COPYed and the batch before it has committed, at the
-# moment between the two commits. Nothing sets it outside that test.
-KILL_BETWEEN_COMMITS = "TICKVAULT_FAULT_KILL_BETWEEN_COMMITS"
-
-
-class _Turn:
-    """A batch's place in the commit order: the batch after it commits only once this one
-    has, and rolls back if this one did not (it is then written again, in order)."""
-
-    def __init__(self) -> None:
-        self._done = threading.Event()
-        self._committed = False
-        self.backend_pid: int | None = None  # of its connection, once it has one
-
-    def finish(self, committed: bool) -> None:
-        self._committed = committed
-        self._done.set()
-
-    def ended(self, timeout: float) -> bool:
-        return self._done.wait(timeout)
-
-    def committed(self) -> bool:
-        """Blocks until the batch's write has ended either way (runs in a writer thread)."""
-        self._done.wait()
-        return self._committed
-
-
-class _OutOfTurn(Exception):
-    """This batch rolled back to let the one before it commit first, or because it did not;
-    written again right away, in order."""
-
-
-# How often a batch waiting for the one before it checks that it is not in that one's way.
-_TURN_CHECK_S = 0.1
-
-
-# Whether this transaction is among the sessions that keep backend %s waiting, directly or
-# through others waiting on it: pg_blocking_pids names only the first link of a chain.
-_IN_THE_WAY = """
-WITH RECURSIVE blocker(pid) AS (
-    SELECT unnest(pg_blocking_pids(%s))
-    UNION
-    SELECT further FROM blocker, unnest(pg_blocking_pids(blocker.pid)) AS further
-)
-SELECT pg_backend_pid() IN (SELECT pid FROM blocker)
-"""
-
-
-def _wait_for_turn(cur: psycopg.Cursor, previous: _Turn) -> None:
-    """Return once the batch before has committed; raise _OutOfTurn if it did not, or if its
-    COPY waits on a lock this transaction holds: the first rows of a new chunk make
-    TimescaleDB create it under a lock held until commit, so a batch that reached a new
-    chunk first would wait for the batch before while that one waits for it, forever (a
-    wait the database cannot see as a deadlock: half of it is here). The wait may also run
-    through a third session: a job asking for a strong lock on a chunk this batch wrote
-    queues behind it, and the batch before queues behind that job."""
-    while not previous.ended(_TURN_CHECK_S):
-        pid = previous.backend_pid
-        if pid is None:
-            continue
-        row = cur.execute(_IN_THE_WAY, [pid]).fetchone()
-        if row and row[0]:
-            raise _OutOfTurn("in the way of the batch before it (a lock it waits on)")
-    if not previous.committed():
-        raise _OutOfTurn("the batch before it did not commit")
 
 
 class _Retries:
@@ -189,9 +102,7 @@ class TickDataHandler:
         next_batch_id: int = 1,
         committed_seq: int = 0,
         retry_max_s: float = 5.0,
-        connections: int = WRITER_CONNECTIONS,
     ) -> None:
-        self._pool = pool
         self._journal = journal
         self._batch_rows = batch_rows
         self._batch_s = batch_ms / 1000
@@ -199,13 +110,10 @@ class TickDataHandler:
         self._metrics = metrics
         self._catch_up_source = catch_up_source
         self._next_batch_id = next_batch_id
-        self._current: _Batch | None = None
+        self._current: Batch | None = None
         self._current_started = 0.0
-        self._pending: deque[_Batch] = deque()
-        # The writes under way, of the first len(_in_flight) pending batches, in order.
-        self._in_flight: deque[tuple[_Turn, asyncio.Future[None]]] = deque()
-        self._connections = connections
-        self._kill_between_commits = os.environ.get(KILL_BETWEEN_COMMITS) == "1"
+        self._pending: deque[Batch] = deque()
+        self._writes = OrderedWrites(pool, journal, metrics)  # of the first pending batches
         self._pending_rows = 0
         self._wake = asyncio.Event()
         self._enqueued = asyncio.Event()  # what a drain waiting on one write also wakes for
@@ -244,13 +152,13 @@ class TickDataHandler:
         if rows >= self._batch_rows or rows + self._pending_rows > self._queue_max_rows:
             self._cut()
 
-    def _new_batch(self, seq: int) -> _Batch:
-        batch = _Batch(self._next_batch_id, seq, seq)
+    def _new_batch(self, seq: int) -> Batch:
+        batch = Batch(self._next_batch_id, seq, seq)
         self._next_batch_id += 1
         return batch
 
     @staticmethod
-    def _add(batch: _Batch, seq: int, ticks: list[Tick]) -> None:
+    def _add(batch: Batch, seq: int, ticks: list[Tick]) -> None:
         batch.last_seq = seq
         if ticks:
             if batch.oldest_received_at is None:
@@ -264,7 +172,7 @@ class TickDataHandler:
             if self._pending_rows > self._queue_max_rows:
                 self._spill()
 
-    def _enqueue(self, batch: _Batch) -> None:
+    def _enqueue(self, batch: Batch) -> None:
         self._pending.append(batch)
         self._pending_rows += len(batch.rows)
         self._metrics.queue_depth.set(self._pending_rows)
@@ -273,7 +181,7 @@ class TickDataHandler:
 
     def _spill(self) -> None:
         """Drop the in-memory backlog (all of it is journaled) but the batches being written."""
-        while len(self._pending) > max(1, len(self._in_flight)):
+        while len(self._pending) > max(1, len(self._writes)):
             dropped = self._pending.pop()
             self._pending_rows -= len(dropped.rows)
             if dropped.oldest_received_at is not None:
@@ -316,57 +224,34 @@ class TickDataHandler:
                 self._cut()
 
     async def _drain(self, keep: int = 0) -> bool:
-        """Write pending batches in order, up to `connections` at once, until at most `keep`
+        """Write pending batches in order, a few at once (OrderedWrites), until at most `keep`
         are left (their writes may be under way), retrying from the first uncommitted batch
         with backoff; False when a stop during an outage left them to the journal."""
+        writes = self._writes
         while True:
             # Started before the check: the catch-up's one batch writes while it reads on.
-            while len(self._in_flight) < min(len(self._pending), self._connections):
-                self._start(self._pending[len(self._in_flight)])
+            writes.top_up(self._pending)
             if len(self._pending) <= keep:
                 return True
-            batch, (_, write) = self._pending[0], self._in_flight[0]
-            if len(self._in_flight) < self._connections and not await self._until_enqueued(write):
+            batch = self._pending[0]
+            if len(writes) < writes.connections and not await writes.first_ended(self._enqueued):
                 continue  # a batch was cut meanwhile: it starts on the idle connection
             try:
-                await write
-            except _OutOfTurn as why:
-                await self._settle()  # those after it wait for it: none committed
+                await writes.first()
+            except OutOfTurn as why:
+                await writes.settle()  # those after it wait for it: none committed
                 log.info("batch %d written again after the one before it: %s", batch.batch_id, why)
                 continue
             except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as error:
                 # The writes after it roll back (each commits only after the one before).
-                await self._settle()
+                await writes.settle()
                 batch.attempts += 1
                 self._note_failure(error)
                 if not await self._wait_to_retry():
                     return False
                 continue
-            self._in_flight.popleft()
             self._retry.reset()
             self._committed(batch)
-
-    def _start(self, batch: _Batch) -> None:
-        previous = self._in_flight[-1][0] if self._in_flight else None
-        turn = _Turn()
-        write = asyncio.ensure_future(asyncio.to_thread(self._write, batch, previous, turn))
-        self._in_flight.append((turn, write))
-
-    async def _until_enqueued(self, write: asyncio.Future[None]) -> bool:
-        """Wait until `write` ends (True) or a batch is enqueued first (False)."""
-        self._enqueued.clear()
-        enqueued = asyncio.ensure_future(self._enqueued.wait())
-        try:
-            await asyncio.wait((write, enqueued), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            enqueued.cancel()
-        return write.done()
-
-    async def _settle(self) -> None:
-        """Wait for every write under way to end; none of them committed."""
-        writes = [write for _, write in self._in_flight]
-        self._in_flight.clear()
-        await asyncio.gather(*writes, return_exceptions=True)
 
     async def _catch_up(self) -> None:
         """Write journaled frames after the last commit, then go back to live ticks."""
@@ -380,7 +265,7 @@ class TickDataHandler:
         while True:
             # One pass reads the journal once, up to its end when the pass began; frames
             # that arrive meanwhile are left for the next pass.
-            batch: _Batch | None = None
+            batch: Batch | None = None
             for seq, ticks in ticks_after(after):
                 if batch is None:
                     batch = self._new_batch(seq)
@@ -390,7 +275,7 @@ class TickDataHandler:
                     self._enqueue(batch)
                     batch = None
                     # Leave the last batch's write under way while the next one is read.
-                    if not await self._drain(keep=self._connections - 1):
+                    if not await self._drain(keep=self._writes.connections - 1):
                         return
             if batch is None and after == self._journal.last_seq:
                 # Nothing new since this pass began, and no await since it checked: the next
@@ -419,38 +304,7 @@ class TickDataHandler:
         _say_left_in_journal(self._journal, self.committed_seq)
         return False
 
-    def _write(self, batch: _Batch, previous: _Turn | None, turn: _Turn) -> None:
-        """One transaction: COPY the rows and record the batch, then COMMIT once `previous`
-        (the batch before it, if still being written) has committed (a worker thread)."""
-        committed = False
-        try:
-            started = time.perf_counter()
-            # Frames must be durable in the journal before the database says they are
-            # committed: otherwise a power loss could hand their seqs out again.
-            self._journal.sync()
-            journal_id = self._journal.journal_id
-            with self._pool.connection() as conn:  # commits on leaving, rolls back on a raise
-                turn.backend_pid = conn.info.backend_pid
-                with conn.cursor() as cur:
-                    if batch.attempts and batch_committed(cur, journal_id, batch.batch_id):
-                        committed = True
-                        return  # an earlier attempt committed; only its answer was lost
-                    write_batch(
-                        cur, journal_id, batch.batch_id, batch.first_seq, batch.last_seq, batch.rows
-                    )
-                    if previous is not None:
-                        waiting = time.perf_counter()
-                        _wait_for_turn(cur, previous)
-                        # The batch's own COPY and COMMIT, not the one before it.
-                        started += time.perf_counter() - waiting
-                        if self._kill_between_commits:
-                            os.kill(os.getpid(), signal.SIGKILL)
-            committed = True
-            self._metrics.batch_seconds.observe(time.perf_counter() - started)
-        finally:
-            turn.finish(committed)
-
-    def _committed(self, batch: _Batch) -> None:
+    def _committed(self, batch: Batch) -> None:
         self._pending.popleft()
         self._pending_rows -= len(batch.rows)
         self._metrics.queue_depth.set(self._pending_rows)

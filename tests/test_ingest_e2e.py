@@ -21,11 +21,11 @@ import pytest
 
 from core.config import Secret, Settings
 from ingest.journal import Journal
+from ingest.ordered_writes import KILL_BETWEEN_COMMITS
 from ingest.service import WebSocketService
 from ingest.simulator import FeedSimulator
 from ingest.status import IngestStatus
 from ingest.tick_data import TickData
-from ingest.writer import KILL_BETWEEN_COMMITS
 from store.instruments import default_sample_path, instrument_records, load_instruments
 from tests.clock import FeedClock
 from tests.conftest import REPO, DbServer

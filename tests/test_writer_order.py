@@ -18,7 +18,8 @@ from psycopg_pool import ConnectionPool
 
 from ingest.journal import Journal
 from ingest.metrics import IngestMetrics
-from ingest.writer import TickDataHandler, _OutOfTurn, _Turn, _wait_for_turn
+from ingest.ordered_writes import OutOfTurn, Turn, wait_for_turn
+from ingest.writer import TickDataHandler
 from store.tick_row import TICK_COLUMNS, Tick, from_datetime
 from store.ticks import copy_ticks
 
@@ -202,14 +203,16 @@ def test_a_batch_in_the_way_of_the_one_before_it_steps_aside(
             before, before_pid = _in_thread(db_url, "INSERT INTO lock_probe VALUES (1)")
         threads.append(before)
         _poll(lambda: _waits_on_lock(watcher, before_pid[0]), "the batch before to wait")
-        previous = _Turn()
+        previous = Turn()
         previous.backend_pid = before_pid[0]
         # Were the wait not seen, the batch before would be taken as committed after 5 s.
-        threading.Timer(5, previous.finish, [True]).start()
+        taken_as_committed = threading.Timer(5, previous.finish, [True])
+        taken_as_committed.start()
         try:
-            with this_batch.cursor() as cur, pytest.raises(_OutOfTurn, match="in the way"):
-                _wait_for_turn(cur, previous)
+            with this_batch.cursor() as cur, pytest.raises(OutOfTurn, match="in the way"):
+                wait_for_turn(cur, previous)
         finally:
+            taken_as_committed.cancel()
             this_batch.rollback()
             for thread in threads:
                 thread.join(10)
