@@ -170,7 +170,12 @@ class OrderedWrites:
 
     def _write(self, batch: Batch, previous: Turn | None, turn: Turn) -> None:
         """One transaction: COPY the rows and record the batch, then COMMIT once `previous`
-        (the batch before it, if still being written) has committed (a worker thread)."""
+        (the batch before it, if still being written) has committed (a worker thread).
+
+        The turn says committed only once this transaction has ended cleanly, even where an
+        earlier attempt had committed the batch: the writer takes a failed write to mean that
+        none of the writes under way after it committed (settle), and writes them all again
+        without asking the ledger, so the batch after this one must not commit then."""
         committed = False
         try:
             started = time.perf_counter()
@@ -181,20 +186,26 @@ class OrderedWrites:
             with self._pool.connection() as conn:  # commits on leaving, rolls back on a raise
                 turn.backend_pid = conn.info.backend_pid
                 with conn.cursor() as cur:
-                    if batch.attempts and batch_committed(cur, journal_id, batch.batch_id):
-                        committed = True
-                        return  # an earlier attempt committed; only its answer was lost
-                    write_batch(
-                        cur, journal_id, batch.batch_id, batch.first_seq, batch.last_seq, batch.rows
-                    )
-                    if previous is not None:
-                        waiting = time.perf_counter()
-                        wait_for_turn(cur, previous)
-                        # The batch's own COPY and COMMIT, not the one before it.
-                        started += time.perf_counter() - waiting
-                        if self._kill_between_commits:
-                            os.kill(os.getpid(), signal.SIGKILL)
+                    # After a failure, an earlier attempt may have committed, its answer lost.
+                    done = batch.attempts > 0 and batch_committed(cur, journal_id, batch.batch_id)
+                    if not done:
+                        started += self._copy_in_turn(cur, journal_id, batch, previous)
             committed = True
-            self._metrics.batch_seconds.observe(time.perf_counter() - started)
+            if not done:
+                self._metrics.batch_seconds.observe(time.perf_counter() - started)
         finally:
             turn.finish(committed)
+
+    def _copy_in_turn(
+        self, cur: psycopg.Cursor, journal_id: str, batch: Batch, previous: Turn | None
+    ) -> float:
+        """COPY and record the batch, then wait for the batch before it to commit; returns
+        the seconds waited, which are not this batch's write time."""
+        write_batch(cur, journal_id, batch.batch_id, batch.first_seq, batch.last_seq, batch.rows)
+        if previous is None:
+            return 0.0
+        waiting = time.perf_counter()
+        wait_for_turn(cur, previous)
+        if self._kill_between_commits:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return time.perf_counter() - waiting
