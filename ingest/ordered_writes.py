@@ -115,17 +115,11 @@ class OrderedWrites:
     """The writes under way, of the writer's first pending batches, in their order: each one
     transaction on a pooled connection of its own, committing only after the one before."""
 
-    def __init__(
-        self,
-        pool: ConnectionPool,
-        journal: Journal,
-        metrics: IngestMetrics,
-        connections: int = WRITER_CONNECTIONS,
-    ) -> None:
+    def __init__(self, pool: ConnectionPool, journal: Journal, metrics: IngestMetrics) -> None:
         self._pool = pool
         self._journal = journal
         self._metrics = metrics
-        self.connections = connections
+        self.connections = WRITER_CONNECTIONS
         self._under_way: deque[tuple[Turn, asyncio.Future[None]]] = deque()
         self._kill_between_commits = os.environ.get(KILL_BETWEEN_COMMITS) == "1"
 
