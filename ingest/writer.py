@@ -4,6 +4,8 @@ Both receive every decoded frame synchronously from the pipeline as `(seq, ticks
 `seq` is the frame's journal sequence number. They must stay cheap there: the writer only
 appends to its current batch, and the database work happens in its own task.
 
+Two connections write at once, committing in batch order (ingest/ordered_writes.py).
+
 Through a database outage of any length the writer tries again at most `retry_max_s` apart,
 and a stop during one does not wait for the database: what is not committed stays in the
 journal, which the next start replays.
@@ -17,7 +19,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from operator import itemgetter
 from typing import Any
 
@@ -27,23 +29,13 @@ from psycopg_pool import ConnectionPool
 from ingest.backoff import Backoff
 from ingest.journal import Journal
 from ingest.metrics import IngestMetrics
+from ingest.ordered_writes import Batch, OrderedWrites, OutOfTurn
 from ingest.status import WriterStatus
 from store.tick_row import KEY, RECEIVED_AT, Tick, to_unix_seconds
-from store.ticks import batch_committed, write_batch
 
 log = logging.getLogger(__name__)
 
 _instrument_key = itemgetter(KEY)
-
-
-@dataclass
-class _Batch:
-    batch_id: int
-    first_seq: int
-    last_seq: int
-    rows: list[Tick] = field(default_factory=list)
-    oldest_received_at: int | None = None
-    attempts: int = 0
 
 
 class _Retries:
@@ -111,7 +103,6 @@ class TickDataHandler:
         committed_seq: int = 0,
         retry_max_s: float = 5.0,
     ) -> None:
-        self._pool = pool
         self._journal = journal
         self._batch_rows = batch_rows
         self._batch_s = batch_ms / 1000
@@ -119,11 +110,13 @@ class TickDataHandler:
         self._metrics = metrics
         self._catch_up_source = catch_up_source
         self._next_batch_id = next_batch_id
-        self._current: _Batch | None = None
+        self._current: Batch | None = None
         self._current_started = 0.0
-        self._pending: deque[_Batch] = deque()
+        self._pending: deque[Batch] = deque()
+        self._writes = OrderedWrites(pool, journal, metrics)  # of the first pending batches
         self._pending_rows = 0
         self._wake = asyncio.Event()
+        self._enqueued = asyncio.Event()  # what a drain waiting on one write also wakes for
         self._stopping = False
         self._left_to_journal = False
         self._spilled = False
@@ -159,13 +152,13 @@ class TickDataHandler:
         if rows >= self._batch_rows or rows + self._pending_rows > self._queue_max_rows:
             self._cut()
 
-    def _new_batch(self, seq: int) -> _Batch:
-        batch = _Batch(self._next_batch_id, seq, seq)
+    def _new_batch(self, seq: int) -> Batch:
+        batch = Batch(self._next_batch_id, seq, seq)
         self._next_batch_id += 1
         return batch
 
     @staticmethod
-    def _add(batch: _Batch, seq: int, ticks: list[Tick]) -> None:
+    def _add(batch: Batch, seq: int, ticks: list[Tick]) -> None:
         batch.last_seq = seq
         if ticks:
             if batch.oldest_received_at is None:
@@ -179,15 +172,16 @@ class TickDataHandler:
             if self._pending_rows > self._queue_max_rows:
                 self._spill()
 
-    def _enqueue(self, batch: _Batch) -> None:
+    def _enqueue(self, batch: Batch) -> None:
         self._pending.append(batch)
         self._pending_rows += len(batch.rows)
         self._metrics.queue_depth.set(self._pending_rows)
         self._wake.set()
+        self._enqueued.set()
 
     def _spill(self) -> None:
-        """Drop the in-memory backlog (all of it is journaled) but the batch being written."""
-        while len(self._pending) > 1:
+        """Drop the in-memory backlog (all of it is journaled) but the batches being written."""
+        while len(self._pending) > max(1, len(self._writes)):
             dropped = self._pending.pop()
             self._pending_rows -= len(dropped.rows)
             if dropped.oldest_received_at is not None:
@@ -229,14 +223,28 @@ class TickDataHandler:
             ):
                 self._cut()
 
-    async def _drain(self) -> bool:
-        """Write pending batches in order, retrying each with backoff until it commits;
-        False when a stop during an outage left them to the journal."""
-        while self._pending:
+    async def _drain(self, keep: int = 0) -> bool:
+        """Write pending batches in order, a few at once (OrderedWrites), until at most `keep`
+        are left (their writes may be under way), retrying from the first uncommitted batch
+        with backoff; False when a stop during an outage left them to the journal."""
+        writes = self._writes
+        while True:
+            # Started before the check: the catch-up's one batch writes while it reads on.
+            writes.top_up(self._pending)
+            if len(self._pending) <= keep:
+                return True
             batch = self._pending[0]
+            if len(writes) < writes.connections and not await writes.first_ended(self._enqueued):
+                continue  # a batch was cut meanwhile: it starts on the idle connection
             try:
-                await asyncio.to_thread(self._write, batch)
+                await writes.first()
+            except OutOfTurn as why:
+                await writes.settle()  # those after it wait for it: none committed
+                log.info("batch %d written again after the one before it: %s", batch.batch_id, why)
+                continue
             except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as error:
+                # The writes after it roll back (each commits only after the one before).
+                await writes.settle()
                 batch.attempts += 1
                 self._note_failure(error)
                 if not await self._wait_to_retry():
@@ -244,7 +252,6 @@ class TickDataHandler:
                 continue
             self._retry.reset()
             self._committed(batch)
-        return True
 
     async def _catch_up(self) -> None:
         """Write journaled frames after the last commit, then go back to live ticks."""
@@ -258,7 +265,7 @@ class TickDataHandler:
         while True:
             # One pass reads the journal once, up to its end when the pass began; frames
             # that arrive meanwhile are left for the next pass.
-            batch: _Batch | None = None
+            batch: Batch | None = None
             for seq, ticks in ticks_after(after):
                 if batch is None:
                     batch = self._new_batch(seq)
@@ -267,7 +274,8 @@ class TickDataHandler:
                 if len(batch.rows) >= self._batch_rows:
                     self._enqueue(batch)
                     batch = None
-                    if not await self._drain():
+                    # Leave the last batch's write under way while the next one is read.
+                    if not await self._drain(keep=self._writes.connections - 1):
                         return
             if batch is None and after == self._journal.last_seq:
                 # Nothing new since this pass began, and no await since it checked: the next
@@ -296,22 +304,7 @@ class TickDataHandler:
         _say_left_in_journal(self._journal, self.committed_seq)
         return False
 
-    def _write(self, batch: _Batch) -> None:
-        """One transaction: COPY the rows and record the batch (runs in a worker thread)."""
-        started = time.perf_counter()
-        # Frames must be durable in the journal before the database says they are committed:
-        # otherwise a power loss could hand their seqs out again.
-        self._journal.sync()
-        journal_id = self._journal.journal_id
-        with self._pool.connection() as conn, conn.cursor() as cur:
-            if batch.attempts and batch_committed(cur, journal_id, batch.batch_id):
-                return  # an earlier attempt committed; only its acknowledgement was lost
-            write_batch(
-                cur, journal_id, batch.batch_id, batch.first_seq, batch.last_seq, batch.rows
-            )
-        self._metrics.batch_seconds.observe(time.perf_counter() - started)
-
-    def _committed(self, batch: _Batch) -> None:
+    def _committed(self, batch: Batch) -> None:
         self._pending.popleft()
         self._pending_rows -= len(batch.rows)
         self._metrics.queue_depth.set(self._pending_rows)

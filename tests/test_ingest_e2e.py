@@ -8,6 +8,7 @@ TimescaleDB; the simulator records every distinct tick it wrote to a socket.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -20,11 +21,12 @@ import pytest
 
 from core.config import Secret, Settings
 from ingest.journal import Journal
+from ingest.ordered_writes import KILL_BETWEEN_COMMITS
 from ingest.service import WebSocketService
 from ingest.simulator import FeedSimulator
 from ingest.status import IngestStatus
 from ingest.tick_data import TickData
-from store.instruments import instrument_records
+from store.instruments import default_sample_path, instrument_records, load_instruments
 from tests.clock import FeedClock
 from tests.conftest import REPO, DbServer
 
@@ -159,50 +161,117 @@ def _ingest_process(
     )
 
 
+async def _start_then_kill(url: str, data_dir: Path, simulator: FeedSimulator) -> None:
+    """An ingest with long batches SIGKILLed mid-stream: seconds of ticks are journaled but
+    unwritten when the kill comes."""
+    process = await _ingest_process(
+        url, data_dir, simulator, TICKVAULT_BATCH_MS="60000", TICKVAULT_BATCH_ROWS="1000000"
+    )
+    await _wait_for(lambda: len(simulator.sent_ticks()) > 3000, 30)
+    # Quiet the feed so every frame on the wire has been read and journaled, then kill.
+    simulator.stall(3.0)
+    await asyncio.sleep(1.0)
+    process.send_signal(signal.SIGKILL)
+    await process.wait()
+
+
+def _journaled(data_dir: Path) -> int:
+    with Journal(data_dir / "journal") as journal:
+        return journal.status().last_seq
+
+
+def _ledger(url: str) -> list[tuple[int, int]]:
+    """(first_seq, last_seq) of every committed batch, in journal order."""
+    with psycopg.connect(url) as conn:
+        return conn.execute(
+            "SELECT first_seq, last_seq FROM ingest_batches ORDER BY first_seq"
+        ).fetchall()
+
+
+async def _restart_and_stop(
+    url: str, data_dir: Path, simulator: FeedSimulator, journaled: int
+) -> None:
+    """Start again, wait until the frames journaled before have committed, stop cleanly."""
+    process = await _ingest_process(url, data_dir, simulator)
+    await _wait_for(lambda: max((last for _, last in _ledger(url)), default=0) >= journaled, 60)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = await process.communicate()
+    assert process.returncode == 0, stderr.decode()[-2000:]
+
+
 def test_sigkill_mid_stream_then_restart_writes_each_tick_once(
     instruments_db: str, tmp_path: Path
 ) -> None:
     data_dir = tmp_path / "data"
 
-    async def scenario() -> tuple[FeedSimulator, int, int]:
+    async def scenario() -> tuple[FeedSimulator, int, list[tuple[int, int]]]:
         with psycopg.connect(instruments_db) as conn:
             records = instrument_records(conn)
         simulator = FeedSimulator(records, rate=3000, seed=7)
         await simulator.start()
         try:
-            # Long batches: when the kill comes, seconds of ticks are journaled but unwritten.
-            first = await _ingest_process(
-                instruments_db,
-                data_dir,
-                simulator,
-                TICKVAULT_BATCH_MS="60000",
-                TICKVAULT_BATCH_ROWS="1000000",
-            )
-            await _wait_for(lambda: len(simulator.sent_ticks()) > 3000, 30)
-            # Quiet the feed so every frame on the wire has been read and journaled, then kill.
-            simulator.stall(3.0)
-            await asyncio.sleep(1.0)
-            first.send_signal(signal.SIGKILL)
-            await first.wait()
-            with Journal(data_dir / "journal") as journal:
-                journaled = journal.status().last_seq
-            with psycopg.connect(instruments_db) as conn:
-                (committed,) = conn.execute(
-                    "SELECT coalesce(max(last_seq), 0) FROM ingest_batches"
-                ).fetchone()
-
-            second = await _ingest_process(instruments_db, data_dir, simulator)
-            await asyncio.sleep(5)
-            second.send_signal(signal.SIGTERM)
-            _, stderr = await second.communicate()
-            assert second.returncode == 0, stderr.decode()[-2000:]
+            await _start_then_kill(instruments_db, data_dir, simulator)
+            journaled, ledger = _journaled(data_dir), _ledger(instruments_db)
+            await _restart_and_stop(instruments_db, data_dir, simulator, journaled)
         finally:
             await simulator.stop()
-        return simulator, journaled, committed
+        return simulator, journaled, ledger
 
-    simulator, journaled, committed = asyncio.run(scenario())
+    simulator, journaled, ledger = asyncio.run(scenario())
+    committed = ledger[-1][1] if ledger else 0
     assert journaled > committed, "the kill should have left journaled frames unwritten"
     _assert_exactly_once(instruments_db, simulator)
+
+
+def test_kill_between_the_two_writers_commits_then_restart_writes_each_tick_once(
+    edition_db_url: str, tmp_path: Path
+) -> None:
+    """Batch n committed on one connection, batch n+1 COPYed on the other and waiting for it:
+    the ingest dies at that moment, and the next start writes n+1 and the rest, once.
+
+    Deterministic: a first ingest is killed with seconds of frames unwritten, so the second
+    starts by replaying them as many small batches at once, both connections busy; its
+    writer's fault switch (KILL_BETWEEN_COMMITS) SIGKILLs it after the first commit."""
+    data_dir = tmp_path / "data"
+    with psycopg.connect(edition_db_url) as conn:
+        load_instruments(conn, default_sample_path())
+        records = instrument_records(conn)
+
+    async def scenario() -> tuple[FeedSimulator, int, list[tuple[int, int]]]:
+        simulator = FeedSimulator(records, rate=3000, seed=11)
+        await simulator.start()
+        try:
+            await _start_then_kill(edition_db_url, data_dir, simulator)
+            simulator.stall(60.0)  # the second start replays the journal only
+            between = await _ingest_process(
+                edition_db_url,
+                data_dir,
+                simulator,
+                TICKVAULT_BATCH_ROWS="50",
+                TICKVAULT_LOG_LEVEL="INFO",
+                **{KILL_BETWEEN_COMMITS: "1"},
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(between.wait(), 30)
+            died = between.returncode
+            if died is None:
+                between.kill()
+            _, stderr = await between.communicate()
+            assert died == -signal.SIGKILL, stderr.decode()[-3000:]
+            journaled, ledger = _journaled(data_dir), _ledger(edition_db_url)
+            simulator.stall(0.0)
+            await _restart_and_stop(edition_db_url, data_dir, simulator, journaled)
+        finally:
+            await simulator.stop()
+        return simulator, journaled, ledger
+
+    simulator, journaled, ledger = asyncio.run(scenario())
+    assert ledger, "one batch should have committed before the kill"
+    assert journaled > ledger[-1][1], "the kill should have left journaled frames unwritten"
+    assert [first for first, _ in ledger] == [1] + [last + 1 for _, last in ledger[:-1]], (
+        "a batch committed with an uncommitted one below it"
+    )
+    _assert_exactly_once(edition_db_url, simulator)
 
 
 def test_token_never_reaches_the_logs(
