@@ -20,18 +20,19 @@ from api.params import MAX_SYMBOL_LIST_CHARS
 # each character JSON-escaped as \uXXXX, would be about 600 kB; real symbols are under 40
 # plain characters, so 1,000 of them fit in 50 kB, and 256 kB leaves room for any real use.
 MAX_BODY_BYTES = 256 * 1024
-# The largest request head: request line and headers. The longest legitimate one is a
+# The largest request head: request line and headers (and a chunked body's size lines and
+# trailers, which the server also holds besides the body). The longest legitimate head is a
 # latest-ticks query of MAX_SYMBOL_LIST_CHARS characters, each percent-encoded at worst (4
 # bytes of UTF-8, 3 characters each: 12), beside the rest of the head (16 KiB).
 MAX_HEAD_BYTES = MAX_SYMBOL_LIST_CHARS * 12 + 16 * 1024
-# What `uvicorn.run` needs for MAX_HEAD_BYTES: httptools, the default when installed, buffers
-# a head of any size, while h11 refuses one that grows past its limit.
 # The largest WebSocket message a client may send (the stream's subscribe of its symbol limit
 # is a few kB): uvicorn closes a larger one with 1009 before buffering it.
 MAX_WS_MESSAGE_BYTES = 64 * 1024
+# What `uvicorn.run` needs for these bounds: uvicorn's httptools protocol buffers a head of any
+# size, so the API serves with its own subclass that counts the head (api/http_protocol.py;
+# by import path, which the worker processes resolve for themselves).
 UVICORN_LIMITS: dict[str, Any] = {
-    "http": "h11",
-    "h11_max_incomplete_event_size": MAX_HEAD_BYTES,
+    "http": "api.http_protocol:BoundedHttpToolsProtocol",
     "ws_max_size": MAX_WS_MESSAGE_BYTES,
 }
 

@@ -6,7 +6,9 @@ honesty, and the Host header. Real uvicorn, real TimescaleDB, as in test_api.py.
 from __future__ import annotations
 
 import http.client
+import itertools
 import json
+import select
 import socket
 import time
 from collections.abc import Iterable, Iterator
@@ -149,6 +151,103 @@ def test_a_request_head_over_the_limit_is_refused(keyed: httpx.Client) -> None:
         status = None
     assert status in (None, 400)
     assert keyed.get("/health").status_code == 200
+
+
+def head_of(api: httpx.Client, request_line: str, *headers: str) -> bytes:
+    host = urlsplit(str(api.base_url)).netloc
+    return "\r\n".join([request_line, f"Host: {host}", *headers, "", ""]).encode()
+
+
+def send_until_answered(api: httpx.Client, pieces: Iterable[bytes]) -> tuple[int, bytes, int, bool]:
+    """Send the pieces one by one until the server answers (or stops reading); read its
+    answer. Returns its status and body, the bytes sent, and whether it closed the connection
+    after an answer that said it would."""
+    address = urlsplit(str(api.base_url))
+    with socket.create_connection((address.hostname, address.port), timeout=10) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sent = 0
+        for piece in pieces:
+            if select.select([sock], [], [], 0)[0]:
+                break
+            try:
+                sock.sendall(piece)
+            except OSError:  # answered and closed
+                break
+            sent += len(piece)
+        file = sock.makefile("rb")
+        status = int(file.readline().split()[1])
+        headers = http.client.parse_headers(file)
+        body = file.read(int(headers["content-length"]))
+        closed = False
+        if headers["connection"] == "close":  # and it does close
+            try:
+                closed = file.read(1) == b""
+            except ConnectionResetError:
+                closed = True
+    return status, body, sent, closed
+
+
+HEAD_REFUSED = f"the request head is larger than {MAX_HEAD_BYTES} bytes".encode()
+
+
+@pytest.mark.parametrize("over", [0, 1])
+def test_a_head_of_the_bound_is_served_and_a_byte_more_refused(
+    keyed: httpx.Client, over: int
+) -> None:
+    head = head_of(keyed, "GET /health HTTP/1.1", "X-Padding: ")
+    padding = b"a" * (MAX_HEAD_BYTES - len(head) + over)
+    padded = head.replace(b"X-Padding: ", b"X-Padding: " + padding)
+    assert len(padded) == MAX_HEAD_BYTES + over
+    status, body, _, closed = send_until_answered(keyed, [padded])
+    if over:
+        assert (status, body, closed) == (400, HEAD_REFUSED, True)
+    else:
+        assert (status, json.loads(body)["status"]) == (200, "ok")
+
+
+def test_a_head_trickling_in_is_refused_once_past_the_bound(keyed: httpx.Client) -> None:
+    """A head that never ends, its last kilobytes before the bound and past it one byte at a
+    time: the server answers as the bound is passed, holding no more of it."""
+    start = head_of(keyed, "GET /health HTTP/1.1")[:-2] + b"X-Padding: "
+    near = MAX_HEAD_BYTES - 2048
+    status, body, sent, closed = send_until_answered(
+        keyed,
+        itertools.chain(
+            [start],
+            itertools.repeat(b"a" * 1024, (near - len(start)) // 1024),
+            itertools.repeat(b"a", 2 * MAX_HEAD_BYTES),
+        ),
+    )
+    assert (status, body, closed) == (400, HEAD_REFUSED, True)
+    assert MAX_HEAD_BYTES < sent < MAX_HEAD_BYTES + 64 * 1024
+    assert keyed.get("/health").status_code == 200
+
+
+def test_endless_trailers_of_a_chunked_body_are_refused(keyed: httpx.Client) -> None:
+    """Trailers are held as headers are (they end the body): they count toward the bound."""
+    head = head_of(
+        keyed,
+        f"POST {SUBSCRIPTIONS} HTTP/1.1",
+        "Transfer-Encoding: chunked",
+        "Content-Type: application/json",
+        f"X-API-Key: {API_KEY}",
+    )
+    pieces = [head, b"2\r\n[]\r\n0\r\nX-Trailer: ", *itertools.repeat(b"a" * 1024, 64 * 1024)]
+    status, body, sent, closed = send_until_answered(keyed, pieces)
+    assert (status, body, closed) == (400, HEAD_REFUSED, True)
+    assert sent < 64 * 1024 * 1024  # answered long before the client ran out of trailers
+
+
+def test_pipelined_requests_are_all_served(keyed: httpx.Client) -> None:
+    address = urlsplit(str(keyed.base_url))
+    with socket.create_connection((address.hostname, address.port), timeout=10) as sock:
+        sock.sendall(head_of(keyed, "GET /health HTTP/1.1") * 3)
+        file = sock.makefile("rb")
+        statuses = []
+        for _ in range(3):
+            statuses.append(int(file.readline().split()[1]))
+            file.read(int(http.client.parse_headers(file)["content-length"]))
+    assert statuses == [200, 200, 200]
 
 
 LATEST = "/api/v1/websocket/latest-ticks"
