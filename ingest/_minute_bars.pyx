@@ -11,10 +11,16 @@ between them is gone. tests/test_minute_bars.py holds the two to the same bars.
 """
 
 from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
-from cpython.list cimport PyList_GET_ITEM
-from cpython.object cimport PyObject
+from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_CheckExact
+from cpython.long cimport PyLong_CheckExact
+from cpython.object cimport Py_LT, PyObject, PyObject_RichCompareBool
+from cpython.ref cimport Py_INCREF
 from cpython.set cimport PySet_Add
-from cpython.tuple cimport PyTuple_GET_ITEM
+from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
+from libc.stdint cimport int64_t
+
+cdef extern from "Python.h":
+    long long PyLong_AsLongLongAndOverflow(object obj, int* overflow) except? -1
 
 from store.tick_row import KEY, LTP, TS, VOLUME_DELTA
 
@@ -37,6 +43,33 @@ if (KEY, TS, LTP, VOLUME_DELTA) != (T_KEY, T_TS, T_LTP, T_VOLUME_DELTA):
     raise ImportError("store.tick_row's columns moved: _minute_bars.pyx must follow them")
 
 cdef object MINUTE_US = 60_000_000
+cdef int64_t MINUTE = 60_000_000
+cdef int64_t SAFE = 4_000_000_000_000_000_000  # |t| below this: t - t % MINUTE stays in int64
+
+
+cdef inline bint small_int(object value, int64_t* out) noexcept:
+    """An exact int within int64 into `out`: where C arithmetic and comparisons give what
+    Python's give. False for everything else, which then takes Python's own operators."""
+    cdef int overflow = 0
+    cdef long long whole
+    if not PyLong_CheckExact(value):
+        return False
+    whole = PyLong_AsLongLongAndOverflow(value, &overflow)
+    if overflow:
+        return False
+    out[0] = whole
+    return True
+
+
+cdef inline int less(object a, object b) except -1:
+    """a < b, in C where both are exact floats or ints within int64 (NaN compares false in
+    both), else by Python's operator."""
+    cdef int64_t x, y
+    if PyFloat_CheckExact(a) and PyFloat_CheckExact(b):
+        return PyFloat_AS_DOUBLE(a) < PyFloat_AS_DOUBLE(b)
+    if small_int(a, &x) and small_int(b, &y):
+        return x < y
+    return PyObject_RichCompareBool(a, b, Py_LT)
 
 
 cdef inline list new_bar(object bucket, tuple tick):
@@ -48,20 +81,31 @@ cdef inline list new_bar(object bucket, tuple tick):
 cdef inline void update(list bar, object ts, tuple tick) except *:
     cdef object ltp = tick[T_LTP]
     cdef object delta
-    if ts < bar[B_OPEN_TS]:
+    if less(ts, bar[B_OPEN_TS]):
         bar[B_OPEN] = ltp
         bar[B_OPEN_TS] = ts
-    if ts > bar[B_CLOSE_TS]:
+    if less(bar[B_CLOSE_TS], ts):
         bar[B_CLOSE] = ltp
         bar[B_CLOSE_TS] = ts
-    if ltp > bar[B_HIGH]:
+    if less(bar[B_HIGH], ltp):
         bar[B_HIGH] = ltp
-    if ltp < bar[B_LOW]:
+    if less(ltp, bar[B_LOW]):
         bar[B_LOW] = ltp
     delta = tick[T_VOLUME_DELTA]
     if delta is not None:
         bar[B_VOLUME] = delta if bar[B_VOLUME] is None else bar[B_VOLUME] + delta
     bar[B_COUNT] = bar[B_COUNT] + 1
+
+
+cdef inline int order(object bucket, int64_t b, bint fast, object other) except -2:
+    """-1, 0 or 1 as `bucket` (whose int64 is `b` where `fast`) is below, equal to or
+    above `other`, as Python's == and > say."""
+    cdef int64_t o
+    if fast and small_int(other, &o):
+        return (b > o) - (b < o)
+    if bucket == other:
+        return 0
+    return 1 if bucket > other else -1
 
 
 def fold_ticks(dict bars, set changed, list ticks) -> None:
@@ -71,43 +115,70 @@ def fold_ticks(dict bars, set changed, list ticks) -> None:
     cdef object key, ts, bucket
     cdef PyObject* found
     cdef list pair, forming, previous
+    cdef int64_t t, b
+    cdef bint fast
+    cdef int side
     for tick in ticks:
         key = tick[T_KEY]
         ts = tick[T_TS]
-        bucket = ts - ts % MINUTE_US
+        fast = small_int(ts, &t) and -SAFE <= t <= SAFE
+        if fast:
+            b = t - (t % MINUTE + MINUTE) % MINUTE  # Python's % floors: so does this
+            bucket = b
+        else:
+            bucket = ts - ts % MINUTE_US
         found = PyDict_GetItem(bars, key)
         if found == NULL:
             PyDict_SetItem(bars, key, [new_bar(bucket, tick), None])
         else:
             pair = <list>found
-            forming = <list>PyList_GET_ITEM(pair, 0)
-            if bucket == forming[B_BUCKET]:
+            forming = pair[0]
+            side = order(bucket, b, fast, forming[B_BUCKET])
+            if side == 0:
                 update(forming, ts, tick)
-            elif bucket > forming[B_BUCKET]:
+            elif side > 0:
                 pair[1] = forming
                 pair[0] = new_bar(bucket, tick)
             else:
                 previous = pair[1]
-                if previous is not None and bucket == previous[B_BUCKET]:
+                if previous is not None and order(bucket, b, fast, previous[B_BUCKET]) == 0:
                     update(previous, ts, tick)
                 else:
                     continue  # older than the published minutes: the database has it
         PySet_Add(changed, key)
 
 
-cdef inline tuple values(object bar):
-    cdef list b
-    if bar is None:
-        return (0, None, None, None, None, None, None)
-    b = <list>bar
-    return (b[B_BUCKET], b[B_OPEN], b[B_HIGH], b[B_LOW], b[B_CLOSE], b[B_VOLUME], b[B_COUNT])
-
-
 def changed_rows(dict bars, set changed) -> dict:
     """The reference's `_changed_rows`: key -> published row of each key in `changed`."""
     cdef dict rows = {}
     cdef list pair
+    cdef tuple row
     for key in changed:
         pair = bars[key]
-        rows[key] = (key,) + values(pair[0]) + values(pair[1])
+        row = PyTuple_New(15)
+        Py_INCREF(key)
+        PyTuple_SET_ITEM(row, 0, key)
+        put_values(row, 1, pair[0])
+        put_values(row, 8, pair[1])
+        rows[key] = row
     return rows
+
+
+cdef inline void put_values(tuple row, Py_ssize_t at, object bar) except *:
+    """The reference's `_values(bar)` into row[at:at + 7]."""
+    cdef Py_ssize_t i
+    cdef object value
+    cdef list b
+    if bar is None:
+        value = 0
+        Py_INCREF(value)
+        PyTuple_SET_ITEM(row, at, value)
+        for i in range(1, 7):
+            Py_INCREF(None)
+            PyTuple_SET_ITEM(row, at + i, None)
+        return
+    b = <list>bar
+    for i, column in enumerate((B_BUCKET, B_OPEN, B_HIGH, B_LOW, B_CLOSE, B_VOLUME, B_COUNT)):
+        value = b[column]
+        Py_INCREF(value)
+        PyTuple_SET_ITEM(row, at + i, value)
