@@ -156,8 +156,7 @@ def changed_rows(dict bars, set changed) -> dict:
     for key in changed:
         pair = bars[key]
         row = PyTuple_New(15)
-        Py_INCREF(key)
-        PyTuple_SET_ITEM(row, 0, key)
+        put(row, 0, key)
         put_values(row, 1, pair[0])
         put_values(row, 8, pair[1])
         rows[key] = row
@@ -167,18 +166,22 @@ def changed_rows(dict bars, set changed) -> dict:
 cdef inline void put_values(tuple row, Py_ssize_t at, object bar) except *:
     """The reference's `_values(bar)` into row[at:at + 7]."""
     cdef Py_ssize_t i
-    cdef object value
     cdef list b
     if bar is None:
-        value = 0
-        Py_INCREF(value)
-        PyTuple_SET_ITEM(row, at, value)
+        put(row, at, 0)
         for i in range(1, 7):
-            Py_INCREF(None)
-            PyTuple_SET_ITEM(row, at + i, None)
+            put(row, at + i, None)
         return
     b = <list>bar
-    for i, column in enumerate((B_BUCKET, B_OPEN, B_HIGH, B_LOW, B_CLOSE, B_VOLUME, B_COUNT)):
-        value = b[column]
-        Py_INCREF(value)
-        PyTuple_SET_ITEM(row, at + i, value)
+    put(row, at, b[B_BUCKET])
+    put(row, at + 1, b[B_OPEN])
+    put(row, at + 2, b[B_HIGH])
+    put(row, at + 3, b[B_LOW])
+    put(row, at + 4, b[B_CLOSE])
+    put(row, at + 5, b[B_VOLUME])
+    put(row, at + 6, b[B_COUNT])
+
+
+cdef inline void put(tuple row, Py_ssize_t at, object value) noexcept:
+    Py_INCREF(value)
+    PyTuple_SET_ITEM(row, at, value)
