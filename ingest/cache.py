@@ -5,15 +5,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict
-from operator import itemgetter
 from typing import Any
 
 from ingest.status import CacheStatus
 from ingest.symbols import SymbolDirectory
 from ingest.tick_data import TickData
 from store.tick_row import KEY, Tick
-
-_key_of = itemgetter(KEY)
 
 
 class AggregatedTickHandler:
@@ -45,11 +42,9 @@ class AggregatedTickHandler:
         latest = self._latest
         changed = self._changed
         if len(latest) + len(ticks) <= self._max:  # no key can be one too many: no check
-            # key -> tick in C (a later tick of a key wins, as in the loop below): this runs
-            # for every tick, and a Python loop here was a twentieth of the ingest's CPU.
-            by_key = dict(zip(map(_key_of, ticks), ticks, strict=True))
-            latest.update(by_key)
-            changed.update(by_key)
+            for tick in ticks:
+                key = tick[KEY]
+                latest[key] = changed[key] = tick
         else:
             for tick in ticks:
                 key = tick[KEY]
