@@ -15,9 +15,10 @@ case keeps the reference's one rule. tests/test_published_slots.py holds the two
 file bytes.
 
 The seqlock's order, which the reference gets from CPython executing its stores in turn, is
-kept here by the C11 builtins: the odd sequence, a release fence, the crc and the body, then
-the even sequence by a release store. The GIL is held throughout, so no thread switch falls
-between the odd and the even store either.
+kept here by the C11 builtins: the odd sequence (one 8-byte atomic store, as the reader
+loads it), a release fence, the crc and the body, then the even sequence by a release
+store. The GIL is held throughout, so no thread switch falls between the odd and the even
+store either.
 """
 
 from cpython.dict cimport PyDict_GetItem
@@ -36,11 +37,15 @@ cdef extern from "Python.h":
 
 cdef extern from *:
     """
+    static inline void tv_store_relaxed(unsigned long long *at, unsigned long long value) {
+        __atomic_store_n(at, value, __ATOMIC_RELAXED);
+    }
     static inline void tv_store_release(unsigned long long *at, unsigned long long value) {
         __atomic_store_n(at, value, __ATOMIC_RELEASE);
     }
     static inline void tv_fence_release(void) { __atomic_thread_fence(__ATOMIC_RELEASE); }
     """
+    void tv_store_relaxed(unsigned long long* at, unsigned long long value) noexcept nogil
     void tv_store_release(unsigned long long* at, unsigned long long value) noexcept nogil
     void tv_fence_release() noexcept nogil
 
@@ -181,7 +186,7 @@ def write_slots(
         crc = crc32_of(body, body_size)
         slot = base + word * 8
         # From the odd store to the even one, as the reference: seq, crc, body, seq + 1.
-        (<unsigned long long*>slot)[0] = <unsigned long long>(seq + 1)
+        tv_store_relaxed(<unsigned long long*>slot, <unsigned long long>(seq + 1))
         tv_fence_release()
         memcpy(slot + 8, &crc, 4)
         memcpy(slot + 12, body, body_size)
