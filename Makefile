@@ -6,9 +6,10 @@ BIN := $(VENV)/bin
 
 .PHONY: setup run notebook test lint proto lock bench clean-data chromium
 
-# setup.py builds the compiled decoder and COPY encoder: a change to it or their sources
-# rebuilds the install.
-$(BIN)/tickvault: pyproject.toml setup.py ingest/upstox/_fastdecode.pyx store/_copyrows.pyx
+# setup.py builds the compiled decoder, COPY encoder, slot writer and bars: a change to it or
+# their sources rebuilds the install.
+$(BIN)/tickvault: pyproject.toml setup.py ingest/upstox/_fastdecode.pyx store/_copyrows.pyx \
+		ingest/channels/_slots.pyx ingest/_minute_bars.pyx
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[dev]"

@@ -1,10 +1,12 @@
 """The one thing pyproject.toml cannot say: the compiled extensions, and that they are optional.
 
 `pip install` (and so `make setup` and the Dockerfile) compiles, with Cython (a build
-requirement) and the machine's C compiler, ingest/upstox/_fastdecode.pyx (the frame decoder)
-and store/_copyrows.pyx (the binary COPY encoder). Where that fails (no compiler, no Python
-headers, a big-endian host the decoder's wire walk does not support) the install goes on
-without them and tickvault runs on the Python reference paths; `tickvault run` logs which.
+requirement) and the machine's C compiler, ingest/upstox/_fastdecode.pyx (the frame decoder),
+store/_copyrows.pyx (the binary COPY encoder), ingest/channels/_slots.pyx (the published
+tables' slot writer) and ingest/_minute_bars.pyx (the forming bars' fold). Where that fails
+(no compiler, no Python headers, a big-endian host the decoder's wire walk does not support)
+the install goes on without them and tickvault runs on the Python reference paths;
+`tickvault run` logs which.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ DECODER = Extension(
     optional=True,
 )
 COPY_ENCODER = Extension("store._copyrows", ["store/_copyrows.pyx"], optional=True)
+SLOT_WRITER = Extension("ingest.channels._slots", ["ingest/channels/_slots.pyx"], optional=True)
+MINUTE_BARS = Extension("ingest._minute_bars", ["ingest/_minute_bars.pyx"], optional=True)
 
 
 class OptionalBuildExt(build_ext):
@@ -46,8 +50,10 @@ class OptionalBuildExt(build_ext):
 
 
 # The decoder's wire walk reads doubles as they lie in memory: little-endian hosts only.
-# The COPY encoder writes big-endian by shifts: any host.
+# The COPY encoder writes big-endian by shifts, the slot writer and the bars native order as
+# the published tables are: any host.
+ANY_HOST = [COPY_ENCODER, SLOT_WRITER, MINUTE_BARS]
 setup(
-    ext_modules=[DECODER, COPY_ENCODER] if sys.byteorder == "little" else [COPY_ENCODER],
+    ext_modules=[DECODER, *ANY_HOST] if sys.byteorder == "little" else ANY_HOST,
     cmdclass={"build_ext": OptionalBuildExt},
 )

@@ -36,53 +36,33 @@ BAR_FIELDS = _BAR
 _BUCKET, _OPEN, _OPEN_TS, _HIGH, _LOW, _CLOSE, _CLOSE_TS, _VOLUME, _COUNT = range(9)
 
 
-class MinuteBarHandler:
-    """The pipeline's handler of the forming bars: `on_frame` as the writer's, O(1) per tick;
-    `take_changed` the published table's feed, like the latest-tick cache's. Memory is one
-    pair of bars per instrument the cache holds."""
-
-    def __init__(self) -> None:
-        self._bars: dict[str, list[list | None]] = {}  # key -> [forming, previous]
-        self._changed: set[str] = set()
-
-    def seed(self, rows: Iterable[tuple]) -> None:
-        """Start from the stored bars of each instrument's newest minute and the one before
-        (`store.ticks.forming_bar_rows`, in bucket order), so that after a restart the
-        forming bar still counts the ticks committed before the stop; the replayed journal
-        frames that follow add the ones that were not."""
-        for key, *bar in rows:
-            pair = self._bars.get(key)
-            self._bars[key] = [bar, None if pair is None else pair[0]]
-            self._changed.add(key)
-
-    def on_frame(self, seq: int, ticks: list[Tick]) -> None:
-        bars = self._bars
-        changed = self._changed
-        for tick in ticks:
-            key = tick[KEY]
-            ts = tick[TS]
-            bucket = ts - ts % MINUTE_US
-            pair = bars.get(key)
-            if pair is None:
-                bars[key] = [_new(bucket, tick), None]
+def _fold_ticks(bars: dict[str, list[list | None]], changed: set[str], ticks: list[Tick]) -> None:
+    """Each tick into its instrument's forming bar (or the one before it, for a late tick),
+    its key into `changed`: the reference of the compiled `fold_ticks`."""
+    for tick in ticks:
+        key = tick[KEY]
+        ts = tick[TS]
+        bucket = ts - ts % MINUTE_US
+        pair = bars.get(key)
+        if pair is None:
+            bars[key] = [_new(bucket, tick), None]
+        else:
+            forming = pair[0]
+            if bucket == forming[_BUCKET]:
+                _update(forming, ts, tick)
+            elif bucket > forming[_BUCKET]:
+                pair[1] = forming
+                pair[0] = _new(bucket, tick)
+            elif pair[1] is not None and bucket == pair[1][_BUCKET]:
+                _update(pair[1], ts, tick)
             else:
-                forming = pair[0]
-                if bucket == forming[_BUCKET]:
-                    _update(forming, ts, tick)
-                elif bucket > forming[_BUCKET]:
-                    pair[1] = forming
-                    pair[0] = _new(bucket, tick)
-                elif pair[1] is not None and bucket == pair[1][_BUCKET]:
-                    _update(pair[1], ts, tick)
-                else:
-                    continue  # older than the published minutes: the database has it
-            changed.add(key)
+                continue  # older than the published minutes: the database has it
+        changed.add(key)
 
-    def take_changed(self) -> dict[str, Tick]:
-        """key -> published row of each instrument whose bars changed since the last call."""
-        changed, self._changed = self._changed, set()
-        bars = self._bars
-        return {key: _row(key, *bars[key]) for key in changed}
+
+def _changed_rows(bars: dict[str, list[list | None]], changed: set[str]) -> dict[str, Tick]:
+    """key -> published row of each key in `changed`: the reference of `changed_rows`."""
+    return {key: _row(key, *bars[key]) for key in changed}
 
 
 def _new(bucket: int, tick: Tick) -> list:
@@ -125,3 +105,53 @@ def _values(bar: list | None) -> tuple:
 
 def _row(key: str, forming: list, previous: list | None) -> Tick:
     return (key, *_values(forming), *_values(previous))
+
+
+try:
+    from ingest._minute_bars import changed_rows, fold_ticks
+except ImportError:  # not built: no C compiler at install time
+    fold_ticks = changed_rows = None
+    BARS_IMPLEMENTATION = "python"
+else:
+    BARS_IMPLEMENTATION = "compiled"
+
+
+class MinuteBarHandler:
+    """The pipeline's handler of the forming bars: `on_frame` as the writer's, O(1) per tick;
+    `take_changed` the published table's feed, like the latest-tick cache's. Memory is one
+    pair of bars per instrument the cache holds.
+
+    The per-tick fold and the rows are compiled (`_minute_bars.pyx`) where that is built
+    (`BARS_IMPLEMENTATION`); `PythonMinuteBarHandler` is the reference alone."""
+
+    _fold = staticmethod(_fold_ticks if fold_ticks is None else fold_ticks)
+    _rows = staticmethod(_changed_rows if changed_rows is None else changed_rows)
+
+    def __init__(self) -> None:
+        self._bars: dict[str, list[list | None]] = {}  # key -> [forming, previous]
+        self._changed: set[str] = set()
+
+    def seed(self, rows: Iterable[tuple]) -> None:
+        """Start from the stored bars of each instrument's newest minute and the one before
+        (`store.ticks.forming_bar_rows`, in bucket order), so that after a restart the
+        forming bar still counts the ticks committed before the stop; the replayed journal
+        frames that follow add the ones that were not."""
+        for key, *bar in rows:
+            pair = self._bars.get(key)
+            self._bars[key] = [bar, None if pair is None else pair[0]]
+            self._changed.add(key)
+
+    def on_frame(self, seq: int, ticks: list[Tick]) -> None:
+        self._fold(self._bars, self._changed, ticks)
+
+    def take_changed(self) -> dict[str, Tick]:
+        """key -> published row of each instrument whose bars changed since the last call."""
+        changed, self._changed = self._changed, set()
+        return self._rows(self._bars, changed)
+
+
+class PythonMinuteBarHandler(MinuteBarHandler):
+    """The reference alone, what the compiled fold and rows are held to."""
+
+    _fold = staticmethod(_fold_ticks)
+    _rows = staticmethod(_changed_rows)

@@ -8,8 +8,12 @@ import random
 from datetime import UTC, datetime, timedelta
 
 import psycopg
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from ingest.minute_bars import BAR_FIELDS, MinuteBarHandler
+from ingest import minute_bars
+from ingest.minute_bars import BAR_FIELDS, MINUTE_US, MinuteBarHandler, PythonMinuteBarHandler
 from store.tick_row import TICK_COLUMNS, from_datetime, to_datetime
 from store.ticks import forming_bar_rows
 from tests.test_bars import copy_ticks
@@ -82,3 +86,57 @@ def test_a_bar_forming_at_a_restart_counts_the_ticks_on_both_sides(db_url: str) 
         assert tuple(previous[1:]) == stored[key][START + timedelta(minutes=2)]
         assert tuple(forming[1:]) == stored[key][START + timedelta(minutes=3)]
         assert previous[-1] > len([t for t in after[key] if t[1] < START + timedelta(minutes=3)])
+
+
+_BAR_KEYS = st.sampled_from(KEYS)
+# Eight minutes around tick time 0 (late, older and new minutes, and Python's floored %),
+# sometimes a time near or past int8's ends (the compiled fold's C arithmetic stops there).
+_TICK_TIMES = st.one_of(
+    st.integers(-4 * MINUTE_US, 4 * MINUTE_US),
+    st.integers(-4 * MINUTE_US, 4 * MINUTE_US),
+    st.sampled_from([2**62 + 1, -(2**63), 2**63 + 7, -(2**70)]),
+)
+_PRICES = st.one_of(st.floats(allow_nan=False), st.integers(-(10**6), 10**6))
+_DELTAS = st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1))
+
+
+@st.composite
+def _bar_ticks(draw: st.DrawFn) -> tuple:
+    values = dict.fromkeys(TICK_COLUMNS)
+    values.update(
+        instrument_key=draw(_BAR_KEYS),
+        ts=draw(_TICK_TIMES),
+        ltp=draw(_PRICES),
+        volume_delta=draw(_DELTAS),
+    )
+    return tuple(values[name] for name in TICK_COLUMNS)
+
+
+@pytest.mark.skipif(minute_bars.fold_ticks is None, reason="the compiled bars are not built here")
+@settings(max_examples=200, deadline=None)
+@given(
+    seed=st.lists(
+        st.tuples(_BAR_KEYS, _TICK_TIMES.map(lambda ts: ts - ts % MINUTE_US), _PRICES, _DELTAS),
+        max_size=3,
+    ),
+    frames=st.lists(st.tuples(st.lists(_bar_ticks(), max_size=8), st.booleans()), max_size=6),
+)
+def test_the_compiled_bars_are_the_references(
+    seed: list[tuple], frames: list[tuple[list[tuple], bool]]
+) -> None:
+    """Frame after frame (and publish after publish), the compiled fold and rows hold the
+    bars and hand over the rows the reference does."""
+    compiled, reference = MinuteBarHandler(), PythonMinuteBarHandler()
+    rows = [  # as store.ticks.forming_bar_rows: one tick's bar
+        (key, bucket, ltp, bucket, ltp, ltp, ltp, bucket, delta, 1)
+        for key, bucket, ltp, delta in seed
+    ]
+    compiled.seed(rows)
+    reference.seed(rows)
+    for seq, (ticks, publish) in enumerate(frames, start=1):
+        compiled.on_frame(seq, ticks)
+        reference.on_frame(seq, ticks)
+        assert compiled._bars == reference._bars
+        if publish:
+            assert compiled.take_changed() == reference.take_changed()
+    assert compiled.take_changed() == reference.take_changed()

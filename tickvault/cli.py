@@ -160,12 +160,16 @@ def _start_logging(settings: Settings) -> None:
     log_dir = settings.log_dir or settings.data_dir / "logs"
     configure_logging(settings.log_level, [settings.upstox_access_token, settings.api_key], log_dir)
     check_dotenv()
+    from ingest.channels.latest_publisher import SLOTS_IMPLEMENTATION
+    from ingest.minute_bars import BARS_IMPLEMENTATION
     from ingest.upstox.decoder import DECODER_IMPLEMENTATION
     from store.ticks import COPY_IMPLEMENTATION
 
     log = logging.getLogger(__name__)
     log.info("frame decoder in use: %s", DECODER_IMPLEMENTATION)
     log.info("COPY encoder in use: %s (on UTF-8 connections)", COPY_IMPLEMENTATION)
+    log.info("published slot writer in use: %s", SLOTS_IMPLEMENTATION)
+    log.info("forming bars' fold in use: %s", BARS_IMPLEMENTATION)
 
 
 def _favour_the_writer() -> None:

@@ -55,6 +55,14 @@ from ingest.channels.latest_table import (
 )
 from store.tick_row import Tick
 
+try:
+    from ingest.channels._slots import write_slots
+except ImportError:  # not built: no C compiler at install time
+    write_slots = None
+    SLOTS_IMPLEMENTATION = "python"
+else:
+    SLOTS_IMPLEMENTATION = "compiled"
+
 log = logging.getLogger(__name__)
 
 
@@ -100,10 +108,17 @@ class LatestTickPublisher:
     second one raises PublisherBusy); not thread-safe: call it from one thread, the
     ingest's event loop.
 
+    Slots are written by the compiled writer where it is built (`SLOTS_IMPLEMENTATION`),
+    else by the reference; a subclass with `_write_slots = None` is the reference alone.
+
     A key longer than MAX_KEY_BYTES in UTF-8, a key past `capacity` and a tick whose values
     do not fit its columns are counted (in the header, `counters()`), logged once per key,
     and skipped: the file never grows.
     """
+
+    _write_slots: Callable[..., tuple[int, int]] | None = (
+        None if write_slots is None else staticmethod(write_slots)
+    )
 
     def __init__(
         self,
@@ -116,6 +131,7 @@ class LatestTickPublisher:
         self.path = Path(path)
         self.capacity = capacity
         self.shape = shape
+        self._codes = shape.codes.encode()
         keys_at, slots_at, status_at, buffer, size = sizes(capacity, status_bytes, shape)
         self.file_size = size
         self.start_token = uuid.uuid4().bytes
@@ -207,49 +223,61 @@ class LatestTickPublisher:
 
     def publish(self, ticks: Iterable[Tick]) -> int:
         """Store each tick in its instrument's slot (a later tick of the same key wins);
-        returns how many were stored. Also beats the heartbeat."""
+        returns how many were stored. Also beats the heartbeat.
+
+        The compiled writer (`_slots.pyx`), where it is built, writes the rows it can and
+        hands back the first one it leaves to the reference (`_publish_one`), so rows are
+        written in order whichever way each goes."""
+        rows = ticks if type(ticks) is list else list(ticks)
         words = self._words
-        halves = self._halves
-        mm = self._mm
-        slots = self._slots
-        crc32 = zlib.crc32
-        body_size = self.shape.body.size
-        added = False
+        keys_before = len(self._slots)
+        write_slots = self._write_slots
         stored = 0
-        for tick in ticks:
-            entry = slots.get(tick[0])
-            if entry is None:
-                entry = self._add(tick)
-                if entry is None:
-                    continue
-                added = True
-            layout = entry[0]
-            try:
-                if layout.nulls_of(tick) != layout.nulls:
-                    raise struct.error  # a column the layout writes as None has a value now
-                payload = layout.pack(layout.mask, *layout.values_of(tick))
-            except struct.error:  # ... or a value became None: the tick's own layout
-                payload = self._repack(entry, tick)
-                if payload is None:
-                    continue
-            crc = crc32(payload)
-            seq = entry[1] + 1
-            word = entry[2]
-            start = entry[3]
-            # From the odd store to the even one: no call, so no thread switch in between.
-            words[word] = seq
-            halves[word * 2 + 2] = crc
-            mm[start : start + body_size] = payload
-            words[word] = seq + 1
-            entry[1] = seq + 1
-            stored += 1
-        if added:
-            words[W_KEY_COUNT] = len(slots)  # after the new keys' first ticks
+        at = 0
+        end = len(rows)
+        while at < end:
+            if write_slots is not None:
+                at, written = write_slots(self._mm, self._slots, rows, at, self._codes)
+                stored += written
+                if at == end:
+                    break
+            stored += self._publish_one(rows[at])
+            at += 1
+        if len(self._slots) != keys_before:
+            words[W_KEY_COUNT] = len(self._slots)  # after the new keys' first ticks
         self.ticks_published += stored
         words[W_TICKS_PUBLISHED] = self.ticks_published
         words[W_PUBLISHES] += 1
         words[W_HEARTBEAT_NS] = time.time_ns()
         return stored
+
+    def _publish_one(self, tick: Tick) -> int:
+        """The reference: one tick to its slot (1), or refused and counted (0)."""
+        entry = self._slots.get(tick[0])
+        if entry is None:
+            entry = self._add(tick)
+            if entry is None:
+                return 0
+        layout = entry[0]
+        try:
+            if layout.nulls_of(tick) != layout.nulls:
+                raise struct.error  # a column the layout writes as None has a value now
+            payload = layout.pack(layout.mask, *layout.values_of(tick))
+        except struct.error:  # ... or a value became None: the tick's own layout
+            payload = self._repack(entry, tick)
+            if payload is None:
+                return 0
+        crc = zlib.crc32(payload)
+        seq = entry[1] + 1
+        word = entry[2]
+        start = entry[3]
+        # From the odd store to the even one: no call, so no thread switch in between.
+        self._words[word] = seq
+        self._halves[word * 2 + 2] = crc
+        self._mm[start : start + len(payload)] = payload
+        self._words[word] = seq + 1
+        entry[1] = seq + 1
+        return 1
 
     def _add(self, tick: Tick) -> list[Any] | None:
         key = tick[0]
