@@ -146,30 +146,16 @@ class LatestTickPublisher:
             # The blocks now: a full disk fails here, not later as SIGBUS on a page write.
             os.posix_fallocate(fd, 0, size)
             self._mm = mmap.mmap(fd, size)
-            HEADER.pack_into(
+            _pack_header(
                 self._mm,
-                0,
-                MAGIC,
-                LAYOUT_VERSION,
-                BOM,
-                HEADER_SIZE,
                 capacity,
-                shape.slot,
-                KEY_ENTRY,
-                MAX_KEY_BYTES,
-                shape.columns,
-                shape.columns_crc,
-                0,
-                os.getpid(),
-                pid_namespace(),
+                shape,
                 self.start_token,
-                time.time_ns(),
                 keys_at,
                 slots_at,
                 status_at,
                 buffer,
                 size,
-                0,
             )
             self._words = memoryview(self._mm).cast("Q")
             self._halves = memoryview(self._mm).cast("I")
@@ -407,6 +393,43 @@ class LatestTickPublisher:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _pack_header(
+    mm: mmap.mmap,
+    capacity: int,
+    shape: Shape,
+    start_token: bytes,
+    *offsets_and_size: int,
+) -> None:
+    """The table's header, as every reader checks it (latest_table.HEADER): the layout, this
+    process and its start, then keys_at, slots_at, status_at, the status buffer and the size."""
+    keys_at, slots_at, status_at, buffer, size = offsets_and_size
+    HEADER.pack_into(
+        mm,
+        0,
+        MAGIC,
+        LAYOUT_VERSION,
+        BOM,
+        HEADER_SIZE,
+        capacity,
+        shape.slot,
+        KEY_ENTRY,
+        MAX_KEY_BYTES,
+        shape.columns,
+        shape.columns_crc,
+        0,
+        os.getpid(),
+        pid_namespace(),
+        start_token,
+        time.time_ns(),
+        keys_at,
+        slots_at,
+        status_at,
+        buffer,
+        size,
+        0,
+    )
 
 
 def publish_stopped(path: Path, because: str) -> None:
