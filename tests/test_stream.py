@@ -28,6 +28,7 @@ from websockets.exceptions import ConnectionClosed
 
 from api import create_app
 from api.stream_hub import StreamClient
+from api.stream_messages import dumps, tick_body
 from core.config import Secret, Settings
 from ingest.channels.latest_publisher import LatestTickPublisher
 from ingest.channels.latest_reader import LatestTickReader
@@ -375,6 +376,19 @@ def test_frames_are_compressed_only_where_configured(live: Live, tmp_path: Path)
     settings = Settings(data_dir=tmp_path, api_key=Secret(API_KEY), stream_deflate=True)
     with serve(create_app(settings, live.database_url)) as base:
         assert "permessage-deflate" in (asyncio.run(extensions(base)) or "")
+
+
+def test_a_float_json_cannot_hold_is_sent_as_null_with_the_rest_of_the_tick() -> None:
+    """NaN or infinity from the feed has no JSON number: the tick still goes out, with null
+    there (a refusal would have failed the whole round for every client)."""
+    tick = [None] * len(TICK_COLUMNS)
+    tick[0], tick[1] = "NSE_EQ|INE009A01021", 0
+    tick[TICK_COLUMNS.index("ltp")] = float("nan")
+    tick[TICK_COLUMNS.index("cp")] = float("inf")
+    tick[TICK_COLUMNS.index("ltq")] = 7
+    body = json.loads(dumps(tick_body(tuple(tick), {"NSE_EQ|INE009A01021": "INFY"})))
+    assert (body["symbol"], body["ltp"], body["cp"], body["ltq"]) == ("INFY", None, None, 7)
+    assert body["ts"] == "2000-01-01T00:00:00+00:00"  # tick times count from 2000 (tick_row)
 
 
 def test_the_api_key_is_required_when_configured(live: Live) -> None:
