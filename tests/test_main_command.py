@@ -119,6 +119,10 @@ def _run_env(data_dir: Path, api_port: int) -> dict[str, str]:
     }
 
 
+# The feed's own chatter (the simulator, the candle requests) in a run's JSON log lines.
+_FEED_NOISE = ('"logger": "httpx"', '"logger": "ingest.simulator')
+
+
 def _wait_healthy(process: subprocess.Popen[str], base: str, seconds: float) -> None:
     deadline = time.monotonic() + seconds
     last: object = "no answer"
@@ -133,7 +137,13 @@ def _wait_healthy(process: subprocess.Popen[str], base: str, seconds: float) -> 
         if time.monotonic() > deadline:
             process.terminate()  # its own words say where the start stopped
             output = process.communicate(timeout=60)[0] or ""
-            raise AssertionError(f"the API did not come up: /health said {last}\n{output[-3000:]}")
+            # Without the feed's chatter: the lines that say how far the supervisor, the
+            # ingest and the api got.
+            lines = [
+                line for line in output.splitlines() if not any(n in line for n in _FEED_NOISE)
+            ]
+            said = "\n".join(lines[-60:])
+            raise AssertionError(f"the API did not come up: /health said {last}\n{said}")
         time.sleep(0.5)
 
 
