@@ -57,8 +57,7 @@ ALL_MIGRATIONS = [
 
 # Below Linux's ephemeral range (32768-60999): the kernel never hands these out for an
 # outgoing connection, so a port found free here is still free when the subprocess it is for
-# binds it. An ephemeral port can be taken in between by any test's client connection, and
-# CI saw a `tickvault run` whose API then never listened.
+# binds it. An ephemeral port can be taken in between by any test's client connection.
 _LISTEN_PORTS = range(20000, 32000)
 _pick = random.SystemRandom()  # not the seeded generator: parallel workers pick apart
 

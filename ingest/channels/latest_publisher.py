@@ -132,7 +132,8 @@ class LatestTickPublisher:
         self.capacity = capacity
         self.shape = shape
         self._codes = shape.codes.encode()
-        keys_at, slots_at, status_at, buffer, size = sizes(capacity, status_bytes, shape)
+        areas = sizes(capacity, status_bytes, shape)
+        keys_at, slots_at, status_at, buffer, size = areas
         self.file_size = size
         self.start_token = uuid.uuid4().bytes
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -146,17 +147,7 @@ class LatestTickPublisher:
             # The blocks now: a full disk fails here, not later as SIGBUS on a page write.
             os.posix_fallocate(fd, 0, size)
             self._mm = mmap.mmap(fd, size)
-            _pack_header(
-                self._mm,
-                capacity,
-                shape,
-                self.start_token,
-                keys_at,
-                slots_at,
-                status_at,
-                buffer,
-                size,
-            )
+            _pack_header(self._mm, capacity, shape, self.start_token, areas)
             self._words = memoryview(self._mm).cast("Q")
             self._halves = memoryview(self._mm).cast("I")
             self._words[W_STATE] = RUNNING
@@ -400,11 +391,12 @@ def _pack_header(
     capacity: int,
     shape: Shape,
     start_token: bytes,
-    *offsets_and_size: int,
+    areas: tuple[int, int, int, int, int],
 ) -> None:
     """The table's header, as every reader checks it (latest_table.HEADER): the layout, this
-    process and its start, then keys_at, slots_at, status_at, the status buffer and the size."""
-    keys_at, slots_at, status_at, buffer, size = offsets_and_size
+    process and its start, then `areas` (what `sizes` gives: keys_at, slots_at, status_at,
+    the status buffer and the file's size)."""
+    keys_at, slots_at, status_at, buffer, size = areas
     HEADER.pack_into(
         mm,
         0,
