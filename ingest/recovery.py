@@ -46,9 +46,21 @@ class RecoveryState:
     def decoder(self) -> FeedDecoder:
         """A decoder in the state of the last committed frame, so that a snapshot re-sent
         after a restart is known as a duplicate and `vtt` is never counted twice."""
-        decoder = FeedDecoder()
-        decoder.seed(self.last_ticks)
-        return decoder
+        return _seeded_decoder(self.last_ticks)
+
+
+def decoder_at_last_commit(conn: psycopg.Connection) -> FeedDecoder:
+    """RecoveryState.decoder() without the rest of the state: what the writer's catch-up
+    after a spill needs. The forming bars a start also reads aggregate every instrument's
+    last two minutes of ticks, a second of the database's time at 100,000 ticks/s, and a
+    spill comes when the database is already the slowest stage."""
+    return _seeded_decoder(newest_tick_rows(conn))
+
+
+def _seeded_decoder(last_ticks: list[Tick]) -> FeedDecoder:
+    decoder = FeedDecoder()
+    decoder.seed(last_ticks)
+    return decoder
 
 
 def load_recovery_state(conn: psycopg.Connection, journal_id: str) -> RecoveryState:

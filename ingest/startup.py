@@ -33,7 +33,13 @@ from ingest.jobs.instrument_refresh import RefreshReport
 from ingest.journal import Journal
 from ingest.minute_bars import MinuteBarHandler
 from ingest.pipeline import Pipeline
-from ingest.recovery import JournalMismatch, RecoveryState, check_journal, load_recovery_state
+from ingest.recovery import (
+    JournalMismatch,
+    RecoveryState,
+    check_journal,
+    decoder_at_last_commit,
+    load_recovery_state,
+)
 from ingest.signals import SignalWriter
 from ingest.simulator import FeedSimulator
 from ingest.status import IngestStatus
@@ -159,8 +165,8 @@ def catch_up_source(
 ) -> Callable[[int], Iterator[tuple[int, list[Tick]]]]:
     """The journal's ticks as the database left off, for the writer's catch-up."""
     with pool.connection() as conn:
-        state = load_recovery_state(conn, journal.journal_id)
-    return functools.partial(pipeline.journal_ticks, decoder=state.decoder())
+        decoder = decoder_at_last_commit(conn)
+    return functools.partial(pipeline.journal_ticks, decoder=decoder)
 
 
 def instrument_records_of(pool: ConnectionPool) -> list[dict[str, Any]]:
