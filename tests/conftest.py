@@ -161,9 +161,22 @@ def instruments_db(db_url: str) -> str:
 
 
 @pytest.fixture(params=["apache", "community"])
-def edition_db_url(request: pytest.FixtureRequest) -> Iterator[str]:
+def edition_server(request: pytest.FixtureRequest) -> DbServer:
+    """Each edition's server in turn (a test on Community skips where it is not installed)."""
+    return request.getfixturevalue(f"{request.param}_server")
+
+
+@pytest.fixture
+def edition_db_url(edition_server: DbServer) -> Iterator[str]:
     """A fresh, migrated database on each edition in turn."""
-    server: DbServer = request.getfixturevalue(f"{request.param}_server")
-    url = server.create_database()
+    url = edition_server.create_database()
     yield url
-    server.drop_database(url)
+    edition_server.drop_database(url)
+
+
+@pytest.fixture
+def edition_instruments_db(edition_db_url: str) -> str:
+    """`instruments_db` on each edition in turn: the exactly-once promises hold on both."""
+    with psycopg.connect(edition_db_url) as conn:
+        load_instruments(conn, default_sample_path())
+    return edition_db_url

@@ -68,11 +68,12 @@ async def _quiet_stop(service: WebSocketService, simulator: FeedSimulator) -> fl
 
 
 def test_the_ingest_writes_within_seconds_of_the_database_return_after_a_long_outage(
-    apache_server: DbServer,
-    instruments_db: str,
+    edition_server: DbServer,
+    edition_instruments_db: str,
     tmp_path: Path,
 ) -> None:
-    cluster = _cluster(apache_server)
+    cluster = _cluster(edition_server)
+    instruments_db = edition_instruments_db
 
     async def scenario() -> tuple[FeedSimulator, float]:
         simulator = await _simulator(instruments_db)
@@ -101,12 +102,13 @@ def test_the_ingest_writes_within_seconds_of_the_database_return_after_a_long_ou
 
 
 def test_a_stop_during_an_outage_ends_at_once_and_the_next_start_writes_every_tick_once(
-    apache_server: DbServer,
-    instruments_db: str,
+    edition_server: DbServer,
+    edition_instruments_db: str,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    cluster = _cluster(apache_server)
+    cluster = _cluster(edition_server)
+    instruments_db = edition_instruments_db
     data_dir = tmp_path / "data"
 
     async def scenario() -> tuple[FeedSimulator, float, int]:

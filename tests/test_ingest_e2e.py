@@ -26,7 +26,7 @@ from ingest.service import WebSocketService
 from ingest.simulator import FeedSimulator
 from ingest.status import IngestStatus
 from ingest.tick_data import TickData
-from store.instruments import default_sample_path, instrument_records, load_instruments
+from store.instruments import instrument_records
 from tests.clock import FeedClock
 from tests.conftest import REPO, DbServer
 
@@ -96,11 +96,12 @@ def test_clean_stop_writes_every_tick_once(
 
 
 def test_database_outage_loses_nothing(
-    apache_server: DbServer, instruments_db: str, tmp_path: Path
+    edition_server: DbServer, edition_instruments_db: str, tmp_path: Path
 ) -> None:
-    if apache_server.cluster is None:
+    if edition_server.cluster is None:
         pytest.skip("needs the test-owned cluster to stop and start it")
-    cluster = apache_server.cluster
+    cluster = edition_server.cluster
+    instruments_db = edition_instruments_db
 
     async def scenario() -> tuple[FeedSimulator, IngestStatus, IngestStatus]:
         # A memory bound far below what the outage accumulates: the writer must fall back
@@ -200,8 +201,9 @@ async def _restart_and_stop(
 
 
 def test_sigkill_mid_stream_then_restart_writes_each_tick_once(
-    instruments_db: str, tmp_path: Path
+    edition_instruments_db: str, tmp_path: Path
 ) -> None:
+    instruments_db = edition_instruments_db
     data_dir = tmp_path / "data"
 
     async def scenario() -> tuple[FeedSimulator, int, list[tuple[int, int]]]:
@@ -224,7 +226,7 @@ def test_sigkill_mid_stream_then_restart_writes_each_tick_once(
 
 
 def test_kill_between_the_two_writers_commits_then_restart_writes_each_tick_once(
-    edition_db_url: str, tmp_path: Path
+    edition_instruments_db: str, tmp_path: Path
 ) -> None:
     """Batch n committed on one connection, batch n+1 COPYed on the other and waiting for it:
     the ingest dies at that moment, and the next start writes n+1 and the rest, once.
@@ -232,9 +234,9 @@ def test_kill_between_the_two_writers_commits_then_restart_writes_each_tick_once
     Deterministic: a first ingest is killed with seconds of frames unwritten, so the second
     starts by replaying them as many small batches at once, both connections busy; its
     writer's fault switch (KILL_BETWEEN_COMMITS) SIGKILLs it after the first commit."""
+    edition_db_url = edition_instruments_db
     data_dir = tmp_path / "data"
     with psycopg.connect(edition_db_url) as conn:
-        load_instruments(conn, default_sample_path())
         records = instrument_records(conn)
 
     async def scenario() -> tuple[FeedSimulator, int, list[tuple[int, int]]]:
