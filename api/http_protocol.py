@@ -151,9 +151,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         head = [STATUS_LINE[200]]
         for name, value in (*self.server_state.default_headers, *answer_headers(body)):
             head += (name, b": ", value, b"\r\n")
-        head.append(b"\r\n")
-        self.transport.write(b"".join(head))
-        self.transport.write(body)
+        head += (b"\r\n", body)
+        self.transport.write(b"".join(head))  # one segment: the client wakes once
         self.on_response_complete()  # as after any answer: counted, keep-alive timer armed
 
     def _hot_body(self, url: bytes) -> bytes | None:
