@@ -41,6 +41,11 @@ PATH = "/api/v1/websocket/latest-ticks"
 # Rendered ticks kept per (key, requested name); names differ in case ("infy", "INFY"), so
 # the memory is bounded, and simply emptied when full: refilling costs one render per tick.
 MAX_RENDERED = 10_000
+# Queries whose symbols are kept, parsed and checked: a few kB each at most, so the memory
+# stays within a few MB; a longer one (up to MAX_SYMBOL_LIST_CHARS) is parsed each time.
+MAX_KEPT_QUERIES = 1_000
+MAX_KEPT_QUERY_BYTES = 2_048
+_UNSEEN: Any = object()
 
 _NAMES = TypeAdapter(list[str])
 _HEAD = b'{"source":"cache","ticks":['
@@ -61,6 +66,8 @@ class LatestTicks:
         self._hosts = frozenset(h.encode("latin-1") for h in hosts if not h.startswith("*"))
         self._open = not needs_api_key
         self._rendered: dict[tuple[str, str], tuple[Tick, bytes]] = {}
+        # The symbols of each query seen (None: not the hot case): a client repeats its query.
+        self._queries: dict[bytes, list[str] | None] = {}
 
     def lets_through(self, host: bytes) -> bool:
         """Whether the middlewares in front of the shortcut pass a GET of the path without a
@@ -72,11 +79,14 @@ class LatestTicks:
         """The body of the answer to a GET of PATH with this query, or None for the FastAPI
         route to answer."""
         context: ApiContext | None = getattr(self._state, "context", None)
-        raw = QueryParams(query_string).get("symbols")
-        if context is None or raw is None:
-            return None
-        names, problem = checked_symbol_list(raw)
-        if problem is not None:
+        names = self._queries.get(query_string, _UNSEEN)
+        if names is _UNSEEN:
+            names = _names(query_string)
+            if len(query_string) <= MAX_KEPT_QUERY_BYTES:
+                if len(self._queries) >= MAX_KEPT_QUERIES:
+                    self._queries.clear()
+                self._queries[query_string] = names
+        if context is None or names is None:
             return None
         try:
             keys = context.resolver.remembered(names)
@@ -128,6 +138,16 @@ class LatestTicksShortcut:
 def answer_headers(body: bytes) -> list[tuple[bytes, bytes]]:
     """The answer's own headers, as the route's JSONResponse gives them."""
     return [(b"content-length", b"%d" % len(body)), (b"content-type", b"application/json")]
+
+
+def _names(query_string: bytes) -> list[str] | None:
+    """The symbols a query asks for, None when the route must answer (none given, or a list
+    it refuses)."""
+    raw = QueryParams(query_string).get("symbols")
+    if raw is None:
+        return None
+    names, problem = checked_symbol_list(raw)
+    return None if problem is not None else names
 
 
 def _latest(context: ApiContext, keys: list[str]) -> dict[str, Tick] | None:
