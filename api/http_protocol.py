@@ -60,15 +60,19 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._answer: bytes | None = None  # the hot answer to write when the request ends
 
     def _hot_answer(self) -> LatestTicks | None:
-        """The app's hot latest-ticks answer, unless this server does per request what that
-        answer would skip (a concurrency limit, a root path; the access log is asked per
-        request)."""
+        """The app's hot latest-ticks answer, unless this server or app does per request what
+        that answer would skip (a concurrency limit, a root path, telemetry; the access log is
+        asked per request), as each connection begins."""
         if self.limit_concurrency is not None or self.root_path:
             return None
         app = self.app
         while app is not None:  # uvicorn's wrappers, down to the app
             state = getattr(app, "state", None)
             if state is not None:
+                # FastAPI's OpenTelemetry layer, once configured, must see every request.
+                telemetry = getattr(app, "_native_telemetry", None)
+                if telemetry is not None and telemetry.enabled():
+                    return None
                 return getattr(state, "latest_ticks", None)
             app = getattr(app, "app", None)
         return None
