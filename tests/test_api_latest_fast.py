@@ -105,8 +105,9 @@ class _Counted:
 
 
 def _exchange(base: str, head: str) -> bytes:
-    """One request on a new connection; what the server wrote until it closed or went idle."""
+    """One request on a new connection; the answer's head and body (none to a HEAD)."""
     address = urlsplit(base)
+    has_body = not head.startswith("HEAD")
     host = f"{address.hostname}:{address.port}"
     with socket.create_connection((address.hostname, address.port), timeout=2) as sock:
         sock.sendall(head.replace("HOST", host).replace("\n", "\r\n").encode())
@@ -116,7 +117,8 @@ def _exchange(base: str, head: str) -> bytes:
                 received += chunk
                 head_end = received.find(b"\r\n\r\n")
                 length = re.search(rb"content-length: (\d+)", received[:head_end])
-                if head_end >= 0 and length and len(received) >= head_end + 4 + int(length[1]):
+                body = int(length[1]) if length and has_body else 0
+                if head_end >= 0 and len(received) >= head_end + 4 + body:
                     break
     return re.sub(rb"date: [^\r]*\r\n", b"", received)  # the one header that moves
 
