@@ -251,6 +251,18 @@ def test_requests_the_protocol_leaves_to_the_app(
     assert counted.asked == (status == 200)  # the 200s from the shortcut, below the layers
 
 
+def test_the_openapi_entry_is_the_routes(published_api: Any) -> None:
+    """Served through the ordinary path, and still the route's: its one method, its query,
+    its answers and its schema."""
+    _, http, _, _ = published_api
+    entry = http.get("/openapi.json").json()["paths"][LATEST]
+    assert list(entry) == ["get"]
+    assert [p["name"] for p in entry["get"]["parameters"]] == ["symbols"]
+    assert sorted(entry["get"]["responses"]) == ["200", "404", "422", "429", "503"]
+    schema = entry["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert schema == {"$ref": "#/components/schemas/LatestTicksOut"}
+
+
 def test_the_gate_keeps_the_protocol_out() -> None:
     """A route that asked for the API key would never be answered below the gate; nor a host
     that only a wildcard pattern allows (the trusted-host middleware decides)."""
