@@ -20,7 +20,8 @@ from api.db import read_pool
 from api.error_responses import install_error_handlers
 from api.ingest_control import IngestControl
 from api.ingest_state import PublishedIngest
-from api.latest_fast import LatestTicksShortcut
+from api.latest_fast import PATH as HOT_PATH
+from api.latest_fast import LatestTicks, LatestTicksShortcut
 from api.limits import UVICORN_LIMITS, BodyLimit
 from api.liveness import DatabaseProbe
 from api.operations import Operations
@@ -44,9 +45,15 @@ from core.config import Settings
 
 
 def server_options(settings: Settings) -> dict[str, Any]:
-    """What uvicorn serves an app of `settings` with: the request limits (api/limits.py) and
-    the stream's compression (TICKVAULT_STREAM_DEFLATE)."""
-    return {**UVICORN_LIMITS, "ws_per_message_deflate": settings.stream_deflate}
+    """What uvicorn serves an app of `settings` with: the request limits (api/limits.py), the
+    stream's compression (TICKVAULT_STREAM_DEFLATE), and no access log: uvicorn.access is
+    held at WARNING (tickvault/logs.py), so its line for each request would be built and
+    dropped, and the protocol answers the hot request only where no line is due."""
+    return {
+        **UVICORN_LIMITS,
+        "ws_per_message_deflate": settings.stream_deflate,
+        "access_log": False,
+    }
 
 
 def create_app(settings: Settings, database_url: str) -> FastAPI:
@@ -122,7 +129,11 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
     # the hot latest-ticks request is answered below FastAPI's routing, then a request that
     # reads the database waits for a place in its class's budget.
     app.add_middleware(DatabaseBudget)
-    app.add_middleware(LatestTicksShortcut)
+    # The protocol finds the hot answer here (api/http_protocol.py), the middleware below it.
+    app.state.latest_ticks = LatestTicks(
+        app.state, settings.api_allowed_hosts, operations.needs_api_key("GET", HOT_PATH)
+    )
+    app.add_middleware(LatestTicksShortcut, answer=app.state.latest_ticks)
     app.add_middleware(BodyLimit)
     app.add_middleware(ApiKeyGate, settings=settings, operations=operations)
     app.add_middleware(

@@ -156,6 +156,9 @@ class StreamHub:
             f"fell behind: {self.queue_max} messages or {self.queue_max_bytes} bytes queued"
         )
         self.clients: set[StreamClient] = set()
+        # Set while a client is registered: without one the reading task sleeps on it rather
+        # than waking every PROBE_S in a worker that serves only plain requests.
+        self._followed = asyncio.Event()
         self._followers: dict[str, set[StreamClient]] = {}  # key -> clients that follow it
         self._universe: set[StreamClient] = set()
         self._symbols = TradingSymbols(pool)
@@ -179,10 +182,13 @@ class StreamHub:
         client = StreamClient(self.queue_max, self.queue_max_bytes)
         client.sent_round = self._round  # what came before is in its snapshot
         self.clients.add(client)
+        self._followed.set()
         return client
 
     def unregister(self, client: StreamClient) -> None:
         self.clients.discard(client)
+        if not self.clients:
+            self._followed.clear()
         self._universe.discard(client)
         for key in client.keys:
             followers = self._followers.get(key)
@@ -265,6 +271,7 @@ class StreamHub:
         while True:
             await asyncio.sleep(PROBE_S)
             if not self.clients:
+                await self._followed.wait()
                 continue
             try:
                 now = time.monotonic()

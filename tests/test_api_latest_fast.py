@@ -9,9 +9,13 @@ content as a JSON built here from the published ticks; every error still comes f
 
 from __future__ import annotations
 
+import contextlib
+import re
+import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import psycopg
@@ -19,7 +23,7 @@ import pytest
 from fastapi import FastAPI
 
 from api import create_app
-from api.latest_fast import LatestTicksShortcut
+from api.latest_fast import PATH, LatestTicks, LatestTicksShortcut
 from core.config import Settings
 from ingest.channels.latest_publisher import LatestTickPublisher
 from ingest.channels.latest_table import published_path
@@ -88,6 +92,37 @@ def _typed(row: dict[str, Any]) -> list[tuple[str, type, Any]]:
     return [(key, type(value), value) for key, value in row.items()]
 
 
+class _Counted:
+    """The middleware's answer, counting the requests that reached the middleware."""
+
+    def __init__(self, answer: LatestTicks) -> None:
+        self.answer = answer
+        self.asked = 0
+
+    def body(self, query_string: bytes) -> bytes | None:
+        self.asked += 1
+        return self.answer.body(query_string)
+
+
+def _exchange(base: str, head: str) -> bytes:
+    """One request on a new connection; the answer's head and body (none to a HEAD)."""
+    address = urlsplit(base)
+    has_body = not head.startswith("HEAD")
+    host = f"{address.hostname}:{address.port}"
+    with socket.create_connection((address.hostname, address.port), timeout=2) as sock:
+        sock.sendall(head.replace("HOST", host).replace("\n", "\r\n").encode())
+        received = b""
+        with contextlib.suppress(TimeoutError):
+            while chunk := sock.recv(65536):
+                received += chunk
+                head_end = received.find(b"\r\n\r\n")
+                length = re.search(rb"content-length: (\d+)", received[:head_end])
+                body = int(length[1]) if length and has_body else 0
+                if head_end >= 0 and len(received) >= head_end + 4 + body:
+                    break
+    return re.sub(rb"date: [^\r]*\r\n", b"", received)  # the one header that moves
+
+
 def _shortcut(app: FastAPI) -> LatestTicksShortcut:
     """The app's shortcut, found down its middleware stack (built by the first request)."""
     layer: Any = app.middleware_stack
@@ -116,6 +151,7 @@ def published_api(
             client(base) as http,
         ):
             publisher.publish(ticks.values())
+            app.state.base = base
             yield app, http, publisher, ticks
 
 
@@ -123,10 +159,10 @@ def test_the_shortcut_answers_the_bytes_the_route_gave(published_api: Any) -> No
     app, http, _, ticks = published_api
     params = {"symbols": "INFY, Nifty 50,tcs,VSTIND,INFY"}
     by_route = http.get(LATEST, params=params)  # not remembered yet: the route resolves
-    shortcut = _shortcut(app)
-    assert not shortcut._rendered
+    answer = app.state.latest_ticks
+    assert not answer._rendered
     by_shortcut = [http.get(LATEST, params=params) for _ in range(3)]
-    assert shortcut._rendered  # the shortcut answered them
+    assert answer._rendered  # the shortcut answered them
 
     assert by_route.status_code == 200, by_route.text
     for response in by_shortcut:
@@ -160,6 +196,85 @@ def test_a_new_tick_is_rendered_anew(published_api: Any) -> None:
         publisher.publish([ticks["INFY"]])
     [tick] = http.get(LATEST, params=params).json()["ticks"]
     assert _typed(_read(tick)) == _typed(_expected(ticks["INFY"], "INFY"))
+
+
+def test_the_protocol_writes_the_bytes_the_middleware_wrote(published_api: Any) -> None:
+    """A plain keep-alive GET is answered by the HTTP protocol (api/http_protocol.py) without
+    reaching the middleware; a request the protocol leaves to the ASGI path (here one with
+    `Expect`) reaches it; both get the same bytes on the wire, head and body."""
+    app, http, _, _ = published_api
+    target = f"{LATEST}?symbols=INFY,Nifty%2050,VSTIND"
+    http.get(target)  # the route resolves the symbols once
+    shortcut = _shortcut(app)
+    counted = shortcut.answer = _Counted(shortcut.answer)
+    try:
+        by_protocol = _exchange(app.state.base, f"GET {target} HTTP/1.1\nHost: HOST\n\n")
+        assert counted.asked == 0
+        expecting = "Expect: 100-continue\n"
+        by_middleware = _exchange(
+            app.state.base, f"GET {target} HTTP/1.1\nHost: HOST\n{expecting}\n"
+        )
+        assert counted.asked == 1
+    finally:
+        shortcut.answer = counted.answer
+    assert by_protocol.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert by_protocol == by_middleware
+    assert by_protocol.endswith(http.get(target).content)
+
+
+@pytest.mark.parametrize(
+    ("head", "status"),
+    [
+        ("GET PATH HTTP/1.1\nHost: evil.example\n\n", 400),  # the trusted-host check's
+        ("HEAD PATH HTTP/1.1\nHost: HOST\n\n", 405),
+        ("POST PATH HTTP/1.1\nHost: HOST\nContent-Length: 0\n\n", 405),
+        ("GET PATH HTTP/1.1\nHost: HOST\nContent-Length: 300000\n\n", 413),  # the body limit's
+        ("GET PATH HTTP/1.0\nHost: HOST\n\n", 200),
+        ("GET PATH HTTP/1.1\nHost: HOST\nConnection: close\n\n", 200),
+    ],
+)
+def test_requests_the_protocol_leaves_to_the_app(
+    published_api: Any, head: str, status: int
+) -> None:
+    """Remembered symbols, and requests that some layer in front of the shortcut acts on:
+    they all reach the app, which answers them as it always has."""
+    app, http, _, _ = published_api
+    target = f"{LATEST}?symbols=INFY"
+    assert http.get(target).status_code == 200
+    shortcut = _shortcut(app)
+    counted = shortcut.answer = _Counted(shortcut.answer)
+    try:
+        answer = _exchange(app.state.base, head.replace("PATH", target))
+    finally:
+        shortcut.answer = counted.answer
+    assert answer.startswith(f"HTTP/1.1 {status} ".encode()), answer[:200]
+    assert counted.asked == (status == 200)  # the 200s from the shortcut, below the layers
+
+
+def test_the_openapi_entry_is_the_routes(published_api: Any) -> None:
+    """Served through the ordinary path, and still the route's: its one method, its query,
+    its answers and its schema."""
+    _, http, _, _ = published_api
+    entry = http.get("/openapi.json").json()["paths"][LATEST]
+    assert list(entry) == ["get"]
+    assert [p["name"] for p in entry["get"]["parameters"]] == ["symbols"]
+    assert sorted(entry["get"]["responses"]) == ["200", "404", "422", "429", "503"]
+    schema = entry["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert schema == {"$ref": "#/components/schemas/LatestTicksOut"}
+
+
+def test_the_gate_keeps_the_protocol_out() -> None:
+    """A route that asked for the API key would never be answered below the gate; nor a host
+    that only a wildcard pattern allows (the trusted-host middleware decides)."""
+    from starlette.datastructures import State
+
+    assert not LatestTicks(State(), ["*"], needs_api_key=True).lets_through(b"localhost")
+    answer = LatestTicks(State(), ["localhost", "*.example.com"], needs_api_key=False)
+    assert answer.lets_through(b"localhost:8000")
+    assert not answer.lets_through(b"api.example.com")
+    assert not answer.lets_through(b"")
+    assert LatestTicks(State(), ["*"], needs_api_key=False).lets_through(b"")
+    assert PATH == LATEST
 
 
 @pytest.mark.parametrize(

@@ -256,9 +256,6 @@ def _api(settings: Settings, args: argparse.Namespace) -> int:
         port=settings.api_port,
         log_config=None,
         log_level=settings.log_level.lower(),
-        # uvicorn.access is held at WARNING (tickvault/logs.py): its line for each request,
-        # built and then dropped, is not built at all.
-        access_log=False,
         **server_options(settings),
     )
     return 0
