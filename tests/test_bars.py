@@ -310,6 +310,35 @@ def test_refresh_up_to_a_time_inside_a_bucket_keeps_bars_whole(edition_db_url: s
         assert bars_of_day(conn, day) == expected_bars(ticks)
 
 
+def test_a_late_tick_written_in_a_savepoint_across_a_refresh_is_rolled_up(
+    edition_db_url: str,
+) -> None:
+    """A subtransaction's rows carry its own xid, which a snapshot does not list among the
+    running ones even while its parent runs (PostgreSQL's pg_visible_in_snapshot says so of
+    subtransaction ids): a rule that takes "invisible to the last pass" for "late" must not
+    take such a row for seen. psql's ON_ERROR_ROLLBACK writes every statement this way."""
+    day = trading_day()
+    ticks = generate_day(day, seed=23)
+    late = Tick(INSTRUMENTS[1], ist(day, 10, 30, 0), 8888.5, 3)
+
+    with (
+        psycopg.connect(edition_db_url, autocommit=True) as conn,
+        psycopg.connect(edition_db_url) as writer,
+    ):
+        copy_ticks(conn, ticks)
+        refresh_bars(conn)
+        with writer.transaction(), writer.cursor() as cur:
+            cur.execute("SELECT 1")  # the outer transaction is open before the savepoint
+            with writer.transaction():  # a SAVEPOINT: the row's xid is a subtransaction's
+                write_batch(cur, "j", 1, 1, 1, [as_ingested(late)])
+            # A later transaction completes: the pass's snapshot then reaches past the row's
+            # xid, and lists only its parent as running.
+            conn.execute("SELECT pg_current_xact_id()")
+            refresh_bars(conn)  # the pass cannot see the row: its transaction is open
+        refresh_bars(conn)
+        assert bars_of_day(conn, day) == expected_bars([*ticks, late])
+
+
 def test_late_ticks_of_a_transaction_older_than_the_refresh_are_rolled_up(
     edition_db_url: str,
 ) -> None:
