@@ -24,8 +24,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import itertools
 import json
+import queue
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
@@ -227,6 +231,61 @@ def compare_writers(
         name: {key: round(median([r[key] for r in results]), 2) for key in results[0]}
         for name, results in runs.items()
     }
+
+
+def sustained_raw_copy(server: DbServer, frames: list[Frame], seconds: float) -> dict[str, float]:
+    """Raw COPY for `seconds`, one connection, into one fresh database: the recorded ticks
+    again and again, their times moved on by the recording's span each round, so that the
+    chunk grows as a ceiling window's does (millions of rows) rather than holding the 61k
+    rows `compare_writers` writes into an empty table. A thread shifts the next batch while
+    this one is COPYed, as the ingest's writer has its batch ready."""
+    ticks = decode_all(frames)
+    times = [TICK_COLUMNS.index(name) for name in ("ts", "feed_ts", "received_at")]
+    span = max(t[times[0]] for t in ticks) - min(t[times[0]] for t in ticks) + 1_000_000
+    batches: queue.Queue[list[tuple] | None] = queue.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def shift() -> None:
+        for round_ in itertools.count(1):
+            for batch in _batches(ticks):
+                if stop.is_set():
+                    batches.put(None)
+                    return
+                moved = []
+                for tick in batch:
+                    row = list(tick)
+                    for i in times:
+                        if row[i] is not None:
+                            row[i] += round_ * span
+                    moved.append(tuple(row))
+                batches.put(moved)
+
+    url = server.create_database("bench_sustained")
+    shifter = threading.Thread(target=shift, daemon=True)
+    try:
+        with psycopg.connect(url) as conn:
+            shifter.start()
+            deadline = time.perf_counter() + seconds
+
+            def work() -> int:
+                written = 0
+                while time.perf_counter() < deadline:
+                    batch = batches.get()
+                    with conn.cursor() as cur:
+                        copy_ticks(cur, batch)
+                    conn.commit()
+                    written += len(batch)
+                return written
+
+            result = _timed(server.postmaster_pid, work)
+    finally:
+        stop.set()
+        while shifter.is_alive():  # let it see `stop` if it waits to put a batch
+            with contextlib.suppress(queue.Empty):
+                batches.get_nowait()
+            shifter.join(0.05)
+        server.drop_database(url)
+    return {"seconds": seconds, **{key: round(value, 2) for key, value in result.items()}}
 
 
 def hot_path_costs(frames: list[Frame], repeats: int) -> dict[str, float]:

@@ -15,6 +15,8 @@ API calls too: the rule that builds them is written there only.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, get_args
@@ -138,14 +140,41 @@ def refresh_bars(
         return RefreshResult(edition, {})
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", [_ROLLUP_LOCK])
+        # No JIT: the planner costs the late-tick joins for thousands of dirty buckets, so
+        # each pass compiled (and inlined) their expressions for about 0.25 s of server CPU
+        # apiece, usually to aggregate nothing.
+        conn.execute("SET LOCAL jit = off")
         conn.execute(
             "CREATE TEMP TABLE _bars_dirty (instrument_key text, bucket timestamptz)"
             " ON COMMIT DROP;"
             "CREATE TEMP TABLE _bars_touched (instrument_key text, bucket timestamptz)"
             " ON COMMIT DROP"
         )
+        _summarize_new_tick_ranges(conn)
         written = {layer.view: _rollup(conn, layer, start, end) for layer in _LAYERS}
     return RefreshResult(edition, written)
+
+
+def _summarize_new_tick_ranges(conn: psycopg.Connection) -> None:
+    """Summarize the block ranges added since the last pass to the BRIN indexes of the ticks
+    chunks that hold the last day (their `ts` and `inserted_at`), so that the rollup's scans
+    read only the ranges that can hold what they look for.
+
+    A range no vacuum has summarized yet matches every BRIN scan, so without this the scans
+    of a chunk being written read all of it, every pass. Older chunks are left to vacuum:
+    their unsummarized ranges are only what was appended to them lately, which a scan must
+    read anyway.
+    """
+    conn.execute(
+        "SELECT brin_summarize_new_values(i.indexrelid)"
+        " FROM timescaledb_information.chunks c"
+        " JOIN pg_class r ON r.relname = c.chunk_name"
+        " JOIN pg_namespace n ON n.oid = r.relnamespace AND n.nspname = c.chunk_schema"
+        " JOIN pg_index i ON i.indrelid = r.oid"
+        " JOIN pg_class ir ON ir.oid = i.indexrelid"
+        " WHERE c.hypertable_name = 'ticks' AND c.range_end > now() - INTERVAL '1 day'"
+        " AND ir.relam = (SELECT oid FROM pg_am WHERE amname = 'brin')"
+    )
 
 
 def _refresh_aggregate(
@@ -192,7 +221,9 @@ def _rollup(
                -- the margin covers the instant between that stamp and its first write.
                least(now(), (SELECT min(xact_start) FROM pg_stat_activity
                              WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()))
-                   - INTERVAL '10 seconds'
+                   - INTERVAL '10 seconds',
+               -- What this pass can see: the next pass takes for late only what it could not.
+               snapshot, pg_current_snapshot()
         FROM bar_rollup_state WHERE relation = %(view)s FOR UPDATE""",
         {"view": layer.view, "start": start, "end": end},
     ).fetchone()
@@ -200,18 +231,19 @@ def _rollup(
         raise RuntimeError(
             f"bar_rollup_state has no row for {layer.view}: run tickvault db migrate"
         )
-    watermark, changed_since, new_watermark, window_start, next_changed_since = state
+    watermark, changed_since, new_watermark, window_start, next_changed_since = state[:5]
+    seen, next_seen = state[5:]
 
     written = _rebuild_range(conn, layer, watermark, new_watermark)
     if start is not None or end is not None:
         window_end = new_watermark if end is None else min(new_watermark, _ceil(conn, layer, end))
         written += _rebuild_range(conn, layer, window_start, window_end)
     if watermark is not None:
-        written += _rebuild_late(conn, layer, watermark, changed_since)
+        written += _rebuild_late(conn, layer, watermark, changed_since, seen)
     conn.execute(
-        "UPDATE bar_rollup_state SET watermark = %s, changed_since = %s, refreshed_at = now()"
-        " WHERE relation = %s",
-        [new_watermark, next_changed_since, layer.view],
+        "UPDATE bar_rollup_state SET watermark = %s, changed_since = %s, snapshot = %s,"
+        " refreshed_at = now() WHERE relation = %s",
+        [new_watermark, next_changed_since, next_seen, layer.view],
     )
     return written
 
@@ -243,26 +275,64 @@ def _rebuild_range(
         f" {above_low.format(time='bucket')} AND bucket < %(high)s",
         bounds,
     )
-    return _insert_aggregate(
-        conn,
-        layer,
-        f"{layer.source} WHERE {above_low.format(time=layer.time)} AND {layer.time} < %(high)s",
-        bounds,
-    )
+    with _index_scans(conn, layer):
+        return _insert_aggregate(
+            conn,
+            layer,
+            f"{layer.source} WHERE {above_low.format(time=layer.time)} AND {layer.time} < %(high)s",
+            bounds,
+        )
+
+
+@contextmanager
+def _index_scans(conn: psycopg.Connection, layer: _Layer) -> Iterator[None]:
+    """Within it, a layer that reads the ticks reads them through their indexes.
+
+    The planner's row estimates for a chunk being written are those of its last ANALYZE, so
+    it took a sequential scan of the whole chunk for a minute's ticks, and for the few late
+    ones (1.7 µs of server CPU per tick written at 90k ticks/s, BENCHMARKS.md); the BRIN
+    ranges (summarized by `_summarize_new_tick_ranges`) and the (instrument_key, ts) b-tree
+    find them without it.
+    """
+    if not layer.reads_ticks:
+        yield
+        return
+    (before,) = conn.execute(
+        "SELECT current_setting('enable_seqscan'), set_config('enable_seqscan', 'off', true)"
+    ).fetchone()[:1]
+    try:
+        yield
+    finally:
+        conn.execute("SELECT set_config('enable_seqscan', %s, true)", [before])
 
 
 def _rebuild_late(
-    conn: psycopg.Connection, layer: _Layer, watermark: datetime, changed_since: datetime | None
+    conn: psycopg.Connection,
+    layer: _Layer,
+    watermark: datetime,
+    changed_since: datetime | None,
+    seen: str | None,
 ) -> int:
-    """Re-aggregate buckets below the old watermark whose source changed since the last pass."""
+    """Re-aggregate buckets below the old watermark whose source changed since the last pass.
+
+    A tick is late when the last pass could not see it: its transaction had not committed at
+    the pass's snapshot `seen` (a row's xid as an xid8 is the current one less its age). The
+    `inserted_at` bound, with its margin, is what lets the BRIN index skip the older ranges;
+    alone it also took the ticks the last pass did see for late, and re-aggregated the
+    minute just rolled up, every instrument of it, in each pass within the margin.
+    """
     conn.execute("TRUNCATE _bars_dirty")
     if layer.reads_ticks:
-        conn.execute(
-            "INSERT INTO _bars_dirty SELECT DISTINCT instrument_key,"
-            " time_bucket(INTERVAL '1 minute', ts) FROM ticks"
-            " WHERE inserted_at >= %s AND ts < %s",
-            [changed_since or watermark, watermark],
-        )
+        with _index_scans(conn, layer):
+            conn.execute(
+                "INSERT INTO _bars_dirty SELECT DISTINCT instrument_key,"
+                " time_bucket(INTERVAL '1 minute', ts) FROM ticks"
+                " WHERE inserted_at >= %(since)s AND ts < %(watermark)s"
+                " AND (%(seen)s::pg_snapshot IS NULL OR NOT pg_visible_in_snapshot("
+                "(pg_current_xact_id()::text::bigint - age(xmin))::text::xid8,"
+                " %(seen)s::pg_snapshot))",
+                {"since": changed_since or watermark, "watermark": watermark, "seen": seen},
+            )
     else:
         conn.execute(
             "INSERT INTO _bars_dirty SELECT DISTINCT instrument_key, bucket FROM _bars_touched"
