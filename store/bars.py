@@ -315,11 +315,15 @@ def _rebuild_late(
 ) -> int:
     """Re-aggregate buckets below the old watermark whose source changed since the last pass.
 
-    A tick is late when the last pass could not see it: its transaction had not committed at
-    the pass's snapshot `seen` (a row's xid as an xid8 is the current one less its age). The
-    `inserted_at` bound, with its margin, is what lets the BRIN index skip the older ranges;
-    alone it also took the ticks the last pass did see for late, and re-aggregated the
-    minute just rolled up, every instrument of it, in each pass within the margin.
+    A tick is late unless the last pass surely saw it: its xid (as an xid8, the current one
+    less its age) is below the xmin of that pass's snapshot `seen`, where every transaction
+    had ended. Not `pg_visible_in_snapshot`: a snapshot lists only top-level xids as running,
+    so it takes the row of a savepoint (a subtransaction's xid, above its parent's) in a
+    transaction still open then for seen, and that tick was never rolled up
+    (tests/test_bars.py). The `inserted_at` bound, with its margin, is what lets the BRIN
+    index skip the older ranges; alone it also took the ticks the last pass did see for
+    late, and re-aggregated the minute just rolled up, every instrument of it, in each pass
+    within the margin.
     """
     conn.execute("TRUNCATE _bars_dirty")
     if layer.reads_ticks:
@@ -328,9 +332,9 @@ def _rebuild_late(
                 "INSERT INTO _bars_dirty SELECT DISTINCT instrument_key,"
                 " time_bucket(INTERVAL '1 minute', ts) FROM ticks"
                 " WHERE inserted_at >= %(since)s AND ts < %(watermark)s"
-                " AND (%(seen)s::pg_snapshot IS NULL OR NOT pg_visible_in_snapshot("
-                "(pg_current_xact_id()::text::bigint - age(xmin))::text::xid8,"
-                " %(seen)s::pg_snapshot))",
+                " AND (%(seen)s::pg_snapshot IS NULL"
+                " OR pg_current_xact_id()::text::bigint - age(xmin)"
+                " >= pg_snapshot_xmin(%(seen)s::pg_snapshot)::text::bigint)",
                 {"since": changed_since or watermark, "watermark": watermark, "seen": seen},
             )
     else:
