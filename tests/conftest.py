@@ -153,12 +153,16 @@ def db_url(apache_server: DbServer) -> Iterator[str]:
     apache_server.drop_database(url)
 
 
+def _with_sample_instruments(url: str) -> str:
+    with psycopg.connect(url) as conn:
+        load_instruments(conn, default_sample_path())
+    return url
+
+
 @pytest.fixture
 def instruments_db(db_url: str) -> str:
     """A fresh, migrated database with the sample instrument master loaded."""
-    with psycopg.connect(db_url) as conn:
-        load_instruments(conn, default_sample_path())
-    return db_url
+    return _with_sample_instruments(db_url)
 
 
 @pytest.fixture(params=["apache", "community"])
@@ -178,6 +182,4 @@ def edition_db_url(edition_server: DbServer) -> Iterator[str]:
 @pytest.fixture
 def edition_instruments_db(edition_db_url: str) -> str:
     """`instruments_db` on each edition in turn: the exactly-once promises hold on both."""
-    with psycopg.connect(edition_db_url) as conn:
-        load_instruments(conn, default_sample_path())
-    return edition_db_url
+    return _with_sample_instruments(edition_db_url)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, time, timedelta, timezone
 from typing import NamedTuple
 
@@ -310,6 +311,21 @@ def test_refresh_up_to_a_time_inside_a_bucket_keeps_bars_whole(edition_db_url: s
         assert bars_of_day(conn, day) == expected_bars(ticks)
 
 
+@contextmanager
+def _rolled_up_with_a_writer(
+    url: str, ticks: list[Tick]
+) -> Iterator[tuple[psycopg.Connection, psycopg.Connection]]:
+    """The ticks stored and rolled up; an autocommit connection for the rollup and a
+    writer connection whose transactions the test holds open across its passes."""
+    with (
+        psycopg.connect(url, autocommit=True) as conn,
+        psycopg.connect(url) as writer,
+    ):
+        copy_ticks(conn, ticks)
+        refresh_bars(conn)
+        yield conn, writer
+
+
 def test_a_late_tick_written_in_a_savepoint_across_a_refresh_is_rolled_up(
     edition_db_url: str,
 ) -> None:
@@ -321,12 +337,7 @@ def test_a_late_tick_written_in_a_savepoint_across_a_refresh_is_rolled_up(
     ticks = generate_day(day, seed=23)
     late = Tick(INSTRUMENTS[1], ist(day, 10, 30, 0), 8888.5, 3)
 
-    with (
-        psycopg.connect(edition_db_url, autocommit=True) as conn,
-        psycopg.connect(edition_db_url) as writer,
-    ):
-        copy_ticks(conn, ticks)
-        refresh_bars(conn)
+    with _rolled_up_with_a_writer(edition_db_url, ticks) as (conn, writer):
         with writer.transaction(), writer.cursor() as cur:
             cur.execute("SELECT 1")  # the outer transaction is open before the savepoint
             with writer.transaction():  # a SAVEPOINT: the row's xid is a subtransaction's
@@ -346,12 +357,7 @@ def test_late_ticks_of_a_transaction_older_than_the_refresh_are_rolled_up(
     ticks = generate_day(day, seed=17)
     late = Tick(INSTRUMENTS[0], ist(day, 11, 0, 0), 9999.5, 1)
 
-    with (
-        psycopg.connect(edition_db_url, autocommit=True) as conn,
-        psycopg.connect(edition_db_url) as writer,
-    ):
-        copy_ticks(conn, ticks)
-        refresh_bars(conn)
+    with _rolled_up_with_a_writer(edition_db_url, ticks) as (conn, writer):
         # The ingest writer's retry path: it looks the batch up, then writes it, in one
         # transaction.
         with writer.cursor() as cur:
