@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import median, simulator, write_universe
-from bench.offline import Frame, record_frames
+from bench.offline import Frame, feed_keys, record_frames
 from core.config import Secret, Settings
 from ingest.cache import AggregatedTickHandler
 from ingest.channels.latest_publisher import LatestTickPublisher
@@ -105,11 +105,7 @@ class _Discard:
 
 def feed_client_us(instruments: Path, rate: float, seconds: float) -> dict[str, float]:
     """CPU us per tick and per frame of a FeedClient alone, reading the simulator at `rate`."""
-    keys = [
-        record["instrument_key"]
-        for record in json.loads(instruments.read_text())
-        if record["segment"] in ("NSE_EQ", "NSE_INDEX")
-    ]
+    keys = feed_keys(instruments)
     sink = _Discard()
 
     async def read(url: str) -> dict[str, float]:

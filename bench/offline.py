@@ -72,13 +72,19 @@ class _Recorder:
         self.frames.append((frame, received_at_us))
 
 
-def record_frames(instruments: Path, rate: float, seconds: float) -> list[Frame]:
-    """`seconds` of full-mode frames for the whole universe, from a simulator process."""
-    keys = [
+def feed_keys(instruments: Path) -> list[str]:
+    """The keys the benchmark's one full-mode connection subscribes: the universe's stocks
+    and indices, which fit a connection's key limit (write_universe)."""
+    return [
         record["instrument_key"]
         for record in json.loads(instruments.read_text())
         if record["segment"] in ("NSE_EQ", "NSE_INDEX")
     ]
+
+
+def record_frames(instruments: Path, rate: float, seconds: float) -> list[Frame]:
+    """`seconds` of full-mode frames for the whole universe, from a simulator process."""
+    keys = feed_keys(instruments)
     recorder = _Recorder()
 
     async def listen(url: str) -> None:
