@@ -124,6 +124,10 @@ _FEED_NOISE = ('"logger": "httpx"', '"logger": "ingest.simulator')
 
 
 def _wait_healthy(process: subprocess.Popen[str], base: str, seconds: float) -> None:
+    """Waits up to `seconds` of the machine's running time for /health to answer 200. A pause
+    of this very process (a half-second sleep that took over 5 s: the whole shared machine
+    stood still, as one CI run saw for 78 s) is added to the budget: a start cannot be late
+    for time in which nothing ran."""
     deadline = time.monotonic() + seconds
     last: object = "no answer"
     while True:
@@ -144,7 +148,10 @@ def _wait_healthy(process: subprocess.Popen[str], base: str, seconds: float) -> 
             ]
             said = "\n".join(lines[-60:])
             raise AssertionError(f"the API did not come up: /health said {last}\n{said}")
+        asleep = time.monotonic()
         time.sleep(0.5)
+        if (paused := time.monotonic() - asleep) > 5:
+            deadline += paused
 
 
 def _child(process: subprocess.Popen[str], command: str) -> psutil.Process:
