@@ -144,6 +144,12 @@ def refresh_bars(
         # each pass compiled (and inlined) their expressions for about 0.25 s of server CPU
         # apiece, usually to aggregate nothing.
         conn.execute("SET LOCAL jit = off")
+        # Hash aggregates: a pass's groups are its instruments' buckets, a few thousand, while
+        # the planner, whose statistics of a chunk being written end at its last ANALYZE,
+        # expects a closed minute to hold a few thousand rows instead of millions and sorted
+        # them (spilling to disk) in twice the time of a hash table (BENCHMARKS.md).
+        conn.execute("SET LOCAL enable_sort = off")
+        conn.execute("SET LOCAL work_mem = '64MB'")
         conn.execute(
             "CREATE TEMP TABLE _bars_dirty (instrument_key text, bucket timestamptz)"
             " ON COMMIT DROP;"

@@ -373,3 +373,57 @@ def test_late_ticks_of_a_transaction_older_than_the_refresh_are_rolled_up(
         writer.commit()
         assert committed_position(conn, "j") == (12, 2)
         assert committed_position(conn, "another journal") == (0, 0)
+
+
+def _heap_blocks(conn: psycopg.Connection) -> tuple[int, int]:
+    """Heap blocks fetched from the ticks' chunks so far, and the blocks they hold."""
+    conn.execute("SELECT pg_stat_clear_snapshot()")
+    fetched, held = conn.execute(
+        "SELECT sum(s.heap_blks_read + s.heap_blks_hit), sum(pg_relation_size(s.relid) / 8192)"
+        " FROM timescaledb_information.chunks c JOIN pg_statio_all_tables s"
+        " ON s.schemaname = c.chunk_schema AND s.relname = c.chunk_name"
+        " WHERE c.hypertable_name = 'ticks'"
+    ).fetchone()
+    return int(fetched), int(held)
+
+
+def test_a_pass_reads_the_ticks_written_since_the_last_one_not_the_day(db_url: str) -> None:
+    """A pass looks for late ticks among the rows written since the last pass whose time is
+    below its watermark; the ticks below the watermark, the whole day so far, must not be
+    read again by every pass. (With a BRIN index per column the planner took the ts one
+    alone for that search and read them all: a pass's cost grew with the day.)"""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        # Earlier today, about 2,000 heap pages of ticks written as they came, rolled up.
+        conn.execute(
+            "INSERT INTO ticks (instrument_key, ts, inserted_at, ltp, volume_delta)"
+            " SELECT (%s::text[])[1 + g %% 5], at, at, 100 + g %% 7, 1"
+            " FROM generate_series(1, 200000) g,"
+            " LATERAL (SELECT now() - INTERVAL '2 hours' + g * INTERVAL '20 ms' AS at) t",
+            [list(INSTRUMENTS)],
+        )
+        # Autovacuum would read the chunk too, and it is not the pass being measured.
+        for (chunk,) in conn.execute(
+            "SELECT format('%I.%I', chunk_schema, chunk_name) FROM timescaledb_information.chunks"
+            " WHERE hypertable_name = 'ticks'"
+        ).fetchall():
+            conn.execute(f"ALTER TABLE {chunk} SET (autovacuum_enabled = false)")
+        refresh_bars(conn)
+        (minute,) = conn.execute(
+            "SELECT time_bucket(INTERVAL '1 minute', now() - INTERVAL '90 minutes')"
+        ).fetchone()
+        late = Tick(INSTRUMENTS[2], minute + timedelta(seconds=30), 5.5, 9)
+        copy_ticks(conn, [late])
+
+        conn.execute("SELECT pg_stat_force_next_flush()")
+        before, held = _heap_blocks(conn)
+        refresh_bars(conn)
+        conn.execute("SELECT pg_stat_force_next_flush()")
+        after, _ = _heap_blocks(conn)
+
+        assert held > 1500
+        assert after - before < held / 10, f"the pass read {after - before} of {held} blocks"
+        low, volume = conn.execute(
+            "SELECT low, volume FROM ohlc_1m WHERE instrument_key = %s AND bucket = %s",
+            [late.instrument_key, minute],
+        ).fetchone()
+        assert (low, volume) == (5.5, 9 + 60_000 // 20 // 5)

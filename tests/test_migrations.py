@@ -92,7 +92,7 @@ def test_schema_has_the_expected_relations(edition_db_url: str) -> None:
             )
         ]
         assert any(d.endswith("(instrument_key, ts DESC)") for d in indexes), indexes
-        assert any(d.endswith("USING brin (ts)") for d in indexes), indexes
+        assert any(d.endswith("USING brin (ts, inserted_at)") for d in indexes), indexes
         assert not any(d.endswith("USING btree (ts DESC)") for d in indexes), indexes
 
 
