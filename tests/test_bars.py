@@ -420,8 +420,11 @@ def test_a_pass_reads_the_ticks_written_since_the_last_one_not_the_day(db_url: s
         conn.execute("SELECT pg_stat_force_next_flush()")
         after, _ = _heap_blocks(conn)
 
+        # What the pass may read: the block range the late tick was appended to, once for each
+        # layer that reads ticks (up to 128 blocks each), and the late tick's minute of its
+        # instrument. The whole chunk, read by each of those layers, is what it must not.
         assert held > 1500
-        assert after - before < held / 10, f"the pass read {after - before} of {held} blocks"
+        assert after - before < held / 4, f"the pass read {after - before} of {held} blocks"
         low, volume = conn.execute(
             "SELECT low, volume FROM ohlc_1m WHERE instrument_key = %s AND bucket = %s",
             [late.instrument_key, minute],

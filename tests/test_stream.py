@@ -147,9 +147,12 @@ def test_ticks_are_conflated_to_ticks_ms_per_symbol(live: Live) -> None:
                 assert message["type"] == "tick"  # bars: false
                 arrivals[message["symbol"]].append(time.monotonic())
         for symbol, times in arrivals.items():
-            assert len(times) >= 3, symbol
+            # At most one tick per 400 ms, counted and spaced. Spacing is judged by the median
+            # gap: a message that reached this client late (a busy machine) makes the gap
+            # before the next one short, though the server kept to its 400 ms.
+            assert 3 <= len(times) <= 2.5 / 0.4 + 1, (symbol, times)
             gaps = [b - a for a, b in itertools.pairwise(times)]
-            assert min(gaps) > 0.35, (symbol, gaps)  # 400 ms, less loopback jitter
+            assert statistics.median(gaps) > 0.35, (symbol, gaps)  # 400 ms, less jitter
 
     asyncio.run(main())
 
