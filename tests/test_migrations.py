@@ -198,3 +198,40 @@ def test_the_subscriptions_mode_check_allows_exactly_the_feed_modes() -> None:
     allowed = re.search(r"CHECK \(mode IN \(([^)]*)\)\)", text)
     assert allowed is not None
     assert {mode.strip().strip("'") for mode in allowed[1].split(",")} == set(MODES)
+
+
+def test_the_ticks_index_change_upgrades_a_store_that_holds_ticks(
+    server: conftest.DbServer, fresh_url: str, tmp_path: Path
+) -> None:
+    """sql/024 swaps the ticks' BRIN indexes on a store already in use: a chunk of ten days
+    ago (compressed, on Community) and today's. Its ticks read the same afterwards."""
+    before_024 = tmp_path / "sql"
+    before_024.mkdir()
+    for path in default_sql_dir().glob("*.sql"):
+        if path.name < "024":
+            shutil.copy(path, before_024)
+    migrate(fresh_url, before_024)
+    with psycopg.connect(fresh_url, autocommit=True) as conn:
+        for ago in ("10 days", "1 hour"):
+            conn.execute(
+                "INSERT INTO ticks (instrument_key, ts, ltp, volume_delta)"
+                f" SELECT 'NSE_EQ|INE002A01018', now() - INTERVAL '{ago}' + g * INTERVAL '1 s',"
+                " g, 1 FROM generate_series(1, 1000) g"
+            )
+        if server.edition == "timescale":
+            (compressed,) = conn.execute(
+                "SELECT count(compress_chunk(c)) FROM show_chunks('ticks', older_than =>"
+                " INTERVAL '7 days') c"
+            ).fetchone()
+            assert compressed == 1
+        before = conn.execute("SELECT count(*), sum(ltp) FROM ticks").fetchone()
+
+    assert migrate(fresh_url) == ["024"]
+
+    with psycopg.connect(fresh_url) as conn:
+        assert conn.execute("SELECT count(*), sum(ltp) FROM ticks").fetchone() == before
+        brin = conn.execute(
+            "SELECT indexdef FROM pg_indexes WHERE schemaname = 'public'"
+            " AND tablename = 'ticks' AND indexdef LIKE '%USING brin%'"
+        ).fetchall()
+        assert [row[0].split(" USING ")[1] for row in brin] == ["brin (ts, inserted_at)"]
