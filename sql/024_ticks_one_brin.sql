@@ -7,6 +7,8 @@
 -- 10M ticks, BENCHMARKS.md). One index over both columns tests both in each range, so such
 -- a pass reads only the ranges written lately that hold a tick below the watermark, and a
 -- query on either column alone is served as before (a BRIN index has no leading column).
+-- On a store of months of ticks the new index is built by one sequential read of them all,
+-- while writes to ticks wait: migrate before the market opens.
 DROP INDEX ticks_ts_brin;
 DROP INDEX ticks_inserted_at;
 CREATE INDEX ticks_time_brin ON ticks USING brin (ts, inserted_at);

@@ -162,8 +162,8 @@ def refresh_bars(
 
 
 def _summarize_new_tick_ranges(conn: psycopg.Connection) -> None:
-    """Summarize the block ranges added since the last pass to the BRIN indexes of the ticks
-    chunks that hold the last day (their `ts` and `inserted_at`), so that the rollup's scans
+    """Summarize the block ranges added since the last pass to the BRIN index of the ticks
+    chunks that hold the last day (over `ts` and `inserted_at`), so that the rollup's scans
     read only the ranges that can hold what they look for.
 
     A range no vacuum has summarized yet matches every BRIN scan, so without this the scans
