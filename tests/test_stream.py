@@ -147,12 +147,13 @@ def test_ticks_are_conflated_to_ticks_ms_per_symbol(live: Live) -> None:
                 assert message["type"] == "tick"  # bars: false
                 arrivals[message["symbol"]].append(time.monotonic())
         for symbol, times in arrivals.items():
-            # At most one tick per 400 ms, counted and spaced. Spacing is judged by the median
-            # gap: a message that reached this client late (a busy machine) makes the gap
-            # before the next one short, though the server kept to its 400 ms.
-            assert 3 <= len(times) <= 2.5 / 0.4 + 1, (symbol, times)
+            # At most one tick per 400 ms. A message that reaches this client late (a busy
+            # machine) makes the gap after it short and the one before it long by as much, so
+            # the gaps are judged by their mean and median, not by the shortest.
+            assert len(times) >= 3, symbol
             gaps = [b - a for a, b in itertools.pairwise(times)]
-            assert statistics.median(gaps) > 0.35, (symbol, gaps)  # 400 ms, less jitter
+            spacing = (statistics.mean(gaps), statistics.median(gaps))
+            assert min(spacing) > 0.35, (symbol, gaps)  # 400 ms, less jitter
 
     asyncio.run(main())
 
