@@ -239,6 +239,22 @@ def compare_writers(
     }
 
 
+# A tick's times, as microseconds: moved together, they keep a recorded tick's shape.
+TIME_COLUMNS = [TICK_COLUMNS.index(name) for name in ("ts", "feed_ts", "received_at")]
+
+
+def moved_on(ticks: Iterable[tuple], by_us: int) -> list[tuple]:
+    """The ticks with their times (TIME_COLUMNS) moved on by `by_us` microseconds."""
+    moved = []
+    for tick in ticks:
+        row = list(tick)
+        for i in TIME_COLUMNS:
+            if row[i] is not None:
+                row[i] += by_us
+        moved.append(tuple(row))
+    return moved
+
+
 def sustained_raw_copy(server: DbServer, frames: list[Frame], seconds: float) -> dict[str, float]:
     """Raw COPY for `seconds`, one connection, into one fresh database: the recorded ticks
     again and again, their times moved on by the recording's span each round, so that the
@@ -246,8 +262,8 @@ def sustained_raw_copy(server: DbServer, frames: list[Frame], seconds: float) ->
     rows `compare_writers` writes into an empty table. A thread shifts the next batch while
     this one is COPYed, as the ingest's writer has its batch ready."""
     ticks = decode_all(frames)
-    times = [TICK_COLUMNS.index(name) for name in ("ts", "feed_ts", "received_at")]
-    span = max(t[times[0]] for t in ticks) - min(t[times[0]] for t in ticks) + 1_000_000
+    ts = TIME_COLUMNS[0]
+    span = max(t[ts] for t in ticks) - min(t[ts] for t in ticks) + 1_000_000
     batches: queue.Queue[list[tuple] | None] = queue.Queue(maxsize=2)
     stop = threading.Event()
 
@@ -257,14 +273,7 @@ def sustained_raw_copy(server: DbServer, frames: list[Frame], seconds: float) ->
                 if stop.is_set():
                     batches.put(None)
                     return
-                moved = []
-                for tick in batch:
-                    row = list(tick)
-                    for i in times:
-                        if row[i] is not None:
-                            row[i] += round_ * span
-                    moved.append(tuple(row))
-                batches.put(moved)
+                batches.put(moved_on(batch, round_ * span))
 
     url = server.create_database("bench_sustained")
     shifter = threading.Thread(target=shift, daemon=True)

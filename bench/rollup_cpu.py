@@ -26,13 +26,12 @@ import psycopg
 from bench import offline
 from bench.common import db_server, load_universe, write_universe
 from store.bars import refresh_bars
-from store.tick_row import PG_EPOCH_UNIX_US, TICK_COLUMNS
+from store.tick_row import PG_EPOCH_UNIX_US
 from store.ticks import copy_ticks
 
 PASS_INTERVAL_S = 5.0  # Settings().rollup_interval_s
 BATCH_ROWS = 10_000
 _HZ = os.sysconf("SC_CLK_TCK")
-_TIMES = [TICK_COLUMNS.index(name) for name in ("ts", "feed_ts", "received_at")]
 
 
 def _cpu_s(pid: int) -> float:
@@ -43,7 +42,7 @@ def _cpu_s(pid: int) -> float:
 
 def _write(url: str, ticks: list[tuple], rate: float, stop: threading.Event) -> dict[str, Any]:
     """COPY the ticks in a loop at `rate` rows/s, times moved to now; rows and server CPU."""
-    base = min(tick[_TIMES[2]] for tick in ticks)
+    base = min(tick[offline.TIME_COLUMNS[2]] for tick in ticks)
     written, batch = 0, 0
     with psycopg.connect(url) as conn:
         pid, started = conn.info.backend_pid, time.perf_counter()
@@ -53,13 +52,7 @@ def _write(url: str, ticks: list[tuple], rate: float, stop: threading.Event) -> 
             rows = ticks[start : start + BATCH_ROWS]
             shift = int(time.time() * 1e6) - PG_EPOCH_UNIX_US - base - 300_000
             shift -= start * 3_000_000 // len(ticks)  # the batch's place in the recording
-            moved = []
-            for tick in rows:
-                row = list(tick)
-                for i in _TIMES:
-                    if row[i] is not None:
-                        row[i] += shift
-                moved.append(tuple(row))
+            moved = offline.moved_on(rows, shift)
             with conn.cursor() as cur:
                 copy_ticks(cur, moved)
             conn.commit()
