@@ -104,6 +104,17 @@ class _Counted:
         return self.answer.body(query_string)
 
 
+@contextlib.contextmanager
+def _counting(app: FastAPI) -> Iterator[_Counted]:
+    """Within it, the app's middleware counts the requests that reach it."""
+    shortcut = _shortcut(app)
+    counted = shortcut.answer = _Counted(shortcut.answer)
+    try:
+        yield counted
+    finally:
+        shortcut.answer = counted.answer
+
+
 def _exchange(base: str, head: str) -> bytes:
     """One request on a new connection; the answer's head and body (none to a HEAD)."""
     address = urlsplit(base)
@@ -205,9 +216,7 @@ def test_the_protocol_writes_the_bytes_the_middleware_wrote(published_api: Any) 
     app, http, _, _ = published_api
     target = f"{LATEST}?symbols=INFY,Nifty%2050,VSTIND"
     http.get(target)  # the route resolves the symbols once
-    shortcut = _shortcut(app)
-    counted = shortcut.answer = _Counted(shortcut.answer)
-    try:
+    with _counting(app) as counted:
         by_protocol = _exchange(app.state.base, f"GET {target} HTTP/1.1\nHost: HOST\n\n")
         assert counted.asked == 0
         expecting = "Expect: 100-continue\n"
@@ -215,8 +224,6 @@ def test_the_protocol_writes_the_bytes_the_middleware_wrote(published_api: Any) 
             app.state.base, f"GET {target} HTTP/1.1\nHost: HOST\n{expecting}\n"
         )
         assert counted.asked == 1
-    finally:
-        shortcut.answer = counted.answer
     assert by_protocol.startswith(b"HTTP/1.1 200 OK\r\n")
     assert by_protocol == by_middleware
     assert by_protocol.endswith(http.get(target).content)
@@ -241,12 +248,8 @@ def test_requests_the_protocol_leaves_to_the_app(
     app, http, _, _ = published_api
     target = f"{LATEST}?symbols=INFY"
     assert http.get(target).status_code == 200
-    shortcut = _shortcut(app)
-    counted = shortcut.answer = _Counted(shortcut.answer)
-    try:
+    with _counting(app) as counted:
         answer = _exchange(app.state.base, head.replace("PATH", target))
-    finally:
-        shortcut.answer = counted.answer
     assert answer.startswith(f"HTTP/1.1 {status} ".encode()), answer[:200]
     assert counted.asked == (status == 200)  # the 200s from the shortcut, below the layers
 
