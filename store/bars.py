@@ -4,7 +4,8 @@ On Community the bars are continuous aggregates and TimescaleDB keeps them curre
 `refresh_bars` only forces a refresh. On the Apache edition we do that work ourselves, in the
 shape TimescaleDB uses: the views of sql/006_bars.apache.sql read materialized buckets below
 a watermark and aggregate ticks live above it, and `refresh_bars` moves the watermark forward
-and re-aggregates the buckets that late ticks landed in below it.
+and re-aggregates the buckets that late ticks landed in below it (store/bar_rollup.py, over the
+layers named here).
 
 Readers (the API, the notebooks) take the relation names, the columns and the queries of bars
 from here too, so each is written once. Bars of any interval (3m ... 1d, aligned to the 09:15
@@ -15,8 +16,6 @@ API calls too: the rule that builds them is written there only.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, get_args
@@ -24,6 +23,7 @@ from typing import Any, Literal, get_args
 import psycopg
 from psycopg.rows import dict_row
 
+from store.bar_rollup import Layer, roll_up
 from store.editions import Edition, server_edition
 
 Interval = Literal["1m", "5m"]
@@ -60,62 +60,52 @@ OPTION_CHAIN_COLUMNS = (
     "tick_count",
 )
 
-# Only one rollup at a time, whoever runs it (the ingest scheduler or `tickvault db refresh-bars`).
-_ROLLUP_LOCK = 0x7469636B
 # How long a Community refresh waits for a concurrent one on the same aggregate.
 _REFRESH_WAIT_S = 30.0
 
-
-@dataclass(frozen=True)
-class _Layer:
-    """One Apache-edition bar relation and the source it is aggregated from."""
-
-    view: str
-    width: str
-    source: str  # FROM clause; the alias `src` is used below
-    time: str  # time column of the source
-    aggregates: str
-    columns: tuple[str, ...] = BAR_COLUMNS  # of its `_store` table, the bucket first
-
-    @property
-    def reads_ticks(self) -> bool:
-        """Whether it is aggregated from the ticks themselves (late ticks dirty it)."""
-        return self.time == "src.ts"
-
-
+_OPTION_FIELDS = (
+    *("ltp", "bid_price", "ask_price", "vtt", "oi", "iv"),
+    *("delta", "theta", "gamma", "vega", "rho"),
+)
+# The Apache edition's layers, each after the one it is aggregated from.
 _LAYERS = (
-    _Layer(
+    Layer(
         view=BAR_VIEWS["1m"],
         width="1 minute",
         source="ticks src",
         time="src.ts",
-        aggregates="first(src.ltp, src.ts), max(src.ltp), min(src.ltp), last(src.ltp, src.ts),"
-        " sum(src.volume_delta)::bigint, count(*)",
+        aggregates=(
+            *("first(src.ltp, src.ts)", "max(src.ltp)", "min(src.ltp)", "last(src.ltp, src.ts)"),
+            *("sum(src.volume_delta)::bigint", "count(*)"),
+        ),
+        columns=BAR_COLUMNS,
+        feeds="5 minutes",
     ),
-    _Layer(
+    # Not a bar: each option contract's last state in each minute (sql/022), rolled up the
+    # same way from the same ticks, those with greeks.
+    Layer(
+        view=OPTION_CHAIN_VIEW,
+        width="1 minute",
+        source="ticks src",
+        time="src.ts",
+        aggregates=(
+            *(f"last(src.{name}, src.ts)" for name in _OPTION_FIELDS),
+            *("max(src.ts)", "count(*)"),
+        ),
+        columns=OPTION_CHAIN_COLUMNS,
+        rows="src.delta IS NOT NULL",
+    ),
+    Layer(
         view=BAR_VIEWS["5m"],
         width="5 minutes",
         source=f"{BAR_VIEWS['1m']}_store src",
         time="src.bucket",
-        aggregates="first(src.open, src.bucket), max(src.high), min(src.low),"
-        " last(src.close, src.bucket), sum(src.volume)::bigint, sum(src.tick_count)::bigint",
-    ),
-    # Not a bar: each option contract's last state in each minute (sql/022), rolled up the
-    # same way. Option ticks are those with greeks.
-    _Layer(
-        view=OPTION_CHAIN_VIEW,
-        width="1 minute",
-        source="(SELECT * FROM ticks WHERE delta IS NOT NULL) src",
-        time="src.ts",
-        aggregates=", ".join(
-            f"last(src.{name}, src.ts)"
-            for name in (
-                *("ltp", "bid_price", "ask_price", "vtt", "oi", "iv"),
-                *("delta", "theta", "gamma", "vega", "rho"),
-            )
-        )
-        + ", max(src.ts), count(*)",
-        columns=OPTION_CHAIN_COLUMNS,
+        aggregates=(
+            *("first(src.open, src.bucket)", "max(src.high)", "min(src.low)"),
+            *("last(src.close, src.bucket)", "sum(src.volume)::bigint"),
+            "sum(src.tick_count)::bigint",
+        ),
+        columns=BAR_COLUMNS,
     ),
 )
 
@@ -138,52 +128,7 @@ def refresh_bars(
         for view in (*LIVE_VIEWS.values(), OPTION_CHAIN_VIEW):  # 1-minute before 5-minute
             _refresh_aggregate(conn, view, start, end)
         return RefreshResult(edition, {})
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", [_ROLLUP_LOCK])
-        # No JIT: the planner costs the late-tick joins for thousands of dirty buckets, so
-        # each pass compiled (and inlined) their expressions for about 0.25 s of server CPU
-        # apiece, usually to aggregate nothing.
-        conn.execute("SET LOCAL jit = off")
-        # Hash aggregates: a pass's groups are its instruments' buckets, a few thousand, while
-        # the planner, whose statistics of a chunk being written end at its last ANALYZE,
-        # expects a closed minute to hold a few thousand rows instead of millions and sorted
-        # them (spilling to disk) in twice the time of a hash table (BENCHMARKS.md).
-        conn.execute("SET LOCAL enable_sort = off")
-        conn.execute("SET LOCAL work_mem = '64MB'")
-        conn.execute(
-            "CREATE TEMP TABLE _bars_dirty (instrument_key text, bucket timestamptz)"
-            " ON COMMIT DROP;"
-            "CREATE TEMP TABLE _bars_touched (instrument_key text, bucket timestamptz)"
-            " ON COMMIT DROP"
-        )
-        _summarize_new_tick_ranges(conn)
-        written = {layer.view: _rollup(conn, layer, start, end) for layer in _LAYERS}
-    return RefreshResult(edition, written)
-
-
-def _summarize_new_tick_ranges(conn: psycopg.Connection) -> None:
-    """Summarize the block ranges added since the last pass to the BRIN index of the ticks
-    chunks that hold the last day (over `ts` and `inserted_at`), so that the rollup's scans
-    read only the ranges that can hold what they look for.
-
-    A range no vacuum has summarized yet matches every BRIN scan, so without this the scans
-    of a chunk being written read all of it, every pass. Older chunks are left to vacuum:
-    their unsummarized ranges are only what was appended to them lately, which a scan must
-    read anyway. Only the indexes this role may summarize (its own, or its role's): an app
-    role that does not own the tables (docs/deployment.md) rolls up as before, by reading the
-    unsummarized ranges, rather than failing every pass.
-    """
-    conn.execute(
-        "SELECT brin_summarize_new_values(i.indexrelid)"
-        " FROM timescaledb_information.chunks c"
-        " JOIN pg_class r ON r.relname = c.chunk_name"
-        " JOIN pg_namespace n ON n.oid = r.relnamespace AND n.nspname = c.chunk_schema"
-        " JOIN pg_index i ON i.indrelid = r.oid"
-        " JOIN pg_class ir ON ir.oid = i.indexrelid"
-        " WHERE c.hypertable_name = 'ticks' AND c.range_end > now() - INTERVAL '1 day'"
-        " AND ir.relam = (SELECT oid FROM pg_am WHERE amname = 'brin')"
-        " AND pg_has_role(ir.relowner, 'USAGE')"
-    )
+    return RefreshResult(edition, roll_up(conn, _LAYERS, start, end))
 
 
 def _refresh_aggregate(
@@ -207,197 +152,6 @@ def _refresh_aggregate(
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
-
-
-def _rollup(
-    conn: psycopg.Connection, layer: _Layer, start: datetime | None, end: datetime | None
-) -> int:
-    """Advance one layer; returns how many buckets it (re)wrote."""
-    state = conn.execute(
-        f"""
-        SELECT watermark,
-               changed_since,
-               -- least() and greatest() pass over NULLs: no end means up to the open bucket.
-               -- A bucket that `end` cuts stays live (as Community's refresh window does):
-               -- rounding up would let the 5-minute layer pass 1-minute buckets not yet stored.
-               greatest(watermark, least(
-                   time_bucket(INTERVAL '{layer.width}', now()),
-                   time_bucket(INTERVAL '{layer.width}', %(end)s::timestamptz))),
-               time_bucket(INTERVAL '{layer.width}', %(start)s::timestamptz),
-               -- A transaction still running may yet commit late ticks: the next pass looks
-               -- at everything inserted since the oldest writing one started. One that has
-               -- not written yet stamps its rows later (inserted_at is clock_timestamp());
-               -- the margin covers the instant between that stamp and its first write.
-               least(now(), (SELECT min(xact_start) FROM pg_stat_activity
-                             WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()))
-                   - INTERVAL '10 seconds',
-               -- What this pass can see: the next pass takes for late only what it could not.
-               snapshot, pg_current_snapshot()
-        FROM bar_rollup_state WHERE relation = %(view)s FOR UPDATE""",
-        {"view": layer.view, "start": start, "end": end},
-    ).fetchone()
-    if state is None:
-        raise RuntimeError(
-            f"bar_rollup_state has no row for {layer.view}: run tickvault db migrate"
-        )
-    watermark, changed_since, new_watermark, window_start, next_changed_since = state[:5]
-    seen, next_seen = state[5:]
-
-    written = _rebuild_range(conn, layer, watermark, new_watermark)
-    if start is not None or end is not None:
-        window_end = new_watermark if end is None else min(new_watermark, _ceil(conn, layer, end))
-        written += _rebuild_range(conn, layer, window_start, window_end)
-    if watermark is not None:
-        written += _rebuild_late(conn, layer, watermark, changed_since, seen)
-    conn.execute(
-        "UPDATE bar_rollup_state SET watermark = %s, changed_since = %s, snapshot = %s,"
-        " refreshed_at = now() WHERE relation = %s",
-        [new_watermark, next_changed_since, next_seen, layer.view],
-    )
-    return written
-
-
-def _ceil(conn: psycopg.Connection, layer: _Layer, moment: datetime) -> datetime:
-    (value,) = conn.execute(
-        f"SELECT time_bucket(INTERVAL '{layer.width}', %s - INTERVAL '1 microsecond')"
-        f" + INTERVAL '{layer.width}'",
-        [moment],
-    ).fetchone()
-    return value
-
-
-def _rebuild_range(
-    conn: psycopg.Connection, layer: _Layer, low: datetime | None, high: datetime
-) -> int:
-    """Replace every bucket in [low, high), including ones whose source rows are gone.
-
-    A `low` of None means from the beginning of time.
-    """
-    if low is not None and low >= high:
-        return 0
-    bounds = {"low": low, "high": high}
-    above_low = "(%(low)s::timestamptz IS NULL OR {time} >= %(low)s)"
-    _record_touched(
-        conn,
-        layer,
-        f"DELETE FROM {layer.view}_store WHERE"
-        f" {above_low.format(time='bucket')} AND bucket < %(high)s",
-        bounds,
-    )
-    with _index_scans(conn, layer):
-        return _insert_aggregate(
-            conn,
-            layer,
-            f"{layer.source} WHERE {above_low.format(time=layer.time)} AND {layer.time} < %(high)s",
-            bounds,
-        )
-
-
-@contextmanager
-def _index_scans(conn: psycopg.Connection, layer: _Layer) -> Iterator[None]:
-    """Within it, a layer that reads the ticks reads them through their indexes.
-
-    The planner's row estimates for a chunk being written are those of its last ANALYZE, so
-    it took a sequential scan of the whole chunk for a minute's ticks, and for the few late
-    ones (1.7 µs of server CPU per tick written at 90k ticks/s, BENCHMARKS.md); the BRIN
-    ranges (summarized by `_summarize_new_tick_ranges`) and the (instrument_key, ts) b-tree
-    find them without it.
-    """
-    if not layer.reads_ticks:
-        yield
-        return
-    (before,) = conn.execute(
-        "SELECT current_setting('enable_seqscan'), set_config('enable_seqscan', 'off', true)"
-    ).fetchone()[:1]
-    try:
-        yield
-    finally:
-        conn.execute("SELECT set_config('enable_seqscan', %s, true)", [before])
-
-
-def _rebuild_late(
-    conn: psycopg.Connection,
-    layer: _Layer,
-    watermark: datetime,
-    changed_since: datetime | None,
-    seen: str | None,
-) -> int:
-    """Re-aggregate buckets below the old watermark whose source changed since the last pass.
-
-    A tick is late unless the last pass surely saw it: its xid (as an xid8, the current one
-    less its age) is below the xmin of that pass's snapshot `seen`, where every transaction
-    had ended. Not `pg_visible_in_snapshot`: a snapshot lists only top-level xids as running,
-    so it takes the row of a savepoint (a subtransaction's xid, above its parent's) in a
-    transaction still open then for seen, and that tick was never rolled up
-    (tests/test_bars.py). The `inserted_at` bound, with its margin, is what lets the BRIN
-    index skip the older ranges; alone it also took the ticks the last pass did see for
-    late, and re-aggregated the minute just rolled up, every instrument of it, in each pass
-    within the margin.
-    """
-    conn.execute("TRUNCATE _bars_dirty")
-    if layer.reads_ticks:
-        with _index_scans(conn, layer):
-            conn.execute(
-                "INSERT INTO _bars_dirty SELECT DISTINCT instrument_key,"
-                " time_bucket(INTERVAL '1 minute', ts) FROM ticks"
-                " WHERE inserted_at >= %(since)s AND ts < %(watermark)s"
-                " AND (%(seen)s::pg_snapshot IS NULL"
-                " OR pg_current_xact_id()::text::bigint - age(xmin)"
-                " >= pg_snapshot_xmin(%(seen)s::pg_snapshot)::text::bigint)",
-                {"since": changed_since or watermark, "watermark": watermark, "seen": seen},
-            )
-    else:
-        conn.execute(
-            "INSERT INTO _bars_dirty SELECT DISTINCT instrument_key, bucket FROM _bars_touched"
-            " WHERE bucket < %s",
-            [watermark],
-        )
-    store = f"{layer.view}_store"
-    _record_touched(
-        conn,
-        layer,
-        f"DELETE FROM {store} USING _bars_dirty d"
-        f" WHERE {store}.instrument_key = d.instrument_key"
-        f" AND {store}.bucket = d.bucket",
-        {},
-    )
-    return _insert_aggregate(
-        conn,
-        layer,
-        f"_bars_dirty d JOIN {layer.source} ON src.instrument_key = d.instrument_key"
-        f" AND {layer.time} >= d.bucket AND {layer.time} < d.bucket + INTERVAL '{layer.width}'",
-        {},
-    )
-
-
-def _insert_aggregate(
-    conn: psycopg.Connection, layer: _Layer, from_where: str, params: dict[str, object]
-) -> int:
-    (count,) = _record_touched(
-        conn,
-        layer,
-        f"INSERT INTO {layer.view}_store (instrument_key, {', '.join(layer.columns)})"
-        f" SELECT src.instrument_key, time_bucket(INTERVAL '{layer.width}', {layer.time}),"
-        f" {layer.aggregates} FROM {from_where} GROUP BY 1, 2",
-        params,
-    )
-    return count
-
-
-def _record_touched(
-    conn: psycopg.Connection, layer: _Layer, statement: str, params: dict[str, object]
-) -> tuple[int]:
-    """Run a DELETE/INSERT on a store; 1-minute buckets it touches mark their 5-minute bucket."""
-    row = conn.execute(
-        f"WITH changed AS ({statement} RETURNING {layer.view}_store.instrument_key,"
-        f" {layer.view}_store.bucket),"
-        " marked AS (INSERT INTO _bars_touched SELECT instrument_key,"
-        " time_bucket(INTERVAL '5 minutes', bucket) FROM changed"
-        f" WHERE {'true' if layer.view == BAR_VIEWS['1m'] else 'false'})"
-        " SELECT count(*) FROM changed",
-        params,
-    ).fetchone()
-    return (row[0] if row else 0,)
 
 
 def busiest_instrument(conn: psycopg.Connection, start: datetime, end: datetime) -> str | None:

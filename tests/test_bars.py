@@ -430,3 +430,48 @@ def test_a_pass_reads_the_ticks_written_since_the_last_one_not_the_day(db_url: s
             [late.instrument_key, minute],
         ).fetchone()
         assert (low, volume) == (5.5, 9 + 60_000 // 20 // 5)
+
+
+def test_a_pass_reads_the_closed_minutes_once_for_the_bars_and_the_option_chains(
+    db_url: str,
+) -> None:
+    """The minutes a pass closes are its biggest read (millions of ticks at a busy close), and
+    the 1-minute bars and the option chains are both made of them: one read must rebuild
+    both, not one read each."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        (open_minute,) = conn.execute("SELECT time_bucket(INTERVAL '1 minute', now())").fetchone()
+        # 200,000 ticks over the 17 minutes before the open one; every fifth, of the future
+        # NSE_FO|43885, carries greeks.
+        conn.execute(
+            "INSERT INTO ticks (instrument_key, ts, ltp, volume_delta, delta)"
+            " SELECT (%s::text[])[1 + g %% 5], %s - INTERVAL '20 minutes' + g * INTERVAL '5 ms',"
+            " 100 + g %% 7, 1, CASE WHEN g %% 5 = 3 THEN 0.5 END"
+            " FROM generate_series(1, 200000) g",
+            [list(INSTRUMENTS), open_minute],
+        )
+        for (chunk,) in conn.execute(
+            "SELECT format('%I.%I', chunk_schema, chunk_name) FROM timescaledb_information.chunks"
+            " WHERE hypertable_name = 'ticks'"
+        ).fetchall():
+            conn.execute(f"ALTER TABLE {chunk} SET (autovacuum_enabled = false)")
+        # A pass whose watermark stops short of them: it summarizes their block ranges.
+        refresh_bars(conn, end=open_minute - timedelta(minutes=30))
+
+        conn.execute("SELECT pg_stat_force_next_flush()")
+        before, held = _heap_blocks(conn)
+        written = refresh_bars(conn).buckets_written
+        conn.execute("SELECT pg_stat_force_next_flush()")
+        after, _ = _heap_blocks(conn)
+
+        assert held > 1500
+        assert after - before < 1.5 * held, f"the pass read {after - before} of {held} blocks"
+        assert (written["ohlc_1m"], written["option_chain_1m"]) == (5 * 17, 17)
+        ticks = conn.execute(
+            "SELECT instrument_key, sum(tick_count) FROM ohlc_1m GROUP BY 1 ORDER BY 1"
+        ).fetchall()
+        assert ticks == [(key, 40_000) for key in sorted(INSTRUMENTS)]
+        (options,) = conn.execute(
+            "SELECT array_agg(DISTINCT instrument_key) || sum(tick_count)::text"
+            " FROM option_chain_1m"
+        ).fetchone()
+        assert options == [INSTRUMENTS[3], "40000"]

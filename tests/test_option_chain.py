@@ -237,6 +237,31 @@ def test_both_editions_give_the_same_history(
     assert _history_rows(community_server) == apache_history
 
 
+def test_option_chains_behind_the_bars_catch_up_by_their_own_read(
+    apache_server: DbServer, apache_history: list[list[tuple]]
+) -> None:
+    """The bars and the option chains are rebuilt from one read of the ticks while their
+    watermarks agree. Where they do not (the option chains rebuilt from the start, as here,
+    or added by a migration to a store whose bars roll on), each layer gets its own range."""
+    url = apache_server.create_database()
+    try:
+        load_chain(url)
+        with psycopg.connect(url, autocommit=True) as conn:
+            refresh_bars(conn)
+            conn.execute(
+                "UPDATE bar_rollup_state SET watermark = NULL, changed_since = NULL,"
+                " snapshot = NULL WHERE relation = 'option_chain_1m'"
+            )
+            conn.execute("TRUNCATE option_chain_1m_store")
+            written = refresh_bars(conn).buckets_written
+            stored = conn.execute("SELECT * FROM option_chain_1m ORDER BY 1, 2").fetchall()
+    finally:
+        apache_server.drop_database(url)
+    assert (written["ohlc_1m"], written["option_chain_1m"]) == (0, 9)
+    live, _ = apache_history
+    assert stored == live
+
+
 def test_chain_history_gives_the_atm_contracts_minute_by_minute(chain_url: str) -> None:
     with psycopg.connect(chain_url, autocommit=True) as conn:
         refresh_bars(conn)
