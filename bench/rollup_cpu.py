@@ -6,15 +6,15 @@ depends on the chunk's size and on whether a minute closes in the window, so the
 figure cannot show it. Here one connection COPYs the recorded ticks (the bench universe,
 their times moved to the moment they are written) at `--rate`, and every 5 s a rollup pass
 runs on a new connection, as `ingest/jobs/rollup.py` does; each pass's backend CPU is read
-from /proc before it closes. Run it long enough to cross a minute's close (70 s does): the
-passes after it are where a rollup that re-reads what it already rolled up shows.
+before it closes. Run it long enough to cross a minute's close (70 s does): the passes after
+it are where a rollup that re-reads what it already rolled up shows. `bench.rollup_close`
+measures the pass at the close alone, without the writer's noise.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 import threading
 import time
@@ -24,20 +24,13 @@ from typing import Any
 import psycopg
 
 from bench import offline
-from bench.common import db_server, load_universe, write_universe
+from bench.common import cpu_seconds, db_server, load_universe, write_universe
 from store.bars import refresh_bars
 from store.tick_row import PG_EPOCH_UNIX_US
 from store.ticks import copy_ticks
 
 PASS_INTERVAL_S = 5.0  # Settings().rollup_interval_s
 BATCH_ROWS = 10_000
-_HZ = os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of one process (a backend), from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _HZ
 
 
 def _write(url: str, ticks: list[tuple], rate: float, stop: threading.Event) -> dict[str, Any]:
@@ -46,7 +39,7 @@ def _write(url: str, ticks: list[tuple], rate: float, stop: threading.Event) -> 
     written, batch = 0, 0
     with psycopg.connect(url) as conn:
         pid, started = conn.info.backend_pid, time.perf_counter()
-        before = _cpu_s(pid)
+        before = cpu_seconds(pid)
         while not stop.is_set():
             start = batch * BATCH_ROWS % len(ticks)
             rows = ticks[start : start + BATCH_ROWS]
@@ -60,7 +53,7 @@ def _write(url: str, ticks: list[tuple], rate: float, stop: threading.Event) -> 
             ahead = started + written / rate - time.perf_counter()
             if ahead > 0:
                 time.sleep(ahead)
-        return {"rows": written, "server_cpu_s": _cpu_s(pid) - before}
+        return {"rows": written, "server_cpu_s": cpu_seconds(pid) - before}
 
 
 def measure(rate: float, seconds: float, stocks: int) -> dict[str, Any]:
@@ -82,12 +75,12 @@ def measure(rate: float, seconds: float, stocks: int) -> dict[str, Any]:
                     time.sleep(PASS_INTERVAL_S)
                     with psycopg.connect(url, autocommit=True) as conn:
                         pid = conn.info.backend_pid
-                        before = _cpu_s(pid)
+                        before = cpu_seconds(pid)
                         result = refresh_bars(conn)
                         passes.append(
                             {
                                 "at_s": round(time.monotonic() - started, 1),
-                                "cpu_s": round(_cpu_s(pid) - before, 2),
+                                "cpu_s": round(cpu_seconds(pid) - before, 2),
                                 "buckets": sum(result.buckets_written.values()),
                             }
                         )
