@@ -387,10 +387,32 @@ def _heap_blocks(conn: psycopg.Connection) -> tuple[int, int]:
     return int(fetched), int(held)
 
 
+def _measured_pass(conn: psycopg.Connection) -> tuple[int, int, dict[str, int]]:
+    """One rollup pass: the ticks' heap blocks it fetched, the blocks they hold, and the
+    buckets it wrote."""
+    conn.execute("SELECT pg_stat_force_next_flush()")
+    before, held = _heap_blocks(conn)
+    written = refresh_bars(conn).buckets_written
+    conn.execute("SELECT pg_stat_force_next_flush()")
+    after, _ = _heap_blocks(conn)
+    return after - before, held, written
+
+
+def _unvacuumed_chunks(conn: psycopg.Connection, analyzed: bool) -> None:
+    """Autovacuum off for the ticks' chunks: it would read them too, and it is not the pass
+    being measured. With `analyzed`, their statistics are taken first."""
+    for (chunk,) in conn.execute(
+        "SELECT format('%I.%I', chunk_schema, chunk_name) FROM timescaledb_information.chunks"
+        " WHERE hypertable_name = 'ticks'"
+    ).fetchall():
+        conn.execute(f"ALTER TABLE {chunk} SET (autovacuum_enabled = false)")
+        if analyzed:
+            conn.execute(f"ANALYZE {chunk}")
+
+
 def _rolled_up_day(conn: psycopg.Connection) -> None:
     """Earlier today, about 2,000 heap pages of ticks written as they came, none with greeks,
-    analyzed and rolled up; autovacuum off for them, since it would read the chunk too and it
-    is not the pass being measured."""
+    analyzed and rolled up."""
     conn.execute(
         "INSERT INTO ticks (instrument_key, ts, inserted_at, ltp, volume_delta)"
         " SELECT (%s::text[])[1 + g %% 5], at, at, 100 + g %% 7, 1"
@@ -398,12 +420,7 @@ def _rolled_up_day(conn: psycopg.Connection) -> None:
         " LATERAL (SELECT now() - INTERVAL '2 hours' + g * INTERVAL '20 ms' AS at) t",
         [list(INSTRUMENTS)],
     )
-    for (chunk,) in conn.execute(
-        "SELECT format('%I.%I', chunk_schema, chunk_name) FROM timescaledb_information.chunks"
-        " WHERE hypertable_name = 'ticks'"
-    ).fetchall():
-        conn.execute(f"ALTER TABLE {chunk} SET (autovacuum_enabled = false)")
-        conn.execute(f"ANALYZE {chunk}")
+    _unvacuumed_chunks(conn, analyzed=True)
     refresh_bars(conn)
 
 
@@ -420,17 +437,13 @@ def test_a_pass_reads_the_ticks_written_since_the_last_one_not_the_day(db_url: s
         late = Tick(INSTRUMENTS[2], minute + timedelta(seconds=30), 5.5, 9)
         copy_ticks(conn, [late])
 
-        conn.execute("SELECT pg_stat_force_next_flush()")
-        before, held = _heap_blocks(conn)
-        refresh_bars(conn)
-        conn.execute("SELECT pg_stat_force_next_flush()")
-        after, _ = _heap_blocks(conn)
+        read, held, _ = _measured_pass(conn)
 
         # What the pass may read: the block range the late tick was appended to, once for each
         # layer that reads ticks (up to 128 blocks each), and the late tick's minute of its
         # instrument. The whole chunk, read by each of those layers, is what it must not.
         assert held > 1500
-        assert after - before < held / 4, f"the pass read {after - before} of {held} blocks"
+        assert read < held / 4, f"the pass read {read} of {held} blocks"
         low, volume = conn.execute(
             "SELECT low, volume FROM ohlc_1m WHERE instrument_key = %s AND bucket = %s",
             [late.instrument_key, minute],
@@ -444,13 +457,9 @@ def test_a_pass_that_finds_nothing_late_reads_no_ticks(db_url: str) -> None:
     chunk for the option chains: every pass read the whole day."""
     with psycopg.connect(db_url, autocommit=True) as conn:
         _rolled_up_day(conn)
-        conn.execute("SELECT pg_stat_force_next_flush()")
-        before, held = _heap_blocks(conn)
-        written = refresh_bars(conn).buckets_written
-        conn.execute("SELECT pg_stat_force_next_flush()")
-        after, _ = _heap_blocks(conn)
+        read, held, written = _measured_pass(conn)
     assert held > 1500
-    assert after - before < held / 10, f"the pass read {after - before} of {held} blocks"
+    assert read < held / 10, f"the pass read {read} of {held} blocks"
     assert written["ohlc_1m"] == 0
 
 
@@ -471,22 +480,14 @@ def test_a_pass_reads_the_closed_minutes_once_for_the_bars_and_the_option_chains
             " FROM generate_series(1, 200000) g",
             [list(INSTRUMENTS), open_minute],
         )
-        for (chunk,) in conn.execute(
-            "SELECT format('%I.%I', chunk_schema, chunk_name) FROM timescaledb_information.chunks"
-            " WHERE hypertable_name = 'ticks'"
-        ).fetchall():
-            conn.execute(f"ALTER TABLE {chunk} SET (autovacuum_enabled = false)")
+        _unvacuumed_chunks(conn, analyzed=False)
         # A pass whose watermark stops short of them: it summarizes their block ranges.
         refresh_bars(conn, end=open_minute - timedelta(minutes=30))
 
-        conn.execute("SELECT pg_stat_force_next_flush()")
-        before, held = _heap_blocks(conn)
-        written = refresh_bars(conn).buckets_written
-        conn.execute("SELECT pg_stat_force_next_flush()")
-        after, _ = _heap_blocks(conn)
+        read, held, written = _measured_pass(conn)
 
         assert held > 1500
-        assert after - before < 1.5 * held, f"the pass read {after - before} of {held} blocks"
+        assert read < 1.5 * held, f"the pass read {read} of {held} blocks"
         assert (written["ohlc_1m"], written["option_chain_1m"]) == (5 * 17, 17)
         ticks = conn.execute(
             "SELECT instrument_key, sum(tick_count) FROM ohlc_1m GROUP BY 1 ORDER BY 1"
