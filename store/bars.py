@@ -67,7 +67,8 @@ _OPTION_FIELDS = (
     *("ltp", "bid_price", "ask_price", "vtt", "oi", "iv"),
     *("delta", "theta", "gamma", "vega", "rho"),
 )
-# The Apache edition's layers, each after the one it is aggregated from.
+# The Apache edition's layers, each after the one it is aggregated from, and those of one
+# source and width side by side: one read of the closed minutes rebuilds them together.
 _LAYERS = (
     Layer(
         view=BAR_VIEWS["1m"],
