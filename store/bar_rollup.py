@@ -330,15 +330,15 @@ def _insert_aggregates(
     outputs, writes = [], []
     for n, layer in enumerate(layers):
         only = f" FILTER (WHERE {layer.rows})" if layer.rows else ""
-        names = [f"l{n}_{i}" for i in range(len(layer.aggregates))]
-        outputs += [f"{value}{only} AS l{n}_{i}" for i, value in enumerate(layer.aggregates)]
+        named = {f"l{n}_{i}": value for i, value in enumerate(layer.aggregates)}
+        outputs += [f"{value}{only} AS {name}" for name, value in named.items()]
         holding = ""
         if layer.rows:
             outputs.append(f"count(*){only} AS l{n}_rows")
             holding = f" WHERE l{n}_rows > 0"
         writes.append(
             f"l{n} AS (INSERT INTO {layer.view}_store (instrument_key, {', '.join(layer.columns)})"
-            f" SELECT instrument_key, bucket, {', '.join(names)} FROM agg{holding}"
+            f" SELECT instrument_key, bucket, {', '.join(named)} FROM agg{holding}"
             f" RETURNING instrument_key, bucket)"
         )
         if layer.feeds:
