@@ -9,8 +9,7 @@ This splits it three ways, each in CPU seconds of its own process at the same fe
   tables written after each frame, and the rows COPY-encoded in writer-sized blocks (the
   work the issue's "a frame crosses into Python once" would shrink);
 - the feed client alone: a `FeedClient` reading the simulator into a sink that keeps
-  nothing (the websocket, the watchdog, the client's per-frame bookkeeping), on the ingest's
-  event loop (uvloop) and on asyncio's own, in turns against one simulator;
+  nothing (the websocket, the watchdog, the client's per-frame bookkeeping);
 - the rest, which is `ingest_cpu_us_per_tick` less these two, read from the same
   machine's latency run.
 
@@ -24,7 +23,6 @@ import asyncio
 import json
 import tempfile
 import time
-from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +35,8 @@ from ingest.channels.latest_table import BARS
 from ingest.client import FeedClient
 from ingest.journal import Journal
 from ingest.minute_bars import MinuteBarHandler
-from ingest.service import run_on_ingest_loop
 from ingest.upstox.decoder import FeedDecoder
 from store.ticks import ENCODED_BLOCK_ROWS, encode_rows
-
-Runner = Callable[[Coroutine[Any, Any, dict[str, float]]], dict[str, float]]
 
 STAGES = ("journal", "decode", "cache", "bars", "publish_ticks", "publish_bars", "copy_encode")
 
@@ -108,14 +103,12 @@ class _Discard:
         self.frames += 1
 
 
-def feed_client_us(
-    url: str, keys: list[str], rate: float, seconds: float, run: Runner
-) -> dict[str, float]:
-    """CPU us per tick and per frame of a FeedClient alone, reading the feed at `url` on the
-    event loop `run` runs it on."""
+def feed_client_us(instruments: Path, rate: float, seconds: float) -> dict[str, float]:
+    """CPU us per tick and per frame of a FeedClient alone, reading the simulator at `rate`."""
+    keys = feed_keys(instruments)
     sink = _Discard()
 
-    async def read() -> dict[str, float]:
+    async def read(url: str) -> dict[str, float]:
         settings = Settings(upstox_access_token=Secret("bench"), upstox_api_base=url)
         client = FeedClient(settings, sink)
         await client.connect()
@@ -128,23 +121,8 @@ def feed_client_us(
         await client.stop()
         return {"per_tick": cpu / (rate * wall) * 1e6, "per_frame": cpu / frames * 1e6}
 
-    return run(read())
-
-
-def feed_client_on_each_loop(
-    instruments: Path, rate: float, seconds: float, repeats: int
-) -> dict[str, list[dict[str, float]]]:
-    """The feed client alone on the ingest's loop and on asyncio's, alternated `repeats`
-    times against one simulator, so that both see the same machine."""
-    keys = feed_keys(instruments)
-    loops: dict[str, Runner] = {"ingest_loop": run_on_ingest_loop, "asyncio_loop": asyncio.run}
-    runs: dict[str, list[dict[str, float]]] = {name: [] for name in loops}
     with simulator(instruments, rate) as feed:
-        for repeat in range(repeats):
-            order = list(loops) if repeat % 2 == 0 else list(reversed(loops))
-            for name in order:
-                runs[name].append(feed_client_us(feed.url, keys, rate, seconds, loops[name]))
-    return runs
+        return asyncio.run(read(feed.url))
 
 
 def measure(rate: float, stocks: int, seconds: float, repeats: int) -> dict[str, Any]:
@@ -157,9 +135,8 @@ def measure(rate: float, stocks: int, seconds: float, repeats: int) -> dict[str,
             directory = Path(scratch) / f"run{repeat}"
             directory.mkdir()
             runs.append(frame_path_us(frames, directory, Settings().batch_rows))
-        clients = feed_client_on_each_loop(instruments, rate, seconds, repeats)
+        client = [feed_client_us(instruments, rate, seconds) for _ in range(repeats)]
     path = {stage: round(median([run[stage] for run in runs]), 3) for stage in STAGES}
-    client, on_asyncio = clients["ingest_loop"], clients["asyncio_loop"]
     return {
         "rate": rate,
         "frames": len(frames),
@@ -168,9 +145,6 @@ def measure(rate: float, stocks: int, seconds: float, repeats: int) -> dict[str,
         "frame_path_total_us_per_tick": round(sum(path.values()), 3),
         "feed_client_us_per_tick": round(median([c["per_tick"] for c in client]), 3),
         "feed_client_us_per_frame": round(median([c["per_frame"] for c in client]), 1),
-        "feed_client_us_per_frame_asyncio_loop": round(
-            median([c["per_frame"] for c in on_asyncio]), 1
-        ),
     }
 
 
