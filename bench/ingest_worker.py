@@ -21,7 +21,7 @@ from typing import Any
 
 from bench.common import CpuMeter
 from core.config import Secret, Settings
-from ingest.service import WebSocketService, emit_signal, run_on_ingest_loop
+from ingest.service import WebSocketService, emit_signal
 from ingest.tick_data import TickData
 
 # A backlog left at the end of the window is not part of the measurement: its flush may take
@@ -166,7 +166,7 @@ async def run(config: dict[str, Any]) -> dict[str, Any]:
 def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     config = json.loads(sys.argv[1])
-    result = run_on_ingest_loop(run(config))
+    result = asyncio.run(run(config))
     print(json.dumps(result), flush=True)
     if not result["flushed"]:
         os._exit(0)  # writer threads may still hold a batch; the database is thrown away

@@ -15,13 +15,11 @@ import asyncio
 import functools
 import logging
 import signal
-from collections.abc import Coroutine
 from contextlib import AbstractContextManager
 from dataclasses import asdict
-from typing import Any, TypeVar
+from typing import Any
 
 import psycopg
-import uvloop
 from psycopg_pool import ConnectionPool
 
 from core.config import Settings
@@ -377,17 +375,6 @@ class WebSocketService:
         if self._pool is None:
             raise RuntimeError("the ingest service is not started")
         return self._pool.connection()
-
-
-_Result = TypeVar("_Result")
-
-
-def run_on_ingest_loop(main: Coroutine[Any, Any, _Result]) -> _Result:
-    """Run `main` on the event loop the ingest's process runs on: uvloop, whose transports read
-    the socket and whose loop schedules the tasks in C. The feed's frames each wake the loop,
-    and at 20,000 ticks/s that costs the ingest about 6% less CPU a tick than asyncio's own
-    loop (BENCHMARKS.md)."""
-    return uvloop.run(main)
 
 
 async def serve_until_signalled(service: WebSocketService) -> None:

@@ -7,6 +7,7 @@ Each subcommand is a thin call into `ingest` or `api`; errors the user can act o
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import logging
 import os
@@ -281,7 +282,7 @@ def _api_logging(settings: Settings) -> None:
 def _ingest(settings: Settings, args: argparse.Namespace) -> int:
     from ingest.journal_dir import JournalInUse, journal_holder
     from ingest.recovery import JournalMismatch
-    from ingest.service import WebSocketService, run_on_ingest_loop, serve_until_signalled
+    from ingest.service import WebSocketService, serve_until_signalled
     from tickvault.supervisor import EXIT_CANNOT_RUN, die_with_supervisor
 
     die_with_supervisor()
@@ -300,7 +301,7 @@ def _ingest(settings: Settings, args: argparse.Namespace) -> int:
 
     try:
         with contextlib.suppress(KeyboardInterrupt):
-            run_on_ingest_loop(serve_until_signalled(WebSocketService(settings, url)))
+            asyncio.run(serve_until_signalled(WebSocketService(settings, url)))
     except (JournalInUse, JournalMismatch) as error:  # no restart fixes either
         why = (
             journal_cmd.in_use_line(settings, error.holder)
