@@ -14,6 +14,7 @@ import pytest
 from core.config import Secret, Settings
 from ingest.client import FeedClient, SinkError, SubscriptionLimitError
 from ingest.simulator import FeedSimulator
+from ingest.simulator.frames import market_info_frame
 from ingest.upstox.decoder import FeedDecoder
 from ingest.upstox.proto import upstox_feed_v3_pb2 as pb
 
@@ -31,8 +32,10 @@ class RecordingSink:
     def __init__(self) -> None:
         self.decoder = FeedDecoder()
         self.frames: list[tuple[str, dict[str, str], int]] = []  # kind, key -> feed kind, time
+        self.raw: list[bytes] = []
 
     def on_frame(self, frame: bytes, received_at_us: int) -> None:
+        self.raw.append(frame)
         kind = self.decoder.decode(frame, received_at_us).kind
         feeds = pb.FeedResponse.FromString(frame).feeds
         self.frames.append(
@@ -160,6 +163,28 @@ def test_garbage_frame_is_counted_logged_once_and_skipped(caplog: pytest.LogCapt
     malformed = [r for r in caplog.records if "malformed" in r.getMessage()]
     assert len(malformed) == 1
     assert b"\x0fgarbage".hex() in malformed[0].getMessage()
+
+
+def test_a_message_in_fragments_reaches_the_sink_whole_and_in_its_place() -> None:
+    """Binary frames go to the sink as they are parsed (ingest/client/connection.py); one
+    message sent in fragments must still arrive whole, before the message sent after it."""
+    whole = market_info_frame(1, {"NSE_EQ": pb.NORMAL_OPEN})
+    after = market_info_frame(2, {"NSE_EQ": pb.NORMAL_CLOSE})
+
+    async def main() -> None:
+        async with feed() as (sim, client, sink):
+            await client.subscribe([INFY])
+            await client.connect()
+            await until(lambda: sink.live(INFY), "live frames")
+            connection = sim._sessions[0].connection  # the simulator itself never fragments
+            await connection.send([whole[:3], whole[3:10], whole[10:]])
+            await connection.send(after)
+            await until(lambda: after in sink.raw, "the message after the fragments")
+            assert sink.raw.count(whole) == 1
+            assert sink.raw.index(whole) < sink.raw.index(after)
+            assert client.status().malformed_frames == 0
+
+    asyncio.run(main())
 
 
 @pytest.mark.parametrize("entry", ["authorize", "redirect"])

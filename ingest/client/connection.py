@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import InvalidStatus, WebSocketException
+from websockets.frames import Frame, Opcode
+from websockets.protocol import Event
 
 from ingest.backoff import Backoff
 from ingest.client.authorize import (
@@ -78,6 +81,49 @@ class FrameSpan:
     last_us: int
 
 
+class _FrameReadingConnection(ClientConnection):
+    """websockets' client connection, handing each binary message to `on_binary` as its last
+    frame is parsed, inside `data_received`.
+
+    websockets' own path queues a message and wakes the task reading it, one turn of the
+    event loop per message: about a quarter of the feed client's CPU per frame
+    (BENCHMARKS.md). Text messages, control frames and the handshake still take that path.
+    A binary message in fragments is joined here, so frames reach `on_binary` in order.
+    Whatever `on_binary` raises aborts the socket and is kept in `delivery_error`.
+    """
+
+    def __init__(self, *args: Any, on_binary: Callable[[bytes], None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._on_binary = on_binary
+        self._fragments: list[bytes] | None = None  # of a binary message not yet whole
+        self.delivery_error: Exception | None = None
+
+    def process_event(self, event: Event) -> None:
+        if isinstance(event, Frame):
+            if event.opcode is Opcode.BINARY:
+                if event.fin:
+                    self._deliver(bytes(event.data))
+                else:
+                    self._fragments = [bytes(event.data)]
+                return
+            if event.opcode is Opcode.CONT and self._fragments is not None:
+                self._fragments.append(bytes(event.data))
+                if event.fin:
+                    message, self._fragments = b"".join(self._fragments), None
+                    self._deliver(message)
+                return
+        super().process_event(event)
+
+    def _deliver(self, message: bytes) -> None:
+        if self.delivery_error is not None:
+            return  # the socket is closing on it: nothing more goes on
+        try:
+            self._on_binary(message)
+        except Exception as exc:
+            self.delivery_error = exc
+            self.transport.abort()
+
+
 class Connection:
     """One websocket and the keys it carries (key -> mode), which it restores on every open.
 
@@ -98,6 +144,7 @@ class Connection:
         self.watch = StallWatch(feed.stall_s)
         self.span: FrameSpan | None = None  # of the latest socket, new at its first frame
         self._stalled = False  # the watchdog closed the socket now open
+        self._socket_span: FrameSpan | None = None  # of the socket being opened or read
 
     def start(self) -> None:
         """Run the loop in a task of its own."""
@@ -142,7 +189,10 @@ class Connection:
             try:
                 uri = await feed.authorizer.feed_uri(feed.token.current)
                 options = feed.authorizer.connect_options(uri, feed.token.current)
-                async with ws_connect(uri, **options) as ws:
+                # Frames can come with the handshake's answer, before _read starts.
+                self._socket_span = None
+                reader = functools.partial(_FrameReadingConnection, on_binary=self._on_binary)
+                async with ws_connect(uri, create_connection=reader, **options) as ws:
                     opened_at = time.monotonic()
                     feed.token.accepted(generation)
                     await self._opened(ws)
@@ -238,32 +288,39 @@ class Connection:
         self._stalled = True
         await ws.close(reason="stalled: no data")
 
+    def _on_binary(self, message: bytes) -> None:
+        """Hand a binary frame to the sink with its arrival time. It runs inside the socket's
+        `data_received`: a MalformedFrame is counted and skipped, anything else the sink
+        raises ends the feed (`_read`)."""
+        received_at_us = time.time_ns() // 1000
+        span = self._socket_span
+        if span is None:
+            self.span = self._socket_span = FrameSpan(received_at_us, received_at_us)
+        else:
+            span.last_us = received_at_us
+        feed = self._feed
+        feed.ledger.frames += 1
+        statuses = market_statuses(message)
+        if statuses is None:
+            self.watch.data(time.monotonic())
+        else:
+            self.watch.market_info(statuses)
+        try:
+            feed.sink.on_frame(message, received_at_us)
+        except MalformedFrame as exc:
+            feed.ledger.malformed_frame(exc)
+
     async def _read(self, ws: ClientConnection) -> None:
-        """Hand every binary frame to the sink with its arrival time; text frames are errors."""
-        ledger, on_frame, on_text = self._feed.ledger, self._feed.sink.on_frame, self._feed.on_text
-        watch = self.watch
-        span: FrameSpan | None = None
-        async for message in ws:
-            received_at_us = time.time_ns() // 1000
-            if isinstance(message, bytes):
-                if span is None:
-                    span = self.span = FrameSpan(received_at_us, received_at_us)
-                else:
-                    span.last_us = received_at_us
-                ledger.frames += 1
-                statuses = market_statuses(message)
-                if statuses is None:
-                    watch.data(time.monotonic())
-                else:
-                    watch.market_info(statuses)
-                try:
-                    on_frame(message, received_at_us)
-                except MalformedFrame as exc:
-                    ledger.malformed_frame(exc)
-                except Exception as exc:
-                    raise SinkError(f"the frame sink failed: {exc!r}") from exc
-            else:
-                on_text(message)
+        """Wait for the socket to close, handing its text frames to `on_text` (binary ones
+        reach the sink as they are parsed); raises SinkError if the sink failed."""
+        assert isinstance(ws, _FrameReadingConnection)
+        try:
+            async for message in ws:
+                self._feed.on_text(message if isinstance(message, str) else message.decode())
+        finally:
+            error = ws.delivery_error
+            if error is not None:
+                raise SinkError(f"the frame sink failed: {error!r}") from error
 
     async def _request(
         self, ws: ClientConnection, method: str, keys: list[str], mode: str | None
