@@ -86,7 +86,7 @@ class _FrameReadingConnection(ClientConnection):
     frame is parsed, inside `data_received`.
 
     websockets' own path queues a message and wakes the task reading it, one turn of the
-    event loop per message: about a quarter of the feed client's CPU per frame
+    event loop per message: about a fifth of the feed client's CPU per frame
     (BENCHMARKS.md). Text messages, control frames and the handshake still take that path.
     A binary message in fragments is joined here, so frames reach `on_binary` in order.
     Whatever `on_binary` raises aborts the socket and is kept in `delivery_error`.
