@@ -86,7 +86,8 @@ def test_follows_nifty_and_banknifty_and_recentres_as_nifty_moves(
             # The market pauses before the stop: a frame sent into a closing socket is
             # counted as sent and never heard, by anyone.
             simulator.stall(60)
-            await _wait_for(lambda: _count(instruments_db) == len(simulator.sent_ticks()))
+            # A bound for a hang: CI's three workers on two cores took longer than 20 s once.
+            await _wait_for(lambda: _count(instruments_db) == len(simulator.sent_ticks()), 60)
         finally:
             await service.stop()
         return first, hovering, moved, held, simulator
