@@ -39,6 +39,7 @@ from ingest.service import WebSocketService
 from ingest.status import BarsStatus, IngestStatus
 from store.bars import refresh_bars
 from store.instruments import default_sample_path, load_instruments
+from tests.command import TickvaultCommand
 from tests.conftest import REPO, DbServer
 
 COMPOSE = REPO / "docker-compose.yml"
@@ -631,14 +632,7 @@ def test_tickvault_starts_as_the_app_role(app_role: AppRole, tmp_path: Path) -> 
         TICKVAULT_ROLLUP_INTERVAL_S="1",
         UPSTOX_ACCESS_TOKEN="",
     )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tickvault", "ingest"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    process = TickvaultCommand(["ingest"], env)
     try:
         deadline = time.monotonic() + 60
         ticks = 0

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from tests.command import TickvaultCommand
 from tests.conftest import REPO, free_port
 
 
@@ -86,52 +86,13 @@ def test_tickvault_run_serves_ticks_and_stops_cleanly(data_dir: Path) -> None:
     assert unwritten == 0
 
 
-def _start_run(data_dir: Path, **settings: str) -> tuple[_Run, dict[str, str], str]:
+def _start_run(data_dir: Path, **settings: str) -> tuple[TickvaultCommand, dict[str, str], str]:
     """`tickvault run` as a newcomer starts it (with `settings` as variables): its process,
     environment and API base URL."""
     api_port = free_port()
     env = {**_run_env(data_dir, api_port), **settings}
-    process = _Run(env)
+    process = TickvaultCommand(["run"], env)
     return process, env, f"http://127.0.0.1:{api_port}"
-
-
-class _Run(subprocess.Popen[str]):
-    """`tickvault run` in `env`, its output (stdout and stderr) read as text while it comes.
-
-    A pipe read only at the end fills up (64 KiB) once the run logs a lot, as a start after
-    15:45 IST does (the daily schedule's post-close steps run at once), and every process of
-    the run then blocks on its next line: the api before it listens, the ingest's event loop.
-    """
-
-    def __init__(self, env: dict[str, str]) -> None:
-        super().__init__(
-            [sys.executable, "-m", "tickvault", "run"],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self._lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.stdout is not None
-        for line in self.stdout:
-            self._lines.append(line)
-
-    def said(self) -> str:
-        """What the run has written so far."""
-        return "".join(self._lines)
-
-    def communicate(  # type: ignore[override]
-        self, input: str | None = None, timeout: float | None = None
-    ) -> tuple[str, None]:
-        """Wait for the run to end; its whole output (the reader has taken the pipe)."""
-        self.wait(timeout)
-        self._reader.join(timeout)
-        return self.said(), None
 
 
 def _run_env(data_dir: Path, api_port: int) -> dict[str, str]:
@@ -149,7 +110,7 @@ def _run_env(data_dir: Path, api_port: int) -> dict[str, str]:
 _FEED_NOISE = ('"logger": "httpx"', '"logger": "ingest.simulator')
 
 
-def _wait_healthy(process: _Run, base: str, seconds: float) -> None:
+def _wait_healthy(process: TickvaultCommand, base: str, seconds: float) -> None:
     """Waits up to `seconds` of the machine's running time for /health to answer 200. A pause
     of this very process (a half-second sleep that took over 5 s: the whole shared machine
     stood still, as one CI run saw for 78 s) is added to the budget: a start cannot be late
@@ -344,7 +305,7 @@ def _recreate_the_database(env: dict[str, str]) -> None:
         conn.execute(f'CREATE DATABASE "{name}"')
 
 
-def _health_answer(process: _Run, base: str, seconds: float) -> dict:
+def _health_answer(process: TickvaultCommand, base: str, seconds: float) -> dict:
     deadline = time.monotonic() + seconds
     while True:
         assert process.poll() is None, process.said()
@@ -401,7 +362,7 @@ def test_a_second_instance_stops_and_a_journal_of_another_database_is_not_restar
     assert f"pid {ingest.pid}" in alone.stderr
 
     _recreate_the_database(env)
-    process = _Run(env)
+    process = TickvaultCommand(["run"], env)
     try:
         reason = _health_answer(process, base, 120)["reason"]
         time.sleep(5)  # long past a restart's delay
@@ -426,7 +387,7 @@ def test_a_store_running_before_is_left_running_and_a_taken_port_is_named(
         [sys.executable, "-m", "tickvault", "db", "start"], cwd=REPO, env=env, check=False
     )
     assert started.returncode == 0
-    process = _Run(env)
+    process = TickvaultCommand(["run"], env)
     try:
         _wait_healthy(process, base, 90)
     finally:
