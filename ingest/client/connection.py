@@ -315,8 +315,9 @@ class Connection:
         reach the sink as they are parsed); raises SinkError if the sink failed."""
         assert isinstance(ws, _FrameReadingConnection)
         try:
-            async for message in ws:
-                self._feed.on_text(message if isinstance(message, str) else message.decode())
+            async for message in ws:  # text frames: the binary ones went to the sink
+                assert isinstance(message, str)
+                self._feed.on_text(message)
         finally:
             error = ws.delivery_error
             if error is not None:
