@@ -406,3 +406,76 @@ def test_hand_encoded_frame_with_the_spec_field_numbers_decodes(decoder_cls):
         25,
         2_880.0,
     )
+
+
+# --- the compiled decoder's one str per instrument key ------------------------------------
+
+
+@pytest.fixture
+def compiled() -> type:
+    if CompiledFeedDecoder is None:
+        pytest.skip("the compiled decoder is not built here")
+    return CompiledFeedDecoder
+
+
+def test_an_instruments_ticks_share_one_key_object_across_frames(compiled):
+    """Every dict a tick meets (the decoder's state, the cache, the bars, the published
+    slots) then finds its key by identity, and queued ticks do not each hold a copy."""
+    decoder = compiled()
+    accented = "NSE_EQ|ÉCLAT Ü"  # a key whose UTF-8 is not ASCII
+    first = decoder.decode(frame({RELIANCE: market_ff(), accented: market_ff()}), RECEIVED)
+    second = decoder.decode(
+        frame({RELIANCE: market_ff(ltp=1251.0), accented: market_ff(ltp=1251.0)}), RECEIVED
+    )
+
+    keys_before = {tick[0]: tick[0] for tick in first.ticks}
+    assert sorted(keys_before) == sorted([RELIANCE, accented])
+    for tick in second.ticks:
+        assert tick[0] is keys_before[tick[0]]
+    assert decoder.kept_keys == 2
+
+
+def test_a_seeded_instrument_is_found_by_the_key_its_state_is_stored_by(compiled):
+    stored_key = "".join(["NSE_EQ|", "INE002A01018"])  # a str of its own, as a row gives
+    [stored] = compiled().decode(frame({RELIANCE: market_ff(vtt=100_000)}), RECEIVED).ticks
+    restarted = compiled()
+    restarted.seed([(stored_key, *stored[1:])])
+
+    [tick] = restarted.decode(frame({RELIANCE: market_ff(ltt=T0 + 800, vtt=100_750)}), 2).ticks
+
+    assert tick[0] is stored_key
+    assert as_dict(tick)["volume_delta"] == 750  # counted from the seeded state
+
+
+def test_keys_the_caller_does_not_want_are_never_kept(compiled):
+    """A feed flooding keys nobody subscribed to leaves nothing behind."""
+    decoder = compiled()
+    strangers = {f"NSE_FO|{n}": pb.Feed(ltpc=ltpc()) for n in range(5_000)}
+
+    decoded = decoder.decode(frame({RELIANCE: market_ff(), **strangers}), RECEIVED, {RELIANCE})
+
+    assert [tick[0] for tick in decoded.ticks] == [RELIANCE]
+    assert decoded.unwanted == 5_000
+    assert decoder.kept_keys == 1
+
+
+def test_kept_keys_stop_at_their_bound_and_later_keys_still_decode(compiled):
+    from ingest.upstox._fastdecode import MAX_KEPT_KEYS
+
+    decoder = compiled()
+    per_frame = 4_096
+    names = [f"NSE_FO|{n}" for n in range(MAX_KEPT_KEYS + per_frame)]
+    feed = pb.Feed(ltpc=ltpc())
+    decoded_keys: list[str] = []
+    for start in range(0, len(names), per_frame):
+        chunk = names[start : start + per_frame]
+        decoded_keys += [
+            tick[0] for tick in decoder.decode(frame(dict.fromkeys(chunk, feed)), RECEIVED).ticks
+        ]
+
+    assert decoder.kept_keys == MAX_KEPT_KEYS
+    assert sorted(decoded_keys) == sorted(names)
+    # Past the bound a key is decoded afresh each time: equal, not kept.
+    [again] = decoder.decode(frame({names[-1]: pb.Feed(ltpc=ltpc(ltp=1.0))}), RECEIVED).ticks
+    assert again[0] == names[-1]
+    assert decoder.kept_keys == MAX_KEPT_KEYS

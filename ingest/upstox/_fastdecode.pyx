@@ -40,6 +40,7 @@ cdef extern from "Python.h":
     bint PyType_IS_GC(PyTypeObject* type)
     PyTypeObject* Py_TYPE(PyObject* obj)
     void PyObject_GC_UnTrack(void* obj)
+    const char* PyUnicode_AsUTF8AndSize(object text, Py_ssize_t* size) except NULL
 
 # Tick columns, in store.tick_row.TICK_COLUMNS order (checked at import below).
 cdef enum:
@@ -77,6 +78,7 @@ cdef int64_t MS_SAFE = 9000000000000000  # |ms| * 1000 < 2**63
 cdef int64_t US_SAFE = 4000000000000000000  # |us| + a day < 2**63
 cdef int MAX_DEPTH = 100  # upb's default nesting limit, which the protobuf runtime uses
 
+MAX_KEPT_KEYS = C_MAX_KEPT_KEYS  # the bound of InstrumentKeys, for the tests
 cdef object _DECODED_NEW = tuple.__new__
 cdef object _KINDS = FRAME_KINDS
 cdef object _STATUS = STATUS_NAMES
@@ -84,6 +86,8 @@ cdef object _DecodedFrame = DecodedFrame
 cdef object _MalformedFrame = MalformedFrame
 
 ctypedef const uint8_t* cptr
+
+include "_instrument_keys.pxi"
 
 
 # --- step 1: the wire format ---------------------------------------------------------------
@@ -973,6 +977,7 @@ cdef class CompiledFeedDecoder:
     """
 
     cdef public dict _last
+    cdef InstrumentKeys keys  # the str of each wanted key, made once
     cdef Frame frame  # the structs of the frame being decoded, their memory kept for the next
     cdef bint busy
 
@@ -981,6 +986,12 @@ cdef class CompiledFeedDecoder:
 
     def __init__(self):
         self._last = {}
+        self.keys = InstrumentKeys()
+
+    @property
+    def kept_keys(self):
+        """How many instrument keys' str the decoder keeps to hand to every tick of theirs."""
+        return len(self.keys)
 
     def __dealloc__(self):
         free(self.frame.entries)
@@ -1016,7 +1027,12 @@ cdef class CompiledFeedDecoder:
         After a restart the server re-sends its snapshot; with the stored state in place
         that snapshot is recognised as a duplicate, and one that is not carries no volume.
         """
+        cdef Py_ssize_t length
+        cdef cptr utf8
         seed_last(self._last, ticks)
+        for key in self._last:  # so that its state is found by the very key it is stored by
+            utf8 = <cptr>PyUnicode_AsUTF8AndSize(key, &length)
+            self.keys.keep(key, utf8, length, fnv1a(utf8, length))
 
     cdef object _decode(
         self, cptr data, Py_ssize_t size, object frame, object received_at_us, object wanted
@@ -1034,7 +1050,9 @@ cdef class CompiledFeedDecoder:
         cdef set seen = None
         cdef object key, tick, feed_ts, received_at, name
         cdef tuple prev
-        cdef bint snapshot
+        cdef bint snapshot, fresh
+        cdef uint64_t key_hash
+        cdef InstrumentKeys keys = self.keys
         f.n_entries = 0
         f.n_segments = 0
         f.type = 0
@@ -1057,7 +1075,11 @@ cdef class CompiledFeedDecoder:
             e = &f.entries[i]
             if e.dropped:
                 continue
-            key = PyUnicode_DecodeUTF8(<char*>e.key, e.key_len, NULL)
+            key_hash = fnv1a(e.key, e.key_len)
+            key = keys.find(e.key, e.key_len, key_hash)
+            fresh = key is None
+            if fresh:
+                key = PyUnicode_DecodeUTF8(<char*>e.key, e.key_len, NULL)
             if seen is not None:
                 if key in seen:
                     continue
@@ -1065,6 +1087,8 @@ cdef class CompiledFeedDecoder:
             if wanted is not None and key not in wanted:
                 unwanted += 1
                 continue
+            if fresh:
+                keys.keep(key, e.key, e.key_len, key_hash)
             if e.feed_case == 0:
                 continue
             found = PyDict_GetItem(last, key)
