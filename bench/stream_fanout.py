@@ -41,7 +41,7 @@ from bench.common import (
     write_universe,
 )
 from bench.common import simulator as feed_simulator
-from core.heap import freeze_startup_heap
+from core.heap import settle_startup_heap
 
 CLIENTS = 200
 SYMBOLS = 50
@@ -143,7 +143,7 @@ async def _clients(
         chosen = [symbols[(i * 7 + j) % len(symbols)] for j in range(per)]
         tasks.append(asyncio.create_task(_client(url, chosen, until, lags, batch)))
         await asyncio.sleep(0.005)  # not all 200 handshakes in one instant
-    freeze_startup_heap()  # a full collection's pause would be measured as the stream's lag
+    settle_startup_heap()  # a full collection's pause would be measured as the stream's lag
     codes = await asyncio.gather(*tasks, return_exceptions=True)
     # The first tenth includes the connection storm.
     warm = {name: values[len(values) // 10 :] for name, values in lags.items()}

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import psycopg
 
 from core.config import Settings, check_dotenv
-from core.heap import freeze_startup_heap
+from core.heap import settle_startup_heap
 from ingest.tokens import choose_token
 from store.bars import refresh_bars
 from store.errors import StoreError
@@ -269,7 +269,7 @@ def api_app() -> FastAPI:
     settings = Settings.from_env()
     _api_logging(settings)
     app = create_app(settings, database_url(settings))
-    freeze_startup_heap()  # the imports and the app are for the worker's life
+    settle_startup_heap()  # the imports and the app are for the worker's life
     return app
 
 

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from core.heap import freeze_startup_heap
+from core.heap import settle_startup_heap
 from core.upstox_wire import INSTRUMENTS_PATH
 from ingest.simulator.market import DEFAULT_UNIVERSE
 from ingest.simulator.minutes import DEFAULT_DAYS
@@ -48,7 +48,7 @@ async def _run(args: argparse.Namespace, instruments: list[dict[str, Any]]) -> N
         instruments_file=args.instruments_file,
     )
     await simulator.start(args.host, args.port)
-    freeze_startup_heap()
+    settle_startup_heap()
     print(f"feed simulator listening on {simulator.url}", flush=True)
     print(f"OAuth login (UPSTOX_LOGIN_BASE) on {simulator.login_url}", flush=True)
     stop = asyncio.Event()
