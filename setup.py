@@ -19,6 +19,7 @@ from setuptools.command.build_ext import build_ext
 DECODER = Extension(
     "ingest.upstox._fastdecode",
     ["ingest/upstox/_fastdecode.pyx"],
+    depends=["ingest/upstox/_instrument_keys.pxi"],  # included by it
     optional=True,
 )
 COPY_ENCODER = Extension("store._copyrows", ["store/_copyrows.pyx"], optional=True)
