@@ -11,7 +11,9 @@ This splits it three ways, each in CPU seconds of its own process at the same fe
 - the feed client alone: a `FeedClient` reading the simulator into a sink that keeps
   nothing (the websocket, the watchdog, the client's per-frame bookkeeping);
 - the rest, which is `ingest_cpu_us_per_tick` less these two, read from the same
-  machine's latency run.
+  machine's latency run;
+
+and the heap bytes each decoded tick holds while it waits for the writer.
 
 The rate and universe are the latency run's (20,000 ticks/s, 200 stocks and their futures).
 """
@@ -23,6 +25,7 @@ import asyncio
 import json
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +106,21 @@ class _Discard:
         self.frames += 1
 
 
+def held_tick_bytes(frames: list[Frame]) -> int:
+    """Python heap bytes a decoded tick holds while it waits in the writer's queue (up to
+    `queue_max_rows` of them through an outage): all `frames` decoded and kept, traced."""
+    decoder = FeedDecoder()
+    held: list[tuple] = []
+    tracemalloc.start()
+    try:
+        for frame, received_at_us in frames:
+            held.extend(decoder.decode(frame, received_at_us, None).ticks)
+        size, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return round(size / len(held))
+
+
 def feed_client_us(instruments: Path, rate: float, seconds: float) -> dict[str, float]:
     """CPU us per tick and per frame of a FeedClient alone, reading the simulator at `rate`."""
     keys = feed_keys(instruments)
@@ -136,6 +154,7 @@ def measure(rate: float, stocks: int, seconds: float, repeats: int) -> dict[str,
             directory.mkdir()
             runs.append(frame_path_us(frames, directory, Settings().batch_rows))
         client = [feed_client_us(instruments, rate, seconds) for _ in range(repeats)]
+        held = held_tick_bytes(frames)
     path = {stage: round(median([run[stage] for run in runs]), 3) for stage in STAGES}
     return {
         "rate": rate,
@@ -145,6 +164,7 @@ def measure(rate: float, stocks: int, seconds: float, repeats: int) -> dict[str,
         "frame_path_total_us_per_tick": round(sum(path.values()), 3),
         "feed_client_us_per_tick": round(median([c["per_tick"] for c in client]), 3),
         "feed_client_us_per_frame": round(median([c["per_frame"] for c in client]), 1),
+        "held_tick_bytes": held,
     }
 
 

@@ -407,6 +407,13 @@ def table(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                 "report",
             ),
             ("  peak RSS of the ingest process", f"{_n(steady['vm_hwm_mib'])} MiB", "report"),
+            (
+                "  the ingest's cyclic GC passes in the window (generations 0, 1, 2)",
+                ", ".join(
+                    f"{g['passes']} in {g['seconds'] * 1000:.0f} ms" for g in steady["gc"].values()
+                ),
+                "report",
+            ),
         ]
     if "offline" in results:
         off = results["offline"]
