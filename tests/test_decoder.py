@@ -7,6 +7,7 @@ Every test runs on both implementations: the Python reference and the compiled d
 from __future__ import annotations
 
 import struct
+import sys
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -418,9 +419,10 @@ def compiled() -> type:
     return CompiledFeedDecoder
 
 
-def test_an_instruments_ticks_share_one_key_object_across_frames(compiled):
+def test_an_instruments_ticks_share_one_interned_key_across_frames(compiled):
     """Every dict a tick meets (the decoder's state, the cache, the bars, the published
-    slots) then finds its key by identity, and queued ticks do not each hold a copy."""
+    slots, the client's subscriptions, which intern their keys) then finds its key by
+    identity, and queued ticks do not each hold a copy."""
     decoder = compiled()
     accented = "NSE_EQ|ÉCLAT Ü"  # a key whose UTF-8 is not ASCII
     first = decoder.decode(frame({RELIANCE: market_ff(), accented: market_ff()}), RECEIVED)
@@ -431,7 +433,7 @@ def test_an_instruments_ticks_share_one_key_object_across_frames(compiled):
     keys_before = {tick[0]: tick[0] for tick in first.ticks}
     assert sorted(keys_before) == sorted([RELIANCE, accented])
     for tick in second.ticks:
-        assert tick[0] is keys_before[tick[0]]
+        assert tick[0] is keys_before[tick[0]] is sys.intern(tick[0])
     assert decoder.kept_keys == 2
 
 
@@ -443,7 +445,8 @@ def test_a_seeded_instrument_is_found_by_the_key_its_state_is_stored_by(compiled
 
     [tick] = restarted.decode(frame({RELIANCE: market_ff(ltt=T0 + 800, vtt=100_750)}), 2).ticks
 
-    assert tick[0] is stored_key
+    [stored_by] = list(restarted._last)
+    assert tick[0] is stored_by is sys.intern(RELIANCE)
     assert as_dict(tick)["volume_delta"] == 750  # counted from the seeded state
 
 

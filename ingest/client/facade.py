@@ -14,6 +14,7 @@ This class only keeps that state and delegates: `Capacity` decides where keys go
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, KeysView, Mapping
@@ -142,7 +143,9 @@ class FeedClient:
         before anything changes. Keys are kept across reconnects until unsubscribed; without
         an open connection they are sent when it opens.
         """
-        keys = unique(keys)
+        # Interned, as the decoder interns the keys of the ticks: the test of every tick
+        # against these (`subscribed_keys`) then finds its key by identity.
+        keys = [sys.intern(key) for key in unique(keys)]
         plan = self._capacity.plan(keys, mode, self._held())
         for key in keys:
             self._failed.pop(key, None)

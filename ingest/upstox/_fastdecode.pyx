@@ -1030,9 +1030,11 @@ cdef class CompiledFeedDecoder:
         cdef Py_ssize_t length
         cdef cptr utf8
         seed_last(self._last, ticks)
-        for key in self._last:  # so that its state is found by the very key it is stored by
+        for key in list(self._last):  # its state is then found by the very key it is stored by
             utf8 = <cptr>PyUnicode_AsUTF8AndSize(key, &length)
-            self.keys.keep(key, utf8, length, fnv1a(utf8, length))
+            kept = self.keys.keep(key, utf8, length, fnv1a(utf8, length))
+            if kept is not key:
+                self._last[kept] = self._last.pop(key)
 
     cdef object _decode(
         self, cptr data, Py_ssize_t size, object frame, object received_at_us, object wanted
@@ -1088,7 +1090,7 @@ cdef class CompiledFeedDecoder:
                 unwanted += 1
                 continue
             if fresh:
-                keys.keep(key, e.key, e.key_len, key_hash)
+                key = keys.keep(key, e.key, e.key_len, key_hash)
             if e.feed_case == 0:
                 continue
             found = PyDict_GetItem(last, key)

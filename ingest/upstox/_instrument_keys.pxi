@@ -5,13 +5,16 @@
 # the latest-tick cache, the forming bars, both published tables' slots): each lookup hashed
 # the new str and compared it with the stored key byte by byte, and every queued tick held
 # its own copy. Here the bytes find the str made the first time, so the key is the very
-# object the dicts hold, with its hash already computed. Keys are kept only once the
+# object the dicts hold, with its hash already computed. Each is kept interned, so that where
+# the client interns the keys it subscribes (its `wanted`, which every tick is tested
+# against) the two are one object too. Keys are kept only once the
 # decoder's caller has wanted them (a flood of strangers keeps nothing), and at most
 # MAX_KEPT_KEYS of them: past that a key is decoded afresh each time, as before, which costs
 # time and never a different answer.
 
 from cpython.ref cimport Py_INCREF, Py_XDECREF
 from libc.stdlib cimport calloc, malloc
+from sys import intern as _intern
 
 cdef enum:
     C_MAX_KEPT_KEYS = 1 << 17  # far above Upstox's subscription limits
@@ -79,28 +82,30 @@ cdef class InstrumentKeys:
             return None
         return <object>slot.key
 
-    cdef int keep(self, object key, cptr data, Py_ssize_t length, uint64_t h) except -1:
-        """Keep `key`, the str these bytes decode to, unless the table is full."""
+    cdef object keep(self, object key, cptr data, Py_ssize_t length, uint64_t h):
+        """Keep `key`, the str these bytes decode to, unless the table is full; returns
+        the str kept for them (interned), or `key` where none is."""
         cdef KeptKey* slot
         cdef char* utf8
         if self.count >= C_MAX_KEPT_KEYS:
-            return 0
+            return key
         if (self.count + 1) * 2 > self.capacity:
             self._grow()
         slot = &self.slots[self._slot(data, length, h)]
         if slot.key != NULL:
-            return 0
+            return <object>slot.key
         utf8 = <char*>malloc(length if length else 1)
         if utf8 == NULL:
             raise MemoryError()
         memcpy(utf8, data, length)
+        key = _intern(key)
         Py_INCREF(key)
         slot.key = <PyObject*>key
         slot.utf8 = utf8
         slot.length = length
         slot.hash = h
         self.count += 1
-        return 0
+        return key
 
     cdef int _grow(self) except -1:
         cdef KeptKey* old = self.slots
