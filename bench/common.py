@@ -24,6 +24,7 @@ from pathlib import Path
 import psutil
 import psycopg
 
+from core.config import Settings
 from store.instruments import load_instruments
 from store.local.cluster import LocalCluster
 from store.local.postgres import PgInstall, find_bindir
@@ -147,7 +148,8 @@ class DbServer:
 
 @contextmanager
 def db_server() -> Iterator[DbServer]:
-    """TICKVAULT_DATABASE_URL's server, or a private cluster in /tmp with tickvault's settings.
+    """TICKVAULT_DATABASE_URL's server, or a private cluster in /tmp with tickvault's settings
+    (from TICKVAULT_PG_BINDIR's PostgreSQL where that is set).
 
     /tmp because the server runs as a service user when we are root, and it must reach its
     data directory; the cluster gets `tickvault db start`'s settings (INGEST_SETTINGS), so
@@ -159,12 +161,17 @@ def db_server() -> Iterator[DbServer]:
         return
     root = Path(tempfile.mkdtemp(prefix="tickvault-bench-"))
     root.chmod(0o755)
-    cluster = LocalCluster(PgInstall(find_bindir(None)), root / "pg", free_port())
+    # TICKVAULT_PG_BINDIR as `tickvault db start` reads it: a Community build there measures
+    # the edition production runs.
+    install = PgInstall(find_bindir(Settings.from_env().pg_bindir))
+    # The license is not set, so it is the build's own: Community's where its module is.
+    edition = "Community" if install.has_community_module() else "Apache"
+    cluster = LocalCluster(install, root / "pg", free_port())
     try:
         cluster.start()
         pid = int((cluster.data_dir / "postmaster.pid").read_text().split()[0])
         url = cluster.url("postgres")
-        yield DbServer(url, pid, _server_version(url))
+        yield DbServer(url, pid, f"{_server_version(url)} ({edition} edition)")
     finally:
         cluster.stop()
         shutil.rmtree(root, ignore_errors=True)
