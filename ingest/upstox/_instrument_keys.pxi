@@ -2,15 +2,15 @@
 #
 # A frame names each instrument by its key's UTF-8 bytes. Decoding them into a new str for
 # every tick made each tick's key a stranger to every dict it then met (the decoder's state,
-# the latest-tick cache, the forming bars, both published tables' slots): each lookup hashed
-# the new str and compared it with the stored key byte by byte, and every queued tick held
-# its own copy. Here the bytes find the str made the first time, so the key is the very
-# object the dicts hold, with its hash already computed. Each is kept interned, so that where
-# the client interns the keys it subscribes (its `wanted`, which every tick is tested
-# against) the two are one object too. Keys are kept only once the
-# decoder's caller has wanted them (a flood of strangers keeps nothing), and at most
-# MAX_KEPT_KEYS of them: past that a key is decoded afresh each time, as before, which costs
-# time and never a different answer.
+# the subscriptions it is tested against, the latest-tick cache, the forming bars, both
+# published tables' slots): each lookup hashed the new str and compared it with the stored
+# key byte by byte, and every queued tick held its own copy. Here the bytes find the str made
+# the first time, so the key is the very object the dicts hold, its hash already computed.
+# Each is kept interned, as the client interns the keys it subscribes, so that the test of
+# every tick against those finds it by identity too. Keys are kept only once the decoder's
+# caller has wanted them (a flood of strangers keeps nothing), and at most MAX_KEPT_KEYS of
+# them: past that a key is decoded afresh each time, as before, which costs time and never
+# gives a different answer.
 
 from cpython.ref cimport Py_INCREF, Py_XDECREF
 from libc.stdlib cimport calloc, malloc
