@@ -22,7 +22,7 @@ from typing import Any
 
 from bench.common import CpuMeter
 from core.config import Secret, Settings
-from core.heap import settle_startup_heap
+from core.heap import INGEST_YOUNG_THRESHOLD, settle_startup_heap
 from ingest.service import WebSocketService, emit_signal
 from ingest.tick_data import TickData
 
@@ -140,7 +140,8 @@ async def run(config: dict[str, Any]) -> dict[str, Any]:
         sys.setswitchinterval(config["switch_interval"])
     flushed = True
     await service.start()
-    settle_startup_heap()  # as `tickvault ingest` does once its service has started
+    # As `tickvault ingest` does once its service has started.
+    settle_startup_heap(young_threshold=INGEST_YOUNG_THRESHOLD)
     try:
         await asyncio.sleep(config["warmup_s"])
         feed_start = await asyncio.to_thread(_feed_ticks, config["feed_url"])

@@ -23,7 +23,7 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from core.config import Settings
-from core.heap import settle_startup_heap
+from core.heap import INGEST_YOUNG_THRESHOLD, settle_startup_heap
 from ingest.cache import AggregatedTickHandler
 from ingest.chains.follower import ChainFollower
 from ingest.channels.control import ControlServer, control_path
@@ -385,7 +385,7 @@ async def serve_until_signalled(service: WebSocketService) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     await service.start()
-    settle_startup_heap()
+    settle_startup_heap(young_threshold=INGEST_YOUNG_THRESHOLD)
     try:
         await stop.wait()
     finally:
