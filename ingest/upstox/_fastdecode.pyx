@@ -78,7 +78,6 @@ cdef int64_t MS_SAFE = 9000000000000000  # |ms| * 1000 < 2**63
 cdef int64_t US_SAFE = 4000000000000000000  # |us| + a day < 2**63
 cdef int MAX_DEPTH = 100  # upb's default nesting limit, which the protobuf runtime uses
 
-MAX_KEPT_KEYS = C_MAX_KEPT_KEYS  # the bound of InstrumentKeys, for the tests
 cdef object _DECODED_NEW = tuple.__new__
 cdef object _KINDS = FRAME_KINDS
 cdef object _STATUS = STATUS_NAMES

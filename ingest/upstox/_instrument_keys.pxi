@@ -20,6 +20,8 @@ cdef enum:
     C_MAX_KEPT_KEYS = 1 << 17  # far above Upstox's subscription limits
     FIRST_CAPACITY = 1 << 10  # slots; a power of two, kept at most half full
 
+MAX_KEPT_KEYS = C_MAX_KEPT_KEYS  # the bound, for the tests
+
 cdef struct KeptKey:
     uint64_t hash
     PyObject* key  # a str, owned; NULL where the slot is empty
