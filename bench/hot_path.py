@@ -30,7 +30,7 @@ START_US = 849_999_960 * 1_000_000  # the start of a minute in 2026: the rounds 
 
 
 class _ReferencePublisher(LatestTickPublisher):
-    _write_slots = None
+    _write_slots = _write_bodies = None
 
 
 def _ticks(instruments: int, rounds: int, rng: random.Random) -> list[tuple]:

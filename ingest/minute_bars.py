@@ -38,7 +38,7 @@ _BUCKET, _OPEN, _OPEN_TS, _HIGH, _LOW, _CLOSE, _CLOSE_TS, _VOLUME, _COUNT = rang
 
 def _fold_ticks(bars: dict[str, list[list | None]], changed: set[str], ticks: list[Tick]) -> None:
     """Each tick into its instrument's forming bar (or the one before it, for a late tick),
-    its key into `changed`: the reference of the compiled `fold_ticks`."""
+    its key into `changed`."""
     for tick in ticks:
         key = tick[KEY]
         ts = tick[TS]
@@ -58,11 +58,6 @@ def _fold_ticks(bars: dict[str, list[list | None]], changed: set[str], ticks: li
             else:
                 continue  # older than the published minutes: the database has it
         changed.add(key)
-
-
-def _changed_rows(bars: dict[str, list[list | None]], changed: set[str]) -> dict[str, Tick]:
-    """key -> published row of each key in `changed`: the reference of `changed_rows`."""
-    return {key: _row(key, *bars[key]) for key in changed}
 
 
 def _new(bucket: int, tick: Tick) -> list:
@@ -107,28 +102,16 @@ def _row(key: str, forming: list, previous: list | None) -> Tick:
     return (key, *_values(forming), *_values(previous))
 
 
-try:
-    from ingest._minute_bars import changed_rows, fold_ticks
-except ImportError:  # not built: no C compiler at install time
-    fold_ticks = changed_rows = None
-    BARS_IMPLEMENTATION = "python"
-else:
-    BARS_IMPLEMENTATION = "compiled"
+class PythonMinuteBarHandler:
+    """The pipeline's handler of the forming bars, the reference: `on_frame` as the
+    writer's, O(1) per tick; `take_changed` the published table's feed, like the latest-tick
+    cache's. Memory is one pair of bars per instrument the cache holds.
 
-
-class MinuteBarHandler:
-    """The pipeline's handler of the forming bars: `on_frame` as the writer's, O(1) per tick;
-    `take_changed` the published table's feed, like the latest-tick cache's. Memory is one
-    pair of bars per instrument the cache holds.
-
-    The per-tick fold and the rows are compiled (`_minute_bars.pyx`) where that is built
-    (`BARS_IMPLEMENTATION`); `PythonMinuteBarHandler` is the reference alone."""
-
-    _fold = staticmethod(_fold_ticks if fold_ticks is None else fold_ticks)
-    _rows = staticmethod(_changed_rows if changed_rows is None else changed_rows)
+    `MinuteBarHandler` is the compiled one (`_minute_bars.pyx`) where that is built
+    (`BARS_IMPLEMENTATION`), held to this one rule for rule."""
 
     def __init__(self) -> None:
-        self._bars: dict[str, list[list | None]] = {}  # key -> [forming, previous]
+        self.bars: dict[str, list[list | None]] = {}  # key -> [forming, previous]
         self._changed: set[str] = set()
 
     def seed(self, rows: Iterable[tuple]) -> None:
@@ -137,21 +120,31 @@ class MinuteBarHandler:
         forming bar still counts the ticks committed before the stop; the replayed journal
         frames that follow add the ones that were not."""
         for key, *bar in rows:
-            pair = self._bars.get(key)
-            self._bars[key] = [bar, None if pair is None else pair[0]]
+            pair = self.bars.get(key)
+            self.bars[key] = [bar, None if pair is None else pair[0]]
             self._changed.add(key)
 
     def on_frame(self, seq: int, ticks: list[Tick]) -> None:
-        self._fold(self._bars, self._changed, ticks)
+        _fold_ticks(self.bars, self._changed, ticks)
 
     def take_changed(self) -> dict[str, Tick]:
         """key -> published row of each instrument whose bars changed since the last call."""
         changed, self._changed = self._changed, set()
-        return self._rows(self._bars, changed)
+        return {key: _row(key, *self.bars[key]) for key in changed}
+
+    def take_published(self) -> dict[str, Tick]:
+        """What the bars' table takes (ingest/channels/latest_publisher.py's `publish_forever`):
+        the rows, here; the compiled handler hands over packed slot bodies."""
+        return self.take_changed()
 
 
-class PythonMinuteBarHandler(MinuteBarHandler):
-    """The reference alone, what the compiled fold and rows are held to."""
-
-    _fold = staticmethod(_fold_ticks)
-    _rows = staticmethod(_changed_rows)
+try:
+    from ingest._minute_bars import BODY_CODES
+    from ingest._minute_bars import MinuteBars as MinuteBarHandler
+except ImportError:  # not built: no C compiler at install time
+    MinuteBarHandler = PythonMinuteBarHandler
+    BARS_IMPLEMENTATION = "python"
+else:
+    BARS_IMPLEMENTATION = "compiled"
+    if "".join("d" if t == "float8" else "q" for t in _BAR_TYPES * 2) != BODY_CODES:
+        raise ImportError("the published bar's columns moved: _minute_bars.pyx must follow them")

@@ -208,7 +208,7 @@ def publishing(
     """The tasks that publish the latest ticks with the status, and the forming 1-minute
     bars, for the API's processes (ingest/channels/)."""
     ticks = publish_forever(published_path(data_dir), cache.take_changed, status)
-    minutes = publish_forever(bars_path(data_dir), bars.take_changed, None, shape=BARS)
+    minutes = publish_forever(bars_path(data_dir), bars.take_published, None, shape=BARS)
     return {
         "publish": asyncio.create_task(ticks, name="publish"),
         "publish-bars": asyncio.create_task(minutes, name="publish-bars"),

@@ -4,6 +4,7 @@ key entry, slot and counter of the table, whichever rows each one hands to the o
 
 from __future__ import annotations
 
+import struct
 import zlib
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ CAPACITY = 4  # small, so that keys past it are refused too
 
 
 class ReferencePublisher(LatestTickPublisher):
-    _write_slots = None
+    _write_slots = _write_bodies = None
 
 
 KEYS = ("NSE_FO|1", "NSE_EQ|INE009A01021", "NSE_INDEX|Nifty 50", "MCX_FO|9", "NSE_FO|5", "é" * 30)
@@ -87,6 +88,47 @@ def test_the_compiled_writer_leaves_the_reference_bytes(
     ):
         for rows in calls:
             assert compiled.publish(rows) == reference.publish(rows)
+            assert _state(compiled) == _state(reference)
+        assert compiled.counters() == reference.counters()
+
+
+def _packed(shape: Shape, rows: list[tuple]) -> tuple[list[str], bytes, list[tuple]]:
+    """The rows as a writer that keeps them in C hands them over: the last row of each key
+    packed (mask, columns), the rows it cannot pack left as they are."""
+    latest = {row[0]: row for row in rows}
+    keys, bodies, left = [], [], []
+    for key, row in latest.items():
+        mask = sum(1 << column for column, value in enumerate(row[1:]) if value is None)
+        values = [0 if value is None else value for value in row[1:]]
+        try:
+            bodies.append(shape.body.pack(mask, *values))
+        except struct.error:
+            left.append(row)
+        else:
+            keys.append(key)
+    return keys, b"".join(bodies), left
+
+
+@pytest.mark.parametrize("shape", [TICKS, BARS], ids=["ticks", "bars"])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_packed_bodies_leave_the_bytes_their_rows_do(
+    tmp_path_factory: pytest.TempPathFactory, shape: Shape, data: st.DataObject
+) -> None:
+    """A round handed over packed (`publish_packed`, the forming bars' way) leaves the table
+    as the same rows published by the reference do: the key entries, slots and counters."""
+    calls = data.draw(st.lists(st.lists(_rows(shape), max_size=12), min_size=1, max_size=4))
+    scratch = tmp_path_factory.mktemp("packed")
+    with (
+        LatestTickPublisher(scratch / "c.bin", CAPACITY, shape=shape) as compiled,
+        ReferencePublisher(scratch / "r.bin", CAPACITY, shape=shape) as reference,
+    ):
+        for rows in calls:
+            keys, bodies, left = _packed(shape, rows)
+            in_order = [row for row in {row[0]: row for row in rows}.values() if row[0] in keys]
+            assert compiled.publish_packed((keys, bodies, left)) == reference.publish(
+                in_order + left
+            )
             assert _state(compiled) == _state(reference)
         assert compiled.counters() == reference.counters()
 

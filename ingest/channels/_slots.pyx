@@ -137,6 +137,37 @@ cdef bint pack_row(tuple row, Py_ssize_t columns, const uint8_t* codes, uint8_t*
     return True
 
 
+cdef int store_body(uint8_t* base, Py_ssize_t size, object entry, const uint8_t* body,
+                    Py_ssize_t body_size) except -1:
+    """One packed body into its slot, as the reference stores it: 1; 0 where the entry is not
+    what the publisher keeps (`slots`' [layout, seq, seq word, body offset]), which then
+    leaves the row to the reference."""
+    cdef object seq_object
+    cdef long long seq, word, at
+    cdef uint32_t crc
+    cdef uint8_t* slot
+    if type(entry) is not list or PyList_GET_SIZE(entry) != 4:
+        return 0
+    seq_object = <object>PyList_GET_ITEM(entry, 1)
+    if not PyLong_CheckExact(seq_object):
+        return 0
+    seq = seq_object
+    word = <object>PyList_GET_ITEM(entry, 2)
+    at = <object>PyList_GET_ITEM(entry, 3)
+    if word < 0 or at != word * 8 + 12 or at + body_size > size:
+        return 0
+    crc = crc32_of(body, body_size)
+    slot = base + word * 8
+    # From the odd store to the even one, as the reference: seq, crc, body, seq + 1.
+    tv_store_relaxed(<unsigned long long*>slot, <unsigned long long>(seq + 1))
+    tv_fence_release()
+    memcpy(slot + 8, &crc, 4)
+    memcpy(slot + 12, body, body_size)
+    tv_store_release(<unsigned long long*>slot, <unsigned long long>(seq + 2))
+    (<list>entry)[1] = seq + 2
+    return 1
+
+
 def write_slots(
     uint8_t[::1] table, dict slots, list rows, Py_ssize_t start, bytes codes
 ) -> tuple:
@@ -154,13 +185,9 @@ def write_slots(
     cdef uint8_t body[4 + 8 * MAX_COLUMNS]
     cdef Py_ssize_t i = start
     cdef Py_ssize_t n = PyList_GET_SIZE(rows)
-    cdef Py_ssize_t written = 0
     cdef PyObject* found
-    cdef object row, entry, seq_object
-    cdef long long seq, word, at
-    cdef uint32_t crc
+    cdef object row
     cdef uint8_t* base = &table[0] if size else NULL
-    cdef uint8_t* slot
     if columns > MAX_COLUMNS:
         raise ValueError(f"{columns} columns: a slot holds at most {MAX_COLUMNS}")
     while i < n:
@@ -168,30 +195,33 @@ def write_slots(
         if not PyTuple_CheckExact(row) or PyTuple_GET_SIZE(row) != columns + 1:
             break
         found = PyDict_GetItem(slots, (<tuple>row)[0])
-        if found == NULL:
+        if found == NULL or not pack_row(<tuple>row, columns, code, body):
             break
-        entry = <object>found
-        if type(entry) is not list or PyList_GET_SIZE(entry) != 4:
+        if not store_body(base, size, <object>found, body, body_size):
             break
-        seq_object = <object>PyList_GET_ITEM(entry, 1)
-        if not PyLong_CheckExact(seq_object):
-            break
-        seq = seq_object
-        word = <object>PyList_GET_ITEM(entry, 2)
-        at = <object>PyList_GET_ITEM(entry, 3)
-        if word < 0 or at != word * 8 + 12 or at + body_size > size:
-            break
-        if not pack_row(<tuple>row, columns, code, body):
-            break
-        crc = crc32_of(body, body_size)
-        slot = base + word * 8
-        # From the odd store to the even one, as the reference: seq, crc, body, seq + 1.
-        tv_store_relaxed(<unsigned long long*>slot, <unsigned long long>(seq + 1))
-        tv_fence_release()
-        memcpy(slot + 8, &crc, 4)
-        memcpy(slot + 12, body, body_size)
-        tv_store_release(<unsigned long long*>slot, <unsigned long long>(seq + 2))
-        (<list>entry)[1] = seq + 2
-        written += 1
         i += 1
-    return i, written
+    return i, i - start
+
+
+def write_bodies(
+    uint8_t[::1] table, dict slots, list keys, const uint8_t[::1] bodies, Py_ssize_t start,
+    Py_ssize_t body_size
+) -> tuple:
+    """Write the bodies of keys[start:], packed already (`bodies` holds one per key, each
+    `body_size` bytes: the mask, then the columns), to their slots until a key has none yet
+    (its first row goes through the reference); returns (the index of that key, or
+    len(keys), how many were written)."""
+    cdef Py_ssize_t size = table.shape[0]
+    cdef Py_ssize_t i = start
+    cdef Py_ssize_t n = PyList_GET_SIZE(keys)
+    cdef PyObject* found
+    cdef uint8_t* base = &table[0] if size else NULL
+    if bodies.shape[0] != n * body_size:
+        raise ValueError(f"{bodies.shape[0]} bytes of bodies for {n} keys of {body_size}")
+    while i < n:
+        found = PyDict_GetItem(slots, <object>PyList_GET_ITEM(keys, i))
+        if found == NULL or not store_body(base, size, <object>found, &bodies[i * body_size],
+                                           body_size):
+            break
+        i += 1
+    return i, i - start

@@ -57,14 +57,20 @@ from ingest.channels.latest_table import (
 from store.tick_row import Tick
 
 try:
-    from ingest.channels._slots import write_slots
+    from ingest.channels._slots import write_bodies, write_slots
 except ImportError:  # not built: no C compiler at install time
-    write_slots = None
+    write_bodies = write_slots = None
     SLOTS_IMPLEMENTATION = "python"
 else:
     SLOTS_IMPLEMENTATION = "compiled"
 
 log = logging.getLogger(__name__)
+
+# The rows changed since the last round as a writer that keeps them in C hands them over (the
+# forming bars, ingest/_minute_bars.pyx): keys, their slot bodies packed one after another
+# (each the shape's `body`: the mask of None columns, then the columns), and the rows it left
+# for the publisher to pack.
+PackedRows = tuple[list[str], bytes, list[Tick]]
 
 
 class _Layout:
@@ -110,7 +116,8 @@ class LatestTickPublisher:
     ingest's event loop.
 
     Slots are written by the compiled writer where it is built (`SLOTS_IMPLEMENTATION`),
-    else by the reference; a subclass with `_write_slots = None` is the reference alone.
+    else by the reference; a subclass with `_write_slots = _write_bodies = None` is the
+    reference alone.
 
     A key longer than MAX_KEY_BYTES in UTF-8, a key past `capacity` and a tick whose values
     do not fit its columns are counted (in the header, `counters()`), logged once per key,
@@ -119,6 +126,9 @@ class LatestTickPublisher:
 
     _write_slots: Callable[..., tuple[int, int]] | None = (
         None if write_slots is None else staticmethod(write_slots)
+    )
+    _write_bodies: Callable[..., tuple[int, int]] | None = (
+        None if write_bodies is None else staticmethod(write_bodies)
     )
 
     def __init__(
@@ -201,27 +211,55 @@ class LatestTickPublisher:
 
     def publish(self, ticks: Iterable[Tick]) -> int:
         """Store each tick in its instrument's slot (a later tick of the same key wins);
-        returns how many were stored. Also beats the heartbeat.
+        returns how many were stored. Also beats the heartbeat."""
+        return self._published(self._store_rows(ticks if type(ticks) is list else list(ticks)))
 
-        The compiled writer (`_slots.pyx`), where it is built, writes the rows it can and
-        hands back the first one it leaves to the reference (`_publish_one`), so rows are
-        written in order whichever way each goes."""
-        rows = ticks if type(ticks) is list else list(ticks)
-        words = self._words
-        keys_before = len(self._slots)
-        write_slots = self._write_slots
+    def publish_packed(self, packed: PackedRows) -> int:
+        """`publish` for rows handed over packed (`PackedRows`): each body is copied to its
+        key's slot as it is; a key's first row (and each one, where the slot writer is not
+        built) goes through the reference, unpacked."""
+        keys, bodies, rows = packed
+        size = self.shape.body.size
+        stored = 0
+        at = 0
+        end = len(keys)
+        while at < end:
+            if self._write_bodies is not None:
+                at, written = self._write_bodies(self._mm, self._slots, keys, bodies, at, size)
+                stored += written
+                if at == end:
+                    break
+            stored += self._publish_one(self.shape.row(keys[at], bodies, at * size))
+            at += 1
+        return self._published(stored + self._store_rows(rows))
+
+    def _store_rows(self, rows: list[Tick]) -> int:
+        """The rows to their slots; how many were stored. The compiled writer (`_slots.pyx`),
+        where it is built, writes the rows it can and hands back the first one it leaves to
+        the reference (`_publish_one`), so rows are written in order whichever way each goes."""
         stored = 0
         at = 0
         end = len(rows)
         while at < end:
-            if write_slots is not None:
-                at, written = write_slots(self._mm, self._slots, rows, at, self._codes)
+            if self._write_slots is not None:
+                at, written = self._write_slots(self._mm, self._slots, rows, at, self._codes)
                 stored += written
                 if at == end:
                     break
             stored += self._publish_one(rows[at])
             at += 1
-        if len(self._slots) != keys_before:
+        return stored
+
+    def publish_changed(self, changed: Mapping[str, Tick] | PackedRows) -> int:
+        """The rows a `publish_forever` round takes: a mapping of key -> row, or packed."""
+        if isinstance(changed, tuple):
+            return self.publish_packed(changed)
+        return self.publish(changed.values())
+
+    def _published(self, stored: int) -> int:
+        """Count a round's stored rows and beat the heartbeat; `stored`."""
+        words = self._words
+        if len(self._slots) != words[W_KEY_COUNT]:
             words[W_KEY_COUNT] = len(self._slots)  # after the new keys' first ticks
         self.ticks_published += stored
         words[W_TICKS_PUBLISHED] = self.ticks_published
@@ -435,7 +473,7 @@ def publish_stopped(path: Path, because: str) -> None:
 
 async def publish_forever(
     path: Path,
-    take_changed: Callable[[], Mapping[str, Tick]],
+    take_changed: Callable[[], Mapping[str, Tick] | PackedRows],
     status: Callable[[], Any] | None,
     *,
     capacity: int = DEFAULT_CAPACITY,
@@ -451,7 +489,7 @@ async def publish_forever(
     try:
         next_status = 0.0
         while True:
-            publisher.publish(take_changed().values())
+            publisher.publish_changed(take_changed())
             now = time.monotonic()
             if status is not None and now >= next_status:
                 publisher.publish_status(status())

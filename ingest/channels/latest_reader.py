@@ -320,7 +320,7 @@ class LatestTickReader:
                     if seq == 0:
                         return None  # never written (a key is listed after its first tick)
                     if zlib.crc32(raw[4:]) == int.from_bytes(raw[:4], sys.byteorder):
-                        return _decode(shape, key, raw)
+                        return shape.row(key, raw, 4)
             self.retries += 1
             if attempt >= 100:  # spun enough: the writer may be off the CPU
                 if not deadline:
@@ -372,12 +372,3 @@ def _stopped_because(status: tuple[int, bytes] | None) -> str | None:
         return None  # a running ingest's last status: not parsed (megabytes, for a universe)
     because = json.loads(status[1]).get(STOPPED_BECAUSE)
     return str(because) if because else None
-
-
-def _decode(shape: Shape, key: str, raw: bytes) -> Tick:
-    mask, *values = shape.body.unpack_from(raw, 4)
-    if mask:
-        for column in range(shape.columns):
-            if mask >> column & 1:
-                values[column] = None
-    return (key, *values)

@@ -154,6 +154,15 @@ class Shape:
         signature = ",".join(f"{n}:{t}" for n, t in column_types.items())
         self.columns_crc = zlib.crc32(signature.encode())
 
+    def row(self, key: str, raw: bytes | memoryview, at: int = 0) -> Tick:
+        """The row whose slot body (`body`) starts at raw[at]: a None for each masked column."""
+        mask, *values = self.body.unpack_from(raw, at)
+        if mask:
+            for column in range(self.columns):
+                if mask >> column & 1:
+                    values[column] = None
+        return (key, *values)
+
 
 TICKS = Shape("tick", TICK_COLUMN_TYPES)
 BARS = Shape("bar", BAR_COLUMN_TYPES)
