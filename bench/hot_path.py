@@ -5,10 +5,10 @@ The end-to-end figure (`ingest_cpu_us_per_tick`, bench/ingest.py) moves by a fif
 run to the next on a shared machine; this one times the parts alone, in one process, so that
 what compiling each one bought is seen without the rest: the published tables' slot writes
 (latest ticks and forming bars: `LatestTickPublisher.publish` with the compiled slot writer
-and as the reference alone) and the forming bars' fold and rows (`MinuteBarHandler` and
-`PythonMinuteBarHandler`). The rows are the universe's shape: a few thousand instruments,
-each tick a new trade of its own instrument. The figure is the best of `--repeats`, which is
-what the code costs when nothing else takes the core.
+and as the reference alone) and the forming bars' fold and rows (`MinuteBarHandler`, whose
+rows are packed slot bodies, and `PythonMinuteBarHandler`). The rows are the universe's
+shape: a few thousand instruments, each tick a new trade of its own instrument. The figure is
+the best of `--repeats`, which is what the code costs when nothing else takes the core.
 """
 
 from __future__ import annotations
@@ -90,16 +90,16 @@ def measure(instruments: int, repeats: int) -> dict[str, object]:
                 for _ in range(repeats):
                     handler = handler_class()
                     handler.on_frame(0, first)
-                    publisher.publish(handler.take_changed().values())
+                    publisher.publish_changed(handler.take_published())
                     started = time.perf_counter()
                     handler.on_frame(1, ticks)
                     folds.append((time.perf_counter() - started) / len(ticks))
                     started = time.perf_counter()
-                    changed = handler.take_changed()
-                    rows.append((time.perf_counter() - started) / len(changed))
+                    changed = handler.take_published()  # the compiled one's packed
+                    rows.append((time.perf_counter() - started) / instruments)
                     started = time.perf_counter()
-                    publisher.publish(changed.values())
-                    publishes.append((time.perf_counter() - started) / len(changed))
+                    publisher.publish_changed(changed)
+                    publishes.append((time.perf_counter() - started) / instruments)
             result[f"bars_fold_tick_{name}_us"] = 1e6 * min(folds)
             result[f"bars_rows_row_{name}_us"] = 1e6 * min(rows)
             result[f"bars_publish_row_{name}_us"] = 1e6 * min(publishes)

@@ -67,7 +67,7 @@ def frame_path_us(frames: list[Frame], scratch: Path, writer_rows: int) -> dict[
             folded = clock()
             ticks_table.publish(cache.take_changed().values())
             published = clock()
-            bars_table.publish(bars.take_changed().values())
+            bars_table.publish_changed(bars.take_published())
             bars_published = clock()
             pending.extend(ticks)
             if len(pending) >= writer_rows:
