@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
-import mmap
 import os
 import struct
 import time
@@ -22,17 +20,11 @@ from typing import Any
 import orjson
 
 from ingest.channels.latest_table import (
-    BOM,
     DEFAULT_CAPACITY,
-    HEADER,
-    HEADER_SIZE,
     KEY_ENTRY,
     KEY_HEAD,
-    LAYOUT_VERSION,
-    MAGIC,
     MAX_KEY_BYTES,
     PUBLISH_INTERVAL_S,
-    RUNNING,
     STATUS_HEAD,
     STATUS_INTERVAL_S,
     STOPPED,
@@ -50,10 +42,9 @@ from ingest.channels.latest_table import (
     W_TICKS_REFUSED,
     PublisherBusy,
     Shape,
-    lock,
-    pid_namespace,
     sizes,
 )
+from ingest.channels.table_file import create_table
 from store.tick_row import Tick
 
 try:
@@ -147,42 +138,12 @@ class LatestTickPublisher:
         keys_at, slots_at, status_at, buffer, size = areas
         self.file_size = size
         self.start_token = uuid.uuid4().bytes
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock_path = self.path.with_suffix(".lock")
-        temporary = self.path.with_name(
-            f".{self.path.name}.{os.getpid()}.{self.start_token.hex()[:8]}.tmp"
+        self._mm, lock_fd = create_table(
+            self.path, self._lock_path, capacity, shape, self.start_token, areas
         )
-        fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        lock_fd = -1
-        try:
-            # The blocks now: a full disk fails here, not later as SIGBUS on a page write.
-            os.posix_fallocate(fd, 0, size)
-            self._mm = mmap.mmap(fd, size)
-            _pack_header(self._mm, capacity, shape, self.start_token, areas)
-            self._words = memoryview(self._mm).cast("Q")
-            self._halves = memoryview(self._mm).cast("I")
-            self._words[W_STATE] = RUNNING
-            self._words[W_HEARTBEAT_NS] = time.time_ns()
-            lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            try:
-                lock(lock_fd)
-            except OSError as error:
-                if error.errno not in (errno.EACCES, errno.EAGAIN):
-                    raise
-                raise PublisherBusy(
-                    f"another ingest publishes at {self.path} (it holds {self._lock_path})"
-                ) from None
-            os.replace(temporary, self.path)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                self._release()
-            if lock_fd >= 0:
-                os.close(lock_fd)
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                temporary.unlink()
-            raise
-        os.close(fd)  # the mapping keeps the file
+        self._words = memoryview(self._mm).cast("Q")
+        self._halves = memoryview(self._mm).cast("I")
         self._lock_fd = lock_fd
         self._keys_at = keys_at
         self._slots_at = slots_at
@@ -424,44 +385,6 @@ class LatestTickPublisher:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-def _pack_header(
-    mm: mmap.mmap,
-    capacity: int,
-    shape: Shape,
-    start_token: bytes,
-    areas: tuple[int, int, int, int, int],
-) -> None:
-    """The table's header, as every reader checks it (latest_table.HEADER): the layout, this
-    process and its start, then `areas` (what `sizes` gives: keys_at, slots_at, status_at,
-    the status buffer and the file's size)."""
-    keys_at, slots_at, status_at, buffer, size = areas
-    HEADER.pack_into(
-        mm,
-        0,
-        MAGIC,
-        LAYOUT_VERSION,
-        BOM,
-        HEADER_SIZE,
-        capacity,
-        shape.slot,
-        KEY_ENTRY,
-        MAX_KEY_BYTES,
-        shape.columns,
-        shape.columns_crc,
-        0,
-        os.getpid(),
-        pid_namespace(),
-        start_token,
-        time.time_ns(),
-        keys_at,
-        slots_at,
-        status_at,
-        buffer,
-        size,
-        0,
-    )
 
 
 def publish_stopped(path: Path, because: str) -> None:
