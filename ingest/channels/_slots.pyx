@@ -11,8 +11,9 @@ It takes the rows it can write exactly as the reference does and stops at the fi
 cannot say the same of (a new key, a row that is not a tuple of the shape's width, a value
 that is neither None nor an exact float or int, an int past int8): the publisher writes that
 row the reference way and calls again after it, so rows land in their order and every odd
-case keeps the reference's one rule. tests/test_published_slots.py holds the two to the same
-file bytes.
+case keeps the reference's one rule. `write_bodies` does the same for rows its caller packed
+already (the forming bars keep theirs as C numbers: ingest/_minute_bars.pyx), stopping at a
+key with no slot yet. tests/test_published_slots.py holds both to the reference's file bytes.
 
 The seqlock's order, which the reference gets from CPython executing its stores in turn, is
 kept here by the C11 builtins: the odd sequence (one 8-byte atomic store, as the reader
