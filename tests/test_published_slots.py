@@ -74,24 +74,6 @@ def _state(publisher: LatestTickPublisher) -> tuple[bytes, list[int]]:
     return bytes(mm[HEADER_SIZE : publisher._status_at]), words
 
 
-@pytest.mark.parametrize("shape", [TICKS, BARS], ids=["ticks", "bars"])
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=st.data())
-def test_the_compiled_writer_leaves_the_reference_bytes(
-    tmp_path_factory: pytest.TempPathFactory, shape: Shape, data: st.DataObject
-) -> None:
-    calls = data.draw(st.lists(st.lists(_rows(shape), max_size=12), min_size=1, max_size=4))
-    scratch = tmp_path_factory.mktemp("slots")
-    with (
-        LatestTickPublisher(scratch / "c.bin", CAPACITY, shape=shape) as compiled,
-        ReferencePublisher(scratch / "r.bin", CAPACITY, shape=shape) as reference,
-    ):
-        for rows in calls:
-            assert compiled.publish(rows) == reference.publish(rows)
-            assert _state(compiled) == _state(reference)
-        assert compiled.counters() == reference.counters()
-
-
 def _packed(shape: Shape, rows: list[tuple]) -> tuple[list[str], bytes, list[tuple]]:
     """The rows as a writer that keeps them in C hands them over: the last row of each key
     packed (mask, columns), the rows it cannot pack left as they are."""
@@ -109,26 +91,29 @@ def _packed(shape: Shape, rows: list[tuple]) -> tuple[list[str], bytes, list[tup
     return keys, b"".join(bodies), left
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["rows", "packed"])
 @pytest.mark.parametrize("shape", [TICKS, BARS], ids=["ticks", "bars"])
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
-def test_packed_bodies_leave_the_bytes_their_rows_do(
-    tmp_path_factory: pytest.TempPathFactory, shape: Shape, data: st.DataObject
+def test_the_compiled_writer_leaves_the_reference_bytes(
+    tmp_path_factory: pytest.TempPathFactory, shape: Shape, packed: bool, data: st.DataObject
 ) -> None:
-    """A round handed over packed (`publish_packed`, the forming bars' way) leaves the table
-    as the same rows published by the reference do: the key entries, slots and counters."""
+    """Rows handed over as rows (`publish`) or packed (`publish_packed`, the forming bars'
+    way) leave the key entries, slots and counters the reference leaves with the same rows."""
     calls = data.draw(st.lists(st.lists(_rows(shape), max_size=12), min_size=1, max_size=4))
-    scratch = tmp_path_factory.mktemp("packed")
+    scratch = tmp_path_factory.mktemp("slots")
     with (
         LatestTickPublisher(scratch / "c.bin", CAPACITY, shape=shape) as compiled,
         ReferencePublisher(scratch / "r.bin", CAPACITY, shape=shape) as reference,
     ):
         for rows in calls:
-            keys, bodies, left = _packed(shape, rows)
-            in_order = [row for row in {row[0]: row for row in rows}.values() if row[0] in keys]
-            assert compiled.publish_packed((keys, bodies, left)) == reference.publish(
-                in_order + left
-            )
+            if packed:
+                keys, _, left = handed = _packed(shape, rows)
+                latest = {row[0]: row for row in rows}
+                expected = [latest[key] for key in keys] + left
+                assert compiled.publish_packed(handed) == reference.publish(expected)
+            else:
+                assert compiled.publish(rows) == reference.publish(rows)
             assert _state(compiled) == _state(reference)
         assert compiled.counters() == reference.counters()
 
