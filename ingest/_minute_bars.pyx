@@ -197,11 +197,8 @@ cdef inline void put(tuple row, Py_ssize_t at, object value) noexcept:
 
 cdef void c_put_values(tuple row, Py_ssize_t at, Bar* bar, bint present) except *:
     """The reference's `_values(bar)` into row[at:at + 7], from C numbers."""
-    cdef Py_ssize_t i
     if not present:
-        put(row, at, 0)
-        for i in range(1, 7):
-            put(row, at + i, None)
+        put_values(row, at, None)
         return
     put(row, at, bar.bucket)
     put(row, at + 1, bar.open)
@@ -381,6 +378,15 @@ cdef class MinuteBars:
         self._python[key] = bars
         return bars
 
+    cdef tuple _python_row(self, object key):
+        """The published row of an instrument whose bars are Python objects."""
+        cdef list bars = self._python[key]
+        cdef tuple row = PyTuple_New(15)
+        put(row, 0, key)
+        put_values(row, 1, bars[0])
+        put_values(row, 8, bars[1])
+        return row
+
     def on_frame(self, seq: int, list ticks) -> None:
         """Each tick into its instrument's forming bar (or the one before it, for a late
         tick): the reference's `_fold_ticks`."""
@@ -461,18 +467,15 @@ cdef class MinuteBars:
         cdef Py_ssize_t n
         cdef Pair* pair
         cdef tuple row
-        cdef list bars
         for n in range(self._changed_count):
             pair = &self._pairs[self._changed[n]]
             pair.changed = False
             key = self._keys[self._changed[n]]
-            row = PyTuple_New(15)
-            put(row, 0, key)
             if pair.in_python:
-                bars = self._python[key]
-                put_values(row, 1, bars[0])
-                put_values(row, 8, bars[1])
+                row = self._python_row(key)
             else:
+                row = PyTuple_New(15)
+                put(row, 0, key)
                 c_put_values(row, 1, &pair.forming, True)
                 c_put_values(row, 8, &pair.previous, pair.has_previous)
             rows[key] = row
@@ -490,18 +493,12 @@ cdef class MinuteBars:
         cdef uint32_t mask
         cdef bytes bodies = PyBytes_FromStringAndSize(NULL, self._changed_count * BODY_SIZE)
         cdef uint8_t* body = <uint8_t*>PyBytes_AS_STRING(bodies)
-        cdef list bars
         for n in range(self._changed_count):
             pair = &self._pairs[self._changed[n]]
             pair.changed = False
             key = self._keys[self._changed[n]]
             if pair.in_python:
-                bars = self._python[key]
-                row = PyTuple_New(15)
-                put(row, 0, key)
-                put_values(row, 1, bars[0])
-                put_values(row, 8, bars[1])
-                rows.append(row)
+                rows.append(self._python_row(key))
                 continue
             mask = 0
             pack_values(body + 4, &mask, 0, &pair.forming, True)
