@@ -337,15 +337,19 @@ cdef class MinuteBars:
         free(self._pairs)
         free(self._changed)
 
-    cdef Pair* _pair_of(self, object key, Py_ssize_t* index) except NULL:
-        """The key's pair, added (zeroed: no bars yet, so `index` comes back negated - 1)
-        the first time."""
+    cdef inline Pair* _find(self, object key, Py_ssize_t* index) noexcept:
+        """The key's pair and its index, or NULL before its first bar."""
         cdef PyObject* found = PyDict_GetItem(self._index, key)
+        if found == NULL:
+            return NULL
+        index[0] = PyLong_AsSsize_t(<object>found)
+        return &self._pairs[index[0]]
+
+    cdef Pair* _add(self, object key, Py_ssize_t* index) except NULL:
+        """A new pair for the key, zeroed, and its index: called once its first bar is made,
+        so that a tick the reference refuses with an exception leaves no trace here either."""
         cdef Py_ssize_t capacity
         cdef void* grown
-        if found != NULL:
-            index[0] = PyLong_AsSsize_t(<object>found)
-            return &self._pairs[index[0]]
         if self._count == self._capacity:
             capacity = max(64, 2 * self._capacity)
             grown = realloc(self._pairs, capacity * sizeof(Pair))
@@ -360,9 +364,9 @@ cdef class MinuteBars:
         PyDict_SetItem(self._index, key, self._count)
         self._keys.append(key)
         memset(&self._pairs[self._count], 0, sizeof(Pair))
-        index[0] = -self._count - 1
+        index[0] = self._count
         self._count += 1
-        return &self._pairs[self._count - 1]
+        return &self._pairs[index[0]]
 
     cdef inline void _mark(self, Pair* pair, Py_ssize_t index) noexcept:
         if not pair.changed:
@@ -397,17 +401,20 @@ cdef class MinuteBars:
         cdef int64_t ts = 0, delta = 0, bucket
         cdef double ltp = 0.0
         cdef bint has_delta = False, fast
+        cdef list bars
         for tick in ticks:
             key = tick[T_KEY]
-            pair = self._pair_of(key, &index)
+            pair = self._find(key, &index)
             fast = c_values(tick, &ts, &ltp, &delta, &has_delta)
-            if index < 0:  # the key's first tick
-                index = -index - 1
+            if pair == NULL:  # the key's first tick
                 if fast:
+                    pair = self._add(key, &index)
                     c_new(&pair.forming, floor_minute(ts), ts, ltp, delta, has_delta)
                 else:
+                    bars = [new_bar(bucket_of(tick[T_TS]), tick), None]
+                    pair = self._add(key, &index)
                     pair.in_python = True
-                    self._python[key] = [new_bar(bucket_of(tick[T_TS]), tick), None]
+                    self._python[key] = bars
             elif fast and not pair.in_python:
                 bucket = floor_minute(ts)
                 if bucket == pair.forming.bucket:
@@ -440,10 +447,10 @@ cdef class MinuteBars:
         for row in rows:
             key = row[0]
             values = list(row[1:])
-            pair = self._pair_of(key, &index)
-            fresh = index < 0
+            pair = self._find(key, &index)
+            fresh = pair == NULL
             if fresh:
-                index = -index - 1
+                pair = self._add(key, &index)
             if not pair.in_python and c_from_list(values, &bar):
                 if not fresh:
                     pair.previous = pair.forming

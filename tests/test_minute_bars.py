@@ -219,3 +219,16 @@ def test_bars_past_what_c_numbers_hold_are_pythons(tmp_path: Path) -> None:
         # The publisher's own rule for a row whose value fits no int8 column: counted, left out.
         assert table.publish_changed(bars.take_published()) == 0
         assert table.counters()["ticks_refused"] == 1
+
+
+def test_a_tick_the_fold_refuses_leaves_no_bar_behind() -> None:
+    """A tick whose time is not a number raises in either fold, and neither keeps anything of
+    it: the instrument's next good tick opens its bar as if the bad one never came."""
+    good = _as_tick((KEYS[0], START, 1500.5, 3))
+    bad = (KEYS[0], "yesterday", *good[2:])
+    for handler in (MinuteBarHandler(), PythonMinuteBarHandler()):
+        with pytest.raises(TypeError):
+            handler.on_frame(1, [bad])
+        assert handler.bars == {}
+        handler.on_frame(2, [good])
+        assert handler.take_changed()[KEYS[0]][5:8] == (1500.5, 3, 1)
