@@ -138,10 +138,7 @@ class LatestTickPublisher:
         keys_at, slots_at, status_at, buffer, size = areas
         self.file_size = size
         self.start_token = uuid.uuid4().bytes
-        self._lock_path = self.path.with_suffix(".lock")
-        self._mm, lock_fd = create_table(
-            self.path, self._lock_path, capacity, shape, self.start_token, areas
-        )
+        self._mm, lock_fd = create_table(self.path, capacity, shape, self.start_token, areas)
         self._words = memoryview(self._mm).cast("Q")
         self._halves = memoryview(self._mm).cast("I")
         self._lock_fd = lock_fd

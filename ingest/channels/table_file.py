@@ -35,16 +35,17 @@ from ingest.channels.latest_table import (
 
 def create_table(
     path: Path,
-    lock_path: Path,
     capacity: int,
     shape: Shape,
     start_token: bytes,
     areas: tuple[int, int, int, int, int],
 ) -> tuple[mmap.mmap, int]:
     """The table at `path` for `capacity` instruments of `shape`, `areas` as `sizes` gives
-    them: (its mapping, the descriptor holding `lock_path`'s lock). Raises PublisherBusy
-    while another ingest holds that lock, and then leaves nothing behind."""
+    them: (its mapping, the descriptor holding the lock of `path` with the suffix .lock, which
+    readers test). Raises PublisherBusy while another ingest holds that lock, and then leaves
+    nothing behind."""
     size = areas[-1]
+    lock_path = path.with_suffix(".lock")
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
