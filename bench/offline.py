@@ -260,7 +260,9 @@ def sustained_raw_copy(server: DbServer, frames: list[Frame], seconds: float) ->
     again and again, their times moved on by the recording's span each round, so that the
     chunk grows as a ceiling window's does (millions of rows) rather than holding the 61k
     rows `compare_writers` writes into an empty table. A thread shifts the next batch while
-    this one is COPYed, as the ingest's writer has its batch ready."""
+    this one is COPYed, as the ingest's writer has its batch ready. Its `timeline` is
+    [s since the start, rows committed] after each commit: whether the database's own rate
+    falls as the chunk grows, which the ceiling's slowest slice is measured against."""
     ticks = decode_all(frames)
     ts = TIME_COLUMNS[0]
     span = max(t[ts] for t in ticks) - min(t[ts] for t in ticks) + 1_000_000
@@ -277,10 +279,12 @@ def sustained_raw_copy(server: DbServer, frames: list[Frame], seconds: float) ->
 
     url = server.create_database("bench_sustained")
     shifter = threading.Thread(target=shift, daemon=True)
+    timeline: list[list[float]] = []
     try:
         with psycopg.connect(url) as conn:
             shifter.start()
-            deadline = time.perf_counter() + seconds
+            started = time.perf_counter()
+            deadline = started + seconds
 
             def work() -> int:
                 written = 0
@@ -290,6 +294,7 @@ def sustained_raw_copy(server: DbServer, frames: list[Frame], seconds: float) ->
                         copy_ticks(cur, batch)
                     conn.commit()
                     written += len(batch)
+                    timeline.append([round(time.perf_counter() - started, 3), written])
                 return written
 
             result = _timed(server.postmaster_pid, work)
@@ -300,7 +305,11 @@ def sustained_raw_copy(server: DbServer, frames: list[Frame], seconds: float) ->
                 batches.get_nowait()
             shifter.join(0.05)
         server.drop_database(url)
-    return {"seconds": seconds, **{key: round(value, 2) for key, value in result.items()}}
+    return {
+        "seconds": seconds,
+        **{key: round(value, 2) for key, value in result.items()},
+        "timeline": timeline,
+    }
 
 
 def hot_path_costs(frames: list[Frame], repeats: int) -> dict[str, float]:

@@ -255,13 +255,16 @@ def _us_per_tick(run: dict[str, Any]) -> dict[str, float]:
     return {k: v * 1e6 / rate for k, v in run["cpu_cores"].items() if k != "machine"}
 
 
-def slice_rates(timeline: list[list[float]], slice_s: float = OVERLOAD_SLICE_S) -> list[float]:
-    """Committed ticks/s of each whole `slice_s` of a run's timeline (samples of
-    [s into the window, decoded, committed, queue rows], about a second apart)."""
+def slice_rates(
+    timeline: list[list[float]], column: int, slice_s: float = OVERLOAD_SLICE_S
+) -> list[float]:
+    """Rows/s of each whole `slice_s` of a timeline whose samples are [s into the window, ...]
+    with a running count of rows in `column`: a ceiling run's [s, decoded, committed, queue
+    rows] about a second apart, or the sustained raw COPY's [s, committed] at each commit."""
     rates, start = [], timeline[0] if timeline else None
     for point in timeline[1:]:
         if start is not None and point[0] - start[0] >= slice_s - 0.5:
-            rates.append((point[2] - start[2]) / (point[0] - start[0]))
+            rates.append((point[column] - start[column]) / (point[0] - start[0]))
             start = point
     return rates
 
@@ -288,7 +291,7 @@ def overload(results: dict[str, Any]) -> dict[str, float | None]:
     if ceiling is None:
         return dict.fromkeys(OVERLOAD_KEYS)
     rate = ceiling["committed_per_s"]
-    slices = slice_rates(ceiling["timeline"])
+    slices = slice_rates(ceiling["timeline"], column=2)
     journal = results["ceiling_journal"]
     values = (
         rate,
@@ -348,8 +351,9 @@ def table(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                 f"  raw COPY sustained {results['raw_copy_sustained']['seconds']:g} s, one"
                 " connection (not 61k rows into an empty table)",
                 f"{_n(results['raw_copy_sustained']['rows_per_s'])} rows/s, server"
-                f" {results['raw_copy_sustained']['server_us_per_row']} us/row; the ceiling is"
-                f" {_over_sustained(results)} of it",
+                f" {results['raw_copy_sustained']['server_us_per_row']} us/row, its slowest"
+                f" {OVERLOAD_SLICE_S:g} s {_sustained_worst_slice(results)} of that; the ceiling"
+                f" is {_over_sustained(results)} of it",
                 "report",
             ),
             (
@@ -582,6 +586,7 @@ def summary(results: dict[str, Any]) -> dict[str, float | None]:
     return {
         "raw_copy_rows_per_s": _dig(results, "offline", "writers", "raw_copy", "rows_per_s"),
         "raw_copy_sustained_rows_per_s": _dig(results, "raw_copy_sustained", "rows_per_s"),
+        "raw_copy_sustained_worst_slice": _sustained_worst_slice(results),
         "e2e_replay_ticks_per_s": _dig(results, "replay", "committed_per_s"),
         "e2e_simulator_ticks_per_s": _dig(results, "throughput", "committed_per_s"),
         "ingest_cpu_us_per_tick": None
@@ -618,6 +623,17 @@ def _over_sustained(results: dict[str, Any]) -> float | None:
     rate = _dig(results, "ceiling", "committed_per_s")
     sustained = _dig(results, "raw_copy_sustained", "rows_per_s")
     return round(rate / sustained, 3) if rate and sustained else None
+
+
+def _sustained_worst_slice(results: dict[str, Any]) -> float | None:
+    """The sustained raw COPY's slowest slice against its whole run, as the ceiling's
+    `e2e_overload_worst_slice_over_ceiling` is taken: how much of that figure the database
+    shows with no ingest in front of it."""
+    sustained = results.get("raw_copy_sustained")
+    if sustained is None:
+        return None
+    slices = slice_rates(sustained["timeline"], column=1)
+    return round(min(slices) / sustained["rows_per_s"], 3) if slices else None
 
 
 def print_table(rows: list[tuple[str, str, str]]) -> None:
