@@ -269,6 +269,13 @@ def slice_rates(
     return rates
 
 
+def worst_slice(timeline: list[list[float]], column: int, rate: float) -> float | None:
+    """The slowest whole slice of a timeline against `rate`, its whole run's mean: how far
+    the run sags below where it levels off (None for a run shorter than a slice)."""
+    slices = slice_rates(timeline, column)
+    return round(min(slices) / rate, 3) if slices and rate else None
+
+
 OVERLOAD_KEYS = (
     "e2e_ceiling_ticks_per_s",
     "e2e_ceiling_over_raw_copy",
@@ -291,14 +298,13 @@ def overload(results: dict[str, Any]) -> dict[str, float | None]:
     if ceiling is None:
         return dict.fromkeys(OVERLOAD_KEYS)
     rate = ceiling["committed_per_s"]
-    slices = slice_rates(ceiling["timeline"], column=2)
     journal = results["ceiling_journal"]
     values = (
         rate,
         round(rate / results["offline"]["writers"]["raw_copy"]["rows_per_s"], 3),
         ceiling["offered_per_s"],
         ceiling["sent_per_s"],
-        round(min(slices) / rate, 3) if slices and rate else None,
+        worst_slice(ceiling["timeline"], column=2, rate=rate),
         ceiling["vm_hwm_mib"],
         _lost(ceiling["ledger"]),
         journal["committed_per_s"],
@@ -632,8 +638,7 @@ def _sustained_worst_slice(results: dict[str, Any]) -> float | None:
     sustained = results.get("raw_copy_sustained")
     if sustained is None:
         return None
-    slices = slice_rates(sustained["timeline"], column=1)
-    return round(min(slices) / sustained["rows_per_s"], 3) if slices else None
+    return worst_slice(sustained["timeline"], column=1, rate=sustained["rows_per_s"])
 
 
 def print_table(rows: list[tuple[str, str, str]]) -> None:
