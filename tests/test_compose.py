@@ -39,6 +39,7 @@ from ingest.service import WebSocketService
 from ingest.status import BarsStatus, IngestStatus
 from store.bars import refresh_bars
 from store.instruments import default_sample_path, load_instruments
+from store.local.cluster import BACKGROUND_WRITER
 from tests.command import TickvaultCommand
 from tests.conftest import REPO, DbServer
 
@@ -382,13 +383,22 @@ def test_every_container_starts_through_the_refusal(compose: dict[str, Any]) -> 
     shell, script, entrypoint = db["entrypoint"]
     assert (shell, entrypoint) == ("sh", "docker-entrypoint.sh")
     assert f"./deploy/refuse-placeholders.sh:{script}:ro" in db["volumes"]
-    assert db["command"] == ["postgres"], "an entrypoint set in compose drops the image's CMD"
+    assert db["command"][0] == "postgres", "an entrypoint set in compose drops the image's CMD"
 
     text = DOCKERFILE.read_text()
     assert 'ENTRYPOINT ["sh", "/app/deploy/refuse-placeholders.sh"]' in text
     assert re.search(r"^COPY deploy deploy$", text, re.MULTILINE)
     for name in ("migrate", "ingest", "api", "jupyter"):
         assert "entrypoint" not in services[name], f"{name} would skip the image's refusal"
+
+
+def test_production_database_cleans_ahead_as_the_benchmarked_one(compose: dict[str, Any]) -> None:
+    """BENCHMARKS.md measures the embedded store's settings: production's background writer
+    must be the one measured, not PostgreSQL's default of 500 pages a second."""
+    flags = compose["services"]["db"]["command"][1:]
+    assert flags[::2] == ["-c"] * (len(flags) // 2), flags
+    given = dict(flag.split("=", 1) for flag in flags[1::2])
+    assert given == {name: value.strip("'") for name, value in BACKGROUND_WRITER.items()}
 
 
 def test_every_compose_variable_is_in_env_example() -> None:

@@ -115,6 +115,16 @@ def test_url_reaches_the_database(local: Cli) -> None:
         assert conn.execute("SELECT current_database()").fetchone() == ("tickvault",)
 
 
+def test_the_embedded_store_runs_with_the_ingest_settings(local: Cli) -> None:
+    """What an operator checks with SHOW: the buffer pool BENCHMARKS.md sizes its runs to, and
+    a background writer that cleans ahead of the COPY (PostgreSQL's default is 200ms/100)."""
+    local.ok("db", "start")
+    names = ("shared_buffers", "bgwriter_delay", "bgwriter_lru_maxpages", "bgwriter_lru_multiplier")
+    with psycopg.connect(local.url()) as conn:
+        shown = [conn.execute(f"SHOW {name}").fetchone()[0] for name in names]
+    assert shown == ["512MB", "10ms", "1000", "4"]
+
+
 def test_tcp_url_works_and_needs_its_password(local: Cli) -> None:
     local.ok("db", "start")
     url = local.url("--tcp", "--show-password")

@@ -28,6 +28,16 @@ SUPERUSER = "tickvault"
 
 # Sized for sustained COPY ingest on a small machine: big enough WAL to keep checkpoints
 # rare, and TimescaleDB's background workers for its policies (Community) or nothing (Apache).
+# Once the open chunk outgrows shared_buffers, each new page needs a dirty one written out;
+# the background writer's defaults clean at most 500 pages a second, so the COPY backends
+# wrote the rest themselves, in their commits' path. Cleaning ahead up to 100,000 pages a
+# second (also docker-compose.yml's) raised the ceiling's slowest 10 s in 5 of 6 alternated
+# pairs and its rate in 5 of 6 (BENCHMARKS.md, 2026-12-07 18:56).
+BACKGROUND_WRITER = {
+    "bgwriter_delay": "'10ms'",
+    "bgwriter_lru_maxpages": "1000",
+    "bgwriter_lru_multiplier": "4.0",
+}
 INGEST_SETTINGS = {
     "shared_preload_libraries": "'timescaledb'",
     "shared_buffers": "'512MB'",
@@ -38,6 +48,7 @@ INGEST_SETTINGS = {
     "min_wal_size": "'512MB'",
     "checkpoint_timeout": "'15min'",
     "checkpoint_completion_target": "0.9",
+    **BACKGROUND_WRITER,
     "max_connections": "100",
     "max_worker_processes": "16",
     "timescaledb.max_background_workers": "8",
