@@ -31,8 +31,8 @@ SUPERUSER = "tickvault"
 # Once the open chunk outgrows shared_buffers, each new page needs a dirty one written out;
 # the background writer's defaults clean at most 500 pages a second, so the COPY backends
 # wrote the rest themselves, in their commits' path. Cleaning ahead up to 100,000 pages a
-# second (also docker-compose.yml's) raised the ceiling's slowest 10 s in 5 of 6 alternated
-# pairs and its rate in 5 of 6 (BENCHMARKS.md, 2026-12-07 18:56).
+# second (also docker-compose.yml's) raised the ceiling in 8 of 10 alternated pairs on the two
+# editions, and its slowest 10 s in 5 of 6 on Community (BENCHMARKS.md, 2026-12-07 18:56).
 BACKGROUND_WRITER = {
     "bgwriter_delay": "'10ms'",
     "bgwriter_lru_maxpages": "1000",
