@@ -25,6 +25,8 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import Row
 from psycopg_pool import ConnectionPool
 
+from store.pool_check import check_quietly
+
 log = logging.getLogger(__name__)
 
 STATEMENT_TIMEOUT_MS = 5000
@@ -79,6 +81,6 @@ def read_pool(database_url: str, max_size: int = 8) -> ConnectionPool:
         open=False,
         timeout=CONNECTION_WAIT_S,
         kwargs={"autocommit": True, "cursor_factory": RetryingCursor},
-        check=ConnectionPool.check_connection,
+        check=check_quietly,
         name="tickvault-api",
     )

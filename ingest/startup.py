@@ -49,6 +49,7 @@ from ingest.tokens import TokenKeeper
 from ingest.writer import TickDataHandler
 from store.editions import Edition, server_edition
 from store.instruments import instrument_records
+from store.pool_check import check_quietly
 from store.signals import signal_progress
 from store.tick_row import Tick
 
@@ -68,7 +69,7 @@ def ingest_pool(database_url: str, retry_max_s: float) -> ConnectionPool:
         open=False,
         timeout=5,
         reconnect_timeout=retry_max_s,
-        check=ConnectionPool.check_connection,
+        check=check_quietly,
         name="tickvault-ingest",
     )
 
