@@ -26,7 +26,11 @@ from psycopg_pool import ConnectionPool
 
 
 def check_quietly(conn: Connection[Any]) -> None:
-    """Raise if `conn` is not usable; a round trip only when its socket is not silent."""
-    readable, _, _ = select.select([conn.fileno()], [], [], 0)
-    if readable:
+    """Raise if `conn` is not usable; a round trip only when its socket is not silent.
+
+    `poll`, not `select`: a process serving many sockets (the push stream's clients) can
+    hold descriptors past select's limit of 1024."""
+    probe = select.poll()
+    probe.register(conn.fileno(), select.POLLIN)
+    if probe.poll(0):
         ConnectionPool.check_connection(conn)

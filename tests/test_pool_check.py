@@ -4,8 +4,11 @@ the server has only spoken to is checked and handed out working."""
 
 from __future__ import annotations
 
+import os
+import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -90,3 +93,30 @@ def test_a_session_the_server_spoke_to_is_checked_and_handed_out_working(db_url:
             assert conn.info.backend_pid == pid
             assert _last_statement(db_url, pid) == ""  # the full check ran
             assert conn.execute("SELECT 2").fetchone() == (2,)
+
+
+@contextmanager
+def _descriptors_past(number: int) -> Iterator[None]:
+    """Hold open files until the next descriptor is past `number`."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = number + 100
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        pytest.skip(f"the hard limit of open files ({hard}) is below {wanted}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(number)]
+    try:
+        yield
+    finally:
+        for descriptor in held:
+            os.close(descriptor)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_connection_past_selects_descriptor_limit_is_checked(db_url: str) -> None:
+    """A process with many sockets (the push stream's clients) has descriptors past 1024,
+    where `select` refuses to look: the check must still hand the connection out."""
+    with _descriptors_past(1024), _pool(db_url, check_quietly) as pool:
+        pid = _backend_pid(pool)
+        with pool.connection() as conn:
+            assert conn.fileno() > 1024
+            assert conn.info.backend_pid == pid
