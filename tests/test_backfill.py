@@ -15,6 +15,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import date, datetime, timedelta
@@ -284,6 +285,22 @@ def uncovered_minutes(url: str, minutes: Iterable[datetime]) -> set[datetime]:
     return {m for m in minutes if not any(a <= m and m + MINUTE <= b for a, b in spans)}
 
 
+def sessions_of(url: str) -> int:
+    """Sessions the database has had (`pg_stat_database`), this one's included, once those
+    that ended have reported: a closed connection's backend reports as it exits, and this
+    one as it first goes idle."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        counts = []
+        while len(counts) < 3 or len(set(counts[-3:])) > 1:  # the same count three times
+            counts.append(
+                conn.execute(
+                    "SELECT sessions FROM pg_stat_database WHERE datname = current_database()"
+                ).fetchone()[0]
+            )
+            time.sleep(0.5)
+    return counts[-1]
+
+
 def five_minute_volumes(url: str, key: str, start: datetime, end: datetime) -> dict[datetime, int]:
     with psycopg.connect(url) as conn:
         rows = conn.execute(
@@ -353,9 +370,15 @@ async def stop_and_restart(clock: FeedClock, urls: dict[str, str], root: Path) -
             await clock.sleep_until(until + timedelta(seconds=2))
             today = until.astimezone(IST).date()
             for url in urls.values():
+                sessions_before = sessions_of(url)
                 report = await backfill_day(
                     url, simulator.url, "backfill-test-token", today, until=until
                 )
+                # One connection to find the gaps, one to store every instrument's candles:
+                # not one per instrument, which at Upstox's 50 candle requests a second was
+                # as many new backends.
+                assert len(keys) > 2
+                assert sessions_of(url) - sessions_before - 1 <= 2  # less this count's own
                 # Each candle counted is of a gap minute left to fill, and filled: the stop's,
                 # the unheard one, the restart's, the last stop's (and the first start's,
                 # unless the service's own backfill filled it already). A minute subscribed

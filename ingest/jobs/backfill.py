@@ -20,6 +20,7 @@ from datetime import date, datetime
 from typing import Any
 
 import psycopg
+from psycopg_pool import ConnectionPool
 
 from core.ist import IST
 from ingest.tokens import UpstoxAccess
@@ -34,8 +35,13 @@ from store.backfill import MinuteBar, backfilled_minutes, store_minute_bars
 from store.calendar import trading_sessions
 from store.coverage import Gap, gaps_of_day
 from store.instruments import resolve_symbols
+from store.pool_check import check_quietly
 
 log = logging.getLogger(__name__)
+
+# How long a store waits for the run's connection, the database being down, before the run
+# fails (it is retried at the next reconnect, or by running `tickvault backfill` again).
+STORE_WAIT_S = 10.0
 
 
 class UnknownSymbols(ValueError):
@@ -90,11 +96,14 @@ async def backfill_day(
     open_gaps = await asyncio.to_thread(_open_gaps, database_url, day, symbols, ending_after, until)
     if not open_gaps:
         return BackfillReport(day, ())
-    async with CandleClient(api_base, token, limits=limits) as client:
+    async with (
+        CandleClient(api_base, token, limits=limits) as client,
+        _CandleStore(database_url) as store,
+    ):
         try:
             async with asyncio.TaskGroup() as group:
                 tasks = [
-                    group.create_task(_fill(database_url, client, day, key, gaps))
+                    group.create_task(_fill(store, client, day, key, gaps))
                     for key, gaps in open_gaps.items()
                 ]
         except* CandleAuthError as refused:
@@ -126,7 +135,7 @@ def _open_gaps(
 
 
 async def _fill(
-    database_url: str, client: CandleClient, day: date, key: str, gaps: list[Gap]
+    store: _CandleStore, client: CandleClient, day: date, key: str, gaps: list[Gap]
 ) -> InstrumentFill:
     missing = sum(gap.fillable for gap in gaps)
     symbol = gaps[0].symbol
@@ -141,15 +150,49 @@ async def _fill(
         for c in candles
         if any(gap.start <= c.start < gap.end for gap in gaps)
     ]
-    candles, filled = await asyncio.to_thread(_store, database_url, key, bars)
+    candles, filled = await store.store(key, bars)
     return InstrumentFill(key, symbol, missing, candles, filled)
 
 
-def _store(database_url: str, key: str, bars: list[MinuteBar]) -> tuple[int, int]:
-    """(candles of minutes not shown from backfill before, minutes stored new or changed)."""
-    with psycopg.connect(database_url) as conn:
-        shown = backfilled_minutes(conn, key, [bar.bucket for bar in bars])
-        return sum(bar.bucket not in shown for bar in bars), store_minute_bars(conn, key, bars)
+class _CandleStore:
+    """Where one run's candles go: one connection for the whole run, one instrument at a time.
+
+    A connection of its own for each instrument cost the database a new backend each time,
+    up to 50 a second at Upstox's rate limit, for a run over thousands of instruments that
+    lasts the better part of an hour; and the stores, each in a thread of the default
+    executor, could take every one of its threads from the writer, which shares them. The
+    pool checks its connection before each store and opens another if the server dropped
+    it, so a run outlives a restart of the database that is over within `STORE_WAIT_S`."""
+
+    def __init__(self, database_url: str) -> None:
+        self._pool = ConnectionPool(
+            database_url,
+            min_size=1,
+            max_size=1,
+            open=False,
+            timeout=STORE_WAIT_S,
+            check=check_quietly,
+            name="tickvault-backfill",
+        )
+        self._turn = asyncio.Lock()
+
+    async def __aenter__(self) -> _CandleStore:
+        self._pool.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await asyncio.to_thread(self._pool.close)
+
+    async def store(self, key: str, bars: list[MinuteBar]) -> tuple[int, int]:
+        """(candles of minutes not shown from backfill before, minutes stored new or
+        changed)."""
+        async with self._turn:
+            return await asyncio.to_thread(self._store, key, bars)
+
+    def _store(self, key: str, bars: list[MinuteBar]) -> tuple[int, int]:
+        with self._pool.connection() as conn:
+            shown = backfilled_minutes(conn, key, [bar.bucket for bar in bars])
+            return sum(bar.bucket not in shown for bar in bars), store_minute_bars(conn, key, bars)
 
 
 class AutoBackfill:
