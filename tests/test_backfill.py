@@ -289,15 +289,16 @@ def sessions_of(url: str) -> int:
     """Sessions the database has had (`pg_stat_database`), this one's included, once those
     that ended have reported: a closed connection's backend reports as it exits, and this
     one as it first goes idle."""
+    counts: list[int] = []
     with psycopg.connect(url, autocommit=True) as conn:
-        counts = []
-        while len(counts) < 3 or len(set(counts[-3:])) > 1:  # the same count three times
+        while len(counts) < 20 and (len(counts) < 3 or len(set(counts[-3:])) > 1):
             counts.append(
                 conn.execute(
                     "SELECT sessions FROM pg_stat_database WHERE datname = current_database()"
                 ).fetchone()[0]
             )
             time.sleep(0.5)
+    assert len(set(counts[-3:])) == 1, f"the count did not settle: {counts}"
     return counts[-1]
 
 
