@@ -24,6 +24,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from core.config import Settings
 from core.ist import IST
@@ -371,6 +372,14 @@ async def stop_and_restart(clock: FeedClock, urls: dict[str, str], root: Path) -
             await clock.sleep_until(until + timedelta(seconds=2))
             today = until.astimezone(IST).date()
             for url in urls.values():
+                # A database that refuses the stores fails the run with its own error, as one
+                # that refuses the search for gaps does (not wrapped in an ExceptionGroup,
+                # which the ingest's backfill and the CLI would not recognise), storing nothing.
+                read_only = make_conninfo(url, options="-c default_transaction_read_only=on")
+                with pytest.raises(psycopg.errors.ReadOnlySqlTransaction, match="INSERT"):
+                    await backfill_day(
+                        read_only, simulator.url, "backfill-test-token", today, until=until
+                    )
                 sessions_before = sessions_of(url)
                 report = await backfill_day(
                     url, simulator.url, "backfill-test-token", today, until=until

@@ -108,6 +108,8 @@ async def backfill_day(
                 ]
         except* CandleAuthError as refused:
             raise refused.exceptions[0] from None
+        except* psycopg.Error as failed:  # the database: its callers handle psycopg's errors
+            raise failed.exceptions[0] from None
     return BackfillReport(day, tuple(task.result() for task in tasks))
 
 
