@@ -71,8 +71,7 @@ def test_without_a_check_the_ended_session_reaches_the_caller(db_url: str) -> No
     """What the check is for: the same ended session, handed out unchecked, fails the
     caller's first statement."""
     with _pool(db_url, None) as pool:
-        _terminate(db_url, _backend_pid(pool))
-        time.sleep(0.2)  # the backend's goodbye reaches the socket
+        _terminate(db_url, _backend_pid(pool))  # returns once the backend has exited
         with pytest.raises(psycopg.OperationalError), pool.connection() as conn:
             conn.execute("SELECT 1")
 
