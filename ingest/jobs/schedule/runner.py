@@ -152,11 +152,15 @@ class DailySchedule:
     def status(self) -> ScheduleStatus:
         """From memory (the last read of the record and the attempts since)."""
         times = self._times
+        # Once for all the steps: the ingest publishes this every half second, and working
+        # out the due and next runs (calendar arithmetic) per step was most of its cost.
+        due = self._due()
+        upcoming = {phase: self._next(phase) for phase in Phase}
         return ScheduleStatus(
             preopen_at=f"{times.preopen:%H:%M} IST",
             postclose_at=f"{times.postclose:%H:%M} IST",
             running=self._memory.running,
-            steps=[self._step_status(step) for step in self._steps],
+            steps=[self._step_status(step, due, upcoming) for step in self._steps],
             not_registered=list(self._not_registered),
         )
 
@@ -282,10 +286,12 @@ class DailySchedule:
         upcoming = [run.at for phase in Phase if (run := self._next(phase)) is not None]
         return min(upcoming, default=self._clock.now() + timedelta(days=1))
 
-    def _step_status(self, step: Step) -> StepStatus:
+    def _step_status(
+        self, step: Step, due: list[PhaseRun], upcoming: dict[Phase, PhaseRun | None]
+    ) -> StepStatus:
         last = self._memory.last.get(step.name)
-        overdue = [run for run in self._due() if run.phase is step.phase]
-        upcoming = overdue[0] if overdue else self._next(step.phase)
+        overdue = [run for run in due if run.phase is step.phase]
+        next_run = overdue[0] if overdue else upcoming[step.phase]
         return StepStatus(
             step=step.name,
             phase=step.phase.value,
@@ -294,7 +300,7 @@ class DailySchedule:
             last_result=last.result if last else None,
             last_attempt=last.attempt if last else None,
             last_finished_at=last.finished_at if last else None,
-            next_run_at=upcoming.at if upcoming else None,
+            next_run_at=next_run.at if next_run else None,
         )
 
     # --- plumbing -----------------------------------------------------------------------
