@@ -294,3 +294,43 @@ def test_two_handlers_of_one_class_have_names_of_their_own(tmp_path: Path) -> No
         "EveryTick.handle_tick#2",
         "EveryTick.handle_tick#3",
     ]
+
+
+def test_progress_alone_waits_its_interval_signals_and_the_last_write_do_not(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Progress with no signal is written once per interval, not every batch; a batch with
+    signals carries its progress at once, and stopping writes the last progress whatever
+    the interval."""
+    seq = 0
+
+    def stored() -> object:
+        return _one(db_url, "SELECT last_seq FROM signal_progress")
+
+    async def scenario() -> list[object]:
+        nonlocal seq
+        seen = []
+        with ConnectionPool(db_url, min_size=1, open=True) as pool, Journal(tmp_path) as journal:
+            writer = SignalWriter(pool, journal, lambda: seq, lambda s: None, progress_alone_s=60)
+            seq = 1
+            await writer.flush()  # the first progress: nothing stored yet
+            seen.append(stored())
+            seq = 2
+            await writer.flush()  # within the interval, nothing to go with it
+            seen.append(stored())
+            seq = 3
+            ts = datetime(2026, 1, 5, 4, 30, tzinfo=UTC)
+            row = SignalRow(ts, "INFY", INFY, "x", 1.0, None, "{}", "H", journal.journal_id, 3, 0)
+            writer._queue.append((None, row))  # as put() leaves it, past its checks
+            await writer.flush()  # a signal: its progress goes with it
+            seen.append(stored())
+            seq = 4
+            await writer.flush()
+            seen.append(stored())
+            writer.stop()
+            await writer.flush()  # the last write, in the interval
+            seen.append(stored())
+            seen.append(writer.status().complete_seq)
+        return seen
+
+    assert asyncio.run(scenario()) == [1, 1, 3, 3, 4, 4]
