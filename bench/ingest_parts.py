@@ -15,7 +15,9 @@ This splits it three ways, each in CPU seconds of its own process at the same fe
 
 and the heap bytes each decoded tick holds while it waits for the writer.
 
-The rate and universe are the latency run's (20,000 ticks/s, 200 stocks and their futures).
+The rate and universe are the latency run's (20,000 ticks/s; 1,800 stocks and their futures,
+frames of about 900 ticks). Figures in BENCHMARKS.md from before 2026-12-08 used 200 stocks
+(frames of about 100 ticks), which is what this command ran by default then.
 """
 
 from __future__ import annotations
@@ -171,7 +173,7 @@ def measure(rate: float, stocks: int, seconds: float, repeats: int) -> dict[str,
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.ingest_parts", description=__doc__)
     parser.add_argument("--rate", type=float, default=20_000, help="ticks/s of the feed")
-    parser.add_argument("--stocks", type=int, default=200, help="F&O stocks in the universe")
+    parser.add_argument("--stocks", type=int, default=1800, help="F&O stocks in the universe")
     parser.add_argument("--seconds", type=float, default=5.0, help="recorded and read, each")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each; medians count")
     args = parser.parse_args(argv)
