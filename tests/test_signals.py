@@ -28,7 +28,7 @@ from ingest.journal import Journal
 from ingest.metrics import IngestMetrics
 from ingest.pipeline import Pipeline
 from ingest.service import WebSocketService, emit_signal
-from ingest.signals import SignalWriter
+from ingest.signals import Origin, Signal, SignalWriter
 from ingest.simulator import FeedSimulator
 from ingest.status import IngestStatus
 from ingest.tick_data import TickData
@@ -319,9 +319,10 @@ def test_progress_alone_waits_its_interval_signals_and_the_last_write_do_not(
             await writer.flush()  # within the interval, nothing to go with it
             seen.append(stored())
             seq = 3
+            origin = Origin("H", writer)
+            origin.at(3, (), "INFY")
             ts = datetime(2026, 1, 5, 4, 30, tzinfo=UTC)
-            row = SignalRow(ts, "INFY", INFY, "x", 1.0, None, "{}", "H", journal.journal_id, 3, 0)
-            writer._queue.append((None, row))  # as put() leaves it, past its checks
+            writer.put(Signal(ts, "INFY", "x", 1.0), INFY, origin, "{}")
             await writer.flush()  # a signal: its progress goes with it
             seen.append(stored())
             seq = 4
