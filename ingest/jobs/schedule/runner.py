@@ -155,7 +155,7 @@ class DailySchedule:
         # Once for all the steps: the ingest publishes this every half second, and working
         # out the due and next runs (calendar arithmetic) per step was most of its cost.
         due = self._due()
-        upcoming = {phase: self._next(phase) for phase in Phase}
+        upcoming = self._next_runs()
         return ScheduleStatus(
             preopen_at=f"{times.preopen:%H:%M} IST",
             postclose_at=f"{times.postclose:%H:%M} IST",
@@ -277,13 +277,14 @@ class DailySchedule:
             catch_up_days=self._settings.schedule_catch_up_days,
         )
 
-    def _next(self, phase: Phase) -> PhaseRun | None:
-        trading_days = self._memory.trading_days
-        return next_run(self._clock.now(), self._times, phase, trading_days.__contains__)
+    def _next_runs(self) -> dict[Phase, PhaseRun | None]:
+        """Each phase's next run; None where no trading day is in sight."""
+        now, trading_days = self._clock.now(), self._memory.trading_days.__contains__
+        return {phase: next_run(now, self._times, phase, trading_days) for phase in Phase}
 
     def _wake_at(self) -> datetime:
         """The next phase's time; a day ahead when no trading day is in sight."""
-        upcoming = [run.at for phase in Phase if (run := self._next(phase)) is not None]
+        upcoming = [run.at for run in self._next_runs().values() if run is not None]
         return min(upcoming, default=self._clock.now() + timedelta(days=1))
 
     def _step_status(
