@@ -43,7 +43,7 @@ def decoder_cls(request: pytest.FixtureRequest) -> type:
 
 def last_state(decoder: FeedDecoder, key: str) -> Tick | None:
     """The merge state the decoder keeps for an instrument (what it fills omitted fields from)."""
-    return decoder._last.get(key)
+    return decoder.last_ticks().get(key)
 
 
 def ist_ms(day: int, hour: int, minute: int, second: int = 0, month: int = 1) -> int:
@@ -445,7 +445,7 @@ def test_a_seeded_instrument_is_found_by_the_key_its_state_is_stored_by(compiled
 
     [tick] = restarted.decode(frame({RELIANCE: market_ff(ltt=T0 + 800, vtt=100_750)}), 2).ticks
 
-    [stored_by] = list(restarted._last)
+    [stored_by] = list(restarted.last_ticks())
     assert tick[0] is stored_by is sys.intern(RELIANCE)
     assert as_dict(tick)["volume_delta"] == 750  # counted from the seeded state
 
@@ -482,3 +482,9 @@ def test_kept_keys_stop_at_their_bound_and_later_keys_still_decode(compiled):
     [again] = decoder.decode(frame({names[-1]: pb.Feed(ltpc=ltpc(ltp=1.0))}), RECEIVED).ticks
     assert again[0] == names[-1]
     assert decoder.kept_keys == MAX_KEPT_KEYS
+    # Its state is kept all the same: its next tick is merged from its last.
+    decoder.decode(frame({names[-1]: market_ff(vtt=100_000)}), RECEIVED)
+    [merged] = decoder.decode(frame({names[-1]: market_ff(ltt=T0 + 800, vtt=100_750)}), 2).ticks
+    assert as_dict(merged)["volume_delta"] == 750
+    assert decoder.last_ticks()[names[-1]] == merged
+    assert len(decoder.last_ticks()) == len(names)

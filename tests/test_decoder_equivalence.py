@@ -225,7 +225,7 @@ def _outcome(decoder: Any, frame: bytes, received_at_us: int, wanted: Any) -> An
 
 
 def _state(decoder: Any) -> dict[str, Any]:
-    return {key: _tick(tick) for key, tick in decoder._last.items()}
+    return {key: _tick(tick) for key, tick in decoder.last_ticks().items()}
 
 
 def _both() -> tuple[Any, Any]:
@@ -532,3 +532,24 @@ def test_a_decode_inside_a_decode_is_refused_not_a_crash() -> None:
     with pytest.raises(RuntimeError, match="one frame at a time"):
         decoder.decode(frame, 1, Reentrant())
     assert len(decoder.decode(frame, 3).ticks) == 2
+
+
+@needs_compiled
+def test_a_seed_inside_a_decode_is_refused_not_a_crash() -> None:
+    """A decode holds pointers into the key table, which seeding new keys can move; `wanted`
+    calling back to seed the same decoder must not leave them dangling."""
+    decoder = CompiledFeedDecoder()
+    frame = _entry(b"K", field(1, 2, LTPC_WIRE)) + _entry(b"L", field(1, 2, LTPC_WIRE))
+    [tick] = PythonFeedDecoder().decode(_entry(b"K", field(1, 2, LTPC_WIRE)), 1).ticks
+    many = [(f"NSE_FO|{n}", *tick[1:]) for n in range(5_000)]
+
+    class Reentrant:
+        def __contains__(self, key: object) -> bool:
+            decoder.seed(many)
+            return True
+
+    with pytest.raises(RuntimeError, match="between frames"):
+        decoder.decode(frame, 1, Reentrant())
+    decoder.seed(many)
+    assert len(decoder.decode(frame, 3).ticks) == 2
+    assert len(decoder.last_ticks()) == 5_002

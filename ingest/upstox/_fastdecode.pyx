@@ -975,8 +975,9 @@ cdef class CompiledFeedDecoder:
     feed connection (it is not thread-safe).
     """
 
-    cdef public dict _last
-    cdef InstrumentKeys keys  # the str of each wanted key, made once
+    cdef InstrumentKeys keys  # the str of each wanted key, made once, and its last tick
+    cdef dict _unkept_last  # the last tick of keys past the table's bound
+    cdef uint64_t frames  # frames decoded: the number a slot's `met_in` is stamped with
     cdef Frame frame  # the structs of the frame being decoded, their memory kept for the next
     cdef bint busy
 
@@ -984,13 +985,17 @@ cdef class CompiledFeedDecoder:
         memset(&self.frame, 0, sizeof(Frame))
 
     def __init__(self):
-        self._last = {}
         self.keys = InstrumentKeys()
+        self._unkept_last = {}
 
     @property
     def kept_keys(self):
         """How many instrument keys' str the decoder keeps to hand to every tick of theirs."""
         return len(self.keys)
+
+    def last_ticks(self):
+        """key -> the last tick of each instrument: the state omitted fields are merged from."""
+        return {**self.keys.last_ticks(), **self._unkept_last}
 
     def __dealloc__(self):
         free(self.frame.entries)
@@ -1028,12 +1033,18 @@ cdef class CompiledFeedDecoder:
         """
         cdef Py_ssize_t length
         cdef cptr utf8
-        seed_last(self._last, ticks)
-        for key in list(self._last):  # its state is then found by the very key it is stored by
+        cdef KeptKey* slot
+        cdef dict seeded = {}
+        if self.busy:  # a decode holds pointers into the key table, which this may move
+            raise RuntimeError("a FeedDecoder is seeded between frames, not during one")
+        seed_last(seeded, ticks)
+        for key, tick in seeded.items():  # its state is then found by the very key it is kept by
             utf8 = <cptr>PyUnicode_AsUTF8AndSize(key, &length)
-            kept = self.keys.keep(key, utf8, length, fnv1a(utf8, length))
-            if kept is not key:
-                self._last[kept] = self._last.pop(key)
+            slot = self.keys.keep(key, utf8, length, fnv1a(utf8, length))
+            if slot == NULL:
+                self._unkept_last[key] = tick
+            else:
+                set_last(slot, tick)
 
     cdef object _decode(
         self, cptr data, Py_ssize_t size, object frame, object received_at_us, object wanted
@@ -1045,14 +1056,16 @@ cdef class CompiledFeedDecoder:
         cdef Py_ssize_t unwanted = 0
         cdef Py_ssize_t duplicates = 0
         cdef PyObject* found
-        cdef dict last = self._last
+        cdef KeptKey* slot
+        cdef dict unkept_last = self._unkept_last
         cdef list ticks = []
         cdef dict market_status = {}
-        cdef set seen = None
+        cdef set strangers = None  # keys met in this frame that the table does not keep
         cdef object key, tick, feed_ts, received_at, name
         cdef tuple prev
-        cdef bint snapshot, fresh
+        cdef bint snapshot
         cdef uint64_t key_hash
+        cdef uint64_t number
         cdef InstrumentKeys keys = self.keys
         f.n_entries = 0
         f.n_segments = 0
@@ -1065,11 +1078,11 @@ cdef class CompiledFeedDecoder:
                 raise MemoryError()
             raise _MalformedFrame(frame)
 
+        self.frames += 1
+        number = self.frames
         snapshot = f.type == 0  # initial_feed: see the reference's class docstring
         feed_ts = tick_time(f.current_ts) if f.current_ts else None
         received_at = received_at_us - PG_EPOCH_UNIX_US
-        if f.n_entries > 1:
-            seen = set()
         # Backwards, so that the last entry of a repeated key is the one taken (as the
         # runtime's map does); the list is turned round at the end.
         for i in range(f.n_entries - 1, -1, -1):
@@ -1077,22 +1090,30 @@ cdef class CompiledFeedDecoder:
             if e.dropped:
                 continue
             key_hash = fnv1a(e.key, e.key_len)
-            key = keys.find(e.key, e.key_len, key_hash)
-            fresh = key is None
-            if fresh:
-                key = PyUnicode_DecodeUTF8(<char*>e.key, e.key_len, NULL)
-            if seen is not None:
-                if key in seen:
+            slot = keys.find(e.key, e.key_len, key_hash)
+            if slot != NULL:
+                if slot.met_in == number:
                     continue
-                seen.add(key)
+                slot.met_in = number
+                key = <object>slot.key
+            else:
+                key = PyUnicode_DecodeUTF8(<char*>e.key, e.key_len, NULL)
+                if strangers is None:
+                    strangers = set()
+                elif key in strangers:
+                    continue
+                strangers.add(key)
             if wanted is not None and key not in wanted:
                 unwanted += 1
                 continue
-            if fresh:
-                key = keys.keep(key, e.key, e.key_len, key_hash)
+            if slot == NULL:
+                slot = keys.keep(key, e.key, e.key_len, key_hash)
+                if slot != NULL:
+                    slot.met_in = number
+                    key = <object>slot.key
             if e.feed_case == 0:
                 continue
-            found = PyDict_GetItem(last, key)
+            found = slot.last if slot != NULL else PyDict_GetItem(unkept_last, key)
             if found == NULL:
                 prev = None
             elif PyTuple_CheckExact(<object>found) and PyTuple_GET_SIZE(<object>found) == C_COLUMNS:
@@ -1119,7 +1140,10 @@ cdef class CompiledFeedDecoder:
                 duplicates += 1
                 continue
             untrack_if_flat(<tuple>tick)
-            last[key] = tick
+            if slot != NULL:
+                set_last(slot, tick)
+            else:
+                unkept_last[key] = tick
             ticks.append(tick)
         ticks.reverse()
 

@@ -1,4 +1,4 @@
-# Included by _fastdecode.pyx: the decoder's one str per instrument key.
+# Included by _fastdecode.pyx: the decoder's one str per instrument key, and its state.
 #
 # A frame names each instrument by its key's UTF-8 bytes. Decoding them into a new str for
 # every tick made each tick's key a stranger to every dict it then met (the decoder's state,
@@ -11,6 +11,10 @@
 # caller has wanted them (a flood of strangers keeps nothing), and at most MAX_KEPT_KEYS of
 # them: past that a key is decoded afresh each time, as before, which costs time and never
 # gives a different answer.
+#
+# The slot that finds a key's str also holds the instrument's last tick and the frame it was
+# last met in: the decoder's merge state and its test for a key repeated within a frame cost
+# no dict or set of their own (four hash lookups a tick fewer, issue 21).
 
 from cpython.ref cimport Py_INCREF, Py_XDECREF
 from libc.stdlib cimport calloc, malloc
@@ -27,6 +31,8 @@ cdef struct KeptKey:
     PyObject* key  # a str, owned; NULL where the slot is empty
     char* utf8  # a copy of the bytes it was decoded from
     Py_ssize_t length
+    PyObject* last  # the instrument's last tick, owned; NULL before its first
+    uint64_t met_in  # the number of the frame that last named it (0: none yet)
 
 
 cdef inline uint64_t fnv1a(cptr data, Py_ssize_t length) noexcept nogil:
@@ -57,6 +63,7 @@ cdef class InstrumentKeys:
             return
         for i in range(self.capacity):
             Py_XDECREF(self.slots[i].key)
+            Py_XDECREF(self.slots[i].last)
             free(self.slots[i].utf8)
         free(self.slots)
 
@@ -77,25 +84,23 @@ cdef class InstrumentKeys:
                 return i
             i = (i + 1) & mask
 
-    cdef object find(self, cptr data, Py_ssize_t length, uint64_t h):
-        """The kept str of these bytes, or None."""
+    cdef KeptKey* find(self, cptr data, Py_ssize_t length, uint64_t h) noexcept:
+        """The slot of the kept str of these bytes, or NULL. Valid until the next `keep`."""
         cdef KeptKey* slot = &self.slots[self._slot(data, length, h)]
-        if slot.key == NULL:
-            return None
-        return <object>slot.key
+        return NULL if slot.key == NULL else slot
 
-    cdef object keep(self, object key, cptr data, Py_ssize_t length, uint64_t h):
-        """Keep `key`, the str these bytes decode to, unless the table is full; returns
-        the str kept for them (interned), or `key` where none is."""
+    cdef KeptKey* keep(self, object key, cptr data, Py_ssize_t length, uint64_t h) except? NULL:
+        """Keep `key`, the str these bytes decode to, unless the table is full (NULL);
+        returns the slot that holds it (its str interned), valid until the next `keep`."""
         cdef KeptKey* slot
         cdef char* utf8
         if self.count >= C_MAX_KEPT_KEYS:
-            return key
+            return NULL
         if (self.count + 1) * 2 > self.capacity:
             self._grow()
         slot = &self.slots[self._slot(data, length, h)]
         if slot.key != NULL:
-            return <object>slot.key
+            return slot
         utf8 = <char*>malloc(length if length else 1)
         if utf8 == NULL:
             raise MemoryError()
@@ -107,7 +112,16 @@ cdef class InstrumentKeys:
         slot.length = length
         slot.hash = h
         self.count += 1
-        return key
+        return slot
+
+    def last_ticks(self):
+        """key -> last tick of every kept key that has one."""
+        cdef Py_ssize_t i
+        return {
+            <object>self.slots[i].key: <object>self.slots[i].last
+            for i in range(self.capacity)
+            if self.slots[i].key != NULL and self.slots[i].last != NULL
+        }
 
     cdef int _grow(self) except -1:
         cdef KeptKey* old = self.slots
@@ -123,3 +137,10 @@ cdef class InstrumentKeys:
                 self.slots[self._slot(<cptr>old[i].utf8, old[i].length, old[i].hash)] = old[i]
         free(old)
         return 0
+
+
+cdef inline void set_last(KeptKey* slot, object tick) noexcept:
+    """Hold `tick` as the slot's last, letting go of the one before."""
+    Py_INCREF(tick)
+    Py_XDECREF(slot.last)
+    slot.last = <PyObject*>tick

@@ -160,6 +160,10 @@ class PythonFeedDecoder:
         """
         seed_last(self._last, ticks)
 
+    def last_ticks(self) -> dict[str, Tick]:
+        """key -> the last tick of each instrument: the state omitted fields are merged from."""
+        return dict(self._last)
+
 
 def _from_ltpc(
     key: str, feed: pb.Feed, prev: Tick | None, feed_ts: int | None, received_at: int
