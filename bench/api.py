@@ -144,8 +144,10 @@ def run_api(
     bar_requests: int,
     warmup_s: float,
     search_step_s: float = 4.0,
+    frame_interval_ms: float | None = None,
 ) -> dict[str, Any]:
-    """`loads`: (requests/s, seconds) of each open-loop run of the latest-ticks endpoint."""
+    """`loads`: (requests/s, seconds) of each open-loop run of the latest-ticks endpoint;
+    `frame_interval_ms`: the simulator's time between frames."""
     url = server.create_database("bench_api")
     keys = {r["trading_symbol"]: r["instrument_key"] for r in json.loads(instruments.read_text())}
     try:
@@ -154,7 +156,7 @@ def run_api(
         start, end, day_ticks = store_trading_day(url, keys[symbols[0]], day)
         with (
             tempfile.TemporaryDirectory(prefix="tickvault-bench-api-") as data_dir,
-            simulator(instruments, ingest_rate) as feed,
+            simulator(instruments, ingest_rate, frame_interval_ms) as feed,
         ):
             with tickvault_run(url, Path(data_dir), feed.url) as (process, base, log):
                 _wait_until_serving(base, process, 120)

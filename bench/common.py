@@ -278,10 +278,19 @@ class FeedProcess:
         self.stop()
 
 
-def simulator(instruments: Path, rate: float) -> FeedProcess:
-    """`python -m ingest.simulator`, recording off (the default: a long run's memory)."""
+def simulator(
+    instruments: Path, rate: float, frame_interval_ms: float | None = None
+) -> FeedProcess:
+    """`python -m ingest.simulator`, recording off (the default: a long run's memory).
+
+    `frame_interval_ms` is the time between its frames (None: the simulator's 100 ms, frames
+    of about 900 ticks at 20,000/s over the bench's universe); how much a tick costs the
+    ingest depends on how many share a frame, and Upstox's own cadence is not documented."""
+    interval = [] if frame_interval_ms is None else ["--interval-ms", str(frame_interval_ms)]
     return FeedProcess(
-        ["tickvault", "simulator"], ["--seed", "1", "--instruments", str(instruments)], rate
+        ["tickvault", "simulator"],
+        ["--seed", "1", "--instruments", str(instruments), *interval],
+        rate,
     )
 
 

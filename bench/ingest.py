@@ -44,6 +44,7 @@ def run_ingest(
     option_chains: tuple[str, ...] = (),
     check_ledger: bool = False,
     queue_max_rows: int | None = None,
+    frame_interval_ms: float | None = None,
 ) -> dict[str, Any]:
     """One end-to-end run at `rate` offered ticks/s; the worker's report plus row latencies.
 
@@ -56,14 +57,16 @@ def run_ingest(
     simulator's master (which lists NIFTY's and BANKNIFTY's); none by default.
     `check_ledger` adds what the store holds once the ingest is gone (see `_ledger`);
     `queue_max_rows` the writer's memory bound, past which it writes from the journal
-    (TICKVAULT_QUEUE_MAX_ROWS).
+    (TICKVAULT_QUEUE_MAX_ROWS); `frame_interval_ms` the simulator's time between frames.
     """
     url = server.create_database("bench_ingest")
     try:
         load_universe(url, instruments)
         with (
             tempfile.TemporaryDirectory(prefix="tickvault-bench-ingest-") as data_dir,
-            replay_feed(replay, rate) if replay else simulator(instruments, rate) as feed,
+            replay_feed(replay, rate)
+            if replay
+            else simulator(instruments, rate, frame_interval_ms) as feed,
         ):
             if option_chains:
                 _load_master(url, feed.url + INSTRUMENTS_PATH, Path(data_dir) / "master.json.gz")

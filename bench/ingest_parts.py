@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import median, simulator, write_universe
-from bench.offline import Frame, feed_keys, record_frames
+from bench.offline import Frame, decode_all, feed_keys, record_frames
 from core.config import Secret, Settings
 from ingest.cache import AggregatedTickHandler
 from ingest.channels.latest_publisher import LatestTickPublisher
@@ -123,7 +123,9 @@ def held_tick_bytes(frames: list[Frame]) -> int:
     return round(size / len(held))
 
 
-def feed_client_us(instruments: Path, rate: float, seconds: float) -> dict[str, float]:
+def feed_client_us(
+    instruments: Path, rate: float, seconds: float, frame_interval_ms: float | None = None
+) -> dict[str, float]:
     """CPU us per tick and per frame of a FeedClient alone, reading the simulator at `rate`."""
     keys = feed_keys(instruments)
     sink = _Discard()
@@ -141,26 +143,31 @@ def feed_client_us(instruments: Path, rate: float, seconds: float) -> dict[str, 
         await client.stop()
         return {"per_tick": cpu / (rate * wall) * 1e6, "per_frame": cpu / frames * 1e6}
 
-    with simulator(instruments, rate) as feed:
+    with simulator(instruments, rate, frame_interval_ms) as feed:
         return asyncio.run(read(feed.url))
 
 
-def measure(rate: float, stocks: int, seconds: float, repeats: int) -> dict[str, Any]:
+def measure(
+    rate: float, stocks: int, seconds: float, repeats: int, frame_interval_ms: float | None = None
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="tickvault-ingest-parts-") as scratch:
         instruments = Path(scratch) / "instruments.json"
         write_universe(instruments, stocks)
-        frames = record_frames(instruments, rate, seconds)
+        frames = record_frames(instruments, rate, seconds, frame_interval_ms)
         runs = []
         for repeat in range(repeats):
             directory = Path(scratch) / f"run{repeat}"
             directory.mkdir()
             runs.append(frame_path_us(frames, directory, Settings().batch_rows))
-        client = [feed_client_us(instruments, rate, seconds) for _ in range(repeats)]
+        client = [
+            feed_client_us(instruments, rate, seconds, frame_interval_ms) for _ in range(repeats)
+        ]
         held = held_tick_bytes(frames)
     path = {stage: round(median([run[stage] for run in runs]), 3) for stage in STAGES}
     return {
         "rate": rate,
         "frames": len(frames),
+        "ticks_per_frame": round(len(decode_all(frames)) / len(frames), 1),
         "bytes_per_frame": sum(len(frame) for frame, _ in frames) // len(frames),
         "frame_path_us_per_tick": path,
         "frame_path_total_us_per_tick": round(sum(path.values()), 3),
@@ -176,8 +183,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stocks", type=int, default=1800, help="F&O stocks in the universe")
     parser.add_argument("--seconds", type=float, default=5.0, help="recorded and read, each")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each; medians count")
+    parser.add_argument(
+        "--frame-interval-ms", type=float, help="the simulator's time between frames (100)"
+    )
     args = parser.parse_args(argv)
-    print(json.dumps(measure(args.rate, args.stocks, args.seconds, args.repeats)))
+    print(
+        json.dumps(
+            measure(args.rate, args.stocks, args.seconds, args.repeats, args.frame_interval_ms)
+        )
+    )
 
 
 if __name__ == "__main__":

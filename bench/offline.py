@@ -82,8 +82,11 @@ def feed_keys(instruments: Path) -> list[str]:
     ]
 
 
-def record_frames(instruments: Path, rate: float, seconds: float) -> list[Frame]:
-    """`seconds` of full-mode frames for the whole universe, from a simulator process."""
+def record_frames(
+    instruments: Path, rate: float, seconds: float, frame_interval_ms: float | None = None
+) -> list[Frame]:
+    """`seconds` of full-mode frames for the whole universe, from a simulator process
+    (`frame_interval_ms` apart: see `bench.common.simulator`)."""
     keys = feed_keys(instruments)
     recorder = _Recorder()
 
@@ -95,7 +98,7 @@ def record_frames(instruments: Path, rate: float, seconds: float) -> list[Frame]
         await asyncio.sleep(seconds)
         await client.stop()
 
-    with simulator(instruments, rate) as feed:
+    with simulator(instruments, rate, frame_interval_ms) as feed:
         asyncio.run(listen(feed.url))
     return recorder.frames
 

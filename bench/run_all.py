@@ -71,6 +71,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--stocks", type=int, default=1800, help="F&O stocks in the universe")
     parser.add_argument("--only", choices=BENCHMARKS, action="append", help="repeatable")
     parser.add_argument(
+        "--frame-interval-ms",
+        type=float,
+        help="the simulator's time between frames, also in the frames recorded for the replay"
+        " (its default: 100 ms, frames of about 900 ticks at 20,000/s)",
+    )
+    parser.add_argument(
         "--switch-interval",
         type=float,
         default=0.0005,
@@ -104,6 +110,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "batch_rows": ingest.BATCH_ROWS,
             "batch_ms": ingest.BATCH_MS,
             "switch_interval": args.switch_interval,
+            "frame_interval_ms": args.frame_interval_ms,
         },
     }
     with tempfile.TemporaryDirectory(prefix="tickvault-bench-") as scratch:
@@ -115,7 +122,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if "offline" in chosen or "replay" in chosen:
                 record_s = 1.0 if quick else 3.0
                 _step(f"recording {record_s:g} s of frames at {args.latency_rate:,.0f} ticks/s")
-                frames = offline.record_frames(instruments, args.latency_rate, record_s)
+                frames = offline.record_frames(
+                    instruments, args.latency_rate, record_s, args.frame_interval_ms
+                )
                 save_frames(frames_path, [frame for frame, _ in frames])
             if "offline" in chosen:
                 _step("offline: the recorded frames written by raw COPY, ours and the SDK way")
@@ -136,6 +145,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         warmup,
                         replay=replay,
                         switch_interval=args.switch_interval,
+                        frame_interval_ms=args.frame_interval_ms,
                     )
                 )
             if "ceiling" in chosen:
@@ -177,6 +187,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         warmup,
                         batch_ms=batch_ms,
                         row_latency=True,
+                        switch_interval=args.switch_interval,
+                        frame_interval_ms=args.frame_interval_ms,
                     )
                     summary = ingest.summarize(report)
                     summary["raw_commit_latency_s"] = report["commit_latency_s"]
@@ -195,6 +207,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     bar_requests=50 if quick else 200,
                     warmup_s=warmup,
                     search_step_s=2.0 if quick else 4.0,
+                    frame_interval_ms=args.frame_interval_ms,
                 )
             if "read_path" in chosen:
                 _step(
