@@ -187,6 +187,61 @@ def test_a_message_in_fragments_reaches_the_sink_whole_and_in_its_place() -> Non
     asyncio.run(main())
 
 
+def test_frames_sent_back_to_back_reach_the_sink_once_each_and_in_order() -> None:
+    """Reading pauses after each read (TICKVAULT_FEED_READ_PAUSE_MS) so that close frames
+    are read together: a burst of several reads' worth must still arrive whole, in order."""
+    feeds = {f"NSE_EQ|BURST{n}": pb.Feed(ltpc=pb.LTPC(ltp=float(n))) for n in range(200)}
+    burst = [
+        pb.FeedResponse(type=pb.live_feed, currentTs=n, feeds=feeds).SerializeToString()
+        for n in range(1, 201)
+    ]  # 1.3 MB in all: five reads of asyncio's 256 kB at least
+
+    async def main() -> None:
+        async with feed(feed_read_pause_ms=20) as (sim, client, sink):
+            await client.subscribe([INFY])
+            await client.connect()
+            await until(lambda: sink.live(INFY), "live frames")
+            connection = sim._sessions[0].connection
+            for message in burst:
+                await connection.send(message)
+            await until(lambda: burst[-1] in sink.raw, "the end of the burst")
+            sent = set(burst)
+            assert [frame for frame in sink.raw if frame in sent] == burst
+            assert client.status().malformed_frames == 0
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("pause_ms", [0, 60])
+def test_a_read_is_followed_by_the_pause_before_the_next(pause_ms: int) -> None:
+    """After a read the socket is not read for the pause: a frame sent once the one before
+    has reached the sink waits out the rest of it in the kernel's buffer."""
+    first = market_info_frame(1, {"NSE_EQ": pb.NORMAL_OPEN})
+    second = market_info_frame(2, {"NSE_EQ": pb.NORMAL_CLOSE})
+
+    async def main() -> None:
+        async with feed(feed_read_pause_ms=pause_ms) as (sim, client, sink):
+            await client.subscribe([INFY])
+            await client.connect()
+            await until(lambda: sink.live(INFY), "live frames")
+            connection = sim._sessions[0].connection
+            socket = client._connections[0]._ws
+            assert socket is not None
+            await connection.send(first)
+            await until(lambda: first in sink.raw, "the first frame")
+            reading_right_after = socket.transport.is_reading()
+            await connection.send(second)
+            await until(lambda: second in sink.raw, "the second frame")
+            received = dict(zip(sink.raw, (at for _, _, at in sink.frames), strict=True))
+            if pause_ms:
+                assert not reading_right_after
+                assert (received[second] - received[first]) / 1000 >= pause_ms - 1
+            else:
+                assert reading_right_after
+
+    asyncio.run(main())
+
+
 @pytest.mark.parametrize("entry", ["authorize", "redirect"])
 def test_rejected_token_waits_for_a_new_one(entry: str) -> None:
     async def main() -> None:

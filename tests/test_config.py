@@ -71,6 +71,7 @@ def test_every_variable_is_read(workdir: Path) -> None:
         "TICKVAULT_JOURNAL_SEGMENT_BYTES": "11",
         "TICKVAULT_ROLLUP_INTERVAL_S": "0.5",
         "TICKVAULT_STALL_S": "2.5",
+        "TICKVAULT_FEED_READ_PAUSE_MS": "7.5",
         "TICKVAULT_SIMULATOR_RATE": "12",
         "TICKVAULT_SIMULATOR_SEED": "13",
         "TICKVAULT_SPIKE_DETECTOR": "true",
@@ -132,6 +133,7 @@ def test_every_variable_is_read(workdir: Path) -> None:
         journal_segment_bytes=11,
         rollup_interval_s=0.5,
         stall_s=2.5,
+        feed_read_pause_ms=7.5,
         simulator_rate=12,
         simulator_seed=13,
         spike_detector=True,
@@ -288,6 +290,8 @@ def test_an_explicit_environ_ignores_the_process_environment(
         ("TICKVAULT_MODE_LIMITS", "full:2000", "TICKVAULT_MODE_LIMITS: item 'full:2000' is not"),
         ("TICKVAULT_OPTION_MODE", "greeks", "TICKVAULT_OPTION_MODE: .*'option_greeks'"),
         ("TICKVAULT_OPTION_STRIKES", "0", "TICKVAULT_OPTION_STRIKES"),
+        ("TICKVAULT_FEED_READ_PAUSE_MS", "-1", "TICKVAULT_FEED_READ_PAUSE_MS"),
+        ("TICKVAULT_FEED_READ_PAUSE_MS", "1000", "TICKVAULT_FEED_READ_PAUSE_MS"),
     ],
 )
 def test_a_bad_value_names_the_variable(name: str, value: str, message: str) -> None:

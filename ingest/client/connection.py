@@ -70,6 +70,7 @@ class Feed:
     on_text: Callable[[str], None]
     on_crash: Callable[[BaseException], None]
     stall_s: float = 30.0
+    read_pause_s: float = 0.0  # after each read of a socket (_FrameReadingConnection)
 
 
 @dataclass
@@ -90,13 +91,38 @@ class _FrameReadingConnection(ClientConnection):
     (BENCHMARKS.md). Text messages, control frames and the handshake still take that path.
     A binary message in fragments is joined here, so frames reach `on_binary` in order.
     Whatever `on_binary` raises aborts the socket and is kept in `delivery_error`.
+
+    After each read the socket is left alone for `read_pause_s`: frames that arrive meanwhile
+    wait in the kernel's buffer and are read together, one wake-up of the event loop for
+    them all. A frame costs the ingest tens of microseconds however few ticks it carries, so
+    a feed of small frames costs far less a tick this way; each frame reaches the sink at
+    most `read_pause_s` later (0: read at once).
     """
 
-    def __init__(self, *args: Any, on_binary: Callable[[bytes], None], **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        on_binary: Callable[[bytes], None],
+        read_pause_s: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._on_binary = on_binary
+        self._read_pause_s = read_pause_s
         self._fragments: list[bytes] | None = None  # of a binary message not yet whole
         self.delivery_error: Exception | None = None
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._read_pause_s and not self.transport.is_closing():
+            self.transport.pause_reading()
+            self.loop.call_later(self._read_pause_s, self._resume_reading)
+
+    def _resume_reading(self) -> None:
+        # Not where the socket is closing, nor while websockets' own queue of text messages
+        # holds reading back (its flow control pauses the same transport).
+        if not self.transport.is_closing() and not self.recv_messages.paused:
+            self.transport.resume_reading()
 
     def process_event(self, event: Event) -> None:
         if isinstance(event, Frame):
@@ -191,7 +217,11 @@ class Connection:
                 options = feed.authorizer.connect_options(uri, feed.token.current)
                 # Frames can come with the handshake's answer, before _read starts.
                 self._socket_span = None
-                reader = functools.partial(_FrameReadingConnection, on_binary=self._on_binary)
+                reader = functools.partial(
+                    _FrameReadingConnection,
+                    on_binary=self._on_binary,
+                    read_pause_s=feed.read_pause_s,
+                )
                 async with ws_connect(uri, create_connection=reader, **options) as ws:
                     opened_at = time.monotonic()
                     feed.token.accepted(generation)

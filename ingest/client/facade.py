@@ -75,6 +75,7 @@ class FeedClient:
             on_text=self._on_text,
             on_crash=self._on_crash,
             stall_s=settings.stall_s,
+            read_pause_s=settings.feed_read_pause_ms / 1000,
         )
         self._connections = [Connection(0, self._feed)]
         self._modes: dict[str, str] = {}  # every subscribed key -> its mode
