@@ -17,6 +17,7 @@ from ingest.simulator import FeedSimulator
 from ingest.simulator.frames import market_info_frame
 from ingest.upstox.decoder import FeedDecoder
 from ingest.upstox.proto import upstox_feed_v3_pb2 as pb
+from tests.test_decoder import field
 
 TOKEN = "tok-7Q2x-do-not-print-me"
 INFY = "NSE_EQ|INE009A01021"
@@ -238,6 +239,28 @@ def test_a_read_is_followed_by_the_pause_before_the_next(pause_ms: int) -> None:
                 assert (received[second] - received[first]) / 1000 >= pause_ms - 1
             else:
                 assert reading_right_after
+
+    asyncio.run(main())
+
+
+def test_a_large_frame_arriving_in_pieces_is_read_without_pausing_between_them() -> None:
+    """Only a read that completed a message pauses: a 2.6 MB frame takes ten or more reads
+    of asyncio's 256 kB, which a pause of 100 ms after each would stretch past a second."""
+    # 2.6 MB of an unknown field (number 99), which decoders skip: cheap to decode.
+    padding = field(99, 2, b"x" * 2_600_000)
+    large = pb.FeedResponse(type=pb.live_feed, currentTs=1).SerializeToString() + padding
+
+    async def main() -> None:
+        async with feed(feed_read_pause_ms=100) as (sim, client, sink):
+            await client.subscribe([INFY])
+            await client.connect()
+            await until(lambda: sink.live(INFY), "live frames")
+            connection = sim._sessions[0].connection
+            await asyncio.sleep(0.2)  # past the pause of the last live frame's read
+            sent = time.monotonic()
+            await connection.send(large)
+            await until(lambda: large in sink.raw, "the large frame")
+            assert time.monotonic() - sent < 0.5
 
     asyncio.run(main())
 

@@ -92,11 +92,13 @@ class _FrameReadingConnection(ClientConnection):
     A binary message in fragments is joined here, so frames reach `on_binary` in order.
     Whatever `on_binary` raises aborts the socket and is kept in `delivery_error`.
 
-    After each read the socket is left alone for `read_pause_s`: frames that arrive meanwhile
-    wait in the kernel's buffer and are read together, one wake-up of the event loop for
-    them all. A frame costs the ingest tens of microseconds however few ticks it carries, so
-    a feed of small frames costs far less a tick this way; each frame reaches the sink at
-    most `read_pause_s` later (0: read at once).
+    After a read that completed a binary message the socket is left alone for
+    `read_pause_s`: frames that arrive meanwhile wait in the kernel's buffer and are read
+    together, one wake-up of the event loop for them all. A frame costs the ingest tens of
+    microseconds however few ticks it carries, so a feed of small frames costs far less a
+    tick this way; each frame reaches the sink at most `read_pause_s` later (0: read at
+    once). A read that ends inside a message does not pause: a large frame arriving in
+    pieces is read whole at once.
     """
 
     def __init__(
@@ -109,12 +111,14 @@ class _FrameReadingConnection(ClientConnection):
         super().__init__(*args, **kwargs)
         self._on_binary = on_binary
         self._read_pause_s = read_pause_s
+        self._delivered = 0  # binary messages handed to on_binary
         self._fragments: list[bytes] | None = None  # of a binary message not yet whole
         self.delivery_error: Exception | None = None
 
     def data_received(self, data: bytes) -> None:
+        delivered = self._delivered
         super().data_received(data)
-        if self._read_pause_s and not self.transport.is_closing():
+        if self._read_pause_s and self._delivered != delivered and not self.transport.is_closing():
             self.transport.pause_reading()
             self.loop.call_later(self._read_pause_s, self._resume_reading)
 
@@ -141,6 +145,7 @@ class _FrameReadingConnection(ClientConnection):
         super().process_event(event)
 
     def _deliver(self, message: bytes) -> None:
+        self._delivered += 1
         if self.delivery_error is not None:
             return  # the socket is closing on it: nothing more goes on
         try:
