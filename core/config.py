@@ -224,10 +224,12 @@ class Settings:
     # Seconds without a data frame, while a carried segment is NORMAL_OPEN, that make a feed
     # connection stalled: it reconnects (ingest/client/watchdog.py).
     stall_s: float = 30.0
-    # After each read of a feed socket, reading pauses this long, so that frames which come
-    # closer together are read (and the event loop woken) once, not once each: a small frame
-    # cost the ingest about as much as a large one (BENCHMARKS.md). 0 reads at once.
-    feed_read_pause_ms: Annotated[float, Field(ge=0, le=100)] = 5.0
+    # After a read of a feed socket that completed a frame, reading pauses this long, so that
+    # frames which come closer together are read (and the event loop woken) once, not once
+    # each: a small frame costs the ingest about as much as a large one. Off by default: it
+    # cut a fifth of the CPU with frames 1 ms apart, but the push stream's p99 rose with it
+    # in three pairs of three at the default cadence (BENCHMARKS.md). 0 reads at once.
+    feed_read_pause_ms: Annotated[float, Field(ge=0, le=100)] = 0.0
     simulator_rate: int = 2000
     simulator_seed: int = 1
     # The example signal handler (ingest/spike.py), off by default: a tick whose volume or
