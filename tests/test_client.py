@@ -90,6 +90,17 @@ async def feed(
         await sim.stop()
 
 
+@contextlib.asynccontextmanager
+async def live_socket(**settings: Any) -> AsyncIterator[tuple[Any, FeedClient, RecordingSink]]:
+    """A client following INFY, once its live frames flow, with the simulator's side of its
+    socket: the test sends frames of its own through it."""
+    async with feed(**settings) as (sim, client, sink):
+        await client.subscribe([INFY])
+        await client.connect()
+        await until(lambda: sink.live(INFY), "live frames")
+        yield sim._sessions[0].connection, client, sink
+
+
 @pytest.mark.parametrize("entry", ["authorize", "redirect"])
 def test_market_info_then_snapshot_then_live(entry: str) -> None:
     async def main() -> None:
@@ -173,11 +184,7 @@ def test_a_message_in_fragments_reaches_the_sink_whole_and_in_its_place() -> Non
     after = market_info_frame(2, {"NSE_EQ": pb.NORMAL_CLOSE})
 
     async def main() -> None:
-        async with feed() as (sim, client, sink):
-            await client.subscribe([INFY])
-            await client.connect()
-            await until(lambda: sink.live(INFY), "live frames")
-            connection = sim._sessions[0].connection  # the simulator itself never fragments
+        async with live_socket() as (connection, client, sink):  # the simulator never fragments
             await connection.send([whole[:3], whole[3:10], whole[10:]])
             await connection.send(after)
             await until(lambda: after in sink.raw, "the message after the fragments")
@@ -198,11 +205,7 @@ def test_frames_sent_back_to_back_reach_the_sink_once_each_and_in_order() -> Non
     ]  # 1.3 MB in all: five reads of asyncio's 256 kB at least
 
     async def main() -> None:
-        async with feed(feed_read_pause_ms=20) as (sim, client, sink):
-            await client.subscribe([INFY])
-            await client.connect()
-            await until(lambda: sink.live(INFY), "live frames")
-            connection = sim._sessions[0].connection
+        async with live_socket(feed_read_pause_ms=20) as (connection, client, sink):
             for message in burst:
                 await connection.send(message)
             await until(lambda: burst[-1] in sink.raw, "the end of the burst")
@@ -221,11 +224,7 @@ def test_a_read_is_followed_by_the_pause_before_the_next(pause_ms: int) -> None:
     second = market_info_frame(2, {"NSE_EQ": pb.NORMAL_CLOSE})
 
     async def main() -> None:
-        async with feed(feed_read_pause_ms=pause_ms) as (sim, client, sink):
-            await client.subscribe([INFY])
-            await client.connect()
-            await until(lambda: sink.live(INFY), "live frames")
-            connection = sim._sessions[0].connection
+        async with live_socket(feed_read_pause_ms=pause_ms) as (connection, client, sink):
             socket = client._connections[0]._ws
             assert socket is not None
             await connection.send(first)
@@ -251,11 +250,7 @@ def test_a_large_frame_arriving_in_pieces_is_read_without_pausing_between_them()
     large = pb.FeedResponse(type=pb.live_feed, currentTs=1).SerializeToString() + padding
 
     async def main() -> None:
-        async with feed(feed_read_pause_ms=100) as (sim, client, sink):
-            await client.subscribe([INFY])
-            await client.connect()
-            await until(lambda: sink.live(INFY), "live frames")
-            connection = sim._sessions[0].connection
+        async with live_socket(feed_read_pause_ms=100) as (connection, _, sink):
             await asyncio.sleep(0.2)  # past the pause of the last live frame's read
             sent = time.monotonic()
             await connection.send(large)
