@@ -70,7 +70,7 @@ class Feed:
     on_text: Callable[[str], None]
     on_crash: Callable[[BaseException], None]
     stall_s: float = 30.0
-    read_pause_s: float = 0.0  # after each read of a socket (_FrameReadingConnection)
+    read_pause_s: float = 0.0  # after a read that completed a frame (_FrameReadingConnection)
 
 
 @dataclass
