@@ -227,7 +227,7 @@ class Settings:
     # After a read of a feed socket that completed a frame, reading pauses this long, so that
     # frames which come closer together are read (and the event loop woken) once, not once
     # each: a small frame costs the ingest about as much as a large one. Off by default: it
-    # cut a fifth of the CPU with frames 1 ms apart, but the push stream's p99 rose with it
+    # cut a sixth of the CPU with frames 1 ms apart, but the push stream's p99 rose with it
     # in three pairs of three at the default cadence (BENCHMARKS.md). 0 reads at once.
     feed_read_pause_ms: Annotated[float, Field(ge=0, le=100)] = 0.0
     simulator_rate: int = 2000
